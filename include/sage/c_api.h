@@ -1,0 +1,109 @@
+/* C API of sage-attention, for bindings from other languages (FFI).
+ *
+ * Every function returns a sage_status_t; on failure, sage_last_error()
+ * returns a readable message for the calling thread (valid until the next
+ * call into the library from that thread). No function throws or aborts.
+ * The semantics are those of include/sage/attention.h.
+ */
+#ifndef SAGE_C_API_H_
+#define SAGE_C_API_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum sage_status_t {
+  SAGE_OK = 0,
+  SAGE_ERROR_INVALID_ARGUMENT = 1,
+  SAGE_ERROR_NOT_IMPLEMENTED = 2,
+  SAGE_ERROR_UNSUPPORTED_DEVICE = 3,
+  SAGE_ERROR_CUDA = 4,
+  SAGE_ERROR_INTERNAL = 5
+} sage_status_t;
+
+typedef enum sage_dtype_t {
+  SAGE_DTYPE_F32 = 0,
+  SAGE_DTYPE_F16 = 1,
+  SAGE_DTYPE_BF16 = 2,
+  SAGE_DTYPE_I8 = 3,
+  SAGE_DTYPE_FP8_E4M3 = 4,
+  SAGE_DTYPE_FP8_E5M2 = 5,
+  SAGE_DTYPE_I4X2 = 6,
+  SAGE_DTYPE_FP4_E2M1X2 = 7,
+  SAGE_DTYPE_UE4M3 = 8
+} sage_dtype_t;
+
+#define SAGE_MAX_RANK 4
+#define SAGE_HOST_DEVICE (-1)
+
+typedef struct sage_tensor_t {
+  void* data;
+  sage_dtype_t dtype;
+  int32_t rank;
+  int64_t shape[SAGE_MAX_RANK];
+  int64_t stride[SAGE_MAX_RANK]; /* in elements */
+  int32_t device;                /* CUDA ordinal or SAGE_HOST_DEVICE */
+} sage_tensor_t;
+
+typedef enum sage_layout_t { SAGE_LAYOUT_HND = 0, SAGE_LAYOUT_NHD = 1 } sage_layout_t;
+typedef enum sage_causal_align_t { SAGE_CAUSAL_TOP_LEFT = 0, SAGE_CAUSAL_BOTTOM_RIGHT = 1 } sage_causal_align_t;
+typedef enum sage_method_t { SAGE_METHOD_SAGE2 = 0, SAGE_METHOD_SAGE3 = 1, SAGE_METHOD_SAGEBWD = 2 } sage_method_t;
+typedef enum sage_qk_format_t { SAGE_QK_INT8 = 0, SAGE_QK_INT4 = 1 } sage_qk_format_t;
+typedef enum sage_granularity_t {
+  SAGE_GRANULARITY_PER_BLOCK = 0,
+  SAGE_GRANULARITY_PER_WARP = 1,
+  SAGE_GRANULARITY_PER_THREAD = 2
+} sage_granularity_t;
+typedef enum sage_pv_format_t {
+  SAGE_PV_FP8_E4M3 = 0,
+  SAGE_PV_FP8_E5M2 = 1,
+  SAGE_PV_FP16 = 2,
+  SAGE_PV_BF16 = 3
+} sage_pv_format_t;
+typedef enum sage_pv_accum_t { SAGE_PV_ACCUM_FP32 = 0, SAGE_PV_ACCUM_TWO_LEVEL = 1 } sage_pv_accum_t;
+
+typedef struct sage_options_t {
+  sage_method_t method;
+  sage_layout_t layout;
+  int32_t causal;
+  sage_causal_align_t causal_align;
+  float sm_scale; /* 0 = 1/sqrt(head_dim) */
+  sage_qk_format_t qk_format;
+  sage_granularity_t qk_granularity;
+  sage_pv_format_t pv_format;
+  sage_pv_accum_t pv_accum;
+  int32_t smooth_q;
+  int32_t smooth_k;
+  int32_t smooth_v;
+  int32_t return_lse;
+} sage_options_t;
+
+/* Fills *options with the library defaults (the C++ AttentionOptions{}). */
+sage_status_t sage_default_options(sage_options_t* options);
+
+/* `lse` may be NULL unless options->return_lse is set. */
+sage_status_t sage_attention_workspace_size(const sage_tensor_t* q, const sage_tensor_t* k,
+                                            const sage_tensor_t* v, const sage_tensor_t* out,
+                                            const sage_tensor_t* lse, const sage_options_t* options,
+                                            size_t* bytes);
+
+/* `stream` is a cudaStream_t (NULL = the legacy default stream). */
+sage_status_t sage_attention_forward(const sage_tensor_t* q, const sage_tensor_t* k, const sage_tensor_t* v,
+                                     const sage_tensor_t* out, const sage_tensor_t* lse,
+                                     const sage_options_t* options, void* workspace, size_t workspace_bytes,
+                                     void* stream);
+
+/* The message of the calling thread's last failed call ("" if none). */
+const char* sage_last_error(void);
+
+/* "MAJOR.MINOR.PATCH" */
+const char* sage_version_string(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* SAGE_C_API_H_ */

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# On a GPU machine: build, run the GPU tests (plus a compute-sanitizer pass
+# on the small ones), check the SASS for the tensor-core instructions, build
+# the Python package and run the benchmark. Logs and JSON go to $OUT (or
+# ./device-out). Usage: scripts/device-check.sh [tests|bench|all|pip] [--quick]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-all}
+quick=${2:-}
+out=${OUT:-device-out}
+mkdir -p "$out"
+export PATH="/usr/local/cuda/bin:$PATH"
+summary=()
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$out/gpu.txt"
+cmake -S . -B build-dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAGE_CUDA_ARCHS=90a -DSAGE_BUILD_PYTHON=ON >"$out/configure.log" 2>&1 || {
+  tail -30 "$out/configure.log"; exit 1; }
+if ! cmake --build build-dev -j16 >"$out/build.log" 2>&1; then
+  grep -E "error|Error" "$out/build.log" | head -40; exit 1
+fi
+summary+=("build: ok")
+
+if [[ $mode == tests || $mode == all ]]; then
+  build-dev/tests/sage_gpu_tests 2>&1 | tee "$out/gpu-tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|Expected|Which is|accuracy|cos|seed" | head -80
+  summary+=("gpu tests: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$out/gpu-tests.log" | tr '\n' ' ')")
+  compute-sanitizer --tool memcheck --error-exitcode 9 build-dev/tests/sage_gpu_tests --gtest_filter='*Small*' \
+    >"$out/memcheck.log" 2>&1
+  summary+=("memcheck (Small tests): rc=$? $(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)")
+  sass=$(cuobjdump --dump-sass build-dev/src/libsage_attention.a 2>/dev/null)
+  summary+=("SASS: IGMMA=$(grep -c IGMMA <<<"$sass") QGMMA=$(grep -c QGMMA <<<"$sass") LDL/STL=$(grep -cE 'LDL|STL' <<<"$sass")")
+  ctest --test-dir build-dev -L cpu -j16 >"$out/cpu-tests.log" 2>&1
+  summary+=("cpu tests on device: $(grep -E 'tests passed' "$out/cpu-tests.log")")
+fi
+
+# The package from this build tree (pip install . builds the same CMake
+# project again; scripts/device-check.sh pip checks that path).
+pkg=$(mktemp -d)
+mkdir -p "$pkg/sage_attention"
+cp python/sage_attention/*.py build-dev/python/_C*.so "$pkg/sage_attention/"
+export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
+
+if [[ $mode == bench || $mode == all ]]; then
+  PYTHONUNBUFFERED=1 python3 bench/bench_attention.py $quick --out "$out/bench.json" 2>&1 | tee "$out/bench.log"
+  summary+=("bench: $out/bench.json")
+fi
+
+if [[ $mode == pip ]]; then
+  python3 -m pip install --no-build-isolation --no-deps . >"$out/pip.log" 2>&1
+  summary+=("pip install --no-build-isolation .: rc=$?")
+  (cd /tmp && env -u PYTHONPATH python3 -c "import torch, sage_attention as s; q=torch.randn(1,2,300,128,dtype=torch.bfloat16,device='cuda'); print('pip package', s.__version__, s.sageattn(q,q,q).shape)") 2>&1 | tail -3
+fi
+
+printf '\n==== summary ====\n'
+printf '%s\n' "${summary[@]}"

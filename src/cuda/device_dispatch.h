@@ -1,0 +1,29 @@
+// GPU side of the attention entry points: is there a device that this build
+// can run on, and which kernel runs the (already validated) call.
+#pragma once
+
+#include <cstddef>
+
+#include "sage/attention.h"
+
+namespace sage::detail {
+
+// unsupported_device when GPU `ordinal` does not exist (or there is no
+// driver) or this build has no device code for its architecture.
+Status check_device_supported(int ordinal);
+
+// Bytes of device workspace a GPU call needs. Same errors as
+// gpu_attention_forward, so callers learn early that a call cannot run.
+Status gpu_workspace_size(const AttentionArgs& args, const AttentionOptions& options, std::size_t* bytes);
+
+// Runs a validated call whose tensors are on a GPU.
+Status gpu_attention_forward(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
+                             std::size_t workspace_bytes, Stream stream);
+
+// Benchmarks only: runs the attention kernel of a call whose pre-pass
+// already filled `workspace` (the same arguments as the previous
+// gpu_attention_forward on it), so the kernel can be timed alone.
+Status gpu_attention_kernel_only(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
+                                 std::size_t workspace_bytes, Stream stream);
+
+}  // namespace sage::detail

@@ -1,0 +1,439 @@
+// The two pre-pass kernels (see prepass.h for what they produce).
+#include "cuda/quant/prepass.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "numerics/formats.h"
+#include "numerics/tile_geometry.h"
+
+namespace sage::quant {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTileRows = 128;  // = kSm90Geometry.cta_q = cta_k
+constexpr int kMaxChunks = 32;  // key chunks of the statistics pass
+constexpr int kVec = 8;         // elements per 16-byte load
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kE4m3Max = 448.f;
+static_assert(kSm90Geometry.cta_q == kTileRows && kSm90Geometry.cta_k == kTileRows);
+static_assert(kSm90Geometry.warp_q * (kThreads / 32) == kTileRows, "one warp per 16-row slice");
+
+std::size_t align_up(std::size_t x, std::size_t a) { return (x + a - 1) / a * a; }
+
+template <typename T>
+__device__ __forceinline__ float to_float(T x);
+template <>
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <>
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+
+// Reads 8 consecutive channels [c0, c0+8) of one row (zeros past head_dim or
+// past the last row). Vec: the row start and c0 are 16-byte aligned and
+// head_dim is a multiple of 8, so one 16-byte load does.
+template <typename T, bool Vec>
+__device__ __forceinline__ void load8(const T* row, bool row_ok, int c0, int head_dim, float (&x)[kVec]) {
+  if (Vec && row_ok && c0 < head_dim) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(row + c0);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) x[i] = to_float(e[i]);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) x[i] = (row_ok && c0 + i < head_dim) ? to_float(row[c0 + i]) : 0.f;
+}
+
+__device__ __forceinline__ void atomic_max_nonneg(float* slot, float v) {
+  // Non-negative floats order like their bit patterns.
+  atomicMax(reinterpret_cast<unsigned*>(slot), __float_as_uint(v));
+}
+
+// ---- 1. statistics ----------------------------------------------------------
+template <typename T, bool Vec>
+__global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out,
+                                                             StridedInput k_in, StridedInput v_in) {
+  extern __shared__ float red[];  // [row_lanes][Dp]
+  const int dp = layout.head_dim_padded;
+  const int lanes_per_row = dp / kVec;
+  const int row_lanes = kThreads / lanes_per_row;
+  const int c0 = (threadIdx.x % lanes_per_row) * kVec;
+  const int rl = threadIdx.x / lanes_per_row;
+  const int chunk = blockIdx.x;
+  const int bh_kv = blockIdx.y;
+  const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
+  const T* k_base = static_cast<const T*>(k_in.data) + b * k_in.stride_b + h * k_in.stride_h;
+  const T* v_base = static_cast<const T*>(v_in.data) + b * v_in.stride_b + h * v_in.stride_h;
+  const int start = chunk * layout.chunk_len;
+  const int end = min(p.nk, start + layout.chunk_len);
+
+  float ksum[kVec] = {}, vsum[kVec] = {}, vmax[kVec], vmin[kVec];
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) vmax[i] = -INFINITY, vmin[i] = INFINITY;
+  for (int r = start + rl; r < end; r += row_lanes) {
+    float x[kVec];
+    if (p.smooth_k) {
+      load8<T, Vec>(k_base + r * k_in.stride_n, true, c0, p.head_dim, x);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) ksum[i] += x[i];
+    }
+    load8<T, Vec>(v_base + r * v_in.stride_n, true, c0, p.head_dim, x);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) vsum[i] += x[i], vmax[i] = fmaxf(vmax[i], x[i]), vmin[i] = fminf(vmin[i], x[i]);
+  }
+
+  // Reduce the row lanes of each quantity through shared memory, in a fixed
+  // order so that results are deterministic.
+  auto reduce_into = [&](const float (&mine)[kVec], float* dst, int op) {  // op: 0 sum, 1 max, 2 min
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) red[rl * dp + c0 + i] = mine[i];
+    __syncthreads();
+    for (int c = threadIdx.x; c < dp; c += kThreads) {
+      float acc = red[c];
+      for (int j = 1; j < row_lanes; ++j) {
+        const float y = red[j * dp + c];
+        acc = op == 0 ? acc + y : (op == 1 ? fmaxf(acc, y) : fminf(acc, y));
+      }
+      dst[c] = acc;
+    }
+    __syncthreads();
+  };
+  const std::int64_t slot = static_cast<std::int64_t>(bh_kv) * layout.chunks + chunk;
+  if (p.smooth_k) reduce_into(ksum, out.k_partial + slot * dp, 0);
+  float* vp = out.v_partial + slot * 3 * dp;
+  reduce_into(vsum, vp, 0);
+  reduce_into(vmax, vp + dp, 1);
+  reduce_into(vmin, vp + 2 * dp, 2);
+}
+
+// ---- 2. quantization -----------------------------------------------------------
+struct QuantShared {
+  float mean[128];       // mean_k (Q, K jobs) or mean_v (V job)
+  float inv_scale[128];  // V job: 1 / v_scale per channel
+  float amax[64];        // per scale group of the tile
+  uint8_t tile[kTileRows * 128];  // V job: FP8 tile [key][channel] before the transpose
+};
+
+// Mean of K (sum partials / nk) or, for V, the mean, the scale and its
+// reciprocal per channel; `write_v` publishes the V scale and mean.
+__device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                               int bh_kv, bool v_job, bool write_v, QuantShared& sh) {
+  const int dp = layout.head_dim_padded;
+  for (int c = threadIdx.x; c < dp; c += kThreads) {
+    if (!v_job) {
+      float sum = 0.f;
+      if (p.smooth_k)
+        for (int j = 0; j < layout.chunks; ++j) sum += out.k_partial[(static_cast<std::int64_t>(bh_kv) * layout.chunks + j) * dp + c];
+      sh.mean[c] = p.smooth_k ? sum / static_cast<float>(p.nk) : 0.f;
+      continue;
+    }
+    float sum = 0.f, mx = -INFINITY, mn = INFINITY;
+    for (int j = 0; j < layout.chunks; ++j) {
+      const float* vp = out.v_partial + (static_cast<std::int64_t>(bh_kv) * layout.chunks + j) * 3 * dp;
+      sum += vp[c];
+      mx = fmaxf(mx, vp[dp + c]);
+      mn = fminf(mn, vp[2 * dp + c]);
+    }
+    const float mean = p.smooth_v ? sum / static_cast<float>(p.nk) : 0.f;
+    // fl(v - mean) is monotonic in v, so its extremes come from max and min.
+    const float amax = fmaxf(fabsf(mx - mean), fabsf(mn - mean));
+    const float scale = num::symmetric_scale(amax, static_cast<int>(kE4m3Max));
+    sh.mean[c] = mean;
+    sh.inv_scale[c] = num::reciprocal_rn(scale);
+    if (write_v) {
+      out.v_scale[static_cast<std::int64_t>(bh_kv) * dp + c] = scale;
+      out.v_mean[static_cast<std::int64_t>(bh_kv) * dp + c] = mean;
+    }
+  }
+}
+
+// This thread's share of a 128-row tile: rows (16 * warp + lane/4) and +8,
+// channels 32*i + 8*(lane%4) + [0, 8) for i < Dp/32.
+template <int Dp>
+struct TileFragment {
+  float x[2][Dp / 32][kVec];
+  static __device__ __forceinline__ int row(int r) { return 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4 + 8 * r; }
+  static __device__ __forceinline__ int col(int i) { return 32 * i + 8 * (threadIdx.x % 4); }
+};
+
+template <typename T, bool Vec, int Dp>
+__device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n, int head_dim, bool subtract,
+                          const float* mean, TileFragment<Dp>& f) {
+  const T* base = static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + f.row(r);
+    const bool ok = row < n;
+#pragma unroll
+    for (int i = 0; i < Dp / 32; ++i) {
+      load8<T, Vec>(base + (ok ? row : 0) * in.stride_n, ok, f.col(i), head_dim, f.x[r][i]);
+      if (subtract && ok) {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e)
+          if (f.col(i) + e < head_dim) f.x[r][i][e] -= mean[f.col(i) + e];
+      }
+    }
+  }
+}
+
+template <int Dp>
+__device__ float row_absmax(const TileFragment<Dp>& f, int r) {
+  float m = 0.f;
+#pragma unroll
+  for (int i = 0; i < Dp / 32; ++i)
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) m = fmaxf(m, fabsf(f.x[r][i][e]));
+  return m;
+}
+
+// Quantizes the fragment to INT8 with per-row-group scales (group slot of
+// each of the thread's rows given) and stores the rows that exist.
+template <int Dp>
+__device__ void store_int8_tile(const TileFragment<Dp>& f, const int (&slot)[2], const QuantShared& sh, int8_t* dst,
+                                int row0, int n) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + f.row(r);
+    if (row >= n) continue;
+    const float inv = num::reciprocal_rn(num::symmetric_scale(sh.amax[slot[r]], 127));
+#pragma unroll
+    for (int i = 0; i < Dp / 32; ++i) {
+      uint32_t packed[2] = {0, 0};
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        const int q = num::quantize_symmetric(f.x[r][i][e], inv, 127);
+        packed[e / 4] |= (static_cast<uint32_t>(q) & 0xFFu) << (8 * (e % 4));
+      }
+      *reinterpret_cast<uint2*>(dst + static_cast<std::int64_t>(row) * Dp + f.col(i)) = make_uint2(packed[0], packed[1]);
+    }
+  }
+}
+
+template <typename T, bool Vec, int Dp>
+__device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                                const StridedInput& in, int job, QuantShared& sh) {
+  constexpr TileGeometry kGeometry = kSm90Geometry;  // device-side copy of the host constant
+  const int tiles = (p.nq + kTileRows - 1) / kTileRows;
+  const int bh = job / tiles, tile = job % tiles;
+  const int b = bh / p.heads_q, h = bh % p.heads_q;
+  const int bh_kv = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
+  const int row0 = tile * kTileRows;
+  if (p.lse_correction) finalize_stats(p, layout, out, bh_kv, false, false, sh);
+  for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
+  __syncthreads();
+
+  TileFragment<Dp> f;
+  load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, false, nullptr, f);
+  const Granularity g = p.granularity;
+  const std::int64_t first_group = kGeometry.q_group_of(row0, g);
+  int slot[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    slot[r] = static_cast<int>(kGeometry.q_group_of(row0 + f.row(r), g) - first_group);
+    atomic_max_nonneg(&sh.amax[slot[r]], row_absmax(f, r));
+  }
+  __syncthreads();
+
+  store_int8_tile(f, slot, sh, out.q + static_cast<std::int64_t>(bh) * p.nq * Dp, row0, p.nq);
+  const int groups_here = static_cast<int>(kGeometry.q_groups(kTileRows, g));
+  for (int i = threadIdx.x; i < groups_here; i += kThreads) {
+    const float scale = num::symmetric_scale(sh.amax[i], 127);
+    out.q_scale[static_cast<std::int64_t>(bh) * layout.q_groups + first_group + i] = scale * (p.sm_scale * kLog2e);
+  }
+
+  if (p.lse_correction) {  // q . mean_k * sm_scale, from the unquantized row
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float dot = 0.f;
+#pragma unroll
+      for (int i = 0; i < Dp / 32; ++i)
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) dot = fmaf(f.x[r][i][e], sh.mean[f.col(i) + e], dot);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+      const int row = row0 + f.row(r);
+      if (threadIdx.x % 4 == 0 && row < p.nq) out.lse_corr[static_cast<std::int64_t>(bh) * p.nq + row] = dot * p.sm_scale;
+    }
+  }
+}
+
+template <typename T, bool Vec, int Dp>
+__device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                                const StridedInput& in, int job, QuantShared& sh) {
+  constexpr TileGeometry kGeometry = kSm90Geometry;  // device-side copy of the host constant
+  const int tiles = (p.nk + kTileRows - 1) / kTileRows;
+  const int bh_kv = job / tiles, tile = job % tiles;
+  const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
+  const int row0 = tile * kTileRows;
+  finalize_stats(p, layout, out, bh_kv, false, false, sh);
+  for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
+  __syncthreads();
+
+  TileFragment<Dp> f;
+  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, p.smooth_k, sh.mean, f);
+  const Granularity g = p.granularity;
+  const std::int64_t first_group = kGeometry.k_group_of(row0, g);
+  int slot[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    slot[r] = static_cast<int>(kGeometry.k_group_of(row0 + f.row(r), g) - first_group);
+    atomic_max_nonneg(&sh.amax[slot[r]], row_absmax(f, r));
+  }
+  __syncthreads();
+
+  store_int8_tile(f, slot, sh, out.k + static_cast<std::int64_t>(bh_kv) * p.nk * Dp, row0, p.nk);
+  const int groups_here = static_cast<int>(kGeometry.k_groups(kTileRows, g));
+  for (int i = threadIdx.x; i < groups_here; i += kThreads)
+    out.k_scale[static_cast<std::int64_t>(bh_kv) * layout.k_groups + first_group + i] =
+        num::symmetric_scale(sh.amax[i], 127);
+}
+
+template <typename T, bool Vec, int Dp>
+__device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                                const StridedInput& in, int job, QuantShared& sh) {
+  const int tiles = (p.nk + kTileRows - 1) / kTileRows;
+  const int bh_kv = job / tiles, tile = job % tiles;
+  const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
+  const int row0 = tile * kTileRows;
+  finalize_stats(p, layout, out, bh_kv, true, tile == 0, sh);
+  __syncthreads();
+
+  TileFragment<Dp> f;
+  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, p.smooth_v, sh.mean, f);
+  // FP8 into shared memory as [key][channel]; keys past nk stay 0.
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int i = 0; i < Dp / 32; ++i)
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        const int c = f.col(i) + e;
+        const bool ok = row0 + f.row(r) < p.nk;
+        sh.tile[f.row(r) * Dp + c] = ok ? num::fp8_e4m3_from_float(f.x[r][i][e] * sh.inv_scale[c]) : 0;
+      }
+  __syncthreads();
+
+  // Transposed, permuted store: each thread writes 16 consecutive positions
+  // of one channel row of V^T.
+  constexpr int kSegments = kTileRows / 16;  // 16-byte segments per channel row
+  uint8_t* vt = out.vt + static_cast<std::int64_t>(bh_kv) * Dp * layout.nk_padded;
+  for (int job16 = threadIdx.x; job16 < Dp * kSegments; job16 += kThreads) {
+    const int c = job16 / kSegments;
+    const int pos0 = (job16 % kSegments) * 16;
+    if (row0 + pos0 >= layout.nk_padded) continue;
+    uint32_t words[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int e = 0; e < 16; ++e) {
+      const int pos = pos0 + e;
+      const int key = (pos / 32) * 32 + vt_key_of_position(pos % 32);
+      words[e / 4] |= static_cast<uint32_t>(sh.tile[key * Dp + c]) << (8 * (e % 4));
+    }
+    *reinterpret_cast<uint4*>(vt + static_cast<std::int64_t>(c) * layout.nk_padded + row0 + pos0) =
+        make_uint4(words[0], words[1], words[2], words[3]);
+  }
+}
+
+template <typename T, bool Vec, int Dp>
+__global__ void __launch_bounds__(kThreads) quantize_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out,
+                                                             StridedInput q, StridedInput k, StridedInput v) {
+  __shared__ QuantShared sh;
+  const int q_jobs = p.batch * p.heads_q * ((p.nq + kTileRows - 1) / kTileRows);
+  const int kv_jobs = p.batch * p.heads_kv * ((p.nk + kTileRows - 1) / kTileRows);
+  const int job = blockIdx.x;
+  if (job < q_jobs) {
+    quantize_q_tile<T, Vec, Dp>(p, layout, out, q, job, sh);
+  } else if (job < q_jobs + kv_jobs) {
+    quantize_k_tile<T, Vec, Dp>(p, layout, out, k, job - q_jobs, sh);
+  } else {
+    quantize_v_tile<T, Vec, Dp>(p, layout, out, v, job - q_jobs - kv_jobs, sh);
+  }
+}
+
+bool aligned16(const StridedInput& in) {
+  return reinterpret_cast<std::uintptr_t>(in.data) % 16 == 0 && in.stride_b % kVec == 0 && in.stride_h % kVec == 0 &&
+         in.stride_n % kVec == 0;
+}
+
+template <typename T, bool Vec, int Dp>
+cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                         StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream) {
+  const dim3 stats_grid(layout.chunks, p.batch * p.heads_kv);
+  const std::size_t stats_smem = sizeof(float) * kThreads * kVec;  // row_lanes * Dp floats
+  kv_stats_kernel<T, Vec><<<stats_grid, kThreads, stats_smem, stream>>>(p, layout, out, k, v);
+  const int q_jobs = p.batch * p.heads_q * ((p.nq + kTileRows - 1) / kTileRows);
+  const int kv_jobs = p.batch * p.heads_kv * ((p.nk + kTileRows - 1) / kTileRows);
+  quantize_kernel<T, Vec, Dp><<<q_jobs + 2 * kv_jobs, kThreads, 0, stream>>>(p, layout, out, q, k, v);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_for_type(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                            StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream) {
+  const bool vec = p.head_dim % kVec == 0 && aligned16(q) && aligned16(k) && aligned16(v);
+  if (layout.head_dim_padded == 64)
+    return vec ? launch_typed<T, true, 64>(p, layout, out, q, k, v, stream)
+               : launch_typed<T, false, 64>(p, layout, out, q, k, v, stream);
+  return vec ? launch_typed<T, true, 128>(p, layout, out, q, k, v, stream)
+             : launch_typed<T, false, 128>(p, layout, out, q, k, v, stream);
+}
+
+}  // namespace
+
+PrepassLayout make_prepass_layout(const PrepassProblem& p) {
+  PrepassLayout l;
+  l.head_dim_padded = p.head_dim <= 64 ? 64 : 128;
+  l.nk_padded = (p.nk + 15) / 16 * 16;
+  l.q_groups = static_cast<int>(kSm90Geometry.q_groups(p.nq, p.granularity));
+  l.k_groups = static_cast<int>(kSm90Geometry.k_groups(p.nk, p.granularity));
+  const int want_chunks = (p.nk + 511) / 512;
+  l.chunks = std::max(1, std::min(kMaxChunks, want_chunks));
+  l.chunk_len = (p.nk + l.chunks - 1) / l.chunks;
+
+  const std::size_t dp = static_cast<std::size_t>(l.head_dim_padded);
+  const std::size_t bhq = static_cast<std::size_t>(p.batch) * p.heads_q;
+  const std::size_t bhk = static_cast<std::size_t>(p.batch) * p.heads_kv;
+  std::size_t at = 0;
+  auto take = [&](std::size_t bytes) {
+    const std::size_t off = at;
+    at = align_up(at + bytes, 256);  // TMA bases need 16 bytes; 256 keeps rows tidy
+    return off;
+  };
+  l.off_q = take(bhq * p.nq * dp);
+  l.off_k = take(bhk * p.nk * dp);
+  l.off_vt = take(bhk * dp * l.nk_padded);
+  l.off_q_scale = take(sizeof(float) * bhq * l.q_groups);
+  l.off_k_scale = take(sizeof(float) * bhk * l.k_groups);
+  l.off_v_scale = take(sizeof(float) * bhk * dp);
+  l.off_v_mean = take(sizeof(float) * bhk * dp);
+  l.off_lse_corr = take(p.lse_correction ? sizeof(float) * bhq * p.nq : 0);
+  l.off_k_partial = take(sizeof(float) * bhk * l.chunks * dp);
+  l.off_v_partial = take(sizeof(float) * bhk * l.chunks * 3 * dp);
+  l.bytes = at;
+  return l;
+}
+
+PrepassBuffers PrepassLayout::carve(void* workspace) const {
+  auto* base = static_cast<std::uint8_t*>(workspace);
+  PrepassBuffers b;
+  b.q = reinterpret_cast<std::int8_t*>(base + off_q);
+  b.k = reinterpret_cast<std::int8_t*>(base + off_k);
+  b.vt = base + off_vt;
+  b.q_scale = reinterpret_cast<float*>(base + off_q_scale);
+  b.k_scale = reinterpret_cast<float*>(base + off_k_scale);
+  b.v_scale = reinterpret_cast<float*>(base + off_v_scale);
+  b.v_mean = reinterpret_cast<float*>(base + off_v_mean);
+  b.lse_corr = off_lse_corr != off_k_partial ? reinterpret_cast<float*>(base + off_lse_corr) : nullptr;
+  b.k_partial = reinterpret_cast<float*>(base + off_k_partial);
+  b.v_partial = reinterpret_cast<float*>(base + off_v_partial);
+  return b;
+}
+
+cudaError_t launch_prepass(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                           StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream) {
+  return p.bf16 ? launch_for_type<__nv_bfloat16>(p, layout, out, q, k, v, stream)
+                : launch_for_type<__half>(p, layout, out, q, k, v, stream);
+}
+
+}  // namespace sage::quant

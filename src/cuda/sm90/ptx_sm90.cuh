@@ -1,0 +1,120 @@
+// Small named wrappers around the Hopper (sm_90a) PTX the attention kernel
+// uses: mbarriers, TMA tile loads, wgmma fences and shared-memory matrix
+// descriptors, register reallocation, named barriers and FP8 packing.
+#pragma once
+
+#include <cstdint>
+
+namespace sage::sm90 {
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ---- mbarrier -------------------------------------------------------------
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(arrivals));
+}
+// Makes the initialized barriers visible to the async (TMA) proxy.
+__device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Blocks until the phase with the given parity has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// ---- TMA --------------------------------------------------------------------
+// Loads the 3D box at (c0, c1, c2) of `tmap` into shared memory; completion
+// is signalled on `bar` as transaction bytes. Out-of-bounds elements are 0.
+__device__ __forceinline__ void tma_load_3d(void* dst, const void* tmap, uint64_t* bar, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(tmap), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+__device__ __forceinline__ void tma_prefetch_descriptor(const void* tmap) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(tmap) : "memory");
+}
+
+// ---- wgmma ------------------------------------------------------------------
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving reads/writes of an accumulator register
+// across the asynchronous MMA that owns it.
+template <typename T>
+__device__ __forceinline__ void fence_operand(T& r) {
+  asm volatile("" : "+r"(*reinterpret_cast<uint32_t*>(&r))::"memory");
+}
+template <typename T, int N>
+__device__ __forceinline__ void fence_operands(T (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) fence_operand(r[i]);
+}
+
+// Shared-memory matrix descriptor of a K-major tile written by TMA with the
+// given swizzle: rows of `row_bytes` (= the swizzle width), 8-row core
+// matrices `8 * row_bytes` apart. The tile base must be 1024-byte aligned;
+// advancing along K inside the swizzle atom is done by adding the byte
+// offset to the start address (the hardware applies the XOR pattern to the
+// absolute address bits).
+enum class Swizzle : uint64_t { b128 = 1, b64 = 2, b32 = 3 };
+
+template <int RowBytes>
+__device__ __forceinline__ uint64_t make_smem_desc(const void* tile, uint32_t k_byte_offset = 0) {
+  static_assert(RowBytes == 128 || RowBytes == 64, "K-major tiles use 64- or 128-byte swizzle rows");
+  constexpr Swizzle swizzle = RowBytes == 128 ? Swizzle::b128 : Swizzle::b64;
+  const uint64_t start = (smem_addr(tile) + k_byte_offset) >> 4;
+  const uint64_t leading = 1;                      // unused for swizzled K-major layouts
+  const uint64_t stride = (8 * RowBytes) >> 4;     // between 8-row core matrices
+  return (start & 0x3FFF) | (leading << 16) | (stride << 32) | (static_cast<uint64_t>(swizzle) << 62);
+}
+
+// ---- warp specialization -------------------------------------------------------
+template <int Regs>
+__device__ __forceinline__ void regs_increase() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Regs));
+}
+template <int Regs>
+__device__ __forceinline__ void regs_decrease() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Regs));
+}
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// ---- conversions --------------------------------------------------------------
+// Two floats -> two E4M3 bytes (RNE, satfinite); `lo` lands in the low byte.
+__device__ __forceinline__ uint16_t pack_e4m3x2(float lo, float hi) {
+  uint16_t r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ uint32_t pack_e4m3x4(float a0, float a1, float a2, float a3) {
+  return static_cast<uint32_t>(pack_e4m3x2(a0, a1)) | (static_cast<uint32_t>(pack_e4m3x2(a2, a3)) << 16);
+}
+__device__ __forceinline__ float fast_exp2(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+  return r;
+}
+
+}  // namespace sage::sm90

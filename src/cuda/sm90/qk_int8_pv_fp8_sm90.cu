@@ -1,0 +1,180 @@
+// Host side of the SageAttention2 Hopper path: pre-pass, TMA descriptors,
+// and the switch from runtime options to a kernel instantiation.
+#include "cuda/sm90/qk_int8_pv_fp8_sm90.h"
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <cmath>
+#include <string>
+
+#include "api/validate.h"
+#include "cuda/quant/prepass.h"
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
+
+namespace sage::sm90 {
+
+template <int Dp, bool Causal, typename OutT>
+cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int batch_heads, cudaStream_t stream);
+
+namespace {
+
+constexpr int kMaxGridY = 65535;
+
+Status cuda_status(cudaError_t err, const char* what) {
+  return Status(StatusCode::cuda_error, std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+// [B, H, N, D] strides of a q/k/v/out view in either layout.
+quant::StridedInput strided(const TensorView& t, TensorLayout layout) {
+  quant::StridedInput s;
+  s.data = t.data;
+  s.stride_b = t.stride[0];
+  s.stride_h = layout == TensorLayout::HND ? t.stride[1] : t.stride[2];
+  s.stride_n = layout == TensorLayout::HND ? t.stride[2] : t.stride[1];
+  return s;
+}
+
+quant::PrepassProblem prepass_problem(const AttentionArgs& args, const AttentionOptions& o) {
+  const detail::AttentionDims d = detail::attention_dims(args, o.layout);
+  quant::PrepassProblem p;
+  p.batch = static_cast<int>(d.batch);
+  p.heads_q = static_cast<int>(d.heads_q);
+  p.heads_kv = static_cast<int>(d.heads_kv);
+  p.nq = static_cast<int>(d.nq);
+  p.nk = static_cast<int>(d.nk);
+  p.head_dim = static_cast<int>(d.head_dim);
+  p.head_dim_padded = p.head_dim <= 64 ? 64 : 128;
+  p.bf16 = args.q.dtype == DType::bf16;
+  p.granularity = o.qk_granularity;
+  p.sm_scale = o.sm_scale > 0.f ? o.sm_scale : 1.f / std::sqrt(static_cast<float>(d.head_dim));
+  p.smooth_k = o.smooth_k;
+  p.smooth_v = o.smooth_v;
+  p.lse_correction = o.return_lse && o.smooth_k;
+  return p;
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      ptr = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// A 3D byte tensor [dim2][dim1][dim0] (dim0 contiguous) loaded in boxes of
+// box0 x box1 x 1 with the swizzle that matches a box0-byte row.
+Status make_tensor_map(CUtensorMap* map, void* base, std::uint64_t dim0, std::uint64_t dim1, std::uint64_t dim2,
+                       std::uint32_t box0, std::uint32_t box1) {
+  auto encode = tensor_map_encoder();
+  if (!encode) return Status(StatusCode::cuda_error, "the CUDA driver does not provide cuTensorMapEncodeTiled");
+  const cuuint64_t dims[3] = {dim0, dim1, dim2};
+  const cuuint64_t strides[2] = {dim0, dim0 * dim1};  // bytes, for dims 1 and 2
+  const cuuint32_t box[3] = {box0, box1, 1};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  const CUtensorMapSwizzle swizzle = box0 == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, base, dims, strides, box, elem_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    return Status(StatusCode::internal, "cuTensorMapEncodeTiled failed (error " + std::to_string(r) + ")");
+  }
+  return Status::ok();
+}
+
+template <int Dp>
+cudaError_t launch_for_dp(const QkInt8PvFp8Params& p, bool causal, bool bf16, int batch_heads, cudaStream_t s) {
+  if (bf16) {
+    return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __nv_bfloat16>(p, batch_heads, s)
+                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16>(p, batch_heads, s);
+  }
+  return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __half>(p, batch_heads, s)
+                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half>(p, batch_heads, s);
+}
+
+}  // namespace
+
+std::string unsupported_reason(const AttentionOptions& o, std::int64_t head_dim) {
+  if (o.method != Method::sage2) return std::string("method ") + method_name(o.method) + " has no sm90 kernel yet";
+  if (o.qk_format != QKFormat::int8) return "qk_format int4 runs on the mma.sync kernels (not built yet)";
+  if (o.pv_format != PVFormat::fp8_e4m3) {
+    return std::string("pv_format ") + pv_format_name(o.pv_format) + " has no sm90 kernel yet (use fp8-e4m3)";
+  }
+  if (o.pv_accum != PVAccum::two_level) return "pv_accum fp32 has no sm90 kernel (FP8 MMAs use two_level)";
+  if (o.smooth_q) return "smooth_q has no sm90 kernel yet";
+  if (head_dim > 128) return "head_dim " + std::to_string(head_dim) + " > 128 has no sm90 kernel yet";
+  return {};
+}
+
+std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options) {
+  return quant::make_prepass_layout(prepass_problem(args, options)).bytes;
+}
+
+Status run(const AttentionArgs& args, const AttentionOptions& o, void* workspace, Stream stream, bool kernel_only) {
+  const quant::PrepassProblem pp = prepass_problem(args, o);
+  if (static_cast<long long>(pp.batch) * pp.heads_q > kMaxGridY) {
+    return Status(StatusCode::not_implemented, "batch * heads_q = " + std::to_string(pp.batch * pp.heads_q) +
+                                                   " exceeds the sm90 kernel's grid limit of 65535");
+  }
+  const quant::PrepassLayout layout = quant::make_prepass_layout(pp);
+  const quant::PrepassBuffers buf = layout.carve(workspace);
+  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+
+  cudaError_t err = cudaSuccess;
+  if (!kernel_only) {
+    err = quant::launch_prepass(pp, layout, buf, strided(args.q, o.layout), strided(args.k, o.layout),
+                                strided(args.v, o.layout), s);
+    if (err != cudaSuccess) return cuda_status(err, "quantization pre-pass launch");
+  }
+
+  const int dp = layout.head_dim_padded;
+  QkInt8PvFp8Params p{};
+  SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp, 128));
+  SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_k, buf.k, dp, pp.nk, std::uint64_t(pp.batch) * pp.heads_kv, dp, 128));
+  SAGE_RETURN_IF_ERROR(
+      make_tensor_map(&p.tmap_vt, buf.vt, layout.nk_padded, dp, std::uint64_t(pp.batch) * pp.heads_kv, 128, dp));
+  p.q_scale = buf.q_scale;
+  p.k_scale = buf.k_scale;
+  p.v_scale = buf.v_scale;
+  p.v_mean = o.smooth_v ? buf.v_mean : nullptr;
+  p.lse_corr = pp.lse_correction ? buf.lse_corr : nullptr;
+  const quant::StridedInput out = strided(args.out, o.layout);
+  p.out = args.out.data;
+  p.out_stride_b = out.stride_b;
+  p.out_stride_h = out.stride_h;
+  p.out_stride_n = out.stride_n;
+  p.out_pair_store = reinterpret_cast<std::uintptr_t>(args.out.data) % 4 == 0 && out.stride_b % 2 == 0 &&
+                     out.stride_h % 2 == 0 && out.stride_n % 2 == 0;
+  if (o.return_lse) {
+    p.lse = static_cast<float*>(args.lse.data);
+    p.lse_stride_b = args.lse.stride[0];
+    p.lse_stride_h = args.lse.stride[1];
+    p.lse_stride_n = args.lse.stride[2];
+  }
+  p.heads_q = pp.heads_q;
+  p.heads_kv = pp.heads_kv;
+  p.nq = pp.nq;
+  p.nk = pp.nk;
+  p.head_dim = pp.head_dim;
+  p.q_groups = layout.q_groups;
+  p.k_groups = layout.k_groups;
+  p.granularity = o.qk_granularity;
+  p.causal_shift = o.causal && o.causal_align == CausalAlign::bottom_right ? pp.nk - pp.nq : 0;
+
+  const int batch_heads = pp.batch * pp.heads_q;
+  err = dp == 64 ? launch_for_dp<64>(p, o.causal, pp.bf16, batch_heads, s)
+                 : launch_for_dp<128>(p, o.causal, pp.bf16, batch_heads, s);
+  if (err != cudaSuccess) return cuda_status(err, "sm90 attention kernel launch");
+  return Status::ok();
+}
+
+}  // namespace sage::sm90

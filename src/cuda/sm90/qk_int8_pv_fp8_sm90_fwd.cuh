@@ -1,0 +1,225 @@
+// Hopper forward kernel: INT8 Q K^T and FP8 (E4M3) P V with wgmma, TMA loads,
+// warp specialization.
+//
+// One CTA computes a 128-row tile of queries of one (batch, head):
+//   warpgroup 0  producer: one thread issues the TMA loads of the Q tile and
+//                of K / V^T tiles into a kStages-deep ring of shared buffers;
+//   warpgroups 1, 2  consumers: each owns 64 query rows and, for every key
+//                tile, runs S = Q K^T (int32), the online softmax in fp32
+//                (base 2, scales folded in), packs P to FP8 in registers and
+//                accumulates P V^T into a fresh fp32 tile accumulator that is
+//                added into O (two-level accumulation).
+// The two consumer warpgroups work independently, so one's softmax overlaps
+// the other's MMAs.
+//
+// Data flow per key tile (consumer view):
+//   smem K[st] --wgmma s8--> S int32 regs --x q_scale*k_scale, max, exp2-->
+//   P fp32 regs --cvt e4m3 (x448)--> P fp8 regs (A operand) --wgmma e4m3
+//   with smem V^T[st]--> PV fp32 --O = O*alpha + PV--> O regs.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+
+#include "cuda/sm90/ptx_sm90.cuh"
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_epilogue.cuh"
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_softmax.cuh"
+#include "cuda/sm90/wgmma_ops.cuh"
+#include "numerics/tile_geometry.h"
+
+namespace sage::sm90 {
+
+template <int HeadDimPadded, bool Causal, typename OutT>
+struct FwdTraits {
+  static constexpr int kDp = HeadDimPadded;
+  static constexpr bool kCausal = Causal;
+  using Out = OutT;
+  static constexpr int kBlockQ = kSm90Geometry.cta_q;
+  static constexpr int kBlockK = kSm90Geometry.cta_k;
+  static constexpr int kRowsPerConsumer = 64;  // wgmma M
+  static constexpr int kConsumers = kBlockQ / kRowsPerConsumer;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kStages = 2;
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = 232;
+  static constexpr int kQBytes = kBlockQ * kDp;
+  static constexpr int kKBytes = kBlockK * kDp;
+  static constexpr int kVBytes = kDp * kBlockK;
+  static constexpr int kSAcc = kBlockK / 2;  // int32 S accumulators per thread
+  static constexpr int kOAcc = kDp / 2;      // fp32 O accumulators per thread
+
+  static_assert(kDp == 64 || kDp == 128, "head dims are padded to 64 or 128");
+  static_assert(kBlockK == 128, "V^T rows of 128 FP8 keys fill one 128-byte swizzle row");
+  static_assert(kBlockQ == kConsumers * kRowsPerConsumer && kConsumers == 2, "two consumer warpgroups");
+  static_assert(kSm90Geometry.warp_q == 16, "each warp of a wgmma owns 16 rows");
+  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "register file");
+};
+
+template <class T>
+struct FwdSharedStorage {
+  alignas(1024) int8_t q[T::kQBytes];
+  alignas(1024) int8_t k[T::kStages][T::kKBytes];
+  alignas(1024) uint8_t vt[T::kStages][T::kVBytes];
+  uint64_t q_full;
+  uint64_t k_full[T::kStages];
+  uint64_t v_full[T::kStages];
+  uint64_t kv_empty[T::kStages];
+};
+
+// Number of key tiles query tile `q_tile` must visit (0 when a causal mask
+// hides every key from every row of the tile).
+template <class T>
+__device__ __forceinline__ int key_tiles_for(const QkInt8PvFp8Params& p, int q_tile) {
+  const int all = (p.nk + T::kBlockK - 1) / T::kBlockK;
+  if (!T::kCausal) return all;
+  const int last_row = min(q_tile * T::kBlockQ + T::kBlockQ - 1, p.nq - 1);
+  const long long last_key = static_cast<long long>(last_row) + p.causal_shift;
+  if (last_key < 0) return 0;
+  const long long reach = last_key / T::kBlockK + 1;
+  return reach < all ? static_cast<int>(reach) : all;
+}
+
+// ---- producer: TMA loads ----------------------------------------------------------
+template <class T>
+__device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int q_tile, int bh, int bh_kv,
+                        int n_tiles) {
+  mbar_arrive_expect_tx(&s.q_full, T::kQBytes);
+  tma_load_3d(s.q, &p.tmap_q, &s.q_full, 0, q_tile * T::kBlockQ, bh);
+  for (int t = 0; t < n_tiles; ++t) {
+    const int st = t % T::kStages;
+    const uint32_t phase = (t / T::kStages) & 1;
+    mbar_wait(&s.kv_empty[st], phase ^ 1);  // passes at once on a fresh barrier
+    mbar_arrive_expect_tx(&s.k_full[st], T::kKBytes);
+    tma_load_3d(s.k[st], &p.tmap_k, &s.k_full[st], 0, t * T::kBlockK, bh_kv);
+    mbar_arrive_expect_tx(&s.v_full[st], T::kVBytes);
+    tma_load_3d(s.vt[st], &p.tmap_vt, &s.v_full[st], t * T::kBlockK, 0, bh_kv);
+  }
+}
+
+// ---- consumer: MMAs + softmax --------------------------------------------------------
+template <class T>
+__device__ __forceinline__ void qk_mma(int32_t (&s_acc)[T::kSAcc], const int8_t* q_rows, const int8_t* k_tile) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < T::kDp / 32; ++kk) {
+    wgmma_m64n128k32_s32_s8_ss(s_acc, make_smem_desc<T::kDp>(q_rows, kk * 32), make_smem_desc<T::kDp>(k_tile, kk * 32),
+                               kk > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(s_acc);
+}
+
+template <class T>
+__device__ __forceinline__ void pv_mma(float (&pv)[T::kOAcc], const uint32_t (&p_frag)[T::kBlockK / 32][4],
+                                       const uint8_t* vt_tile) {
+  wgmma_fence();
+#pragma unroll
+  for (int c = 0; c < T::kBlockK / 32; ++c) {
+    if constexpr (T::kDp == 128) {
+      wgmma_m64n128k32_f32_e4m3_rs(pv, p_frag[c], make_smem_desc<128>(vt_tile, c * 32), c > 0);
+    } else {
+      wgmma_m64n64k32_f32_e4m3_rs(pv, p_frag[c], make_smem_desc<128>(vt_tile, c * 32), c > 0);
+    }
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(pv);
+}
+
+template <class T>
+__device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int q_tile, int bh, int bh_kv,
+                        int n_tiles, int consumer) {
+  const int lane = threadIdx.x % 32;
+  const int warp = (threadIdx.x / 32) % 4;
+  const int quad = lane % 4;  // column pair inside each 8-column slice
+  // This thread's two rows (r and r + 8 of its warp's 16).
+  const int row0 = q_tile * T::kBlockQ + consumer * T::kRowsPerConsumer + warp * 16 + lane / 4;
+  const int rows[2] = {row0, row0 + 8};
+
+  // Both rows share one Q scale and, per key tile, one K scale at every
+  // granularity (see tile_geometry.h), so S = acc * (q_scale * k_scale).
+  constexpr TileGeometry geometry = kSm90Geometry;  // a device-side copy of the host constant
+  const float q_scale = p.q_scale[static_cast<int64_t>(bh) * p.q_groups + geometry.q_group_of(row0, p.granularity)];
+  const float* k_scales = p.k_scale + static_cast<int64_t>(bh_kv) * p.k_groups;
+
+  OnlineSoftmax<T::kSAcc> softmax;
+  float o[T::kOAcc];
+#pragma unroll
+  for (int i = 0; i < T::kOAcc; ++i) o[i] = 0.f;
+
+  const int8_t* q_rows = s.q + consumer * T::kRowsPerConsumer * T::kDp;
+  mbar_wait(&s.q_full, 0);
+
+  for (int t = 0; t < n_tiles; ++t) {
+    const int st = t % T::kStages;
+    const uint32_t phase = (t / T::kStages) & 1;
+    const int key0 = t * T::kBlockK;
+    const float qk_scale = q_scale * k_scales[geometry.k_group_of(key0 + 2 * quad, p.granularity)];
+
+    int32_t s_acc[T::kSAcc];
+    mbar_wait(&s.k_full[st], phase);
+    qk_mma<T>(s_acc, q_rows, s.k[st]);
+
+    const bool needs_mask = key0 + T::kBlockK > p.nk ||
+                            (T::kCausal && key0 + T::kBlockK - 1 > q_tile * T::kBlockQ + p.causal_shift);
+    if (needs_mask) mask_scores<T::kSAcc>(s_acc, rows, key0 + 2 * quad, p.nk, T::kCausal, p.causal_shift);
+
+    uint32_t p_frag[T::kBlockK / 32][4];
+    float alpha[2];
+    softmax.step(s_acc, qk_scale, needs_mask, p_frag, alpha);
+
+    float pv[T::kOAcc];
+    mbar_wait(&s.v_full[st], phase);
+    pv_mma<T>(pv, p_frag, s.vt[st]);
+    mbar_arrive(&s.kv_empty[st]);  // K[st] and V^T[st] may be overwritten now
+
+#pragma unroll
+    for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
+  }
+
+  softmax.finish();
+  write_output<T>(p, o, softmax, rows, bh, bh_kv, quad);
+}
+
+// ---- kernel ----------------------------------------------------------------------------
+template <class T>
+__global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(const __grid_constant__ QkInt8PvFp8Params p) {
+  extern __shared__ uint8_t smem_raw[];
+  // TMA swizzled tiles and wgmma descriptors need 1024-byte aligned buffers.
+  auto& s = *reinterpret_cast<FwdSharedStorage<T>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+
+  // Causal: the longest rows first, so the tail of the grid is short work.
+  const int q_tile = T::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int bh = blockIdx.y;
+  const int b = bh / p.heads_q;
+  const int h = bh % p.heads_q;
+  const int bh_kv = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
+  const int n_tiles = key_tiles_for<T>(p, q_tile);
+
+  if (threadIdx.x == 0) {
+    mbar_init(&s.q_full, 1);
+    for (int i = 0; i < T::kStages; ++i) {
+      mbar_init(&s.k_full[i], 1);
+      mbar_init(&s.v_full[i], 1);
+      mbar_init(&s.kv_empty[i], 128 * T::kConsumers);
+    }
+    mbar_fence_init();
+    tma_prefetch_descriptor(&p.tmap_q);
+    tma_prefetch_descriptor(&p.tmap_k);
+    tma_prefetch_descriptor(&p.tmap_vt);
+  }
+  __syncthreads();
+
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    regs_decrease<T::kProducerRegs>();
+    if (threadIdx.x == 0) produce<T>(p, s, q_tile, bh, bh_kv, n_tiles);
+  } else {
+    regs_increase<T::kConsumerRegs>();
+    consume<T>(p, s, q_tile, bh, bh_kv, n_tiles, warpgroup - 1);
+  }
+}
+
+}  // namespace sage::sm90

@@ -1,0 +1,35 @@
+// Launch of one instantiation of the sm90 forward kernel (included by the
+// per-head-dim instantiation files only).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_fwd.cuh"
+
+namespace sage::sm90 {
+
+template <int Dp, bool Causal, typename OutT>
+cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int batch_heads, cudaStream_t stream) {
+  using T = FwdTraits<Dp, Causal, OutT>;
+  auto kernel = qk_int8_pv_fp8_sm90_kernel<T>;
+  constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
+  static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
+  // The attribute is per function and per device; setting it each call is
+  // cheap and stays correct when the caller switches devices.
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  const dim3 grid((p.nq + T::kBlockQ - 1) / T::kBlockQ, batch_heads);
+  kernel<<<grid, T::kThreads, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+#define SAGE_INSTANTIATE_SM90_FWD(DP)                                                                          \
+  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, false, __nv_bfloat16>(const QkInt8PvFp8Params&, int, \
+                                                                              cudaStream_t);               \
+  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, true, __nv_bfloat16>(const QkInt8PvFp8Params&, int,  \
+                                                                             cudaStream_t);                \
+  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, false, __half>(const QkInt8PvFp8Params&, int,        \
+                                                                       cudaStream_t);                      \
+  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, true, __half>(const QkInt8PvFp8Params&, int, cudaStream_t);
+
+}  // namespace sage::sm90

@@ -1,0 +1,113 @@
+// Online softmax of the sm90 consumer warpgroups, in base 2.
+//
+// Each thread holds two query rows (lane/4 and lane/4 + 8 of its warp's 16)
+// and, for a 128-key tile, 32 int32 scores per row: in every 8-column slice
+// j, columns 8j + 2*(lane%4) + {0, 1} (wgmma accumulator layout). The four
+// threads of a quad together hold whole rows, so row reductions are two
+// shuffles.
+//
+// Scores are s = acc * qk_scale, where qk_scale = q_scale * k_scale already
+// carries sm_scale * log2(e). P~ = exp2(s - m) is produced pre-multiplied by
+// 448 (exp2(s - (m - log2 448))) so it fills the E4M3 range; the row sum l
+// is kept in the same x448 units, so O / l needs no further P scale.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+
+#include "cuda/sm90/ptx_sm90.cuh"
+
+namespace sage::sm90 {
+
+inline constexpr float kLog2P8Scale = 8.807354922057604f;  // log2(448)
+
+// Sets masked scores to INT_MIN: keys at or past nk, and (causal) keys after
+// row + causal_shift. `col0` is this thread's first column in the tile.
+template <int NAcc>
+__device__ __forceinline__ void mask_scores(int32_t (&s)[NAcc], const int (&rows)[2], int col0, int nk, bool causal,
+                                            int causal_shift) {
+#pragma unroll
+  for (int i = 0; i < NAcc; ++i) {
+    const int col = col0 + (i / 4) * 8 + (i % 2);
+    const int row = rows[(i / 2) % 2];
+    const bool hidden = col >= nk || (causal && static_cast<long long>(col) > static_cast<long long>(row) + causal_shift);
+    if (hidden) s[i] = INT_MIN;
+  }
+}
+
+__device__ __forceinline__ int quad_max(int v) {
+  v = max(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return max(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+template <int NAcc>
+struct OnlineSoftmax {
+  static_assert(NAcc % 16 == 0, "whole 32-key chunks");
+  float m[2] = {-INFINITY, -INFINITY};  // running row max (base-2 units)
+  float l[2] = {0.f, 0.f};              // this thread's share of the row sum (x448)
+
+  // Consumes one tile of scores: updates m and l, returns the factor alpha
+  // by which O must be rescaled, and the FP8 A-operand fragments of P for
+  // the P V^T wgmma (k = 32 keys per fragment).
+  __device__ __forceinline__ void step(const int32_t (&s)[NAcc], float qk_scale, bool masked,
+                                       uint32_t (&frag)[NAcc / 16][4], float (&alpha)[2]) {
+    // qk_scale > 0, so the max of the integers gives the max of the scores.
+    int imax[2] = {INT_MIN, INT_MIN};
+#pragma unroll
+    for (int i = 0; i < NAcc; ++i) imax[(i / 2) % 2] = max(imax[(i / 2) % 2], s[i]);
+    float shift[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int tile_max_acc = quad_max(imax[r]);
+      const float tile_max = tile_max_acc == INT_MIN ? -INFINITY : static_cast<float>(tile_max_acc) * qk_scale;
+      const float m_new = fmaxf(m[r], tile_max);
+      // A row that has seen no key yet keeps O = 0 and l = 0; any alpha works.
+      alpha[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[r] - m_new);
+      shift[r] = (m_new == -INFINITY ? 0.f : m_new) - kLog2P8Scale;
+      m[r] = m_new;
+      l[r] *= alpha[r];
+    }
+
+    float pexp[NAcc];
+#pragma unroll
+    for (int i = 0; i < NAcc; ++i) {
+      const int r = (i / 2) % 2;
+      float e = fast_exp2(fmaf(static_cast<float>(s[i]), qk_scale, -shift[r]));
+      if (masked && s[i] == INT_MIN) e = 0.f;
+      pexp[i] = e;
+      l[r] += e;
+    }
+
+    // Fragment of chunk c (keys 32c..32c+31): register 0 = row 0, slices
+    // 4c and 4c+1; register 1 = row 1, same slices; registers 2, 3 = slices
+    // 4c+2, 4c+3. The pre-pass permutes V^T's keys to match this order.
+#pragma unroll
+    for (int c = 0; c < NAcc / 16; ++c) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int a = 4 * (4 * c + 2 * half);  // slice 4c + 2*half
+        const int b = a + 4;                   // the next slice
+        frag[c][2 * half + 0] = pack_e4m3x4(pexp[a + 0], pexp[a + 1], pexp[b + 0], pexp[b + 1]);
+        frag[c][2 * half + 1] = pack_e4m3x4(pexp[a + 2], pexp[a + 3], pexp[b + 2], pexp[b + 3]);
+      }
+    }
+  }
+
+  // Completes the row sums across the quad.
+  __device__ __forceinline__ void finish() {
+    l[0] = quad_sum(l[0]);
+    l[1] = quad_sum(l[1]);
+  }
+
+  // Natural-log LSE of the row (before any smoothing correction).
+  __device__ __forceinline__ float lse(int r) const {
+    if (!(l[r] > 0.f)) return -INFINITY;
+    return (m[r] + __log2f(l[r]) - kLog2P8Scale) * 0.6931471805599453f;
+  }
+};
+
+}  // namespace sage::sm90

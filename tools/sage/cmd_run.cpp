@@ -1,0 +1,143 @@
+// `sage run`: the main job. One attention call with the default options on
+// the default problem: on the GPU when there is one that can run it, else
+// on the CPU reference at a small size, saying which and why.
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "device.h"
+#include "problem.h"
+#include "reference/parallel.h"
+
+namespace sage_cli {
+namespace {
+
+// The default problems: the GPU one is a typical video/image diffusion
+// attention; the CPU one is what the emulation finishes in seconds.
+ProblemSize gpu_default() {
+  ProblemSize s;
+  s.batch = 2;
+  s.heads_q = s.heads_kv = 32;
+  s.nq = s.nk = 4096;
+  s.head_dim = 128;
+  return s;
+}
+ProblemSize cpu_default() { return ProblemSize{}; }  // B=1, H=2, N=1024, D=128
+
+// 4 * B * H * Nq * Nk * D operations (halved when causal).
+double attention_ops(const ProblemSize& s) {
+  const double ops = 4.0 * s.batch * s.heads_q * static_cast<double>(s.nq) * s.nk * s.head_dim;
+  return s.causal ? ops / 2 : ops;
+}
+
+std::string describe_options(const sage::AttentionOptions& o) {
+  std::string text = std::string(sage::method_name(o.method)) + ": QK " + sage::qk_format_name(o.qk_format) + " " +
+                     sage::granularity_name(o.qk_granularity) + (o.smooth_k ? ", smooth-k" : "") +
+                     (o.smooth_q ? ", smooth-q" : "") + (o.smooth_v ? ", smooth-v" : "") + ", PV " +
+                     sage::pv_format_name(o.pv_format) +
+                     (o.pv_accum == sage::PVAccum::two_level ? " two-level accumulation" : " fp32 accumulation");
+  return text + " (the library defaults)";
+}
+
+// Decides where to run and which problem, printing why when the GPU is not
+// used. Returns false when --device gpu was asked for but cannot run.
+bool settle_device(const ArgParser& parser, DeviceChoice* device, ProblemSize* size,
+                   const sage::AttentionOptions& options) {
+  const ProblemSize cpu_size = read_problem_flags(parser, cpu_default());
+  if (!device->gpu) {
+    *size = cpu_size;
+    if (device->automatic) {
+      const bool no_gpu = device->note.rfind("no CUDA GPU found", 0) == 0;
+      std::cout << (no_gpu ? std::string("no CUDA GPU found") : device->note)
+                << "; running the CPU reference on a small problem (" << describe_short(cpu_size) << ")\n";
+      if (no_gpu) std::cout << "  (" << device->note << ")\n";
+    }
+    return true;
+  }
+  *size = read_problem_flags(parser, gpu_default());
+  const sage::Status probe = probe_gpu(device->ordinal, *size, options);
+  if (probe) return true;
+  if (!device->automatic) {
+    std::cerr << "sage run: " << sage::status_code_name(probe.code()) << ": " << probe.message() << "\n";
+    return false;
+  }
+  std::cout << device->gpu_label << " found, but the GPU path cannot run yet: " << probe.message() << "\n"
+            << "running the CPU reference on a small problem (" << describe_short(cpu_size) << ") instead\n";
+  device->gpu = false;
+  *size = cpu_size;
+  return true;
+}
+
+void print_accuracy(const char* label, const sage::ref::Metrics& m) {
+  std::printf("accuracy vs exact float64%s:\n", label);
+  std::printf("  cos-sim %.6f  rel-L1 %.3e  RMSE %.3e  worst-row cos-sim %.6f  max-abs-err %.3e", m.cos_sim,
+              m.rel_l1, m.rmse, m.worst_row_cos_sim, m.max_abs_err);
+  if (m.nonfinite > 0) std::printf("  (%lld non-finite!)", static_cast<long long>(m.nonfinite));
+  std::printf("\n");
+}
+
+}  // namespace
+
+void declare_run(ArgParser& parser) {
+  add_device_flag(parser);
+  ProblemSize defaults = cpu_default();
+  add_problem_flags(parser, defaults);
+  parser.set_epilog(
+      "Sizes default to B=2, H=32, N=4096, D=128 on a GPU and B=1, H=2, N=1024, D=128 on the CPU; size\n"
+      "flags apply to whichever device runs. Inputs are Gaussian; the options are the library defaults.");
+}
+
+int run_run(const ArgParser& parser) {
+  sage::AttentionOptions options;
+  DeviceChoice device = choose_device(parser);
+  ProblemSize size;
+  if (!settle_device(parser, &device, &size, options)) return 1;
+  options.causal = size.causal;
+
+  const sage::ref::Problem problem = to_ref_problem(size);
+  std::cerr << "generating inputs ... " << std::flush;
+  const sage::ref::Inputs inputs = sage::ref::make_inputs(problem, sage::ref::Distribution::gaussian, size.seed,
+                                                          size.dtype);
+  std::cerr << "done\nrunning attention on " << (device.gpu ? device.gpu_label : std::string("the CPU")) << " ... "
+            << std::flush;
+  const int timed_calls = device.gpu ? 10 : 1;
+  const CallResult call = run_attention(device, size, inputs, options, timed_calls);
+  std::cerr << (call.status ? format_seconds(call.seconds) : std::string("failed")) << "\n";
+  if (!call.status) {
+    std::cerr << "sage run: " << sage::status_code_name(call.status.code()) << ": " << call.status.message() << "\n";
+    return 1;
+  }
+
+  std::printf("problem:  %s, layout HND, sm_scale 1/sqrt(%lld)\n", describe(size).c_str(),
+              static_cast<long long>(size.head_dim));
+  std::printf("method:   %s\n", describe_options(options).c_str());
+  if (device.gpu) {
+    std::printf("device:   %s\n", device.gpu_label.c_str());
+    std::printf("time:     %s (median of %d calls after a warm-up), %.1f TOPS\n", format_seconds(call.seconds).c_str(),
+                timed_calls, attention_ops(size) / call.seconds / 1e12);
+  } else {
+    std::printf("device:   CPU reference (emulation of the kernels, %d threads)\n", sage::ref::parallel_threads());
+    std::printf("time:     %s\n", format_seconds(call.seconds).c_str());
+  }
+
+  // The float64 reference of the whole GPU problem would take minutes on the
+  // CPU: there, one (batch, head) slice stands for the rest.
+  std::cerr << "exact float64 reference ... " << std::flush;
+  if (device.gpu) {
+    const HeadSlice slice = slice_head(problem, inputs, 0, 0);
+    const std::vector<double> exact = exact_output(slice.problem, slice.inputs);
+    std::cerr << "done\n";
+    print_accuracy(" (batch 0, head 0)", sage::ref::compare(exact.data(), call.out.data() + slice.out_offset,
+                                                            slice.problem.nq, slice.problem.head_dim));
+  } else {
+    const std::vector<double> exact = exact_output(problem, inputs);
+    std::cerr << "done\n";
+    print_accuracy("", sage::ref::compare(exact.data(), call.out.data(), problem.batch * problem.heads_q * problem.nq,
+                                          problem.head_dim));
+  }
+  return 0;
+}
+
+}  // namespace sage_cli

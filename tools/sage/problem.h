@@ -1,0 +1,79 @@
+// The attention problem the `accuracy` and `run` commands work on: its
+// flags, its inputs, host tensors that hold them, and the float64 reference.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "args.h"
+#include "reference/reference.h"
+#include "sage/attention.h"
+
+namespace sage_cli {
+
+struct ProblemSize {
+  std::int64_t batch = 1, heads_q = 2, heads_kv = 2, nq = 1024, nk = 1024, head_dim = 128;
+  bool causal = false;
+  std::uint64_t seed = 0;
+  sage::DType dtype = sage::DType::bf16;
+};
+
+// Adds -n, --nq, --nk, -d, --heads, --kv-heads, --batch, --causal, --seed,
+// --dtype; `defaults` goes into the help text.
+void add_problem_flags(ArgParser& parser, const ProblemSize& defaults);
+// The flags' values over `defaults` (--kv-heads defaults to --heads).
+ProblemSize read_problem_flags(const ArgParser& parser, const ProblemSize& defaults);
+// Whether any size flag was given (then the user's size wins over the
+// default size of the device).
+bool has_size_flags(const ArgParser& parser);
+
+// "B=1 Hq=2 Hkv=2 Nq=1024 Nk=1024 D=128 bfloat16, non-causal"
+std::string describe(const ProblemSize& size);
+// "B=1, H=2, N=1024, D=128" (short form for one-line notes)
+std::string describe_short(const ProblemSize& size);
+
+// The reference's view of the problem: HND, top-left causal alignment,
+// sm_scale = 1/sqrt(D) (what the API's default sm_scale = 0 resolves to).
+sage::ref::Problem to_ref_problem(const ProblemSize& size);
+
+// Dense HND views (data = nullptr) of q (and out) and of k (and v).
+sage::TensorView q_layout(const ProblemSize& size);
+sage::TensorView kv_layout(const ProblemSize& size);
+std::size_t dense_bytes(const sage::TensorView& view);
+
+// A dense host tensor (row-major) that owns its storage.
+struct HostTensor {
+  std::vector<unsigned char> storage;
+  sage::TensorView view;
+};
+// Storage for `layout` (a dense view without data).
+HostTensor make_host_tensor(const sage::TensorView& layout);
+// Converts floats into the tensor's dtype (round to nearest even) and back.
+void store_floats(const std::vector<float>& values, HostTensor* tensor);
+std::vector<float> load_floats(const HostTensor& tensor);
+
+// q, k, v, out of the problem in layout HND, with q/k/v filled from `inputs`.
+struct HostTensors {
+  HostTensor q, k, v, out;
+};
+HostTensors make_host_tensors(const ProblemSize& size, const sage::ref::Inputs& inputs);
+
+// Exact attention in float64 on `inputs` (dense BHND).
+std::vector<double> exact_output(const sage::ref::Problem& problem, const sage::ref::Inputs& inputs);
+
+// One (batch, head) slice of a problem and its inputs: a float64 reference
+// of the whole default GPU problem would take minutes on the CPU, one head
+// takes a second. The query head keeps its key/value head (GQA).
+struct HeadSlice {
+  sage::ref::Problem problem;
+  sage::ref::Inputs inputs;
+  std::int64_t out_offset = 0;  // first element of the slice in the BHND output
+};
+HeadSlice slice_head(const sage::ref::Problem& problem, const sage::ref::Inputs& inputs, std::int64_t batch,
+                     std::int64_t head_q);
+
+// "1.23 s", "45.6 ms"
+std::string format_seconds(double seconds);
+
+}  // namespace sage_cli
