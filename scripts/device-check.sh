@@ -21,9 +21,12 @@ fi
 summary+=("build: ok")
 
 if [[ $mode == tests || $mode == all ]]; then
-  build-dev/tests/sage_gpu_tests 2>&1 | tee "$out/gpu-tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|Expected|Which is|accuracy|cos|seed" | head -80
+  # A kernel that deadlocks must not eat the whole lease: everything is timed out.
+  timeout 60 build-dev/tools/sage/sage run --device gpu 2>&1 | tee "$out/sage-run.log" | tail -12
+  summary+=("sage run --device gpu: rc=${PIPESTATUS[0]}")
+  timeout 300 build-dev/tests/sage_gpu_tests 2>&1 | tee "$out/gpu-tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|Expected|Which is|accuracy|cos|seed" | head -80
   summary+=("gpu tests: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$out/gpu-tests.log" | tr '\n' ' ')")
-  compute-sanitizer --tool memcheck --error-exitcode 9 build-dev/tests/sage_gpu_tests --gtest_filter='*Small*' \
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 build-dev/tests/sage_gpu_tests --gtest_filter='*Small*' \
     >"$out/memcheck.log" 2>&1
   summary+=("memcheck (Small tests): rc=$? $(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)")
   sass=$(cuobjdump --dump-sass build-dev/src/libsage_attention.a 2>/dev/null)
@@ -40,7 +43,7 @@ cp python/sage_attention/*.py build-dev/python/_C*.so "$pkg/sage_attention/"
 export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ $mode == bench || $mode == all ]]; then
-  PYTHONUNBUFFERED=1 python3 bench/bench_attention.py $quick --out "$out/bench.json" 2>&1 | tee "$out/bench.log"
+  PYTHONUNBUFFERED=1 timeout 300 python3 bench/bench_attention.py $quick --out "$out/bench.json" 2>&1 | tee "$out/bench.log"
   summary+=("bench: $out/bench.json")
 fi
 

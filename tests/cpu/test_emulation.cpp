@@ -147,7 +147,8 @@ struct Pipeline {
   double lse_tol;    // max |lse - exact| on gaussian and channel-bias inputs
   // The same on causal rows that see a handful of keys: there the LSE is
   // about the top score itself, whose rounding error does not average out
-  // (measured up to ~0.75 for INT4 and ~0.6 for NVFP4 over 20 seeds).
+  // (measured up to ~0.042 for INT8, ~0.75 for INT4 and ~0.6 for NVFP4 over
+  // 45 seeds).
   double lse_tol_short_rows;
 };
 
@@ -171,16 +172,16 @@ std::vector<Pipeline> pipelines() {
   // LSE tolerances: measured max over 8 seeds 5e-3 (INT8), 9e-2 (INT4), 6e-2 (NVFP4).
   return {
       {"sage2-int8-fp8", AttentionOptions{},
-       {{.999, .045}, {.99999, .003}, {.975, .080}, {.970, .130}, {.998, .050}}, 0.02, 0.04},
+       {{.999, .045}, {.99999, .003}, {.975, .080}, {.970, .130}, {.998, .050}}, 0.02, 0.08},
       {"sage2-int8-e5m2", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::fp8_e5m2),
-       {{.996, .085}, {.99995, .007}, {.975, .100}, {.970, .150}, {.9965, .070}}, 0.02, 0.04},
+       {{.996, .085}, {.99995, .007}, {.975, .100}, {.970, .150}, {.9965, .070}}, 0.02, 0.08},
       {"sage2-int8-fp16", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::fp16),
-       {{.9998, .016}, {.99999, .0003}, {.975, .060}, {.970, .110}, {.9985, .036}}, 0.02, 0.04},
+       {{.9998, .016}, {.99999, .0003}, {.975, .060}, {.970, .110}, {.9985, .036}}, 0.02, 0.08},
       {"sage2-int8-bf16", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::bf16),
-       {{.9998, .016}, {.99999, .0003}, {.975, .060}, {.970, .110}, {.9985, .036}}, 0.02, 0.04},
+       {{.9998, .016}, {.99999, .0003}, {.975, .060}, {.970, .110}, {.9985, .036}}, 0.02, 0.08},
       {"sage2-int4-fp8", int4, {{.970, .240}, {.99995, .005}, {.600, .550}, {.720, .650}, {.800, .520}}, 0.2, 1.5},
       {"sage3-nvfp4", s3, {{.975, .220}, {.9990, .024}, {.700, .450}, {.940, .270}, {.890, .400}}, 0.15, 1.2},
-      {"sagebwd-int8", bwd, {{.9995, .026}, {.99999, .0012}, {.975, .070}, {.930, .300}, {.998, .043}}, 0.02, 0.04},
+      {"sagebwd-int8", bwd, {{.9995, .026}, {.99999, .0012}, {.975, .070}, {.930, .300}, {.998, .043}}, 0.02, 0.08},
   };
 }
 
