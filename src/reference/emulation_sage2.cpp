@@ -3,22 +3,22 @@
 //
 // ---- QK^T, integer (IntScores) ----
 // Pre-pass per (batch, kv head): K' = K - mean_k if smooth_k (channel mean
-// over all nk keys, fp32), else K. Per (batch, q head): Q' = Q minus its
-// cta_q-block mean if smooth_q, else Q.
+// over all nk keys, rounded to fp32 once; the subtraction in fp32), else K.
+// Per (batch, q head): Q' = Q minus its cta_q-block mean if smooth_q, else Q.
 // Groups (TileGeometry, per (batch, head)): Q row r belongs to group
 // q_group_of(r, g), key c to k_group_of(c, g); a group spans every channel
 // of its rows.
-//   amax  = max |x| over the group (fp32)
-//   scale = num::symmetric_scale(amax, qmax)      amax / qmax, qmax = 127 (INT8)
-//                                                 or 7 (INT4); 1.0 for an all-zero group
-//   inv   = num::reciprocal_rn(scale)             1 / scale, fp32
-//   code  = num::quantize_symmetric(x, inv, qmax) RNE of x * inv, saturating
+//   amax  = max |x| over the group                 fp32
+//   scale = num::symmetric_scale(amax, qmax)       amax / qmax; qmax = 127 (INT8)
+//                                                  or 7 (INT4); 1.0 if amax is 0
+//   inv   = num::reciprocal_rn(scale)              1 / scale, fp32
+//   code  = num::quantize_symmetric(x, inv, qmax)  RNE of x * inv, saturating
 // Scores of row r (group scale qs) and key j (group scale ks), base 2:
-//   acc   = sum_d qcode[r][d] * kcode[j][d]          exact int32
-//   qf    = qs * scale_log2                           fp32, once per row
-//                                                   (scale_log2 = (float)(sm_scale*log2 e))
-//   s2    = (float)acc * (qf * ks)                     fp32, two roundings
-//   smooth_q: s2 = s2 + delta2[j], with the block's fp32 mean mq:
+//   acc   = sum_d qcode[r][d] * kcode[j][d]        exact int32
+//   qf    = qs * scale_log2                        fp32, once per row;
+//           scale_log2 = (float)(sm_scale * log2(e)), rounded once from double
+//   s2    = (float)acc * (qf * ks)                 fp32: two roundings
+//   smooth_q: s2 = s2 + delta2[j], with the Q block's fp32 mean mq:
 //     delta[j]  = (sum_d mq[d] * (float)kcode[j][d], fp32, d ascending) * ks
 //     delta2[j] = delta[j] * scale_log2
 //   (a kernel that fuses the last add into an FMA differs by one rounding).

@@ -69,14 +69,14 @@ TEST_F(ApiGpuDispatch, MissingDeviceIsUnsupported) {
 }
 
 TEST_F(ApiGpuDispatch, UnsupportedHeadDimIsNotImplemented) {
-  // D = 96 passes validation (1..256) but has no GPU instantiation.
+  // D = 160 passes validation (1..256) but the GPU kernels stop at 128.
   for (TensorView* t : {&args_.q, &args_.k, &args_.v, &args_.out}) {
-    *t = make_contiguous_view(t->data, DType::bf16, {B, H, N, 96}, device_);
+    *t = make_contiguous_view(t->data, DType::bf16, {B, H, N, 160}, device_);
   }
   const Status s = workspace_query();
   if (s.code() == StatusCode::unsupported_device) GTEST_SKIP() << s.message();
   EXPECT_EQ(s.code(), StatusCode::not_implemented) << s.message();
-  EXPECT_NE(s.message().find("head_dim 96"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("head_dim 160"), std::string::npos) << s.message();
 }
 
 }  // namespace

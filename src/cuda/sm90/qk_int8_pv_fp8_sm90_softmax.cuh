@@ -35,9 +35,9 @@ __device__ __forceinline__ void mask_scores(int32_t (&s)[NAcc], const int (&rows
   }
 }
 
-__device__ __forceinline__ int quad_max(int v) {
-  v = max(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return max(v, __shfl_xor_sync(0xffffffffu, v, 2));
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
@@ -55,16 +55,17 @@ struct OnlineSoftmax {
   // the P V^T wgmma (k = 32 keys per fragment).
   __device__ __forceinline__ void step(const int32_t (&s)[NAcc], float qk_scale, bool masked,
                                        uint32_t (&frag)[NAcc / 16][4], float (&alpha)[2]) {
-    // qk_scale > 0, so the max of the integers gives the max of the scores.
+    // qk_scale > 0, so this thread's largest integer gives its largest score.
+    // The threads of a quad can hold different K scales (per-thread
+    // granularity), so the quad reduces scores, not integers.
     int imax[2] = {INT_MIN, INT_MIN};
 #pragma unroll
     for (int i = 0; i < NAcc; ++i) imax[(i / 2) % 2] = max(imax[(i / 2) % 2], s[i]);
     float shift[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int tile_max_acc = quad_max(imax[r]);
-      const float tile_max = tile_max_acc == INT_MIN ? -INFINITY : static_cast<float>(tile_max_acc) * qk_scale;
-      const float m_new = fmaxf(m[r], tile_max);
+      const float mine = imax[r] == INT_MIN ? -INFINITY : static_cast<float>(imax[r]) * qk_scale;
+      const float m_new = fmaxf(m[r], quad_max(mine));
       // A row that has seen no key yet keeps O = 0 and l = 0; any alpha works.
       alpha[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[r] - m_new);
       shift[r] = (m_new == -INFINITY ? 0.f : m_new) - kLog2P8Scale;
