@@ -11,7 +11,8 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
-#include <sstream>
+#include <cstdio>
+#include <type_traits>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -25,11 +26,34 @@ namespace {
 
 // ---------------------------------------------------------------- helpers
 
+// Message building without iostreams: a stream's locale facets are process
+// state, and inside a Python process that loaded other C++ runtimes they
+// have crashed us (std::ostream in an extension module); plain appends have
+// no such dependency.
+void append(std::string& s, std::string_view v) { s += v; }
+void append(std::string& s, const char* v) { s += v; }
+void append(std::string& s, const std::string& v) { s += v; }
+template <class Int, std::enable_if_t<std::is_integral_v<Int>, int> = 0>
+void append(std::string& s, Int v) {
+  s += std::to_string(v);
+}
+void append(std::string& s, double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  s += buf;
+}
+void append(std::string& s, float v) { append(s, static_cast<double>(v)); }
+void append(std::string& s, const void* v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%p", v);
+  s += buf;
+}
+
 template <class... Parts>
 std::string concat(const Parts&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  return os.str();
+  std::string s;
+  (append(s, parts), ...);
+  return s;
 }
 
 // invalid_argument with "name: details".
@@ -39,11 +63,9 @@ Status fail(std::string_view name, const Parts&... parts) {
 }
 
 std::string list_string(const std::int64_t* values, int rank) {
-  std::ostringstream os;
-  os << '[';
-  for (int i = 0; i < rank; ++i) os << (i ? ", " : "") << values[i];
-  os << ']';
-  return os.str();
+  std::string s = "[";
+  for (int i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(values[i]);
+  return s + "]";
 }
 
 // Overflow-checked int64 arithmetic (false when the result does not fit).
@@ -180,15 +202,18 @@ Status check_unit_last_stride(const char* name, const TensorView& t) {
 // access there. Also rejects views whose last byte would wrap the address
 // space.
 Status check_offsets(const char* name, const TensorView& t) {
-  const std::string where = concat(" (shape ", list_string(t.shape, t.rank), ", strides ",
+  // Built only on failure: this runs on every call.
+  const auto where = [&] {
+    return concat(" (shape ", list_string(t.shape, t.rank), ", strides ",
                                    list_string(t.stride, t.rank), ")");
+  };
   std::int64_t numel = 1;
   std::int64_t max_offset = 0;
   for (int d = 0; d < t.rank; ++d) {
     std::int64_t span = 0;
-    if (!checked_mul(numel, t.shape[d], &numel)) return fail(name, "the number of elements overflows int64", where);
+    if (!checked_mul(numel, t.shape[d], &numel)) return fail(name, "the number of elements overflows int64", where());
     if (!checked_mul(t.shape[d] - 1, t.stride[d], &span) || !checked_add(max_offset, span, &max_offset)) {
-      return fail(name, "element offsets overflow int64", where);
+      return fail(name, "element offsets overflow int64", where());
     }
   }
   // Bytes up to the end of the last element (packed 4-bit types hold two
@@ -196,7 +221,7 @@ Status check_offsets(const char* name, const TensorView& t) {
   const int bits = dtype_bits(t.dtype);
   std::int64_t end_byte = max_offset / 2 + 1;
   if (bits % 8 == 0 && (!checked_add(max_offset, 1, &end_byte) || !checked_mul(end_byte, bits / 8, &end_byte))) {
-    return fail(name, "byte offsets overflow int64 (largest element offset ", max_offset, ")", where);
+    return fail(name, "byte offsets overflow int64 (largest element offset ", max_offset, ")", where());
   }
   const auto last_byte = static_cast<std::uint64_t>(end_byte);
   const auto base = reinterpret_cast<std::uintptr_t>(t.data);

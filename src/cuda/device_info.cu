@@ -2,9 +2,10 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
-#include <sstream>
+#include <string>
 
 #include "sage/version.h"
 
@@ -15,9 +16,7 @@ namespace {
 // (no driver, no device) does not show up in a later cudaGetLastError().
 std::string consume_error(cudaError_t err) {
   (void)cudaGetLastError();
-  std::ostringstream os;
-  os << cudaGetErrorString(err) << " (" << cudaGetErrorName(err) << ")";
-  return os.str();
+  return std::string(cudaGetErrorString(err)) + " (" + cudaGetErrorName(err) + ")";
 }
 
 // "90a" -> 90 and true (arch-specific); "80" -> 80 and false. False on junk.
@@ -107,10 +106,12 @@ std::string version_string(int cuda_version) {
 
 std::vector<std::string> built_archs() {
   std::vector<std::string> archs;
-  std::istringstream list(SAGE_CUDA_ARCHS_STRING);
-  std::string arch;
-  while (std::getline(list, arch, ';')) {
-    if (!arch.empty()) archs.push_back(arch);
+  const std::string list = SAGE_CUDA_ARCHS_STRING;
+  std::size_t start = 0;
+  while (start <= list.size()) {
+    const std::size_t end = std::min(list.find(';', start), list.size());
+    if (end > start) archs.push_back(list.substr(start, end - start));
+    start = end + 1;
   }
   return archs;
 }
