@@ -3,6 +3,7 @@
 // hand-computed vectors, the synthetic input distributions and parallel_for.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>

@@ -86,35 +86,41 @@ constexpr double kEmuMaxRelL1 = 0.01;
 constexpr double kEmuLseTol = 1e-3;  // |lse - lse_emu| <= kEmuLseTol * (1 + |lse_emu|)
 
 // (b), (c) Kernel vs exact float64. These measure the SageAttention2
-// numerics themselves (INT8 Q/K, FP8 P and V), so they were set from the
-// CPU emulation against float64 over every case of the table below with
-// each distribution and several seeds (~120 runs per distribution, outputs
-// rounded to the case's dtype like the kernel's), with margin:
+// numerics themselves (INT8 Q/K, FP8 P and V), so they were set from the CPU
+// emulation against float64, outputs rounded to the case's dtype like the
+// kernel's: every case of the table below with each distribution, 200 seeds
+// for the cases up to 2e7 B*H*Nq*Nk*D (4200 runs per distribution) and 3
+// seeds for the rest. Worst values seen:
 //
-//   distribution  observed worst (cos / worst row / rel_l1 / |dlse| >=32 keys, <32 keys)
-//   gaussian      0.99924 / 0.9969 / 0.039 / 0.0145 / 0.040
-//   channel bias  0.99986 / 0.9995 / 0.014 / 0.020  / 0.033   (smooth_k on; off: |dlse| 0.22)
-//   sharp         0.9979  / 0.949  / 0.056 / 0.47   / 0.39
-//   heavy tailed  0.9903  / -0.04  / 0.111 / 17.5   / 3.2     (per-block worst; per-thread 0.9977 / 0.73)
-//   outliers      0.9873  / -0.33  / 0.067 / 29.0   / 16.6
+//   distribution  cos      worst row  rel_l1  |dlse| rows with >= 32 keys / fewer
+//   gaussian      0.99910  0.9968     0.042   0.026 / 0.051
+//   channel bias  0.99985  0.9994     0.014   0.034 / 0.051   (smooth_k on; off: 0.22)
+//   sharp         0.9980   0.946      0.056   0.51  / 0.48
+//   heavy tailed  0.79     -0.21      0.46    23    / 9.8     (1st percentile: cos 0.985, rel_l1 0.124)
+//   outliers      0.943    -0.34      0.156   28    / 24
 //
-// Gaussian and channel-bias inputs get the starting bounds (cos >= 0.999,
-// worst row >= 0.99, rel_l1 <= 0.06, |dlse| <= 0.02). The LSE of a row that
-// sees only a few keys is a p-weighted mean of only a few quantized scores,
-// so its error does not average out (0.040 observed for one key): rows with
-// fewer than kManyKeys visible keys get a wider LSE bound. Sharp rows have
-// large scores (quantization error grows with them) and near-ties between
-// the top keys. With heavy tails and outlier channels (10-50x in Q and K),
-// one INT8 scale per group is dominated by a few huge values: individual
-// rows can come out wrong against float64 (worst-row cos < 0, |dlse| in the
-// tens) - that is the algorithm, not the kernel, so only the global cos_sim
-// and rel_l1 are bounded there, and per-row faithfulness comes from (a).
+// Gaussian and channel-bias inputs keep the starting bounds for the output
+// (cos >= 0.999, worst row >= 0.99, rel_l1 <= 0.06). The LSE bound is wider
+// than the starting 0.02: a row's LSE error has a part that does not average
+// out over keys, sm_scale * dq . (sum_j p_j k_j), from the INT8 error dq of
+// the row's q against the attention-weighted mean key (about |q| / sqrt(D)
+// long), ~0.008 standard deviation at D = 64..128; 0.02 fails ~0.3% of the
+// cases. Rows that see fewer than kManyKeys keys average even less (one key:
+// the LSE is one quantized score). Sharp rows have large scores (the INT8
+// error grows with them) and near-ties between their top keys. With heavy
+// tails and outlier channels (10-50x in Q and K), one INT8 scale per group
+// is dominated by a few huge values and single rows come out wrong against
+// float64: that is the algorithm, not the kernel, so there only gross errors
+// are bounded. The kernel is tied to the algorithm by (a): with cos >= 0.9999
+// and rel_l1 <= 0.01 against the emulation, its angle to the exact result is
+// within acos(0.9999) = 0.014 rad of the emulation's, its rel_l1 within ~0.01,
+// and every row matches the emulation's (worst row >= 0.995).
 struct ExactBounds {
   double min_cos = 0.999;
   double min_worst_row_cos = 0.99;  // <= -1: not checked
   double max_rel_l1 = 0.06;
-  double lse_many = 0.02;  // |dlse| for rows that see >= kManyKeys keys (< 0: not checked)
-  double lse_few = 0.06;   // |dlse| for rows that see fewer keys (< 0: not checked)
+  double lse_many = 0.04;  // |dlse| for rows that see >= kManyKeys keys (< 0: not checked)
+  double lse_few = 0.08;   // |dlse| for rows that see fewer keys (< 0: not checked)
 };
 constexpr std::int64_t kManyKeys = 32;
 
@@ -123,7 +129,7 @@ ExactBounds exact_bounds(Distribution dist, bool smooth_k) {
   switch (dist) {
     case Distribution::gaussian: break;
     case Distribution::channel_bias:
-      b.lse_many = 0.03, b.lse_few = 0.06;
+      b.lse_many = 0.05;
       // Without smoothing, INT8 K spends its range on the bias.
       if (!smooth_k) b.lse_many = b.lse_few = 0.5;
       break;
@@ -131,10 +137,10 @@ ExactBounds exact_bounds(Distribution dist, bool smooth_k) {
       b.min_cos = 0.995, b.min_worst_row_cos = 0.9, b.max_rel_l1 = 0.08, b.lse_many = b.lse_few = 0.8;
       break;
     case Distribution::heavy_tailed:
-      b.min_cos = 0.985, b.min_worst_row_cos = -2, b.max_rel_l1 = 0.15, b.lse_many = b.lse_few = -1;
+      b.min_cos = 0.5, b.min_worst_row_cos = -2, b.max_rel_l1 = 1.0, b.lse_many = b.lse_few = -1;
       break;
     case Distribution::outlier_channels:
-      b.min_cos = 0.98, b.min_worst_row_cos = -2, b.max_rel_l1 = 0.1, b.lse_many = b.lse_few = -1;
+      b.min_cos = 0.85, b.min_worst_row_cos = -2, b.max_rel_l1 = 0.3, b.lse_many = b.lse_few = -1;
       break;
   }
   return b;

@@ -113,7 +113,7 @@ struct QuantShared {
   float mean[128];       // mean_k (Q, K jobs) or mean_v (V job)
   float inv_scale[128];  // V job: 1 / v_scale per channel
   float amax[64];        // per scale group of the tile
-  uint8_t tile[kTileRows * 128];  // V job: FP8 tile [key][channel] before the transpose
+  alignas(16) uint8_t tile[kTileRows * 128];  // V job: FP8 tile [key][channel] before the transpose
 };
 
 // Mean of K (sum partials / nk) or, for V, the mean, the scale and its
@@ -150,48 +150,75 @@ __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& lay
 }
 
 // This thread's share of a 128-row tile: rows (16 * warp + lane/4) and +8,
-// channels 32*i + 8*(lane%4) + [0, 8) for i < Dp/32.
-template <int Dp>
+// channels 32*i + 8*(lane%4) + [0, 8) for i < Dp/32. The inputs stay in
+// their 16-bit form (half the registers of floats, which lets four CTAs
+// share an SM) and are converted - and smoothed - where they are used.
+// Rows past the end read as 0, also when a mean is subtracted.
+template <typename T, int Dp>
 struct TileFragment {
-  float x[2][Dp / 32][kVec];
+  T raw[2][Dp / 32][kVec];
+  bool row_ok[2];
+  const float* mean = nullptr;  // per channel, subtracted on use; or null
+
   static __device__ __forceinline__ int row(int r) { return 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4 + 8 * r; }
   static __device__ __forceinline__ int col(int i) { return 32 * i + 8 * (threadIdx.x % 4); }
+  __device__ __forceinline__ float x(int r, int i, int e) const {
+    if (!row_ok[r]) return 0.f;
+    const float v = to_float(raw[r][i][e]);
+    return mean ? v - mean[col(i) + e] : v;  // pad channels: 0 - 0
+  }
 };
 
+// Reads channels [c0, c0+8) of one row as raw 16-bit values (zeros past
+// head_dim). Vec: one 16-byte load does (see load8).
+template <typename T, bool Vec>
+__device__ __forceinline__ void load8_raw(const T* row, int c0, int head_dim, T (&x)[kVec]) {
+  if (Vec && c0 < head_dim) {
+    const uint4 v = *reinterpret_cast<const uint4*>(row + c0);
+    const T* e = reinterpret_cast<const T*>(&v);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) x[i] = e[i];
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) x[i] = c0 + i < head_dim ? row[c0 + i] : T(0.f);
+}
+
 template <typename T, bool Vec, int Dp>
-__device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n, int head_dim, bool subtract,
-                          const float* mean, TileFragment<Dp>& f) {
+__device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n, int head_dim, const float* mean,
+                          TileFragment<T, Dp>& f) {
   const T* base = static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h;
+  f.mean = mean;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + f.row(r);
-    const bool ok = row < n;
+    f.row_ok[r] = row < n;
 #pragma unroll
     for (int i = 0; i < Dp / 32; ++i) {
-      load8<T, Vec>(base + (ok ? row : 0) * in.stride_n, ok, f.col(i), head_dim, f.x[r][i]);
-      if (subtract && ok) {
+      if (f.row_ok[r]) {
+        load8_raw<T, Vec>(base + row * in.stride_n, f.col(i), head_dim, f.raw[r][i]);
+      } else {
 #pragma unroll
-        for (int e = 0; e < kVec; ++e)
-          if (f.col(i) + e < head_dim) f.x[r][i][e] -= mean[f.col(i) + e];
+        for (int e = 0; e < kVec; ++e) f.raw[r][i][e] = T(0.f);
       }
     }
   }
 }
 
-template <int Dp>
-__device__ float row_absmax(const TileFragment<Dp>& f, int r) {
+template <typename T, int Dp>
+__device__ float row_absmax(const TileFragment<T, Dp>& f, int r) {
   float m = 0.f;
 #pragma unroll
   for (int i = 0; i < Dp / 32; ++i)
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) m = fmaxf(m, fabsf(f.x[r][i][e]));
+    for (int e = 0; e < kVec; ++e) m = fmaxf(m, fabsf(f.x(r, i, e)));
   return m;
 }
 
 // Quantizes the fragment to INT8 with per-row-group scales (group slot of
 // each of the thread's rows given) and stores the rows that exist.
-template <int Dp>
-__device__ void store_int8_tile(const TileFragment<Dp>& f, const int (&slot)[2], const QuantShared& sh, int8_t* dst,
+template <typename T, int Dp>
+__device__ void store_int8_tile(const TileFragment<T, Dp>& f, const int (&slot)[2], const QuantShared& sh, int8_t* dst,
                                 int row0, int n) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -203,7 +230,7 @@ __device__ void store_int8_tile(const TileFragment<Dp>& f, const int (&slot)[2],
       uint32_t packed[2] = {0, 0};
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
-        const int q = num::quantize_symmetric(f.x[r][i][e], inv, 127);
+        const int q = num::quantize_symmetric(f.x(r, i, e), inv, 127);
         packed[e / 4] |= (static_cast<uint32_t>(q) & 0xFFu) << (8 * (e % 4));
       }
       *reinterpret_cast<uint2*>(dst + static_cast<std::int64_t>(row) * Dp + f.col(i)) = make_uint2(packed[0], packed[1]);
@@ -220,12 +247,12 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
   const int b = bh / p.heads_q, h = bh % p.heads_q;
   const int bh_kv = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
   const int row0 = tile * kTileRows;
+  // The tile's loads go out first; the statistics are reduced while they fly.
+  TileFragment<T, Dp> f;
+  load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, nullptr, f);
   if (p.lse_correction) finalize_stats(p, layout, out, bh_kv, false, false, sh);
   for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
   __syncthreads();
-
-  TileFragment<Dp> f;
-  load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, false, nullptr, f);
   const Granularity g = p.granularity;
   const std::int64_t first_group = kGeometry.q_group_of(row0, g);
   int slot[2];
@@ -250,7 +277,7 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
 #pragma unroll
       for (int i = 0; i < Dp / 32; ++i)
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) dot = fmaf(f.x[r][i][e], sh.mean[f.col(i) + e], dot);
+        for (int e = 0; e < kVec; ++e) dot = fmaf(f.x(r, i, e), sh.mean[f.col(i) + e], dot);
       dot += __shfl_xor_sync(0xffffffffu, dot, 1);
       dot += __shfl_xor_sync(0xffffffffu, dot, 2);
       const int row = row0 + f.row(r);
@@ -267,12 +294,12 @@ __device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& la
   const int bh_kv = job / tiles, tile = job % tiles;
   const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
   const int row0 = tile * kTileRows;
+  // The tile's loads go out first; the mean is reduced while they fly.
+  TileFragment<T, Dp> f;
+  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, p.smooth_k ? sh.mean : nullptr, f);
   finalize_stats(p, layout, out, bh_kv, false, false, sh);
   for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
   __syncthreads();
-
-  TileFragment<Dp> f;
-  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, p.smooth_k, sh.mean, f);
   const Granularity g = p.granularity;
   const std::int64_t first_group = kGeometry.k_group_of(row0, g);
   int slot[2];
@@ -297,22 +324,25 @@ __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& la
   const int bh_kv = job / tiles, tile = job % tiles;
   const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
   const int row0 = tile * kTileRows;
+  // The tile's loads go out first; the statistics are reduced while they fly.
+  TileFragment<T, Dp> f;
+  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, p.smooth_v ? sh.mean : nullptr, f);
   finalize_stats(p, layout, out, bh_kv, true, tile == 0, sh);
   __syncthreads();
-
-  TileFragment<Dp> f;
-  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, p.smooth_v, sh.mean, f);
-  // FP8 into shared memory as [key][channel]; keys past nk stay 0.
+  // FP8 into shared memory as [key][channel], 8 channels per store; keys
+  // past nk are 0 (x() reads them as 0).
 #pragma unroll
   for (int r = 0; r < 2; ++r)
 #pragma unroll
-    for (int i = 0; i < Dp / 32; ++i)
+    for (int i = 0; i < Dp / 32; ++i) {
+      uint32_t packed[2] = {0, 0};
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
-        const int c = f.col(i) + e;
-        const bool ok = row0 + f.row(r) < p.nk;
-        sh.tile[f.row(r) * Dp + c] = ok ? num::fp8_e4m3_from_float(f.x[r][i][e] * sh.inv_scale[c]) : 0;
+        const uint32_t code = num::fp8_e4m3_from_float(f.x(r, i, e) * sh.inv_scale[f.col(i) + e]);
+        packed[e / 4] |= code << (8 * (e % 4));
       }
+      *reinterpret_cast<uint2*>(&sh.tile[f.row(r) * Dp + f.col(i)]) = make_uint2(packed[0], packed[1]);
+    }
   __syncthreads();
 
   // Transposed, permuted store: each thread writes 16 consecutive positions
@@ -336,7 +366,7 @@ __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& la
 }
 
 template <typename T, bool Vec, int Dp>
-__global__ void __launch_bounds__(kThreads) quantize_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out,
+__global__ void __launch_bounds__(kThreads, 2) quantize_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out,
                                                              StridedInput q, StridedInput k, StridedInput v) {
   __shared__ QuantShared sh;
   const int q_jobs = p.batch * p.heads_q * ((p.nq + kTileRows - 1) / kTileRows);
