@@ -18,6 +18,7 @@ constexpr int kMaxChunks = 32;  // key chunks of the statistics pass
 constexpr int kVec = 8;         // elements per 16-byte load
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kE4m3Max = 448.f;
+constexpr int kTilePad = 8;
 static_assert(kSm90Geometry.cta_q == kTileRows && kSm90Geometry.cta_k == kTileRows);
 static_assert(kSm90Geometry.warp_q * (kThreads / 32) == kTileRows, "one warp per 16-row slice");
 
@@ -113,7 +114,9 @@ struct QuantShared {
   float mean[128];       // mean_k (Q, K jobs) or mean_v (V job)
   float inv_scale[128];  // V job: 1 / v_scale per channel
   float amax[64];        // per scale group of the tile
-  alignas(16) uint8_t tile[kTileRows * 128];  // V job: FP8 tile [key][channel] before the transpose
+  // V job: FP8 tile [key][channel] before the transpose. Rows are padded by
+  // 8 bytes so that the column reads of the transpose spread over banks.
+  alignas(16) uint8_t tile[kTileRows * (128 + kTilePad)];
 };
 
 // Mean of K (sum partials / nk) or, for V, the mean, the scale and its
@@ -124,12 +127,17 @@ __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& lay
   for (int c = threadIdx.x; c < dp; c += kThreads) {
     if (!v_job) {
       float sum = 0.f;
-      if (p.smooth_k)
+      // Unrolled so that the partials' loads are in flight together: this
+      // chain sits at the start of every CTA.
+      if (p.smooth_k) {
+#pragma unroll 8
         for (int j = 0; j < layout.chunks; ++j) sum += out.k_partial[(static_cast<std::int64_t>(bh_kv) * layout.chunks + j) * dp + c];
+      }
       sh.mean[c] = p.smooth_k ? sum / static_cast<float>(p.nk) : 0.f;
       continue;
     }
     float sum = 0.f, mx = -INFINITY, mn = INFINITY;
+#pragma unroll 8
     for (int j = 0; j < layout.chunks; ++j) {
       const float* vp = out.v_partial + (static_cast<std::int64_t>(bh_kv) * layout.chunks + j) * 3 * dp;
       sum += vp[c];
@@ -341,7 +349,7 @@ __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& la
         const uint32_t code = num::fp8_e4m3_from_float(f.x(r, i, e) * sh.inv_scale[f.col(i) + e]);
         packed[e / 4] |= code << (8 * (e % 4));
       }
-      *reinterpret_cast<uint2*>(&sh.tile[f.row(r) * Dp + f.col(i)]) = make_uint2(packed[0], packed[1]);
+      *reinterpret_cast<uint2*>(&sh.tile[f.row(r) * (Dp + kTilePad) + f.col(i)]) = make_uint2(packed[0], packed[1]);
     }
   __syncthreads();
 
@@ -358,7 +366,7 @@ __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& la
     for (int e = 0; e < 16; ++e) {
       const int pos = pos0 + e;
       const int key = (pos / 32) * 32 + vt_key_of_position(pos % 32);
-      words[e / 4] |= static_cast<uint32_t>(sh.tile[key * Dp + c]) << (8 * (e % 4));
+      words[e / 4] |= static_cast<uint32_t>(sh.tile[key * (Dp + kTilePad) + c]) << (8 * (e % 4));
     }
     *reinterpret_cast<uint4*>(vt + static_cast<std::int64_t>(c) * layout.nk_padded + row0 + pos0) =
         make_uint4(words[0], words[1], words[2], words[3]);
