@@ -48,6 +48,13 @@ cp python/sage_attention/*.py build-dev/python/_C*.so "$pkg/sage_attention/"
 export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ $mode == bench || $mode == all ]]; then
+  # Where the end-to-end time goes: GPU time of each kernel, and host time per call.
+  timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum python3 -c "
+import torch, sage_attention as s
+q, k, v = [torch.randn(2, 32, 4096, 128, dtype=torch.bfloat16, device='cuda') for _ in range(3)]
+s.sageattn(q, k, v); torch.cuda.synchronize()" 2>&1 | grep -E "^  [a-z]|duration" | sed -E 's/\(.*//' >"$out/kernel-times.txt"
+  paste - - <"$out/kernel-times.txt" | awk '{print "  " $1, $NF " us"}' | sed 's/void //'
+  timeout 60 python3 scripts/host_overhead.py 2>&1 | tail -2
   PYTHONUNBUFFERED=1 timeout 300 python3 bench/bench_attention.py $quick --out "$out/bench.json" 2>&1 | tee "$out/bench.log"
   summary+=("bench: $out/bench.json")
 fi

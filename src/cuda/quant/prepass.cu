@@ -223,6 +223,15 @@ __device__ float row_absmax(const TileFragment<T, Dp>& f, int r) {
   return m;
 }
 
+// Folds `amax` over the lanes that differ only in their low `lane_bits` bits
+// (they share one scale group: both rows of a thread always do), then one
+// lane per group publishes it. One shared atomic per group and warp: a whole
+// warp hitting one address would serialize.
+__device__ __forceinline__ void publish_group_amax(QuantShared& sh, int slot, float amax, int lane_bits) {
+  for (int b = 0; b < lane_bits; ++b) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1 << b));
+  if ((threadIdx.x % 32 & ((1 << lane_bits) - 1)) == 0) atomic_max_nonneg(&sh.amax[slot], amax);
+}
+
 // Quantizes the fragment to INT8 with per-row-group scales (group slot of
 // each of the thread's rows given) and stores the rows that exist.
 template <typename T, int Dp>
@@ -265,10 +274,9 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
   const std::int64_t first_group = kGeometry.q_group_of(row0, g);
   int slot[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    slot[r] = static_cast<int>(kGeometry.q_group_of(row0 + f.row(r), g) - first_group);
-    atomic_max_nonneg(&sh.amax[slot[r]], row_absmax(f, r));
-  }
+  for (int r = 0; r < 2; ++r) slot[r] = static_cast<int>(kGeometry.q_group_of(row0 + f.row(r), g) - first_group);
+  // Per thread: the 4 lanes of a row quad share a group; otherwise the warp.
+  publish_group_amax(sh, slot[0], fmaxf(row_absmax(f, 0), row_absmax(f, 1)), g == Granularity::per_thread ? 2 : 5);
   __syncthreads();
 
   store_int8_tile(f, slot, sh, out.q + static_cast<std::int64_t>(bh) * p.nq * Dp, row0, p.nq);
@@ -312,10 +320,10 @@ __device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& la
   const std::int64_t first_group = kGeometry.k_group_of(row0, g);
   int slot[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    slot[r] = static_cast<int>(kGeometry.k_group_of(row0 + f.row(r), g) - first_group);
-    atomic_max_nonneg(&sh.amax[slot[r]], row_absmax(f, r));
-  }
+  for (int r = 0; r < 2; ++r) slot[r] = static_cast<int>(kGeometry.k_group_of(row0 + f.row(r), g) - first_group);
+  // Per thread: keys with the same (key % 8) / 2 are the 8 lanes that share
+  // lane / 8; otherwise the whole tile.
+  publish_group_amax(sh, slot[0], fmaxf(row_absmax(f, 0), row_absmax(f, 1)), g == Granularity::per_thread ? 3 : 5);
   __syncthreads();
 
   store_int8_tile(f, slot, sh, out.k + static_cast<std::int64_t>(bh_kv) * p.nk * Dp, row0, p.nk);
