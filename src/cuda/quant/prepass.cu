@@ -47,6 +47,24 @@ __device__ __forceinline__ void load8(const T* row, bool row_ok, int c0, int hea
   for (int i = 0; i < kVec; ++i) x[i] = (row_ok && c0 + i < head_dim) ? to_float(row[c0 + i]) : 0.f;
 }
 
+// Hardware conversions for the hot loops. numerics/formats.h (what the CPU
+// emulation runs) is portable bit arithmetic, tens of instructions per value;
+// tests/gpu/test_numerics_cvt.cu checks over all 2^32 floats that it equals
+// these instructions bit for bit, so the two paths agree exactly.
+__device__ __forceinline__ int quantize_int8(float x, float inv_scale) {
+  const int q = __float2int_rn(x * inv_scale);  // cvt.rni.s32.f32: ties to even, NaN -> 0, saturating
+  return q > 127 ? 127 : (q < -127 ? -127 : q);
+}
+__device__ __forceinline__ uint32_t fp8_e4m3_code(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint16_t pair;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(pair) : "f"(0.f), "f"(x));
+  return pair & 0xFFu;  // x is the low byte
+#else
+  return num::fp8_e4m3_from_float(x);
+#endif
+}
+
 __device__ __forceinline__ void atomic_max_nonneg(float* slot, float v) {
   // Non-negative floats order like their bit patterns.
   atomicMax(reinterpret_cast<unsigned*>(slot), __float_as_uint(v));
@@ -247,7 +265,7 @@ __device__ void store_int8_tile(const TileFragment<T, Dp>& f, const int (&slot)[
       uint32_t packed[2] = {0, 0};
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
-        const int q = num::quantize_symmetric(f.x(r, i, e), inv, 127);
+        const int q = quantize_int8(f.x(r, i, e), inv);
         packed[e / 4] |= (static_cast<uint32_t>(q) & 0xFFu) << (8 * (e % 4));
       }
       *reinterpret_cast<uint2*>(dst + static_cast<std::int64_t>(row) * Dp + f.col(i)) = make_uint2(packed[0], packed[1]);
@@ -354,7 +372,7 @@ __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& la
       uint32_t packed[2] = {0, 0};
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
-        const uint32_t code = num::fp8_e4m3_from_float(f.x(r, i, e) * sh.inv_scale[f.col(i) + e]);
+        const uint32_t code = fp8_e4m3_code(f.x(r, i, e) * sh.inv_scale[f.col(i) + e]);
         packed[e / 4] |= code << (8 * (e % 4));
       }
       *reinterpret_cast<uint2*>(&sh.tile[f.row(r) * (Dp + kTilePad) + f.col(i)]) = make_uint2(packed[0], packed[1]);
