@@ -18,7 +18,10 @@ constexpr int kMaxChunks = 32;  // key chunks of the statistics pass
 constexpr int kVec = 8;         // elements per 16-byte load
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kE4m3Max = 448.f;
-constexpr int kTilePad = 8;
+constexpr int kTilePad = 32;
+#ifndef SAGE_PREPASS_MIN_BLOCKS
+#define SAGE_PREPASS_MIN_BLOCKS 2  // CTAs per SM the quantize kernel's registers must allow
+#endif
 static_assert(kSm90Geometry.cta_q == kTileRows && kSm90Geometry.cta_k == kTileRows);
 static_assert(kSm90Geometry.warp_q * (kThreads / 32) == kTileRows, "one warp per 16-row slice");
 
@@ -133,7 +136,8 @@ struct QuantShared {
   float inv_scale[128];  // V job: 1 / v_scale per channel
   float amax[64];        // per scale group of the tile
   // V job: FP8 tile [key][channel] before the transpose. Rows are padded by
-  // 8 bytes so that the column reads of the transpose spread over banks.
+  // 32 bytes: a warp's 8-byte stores (8 rows x 4 column groups) then fall on
+  // distinct banks two at a time, the least an 8-byte access allows.
   alignas(16) uint8_t tile[kTileRows * (128 + kTilePad)];
 };
 
@@ -379,29 +383,37 @@ __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& la
     }
   __syncthreads();
 
-  // Transposed, permuted store: each thread writes 16 consecutive positions
-  // of one channel row of V^T.
-  constexpr int kSegments = kTileRows / 16;  // 16-byte segments per channel row
+  // Transposed, permuted store: each thread writes one 32-key chunk (a full
+  // 32-byte sector) of one channel row of V^T. Neighbouring lanes take
+  // neighbouring channels, so their byte reads of the tile hit consecutive
+  // words (no bank conflicts).
+  constexpr int kChunks = kTileRows / 32;
   uint8_t* vt = out.vt + static_cast<std::int64_t>(bh_kv) * Dp * layout.nk_padded;
-  for (int job16 = threadIdx.x; job16 < Dp * kSegments; job16 += kThreads) {
-    const int c = job16 / kSegments;
-    const int pos0 = (job16 % kSegments) * 16;
-    if (row0 + pos0 >= layout.nk_padded) continue;
-    uint32_t words[4] = {0, 0, 0, 0};
+  for (int job = threadIdx.x; job < Dp * kChunks; job += kThreads) {
+    const int c = job % Dp;
+    const int pos0 = (job / Dp) * 32;
+    uint32_t words[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 #pragma unroll
-    for (int e = 0; e < 16; ++e) {
-      const int pos = pos0 + e;
-      const int key = (pos / 32) * 32 + vt_key_of_position(pos % 32);
+    for (int e = 0; e < 32; ++e) {
+      const int key = pos0 + vt_key_of_position(e);
       words[e / 4] |= static_cast<uint32_t>(sh.tile[key * (Dp + kTilePad) + c]) << (8 * (e % 4));
     }
-    *reinterpret_cast<uint4*>(vt + static_cast<std::int64_t>(c) * layout.nk_padded + row0 + pos0) =
-        make_uint4(words[0], words[1], words[2], words[3]);
+    uint8_t* dst = vt + static_cast<std::int64_t>(c) * layout.nk_padded + row0 + pos0;
+    // nk_padded is a multiple of 16: each half of the chunk is in or out whole.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      if (row0 + pos0 + 16 * half < layout.nk_padded) {
+        *reinterpret_cast<uint4*>(dst + 16 * half) =
+            make_uint4(words[4 * half], words[4 * half + 1], words[4 * half + 2], words[4 * half + 3]);
+      }
+    }
   }
 }
 
 template <typename T, bool Vec, int Dp>
-__global__ void __launch_bounds__(kThreads, 2) quantize_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out,
-                                                             StridedInput q, StridedInput k, StridedInput v) {
+__global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
+    quantize_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out, StridedInput q, StridedInput k,
+                    StridedInput v) {
   __shared__ QuantShared sh;
   const int q_jobs = p.batch * p.heads_q * ((p.nq + kTileRows - 1) / kTileRows);
   const int kv_jobs = p.batch * p.heads_kv * ((p.nk + kTileRows - 1) / kTileRows);
