@@ -83,30 +83,26 @@ std::vector<float> lse_corrections(const Setup& s, std::int64_t bhq, const std::
   return corr;
 }
 
-SmoothedKeys smooth_keys(const Setup& s, std::int64_t bhkv) {
-  const float* k = s.k_head(bhkv);
-  SmoothedKeys out;
-  if (s.options.smooth_k) {
-    out.mean = channel_mean(k, s.p.nk, s.dim());
-    out.values = subtract_mean(k, s.p.nk, s.dim(), out.mean);
+namespace {
+Smoothed channel_smoothed(const float* x, std::int64_t n, std::int64_t dim, bool enabled) {
+  Smoothed out;
+  if (enabled) {
+    out.mean = channel_mean(x, n, dim);
+    out.values = subtract_mean(x, n, dim, out.mean);
   } else {
-    out.mean.assign(static_cast<std::size_t>(s.dim()), 0.0f);
-    out.values.assign(k, k + s.p.nk * s.dim());
+    out.mean.assign(static_cast<std::size_t>(dim), 0.0f);
+    out.values.assign(x, x + n * dim);
   }
   return out;
 }
+}  // namespace
 
-SmoothedValues smooth_values(const Setup& s, std::int64_t bhkv) {
-  const float* v = s.v_head(bhkv);
-  SmoothedValues out;
-  if (s.options.smooth_v) {
-    out.mean = channel_mean(v, s.p.nk, s.dim());
-    out.values = subtract_mean(v, s.p.nk, s.dim(), out.mean);
-  } else {
-    out.mean.assign(static_cast<std::size_t>(s.dim()), 0.0f);
-    out.values.assign(v, v + s.p.nk * s.dim());
-  }
-  return out;
+Smoothed smooth_keys(const Setup& s, std::int64_t bhkv) {
+  return channel_smoothed(s.k_head(bhkv), s.p.nk, s.dim(), s.options.smooth_k);
+}
+
+Smoothed smooth_values(const Setup& s, std::int64_t bhkv) {
+  return channel_smoothed(s.v_head(bhkv), s.p.nk, s.dim(), s.options.smooth_v);
 }
 
 }  // namespace detail

@@ -112,19 +112,13 @@ std::unique_ptr<ValueStage> make_nvfp4_values(const Setup& s);
 // sagebwd: INT8 P per row and tile, INT8 V per tile.
 std::unique_ptr<ValueStage> make_int8_values(const Setup& s);
 
-// V of one (batch, kv head) after smooth_v (mean subtracted) or as is.
-struct SmoothedValues {
+// K or V of one (batch, kv head) with its channel mean over all keys
+// subtracted (smooth_k / smooth_v), or as is with a zero mean.
+struct Smoothed {
   std::vector<float> values;  // [nk][dim]
-  std::vector<float> mean;    // [dim]: zeros without smooth_v
+  std::vector<float> mean;    // [dim]: zeros when smoothing is off
 };
-SmoothedValues smooth_values(const Setup& s, std::int64_t bhkv);
-
-// Per-(batch, kv head) channel means of K (zeros without smooth_k) and the
-// smoothed K, shared by the score stages.
-struct SmoothedKeys {
-  std::vector<float> values;  // [nk][dim]
-  std::vector<float> mean;    // [dim]
-};
-SmoothedKeys smooth_keys(const Setup& s, std::int64_t bhkv);
+Smoothed smooth_keys(const Setup& s, std::int64_t bhkv);
+Smoothed smooth_values(const Setup& s, std::int64_t bhkv);
 
 }  // namespace sage::ref::detail

@@ -139,7 +139,7 @@ class IntScores final : public ScoreStage {
   };
 
   void prepare_keys(std::int64_t bhkv) {
-    SmoothedKeys sk = smooth_keys(s_, bhkv);
+    Smoothed sk = smooth_keys(s_, bhkv);
     KeyHead& kh = keys_[static_cast<std::size_t>(bhkv)];
     kh.k = quantize_groups(sk.values, s_.p.nk, s_.dim(), s_.geo.k_groups(s_.p.nk, granularity_), qmax_,
                            [&](std::int64_t c) { return s_.geo.k_group_of(c, granularity_); });
@@ -244,7 +244,7 @@ class Sage2Values final : public ValueStage {
 
   void prepare(std::int64_t bhkv) {
     const std::int64_t dim = s_.dim(), nk = s_.p.nk;
-    SmoothedValues sv = smooth_values(s_, bhkv);
+    Smoothed sv = smooth_values(s_, bhkv);
     Head& h = heads_[static_cast<std::size_t>(bhkv)];
     h.mean = std::move(sv.mean);
     h.values = std::move(sv.values);

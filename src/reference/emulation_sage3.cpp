@@ -132,7 +132,7 @@ class Nvfp4Scores final : public ScoreStage {
 
   void prepare_keys(std::int64_t bhkv) {
     const std::int64_t dim = s_.dim(), cta_k = s_.geo.cta_k;
-    SmoothedKeys sk = smooth_keys(s_, bhkv);
+    Smoothed sk = smooth_keys(s_, bhkv);
     const std::vector<float> k = nvfp4_rows(sk.values, s_.p.nk, dim);
     KeyHead& kh = keys_[static_cast<std::size_t>(bhkv)];
     kh.transposed.assign(static_cast<std::size_t>(s_.k_tiles * dim * cta_k), 0.0f);
@@ -217,7 +217,7 @@ class Nvfp4Values final : public ValueStage {
 
   void prepare(std::int64_t bhkv) {
     const std::int64_t dim = s_.dim(), nk = s_.p.nk, padded = s_.k_tiles * s_.geo.cta_k;
-    SmoothedValues sv = smooth_values(s_, bhkv);
+    Smoothed sv = smooth_values(s_, bhkv);
     Head& h = heads_[static_cast<std::size_t>(bhkv)];
     std::vector<float> padded_v(static_cast<std::size_t>(padded * dim), 0.0f);
     std::copy(sv.values.begin(), sv.values.end(), padded_v.begin());

@@ -72,7 +72,7 @@ class Int8Values final : public ValueStage {
 
   void prepare(std::int64_t bhkv) {
     const std::int64_t dim = s_.dim(), cta_k = s_.geo.cta_k;
-    SmoothedValues sv = smooth_values(s_, bhkv);
+    Smoothed sv = smooth_values(s_, bhkv);
     Head& h = heads_[static_cast<std::size_t>(bhkv)];
     h.codes.resize(sv.values.size());
     h.scale.resize(static_cast<std::size_t>(s_.k_tiles));

@@ -277,10 +277,39 @@ __device__ void store_int8_tile(const TileFragment<T, Dp>& f, const int (&slot)[
   }
 }
 
+// The INT8 half of a Q or K job, once the tile is loaded, the statistics are
+// in shared memory and the group maxima are cleared: group maxima, INT8
+// rows, and one scale per group (times scale_factor: Q carries
+// sm_scale * log2 e into the kernel's scores).
+template <typename T, int Dp>
+__device__ void quantize_int8_tile(const TileFragment<T, Dp>& f, QuantShared& sh, bool is_query, Granularity g,
+                                   int row0, int n, int8_t* rows, float* scales, float scale_factor) {
+  constexpr TileGeometry kGeometry = kSm90Geometry;  // device-side copy of the host constant
+  auto group_of = [&](std::int64_t r) { return is_query ? kGeometry.q_group_of(r, g) : kGeometry.k_group_of(r, g); };
+  const std::int64_t first_group = group_of(row0);
+  int slot[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) slot[r] = static_cast<int>(group_of(row0 + f.row(r)) - first_group);
+  // Lanes that share a group: per thread, the 4 lanes of a row quad (Q) or
+  // the 8 lanes whose keys share (key % 8) / 2 (K); otherwise the warp.
+  const int lane_bits = g != Granularity::per_thread ? 5 : (is_query ? 2 : 3);
+  publish_group_amax(sh, slot[0], fmaxf(row_absmax(f, 0), row_absmax(f, 1)), lane_bits);
+  __syncthreads();
+
+  store_int8_tile(f, slot, sh, rows, row0, n);
+  const int groups_here =
+      static_cast<int>(is_query ? kGeometry.q_groups(kTileRows, g) : kGeometry.k_groups(kTileRows, g));
+  for (int i = threadIdx.x; i < groups_here; i += kThreads)
+    scales[first_group + i] = num::symmetric_scale(sh.amax[i], 127) * scale_factor;
+}
+
+__device__ __forceinline__ void clear_group_amax(QuantShared& sh) {
+  for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
+}
+
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                 const StridedInput& in, int job, QuantShared& sh) {
-  constexpr TileGeometry kGeometry = kSm90Geometry;  // device-side copy of the host constant
   const int tiles = (p.nq + kTileRows - 1) / kTileRows;
   const int bh = job / tiles, tile = job % tiles;
   const int b = bh / p.heads_q, h = bh % p.heads_q;
@@ -290,23 +319,10 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
   TileFragment<T, Dp> f;
   load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, nullptr, f);
   if (p.lse_correction) finalize_stats(p, layout, out, bh_kv, false, false, sh);
-  for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
+  clear_group_amax(sh);
   __syncthreads();
-  const Granularity g = p.granularity;
-  const std::int64_t first_group = kGeometry.q_group_of(row0, g);
-  int slot[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) slot[r] = static_cast<int>(kGeometry.q_group_of(row0 + f.row(r), g) - first_group);
-  // Per thread: the 4 lanes of a row quad share a group; otherwise the warp.
-  publish_group_amax(sh, slot[0], fmaxf(row_absmax(f, 0), row_absmax(f, 1)), g == Granularity::per_thread ? 2 : 5);
-  __syncthreads();
-
-  store_int8_tile(f, slot, sh, out.q + static_cast<std::int64_t>(bh) * p.nq * Dp, row0, p.nq);
-  const int groups_here = static_cast<int>(kGeometry.q_groups(kTileRows, g));
-  for (int i = threadIdx.x; i < groups_here; i += kThreads) {
-    const float scale = num::symmetric_scale(sh.amax[i], 127);
-    out.q_scale[static_cast<std::int64_t>(bh) * layout.q_groups + first_group + i] = scale * (p.sm_scale * kLog2e);
-  }
+  quantize_int8_tile(f, sh, true, p.granularity, row0, p.nq, out.q + static_cast<std::int64_t>(bh) * p.nq * Dp,
+                     out.q_scale + static_cast<std::int64_t>(bh) * layout.q_groups, p.sm_scale * kLog2e);
 
   if (p.lse_correction) {  // q . mean_k * sm_scale, from the unquantized row
 #pragma unroll
@@ -327,7 +343,6 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                 const StridedInput& in, int job, QuantShared& sh) {
-  constexpr TileGeometry kGeometry = kSm90Geometry;  // device-side copy of the host constant
   const int tiles = (p.nk + kTileRows - 1) / kTileRows;
   const int bh_kv = job / tiles, tile = job % tiles;
   const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
@@ -336,23 +351,10 @@ __device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& la
   TileFragment<T, Dp> f;
   load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, p.smooth_k ? sh.mean : nullptr, f);
   finalize_stats(p, layout, out, bh_kv, false, false, sh);
-  for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
+  clear_group_amax(sh);
   __syncthreads();
-  const Granularity g = p.granularity;
-  const std::int64_t first_group = kGeometry.k_group_of(row0, g);
-  int slot[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) slot[r] = static_cast<int>(kGeometry.k_group_of(row0 + f.row(r), g) - first_group);
-  // Per thread: keys with the same (key % 8) / 2 are the 8 lanes that share
-  // lane / 8; otherwise the whole tile.
-  publish_group_amax(sh, slot[0], fmaxf(row_absmax(f, 0), row_absmax(f, 1)), g == Granularity::per_thread ? 3 : 5);
-  __syncthreads();
-
-  store_int8_tile(f, slot, sh, out.k + static_cast<std::int64_t>(bh_kv) * p.nk * Dp, row0, p.nk);
-  const int groups_here = static_cast<int>(kGeometry.k_groups(kTileRows, g));
-  for (int i = threadIdx.x; i < groups_here; i += kThreads)
-    out.k_scale[static_cast<std::int64_t>(bh_kv) * layout.k_groups + first_group + i] =
-        num::symmetric_scale(sh.amax[i], 127);
+  quantize_int8_tile(f, sh, false, p.granularity, row0, p.nk, out.k + static_cast<std::int64_t>(bh_kv) * p.nk * Dp,
+                     out.k_scale + static_cast<std::int64_t>(bh_kv) * layout.k_groups, 1.f);
 }
 
 template <typename T, bool Vec, int Dp>
