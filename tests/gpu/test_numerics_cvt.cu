@@ -41,21 +41,30 @@ using sage::test::DeviceBuffer;
 // ---------------------------------------------------------------------------
 namespace ptx {
 
+// FP8 conversions exist from sm_89 on. Builds that include older targets
+// (e.g. SAGE_CUDA_ARCHS="80;...") compile a trap there; the tests check the
+// device's capability before launching (require_sm), so it never runs.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 890
+#define SAGE_FP8_CVT(...) asm volatile(__VA_ARGS__)
+#else
+#define SAGE_FP8_CVT(...) __trap()
+#endif
+
 __device__ __forceinline__ std::uint16_t cvt_rn_satfinite_e4m3x2(float hi, float lo) {
-  std::uint16_t d;
-  asm volatile("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
+  std::uint16_t d = 0;
+  SAGE_FP8_CVT("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
   return d;
 }
 
 __device__ __forceinline__ std::uint16_t cvt_rn_satfinite_relu_e4m3x2(float hi, float lo) {
-  std::uint16_t d;
-  asm volatile("cvt.rn.satfinite.relu.e4m3x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
+  std::uint16_t d = 0;
+  SAGE_FP8_CVT("cvt.rn.satfinite.relu.e4m3x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
   return d;
 }
 
 __device__ __forceinline__ std::uint16_t cvt_rn_satfinite_e5m2x2(float hi, float lo) {
-  std::uint16_t d;
-  asm volatile("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
+  std::uint16_t d = 0;
+  SAGE_FP8_CVT("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
   return d;
 }
 
@@ -92,14 +101,14 @@ __device__ __forceinline__ std::int32_t clamp_s32(std::int32_t x, std::int32_t l
 
 // Two FP8 codes (upper byte, lower byte) -> two f16 (upper half, lower half).
 __device__ __forceinline__ std::uint32_t cvt_rn_f16x2_e4m3x2(std::uint16_t codes) {
-  std::uint32_t d;
-  asm volatile("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(d) : "h"(codes));
+  std::uint32_t d = 0;
+  SAGE_FP8_CVT("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(d) : "h"(codes));
   return d;
 }
 
 __device__ __forceinline__ std::uint32_t cvt_rn_f16x2_e5m2x2(std::uint16_t codes) {
-  std::uint32_t d;
-  asm volatile("cvt.rn.f16x2.e5m2x2 %0, %1;" : "=r"(d) : "h"(codes));
+  std::uint32_t d = 0;
+  SAGE_FP8_CVT("cvt.rn.f16x2.e5m2x2 %0, %1;" : "=r"(d) : "h"(codes));
   return d;
 }
 
