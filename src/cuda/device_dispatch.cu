@@ -134,6 +134,13 @@ Status checked_launch(const AttentionArgs& args, const AttentionOptions& options
                            std::to_string(needed) + " needed (see attention_workspace_size)");
   }
   if (needed > 0 && workspace == nullptr) return Status::invalid("workspace is NULL");
+  // The pre-pass stores 16-byte vectors and TMA reads the buffers it carves.
+  if (needed > 0) {
+    if (reinterpret_cast<std::uintptr_t>(workspace) % 16 != 0) {
+      return Status::invalid("workspace: must be 16-byte aligned (cudaMalloc and PyTorch allocations are)");
+    }
+    SAGE_RETURN_IF_ERROR(check_pointer_on_device("workspace", workspace, args.q.device));
+  }
   // The kernels run on the tensors' device, whatever the caller's current one.
   int previous = -1;
   if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
@@ -166,6 +173,7 @@ Status gpu_attention_forward(const AttentionArgs& args, const AttentionOptions& 
 
 Status gpu_attention_kernel_only(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
                                  std::size_t workspace_bytes, Stream stream) {
+  SAGE_RETURN_IF_ERROR(validate_attention_args(args, options));
   return checked_launch(args, options, workspace, workspace_bytes, stream, true);
 }
 
