@@ -3,7 +3,7 @@
  * Every function returns a sage_status_t; on failure, sage_last_error()
  * returns a readable message for the calling thread (valid until the next
  * call into the library from that thread). No function throws or aborts.
- * The semantics are those of include/sage/attention.h.
+ * The semantics are those of include/sage/attention.h and include/sage/merge.h.
  */
 #ifndef SAGE_C_API_H_
 #define SAGE_C_API_H_
@@ -95,6 +95,16 @@ sage_status_t sage_attention_forward(const sage_tensor_t* q, const sage_tensor_t
                                      const sage_tensor_t* out, const sage_tensor_t* lse,
                                      const sage_options_t* options, void* workspace, size_t workspace_bytes,
                                      void* stream);
+
+/* Merges two partial attention results over disjoint key sets into the
+ * attention over all of them (include/sage/merge.h): out_* [B, H, N, D] in
+ * `layout`, lse_* [B, H, N] float32. `out` and `lse` may be the very same
+ * views as `out_a` and `lse_a` (in-place merge). `stream` is a cudaStream_t
+ * (NULL = the legacy default stream), unused for host tensors. */
+sage_status_t sage_merge_attention_states(const sage_tensor_t* out_a, const sage_tensor_t* lse_a,
+                                          const sage_tensor_t* out_b, const sage_tensor_t* lse_b,
+                                          const sage_tensor_t* out, const sage_tensor_t* lse, sage_layout_t layout,
+                                          void* stream);
 
 /* The message of the calling thread's last failed call ("" if none). */
 const char* sage_last_error(void);

@@ -2,40 +2,16 @@
 // GPU dispatch. This is the exception boundary of the library: whatever is
 // thrown below (bad_alloc from a large host problem, a bug) comes back as a
 // Status.
-#include <exception>
-#include <new>
-#include <stdexcept>
-#include <string>
-
+#include "api/guarded.h"
 #include "api/host_forward.h"
 #include "api/validate.h"
 #include "cuda/device_dispatch.h"
 #include "sage/attention.h"
 
 namespace sage {
-namespace {
-
-// Runs `body` (which returns a Status) and converts any exception into one.
-template <class Body>
-Status guarded(const char* function, Body&& body) noexcept {
-  try {
-    return body();
-  } catch (const std::bad_alloc&) {
-    return Status(StatusCode::internal, std::string(function) + ": out of host memory");
-  } catch (const std::invalid_argument& e) {
-    return Status::invalid(std::string(function) + ": " + e.what());
-  } catch (const std::exception& e) {
-    return Status(StatusCode::internal,
-                  std::string(function) + ": unexpected error (please report): " + e.what());
-  } catch (...) {
-    return Status(StatusCode::internal, std::string(function) + ": unexpected non-standard exception (please report)");
-  }
-}
-
-}  // namespace
 
 Status attention_workspace_size(const AttentionArgs& args, const AttentionOptions& options, std::size_t* bytes) {
-  return guarded("attention_workspace_size", [&]() -> Status {
+  return detail::guarded("attention_workspace_size", [&]() -> Status {
     if (bytes == nullptr) return Status::invalid("bytes is NULL");
     *bytes = 0;
     SAGE_RETURN_IF_ERROR(validate_attention_args(args, options));
@@ -46,7 +22,7 @@ Status attention_workspace_size(const AttentionArgs& args, const AttentionOption
 
 Status attention_forward(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
                          std::size_t workspace_bytes, Stream stream) {
-  return guarded("attention_forward", [&]() -> Status {
+  return detail::guarded("attention_forward", [&]() -> Status {
     SAGE_RETURN_IF_ERROR(validate_attention_args(args, options));
     // Host tensors run synchronously; workspace and stream are not used.
     if (args.q.on_host()) return detail::host_attention_forward(args, options);

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "sage/attention.h"
+#include "sage/merge.h"
 #include "sage/version.h"
 
 namespace {
@@ -146,6 +147,18 @@ Status convert_call(const sage_tensor_t* q, const sage_tensor_t* k, const sage_t
   return Status::ok();
 }
 
+Status convert_merge_call(const sage_tensor_t* out_a, const sage_tensor_t* lse_a, const sage_tensor_t* out_b,
+                          const sage_tensor_t* lse_b, const sage_tensor_t* out, const sage_tensor_t* lse,
+                          const sage_layout_t& layout, sage::MergeArgs* args, sage::TensorLayout* cpp_layout) {
+  SAGE_C_RETURN_IF_ERROR(convert_tensor("out_a", out_a, &args->out_a));
+  SAGE_C_RETURN_IF_ERROR(convert_tensor("lse_a", lse_a, &args->lse_a));
+  SAGE_C_RETURN_IF_ERROR(convert_tensor("out_b", out_b, &args->out_b));
+  SAGE_C_RETURN_IF_ERROR(convert_tensor("lse_b", lse_b, &args->lse_b));
+  SAGE_C_RETURN_IF_ERROR(convert_tensor("out", out, &args->out));
+  SAGE_C_RETURN_IF_ERROR(convert_tensor("lse", lse, &args->lse));
+  return convert_enum("layout", layout, 2, "SAGE_LAYOUT_*: 0..1", cpp_layout);
+}
+
 template <class CEnum, class CppEnum>
 CEnum to_c_enum(CppEnum value) {
   return static_cast<CEnum>(static_cast<int>(value));
@@ -197,6 +210,18 @@ sage_status_t sage_attention_forward(const sage_tensor_t* q, const sage_tensor_t
     SAGE_C_RETURN_IF_ERROR(convert_call(q, k, v, out, lse, options, &call));
     return sage::attention_forward(call.args, call.options, workspace, workspace_bytes,
                                    static_cast<sage::Stream>(stream));
+  });
+}
+
+sage_status_t sage_merge_attention_states(const sage_tensor_t* out_a, const sage_tensor_t* lse_a,
+                                          const sage_tensor_t* out_b, const sage_tensor_t* lse_b,
+                                          const sage_tensor_t* out, const sage_tensor_t* lse, sage_layout_t layout,
+                                          void* stream) {
+  return c_boundary("sage_merge_attention_states", [&]() -> Status {
+    sage::MergeArgs args;
+    sage::TensorLayout cpp_layout{};
+    SAGE_C_RETURN_IF_ERROR(convert_merge_call(out_a, lse_a, out_b, lse_b, out, lse, layout, &args, &cpp_layout));
+    return sage::merge_attention_states(args, cpp_layout, static_cast<sage::Stream>(stream));
   });
 }
 

@@ -15,50 +15,6 @@
 namespace sage::detail {
 namespace {
 
-// Reads one element as float. memcpy, because host views carry no
-// alignment promise.
-float load_element(const std::byte* p, DType dtype) {
-  switch (dtype) {
-    case DType::f32: {
-      float value;
-      std::memcpy(&value, p, sizeof value);
-      return value;
-    }
-    case DType::f16:
-    case DType::bf16: {
-      std::uint16_t bits;
-      std::memcpy(&bits, p, sizeof bits);
-      return dtype == DType::f16 ? num::f16_to_float(bits) : num::bf16_to_float(bits);
-    }
-    default: throw std::logic_error("load_element: validation let an unsupported dtype through");
-  }
-}
-
-// Writes one element, rounding to nearest even for the 16-bit formats (the
-// kernels' epilogue conversion).
-void store_element(std::byte* p, DType dtype, float value) {
-  switch (dtype) {
-    case DType::f32: std::memcpy(p, &value, sizeof value); return;
-    case DType::f16:
-    case DType::bf16: {
-      const std::uint16_t bits = dtype == DType::f16 ? num::float_to_f16(value) : num::float_to_bf16(value);
-      std::memcpy(p, &bits, sizeof bits);
-      return;
-    }
-    default: throw std::logic_error("store_element: validation let an unsupported dtype through");
-  }
-}
-
-// The view with its dimensions reordered to [B, H, N, D], so that one loop
-// nest serves both layouts (NHD swaps the heads and tokens dimensions).
-TensorView as_bhnd(TensorView t, TensorLayout layout) {
-  if (layout == TensorLayout::NHD) {
-    std::swap(t.shape[1], t.shape[2]);
-    std::swap(t.stride[1], t.stride[2]);
-  }
-  return t;
-}
-
 // Calls fn(element_pointer, dense_index) for every element of a 4-D
 // [B, H, N, D] view, dense_index running in row-major order.
 template <class Fn>
@@ -105,6 +61,50 @@ ref::Problem make_problem(const AttentionDims& dims, const AttentionOptions& opt
 }
 
 }  // namespace
+
+// Reads one element as float. memcpy, because host views carry no
+// alignment promise.
+float load_element(const std::byte* p, DType dtype) {
+  switch (dtype) {
+    case DType::f32: {
+      float value;
+      std::memcpy(&value, p, sizeof value);
+      return value;
+    }
+    case DType::f16:
+    case DType::bf16: {
+      std::uint16_t bits;
+      std::memcpy(&bits, p, sizeof bits);
+      return dtype == DType::f16 ? num::f16_to_float(bits) : num::bf16_to_float(bits);
+    }
+    default: throw std::logic_error("load_element: validation let an unsupported dtype through");
+  }
+}
+
+// Writes one element, rounding to nearest even for the 16-bit formats (the
+// kernels' epilogue conversion).
+void store_element(std::byte* p, DType dtype, float value) {
+  switch (dtype) {
+    case DType::f32: std::memcpy(p, &value, sizeof value); return;
+    case DType::f16:
+    case DType::bf16: {
+      const std::uint16_t bits = dtype == DType::f16 ? num::float_to_f16(value) : num::float_to_bf16(value);
+      std::memcpy(p, &bits, sizeof bits);
+      return;
+    }
+    default: throw std::logic_error("store_element: validation let an unsupported dtype through");
+  }
+}
+
+// The view with its dimensions reordered to [B, H, N, D], so that one loop
+// nest serves both layouts (NHD swaps the heads and tokens dimensions).
+TensorView as_bhnd(TensorView t, TensorLayout layout) {
+  if (layout == TensorLayout::NHD) {
+    std::swap(t.shape[1], t.shape[2]);
+    std::swap(t.stride[1], t.stride[2]);
+  }
+  return t;
+}
 
 std::vector<float> gather_bhnd(const TensorView& t, TensorLayout layout) {
   std::vector<float> dense(static_cast<std::size_t>(t.numel()));

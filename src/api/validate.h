@@ -6,7 +6,8 @@
 //    the call (ranks, shapes, dtypes, strides, offsets, options, alignment of
 //    GPU pointers). Returns invalid_argument.
 //  - check_gpu_kernel_limits: what the GPU kernels *of this build* cannot do
-//    yet (head dims above 128). Called at dispatch, because
+//    yet (head dims above 128, sizes past their 32-bit indexing). Called at
+//    dispatch, because
 //    it changes as kernels land; returns not_implemented.
 #pragma once
 
@@ -32,6 +33,9 @@ inline constexpr std::int64_t kNvfp4BlockSize = 16;
 // Largest head dim the GPU kernels of this build take (smaller ones are
 // zero-padded to 64 or 128 by the pre-pass).
 inline constexpr std::int64_t kGpuMaxHeadDim = 128;
+// Sizes the GPU kernels index with 32-bit integers and CUDA grid rows.
+inline constexpr std::int64_t kGpuMaxTokens = (std::int64_t{1} << 31) - 256;
+inline constexpr std::int64_t kGpuMaxBatchHeads = 65535;
 
 // The problem sizes of one call, read from validated arguments.
 struct AttentionDims {

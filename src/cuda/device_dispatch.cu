@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <functional>
 #include <string>
 
 #include "api/validate.h"
@@ -31,40 +32,6 @@ Status supported_device_info(int ordinal, cuda::DeviceInfo* info) {
                        "; reconfigure with -DSAGE_CUDA_ARCHS=...)");
   }
   return Status::ok();
-}
-
-// A kernel that reads memory the GPU cannot reach crashes (or reads another
-// GPU's memory through peer access by accident), so the data pointers are
-// checked against the tensors' device before anything launches.
-Status check_pointer_on_device(const char* name, const void* data, int ordinal) {
-  cudaPointerAttributes attributes{};
-  const cudaError_t err = cudaPointerGetAttributes(&attributes, data);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    return Status::invalid(std::string(name) + ": cannot query the data pointer: " + cudaGetErrorString(err));
-  }
-  const std::string tensor_device = "the tensor's device is GPU " + std::to_string(ordinal);
-  switch (attributes.type) {
-    case cudaMemoryTypeDevice:
-      if (attributes.device == ordinal) return Status::ok();
-      return Status::invalid(std::string(name) + ": data is memory of GPU " + std::to_string(attributes.device) +
-                             ", but " + tensor_device);
-    case cudaMemoryTypeManaged:
-    case cudaMemoryTypeHost:  // pinned host memory, mapped into the device's address space
-      return Status::ok();
-    case cudaMemoryTypeUnregistered:
-    default: {
-      // Plain (pageable) host memory: readable only where the GPU shares the
-      // host's page tables (HMM/ATS).
-      int pageable_access = 0;
-      if (cudaDeviceGetAttribute(&pageable_access, cudaDevAttrPageableMemoryAccess, ordinal) != cudaSuccess) {
-        (void)cudaGetLastError();
-      }
-      if (pageable_access != 0) return Status::ok();
-      return Status::invalid(std::string(name) + ": data is host memory that GPU " + std::to_string(ordinal) +
-                             " cannot read, but " + tensor_device + " (use device = -1 for host tensors)");
-    }
-  }
 }
 
 Status check_pointers_on_device(const AttentionArgs& args, const AttentionOptions& options) {
@@ -141,18 +108,56 @@ Status checked_launch(const AttentionArgs& args, const AttentionOptions& options
     }
     SAGE_RETURN_IF_ERROR(check_pointer_on_device("workspace", workspace, args.q.device));
   }
-  // The kernels run on the tensors' device, whatever the caller's current one.
-  int previous = -1;
-  if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
-  if (previous != args.q.device && cudaSetDevice(args.q.device) != cudaSuccess) {
-    return Status(StatusCode::cuda_error, "cudaSetDevice(" + std::to_string(args.q.device) + ") failed");
-  }
-  const Status st = launch_kernel(device, args, options, workspace, stream, kernel_only);
-  if (previous >= 0 && previous != args.q.device) cudaSetDevice(previous);
-  return st;
+  return run_on_device(args.q.device,
+                       [&] { return launch_kernel(device, args, options, workspace, stream, kernel_only); });
 }
 
 }  // namespace
+
+// A kernel that reads memory the GPU cannot reach crashes (or reads another
+// GPU's memory through peer access by accident), so the data pointers are
+// checked against the tensors' device before anything launches.
+Status check_pointer_on_device(const char* name, const void* data, int ordinal) {
+  cudaPointerAttributes attributes{};
+  const cudaError_t err = cudaPointerGetAttributes(&attributes, data);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return Status::invalid(std::string(name) + ": cannot query the data pointer: " + cudaGetErrorString(err));
+  }
+  const std::string tensor_device = "the tensor's device is GPU " + std::to_string(ordinal);
+  switch (attributes.type) {
+    case cudaMemoryTypeDevice:
+      if (attributes.device == ordinal) return Status::ok();
+      return Status::invalid(std::string(name) + ": data is memory of GPU " + std::to_string(attributes.device) +
+                             ", but " + tensor_device);
+    case cudaMemoryTypeManaged:
+    case cudaMemoryTypeHost:  // pinned host memory, mapped into the device's address space
+      return Status::ok();
+    case cudaMemoryTypeUnregistered:
+    default: {
+      // Plain (pageable) host memory: readable only where the GPU shares the
+      // host's page tables (HMM/ATS).
+      int pageable_access = 0;
+      if (cudaDeviceGetAttribute(&pageable_access, cudaDevAttrPageableMemoryAccess, ordinal) != cudaSuccess) {
+        (void)cudaGetLastError();
+      }
+      if (pageable_access != 0) return Status::ok();
+      return Status::invalid(std::string(name) + ": data is host memory that GPU " + std::to_string(ordinal) +
+                             " cannot read, but " + tensor_device + " (use device = -1 for host tensors)");
+    }
+  }
+}
+
+Status run_on_device(int ordinal, const std::function<Status()>& launch) {
+  int previous = -1;
+  if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+  if (previous != ordinal && cudaSetDevice(ordinal) != cudaSuccess) {
+    return Status(StatusCode::cuda_error, "cudaSetDevice(" + std::to_string(ordinal) + ") failed");
+  }
+  const Status st = launch();
+  if (previous >= 0 && previous != ordinal) cudaSetDevice(previous);
+  return st;
+}
 
 Status check_device_supported(int ordinal) {
   cuda::DeviceInfo info;

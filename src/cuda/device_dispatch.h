@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 
 #include "sage/attention.h"
 
@@ -11,6 +12,17 @@ namespace sage::detail {
 // unsupported_device when GPU `ordinal` does not exist (or there is no
 // driver) or this build has no device code for its architecture.
 Status check_device_supported(int ordinal);
+
+// invalid_argument naming `name` when `data` is memory that GPU `ordinal`
+// cannot read (another GPU's memory, or pageable host memory on a GPU
+// without HMM/ATS): a kernel reading it would crash, or read another GPU's
+// memory through peer access by accident.
+Status check_pointer_on_device(const char* name, const void* data, int ordinal);
+
+// Runs `launch` with GPU `ordinal` as the current device and then restores
+// the caller's: kernels run on the tensors' device, whatever the caller's
+// current one is.
+Status run_on_device(int ordinal, const std::function<Status()>& launch);
 
 // Bytes of device workspace a GPU call needs. Same errors as
 // gpu_attention_forward, so callers learn early that a call cannot run.

@@ -4,12 +4,16 @@
 // that the tests check them rather than reuse them.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "numerics/formats.h"
@@ -133,6 +137,17 @@ inline void fill_random(const TensorView& v, std::uint64_t seed) {
     const double unit = static_cast<double>(state >> 11) / 9007199254740992.0;  // [0, 1)
     set(v, index, static_cast<float>(4.0 * unit - 2.0));
   });
+}
+
+// Asserts code invalid_argument, a message starting with "<argument>:" (or
+// "<argument> ") and containing each of `words`.
+inline void expect_invalid(const Status& status, const std::string& argument,
+                           std::initializer_list<std::string> words) {
+  EXPECT_EQ(status.code(), StatusCode::invalid_argument) << status.message();
+  const std::string& m = status.message();
+  EXPECT_TRUE(m.rfind(argument + ":", 0) == 0 || m.rfind(argument + " ", 0) == 0)
+      << "message should start with '" << argument << "': " << m;
+  for (const std::string& word : words) EXPECT_NE(m.find(word), std::string::npos) << "'" << word << "' in: " << m;
 }
 
 // Cosine similarity of two equally long arrays.

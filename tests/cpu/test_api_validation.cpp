@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "api/validate.h"
+#include "api_test_helpers.h"
 #include "cuda/device_info.h"
 #include "sage/attention.h"
 
@@ -19,15 +20,7 @@ namespace {
 
 constexpr std::int64_t B = 2, Hq = 4, Hkv = 2, Nq = 8, Nk = 16, D = 32;
 
-// Asserts code invalid_argument, a message starting with "<argument>:" (or
-// "<argument> ") and containing each of `words`.
-void expect_invalid(const Status& status, const std::string& argument, std::initializer_list<std::string> words) {
-  EXPECT_EQ(status.code(), StatusCode::invalid_argument) << status.message();
-  const std::string& m = status.message();
-  EXPECT_TRUE(m.rfind(argument + ":", 0) == 0 || m.rfind(argument + " ", 0) == 0)
-      << "message should start with '" << argument << "': " << m;
-  for (const std::string& word : words) EXPECT_NE(m.find(word), std::string::npos) << "'" << word << "' in: " << m;
-}
+using test::expect_invalid;
 
 // A valid host call (float32, HND, GQA 4/2, Nq != Nk) that each test breaks
 // in one way.
@@ -129,6 +122,23 @@ TEST_F(ApiValidation, GpuHeadDimLimitsAreCheckedAtDispatch) {
   }
 }
 
+// Sizes past the kernels' 32-bit indexing and grid rows are refused before
+// anything is cast to int (a batch of 2^32 + 1 must not wrap to 1).
+TEST_F(ApiValidation, GpuSizeLimitsAreCheckedInInt64) {
+  auto limit_error = [&](detail::AttentionDims dims) {
+    const Status s = detail::check_gpu_kernel_limits(dims, options);
+    EXPECT_EQ(s.code(), StatusCode::not_implemented) << s.message();
+    return s.message();
+  };
+  const std::int64_t huge = (std::int64_t{1} << 32) + 1;
+  EXPECT_NE(limit_error({huge, 1, 1, 128, 128, 64}).find("batch * heads_q"), std::string::npos);
+  EXPECT_NE(limit_error({1, huge, 1, 128, 128, 64}).find("batch * heads_q"), std::string::npos);
+  EXPECT_NE(limit_error({256, 256, 256, 128, 128, 64}).find("65535"), std::string::npos);
+  EXPECT_NE(limit_error({1, 1, 1, huge, 128, 64}).find("sequence length"), std::string::npos);
+  EXPECT_NE(limit_error({1, 1, 1, 128, std::int64_t{1} << 31, 64}).find("sequence length"), std::string::npos);
+  EXPECT_TRUE(detail::check_gpu_kernel_limits({255, 257, 1, 262144, 262144, 128}, options).is_ok());
+}
+
 TEST_F(ApiValidation, DtypeMismatch) {
   args.k.dtype = DType::bf16;
   expect_invalid(validate(), "k", {"dtype bfloat16", "q's dtype float32"});
@@ -227,6 +237,21 @@ TEST_F(ApiValidation, OutputElementsMustNotOverlap) {
   SetUp();
   args.lse.stride[2] = 0;
   expect_invalid(validate(), "lse", {"overlap"});
+}
+
+TEST_F(ApiValidation, OutAndLseMustNotOverlapEachOther) {
+  // lse placed inside out's buffer: the kernel writes both at once.
+  args.lse.data = out_.data() + 8;
+  expect_invalid(validate(), "lse", {"overlaps out"});
+  // Adjacent but disjoint is fine.
+  std::vector<float> both(out_.size() + lse_.size());
+  args.out.data = both.data();
+  args.lse.data = both.data() + out_.size();
+  EXPECT_TRUE(validate().is_ok()) << validate().message();
+  // Without return_lse the lse view is ignored.
+  options.return_lse = false;
+  args.lse.data = out_.data();
+  EXPECT_TRUE(validate().is_ok()) << validate().message();
 }
 
 TEST_F(ApiValidation, BroadcastInputsAreAccepted) {

@@ -97,9 +97,6 @@ template <int Regs>
 __device__ __forceinline__ void regs_decrease() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Regs));
 }
-__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
 
 // ---- conversions --------------------------------------------------------------
 // Two floats -> two E4M3 bytes (RNE, satfinite); `lo` lands in the low byte.

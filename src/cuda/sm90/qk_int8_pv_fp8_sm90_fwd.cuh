@@ -50,7 +50,7 @@ struct FwdTraits {
   static constexpr int kOAcc = kDp / 2;      // fp32 O accumulators per thread
 
   static_assert(kDp == 64 || kDp == 128, "head dims are padded to 64 or 128");
-  static_assert(127 * 127 * kDp < (1 << 22), "INT8 scores must stay exact through small_int_to_float");
+  static_assert(127 * 127 * kDp < (1 << 24), "INT8 scores must convert to fp32 exactly");
   static_assert(kBlockK == 128, "V^T rows of 128 FP8 keys fill one 128-byte swizzle row");
   static_assert(kBlockQ == kConsumers * kRowsPerConsumer && kConsumers == 2, "two consumer warpgroups");
   static_assert(kSm90Geometry.warp_q == 16, "each warp of a wgmma owns 16 rows");
