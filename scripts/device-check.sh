@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine: build, run the GPU tests (plus a compute-sanitizer pass
-# on the small ones), check the SASS for the tensor-core instructions, build
-# the Python package and run the benchmark. Logs and JSON go to $OUT (or
+# on the small ones), check the SASS for the tensor-core instructions, run
+# the Python tests (tests/python, GPU ones included) and the transformers
+# example, build the Python package and run the benchmark. Logs and JSON go to $OUT (or
 # ./device-out). Usage: scripts/device-check.sh [tests|bench|all|pip] [--quick]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,12 +14,16 @@ export PATH="/usr/local/cuda/bin:$PATH"
 summary=()
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$out/gpu.txt"
-cmake -S . -B build-dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAGE_CUDA_ARCHS=90a -DSAGE_BUILD_PYTHON=ON >"$out/configure.log" 2>&1 || {
+cmake -S . -B build-dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAGE_CUDA_ARCHS=90a -DSAGE_BUILD_PYTHON=ON \
+  "-DPython_EXECUTABLE=$(command -v python3)" >"$out/configure.log" 2>&1 || {
   tail -30 "$out/configure.log"; exit 1; }
 if ! cmake --build build-dev -j16 >"$out/build.log" 2>&1; then
   grep -E "error|Error" "$out/build.log" | head -40; exit 1
 fi
 summary+=("build: ok")
+
+# The importable package staged by the build (the Python files + the extension).
+export PYTHONPATH="$PWD/build-dev/python/pkg${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ $mode == tests || $mode == all ]]; then
   # A kernel that deadlocks must not eat the whole lease: everything is timed out.
@@ -38,14 +43,15 @@ if [[ $mode == tests || $mode == all ]]; then
   summary+=("SASS: IGMMA=$(grep -c IGMMA <<<"$sass") QGMMA=$(grep -c QGMMA <<<"$sass") LDL/STL=$(grep -cE 'LDL|STL' <<<"$sass")")
   ctest --test-dir build-dev -L cpu -j16 >"$out/cpu-tests.log" 2>&1
   summary+=("cpu tests on device: $(grep -E 'tests passed' "$out/cpu-tests.log")")
+  # Python tests: the CPU ones and the GPU ones (compile, CUDA graphs, 2 GPUs where present,
+  # transformers bf16 model; diffusers ones skip where diffusers is not installed).
+  timeout 900 python3 -m pytest -q -rs -p no:cacheprovider tests/python >"$out/python-tests.log" 2>&1
+  py_rc=$?
+  grep -E "FAILED|Error|SKIPPED|passed|failed" "$out/python-tests.log" | tail -30
+  summary+=("python tests: rc=$py_rc $(tail -1 "$out/python-tests.log")")
+  timeout 300 python3 examples/transformers_llama.py >"$out/transformers-llama.log" 2>&1
+  summary+=("examples/transformers_llama.py: rc=$? $(tail -1 "$out/transformers-llama.log")")
 fi
-
-# The package from this build tree (pip install . builds the same CMake
-# project again; scripts/device-check.sh pip checks that path).
-pkg=$(mktemp -d)
-mkdir -p "$pkg/sage_attention"
-cp python/sage_attention/*.py build-dev/python/_C*.so "$pkg/sage_attention/"
-export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ $mode == bench || $mode == all ]]; then
   # Where the end-to-end time goes: GPU time of each kernel, and host time per call.
@@ -60,9 +66,13 @@ s.sageattn(q, k, v); torch.cuda.synchronize()" 2>&1 | grep -E "^  [a-z]|duration
 fi
 
 if [[ $mode == pip ]]; then
+  # pip install . builds the same CMake project again (into build/python-<tag>).
   python3 -m pip install --no-build-isolation --no-deps . >"$out/pip.log" 2>&1
   summary+=("pip install --no-build-isolation .: rc=$?")
-  (cd /tmp && env -u PYTHONPATH python3 -c "import torch, sage_attention as s; q=torch.randn(1,2,300,128,dtype=torch.bfloat16,device='cuda'); print('pip package', s.__version__, s.sageattn(q,q,q).shape)") 2>&1 | tail -3
+  wheels=$(mktemp -d)  # not under $OUT: the wheel carries the whole CUDA library
+  python3 -m pip wheel --no-build-isolation --no-deps -w "$wheels" . >"$out/wheel.log" 2>&1
+  summary+=("pip wheel --no-build-isolation .: rc=$? $(cd "$wheels" && ls -s --block-size=M ./*.whl 2>/dev/null)")
+  (cd /tmp && env -u PYTHONPATH python3 -m sage_attention info && env -u PYTHONPATH python3 -c "import torch, sage_attention as s; q=torch.randn(1,2,300,128,dtype=torch.bfloat16,device='cuda'); print('pip package', s.__version__, s.sageattn(q,q,q).shape)") 2>&1 | tail -8
 fi
 
 printf '\n==== summary ====\n'

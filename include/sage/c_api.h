@@ -106,6 +106,27 @@ sage_status_t sage_merge_attention_states(const sage_tensor_t* out_a, const sage
                                           const sage_tensor_t* out, const sage_tensor_t* lse, sage_layout_t layout,
                                           void* stream);
 
+/* Adaptive 4/8-bit Q K^T (include/sage/calibration.h, docs/calibration.md):
+ * a plan file written by a calibration run picks qk_format per call.
+ * layer >= 0 is the caller's layer id; timestep >= 0, or SAGE_NO_TIMESTEP.
+ * A (layer, timestep) the plan has never seen gets the plan's rules (the
+ * nearest calibrated timestep of the layer; INT8 for an unknown layer). */
+#define SAGE_NO_TIMESTEP (-1)
+typedef struct sage_plan_t sage_plan_t; /* opaque */
+
+/* Reads a plan file; on success *plan must be freed with sage_plan_free. A
+ * malformed file fails with SAGE_ERROR_INVALID_ARGUMENT, and
+ * sage_last_error() names the file, the problem and where it is. */
+sage_status_t sage_plan_load(const char* path, sage_plan_t** plan);
+
+/* *options = *base with qk_format as the plan decides for (layer, timestep);
+ * INT4 also takes the plan's INT4 granularity. `options` may be `base`. */
+sage_status_t sage_plan_options_for(const sage_plan_t* plan, int64_t layer, int64_t timestep,
+                                    const sage_options_t* base, sage_options_t* options);
+
+/* Frees a plan from sage_plan_load (NULL is fine). */
+void sage_plan_free(sage_plan_t* plan);
+
 /* The message of the calling thread's last failed call ("" if none). */
 const char* sage_last_error(void);
 

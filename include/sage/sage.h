@@ -2,6 +2,7 @@
 #pragma once
 
 #include "sage/attention.h"
+#include "sage/calibration.h"
 #include "sage/merge.h"
 #include "sage/options.h"
 #include "sage/status.h"

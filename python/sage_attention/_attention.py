@@ -1,101 +1,102 @@
-"""The PyTorch-facing attention call: allocates outputs and workspace through
-PyTorch (caching allocator, current stream) and hands raw views to the C++
-core. No computation happens here."""
+"""`sageattn`: the SageAttention-style entry point over the `forward` operator."""
 
 from __future__ import annotations
 
-import math
+from . import _ops, calibration
+from ._ops import tensor_spec as _spec  # noqa: F401  (bench/bench_attention.py drives _C with it)
 
-import torch
-
-from . import _C
-
-_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
-
-# Keyword arguments sageattn accepts besides its named parameters, with the
-# C++ option each one sets.
-_OPTION_KEYWORDS = {
-    "qk_quant_gran": "qk_granularity",  # SageAttention's spelling
-    "qk_granularity": "qk_granularity",
-    "pv_format": "pv_format",
-    "pv_accum": "pv_accum",
-    "smooth_k": "smooth_k",
-    "smooth_v": "smooth_v",
-    "smooth_q": "smooth_q",
-    "causal_align": "causal_align",
-}
-_GRANULARITY_ALIASES = {"per_warp": "per_warp", "per_thread": "per_thread", "per_block": "per_block"}
+# Spellings accepted for sm_scale (FlashAttention's, SDPA's).
+_SCALE_ALIASES = ("scale", "softmax_scale")
+# Alternative spellings of quantization options (the SageAttention package's).
+_OPTION_ALIASES = {"qk_quant_gran": "qk_granularity"}
+_NAMED_PARAMETERS = ("tensor_layout", "is_causal", "sm_scale", "return_lse")
+_VALID_KEYWORDS = ", ".join(_NAMED_PARAMETERS + _SCALE_ALIASES + tuple(sorted((*_ops.QUANT_DEFAULTS, *_OPTION_ALIASES))))
+_DEFAULT_QUANT = tuple(_ops.QUANT_DEFAULTS.values())
 
 
-def _spec(t: torch.Tensor):
-    """(pointer, dtype, shape, strides, device) of a tensor, as the core takes it."""
-    if t.dtype not in _DTYPE_NAMES:
-        raise ValueError(f"unsupported dtype {t.dtype} (expected float16, bfloat16 or float32)")
-    device = t.device.index if t.is_cuda else -1
-    if t.is_cuda and device is None:
-        device = torch.cuda.current_device()
-    return (t.data_ptr(), _DTYPE_NAMES[t.dtype], list(t.shape), list(t.stride()), device)
-
-
-def _dims(q: torch.Tensor, layout: str):
-    if q.dim() != 4:
-        raise ValueError(f"q: expected a 4-D tensor [B, H, N, D] or [B, N, H, D], got shape {tuple(q.shape)}")
-    if layout == "HND":
-        b, h, n, _ = q.shape
-    else:
-        b, n, h, _ = q.shape
-    return b, h, n
-
-
-def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, return_lse=False, **kwargs):
-    """Attention with INT8 Q K^T and FP8 P V (SageAttention2).
+def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, return_lse=False, *, layer_id=None,
+             timestep=None, **kwargs):
+    """Attention with INT8 Q K^T and FP8 P V (SageAttention2), inference only.
 
     q: [B, Hq, Nq, D] ("HND") or [B, Nq, Hq, D] ("NHD"); k, v: [B, Hkv, Nk, D]
-    (Hq a multiple of Hkv). float16/bfloat16 on CUDA. Returns out shaped like
-    q, and with return_lse=True also lse [B, Hq, Nq] (float32, natural log).
-    `scale` and `softmax_scale` are accepted as aliases of sm_scale. Other
-    keywords: qk_granularity ("per_warp" default, "per_thread", "per_block"),
-    smooth_k (True), smooth_v (False), causal_align ("top_left" or
-    "bottom_right"). Unknown keywords raise TypeError.
+    with Hq a multiple of Hkv (GQA/MQA), D <= 128 on the GPU. float16/bfloat16
+    CUDA tensors run the Hopper kernels; CPU tensors (float32 too) run the
+    library's exact emulation of the same numerics (slow; for tests). Strided
+    views are fine as long as the head dimension is contiguous.
+
+    Returns out shaped like q (contiguous), and with return_lse=True also
+    lse [B, Hq, Nq] (float32, natural log of the softmax denominator, for
+    `merge_state`).
+
+    Each call is one C++ call: the quantization pre-pass (per-block INT8 Q/K
+    with K smoothing, FP8 V) runs inside it, with its scratch memory taken from
+    PyTorch's allocator, on the current stream of the inputs' device. It is the
+    `torch.ops.sage_attention.forward` custom op, so torch.compile(fullgraph=True)
+    and CUDA graphs capture it. Gradients are not implemented: a backward
+    through it raises NotImplementedError.
+
+    Keywords: sm_scale (default 1/sqrt(D); `scale` and `softmax_scale` are
+    aliases), causal_align ("top_left" as SDPA's is_causal, or "bottom_right"
+    for KV-cache decoding), qk_granularity ("per_warp", "per_thread",
+    "per_block"; alias qk_quant_gran), qk_format ("int8", "int4": CPU only),
+    pv_format ("fp8_e4m3", "fp8_e5m2", "fp16", "bf16"), pv_accum ("two_level",
+    "fp32"), smooth_q (False), smooth_k (True), smooth_v (False). Unknown
+    keywords raise TypeError.
+
+    Adaptive 4/8-bit (sage_attention.calibration): `layer_id` (and, for
+    diffusion models, `timestep`) name the call. Inside `with calibrator:` the
+    call is measured and answered by the calibrator; inside `with plan:` the
+    plan picks qk_format for the call (unless qk_format is passed here).
     """
-    options = {}
-    for alias in ("scale", "softmax_scale"):
+    if layer_id is not None:
+        sm_scale = _resolve_scale_alias(sm_scale, kwargs)
+        routed = _route_by_calibration(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, layer_id, timestep,
+                                       kwargs)
+        if routed is not None:
+            return routed
+    quant = _DEFAULT_QUANT
+    if kwargs:
+        sm_scale, quant = _parse_keywords(sm_scale, kwargs)
+    if sm_scale is not None:
+        sm_scale = float(sm_scale)
+    out, lse = _ops.forward(q, k, v, tensor_layout, bool(is_causal), sm_scale, bool(return_lse), *quant)
+    return (out, lse) if return_lse else out
+
+
+def _parse_keywords(sm_scale, kwargs):
+    """(sm_scale, quantization option values in QUANT_DEFAULTS order) from sageattn's **kwargs."""
+    sm_scale = _resolve_scale_alias(sm_scale, kwargs)
+    options = dict(_ops.QUANT_DEFAULTS)
+    for key, value in kwargs.items():
+        name = _OPTION_ALIASES.get(key, key)
+        if name not in options:
+            raise TypeError(f"sageattn: unexpected keyword argument {key!r} (valid: {_VALID_KEYWORDS})")
+        options[name] = value
+    return sm_scale, tuple(options.values())
+
+
+def _route_by_calibration(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, layer_id, timestep, kwargs):
+    """The calibrator's answer for a named call, or None after merging the active plan's choice into kwargs.
+
+    The calibrator measures the INT4 path by calling sageattn without a layer_id, so this never recurses.
+    """
+    cal = calibration.active_calibrator()
+    if cal is not None:
+        return cal.attention(q, k, v, layer_id=layer_id, timestep=timestep, tensor_layout=tensor_layout,
+                             is_causal=is_causal, sm_scale=sm_scale, return_lse=return_lse, **kwargs)
+    plan = calibration.active_plan()
+    # The plan's choice is a format with its granularity; a caller who names
+    # the format keeps both of their own.
+    if plan is not None and "qk_format" not in kwargs:
+        kwargs.update(plan.sageattn_kwargs(layer_id, timestep))
+    return None
+
+
+def _resolve_scale_alias(sm_scale, kwargs):
+    """sm_scale, taken from its alias in kwargs (removed there) when one is given."""
+    for alias in _SCALE_ALIASES:
         if alias in kwargs:
             if sm_scale is not None:
                 raise TypeError(f"sageattn: got both sm_scale and its alias {alias!r}")
             sm_scale = kwargs.pop(alias)
-    for key in list(kwargs):
-        if key not in _OPTION_KEYWORDS:
-            valid = ", ".join(["tensor_layout", "is_causal", "sm_scale", "scale", "softmax_scale", "return_lse"]
-                              + sorted(_OPTION_KEYWORDS))
-            raise TypeError(f"sageattn: unexpected keyword argument {key!r} (valid: {valid})")
-        options[_OPTION_KEYWORDS[key]] = kwargs.pop(key)
-    if tensor_layout not in ("HND", "NHD"):
-        raise ValueError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
-    options.update(layout=tensor_layout, causal=bool(is_causal), return_lse=bool(return_lse))
-    if sm_scale is not None:
-        sm_scale = float(sm_scale)
-        if not math.isfinite(sm_scale) or sm_scale <= 0:
-            raise ValueError(f"sm_scale: expected a finite positive number, got {sm_scale}")
-        options["sm_scale"] = sm_scale
-
-    b, hq, nq = _dims(q, tensor_layout)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty((b, hq, nq), dtype=torch.float32, device=q.device) if return_lse else None
-    specs = (_spec(q), _spec(k), _spec(v), _spec(out), _spec(lse) if lse is not None else None)
-
-    device_ctx = torch.cuda.device(q.device) if q.is_cuda else _NullContext()
-    with device_ctx:
-        nbytes = _C.workspace_size(*specs, options)
-        workspace = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=q.device)
-        stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
-        _C.forward(*specs, options, workspace.data_ptr(), nbytes, stream)
-    return (out, lse) if return_lse else out
-
-
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    return sm_scale

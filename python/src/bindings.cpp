@@ -2,6 +2,9 @@
 // TensorViews and calls the C++ API. Errors come back as Python exceptions
 // carrying the library's message (ValueError for invalid arguments,
 // NotImplementedError, RuntimeError otherwise).
+//
+// Options cross as an `Options` object that Python builds once per distinct
+// set of options and caches, so a call does not re-parse a dict of strings.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
@@ -49,7 +52,10 @@ void raise_on_error(const sage::Status& st) {
   if (st.is_ok()) return;
   switch (st.code()) {
     case sage::StatusCode::invalid_argument: throw nb::value_error(st.message().c_str());
-    case sage::StatusCode::not_implemented: throw nb::builtin_exception(nb::exception_type::runtime_error, ("not implemented: " + st.message()).c_str());
+    case sage::StatusCode::not_implemented:
+      // NotImplementedError derives from RuntimeError: callers catching the latter still do.
+      PyErr_SetString(PyExc_NotImplementedError, ("not implemented: " + st.message()).c_str());
+      throw nb::python_error();
     default: throw std::runtime_error(std::string(sage::status_code_name(st.code())) + ": " + st.message());
   }
 }
@@ -64,13 +70,16 @@ Enum parse_enum(const std::string& value, std::initializer_list<std::pair<const 
   throw nb::value_error((std::string(what) + ": unknown value '" + value + "' (expected one of " + allowed + ")").c_str());
 }
 
+sage::TensorLayout parse_layout(const std::string& value, const char* what) {
+  return parse_enum<sage::TensorLayout>(value, {{"HND", sage::TensorLayout::HND}, {"NHD", sage::TensorLayout::NHD}}, what);
+}
+
 sage::AttentionOptions make_options(const nb::dict& d) {
   sage::AttentionOptions o;
   for (auto [key_obj, value] : d) {
     const std::string key = nb::cast<std::string>(key_obj);
     if (key == "layout") {
-      o.layout = parse_enum<sage::TensorLayout>(nb::cast<std::string>(value),
-                                                {{"HND", sage::TensorLayout::HND}, {"NHD", sage::TensorLayout::NHD}}, key.c_str());
+      o.layout = parse_layout(nb::cast<std::string>(value), key.c_str());
     } else if (key == "causal") {
       o.causal = nb::cast<bool>(value);
     } else if (key == "causal_align") {
@@ -126,19 +135,38 @@ sage::AttentionArgs make_args(const TensorSpec& q, const TensorSpec& k, const Te
   return a;
 }
 
+// The raw-stream argument of the GPU calls (0: the legacy default stream).
+sage::Stream as_stream(std::uintptr_t stream) { return reinterpret_cast<sage::Stream>(stream); }
+
+// Empty when this build can run on GPU `ordinal`, otherwise why not.
+std::string device_support_error(int ordinal) {
+  const sage::Status st = sage::detail::check_device_supported(ordinal);
+  return st.is_ok() ? std::string() : st.message();
+}
+
 }  // namespace
 
 NB_MODULE(_C, m) {
   m.doc() = "sage-attention C++ core (thin binding; use the sage_attention package API)";
   m.attr("__version__") = SAGE_VERSION_STRING;
   m.attr("cuda_archs") = SAGE_CUDA_ARCHS_STRING;
+  // The Python layer caches Options objects for the life of the process; at
+  // exit they are still referenced, which is not a leak.
+  nb::set_leak_warnings(false);
+
+  // sage::AttentionOptions, built from a dict of option names (see
+  // make_options). A dict passed where Options is expected converts itself.
+  nb::class_<sage::AttentionOptions>(m, "Options")
+      .def("__init__", [](sage::AttentionOptions* self, const nb::dict& d) { new (self) sage::AttentionOptions(make_options(d)); },
+           nb::arg("options"));
+  nb::implicitly_convertible<nb::dict, sage::AttentionOptions>();
 
   m.def(
       "workspace_size",
       [](const TensorSpec& q, const TensorSpec& k, const TensorSpec& v, const TensorSpec& out,
-         const std::optional<TensorSpec>& lse, const nb::dict& options) {
+         const std::optional<TensorSpec>& lse, const sage::AttentionOptions& options) {
         std::size_t bytes = 0;
-        raise_on_error(sage::attention_workspace_size(make_args(q, k, v, out, lse), make_options(options), &bytes));
+        raise_on_error(sage::attention_workspace_size(make_args(q, k, v, out, lse), options, &bytes));
         return bytes;
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("lse").none(), nb::arg("options"));
@@ -146,15 +174,13 @@ NB_MODULE(_C, m) {
   m.def(
       "forward",
       [](const TensorSpec& q, const TensorSpec& k, const TensorSpec& v, const TensorSpec& out,
-         const std::optional<TensorSpec>& lse, const nb::dict& options, std::uintptr_t workspace,
+         const std::optional<TensorSpec>& lse, const sage::AttentionOptions& options, std::uintptr_t workspace,
          std::size_t workspace_bytes, std::uintptr_t stream) {
         const sage::AttentionArgs args = make_args(q, k, v, out, lse);
-        const sage::AttentionOptions opts = make_options(options);
         sage::Status st;
         {
           nb::gil_scoped_release release;  // the host emulation can take a while
-          st = sage::attention_forward(args, opts, reinterpret_cast<void*>(workspace), workspace_bytes,
-                                       reinterpret_cast<sage::Stream>(stream));
+          st = sage::attention_forward(args, options, reinterpret_cast<void*>(workspace), workspace_bytes, as_stream(stream));
         }
         raise_on_error(st);
       },
@@ -166,12 +192,36 @@ NB_MODULE(_C, m) {
   m.def(
       "_attention_kernel_only",
       [](const TensorSpec& q, const TensorSpec& k, const TensorSpec& v, const TensorSpec& out,
-         const std::optional<TensorSpec>& lse, const nb::dict& options, std::uintptr_t workspace,
+         const std::optional<TensorSpec>& lse, const sage::AttentionOptions& options, std::uintptr_t workspace,
          std::size_t workspace_bytes, std::uintptr_t stream) {
-        raise_on_error(sage::detail::gpu_attention_kernel_only(make_args(q, k, v, out, lse), make_options(options),
+        raise_on_error(sage::detail::gpu_attention_kernel_only(make_args(q, k, v, out, lse), options,
                                                                reinterpret_cast<void*>(workspace), workspace_bytes,
-                                                               reinterpret_cast<sage::Stream>(stream)));
+                                                               as_stream(stream)));
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("lse").none(), nb::arg("options"),
       nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("stream"));
+
+  // sage::merge_attention_states; out/lse may be the same tensors as
+  // out_a/lse_a (in-place merge).
+  m.def(
+      "merge_states",
+      [](const TensorSpec& out_a, const TensorSpec& lse_a, const TensorSpec& out_b, const TensorSpec& lse_b,
+         const TensorSpec& out, const TensorSpec& lse, const std::string& layout, std::uintptr_t stream) {
+        sage::MergeArgs args;
+        args.out_a = to_view(out_a), args.lse_a = to_view(lse_a);
+        args.out_b = to_view(out_b), args.lse_b = to_view(lse_b);
+        args.out = to_view(out), args.lse = to_view(lse);
+        const sage::TensorLayout tl = parse_layout(layout, "tensor_layout");
+        sage::Status st;
+        {
+          nb::gil_scoped_release release;
+          st = sage::merge_attention_states(args, tl, as_stream(stream));
+        }
+        raise_on_error(st);
+      },
+      nb::arg("out_a"), nb::arg("lse_a"), nb::arg("out_b"), nb::arg("lse_b"), nb::arg("out"), nb::arg("lse"),
+      nb::arg("layout"), nb::arg("stream"));
+
+  m.def("device_support_error", &device_support_error, nb::arg("ordinal"),
+        "Empty string when this build's kernels run on GPU `ordinal`; otherwise the reason they do not.");
 }

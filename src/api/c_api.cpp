@@ -6,10 +6,12 @@
 
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <string>
 #include <type_traits>
 
 #include "sage/attention.h"
+#include "sage/calibration.h"
 #include "sage/merge.h"
 #include "sage/version.h"
 
@@ -164,6 +166,23 @@ CEnum to_c_enum(CppEnum value) {
   return static_cast<CEnum>(static_cast<int>(value));
 }
 
+// The C struct of C++ options (the reverse of convert_options).
+void to_c_options(const sage::AttentionOptions& d, sage_options_t* options) {
+  options->method = to_c_enum<sage_method_t>(d.method);
+  options->layout = to_c_enum<sage_layout_t>(d.layout);
+  options->causal = d.causal ? 1 : 0;
+  options->causal_align = to_c_enum<sage_causal_align_t>(d.causal_align);
+  options->sm_scale = d.sm_scale;
+  options->qk_format = to_c_enum<sage_qk_format_t>(d.qk_format);
+  options->qk_granularity = to_c_enum<sage_granularity_t>(d.qk_granularity);
+  options->pv_format = to_c_enum<sage_pv_format_t>(d.pv_format);
+  options->pv_accum = to_c_enum<sage_pv_accum_t>(d.pv_accum);
+  options->smooth_q = d.smooth_q ? 1 : 0;
+  options->smooth_k = d.smooth_k ? 1 : 0;
+  options->smooth_v = d.smooth_v ? 1 : 0;
+  options->return_lse = d.return_lse ? 1 : 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -171,20 +190,7 @@ extern "C" {
 sage_status_t sage_default_options(sage_options_t* options) {
   return c_boundary("sage_default_options", [&]() -> Status {
     if (options == nullptr) return Status::invalid("options is NULL");
-    const sage::AttentionOptions d{};
-    options->method = to_c_enum<sage_method_t>(d.method);
-    options->layout = to_c_enum<sage_layout_t>(d.layout);
-    options->causal = d.causal ? 1 : 0;
-    options->causal_align = to_c_enum<sage_causal_align_t>(d.causal_align);
-    options->sm_scale = d.sm_scale;
-    options->qk_format = to_c_enum<sage_qk_format_t>(d.qk_format);
-    options->qk_granularity = to_c_enum<sage_granularity_t>(d.qk_granularity);
-    options->pv_format = to_c_enum<sage_pv_format_t>(d.pv_format);
-    options->pv_accum = to_c_enum<sage_pv_accum_t>(d.pv_accum);
-    options->smooth_q = d.smooth_q ? 1 : 0;
-    options->smooth_k = d.smooth_k ? 1 : 0;
-    options->smooth_v = d.smooth_v ? 1 : 0;
-    options->return_lse = d.return_lse ? 1 : 0;
+    to_c_options(sage::AttentionOptions{}, options);
     return Status::ok();
   });
 }
@@ -224,6 +230,37 @@ sage_status_t sage_merge_attention_states(const sage_tensor_t* out_a, const sage
     return sage::merge_attention_states(args, cpp_layout, static_cast<sage::Stream>(stream));
   });
 }
+
+// sage_plan_t is the C++ Plan itself behind an opaque name.
+struct sage_plan_t {
+  sage::Plan plan;
+};
+
+sage_status_t sage_plan_load(const char* path, sage_plan_t** plan) {
+  return c_boundary("sage_plan_load", [&]() -> Status {
+    if (plan == nullptr) return Status::invalid("plan is NULL");
+    *plan = nullptr;
+    if (path == nullptr) return Status::invalid("path is NULL");
+    auto loaded = std::make_unique<sage_plan_t>();
+    SAGE_C_RETURN_IF_ERROR(sage::Plan::load(path, &loaded->plan));
+    *plan = loaded.release();
+    return Status::ok();
+  });
+}
+
+sage_status_t sage_plan_options_for(const sage_plan_t* plan, int64_t layer, int64_t timestep,
+                                    const sage_options_t* base, sage_options_t* options) {
+  return c_boundary("sage_plan_options_for", [&]() -> Status {
+    if (plan == nullptr) return Status::invalid("plan is NULL");
+    if (options == nullptr) return Status::invalid("options is NULL");
+    sage::AttentionOptions cpp_base;
+    SAGE_C_RETURN_IF_ERROR(convert_options(base, &cpp_base));
+    to_c_options(plan->plan.options_for(layer, timestep, cpp_base), options);
+    return Status::ok();
+  });
+}
+
+void sage_plan_free(sage_plan_t* plan) { delete plan; }
 
 const char* sage_last_error(void) { return t_last_error_text; }
 

@@ -45,7 +45,9 @@ void scatter_lse(const float* dense, const TensorView& lse) {
   }
 }
 
-ref::Problem make_problem(const AttentionDims& dims, const AttentionOptions& options) {
+}  // namespace
+
+ref::Problem reference_problem(const AttentionDims& dims, const AttentionOptions& options) {
   ref::Problem p;
   p.batch = dims.batch;
   p.heads_q = dims.heads_q;
@@ -59,8 +61,6 @@ ref::Problem make_problem(const AttentionDims& dims, const AttentionOptions& opt
                                          : 1.0 / std::sqrt(static_cast<double>(dims.head_dim));
   return p;
 }
-
-}  // namespace
 
 // Reads one element as float. memcpy, because host views carry no
 // alignment promise.
@@ -119,7 +119,7 @@ void scatter_bhnd(const float* dense, const TensorView& t, TensorLayout layout) 
 }
 
 Status host_attention_forward(const AttentionArgs& args, const AttentionOptions& options) {
-  const ref::Problem problem = make_problem(attention_dims(args, options.layout), options);
+  const ref::Problem problem = reference_problem(attention_dims(args, options.layout), options);
   const std::vector<float> q = gather_bhnd(args.q, options.layout);
   const std::vector<float> k = gather_bhnd(args.k, options.layout);
   const std::vector<float> v = gather_bhnd(args.v, options.layout);

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <vector>
 
+#include "api/validate.h"
+#include "reference/reference.h"
 #include "sage/attention.h"
 
 namespace sage::detail {
@@ -14,6 +16,10 @@ namespace sage::detail {
 // on the host. Synchronous. Throws std::bad_alloc when the dense copies do
 // not fit in memory (attention_forward turns that into a Status).
 Status host_attention_forward(const AttentionArgs& args, const AttentionOptions& options);
+
+// The reference's description of a call: its sizes, mask and resolved
+// sm_scale (0 becomes 1/sqrt(head_dim)).
+ref::Problem reference_problem(const AttentionDims& dims, const AttentionOptions& options);
 
 // One f32/f16/bf16 element of a host view, read as float (memcpy: host views
 // carry no alignment promise) and written back with the kernels' rounding

@@ -1,10 +1,20 @@
 // Dispatch of GPU attention calls: find_kernel picks the kernel family for
 // the device and options (with its companions launch_kernel and
-// kernel_workspace_bytes); later kernel families add their case there.
+// kernel_workspace_bytes).
+//
+// Families, in order of preference:
+//   sm90  wgmma + TMA (src/cuda/sm90): compute capability 9.0 with 90a code;
+//   mma   mma.sync (src/cuda/mma): any device whose code in this build is
+//         sm_80 or newer (Ampere, Ada, Hopper as a fallback, sm_120); FP8 PV
+//         needs sm_89 code and an sm_89+ device.
+// The environment variable SAGE_FORCE_KERNEL=mma (or =sm90) restricts the
+// choice to one family: tests use it to run the mma kernels on a Hopper GPU.
 #include "cuda/device_dispatch.h"
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <string>
 
@@ -12,6 +22,9 @@
 #include "cuda/device_info.h"
 #if SAGE_HAS_SM90
 #include "cuda/sm90/qk_int8_pv_fp8_sm90.h"
+#endif
+#if SAGE_HAS_MMA
+#include "cuda/mma/mma_forward.h"
 #endif
 
 namespace sage::detail {
@@ -44,58 +57,122 @@ Status check_pointers_on_device(const AttentionArgs& args, const AttentionOption
   return Status::ok();
 }
 
-bool is_hopper(const cuda::DeviceInfo& device) { return device.cc_major == 9 && device.cc_minor == 0; }
+[[maybe_unused]] bool is_hopper(const cuda::DeviceInfo& device) {
+  return device.cc_major == 9 && device.cc_minor == 0;
+}
 
-// Whether this build has a kernel for the call on `device`.
-Status find_kernel(const cuda::DeviceInfo& device, const AttentionArgs& args, const AttentionOptions& options) {
-#if SAGE_HAS_SM90
-  if (is_hopper(device)) {
-    const std::string why = sm90::unsupported_reason(options, attention_dims(args, options.layout).head_dim);
-    if (why.empty()) return Status::ok();
-    return Status(StatusCode::not_implemented, why);
+enum class Family { sm90, mma };
+
+// SAGE_FORCE_KERNEL: "mma" or "sm90" limits the dispatch to that family;
+// unset or empty: no limit. Read per call (cheap next to the pointer
+// queries), so a test can switch it between calls.
+struct FamilyFilter {
+  bool sm90 = true, mma = true;
+  std::string note;  // why a family is excluded, for error messages
+};
+FamilyFilter family_filter() {
+  FamilyFilter f;
+  const char* env = std::getenv("SAGE_FORCE_KERNEL");
+  if (env == nullptr || *env == '\0') return f;
+  if (std::strcmp(env, "mma") == 0) {
+    f.sm90 = false;
+    f.note = " (SAGE_FORCE_KERNEL=mma excludes the sm90 kernel)";
+  } else if (std::strcmp(env, "sm90") == 0) {
+    f.mma = false;
+    f.note = " (SAGE_FORCE_KERNEL=sm90 excludes the mma.sync kernels)";
   }
-#else
-  (void)args, (void)options;
+  return f;
+}
+
+// Picks the family that runs the call on `device`, or says why none can.
+Status find_kernel(const cuda::DeviceInfo& device, const AttentionArgs& args, const AttentionOptions& options,
+                   Family* family) {
+  [[maybe_unused]] const std::int64_t head_dim = attention_dims(args, options.layout).head_dim;
+  [[maybe_unused]] const FamilyFilter filter = family_filter();
+  std::string why;
+  auto add_reason = [&why](const std::string& family_name, const std::string& reason) {
+    why += (why.empty() ? "" : "; ") + family_name + ": " + reason;
+  };
+#if SAGE_HAS_SM90
+  if (is_hopper(device) && filter.sm90) {
+    const std::string reason = sm90::unsupported_reason(options, head_dim);
+    if (reason.empty()) {
+      *family = Family::sm90;
+      return Status::ok();
+    }
+    add_reason("sm90 kernel", reason);
+  }
 #endif
-  return Status(StatusCode::not_implemented,
-                "no GPU kernel for " + device.arch() + " is built yet (the sm90 kernel is the only one so far)");
+#if SAGE_HAS_MMA
+  if (filter.mma) {
+    const int code_arch = cuda::device_code_arch(device.cc_major, device.cc_minor);
+    if (code_arch >= 80) {
+      mma::MmaCapabilities caps;
+      caps.fp8_mma = device.cc_major * 10 + device.cc_minor >= 89 && code_arch >= 89;
+      const std::string reason = mma::unsupported_reason(options, head_dim, caps);
+      if (reason.empty()) {
+        *family = Family::mma;
+        return Status::ok();
+      }
+      add_reason("mma.sync kernels", reason);
+    } else {
+      add_reason("mma.sync kernels", "this build has no sm_80+ code for " + device.arch());
+    }
+  }
+#endif
+  (void)options, (void)family;
+  if (why.empty()) why = "no GPU kernel family of this build runs on " + device.arch();
+  return Status(StatusCode::not_implemented, why + filter.note);
 }
 
 // Everything a GPU call needs before it can launch.
-Status check_gpu_call(const AttentionArgs& args, const AttentionOptions& options, cuda::DeviceInfo* info) {
+Status check_gpu_call(const AttentionArgs& args, const AttentionOptions& options, cuda::DeviceInfo* info,
+                      Family* family) {
   SAGE_RETURN_IF_ERROR(supported_device_info(args.q.device, info));
   SAGE_RETURN_IF_ERROR(check_pointers_on_device(args, options));
   SAGE_RETURN_IF_ERROR(check_gpu_kernel_limits(attention_dims(args, options.layout), options));
-  return find_kernel(*info, args, options);
+  return find_kernel(*info, args, options, family);
 }
 
-// Scratch bytes of the kernel find_kernel picked (quantized Q/K/V, scales).
-std::size_t kernel_workspace_bytes(const cuda::DeviceInfo& device, const AttentionArgs& args,
-                                   const AttentionOptions& options) {
+// Scratch bytes of the family find_kernel picked (quantized Q/K/V, scales).
+std::size_t kernel_workspace_bytes(Family family, const AttentionArgs& args, const AttentionOptions& options) {
+  switch (family) {
 #if SAGE_HAS_SM90
-  if (is_hopper(device)) return sm90::workspace_bytes(args, options);
+    case Family::sm90: return sm90::workspace_bytes(args, options);
 #endif
-  (void)device, (void)args, (void)options;
+#if SAGE_HAS_MMA
+    case Family::mma: return mma::workspace_bytes(args, options);
+#endif
+    default: break;
+  }
+  (void)args, (void)options;
   return 0;
 }
 
 // Runs the pre-pass into `workspace` (unless kernel_only) and the attention
 // kernel on `stream`.
-Status launch_kernel(const cuda::DeviceInfo& device, const AttentionArgs& args, const AttentionOptions& options,
-                     void* workspace, Stream stream, bool kernel_only) {
+Status launch_kernel(Family family, const AttentionArgs& args, const AttentionOptions& options, void* workspace,
+                     Stream stream, bool kernel_only) {
+  switch (family) {
 #if SAGE_HAS_SM90
-  if (is_hopper(device)) return sm90::run(args, options, workspace, stream, kernel_only);
+    case Family::sm90: return sm90::run(args, options, workspace, stream, kernel_only);
 #endif
+#if SAGE_HAS_MMA
+    case Family::mma: return mma::run(args, options, workspace, stream, kernel_only);
+#endif
+    default: break;
+  }
   (void)args, (void)options, (void)workspace, (void)stream, (void)kernel_only;
-  return Status(StatusCode::internal, "find_kernel accepted a call on " + device.arch() + " that has no launcher");
+  return Status(StatusCode::internal, "find_kernel accepted a call whose family has no launcher in this build");
 }
 
 // Everything up to the launch, shared by the two entry points below.
 Status checked_launch(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
                       std::size_t workspace_bytes, Stream stream, bool kernel_only) {
   cuda::DeviceInfo device;
-  SAGE_RETURN_IF_ERROR(check_gpu_call(args, options, &device));
-  const std::size_t needed = kernel_workspace_bytes(device, args, options);
+  Family family{};
+  SAGE_RETURN_IF_ERROR(check_gpu_call(args, options, &device, &family));
+  const std::size_t needed = kernel_workspace_bytes(family, args, options);
   if (workspace_bytes < needed) {
     return Status::invalid("workspace: " + std::to_string(workspace_bytes) + " bytes given, " +
                            std::to_string(needed) + " needed (see attention_workspace_size)");
@@ -109,7 +186,7 @@ Status checked_launch(const AttentionArgs& args, const AttentionOptions& options
     SAGE_RETURN_IF_ERROR(check_pointer_on_device("workspace", workspace, args.q.device));
   }
   return run_on_device(args.q.device,
-                       [&] { return launch_kernel(device, args, options, workspace, stream, kernel_only); });
+                       [&] { return launch_kernel(family, args, options, workspace, stream, kernel_only); });
 }
 
 }  // namespace
@@ -166,8 +243,9 @@ Status check_device_supported(int ordinal) {
 
 Status gpu_workspace_size(const AttentionArgs& args, const AttentionOptions& options, std::size_t* bytes) {
   cuda::DeviceInfo device;
-  SAGE_RETURN_IF_ERROR(check_gpu_call(args, options, &device));
-  *bytes = kernel_workspace_bytes(device, args, options);
+  Family family{};
+  SAGE_RETURN_IF_ERROR(check_gpu_call(args, options, &device, &family));
+  *bytes = kernel_workspace_bytes(family, args, options);
   return Status::ok();
 }
 

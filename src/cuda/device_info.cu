@@ -118,6 +118,19 @@ std::vector<std::string> built_archs() {
 
 std::string built_archs_string() { return SAGE_CUDA_ARCHS_STRING; }
 
+int device_code_arch(int cc_major, int cc_minor) {
+  int best = 0;
+  for (const std::string& arch : built_archs()) {
+    int number = 0;
+    bool specific = false;
+    if (!parse_arch(arch, &number, &specific)) continue;
+    const int major = number / 10, minor = number % 10;
+    const bool runs = specific ? (major == cc_major && minor == cc_minor) : (major == cc_major && minor <= cc_minor);
+    if (runs && number > best) best = number;
+  }
+  return best;
+}
+
 bool build_supports(int cc_major, int cc_minor) {
   for (const std::string& arch : built_archs()) {
     int number = 0;

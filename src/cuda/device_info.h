@@ -48,4 +48,12 @@ std::string built_archs_string();  // "90a;120a"
 // capability; plain ones ("80") run on the same major with minor >= it.
 bool build_supports(int cc_major, int cc_minor);
 
+// The architecture number (89 for "89", 90 for "90a") of the device code the
+// CUDA runtime picks for compute capability major.minor: the largest built
+// architecture that runs there (same rule as build_supports); 0 if none.
+// Kernels whose instructions need a minimum architecture (FP8 mma.sync:
+// 89) check this, not the device's capability alone: an sm_89 GPU running
+// a build for "80" executes the sm_80 code.
+int device_code_arch(int cc_major, int cc_minor);
+
 }  // namespace sage::cuda

@@ -67,4 +67,12 @@ struct TileGeometry {
 // of 64 rows each, 128-key tiles.
 inline constexpr TileGeometry kSm90Geometry{128, 128, 16};
 
+// The geometry of the mma.sync kernels (src/cuda/mma): 8 warps of 16 rows
+// each, 64-key tiles. 64 keys keep the per-thread S accumulator at 32
+// registers (next to a 64-register O accumulator at D = 128), so the whole
+// online softmax stays in registers without spills; Q rows and their groups
+// are the same as the sm90 kernel's (both have cta_q = 128, warp_q = 16),
+// only the K groups differ (64 keys instead of 128).
+inline constexpr TileGeometry kMmaGeometry{128, 64, 16};
+
 }  // namespace sage

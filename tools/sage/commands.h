@@ -23,4 +23,10 @@ int run_accuracy(const ArgParser& parser);
 void declare_run(ArgParser& parser);
 int run_run(const ArgParser& parser);
 
+void declare_calibrate(ArgParser& parser);
+int run_calibrate(const ArgParser& parser);
+
+void declare_record(ArgParser& parser);
+int run_record(const ArgParser& parser);
+
 }  // namespace sage_cli

@@ -3,6 +3,8 @@
 //   sage info        build, architectures, GPUs seen
 //   sage accuracy    every method against exact attention, as a table
 //   sage run         the main job: one attention call on the default problem
+//   sage calibrate   a 4/8-bit plan from recorded attention inputs
+//   sage record      synthetic recorded inputs for calibrate
 //
 // Exit status: 0 success, 1 the work failed (the library's status message
 // is printed), 2 bad usage.
@@ -34,6 +36,14 @@ constexpr Command kCommands[] = {
      "on the GPU when one is present, else on the CPU reference at a small size (B=1, H=2, N=1024, D=128).\n"
      "Prints the problem, the time and the accuracy against exact attention in float64.",
      sage_cli::declare_run, sage_cli::run_run},
+    {"calibrate", "a 4/8-bit Q K^T plan (JSON) from recorded attention inputs",
+     "Measures the INT4 Q K^T path of every recorded attention call against exact attention and writes a\n"
+     "plan that gives the worst fraction of (layer, timestep) keys INT8 and the rest INT4.",
+     sage_cli::declare_calibrate, sage_cli::run_calibrate},
+    {"record", "synthetic recorded attention inputs for 'sage calibrate'",
+     "Writes random attention inputs in the recording format 'sage calibrate' reads, layer by layer\n"
+     "(and timestep by timestep), some layers hostile to INT4 if --dist says so.",
+     sage_cli::declare_record, sage_cli::run_record},
 };
 
 std::string main_usage() {

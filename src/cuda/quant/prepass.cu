@@ -13,7 +13,7 @@ namespace sage::quant {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTileRows = 128;  // = kSm90Geometry.cta_q = cta_k
+constexpr int kTileRows = 128;  // rows of one job tile: whole groups (prepass_supports_geometry)
 constexpr int kMaxChunks = 32;  // key chunks of the statistics pass
 constexpr int kVec = 8;         // elements per 16-byte load
 constexpr float kLog2e = 1.4426950408889634f;
@@ -22,8 +22,7 @@ constexpr int kTilePad = 32;
 #ifndef SAGE_PREPASS_MIN_BLOCKS
 #define SAGE_PREPASS_MIN_BLOCKS 2  // CTAs per SM the quantize kernel's registers must allow
 #endif
-static_assert(kSm90Geometry.cta_q == kTileRows && kSm90Geometry.cta_k == kTileRows);
-static_assert(kSm90Geometry.warp_q * (kThreads / 32) == kTileRows, "one warp per 16-row slice");
+static_assert(16 * (kThreads / 32) == kTileRows, "one warp per 16-row slice");
 
 std::size_t align_up(std::size_t x, std::size_t a) { return (x + a - 1) / a * a; }
 
@@ -54,9 +53,10 @@ __device__ __forceinline__ void load8(const T* row, bool row_ok, int c0, int hea
 // emulation runs) is portable bit arithmetic, tens of instructions per value;
 // tests/gpu/test_numerics_cvt.cu checks over all 2^32 floats that it equals
 // these instructions bit for bit, so the two paths agree exactly.
-__device__ __forceinline__ int quantize_int8(float x, float inv_scale) {
+// qmax: 127 (INT8) or 7 (INT4).
+__device__ __forceinline__ int quantize_int(float x, float inv_scale, int qmax) {
   const int q = __float2int_rn(x * inv_scale);  // cvt.rni.s32.f32: ties to even, NaN -> 0, saturating
-  return q > 127 ? 127 : (q < -127 ? -127 : q);
+  return q > qmax ? qmax : (q < -qmax ? -qmax : q);
 }
 __device__ __forceinline__ uint32_t fp8_e4m3_code(float x) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
@@ -254,38 +254,56 @@ __device__ __forceinline__ void publish_group_amax(QuantShared& sh, int slot, fl
   if ((threadIdx.x % 32 & ((1 << lane_bits) - 1)) == 0) atomic_max_nonneg(&sh.amax[slot], amax);
 }
 
-// Quantizes the fragment to INT8 with per-row-group scales (group slot of
-// each of the thread's rows given) and stores the rows that exist.
+// Quantizes the fragment to INT8 (bits 8: one byte per element, rows of Dp
+// bytes) or INT4 (bits 4: two's-complement nibbles, the lower-indexed
+// element in the low nibble as mma.sync .s4 reads them, rows of Dp / 2
+// bytes) with per-row-group scales (group slot of each of the thread's rows
+// given) and stores the rows that exist.
 template <typename T, int Dp>
-__device__ void store_int8_tile(const TileFragment<T, Dp>& f, const int (&slot)[2], const QuantShared& sh, int8_t* dst,
-                                int row0, int n) {
+__device__ void store_int_tile(const TileFragment<T, Dp>& f, const int (&slot)[2], const QuantShared& sh, int bits,
+                               int8_t* dst, int row0, int n) {
+  const int qmax = bits == 8 ? 127 : 7;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + f.row(r);
     if (row >= n) continue;
-    const float inv = num::reciprocal_rn(num::symmetric_scale(sh.amax[slot[r]], 127));
+    const float inv = num::reciprocal_rn(num::symmetric_scale(sh.amax[slot[r]], qmax));
 #pragma unroll
     for (int i = 0; i < Dp / 32; ++i) {
       uint32_t packed[2] = {0, 0};
+      if (bits == 8) {
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        const int q = quantize_int8(f.x(r, i, e), inv);
-        packed[e / 4] |= (static_cast<uint32_t>(q) & 0xFFu) << (8 * (e % 4));
+        for (int e = 0; e < kVec; ++e) {
+          const int q = quantize_int(f.x(r, i, e), inv, qmax);
+          packed[e / 4] |= (static_cast<uint32_t>(q) & 0xFFu) << (8 * (e % 4));
+        }
+        *reinterpret_cast<uint2*>(dst + static_cast<std::int64_t>(row) * Dp + f.col(i)) =
+            make_uint2(packed[0], packed[1]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const int q = quantize_int(f.x(r, i, e), inv, qmax);
+          packed[0] |= (static_cast<uint32_t>(q) & 0xFu) << (4 * e);
+        }
+        *reinterpret_cast<uint32_t*>(dst + static_cast<std::int64_t>(row) * (Dp / 2) + f.col(i) / 2) = packed[0];
       }
-      *reinterpret_cast<uint2*>(dst + static_cast<std::int64_t>(row) * Dp + f.col(i)) = make_uint2(packed[0], packed[1]);
     }
   }
 }
 
-// The INT8 half of a Q or K job, once the tile is loaded, the statistics are
-// in shared memory and the group maxima are cleared: group maxima, INT8
-// rows, and one scale per group (times scale_factor: Q carries
+// The integer half of a Q or K job, once the tile is loaded, the statistics
+// are in shared memory and the group maxima are cleared: group maxima, INT8
+// or INT4 rows (p.qk_bits), and one scale per group (times scale_factor: Q carries
 // sm_scale * log2 e into the kernel's scores).
+//
+// Groups follow `geo` (the attention kernel's geometry). A job tile holds
+// whole groups; the last tile of a head may hold fewer groups than a full
+// one (cta_k < 128), so only groups below `total_groups` are written.
 template <typename T, int Dp>
-__device__ void quantize_int8_tile(const TileFragment<T, Dp>& f, QuantShared& sh, bool is_query, Granularity g,
-                                   int row0, int n, int8_t* rows, float* scales, float scale_factor) {
-  constexpr TileGeometry kGeometry = kSm90Geometry;  // device-side copy of the host constant
-  auto group_of = [&](std::int64_t r) { return is_query ? kGeometry.q_group_of(r, g) : kGeometry.k_group_of(r, g); };
+__device__ void quantize_int_tile(const TileFragment<T, Dp>& f, QuantShared& sh, bool is_query, int bits,
+                                  const TileGeometry& geo, Granularity g, int row0, int n, int total_groups,
+                                  int8_t* rows, float* scales, float scale_factor) {
+  auto group_of = [&](std::int64_t r) { return is_query ? geo.q_group_of(r, g) : geo.k_group_of(r, g); };
   const std::int64_t first_group = group_of(row0);
   int slot[2];
 #pragma unroll
@@ -296,11 +314,12 @@ __device__ void quantize_int8_tile(const TileFragment<T, Dp>& f, QuantShared& sh
   publish_group_amax(sh, slot[0], fmaxf(row_absmax(f, 0), row_absmax(f, 1)), lane_bits);
   __syncthreads();
 
-  store_int8_tile(f, slot, sh, rows, row0, n);
-  const int groups_here =
-      static_cast<int>(is_query ? kGeometry.q_groups(kTileRows, g) : kGeometry.k_groups(kTileRows, g));
+  store_int_tile(f, slot, sh, bits, rows, row0, n);
+  const int groups_full_tile =
+      static_cast<int>(is_query ? geo.q_groups(kTileRows, g) : geo.k_groups(kTileRows, g));
+  const int groups_here = min(groups_full_tile, total_groups - static_cast<int>(first_group));
   for (int i = threadIdx.x; i < groups_here; i += kThreads)
-    scales[first_group + i] = num::symmetric_scale(sh.amax[i], 127) * scale_factor;
+    scales[first_group + i] = num::symmetric_scale(sh.amax[i], bits == 8 ? 127 : 7) * scale_factor;
 }
 
 __device__ __forceinline__ void clear_group_amax(QuantShared& sh) {
@@ -321,7 +340,8 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
   if (p.lse_correction) finalize_stats(p, layout, out, bh_kv, false, false, sh);
   clear_group_amax(sh);
   __syncthreads();
-  quantize_int8_tile(f, sh, true, p.granularity, row0, p.nq, out.q + static_cast<std::int64_t>(bh) * p.nq * Dp,
+  quantize_int_tile(f, sh, true, p.qk_bits, p.geometry, p.granularity, row0, p.nq, layout.q_groups,
+                    out.q + static_cast<std::int64_t>(bh) * p.nq * (Dp * p.qk_bits / 8),
                      out.q_scale + static_cast<std::int64_t>(bh) * layout.q_groups, p.sm_scale * kLog2e);
 
   if (p.lse_correction) {  // q . mean_k * sm_scale, from the unquantized row
@@ -353,7 +373,8 @@ __device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& la
   finalize_stats(p, layout, out, bh_kv, false, false, sh);
   clear_group_amax(sh);
   __syncthreads();
-  quantize_int8_tile(f, sh, false, p.granularity, row0, p.nk, out.k + static_cast<std::int64_t>(bh_kv) * p.nk * Dp,
+  quantize_int_tile(f, sh, false, p.qk_bits, p.geometry, p.granularity, row0, p.nk, layout.k_groups,
+                    out.k + static_cast<std::int64_t>(bh_kv) * p.nk * (Dp * p.qk_bits / 8),
                      out.k_scale + static_cast<std::int64_t>(bh_kv) * layout.k_groups, 1.f);
 }
 
@@ -369,6 +390,28 @@ __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& la
   load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, p.smooth_v ? sh.mean : nullptr, f);
   finalize_stats(p, layout, out, bh_kv, true, tile == 0, sh);
   __syncthreads();
+  if (p.v_format == VFormat::fp16_rows) {
+    // Rows of fp16 (RNE, as the emulation's round_to_f16), 8 channels per
+    // 16-byte store; rows past nk are not stored (the kernel zero-fills them).
+    std::uint16_t* dst = out.v16 + static_cast<std::int64_t>(bh_kv) * p.nk * Dp;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + f.row(r);
+      if (row >= p.nk) continue;
+#pragma unroll
+      for (int i = 0; i < Dp / 32; ++i) {
+        uint32_t packed[4];
+#pragma unroll
+        for (int e = 0; e < kVec; e += 2) {
+          const __half2 pair = __floats2half2_rn(f.x(r, i, e), f.x(r, i, e + 1));
+          packed[e / 2] = *reinterpret_cast<const uint32_t*>(&pair);
+        }
+        *reinterpret_cast<uint4*>(dst + static_cast<std::int64_t>(row) * Dp + f.col(i)) =
+            make_uint4(packed[0], packed[1], packed[2], packed[3]);
+      }
+    }
+    return;
+  }
   // FP8 into shared memory as [key][channel], 8 channels per store; keys
   // past nk are 0 (x() reads them as 0).
 #pragma unroll
@@ -463,8 +506,8 @@ PrepassLayout make_prepass_layout(const PrepassProblem& p) {
   PrepassLayout l;
   l.head_dim_padded = p.head_dim <= 64 ? 64 : 128;
   l.nk_padded = (p.nk + 15) / 16 * 16;
-  l.q_groups = static_cast<int>(kSm90Geometry.q_groups(p.nq, p.granularity));
-  l.k_groups = static_cast<int>(kSm90Geometry.k_groups(p.nk, p.granularity));
+  l.q_groups = static_cast<int>(p.geometry.q_groups(p.nq, p.granularity));
+  l.k_groups = static_cast<int>(p.geometry.k_groups(p.nk, p.granularity));
   const int want_chunks = (p.nk + 511) / 512;
   l.chunks = std::max(1, std::min(kMaxChunks, want_chunks));
   l.chunk_len = (p.nk + l.chunks - 1) / l.chunks;
@@ -478,9 +521,12 @@ PrepassLayout make_prepass_layout(const PrepassProblem& p) {
     at = align_up(at + bytes, 256);  // TMA bases need 16 bytes; 256 keeps rows tidy
     return off;
   };
-  l.off_q = take(bhq * p.nq * dp);
-  l.off_k = take(bhk * p.nk * dp);
-  l.off_vt = take(bhk * dp * l.nk_padded);
+  const std::size_t row_bytes = dp * p.qk_bits / 8;  // INT8: Dp bytes, INT4: Dp / 2
+  l.off_q = take(bhq * p.nq * row_bytes);
+  l.off_k = take(bhk * p.nk * row_bytes);
+  l.v_format = p.v_format;
+  l.off_vt = take(p.v_format == VFormat::fp16_rows ? bhk * p.nk * dp * sizeof(std::uint16_t)
+                                                    : bhk * dp * l.nk_padded);
   l.off_q_scale = take(sizeof(float) * bhq * l.q_groups);
   l.off_k_scale = take(sizeof(float) * bhk * l.k_groups);
   l.off_v_scale = take(sizeof(float) * bhk * dp);
@@ -497,7 +543,11 @@ PrepassBuffers PrepassLayout::carve(void* workspace) const {
   PrepassBuffers b;
   b.q = reinterpret_cast<std::int8_t*>(base + off_q);
   b.k = reinterpret_cast<std::int8_t*>(base + off_k);
-  b.vt = base + off_vt;
+  if (v_format == VFormat::fp16_rows) {
+    b.v16 = reinterpret_cast<std::uint16_t*>(base + off_vt);
+  } else {
+    b.vt = base + off_vt;
+  }
   b.q_scale = reinterpret_cast<float*>(base + off_q_scale);
   b.k_scale = reinterpret_cast<float*>(base + off_k_scale);
   b.v_scale = reinterpret_cast<float*>(base + off_v_scale);

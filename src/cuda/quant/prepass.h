@@ -7,9 +7,15 @@
 //        Q: INT8 with the granularity's scale groups (sm_scale*log2 e folded
 //           into the scale), plus q . mean_k * sm_scale per row for the LSE;
 //        K: K - mean_k, INT8 per group;
+//        (qk_bits = 4: Q and K in INT4 instead, for mma.sync m16n8k64);
 //        V: (V - mean_v) / v_scale[channel] in FP8 E4M3, written transposed
 //           (V^T [Dp][Nk_pad]) with the keys of each 32-key chunk permuted
-//           into the order of the kernel's P fragment.
+//           into the order of the kernel's P fragment; or (v_format
+//           fp16_rows, the mma.sync FP16 PV kernels) V - mean_v rounded to
+//           fp16, row-major [Nk][Dp], no scale.
+//      The Q and K groups follow PrepassProblem::geometry, the tile geometry
+//      of the attention kernel that reads the output (kSm90Geometry or
+//      kMmaGeometry); a 128-row job tile always covers whole groups.
 // Head dims are padded with zeros to Dp (64 or 128) here, so the attention
 // kernel only sees its native tile widths.
 #pragma once
@@ -19,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "numerics/tile_geometry.h"
 #include "sage/options.h"
 
 namespace sage::quant {
@@ -29,19 +36,31 @@ struct StridedInput {
   std::int64_t stride_b = 0, stride_h = 0, stride_n = 0;
 };
 
+// How V is stored for the attention kernel's P V MMA.
+enum class VFormat {
+  fp8_e4m3_transposed,  // V^T [Dp][Nk_pad] E4M3, per-channel scales, keys permuted per 32-key chunk
+  fp16_rows,            // V [Nk][Dp] fp16 (mma.sync m16n8k16 reads it with ldmatrix.trans)
+};
+
 struct PrepassProblem {
   int batch = 0, heads_q = 0, heads_kv = 0, nq = 0, nk = 0;
   int head_dim = 0, head_dim_padded = 0;
   bool bf16 = true;  // inputs are bf16 (else fp16)
   Granularity granularity = Granularity::per_warp;
+  // The attention kernel's tile geometry, which defines the Q and K scale
+  // groups (see prepass_supports_geometry for the ones this pre-pass takes).
+  TileGeometry geometry = kSm90Geometry;
+  VFormat v_format = VFormat::fp8_e4m3_transposed;
+  int qk_bits = 8;  // 8: INT8 Q/K; 4: INT4 (nibble-packed rows of Dp/2 bytes, scale amax/7)
   float sm_scale = 0.f;
   bool smooth_k = true, smooth_v = false, lse_correction = false;
 };
 
 struct PrepassBuffers {
-  std::int8_t* q = nullptr;      // [B*Hq][Nq][Dp]
-  std::int8_t* k = nullptr;      // [B*Hkv][Nk][Dp]
-  std::uint8_t* vt = nullptr;    // [B*Hkv][Dp][Nk_pad], FP8 E4M3
+  std::int8_t* q = nullptr;      // [B*Hq][Nq][Dp] (INT4: [B*Hq][Nq][Dp/2], two elements per byte)
+  std::int8_t* k = nullptr;      // [B*Hkv][Nk][Dp] (INT4: [B*Hkv][Nk][Dp/2])
+  std::uint8_t* vt = nullptr;    // [B*Hkv][Dp][Nk_pad], FP8 E4M3 (v_format fp8_e4m3_transposed), else null
+  std::uint16_t* v16 = nullptr;  // [B*Hkv][Nk][Dp], fp16 bits (v_format fp16_rows), else null
   float* q_scale = nullptr;      // [B*Hq][q_groups]
   float* k_scale = nullptr;      // [B*Hkv][k_groups]
   float* v_scale = nullptr;      // [B*Hkv][Dp]
@@ -57,6 +76,7 @@ struct PrepassLayout {
   int q_groups = 0, k_groups = 0;
   int chunks = 0, chunk_len = 0;
   std::size_t bytes = 0;
+  VFormat v_format = VFormat::fp8_e4m3_transposed;
   PrepassBuffers carve(void* workspace) const;
 
  private:
@@ -66,6 +86,15 @@ struct PrepassLayout {
 };
 
 PrepassLayout make_prepass_layout(const PrepassProblem& p);
+
+// Whether the pre-pass can produce the groups of `g`: its 128-row job tiles
+// must hold whole Q and K groups (cta_q and cta_k divide 128) and each warp's
+// 16 rows must lie inside one warp_q slice (warp_q a multiple of 16).
+constexpr bool prepass_supports_geometry(TileGeometry g) {
+  return g.cta_q > 0 && g.cta_k > 0 && 128 % g.cta_q == 0 && 128 % g.cta_k == 0 && g.warp_q % 16 == 0 &&
+         g.cta_q % g.warp_q == 0 && g.cta_k % 8 == 0;
+}
+static_assert(prepass_supports_geometry(kSm90Geometry) && prepass_supports_geometry(kMmaGeometry));
 
 // Enqueues both pre-pass kernels on `stream`.
 cudaError_t launch_prepass(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,

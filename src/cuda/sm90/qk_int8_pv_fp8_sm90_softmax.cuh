@@ -10,6 +10,9 @@
 // carries sm_scale * log2(e). P~ = exp2(s - m) is produced pre-multiplied by
 // 448 (exp2(s - (m - log2 448))) so it fills the E4M3 range; the row sum l
 // is kept in the same x448 units, so O / l needs no further P scale.
+// With kScaleP448 = false (16-bit P, used by the mma.sync family's FP16 PV
+// kernels) P~ is produced unscaled and exponentiate() hands it out in fp32
+// for the caller to pack.
 #pragma once
 
 #include <climits>
@@ -44,46 +47,21 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-template <int NAcc>
+template <int NAcc, bool kScaleP448 = true>
 struct OnlineSoftmax {
   static_assert(NAcc % 16 == 0, "whole 32-key chunks");
+  static constexpr float kLog2PScale = kScaleP448 ? kLog2P8Scale : 0.f;
   float m[2] = {-INFINITY, -INFINITY};  // running row max (base-2 units)
-  float l[2] = {0.f, 0.f};              // this thread's share of the row sum (x448)
+  float l[2] = {0.f, 0.f};              // this thread's share of the row sum (x448 when kScaleP448)
 
   // Consumes one tile of scores: updates m and l, returns the factor alpha
   // by which O must be rescaled, and the FP8 A-operand fragments of P for
   // the P V^T wgmma (k = 32 keys per fragment).
   __device__ __forceinline__ void step(const int32_t (&s)[NAcc], float qk_scale, bool masked,
                                        uint32_t (&frag)[NAcc / 16][4], float (&alpha)[2]) {
-    // qk_scale > 0, so this thread's largest integer gives its largest score.
-    // The threads of a quad can hold different K scales (per-thread
-    // granularity), so the quad reduces scores, not integers.
-    int imax[2] = {INT_MIN, INT_MIN};
-#pragma unroll
-    for (int i = 0; i < NAcc; ++i) imax[(i / 2) % 2] = max(imax[(i / 2) % 2], s[i]);
-    float shift[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float mine = imax[r] == INT_MIN ? -INFINITY : static_cast<float>(imax[r]) * qk_scale;
-      const float m_new = fmaxf(m[r], quad_max(mine));
-      // A row that has seen no key yet keeps O = 0 and l = 0; any alpha works.
-      alpha[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[r] - m_new);
-      shift[r] = (m_new == -INFINITY ? 0.f : m_new) - kLog2P8Scale;
-      m[r] = m_new;
-      l[r] *= alpha[r];
-    }
-
+    static_assert(kScaleP448, "FP8 fragments need the x448 scale");
     float pexp[NAcc];
-#pragma unroll
-    for (int i = 0; i < NAcc; ++i) {
-      const int r = (i / 2) % 2;
-      // (A plain conversion: I2FP is one instruction; the magic-number
-      // add and subtract measured 2-4% slower, docs/perf-notes.md.)
-      float e = fast_exp2(fmaf(static_cast<float>(s[i]), qk_scale, -shift[r]));
-      if (masked && s[i] == INT_MIN) e = 0.f;  // (INT_MIN * a tiny qk_scale need not underflow)
-      pexp[i] = e;
-      l[r] += e;
-    }
+    exponentiate(s, qk_scale, masked, pexp, alpha);
 
     // Fragment of chunk c (keys 32c..32c+31): register 0 = row 0, slices
     // 4c and 4c+1; register 1 = row 1, same slices; registers 2, 3 = slices
@@ -100,6 +78,40 @@ struct OnlineSoftmax {
     }
   }
 
+  // The part of step() before the packing: updates m and l, returns alpha
+  // and P~ (x448 when kScaleP448) in the accumulator layout of s.
+  __device__ __forceinline__ void exponentiate(const int32_t (&s)[NAcc], float qk_scale, bool masked,
+                                               float (&pexp)[NAcc], float (&alpha)[2]) {
+    // qk_scale > 0, so this thread's largest integer gives its largest score.
+    // The threads of a quad can hold different K scales (per-thread
+    // granularity), so the quad reduces scores, not integers.
+    int imax[2] = {INT_MIN, INT_MIN};
+#pragma unroll
+    for (int i = 0; i < NAcc; ++i) imax[(i / 2) % 2] = max(imax[(i / 2) % 2], s[i]);
+    float shift[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float mine = imax[r] == INT_MIN ? -INFINITY : static_cast<float>(imax[r]) * qk_scale;
+      const float m_new = fmaxf(m[r], quad_max(mine));
+      // A row that has seen no key yet keeps O = 0 and l = 0; any alpha works.
+      alpha[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[r] - m_new);
+      shift[r] = (m_new == -INFINITY ? 0.f : m_new) - kLog2PScale;
+      m[r] = m_new;
+      l[r] *= alpha[r];
+    }
+
+#pragma unroll
+    for (int i = 0; i < NAcc; ++i) {
+      const int r = (i / 2) % 2;
+      // (A plain conversion: I2FP is one instruction; the magic-number
+      // add and subtract measured 2-4% slower, docs/perf-notes.md.)
+      float e = fast_exp2(fmaf(static_cast<float>(s[i]), qk_scale, -shift[r]));
+      if (masked && s[i] == INT_MIN) e = 0.f;  // (INT_MIN * a tiny qk_scale need not underflow)
+      pexp[i] = e;
+      l[r] += e;
+    }
+  }
+
   // Completes the row sums across the quad.
   __device__ __forceinline__ void finish() {
     l[0] = quad_sum(l[0]);
@@ -109,7 +121,7 @@ struct OnlineSoftmax {
   // Natural-log LSE of the row (before any smoothing correction).
   __device__ __forceinline__ float lse(int r) const {
     if (!(l[r] > 0.f)) return -INFINITY;
-    return (m[r] + __log2f(l[r]) - kLog2P8Scale) * 0.6931471805599453f;
+    return (m[r] + __log2f(l[r]) - kLog2PScale) * 0.6931471805599453f;
   }
 };
 

@@ -1,0 +1,80 @@
+// Epilogue of the mma.sync forward kernels: O / l, the V scale per channel
+// (FP8 PV only) and the smooth-V mean, written to the caller's strided
+// output; the LSE.
+// O's register layout (per 8-channel slice j: channels 8j + 2*quad + {0,1}
+// of row g in o[4j], o[4j+1] and of row g+8 in o[4j+2], o[4j+3]) is the
+// m16n8 accumulator layout.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "cuda/mma/qk_int8_mma_params.h"
+
+namespace sage::mma {
+
+template <typename OutT>
+struct OutputConvert;
+template <>
+struct OutputConvert<__nv_bfloat16> {
+  using Pair = __nv_bfloat162;
+  static __device__ __forceinline__ __nv_bfloat16 one(float x) { return __float2bfloat16_rn(x); }
+  static __device__ __forceinline__ Pair two(float a, float b) { return __floats2bfloat162_rn(a, b); }
+};
+template <>
+struct OutputConvert<__half> {
+  using Pair = __half2;
+  static __device__ __forceinline__ __half one(float x) { return __float2half_rn(x); }
+  static __device__ __forceinline__ Pair two(float a, float b) { return __floats2half2_rn(a, b); }
+};
+
+template <class T, class Softmax>
+__device__ __forceinline__ void write_output(const QkInt8MmaParams& p, const float (&o)[T::kOAcc],
+                                             const Softmax& softmax, const int (&rows)[2], int bh, int bh_kv,
+                                             int quad) {
+  using Out = typename T::Out;
+  using Convert = OutputConvert<Out>;
+  const int b = bh / p.heads_q;
+  const int h = bh % p.heads_q;
+  const float* v_scale = T::kPvFp8 ? p.v_scale + static_cast<int64_t>(bh_kv) * T::kDp : nullptr;
+  const float* v_mean = p.v_mean ? p.v_mean + static_cast<int64_t>(bh_kv) * T::kDp : nullptr;
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = rows[r];
+    if (row >= p.nq) continue;
+    const float inv_l = softmax.l[r] > 0.f ? 1.f / softmax.l[r] : 0.f;  // a row that saw no key writes 0
+    Out* dst = static_cast<Out*>(p.out) + b * p.out_stride_b + h * p.out_stride_h + row * p.out_stride_n;
+#pragma unroll
+    for (int j = 0; j < T::kDp / 8; ++j) {
+      const int col = 8 * j + 2 * quad;
+      if (col >= p.head_dim) continue;
+      float v0 = o[4 * j + 2 * r] * inv_l;
+      float v1 = o[4 * j + 2 * r + 1] * inv_l;
+      if constexpr (T::kPvFp8) {
+        v0 *= v_scale[col];
+        v1 *= v_scale[col + 1];
+      }
+      if (v_mean && softmax.l[r] > 0.f) {
+        v0 += v_mean[col];
+        v1 += v_mean[col + 1];
+      }
+      const bool second = col + 1 < p.head_dim;
+      if (second && p.out_pair_store) {
+        *reinterpret_cast<typename Convert::Pair*>(dst + col) = Convert::two(v0, v1);
+      } else {
+        dst[col] = Convert::one(v0);
+        if (second) dst[col + 1] = Convert::one(v1);
+      }
+    }
+    if (p.lse && quad == 0) {
+      float lse = softmax.lse(r);
+      if (p.lse_corr && lse != -INFINITY) lse += p.lse_corr[static_cast<int64_t>(bh) * p.nq + row];
+      p.lse[b * p.lse_stride_b + h * p.lse_stride_h + row * p.lse_stride_n] = lse;
+    }
+  }
+}
+
+}  // namespace sage::mma

@@ -1,0 +1,39 @@
+// Launch of one instantiation of the mma.sync INT8-QK forward kernel
+// (included by the instantiation files only: one per PV precision and head
+// dim, so a build compiles them in parallel).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "cuda/mma/qk_int8_mma_fwd.cuh"
+
+namespace sage::mma {
+
+template <int Dp, bool Causal, typename OutT, PvMode Pv, int QkBits>
+cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, int batch_heads, cudaStream_t stream) {
+  using T = FwdTraits<Dp, Causal, OutT, Pv, QkBits>;
+  auto kernel = qk_int8_mma_kernel<T>;
+  constexpr int kSmem = sizeof(FwdSharedStorage<T>);
+  static_assert(kSmem <= 99 * 1024, "shared memory per CTA (sm_86/89/120 allow 99 KiB)");
+  // Above 48 KiB dynamic shared memory must be opted into, per function and
+  // device; setting it each call is cheap and stays correct across devices.
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  const dim3 grid((p.nq + T::kBlockQ - 1) / T::kBlockQ, batch_heads);
+  kernel<<<grid, T::kThreads, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// The four (causal, output type) instances of one (head dim, PV mode, Q/K bits).
+#define SAGE_INSTANTIATE_MMA_FWD(DP, PV, BITS)                                                                  \
+  template cudaError_t launch_qk_int8_mma<DP, false, __nv_bfloat16, PV, BITS>(const QkInt8MmaParams&, int,  \
+                                                                              cudaStream_t);                \
+  template cudaError_t launch_qk_int8_mma<DP, true, __nv_bfloat16, PV, BITS>(const QkInt8MmaParams&, int,   \
+                                                                             cudaStream_t);                 \
+  template cudaError_t launch_qk_int8_mma<DP, false, __half, PV, BITS>(const QkInt8MmaParams&, int,         \
+                                                                       cudaStream_t);                       \
+  template cudaError_t launch_qk_int8_mma<DP, true, __half, PV, BITS>(const QkInt8MmaParams&, int, cudaStream_t);
+
+}  // namespace sage::mma

@@ -1,0 +1,111 @@
+"""The torch.library contract of the operators, on CPU tensors (the emulation path):
+opcheck, fake tensors, torch.compile, autograd refusal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from conftest import randn
+from sage_attention import merge_state, merge_state_, sageattn
+
+forward = torch.ops.sage_attention.forward.default
+
+
+def qkv(b=1, hq=2, hkv=2, nq=32, nk=48, d=32, layout="HND"):
+    shape = (lambda h, n: (b, h, n, d)) if layout == "HND" else (lambda h, n: (b, n, h, d))
+    return randn(*shape(hq, nq), seed=1), randn(*shape(hkv, nk), seed=2), randn(*shape(hkv, nk), seed=3)
+
+
+@pytest.mark.parametrize("options", [
+    ("HND", False, None, False),
+    ("HND", True, 0.2, True, "bottom_right"),
+    ("HND", False, None, True, "top_left", "int8", "per_thread", "fp16", "fp32", True, False, True),
+])
+def test_forward_opcheck(options):
+    torch.library.opcheck(forward, (*qkv(hq=4), *options))
+
+
+def test_forward_opcheck_nhd_strided_views():
+    q, k, v = (t.transpose(1, 2) for t in qkv())  # HND storage seen as NHD views
+    torch.library.opcheck(forward, (q, k, v, "NHD", True, None, True))
+
+
+def test_forward_opcheck_requires_grad():
+    q, k, v = qkv()
+    q.requires_grad_()
+    torch.library.opcheck(forward, (q, k, v), test_utils=("test_schema", "test_autograd_registration",
+                                                          "test_faketensor"))
+
+
+def test_merge_opchecks():
+    out_a, out_b = randn(1, 2, 8, 16, seed=1), randn(1, 2, 8, 16, seed=2)
+    lse_a, lse_b = randn(1, 2, 8, seed=3), randn(1, 2, 8, seed=4)
+    torch.library.opcheck(torch.ops.sage_attention.merge_state.default, (out_a, lse_a, out_b, lse_b))
+    torch.library.opcheck(torch.ops.sage_attention.merge_state_inplace.default, (out_a, lse_a, out_b, lse_b, "HND"))
+
+
+def test_schemas_state_what_is_mutated():
+    assert not torch.ops.sage_attention.forward.default._schema.is_mutable
+    assert not torch.ops.sage_attention.merge_state.default._schema.is_mutable
+    inplace = torch.ops.sage_attention.merge_state_inplace.default._schema
+    assert [a.name for a in inplace.arguments if a.alias_info and a.alias_info.is_write] == ["out_a", "lse_a"]
+
+
+def test_fake_tensors_give_shapes_without_computing():
+    with FakeTensorMode():
+        q, k, v = torch.empty(2, 64, 8, 64), torch.empty(2, 96, 2, 64), torch.empty(2, 96, 2, 64)
+        out, lse = sageattn(q, k, v, tensor_layout="NHD", return_lse=True)
+        assert out.shape == q.shape and out.is_contiguous()
+        assert lse.shape == (2, 8, 64) and lse.dtype == torch.float32
+        _, no_lse = forward(q, k, v, "NHD")
+        assert no_lse.numel() == 0
+
+
+def test_lse_is_empty_when_not_requested():
+    _, lse = forward(*qkv())
+    assert lse.numel() == 0 and lse.dtype == torch.float32
+
+
+def test_backward_raises_not_implemented():
+    q, k, v = qkv()
+    q.requires_grad_()
+    out = sageattn(q, k, v)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        out.sum().backward()
+
+
+def test_no_autograd_graph_under_no_grad():
+    q, k, v = qkv()
+    q.requires_grad_()
+    with torch.no_grad():
+        assert sageattn(q, k, v).grad_fn is None
+
+
+def _block(q, k, v):
+    """A block calling sageattn between other ops, as a model would."""
+    out, lse = sageattn(q * 1.0, k, v, is_causal=True, return_lse=True, smooth_k=True, scale=0.125)
+    return torch.relu(out) + lse.unsqueeze(-1).mean()
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph_matches_eager(backend):
+    torch._dynamo.reset()
+    q, k, v = qkv(hq=4)
+    compiled = torch.compile(_block, fullgraph=True, backend=backend)
+    torch.testing.assert_close(compiled(q, k, v), _block(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_compile_merge_inplace_fullgraph():
+    torch._dynamo.reset()
+
+    def merged(out_a, lse_a, out_b, lse_b):
+        out_a, lse_a = out_a.clone(), lse_a.clone()
+        merge_state_(out_a, lse_a, out_b, lse_b)
+        return out_a, lse_a
+
+    args = (randn(1, 2, 8, 16, seed=1), randn(1, 2, 8, seed=2), randn(1, 2, 8, 16, seed=3), randn(1, 2, 8, seed=4))
+    compiled = torch.compile(merged, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(*args), merge_state(*args)):
+        torch.testing.assert_close(got, want)
