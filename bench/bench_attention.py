@@ -89,11 +89,15 @@ def sage_kernel_only(sets, causal):
 
 
 def git_commit():
+    # SAGE_COMMIT first: a copy of the tree (the GPU machine's) may carry a
+    # stale .git, so the caller names the commit it copied.
+    if os.environ.get("SAGE_COMMIT"):
+        return os.environ["SAGE_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
                                        stderr=subprocess.DEVNULL).strip()
     except Exception:
-        return os.environ.get("SAGE_COMMIT", "unknown")
+        return "unknown"
 
 
 def main():

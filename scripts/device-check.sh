@@ -3,7 +3,9 @@
 # on the small ones), check the SASS for the tensor-core instructions, run
 # the Python tests (tests/python, GPU ones included) and the transformers
 # example, build the Python package and run the benchmark. Logs and JSON go to $OUT (or
-# ./device-out). Usage: scripts/device-check.sh [tests|bench|all|pip] [--quick]
+# ./device-out). Usage: scripts/device-check.sh [gtests|pytests|tests|bench|all|pip] [--quick]
+# (tests = gtests + pytests; one device call holds at most 10 minutes, so the
+# parts can run as separate calls over the same build directory).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
@@ -24,15 +26,16 @@ summary+=("build: ok")
 
 # The importable package staged by the build (the Python files + the extension).
 export PYTHONPATH="$PWD/build-dev/python/pkg${PYTHONPATH:+:$PYTHONPATH}"
+export SAGE_CLI="$PWD/build-dev/tools/sage/sage"  # the CLI that the Python calibration tests drive
 
-if [[ $mode == tests || $mode == all ]]; then
+if [[ $mode == gtests || $mode == tests || $mode == all ]]; then
   # A kernel that deadlocks must not eat the whole lease: everything is timed out.
   timeout 60 build-dev/tools/sage/sage run --device gpu 2>&1 | tee "$out/sage-run.log" | tail -12
   summary+=("sage run --device gpu: rc=${PIPESTATUS[0]}")
   # The binary writes to the log file only, never into a pipe: a reader that
   # stops early (head) would kill it with SIGPIPE in mid-run, silently. The
   # excerpt is taken from the file afterwards. rc: 124 timeout, 128+N signal N.
-  timeout 300 build-dev/tests/sage_gpu_tests >"$out/gpu-tests.log" 2>&1
+  timeout 420 build-dev/tests/sage_gpu_tests >"$out/gpu-tests.log" 2>&1
   gpu_rc=$?
   grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|Expected|Which is|accuracy|cos|seed" "$out/gpu-tests.log" | head -80
   summary+=("gpu tests: rc=$gpu_rc $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$out/gpu-tests.log" | tr '\n' ' ')")
@@ -43,6 +46,9 @@ if [[ $mode == tests || $mode == all ]]; then
   summary+=("SASS: IGMMA=$(grep -c IGMMA <<<"$sass") QGMMA=$(grep -c QGMMA <<<"$sass") LDL/STL=$(grep -cE 'LDL|STL' <<<"$sass")")
   ctest --test-dir build-dev -L cpu -j16 >"$out/cpu-tests.log" 2>&1
   summary+=("cpu tests on device: $(grep -E 'tests passed' "$out/cpu-tests.log")")
+fi
+
+if [[ $mode == pytests || $mode == tests || $mode == all ]]; then
   # Python tests: the CPU ones and the GPU ones (compile, CUDA graphs, 2 GPUs where present,
   # transformers bf16 model; diffusers ones skip where diffusers is not installed).
   timeout 900 python3 -m pytest -q -rs -p no:cacheprovider tests/python >"$out/python-tests.log" 2>&1
