@@ -369,6 +369,7 @@ struct Case {
   sage::PVFormat pv_format = sage::PVFormat::fp8_e4m3;
   sage::PVAccum pv_accum = sage::PVAccum::two_level;
   sage::QKFormat qk_format = sage::QKFormat::int8;
+  bool smooth_q = false;
 
   AttentionOptions options() const {
     AttentionOptions o;
@@ -380,6 +381,7 @@ struct Case {
     o.causal_align = align;
     o.sm_scale = sm_scale;
     o.qk_granularity = granularity;
+    o.smooth_q = smooth_q;
     o.smooth_k = smooth_k;
     o.smooth_v = smooth_v;
     o.return_lse = return_lse;
@@ -404,6 +406,7 @@ struct Case {
     os << "_d" << d << (layout == TensorLayout::HND ? "_hnd" : "_nhd") << (dtype == DType::bf16 ? "_bf16" : "_fp16");
     if (causal) os << (align == CausalAlign::top_left ? "_causalTL" : "_causalBR");
     os << "_" << sage::granularity_name(granularity);
+    if (smooth_q) os << "_smoothQ";
     if (!smooth_k) os << "_noSmoothK";
     if (smooth_v) os << "_smoothV";
     if (!return_lse) os << "_noLse";
@@ -428,7 +431,7 @@ struct Case {
     os << "B=" << b << " Hq=" << hq << " Hkv=" << hkv << " Nq=" << nq << " Nk=" << nk << " D=" << d << " "
        << (layout == TensorLayout::HND ? "HND" : "NHD") << " " << (dtype == DType::bf16 ? "bf16" : "fp16")
        << (causal ? (align == CausalAlign::top_left ? " causal(top-left)" : " causal(bottom-right)") : "")
-       << " qk=" << sage::granularity_name(granularity) << " smooth_k=" << smooth_k << " smooth_v=" << smooth_v
+       << " qk=" << sage::granularity_name(granularity) << " smooth_q=" << smooth_q << " smooth_k=" << smooth_k << " smooth_v=" << smooth_v
        << " lse=" << return_lse << " dist=" << sage::ref::distribution_name(dist)
        << " storage=" << storage_name(storage) << (strided_out ? " strided-out" : "");
     if (sm_scale != 0.0f) os << " sm_scale=" << sm_scale;

@@ -187,6 +187,26 @@ std::vector<Case> all_cases() {
        .granularity = G::per_warp, .return_lse = false, .qk_format = I4},
   };
   cases.insert(cases.end(), int4.begin(), int4.end());
+  // ---- smooth_q (per-tile Q mean + in-kernel key offsets) with every Q/K and PV format
+  const std::vector<Case> smooth_q = {
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 64, .smooth_q = true},
+      {.small = true, .b = 2, .hq = 4, .hkv = 2, .nq = 129, .nk = 65, .d = 128, .layout = NHD, .causal = true,
+       .align = BR, .dtype = FP16, .granularity = G::per_thread, .smooth_v = true, .smooth_q = true},
+      {.small = true, .b = 1, .hq = 2, .hkv = 1, .nq = 300, .nk = 100, .d = 100, .causal = true, .align = TL,
+       .granularity = G::per_thread, .storage = Storage::padded, .strided_out = true, .qk_format = I4,
+       .smooth_q = true},
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 200, .nk = 190, .d = 64, .granularity = G::per_block,
+       .dist = D::outlier_channels, .pv_format = F16, .smooth_q = true},
+      {.b = 1, .hq = 4, .hkv = 4, .nq = 1531, .nk = 1531, .d = 128, .causal = true, .align = TL,
+       .dist = D::outlier_channels, .smooth_q = true},
+      {.b = 2, .hq = 4, .hkv = 2, .nq = 1000, .nk = 3000, .d = 64, .layout = NHD, .granularity = G::per_thread,
+       .dist = D::channel_bias, .qk_format = I4, .smooth_q = true},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 3000, .nk = 1531, .d = 128, .dtype = FP16, .smooth_k = false,
+       .return_lse = false, .dist = D::heavy_tailed, .pv_format = F16, .pv_accum = ACC32, .smooth_q = true},
+      {.b = 1, .hq = 2, .hkv = 1, .nq = 1531, .nk = 1531, .d = 128, .causal = true, .align = BR,
+       .granularity = G::per_thread, .pv_format = F16, .pv_accum = ACC32, .qk_format = I4, .smooth_q = true},
+  };
+  cases.insert(cases.end(), smooth_q.begin(), smooth_q.end());
   return cases;
 }
 
@@ -257,7 +277,7 @@ TEST_F(MmaForward, SmallUnsupportedOptionsNamed) {
   wants[0].options.qk_format = sage::QKFormat::int4, wants[0].options.pv_format = sage::PVFormat::fp16;
   wants[0].needle = "int4";  // int4 + fp16 two-level is not instantiated
   wants[1].options.pv_format = sage::PVFormat::bf16, wants[1].needle = "bf16";
-  wants[2].options.smooth_q = true, wants[2].needle = "smooth_q";
+  wants[2].options.pv_format = sage::PVFormat::fp8_e5m2, wants[2].needle = "e5m2";
   wants[3].options.pv_accum = sage::PVAccum::fp32, wants[3].needle = "pv_accum fp32";
   for (const Want& w : wants) {
     std::size_t bytes = 0;

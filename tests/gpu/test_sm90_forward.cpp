@@ -171,6 +171,22 @@ std::vector<Case> all_cases() {
       {.b = 1, .hq = 2, .hkv = 2, .nq = 3000, .nk = 3000, .d = 128, .causal = true, .align = TL, .smooth_v = true,
        .dist = D::channel_bias},
   };
+  // ---- smooth_q (per-tile Q mean + the producer's key offsets): tails of
+  // Q and K tiles, GQA, both layouts and alignments, every granularity.
+  const std::vector<Case> smooth_q = {
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 64, .smooth_q = true},
+      {.small = true, .b = 2, .hq = 4, .hkv = 2, .nq = 129, .nk = 130, .d = 128, .layout = NHD, .causal = true,
+       .align = BR, .dtype = FP16, .granularity = G::per_thread, .smooth_v = true, .smooth_q = true},
+      {.small = true, .b = 1, .hq = 2, .hkv = 1, .nq = 300, .nk = 100, .d = 100, .causal = true, .align = BR,
+       .granularity = G::per_block, .storage = Storage::padded, .strided_out = true, .smooth_q = true},
+      {.b = 1, .hq = 4, .hkv = 4, .nq = 1531, .nk = 1531, .d = 128, .causal = true, .align = TL,
+       .dist = D::outlier_channels, .smooth_q = true},
+      {.b = 2, .hq = 4, .hkv = 2, .nq = 1000, .nk = 3000, .d = 64, .layout = NHD, .granularity = G::per_thread,
+       .dist = D::channel_bias, .smooth_q = true},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 3000, .nk = 1531, .d = 128, .dtype = FP16, .smooth_k = false,
+       .return_lse = false, .dist = D::heavy_tailed, .smooth_q = true},
+  };
+  cases.insert(cases.end(), smooth_q.begin(), smooth_q.end());
   return cases;
 }
 

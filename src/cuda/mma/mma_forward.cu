@@ -17,7 +17,7 @@
 
 namespace sage::mma {
 
-template <int Dp, bool Causal, typename OutT, PvMode Pv, int QkBits>
+template <int Dp, bool Causal, typename OutT, PvMode Pv, int QkBits, bool SmoothQ>
 cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, int batch_heads, cudaStream_t stream);
 
 namespace {
@@ -55,20 +55,27 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
   p.v_format = fp16_pv(o) ? quant::VFormat::fp16_rows : quant::VFormat::fp8_e4m3_transposed;
   p.qk_bits = o.qk_format == QKFormat::int4 ? 4 : 8;
   p.sm_scale = o.sm_scale > 0.f ? o.sm_scale : 1.f / std::sqrt(static_cast<float>(d.head_dim));
+  p.smooth_q = o.smooth_q;
   p.smooth_k = o.smooth_k;
   p.smooth_v = o.smooth_v;
   p.lse_correction = o.return_lse && o.smooth_k;
   return p;
 }
 
+template <int Dp, PvMode Pv, int QkBits, bool SmoothQ>
+cudaError_t launch_smooth(const QkInt8MmaParams& p, bool causal, bool bf16, int batch_heads, cudaStream_t s) {
+  if (bf16) {
+    return causal ? launch_qk_int8_mma<Dp, true, __nv_bfloat16, Pv, QkBits, SmoothQ>(p, batch_heads, s)
+                  : launch_qk_int8_mma<Dp, false, __nv_bfloat16, Pv, QkBits, SmoothQ>(p, batch_heads, s);
+  }
+  return causal ? launch_qk_int8_mma<Dp, true, __half, Pv, QkBits, SmoothQ>(p, batch_heads, s)
+                : launch_qk_int8_mma<Dp, false, __half, Pv, QkBits, SmoothQ>(p, batch_heads, s);
+}
+
 template <int Dp, PvMode Pv, int QkBits>
 cudaError_t launch_for(const QkInt8MmaParams& p, bool causal, bool bf16, int batch_heads, cudaStream_t s) {
-  if (bf16) {
-    return causal ? launch_qk_int8_mma<Dp, true, __nv_bfloat16, Pv, QkBits>(p, batch_heads, s)
-                  : launch_qk_int8_mma<Dp, false, __nv_bfloat16, Pv, QkBits>(p, batch_heads, s);
-  }
-  return causal ? launch_qk_int8_mma<Dp, true, __half, Pv, QkBits>(p, batch_heads, s)
-                : launch_qk_int8_mma<Dp, false, __half, Pv, QkBits>(p, batch_heads, s);
+  return p.q_mean ? launch_smooth<Dp, Pv, QkBits, true>(p, causal, bf16, batch_heads, s)
+                  : launch_smooth<Dp, Pv, QkBits, false>(p, causal, bf16, batch_heads, s);
 }
 
 // The instantiated (PV mode, Q/K bits) pairs; unsupported_reason admits no other.
@@ -112,7 +119,6 @@ std::string unsupported_reason(const AttentionOptions& o, std::int64_t head_dim,
   if (o.qk_format == QKFormat::int4 && o.pv_format == PVFormat::fp16 && o.pv_accum != PVAccum::fp32) {
     return "qk_format int4 with pv_format fp16 is built with pv_accum fp32 only (two_level is not instantiated)";
   }
-  if (o.smooth_q) return "smooth_q has no mma.sync kernel yet";
   if (head_dim > 128) return "head_dim " + std::to_string(head_dim) + " > 128 has no mma.sync kernel yet";
   return {};
 }
@@ -145,6 +151,9 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, void* workspace
   p.v_scale = buf.v_scale;
   p.v_mean = o.smooth_v ? buf.v_mean : nullptr;
   p.lse_corr = pp.lse_correction ? buf.lse_corr : nullptr;
+  p.q_mean = pp.smooth_q ? buf.q_mean : nullptr;
+  p.q_tiles = layout.q_tiles;
+  p.scale_log2 = quant::score_scale_log2(pp);
   const quant::StridedInput out = strided(args.out, o.layout);
   p.out = args.out.data;
   p.out_stride_b = out.stride_b;

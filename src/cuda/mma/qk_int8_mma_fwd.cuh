@@ -25,6 +25,9 @@
 //     --ldmatrix.trans--> B fragments --mma f16--> O (fp32 mode: O *= alpha,
 //     then accumulate into O; two-level: O = O * alpha + fresh PV).
 //   epilogue: O / l (* v_scale for FP8) (+ mean_v) -> out; LSE.
+//   smooth_q (SmoothQ instances): after a tile lands, all threads compute
+//   its per-key score offsets mean_q . k_j (smem K[st] --> delta,
+//   src/cuda/smooth_q.cuh), added to the scaled scores before the softmax.
 // The online softmax and the FP8 packing are the sm90 kernel's (same
 // accumulator and A-fragment layouts), so both families quantize P alike.
 #pragma once
@@ -38,13 +41,15 @@
 #include "cuda/mma/qk_int8_mma_epilogue.cuh"
 #include "cuda/mma/qk_int8_mma_params.h"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_softmax.cuh"
+#include "cuda/smooth_q.cuh"
 #include "numerics/tile_geometry.h"
 
 namespace sage::mma {
 
-template <int HeadDimPadded, bool Causal, typename OutT, PvMode Pv, int QkBits = 8>
+template <int HeadDimPadded, bool Causal, typename OutT, PvMode Pv, int QkBits = 8, bool SmoothQ = false>
 struct FwdTraits {
   static constexpr int kDp = HeadDimPadded;
+  static constexpr bool kSmoothQ = SmoothQ;
   static constexpr int kQkBits = QkBits;
   static constexpr int kQKRowBytes = kDp * QkBits / 8;  // bytes per Q / K row in global and shared memory
   static constexpr bool kCausal = Causal;
@@ -79,6 +84,11 @@ struct FwdTraits {
   static_assert(kBlockQ % kWarpQ == 0 && kThreads <= 1024, "whole warps");
   static_assert(kBlockK % 32 == 0, "whole 32-key chunks of the permuted V^T");
   static_assert((kQKPitch % 16) == 0 && (kVPitch % 16) == 0, "cp.async / ldmatrix need 16-byte rows");
+  // smooth_q: kOffsetParts threads per key, each over a contiguous run of
+  // the key's code bytes (whole 4-byte words), combined with shuffles.
+  static constexpr int kOffsetParts = kThreads / kBlockK;
+  static constexpr int kOffsetPartBytes = kQKRowBytes / kOffsetParts;
+  static_assert(kOffsetParts == 4 && kOffsetPartBytes % 4 == 0, "a quad per key, whole words per thread");
 };
 
 template <class T>
@@ -86,6 +96,9 @@ struct FwdSharedStorage {
   alignas(128) int8_t q[T::kBlockQ * T::kQKPitch];
   alignas(128) int8_t k[T::kStages][T::kBlockK * T::kQKPitch];
   alignas(128) uint8_t v[T::kStages][T::kVRows * T::kVPitch];
+  // smooth_q only (unused otherwise: under 1 KiB)
+  float q_mean[T::kDp];
+  float delta[T::kBlockK];  // base-2 score offset per key of the current tile
 };
 
 // Number of key tiles query tile `q_tile` must visit (0 when a causal mask
@@ -153,6 +166,31 @@ __device__ __forceinline__ void load_kv_tile(const QkInt8MmaParams& p, FwdShared
                   base + static_cast<int64_t>(ok ? key0 + row : 0) * T::kDp + 8 * c, ok);
     }
   }
+}
+
+// smooth_q: delta2 of every key of the tile in stage st (smooth_q.cuh),
+// a quad of threads per key. Ends with a barrier: delta is then complete.
+template <class T>
+__device__ __forceinline__ void compute_key_offsets(const QkInt8MmaParams& p, FwdSharedStorage<T>& s, int st,
+                                                    int key0, const float* k_scales) {
+  const int key = threadIdx.x / T::kOffsetParts, part = threadIdx.x % T::kOffsetParts;
+  constexpr int kChannelsPerByte = 8 / T::kQkBits;
+  const int8_t* codes = s.k[st] + key * T::kQKPitch + part * T::kOffsetPartBytes;
+  const float* mq = s.q_mean + part * T::kOffsetPartBytes * kChannelsPerByte;
+  float dot = 0.f;
+#pragma unroll
+  for (int w = 0; w < T::kOffsetPartBytes / 4; ++w) {
+    dot = smoothq::dot_word<T::kQkBits>(*reinterpret_cast<const uint32_t*>(codes + 4 * w),
+                                        mq + 4 * kChannelsPerByte * w, dot);
+  }
+  dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+  dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+  if (part == 0) {
+    constexpr TileGeometry geometry = kMmaGeometry;
+    s.delta[key] = smoothq::key_offset(dot, k_scales, geometry.k_group_of(key0 + key, p.granularity),
+                                       key0 + key < p.nk, p.scale_log2);
+  }
+  __syncthreads();
 }
 
 // ---- MMAs of one warp ----------------------------------------------------------
@@ -276,6 +314,24 @@ __device__ __forceinline__ void pv_mma_f16(float (&o)[T::kOAcc], const uint32_t 
   }
 }
 
+// The softmax of one tile's scores (integer + scale, or float with smooth_q)
+// and its P V into O.
+template <class T, class Softmax, class... Scores>
+__device__ __forceinline__ void softmax_and_pv(Softmax& softmax, float (&o)[T::kOAcc], const uint8_t* v_tile, int lane,
+                                               const Scores&... scores) {
+  uint32_t pf[T::kPChunks][4];
+  float alpha[2];
+  if constexpr (T::kPvFp8) {
+    softmax.step(pf, alpha, scores...);
+    pv_mma_fp8<T>(o, pf, alpha, v_tile, lane);
+  } else {
+    float pexp[T::kSAcc];
+    softmax.exponentiate(scores..., pexp, alpha);
+    pack_p_f16<T>(pexp, pf);
+    pv_mma_f16<T>(o, pf, alpha, v_tile, lane);
+  }
+}
+
 // ---- kernel ----------------------------------------------------------------------
 template <class T>
 __device__ __forceinline__ void forward_tile(const QkInt8MmaParams& p, FwdSharedStorage<T>& s) {
@@ -290,6 +346,10 @@ __device__ __forceinline__ void forward_tile(const QkInt8MmaParams& p, FwdShared
   // Prologue: group 0 = Q + tile 0, group 1 = tile 1 (possibly empty groups:
   // the wait counts below stay uniform).
   load_q_tile<T>(p, s, q_tile, bh);
+  if constexpr (T::kSmoothQ) {  // plain loads: visible after the loop's first barrier
+    const float* mq = p.q_mean + (static_cast<int64_t>(bh) * p.q_tiles + q_tile) * T::kDp;
+    for (int c = threadIdx.x; c < T::kDp; c += T::kThreads) s.q_mean[c] = mq[c];
+  }
   if (n_tiles > 0) load_kv_tile<T>(p, s, 0, 0, bh_kv);
   cp_async_commit();
   if (n_tiles > 1) load_kv_tile<T>(p, s, 1, 1, bh_kv);
@@ -325,6 +385,7 @@ __device__ __forceinline__ void forward_tile(const QkInt8MmaParams& p, FwdShared
     const int key0 = t * T::kBlockK;
     const float qk_scale = q_scale * k_scales[geometry.k_group_of(key0 + 2 * quad, p.granularity)];
 
+    if constexpr (T::kSmoothQ) compute_key_offsets<T>(p, s, st, key0, k_scales);
     int32_t s_acc[T::kSAcc];
     qk_mma<T>(s_acc, q_lane_row, s.k[st], lane);
 
@@ -332,16 +393,12 @@ __device__ __forceinline__ void forward_tile(const QkInt8MmaParams& p, FwdShared
                             (T::kCausal && key0 + T::kBlockK - 1 > q_tile * T::kBlockQ + p.causal_shift);
     if (needs_mask) sm90::mask_scores<T::kSAcc>(s_acc, rows, key0 + 2 * quad, p.nk, T::kCausal, p.causal_shift);
 
-    uint32_t pf[T::kPChunks][4];
-    float alpha[2];
-    if constexpr (T::kPvFp8) {
-      softmax.step(s_acc, qk_scale, needs_mask, pf, alpha);
-      pv_mma_fp8<T>(o, pf, alpha, s.v[st], lane);
+    if constexpr (T::kSmoothQ) {
+      float sf[T::kSAcc];
+      smoothq::scores_with_offsets(s_acc, qk_scale, s.delta, 2 * quad, sf);
+      softmax_and_pv<T>(softmax, o, s.v[st], lane, sf);
     } else {
-      float pexp[T::kSAcc];
-      softmax.exponentiate(s_acc, qk_scale, needs_mask, pexp, alpha);
-      pack_p_f16<T>(pexp, pf);
-      pv_mma_f16<T>(o, pf, alpha, s.v[st], lane);
+      softmax_and_pv<T>(softmax, o, s.v[st], lane, s_acc, qk_scale, needs_mask);
     }
 
     __syncthreads();  // every warp is done with stage st

@@ -11,9 +11,9 @@
 
 namespace sage::mma {
 
-template <int Dp, bool Causal, typename OutT, PvMode Pv, int QkBits>
+template <int Dp, bool Causal, typename OutT, PvMode Pv, int QkBits, bool SmoothQ>
 cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, int batch_heads, cudaStream_t stream) {
-  using T = FwdTraits<Dp, Causal, OutT, Pv, QkBits>;
+  using T = FwdTraits<Dp, Causal, OutT, Pv, QkBits, SmoothQ>;
   auto kernel = qk_int8_mma_kernel<T>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>);
   static_assert(kSmem <= 99 * 1024, "shared memory per CTA (sm_86/89/120 allow 99 KiB)");
@@ -26,14 +26,17 @@ cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, int batch_heads, cudaSt
   return cudaGetLastError();
 }
 
-// The four (causal, output type) instances of one (head dim, PV mode, Q/K bits).
-#define SAGE_INSTANTIATE_MMA_FWD(DP, PV, BITS)                                                                  \
-  template cudaError_t launch_qk_int8_mma<DP, false, __nv_bfloat16, PV, BITS>(const QkInt8MmaParams&, int,  \
-                                                                              cudaStream_t);                \
-  template cudaError_t launch_qk_int8_mma<DP, true, __nv_bfloat16, PV, BITS>(const QkInt8MmaParams&, int,   \
-                                                                             cudaStream_t);                 \
-  template cudaError_t launch_qk_int8_mma<DP, false, __half, PV, BITS>(const QkInt8MmaParams&, int,         \
-                                                                       cudaStream_t);                       \
-  template cudaError_t launch_qk_int8_mma<DP, true, __half, PV, BITS>(const QkInt8MmaParams&, int, cudaStream_t);
+// The eight (causal, output type, smooth_q) instances of one (head dim, PV mode, Q/K bits).
+#define SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, CAUSAL, OUT, SMOOTH_Q) \
+  template cudaError_t launch_qk_int8_mma<DP, CAUSAL, OUT, PV, BITS, SMOOTH_Q>(const QkInt8MmaParams&, int, cudaStream_t);
+#define SAGE_INSTANTIATE_MMA_FWD(DP, PV, BITS)                               \
+  SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, false, __nv_bfloat16, false) \
+  SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, true, __nv_bfloat16, false)  \
+  SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, false, __half, false)        \
+  SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, true, __half, false)         \
+  SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, false, __nv_bfloat16, true)  \
+  SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, true, __nv_bfloat16, true)   \
+  SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, false, __half, true)         \
+  SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, true, __half, true)
 
 }  // namespace sage::mma

@@ -30,6 +30,9 @@ struct QkInt8MmaParams {
   const float* v_scale;   // [B*Hkv][Dp], amax/448 per channel (FP8 PV only)
   const float* v_mean;    // [B*Hkv][Dp] or null (smooth_v off)
   const float* lse_corr;  // [B*Hq][Nq] q.mean_k*sm_scale, or null
+  const float* q_mean;    // smooth_q: [B*Hq][q_tiles][Dp] mean of each 128-row Q tile, else null
+  int q_tiles;
+  float scale_log2;  // sm_scale * log2(e), as folded into q_scale (smooth_q's key offsets)
 
   void* out;  // bf16/fp16, strides in elements
   std::int64_t out_stride_b, out_stride_h, out_stride_n;

@@ -16,7 +16,6 @@ constexpr int kThreads = 256;
 constexpr int kTileRows = 128;  // rows of one job tile: whole groups (prepass_supports_geometry)
 constexpr int kMaxChunks = 32;  // key chunks of the statistics pass
 constexpr int kVec = 8;         // elements per 16-byte load
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kE4m3Max = 448.f;
 constexpr int kTilePad = 32;
 #ifndef SAGE_PREPASS_MIN_BLOCKS
@@ -133,6 +132,7 @@ __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, Pr
 // ---- 2. quantization -----------------------------------------------------------
 struct QuantShared {
   float mean[128];       // mean_k (Q, K jobs) or mean_v (V job)
+  float q_mean[128];     // Q job with smooth_q: the tile's channel mean
   float inv_scale[128];  // V job: 1 / v_scale per channel
   float amax[64];        // per scale group of the tile
   // V job: FP8 tile [key][channel] before the transpose. Rows are padded by
@@ -291,6 +291,38 @@ __device__ void store_int_tile(const TileFragment<T, Dp>& f, const int (&slot)[2
   }
 }
 
+// Channel mean of the tile's first `rows` rows (the rows that exist) into
+// `mean` (shared, Dp floats), as the emulation's block mean: per channel the
+// sum over the rows, divided by their count. Warps reduce their 16 rows with
+// shuffles, then one thread per channel adds the warps' sums in a fixed
+// order (deterministic: no atomics). Ends with a barrier.
+template <typename T, int Dp>
+__device__ void tile_channel_mean(const TileFragment<T, Dp>& f, QuantShared& sh, int rows, float* mean) {
+  constexpr int kWarps = kThreads / 32;
+  static_assert(sizeof(float) * kWarps * Dp <= sizeof(sh.tile), "warp sums fit in the (Q job's unused) V tile");
+  float* warp_sums = reinterpret_cast<float*>(sh.tile);  // [warp][channel]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int i = 0; i < Dp / 32; ++i)
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      float sum = f.x(0, i, e) + f.x(1, i, e);  // rows that do not exist read as 0
+      // Lanes with the same lane % 4 hold the same channels of other rows.
+      sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 8);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+      if (lane < 4) warp_sums[warp * Dp + f.col(i) + e] = sum;
+    }
+  __syncthreads();
+  for (int c = threadIdx.x; c < Dp; c += kThreads) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += warp_sums[w * Dp + c];
+    mean[c] = sum / static_cast<float>(rows);
+  }
+  __syncthreads();
+}
+
 // The integer half of a Q or K job, once the tile is loaded, the statistics
 // are in shared memory and the group maxima are cleared: group maxima, INT8
 // or INT4 rows (p.qk_bits), and one scale per group (times scale_factor: Q carries
@@ -340,9 +372,16 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
   if (p.lse_correction) finalize_stats(p, layout, out, bh_kv, false, false, sh);
   clear_group_amax(sh);
   __syncthreads();
+  if (p.smooth_q) {
+    tile_channel_mean(f, sh, min(kTileRows, p.nq - row0), sh.q_mean);
+    for (int c = threadIdx.x; c < Dp; c += kThreads)
+      out.q_mean[(static_cast<std::int64_t>(bh) * layout.q_tiles + tile) * Dp + c] = sh.q_mean[c];
+    f.mean = sh.q_mean;  // quantize Q - mean_q
+  }
   quantize_int_tile(f, sh, true, p.qk_bits, p.geometry, p.granularity, row0, p.nq, layout.q_groups,
                     out.q + static_cast<std::int64_t>(bh) * p.nq * (Dp * p.qk_bits / 8),
-                     out.q_scale + static_cast<std::int64_t>(bh) * layout.q_groups, p.sm_scale * kLog2e);
+                     out.q_scale + static_cast<std::int64_t>(bh) * layout.q_groups, score_scale_log2(p));
+  f.mean = nullptr;  // the LSE correction reads the original rows
 
   if (p.lse_correction) {  // q . mean_k * sm_scale, from the unquantized row
 #pragma unroll
@@ -532,6 +571,8 @@ PrepassLayout make_prepass_layout(const PrepassProblem& p) {
   l.off_v_scale = take(sizeof(float) * bhk * dp);
   l.off_v_mean = take(sizeof(float) * bhk * dp);
   l.off_lse_corr = take(p.lse_correction ? sizeof(float) * bhq * p.nq : 0);
+  l.q_tiles = (p.nq + kTileRows - 1) / kTileRows;
+  l.off_q_mean = take(p.smooth_q ? sizeof(float) * bhq * l.q_tiles * dp : 0);
   l.off_k_partial = take(sizeof(float) * bhk * l.chunks * dp);
   l.off_v_partial = take(sizeof(float) * bhk * l.chunks * 3 * dp);
   l.bytes = at;
@@ -552,7 +593,8 @@ PrepassBuffers PrepassLayout::carve(void* workspace) const {
   b.k_scale = reinterpret_cast<float*>(base + off_k_scale);
   b.v_scale = reinterpret_cast<float*>(base + off_v_scale);
   b.v_mean = reinterpret_cast<float*>(base + off_v_mean);
-  b.lse_corr = off_lse_corr != off_k_partial ? reinterpret_cast<float*>(base + off_lse_corr) : nullptr;
+  b.lse_corr = off_lse_corr != off_q_mean ? reinterpret_cast<float*>(base + off_lse_corr) : nullptr;
+  b.q_mean = off_q_mean != off_k_partial ? reinterpret_cast<float*>(base + off_q_mean) : nullptr;
   b.k_partial = reinterpret_cast<float*>(base + off_k_partial);
   b.v_partial = reinterpret_cast<float*>(base + off_v_partial);
   return b;

@@ -6,6 +6,9 @@
 //   2. quantize: one grid with three kinds of CTAs, each on a 128-row tile:
 //        Q: INT8 with the granularity's scale groups (sm_scale*log2 e folded
 //           into the scale), plus q . mean_k * sm_scale per row for the LSE;
+//           smooth_q: each 128-row tile (= cta_q block of both kernel
+//           geometries) minus its channel mean, which is written out for
+//           the kernel's score correction mean_q . k_j;
 //        K: K - mean_k, INT8 per group;
 //        (qk_bits = 4: Q and K in INT4 instead, for mma.sync m16n8k64);
 //        V: (V - mean_v) / v_scale[channel] in FP8 E4M3, written transposed
@@ -53,7 +56,7 @@ struct PrepassProblem {
   VFormat v_format = VFormat::fp8_e4m3_transposed;
   int qk_bits = 8;  // 8: INT8 Q/K; 4: INT4 (nibble-packed rows of Dp/2 bytes, scale amax/7)
   float sm_scale = 0.f;
-  bool smooth_k = true, smooth_v = false, lse_correction = false;
+  bool smooth_q = false, smooth_k = true, smooth_v = false, lse_correction = false;
 };
 
 struct PrepassBuffers {
@@ -66,6 +69,7 @@ struct PrepassBuffers {
   float* v_scale = nullptr;      // [B*Hkv][Dp]
   float* v_mean = nullptr;       // [B*Hkv][Dp] (zeros unless smooth_v)
   float* lse_corr = nullptr;     // [B*Hq][Nq] (only with lse_correction)
+  float* q_mean = nullptr;       // [B*Hq][q_tiles][Dp] channel mean of each 128-row Q tile (only with smooth_q)
   float* k_partial = nullptr;    // [B*Hkv][chunks][Dp]
   float* v_partial = nullptr;    // [B*Hkv][chunks][3][Dp]
 };
@@ -75,6 +79,7 @@ struct PrepassLayout {
   int nk_padded = 0;  // V^T row length: Nk rounded up to 16 keys (TMA stride rule)
   int q_groups = 0, k_groups = 0;
   int chunks = 0, chunk_len = 0;
+  int q_tiles = 0;  // 128-row Q tiles per head (rows of q_mean)
   std::size_t bytes = 0;
   VFormat v_format = VFormat::fp8_e4m3_transposed;
   PrepassBuffers carve(void* workspace) const;
@@ -82,10 +87,14 @@ struct PrepassLayout {
  private:
   friend PrepassLayout make_prepass_layout(const PrepassProblem& p);
   std::size_t off_q = 0, off_k = 0, off_vt = 0, off_q_scale = 0, off_k_scale = 0, off_v_scale = 0,
-              off_v_mean = 0, off_lse_corr = 0, off_k_partial = 0, off_v_partial = 0;
+              off_v_mean = 0, off_lse_corr = 0, off_q_mean = 0, off_k_partial = 0, off_v_partial = 0;
 };
 
 PrepassLayout make_prepass_layout(const PrepassProblem& p);
+
+// sm_scale * log2(e) in fp32: the factor the Q scales carry into the
+// kernel's base-2 scores (and smooth_q's key offsets).
+__host__ __device__ inline float score_scale_log2(const PrepassProblem& p) { return p.sm_scale * 1.4426950408889634f; }
 
 // Whether the pre-pass can produce the groups of `g`: its 128-row job tiles
 // must hold whole Q and K groups (cta_q and cta_k divide 128) and each warp's

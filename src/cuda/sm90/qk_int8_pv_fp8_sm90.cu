@@ -17,7 +17,7 @@
 
 namespace sage::sm90 {
 
-template <int Dp, bool Causal, typename OutT>
+template <int Dp, bool Causal, typename OutT, bool SmoothQ>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int batch_heads, cudaStream_t stream);
 
 namespace {
@@ -50,6 +50,7 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
   p.bf16 = args.q.dtype == DType::bf16;
   p.granularity = o.qk_granularity;
   p.sm_scale = o.sm_scale > 0.f ? o.sm_scale : 1.f / std::sqrt(static_cast<float>(d.head_dim));
+  p.smooth_q = o.smooth_q;
   p.smooth_k = o.smooth_k;
   p.smooth_v = o.smooth_v;
   p.lse_correction = o.return_lse && o.smooth_k;
@@ -90,14 +91,20 @@ Status make_tensor_map(CUtensorMap* map, void* base, std::uint64_t dim0, std::ui
   return Status::ok();
 }
 
+template <int Dp, bool SmoothQ>
+cudaError_t launch_for(const QkInt8PvFp8Params& p, bool causal, bool bf16, int batch_heads, cudaStream_t s) {
+  if (bf16) {
+    return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __nv_bfloat16, SmoothQ>(p, batch_heads, s)
+                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ>(p, batch_heads, s);
+  }
+  return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __half, SmoothQ>(p, batch_heads, s)
+                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half, SmoothQ>(p, batch_heads, s);
+}
+
 template <int Dp>
 cudaError_t launch_for_dp(const QkInt8PvFp8Params& p, bool causal, bool bf16, int batch_heads, cudaStream_t s) {
-  if (bf16) {
-    return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __nv_bfloat16>(p, batch_heads, s)
-                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16>(p, batch_heads, s);
-  }
-  return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __half>(p, batch_heads, s)
-                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half>(p, batch_heads, s);
+  return p.q_mean ? launch_for<Dp, true>(p, causal, bf16, batch_heads, s)
+                  : launch_for<Dp, false>(p, causal, bf16, batch_heads, s);
 }
 
 }  // namespace
@@ -109,7 +116,6 @@ std::string unsupported_reason(const AttentionOptions& o, std::int64_t head_dim)
     return std::string("pv_format ") + pv_format_name(o.pv_format) + " has no sm90 kernel yet (use fp8-e4m3)";
   }
   if (o.pv_accum != PVAccum::two_level) return "pv_accum fp32 has no sm90 kernel (FP8 MMAs use two_level)";
-  if (o.smooth_q) return "smooth_q has no sm90 kernel yet";
   if (head_dim > 128) return "head_dim " + std::to_string(head_dim) + " > 128 has no sm90 kernel yet";
   return {};
 }
@@ -142,6 +148,9 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, void* workspace
   p.v_scale = buf.v_scale;
   p.v_mean = o.smooth_v ? buf.v_mean : nullptr;
   p.lse_corr = pp.lse_correction ? buf.lse_corr : nullptr;
+  p.q_mean = pp.smooth_q ? buf.q_mean : nullptr;
+  p.q_tiles = layout.q_tiles;
+  p.scale_log2 = quant::score_scale_log2(pp);
   const quant::StridedInput out = strided(args.out, o.layout);
   p.out = args.out.data;
   p.out_stride_b = out.stride_b;

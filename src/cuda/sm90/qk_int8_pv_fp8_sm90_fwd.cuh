@@ -16,6 +16,10 @@
 //   smem K[st] --wgmma s8--> S int32 regs --x q_scale*k_scale, max, exp2-->
 //   P fp32 regs --cvt e4m3 (x448)--> P fp8 regs (A operand) --wgmma e4m3
 //   with smem V^T[st]--> PV fp32 --O = O*alpha + PV--> O regs.
+// smooth_q (SmoothQ instances): warps 1 and 2 of the producer warpgroup,
+// otherwise idle, compute the per-key score offsets mean_q . k_j of each K
+// tile once it lands (smem K[st] --> delta[st], src/cuda/smooth_q.cuh); the
+// consumers add them to the scaled scores before the softmax.
 #pragma once
 
 #include <climits>
@@ -26,14 +30,17 @@
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_epilogue.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_softmax.cuh"
 #include "cuda/sm90/wgmma_ops.cuh"
+#include "cuda/smooth_q.cuh"
 #include "numerics/tile_geometry.h"
 
 namespace sage::sm90 {
 
-template <int HeadDimPadded, bool Causal, typename OutT>
+template <int HeadDimPadded, bool Causal, typename OutT, bool SmoothQ = false>
 struct FwdTraits {
   static constexpr int kDp = HeadDimPadded;
   static constexpr bool kCausal = Causal;
+  static constexpr bool kSmoothQ = SmoothQ;
+  static constexpr int kOffsetThreads = 64;  // producer warps 1, 2: two keys each per tile
   using Out = OutT;
   static constexpr int kBlockQ = kSm90Geometry.cta_q;
   static constexpr int kBlockK = kSm90Geometry.cta_k;
@@ -55,6 +62,7 @@ struct FwdTraits {
   static_assert(kBlockQ == kConsumers * kRowsPerConsumer && kConsumers == 2, "two consumer warpgroups");
   static_assert(kSm90Geometry.warp_q == 16, "each warp of a wgmma owns 16 rows");
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "register file");
+  static_assert(kBlockK == 2 * kOffsetThreads, "two keys per key-offset thread");
 };
 
 template <class T>
@@ -66,6 +74,10 @@ struct FwdSharedStorage {
   uint64_t k_full[T::kStages];
   uint64_t v_full[T::kStages];
   uint64_t kv_empty[T::kStages];
+  // smooth_q only (unused otherwise: 1.5 KiB)
+  float q_mean[T::kDp];
+  float delta[T::kStages][T::kBlockK];  // base-2 score offset per key
+  uint64_t delta_full[T::kStages];
 };
 
 // Number of key tiles query tile `q_tile` must visit (0 when a causal mask
@@ -95,6 +107,49 @@ __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
     tma_load_3d(s.k[st], &p.tmap_k, &s.k_full[st], 0, t * T::kBlockK, bh_kv);
     mbar_arrive_expect_tx(&s.v_full[st], T::kVBytes);
     tma_load_3d(s.vt[st], &p.tmap_vt, &s.v_full[st], t * T::kBlockK, 0, bh_kv);
+  }
+}
+
+// smooth_q: delta2 of every key of every tile (smooth_q.cuh), by warps 1
+// and 2 of the producer warpgroup, thread i taking keys i and i + 64. A
+// stage's delta is rewritten only once kv_empty says both consumers are done
+// with the stage (they read delta before their P V MMA, which precedes their
+// kv_empty arrival); it is published through delta_full.
+template <class T>
+__device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int q_tile, int bh,
+                                    int bh_kv, int n_tiles) {
+  const int i = threadIdx.x - 32;
+  const float* mq = p.q_mean + (static_cast<int64_t>(bh) * p.q_tiles + q_tile) * T::kDp;
+  for (int c = i; c < T::kDp; c += T::kOffsetThreads) s.q_mean[c] = mq[c];
+  named_barrier_sync(1, T::kOffsetThreads);
+
+  constexpr TileGeometry geometry = kSm90Geometry;
+  const float* k_scales = p.k_scale + static_cast<int64_t>(bh_kv) * p.k_groups;
+  // K rows are kDp bytes, TMA-swizzled in 16-byte chunks (128- or 64-byte
+  // swizzle: chunk bits 4.. XOR row-group bits 7..).
+  constexpr int kSwizzleMask = T::kDp / 16 - 1;
+  for (int t = 0; t < n_tiles; ++t) {
+    const int st = t % T::kStages;
+    const uint32_t phase = (t / T::kStages) & 1;
+    mbar_wait(&s.kv_empty[st], phase ^ 1);
+    mbar_wait(&s.k_full[st], phase);
+    float dot[2] = {0.f, 0.f};
+#pragma unroll 2
+    for (int c = 0; c < T::kDp / 16; ++c) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int off = (i + 64 * h) * T::kDp + 16 * c;
+        const uint4 chunk = *reinterpret_cast<const uint4*>(s.k[st] + (off ^ (((off >> 7) & kSwizzleMask) << 4)));
+        dot[h] = smoothq::dot_chunk16<8>(chunk, s.q_mean + 16 * c, dot[h]);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int key = t * T::kBlockK + i + 64 * h;
+      s.delta[st][i + 64 * h] = smoothq::key_offset(dot[h], k_scales, geometry.k_group_of(key, p.granularity),
+                                                    key < p.nk, p.scale_log2);
+    }
+    mbar_arrive(&s.delta_full[st]);
   }
 }
 
@@ -169,7 +224,14 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
 
     uint32_t p_frag[T::kBlockK / 32][4];
     float alpha[2];
-    softmax.step(s_acc, qk_scale, needs_mask, p_frag, alpha);
+    if constexpr (T::kSmoothQ) {
+      float sf[T::kSAcc];
+      mbar_wait(&s.delta_full[st], phase);
+      smoothq::scores_with_offsets(s_acc, qk_scale, s.delta[st], 2 * quad, sf);
+      softmax.step(p_frag, alpha, sf);
+    } else {
+      softmax.step(p_frag, alpha, s_acc, qk_scale, needs_mask);
+    }
 
     float pv[T::kOAcc];
     mbar_wait(&s.v_full[st], phase);
@@ -205,6 +267,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
       mbar_init(&s.k_full[i], 1);
       mbar_init(&s.v_full[i], 1);
       mbar_init(&s.kv_empty[i], 128 * T::kConsumers);
+      mbar_init(&s.delta_full[i], T::kOffsetThreads);
     }
     mbar_fence_init();
     tma_prefetch_descriptor(&p.tmap_q);
@@ -217,6 +280,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
   if (warpgroup == 0) {
     regs_decrease<T::kProducerRegs>();
     if (threadIdx.x == 0) produce<T>(p, s, q_tile, bh, bh_kv, n_tiles);
+    if constexpr (T::kSmoothQ) {
+      if (threadIdx.x >= 32 && threadIdx.x < 32 + T::kOffsetThreads) produce_key_offsets<T>(p, s, q_tile, bh, bh_kv, n_tiles);
+    }
   } else {
     regs_increase<T::kConsumerRegs>();
     consume<T>(p, s, q_tile, bh, bh_kv, n_tiles, warpgroup - 1);

@@ -8,9 +8,9 @@
 
 namespace sage::sm90 {
 
-template <int Dp, bool Causal, typename OutT>
+template <int Dp, bool Causal, typename OutT, bool SmoothQ>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int batch_heads, cudaStream_t stream) {
-  using T = FwdTraits<Dp, Causal, OutT>;
+  using T = FwdTraits<Dp, Causal, OutT, SmoothQ>;
   auto kernel = qk_int8_pv_fp8_sm90_kernel<T>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
@@ -23,13 +23,17 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int batch_hea
   return cudaGetLastError();
 }
 
-#define SAGE_INSTANTIATE_SM90_FWD(DP)                                                                          \
-  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, false, __nv_bfloat16>(const QkInt8PvFp8Params&, int, \
-                                                                              cudaStream_t);               \
-  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, true, __nv_bfloat16>(const QkInt8PvFp8Params&, int,  \
-                                                                             cudaStream_t);                \
-  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, false, __half>(const QkInt8PvFp8Params&, int,        \
-                                                                       cudaStream_t);                      \
-  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, true, __half>(const QkInt8PvFp8Params&, int, cudaStream_t);
+// The eight (causal, output type, smooth_q) instances of one head dim.
+#define SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, SMOOTH_Q) \
+  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, CAUSAL, OUT, SMOOTH_Q>(const QkInt8PvFp8Params&, int, cudaStream_t);
+#define SAGE_INSTANTIATE_SM90_FWD(DP)                            \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, false, __nv_bfloat16, false) \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __nv_bfloat16, false)  \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, false, __half, false)        \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, false)         \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, false, __nv_bfloat16, true)  \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __nv_bfloat16, true)   \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, false, __half, true)         \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, true)
 
 }  // namespace sage::sm90

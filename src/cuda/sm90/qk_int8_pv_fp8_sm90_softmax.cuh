@@ -56,12 +56,13 @@ struct OnlineSoftmax {
 
   // Consumes one tile of scores: updates m and l, returns the factor alpha
   // by which O must be rescaled, and the FP8 A-operand fragments of P for
-  // the P V^T wgmma (k = 32 keys per fragment).
-  __device__ __forceinline__ void step(const int32_t (&s)[NAcc], float qk_scale, bool masked,
-                                       uint32_t (&frag)[NAcc / 16][4], float (&alpha)[2]) {
+  // the P V^T wgmma (k = 32 keys per fragment). Scores are either integer
+  // (s * qk_scale) or, with smooth_q, already float (smoothq::scores_with_offsets).
+  template <class... Scores>
+  __device__ __forceinline__ void step(uint32_t (&frag)[NAcc / 16][4], float (&alpha)[2], const Scores&... scores) {
     static_assert(kScaleP448, "FP8 fragments need the x448 scale");
     float pexp[NAcc];
-    exponentiate(s, qk_scale, masked, pexp, alpha);
+    exponentiate(scores..., pexp, alpha);
 
     // Fragment of chunk c (keys 32c..32c+31): register 0 = row 0, slices
     // 4c and 4c+1; register 1 = row 1, same slices; registers 2, 3 = slices
@@ -78,8 +79,8 @@ struct OnlineSoftmax {
     }
   }
 
-  // The part of step() before the packing: updates m and l, returns alpha
-  // and P~ (x448 when kScaleP448) in the accumulator layout of s.
+  // The part of step() before the packing, integer scores: updates m and l,
+  // returns alpha and P~ (x448 when kScaleP448) in the accumulator layout of s.
   __device__ __forceinline__ void exponentiate(const int32_t (&s)[NAcc], float qk_scale, bool masked,
                                                float (&pexp)[NAcc], float (&alpha)[2]) {
     // qk_scale > 0, so this thread's largest integer gives its largest score.
@@ -92,12 +93,7 @@ struct OnlineSoftmax {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float mine = imax[r] == INT_MIN ? -INFINITY : static_cast<float>(imax[r]) * qk_scale;
-      const float m_new = fmaxf(m[r], quad_max(mine));
-      // A row that has seen no key yet keeps O = 0 and l = 0; any alpha works.
-      alpha[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[r] - m_new);
-      shift[r] = (m_new == -INFINITY ? 0.f : m_new) - kLog2PScale;
-      m[r] = m_new;
-      l[r] *= alpha[r];
+      update_row(r, mine, alpha, shift);
     }
 
 #pragma unroll
@@ -110,6 +106,34 @@ struct OnlineSoftmax {
       pexp[i] = e;
       l[r] += e;
     }
+  }
+
+  // The same for float scores (masked ones -inf, whose exp2 is 0).
+  __device__ __forceinline__ void exponentiate(const float (&sf)[NAcc], float (&pexp)[NAcc], float (&alpha)[2]) {
+    float mine[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < NAcc; ++i) mine[(i / 2) % 2] = fmaxf(mine[(i / 2) % 2], sf[i]);
+    float shift[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) update_row(r, mine[r], alpha, shift);
+#pragma unroll
+    for (int i = 0; i < NAcc; ++i) {
+      const int r = (i / 2) % 2;
+      const float e = fast_exp2(sf[i] - shift[r]);
+      pexp[i] = e;
+      l[r] += e;
+    }
+  }
+
+  // Row r's new running max from this thread's largest score of the tile:
+  // the rescale factor alpha of O and l, and the shift that exp2 subtracts.
+  __device__ __forceinline__ void update_row(int r, float mine, float (&alpha)[2], float (&shift)[2]) {
+    const float m_new = fmaxf(m[r], quad_max(mine));
+    // A row that has seen no key yet keeps O = 0 and l = 0; any alpha works.
+    alpha[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[r] - m_new);
+    shift[r] = (m_new == -INFINITY ? 0.f : m_new) - kLog2PScale;
+    m[r] = m_new;
+    l[r] *= alpha[r];
   }
 
   // Completes the row sums across the quad.
