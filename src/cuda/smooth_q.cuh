@@ -21,15 +21,21 @@ namespace sage::smoothq {
 // Adds the dot of 4 bytes of codes with their channels' mean_q (from
 // shared memory): INT8, one code per byte; INT4, two's-complement nibbles
 // with the lower channel in the low nibble (the pre-pass's packing).
+// INT8 codes are converted without I2F, whose pipe (16 per clock and SM on
+// Hopper) the softmax's own score conversions already load: the byte, offset
+// to unsigned, becomes the low mantissa byte of 2^23 (one PRMT), and one
+// exact FADD removes 2^23 + 128.
 template <int Bits>
 __device__ __forceinline__ float dot_word(uint32_t word, const float* mq, float acc) {
   static_assert(Bits == 8 || Bits == 4, "INT8 or INT4 codes");
+  const uint32_t biased = word ^ 0x80808080u;  // code + 128 in every byte
 #pragma unroll
   for (int b = 0; b < 4; ++b) {
-    const int byte = static_cast<int8_t>(word >> (8 * b));
     if constexpr (Bits == 8) {
-      acc = fmaf(mq[b], static_cast<float>(byte), acc);
+      const float code = __int_as_float(__byte_perm(biased, 0x4B000000u, 0x7540u | b)) - 8388736.0f;
+      acc = fmaf(mq[b], code, acc);
     } else {
+      const int byte = static_cast<int8_t>(word >> (8 * b));
       const int lo = static_cast<int8_t>(byte << 4) >> 4;  // sign-extends the low nibble
       const int hi = byte >> 4;                           // arithmetic shift: the high nibble
       acc = fmaf(mq[2 * b], static_cast<float>(lo), acc);
