@@ -49,12 +49,15 @@ def compare(model: LlamaForCausalLM, input_ids: torch.Tensor) -> dict:
     by more than DECISIVE_MARGIN logit standard deviations (decisive: their
     share of positions).
     """
-    reference = logits_with(model, "sdpa", input_ids)
-    sage = logits_with(model, "sage", input_ids)
+    return agreement(logits_with(model, "sdpa", input_ids), logits_with(model, "sage", input_ids))
+
+
+def agreement(reference: torch.Tensor, test: torch.Tensor) -> dict:
+    """compare()'s metrics of `test` logits against `reference` logits."""
     top2 = reference.topk(2, dim=-1).values
     decisive = (top2[..., 0] - top2[..., 1]) > DECISIVE_MARGIN * reference.std()
-    agree = sage.argmax(-1) == reference.argmax(-1)
-    return {"cos": torch.nn.functional.cosine_similarity(sage.flatten(), reference.flatten(), dim=0).item(),
+    agree = test.argmax(-1) == reference.argmax(-1)
+    return {"cos": torch.nn.functional.cosine_similarity(test.flatten(), reference.flatten(), dim=0).item(),
             "top1": agree.float().mean().item(),
             "top1_decisive": agree[decisive].float().mean().item(),
             "decisive": decisive.float().mean().item()}

@@ -57,6 +57,8 @@ if [[ $mode == pytests || $mode == tests || $mode == all ]]; then
   summary+=("python tests: rc=$py_rc $(tail -1 "$out/python-tests.log")")
   timeout 300 python3 examples/transformers_llama.py >"$out/transformers-llama.log" 2>&1
   summary+=("examples/transformers_llama.py: rc=$? $(tail -1 "$out/transformers-llama.log")")
+  timeout 300 python3 examples/calibrate_llama.py >"$out/calibrate-llama.log" 2>&1
+  summary+=("examples/calibrate_llama.py: rc=$? $(grep -E '^plan:' "$out/calibrate-llama.log")")
 fi
 
 if [[ $mode == bench || $mode == all ]]; then

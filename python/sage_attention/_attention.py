@@ -20,7 +20,9 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
 
     q: [B, Hq, Nq, D] ("HND") or [B, Nq, Hq, D] ("NHD"); k, v: [B, Hkv, Nk, D]
     with Hq a multiple of Hkv (GQA/MQA), D <= 128 on the GPU. float16/bfloat16
-    CUDA tensors run the Hopper kernels; CPU tensors (float32 too) run the
+    CUDA tensors run the GPU kernels (Hopper's wgmma kernel for the default
+    options, the mma.sync family for INT4 or FP16 P V and on sm_80/89/120
+    builds); CPU tensors (float32 too) run the
     library's exact emulation of the same numerics (slow; for tests). Strided
     views are fine as long as the head dimension is contiguous.
 
@@ -38,7 +40,7 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
     Keywords: sm_scale (default 1/sqrt(D); `scale` and `softmax_scale` are
     aliases), causal_align ("top_left" as SDPA's is_causal, or "bottom_right"
     for KV-cache decoding), qk_granularity ("per_warp", "per_thread",
-    "per_block"; alias qk_quant_gran), qk_format ("int8", "int4": CPU only),
+    "per_block"; alias qk_quant_gran), qk_format ("int8", "int4"),
     pv_format ("fp8_e4m3", "fp8_e5m2", "fp16", "bf16"), pv_accum ("two_level",
     "fp32"), smooth_q (False), smooth_k (True), smooth_v (False). Unknown
     keywords raise TypeError.

@@ -153,8 +153,9 @@ class Calibrator(_Activation):
 
     int4_granularity: the Q/K scale grouping of the INT4 path measured and planned ("per_thread",
     SageAttention2's). measure_device: where the INT4 path runs; "cpu" (the default) is the
-    library's emulation, which is what exists for INT4 today; pass "cuda" once the GPU build has
-    INT4 kernels. attention: the function that runs the INT4 path (default `sageattn`).
+    library's emulation (bit-faithful, slow); "cuda" runs the GPU's INT4 kernels (the mma.sync
+    family; on Hopper correct but not fast). attention: the function that runs the INT4 path
+    (default `sageattn`).
     Not thread-safe.
     """
 

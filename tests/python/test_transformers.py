@@ -22,6 +22,10 @@ pytest.importorskip("transformers", reason="transformers is not installed")
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import transformers_llama as example  # noqa: E402
+import calibrate_llama  # noqa: E402
+
+import sage_attention._attention as sage_attention_module  # noqa: E402
+from sage_attention import _ops  # noqa: E402
 
 from conftest import requires_gpu  # noqa: E402
 
@@ -112,3 +116,59 @@ def test_realistic_llama_bf16_on_gpu(head_dim):
     assert result["cos"] >= 0.99
     assert result["top1_decisive"] >= 0.97 and result["decisive"] >= 0.2
     assert result["top1"] >= 0.7
+
+
+def planned_formats(monkeypatch, model, plan, input_ids):
+    """The Q/K format of every sage attention call of one planned forward pass, in call order."""
+    formats = []
+    forward = _ops.forward
+    qk_format_at = 7 + list(_ops.QUANT_DEFAULTS).index("qk_format")  # after q, k, v, layout, causal, scale, lse
+
+    def spy(*args):
+        formats.append(args[qk_format_at])
+        return forward(*args)
+
+    monkeypatch.setattr(sage_attention_module._ops, "forward", spy)
+    calibrate_llama.logits_with_plan(model, plan, input_ids)
+    monkeypatch.setattr(sage_attention_module._ops, "forward", forward)
+    return formats
+
+
+def test_calibration_of_a_whole_model_on_cpu(monkeypatch):
+    """examples/calibrate_llama.py on the tiny model: every decoder layer is scored once per
+    prompt under its layer index, ceil(0.3 * 2) = 1 layer gets INT8, the plan is reproducible,
+    each layer then runs its planned format, and all three runs stay close to SDPA."""
+    model = tiny_model()
+    prompts = [tokens(1, 40), tokens(1, 24)]
+    result = calibrate_llama.run(model, prompts, tokens(2, 32), "cpu")
+    scores = result["scores"]
+    assert list(scores) == [(0, None), (1, None)]
+    assert all(calls == 2 and 0.9 < score <= 1.0 for score, calls in scores.values()), scores
+    plan = result["plan"]
+    assert sorted(e.qk_format for e in plan.entries) == ["int4", "int8"]
+    worst = min(scores, key=lambda key: scores[key][0])[0]
+    assert plan.decide(worst)[0] == "int8"
+    assert calibrate_llama.run(model, prompts, tokens(2, 32), "cpu")["plan"].to_json() == plan.to_json()
+    assert planned_formats(monkeypatch, model, plan, tokens(1, 16)) == [plan.decide(0)[0], plan.decide(1)[0]]
+    for name, m in result["runs"].items():
+        assert m["cos"] >= 0.999 and m["top1_decisive"] >= 0.99, (name, m)
+
+
+@requires_gpu
+def test_calibration_of_a_realistic_model_on_gpu(monkeypatch):
+    """The same flow with the INT4 path measured by the GPU's kernels (mma.sync INT4)."""
+    sizes = example.REALISTIC
+    model = example.build_model(sizes, "cuda", torch.bfloat16)
+    vocab = sizes["vocab_size"]
+    prompts = [tokens(1, 512, "cuda", vocab), tokens(1, 300, "cuda", vocab)]
+    result = calibrate_llama.run(model, prompts, tokens(2, 1024, "cuda", vocab), "cuda")
+    print({key: round(score, 5) for key, (score, _) in result["scores"].items()}, result["runs"])
+    layers = sizes["num_hidden_layers"]
+    assert list(result["scores"]) == [(layer, None) for layer in range(layers)]
+    assert all(calls == 2 and 0.9 < score <= 1.0 for score, calls in result["scores"].values())
+    plan = result["plan"]
+    assert sum(e.qk_format == "int8" for e in plan.entries) == 2  # ceil(0.3 * 4)
+    assert planned_formats(monkeypatch, model, plan, tokens(1, 64, "cuda", vocab)) == [
+        plan.decide(layer)[0] for layer in range(layers)]
+    for name, m in result["runs"].items():
+        assert m["cos"] >= 0.98 and m["top1_decisive"] >= 0.95, (name, m)

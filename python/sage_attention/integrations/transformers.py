@@ -43,8 +43,12 @@ def sage_attention_forward(module, query, key, value, attention_mask, dropout=0.
     _reject_unsupported(module, attention_mask, dropout, kwargs)
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
+    # The decoder layer's index names the call for adaptive 4/8-bit
+    # (sage_attention.calibration): measured inside `with calibrator:`, its
+    # Q/K format picked inside `with plan:`; no effect otherwise.
     out = sageattn(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), tensor_layout="NHD",
-                   is_causal=bool(is_causal), causal_align="bottom_right", sm_scale=scaling)
+                   is_causal=bool(is_causal), causal_align="bottom_right", sm_scale=scaling,
+                   layer_id=getattr(module, "layer_idx", None))
     return out, None
 
 
