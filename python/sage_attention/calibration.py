@@ -31,7 +31,6 @@ the plan's JSON schema and the run-time rules for unseen timesteps: docs/calibra
 
 from __future__ import annotations
 
-import contextvars
 import json
 import math
 import os
@@ -52,31 +51,36 @@ _QK_FORMATS = ("int4", "int8")
 # up to 4 keys (the C++ planner uses the same).
 _FRACTION_TOLERANCE = 1e-9
 
-_active_calibrator = contextvars.ContextVar("sage_attention_calibrator", default=None)
-_active_plan = contextvars.ContextVar("sage_attention_plan", default=None)
+# The objects of the innermost `with calibrator:` / `with plan:` blocks. Plain
+# module state rather than context variables: torch.compile traces reads of
+# it (a model compiled with attn_implementation="sage" passes layer ids, so
+# sageattn looks here on every call), and cannot trace ContextVar.get. Like
+# the Calibrator, not thread-safe.
+_active = {"calibrator": None, "plan": None}
 
 
 def active_calibrator() -> "Calibrator | None":
     """The calibrator of the innermost `with calibrator:` block, or None."""
-    return _active_calibrator.get()
+    return _active["calibrator"]
 
 
 def active_plan() -> "Plan | None":
     """The plan of the innermost `with plan:` block, or None."""
-    return _active_plan.get()
+    return _active["plan"]
 
 
 class _Activation:
-    """`with obj:` makes obj the value of a context variable for the block."""
+    """`with obj:` makes obj the active calibrator or plan (`_slot`) for the block."""
 
-    _variable: contextvars.ContextVar
+    _slot: str
 
     def __enter__(self):
-        self._tokens = getattr(self, "_tokens", []) + [self._variable.set(self)]
+        self._outer = getattr(self, "_outer", []) + [_active[self._slot]]
+        _active[self._slot] = self
         return self
 
     def __exit__(self, *exc_info):
-        self._variable.reset(self._tokens.pop())
+        _active[self._slot] = self._outer.pop()
         return False
 
 
@@ -159,7 +163,7 @@ class Calibrator(_Activation):
     Not thread-safe.
     """
 
-    _variable = _active_calibrator
+    _slot = "calibrator"
 
     def __init__(self, int4_granularity="per_thread", measure_device="cpu", attention=None):
         if int4_granularity not in _GRANULARITIES:
@@ -255,7 +259,7 @@ class Plan(_Activation):
     ("int8", the safe choice).
     """
 
-    _variable = _active_plan
+    _slot = "plan"
 
     def __init__(self, entries=(), fraction_int8=0.3, int4_granularity="per_thread", default_qk_format="int8"):
         self.entries = sorted(entries, key=lambda e: _sort_key((e.layer, e.timestep)))

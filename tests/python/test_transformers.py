@@ -26,6 +26,7 @@ import calibrate_llama  # noqa: E402
 
 import sage_attention._attention as sage_attention_module  # noqa: E402
 from sage_attention import _ops  # noqa: E402
+from sage_attention.calibration import Plan, PlanEntry  # noqa: E402
 
 from conftest import requires_gpu  # noqa: E402
 
@@ -84,6 +85,24 @@ def test_compiled_model_fullgraph_matches_eager():
     with torch.inference_mode():
         eager = model(input_ids, attention_mask=torch.ones_like(input_ids)).logits
         got = compiled(input_ids).logits
+    torch.testing.assert_close(got, eager)
+
+
+def test_compiled_model_follows_an_active_plan():
+    """Under torch.compile(fullgraph=True) the layer ids still reach the active plan: a plan
+    that puts layer 0 in INT4 and layer 1 in INT8 gives the eager planned logits, which differ
+    from the all-INT8 run's."""
+    torch._dynamo.reset()
+    model, input_ids = tiny_model(), tokens(2, 32)
+    model.set_attn_implementation("sage")
+    plan = Plan([PlanEntry(0, None, 0.9, 1, "int4"), PlanEntry(1, None, 0.8, 1, "int8")])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.inference_mode():
+        int8 = model(input_ids).logits
+        with plan:
+            eager = model(input_ids).logits
+            got = compiled(input_ids).logits
+    assert not torch.equal(eager, int8)
     torch.testing.assert_close(got, eager)
 
 

@@ -37,11 +37,11 @@
 
 #include <cuda_fp16.h>
 
+#include "cuda/common/forward_device.cuh"
+#include "cuda/common/smooth_q.cuh"
 #include "cuda/mma/ptx_mma.cuh"
-#include "cuda/mma/qk_int8_mma_epilogue.cuh"
 #include "cuda/mma/qk_int8_mma_params.h"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_softmax.cuh"
-#include "cuda/smooth_q.cuh"
 #include "numerics/tile_geometry.h"
 
 namespace sage::mma {
@@ -100,19 +100,6 @@ struct FwdSharedStorage {
   float q_mean[T::kDp];
   float delta[T::kBlockK];  // base-2 score offset per key of the current tile
 };
-
-// Number of key tiles query tile `q_tile` must visit (0 when a causal mask
-// hides every key from every row of the tile).
-template <class T>
-__device__ __forceinline__ int key_tiles_for(const QkInt8MmaParams& p, int q_tile) {
-  const int all = (p.nk + T::kBlockK - 1) / T::kBlockK;
-  if (!T::kCausal) return all;
-  const int last_row = min(q_tile * T::kBlockQ + T::kBlockQ - 1, p.nq - 1);
-  const long long last_key = static_cast<long long>(last_row) + p.causal_shift;
-  if (last_key < 0) return 0;
-  const long long reach = last_key / T::kBlockK + 1;
-  return reach < all ? static_cast<int>(reach) : all;
-}
 
 // ---- loads (all threads, 16 bytes each) ---------------------------------------
 template <class T>
@@ -341,7 +328,7 @@ __device__ __forceinline__ void forward_tile(const QkInt8MmaParams& p, FwdShared
   const int b = bh / p.heads_q;
   const int h = bh % p.heads_q;
   const int bh_kv = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
-  const int n_tiles = key_tiles_for<T>(p, q_tile);
+  const int n_tiles = fwd::key_tiles_for<T>(p, q_tile);
 
   // Prologue: group 0 = Q + tile 0, group 1 = tile 1 (possibly empty groups:
   // the wait counts below stay uniform).
@@ -408,7 +395,7 @@ __device__ __forceinline__ void forward_tile(const QkInt8MmaParams& p, FwdShared
   cp_async_wait<0>();
 
   softmax.finish();
-  write_output<T>(p, o, softmax, rows, bh, bh_kv, quad);
+  fwd::write_output<T>(p, o, softmax, rows, bh, bh_kv, quad);
 }
 
 template <class T>

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "api/validate.h"
+#include "cuda/common/forward_host.h"
 #include "cuda/quant/prepass.h"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
 
@@ -22,39 +23,8 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int batch_hea
 
 namespace {
 
-Status cuda_status(cudaError_t err, const char* what) {
-  return Status(StatusCode::cuda_error, std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-// [B, H, N, D] strides of a q/k/v/out view in either layout.
-quant::StridedInput strided(const TensorView& t, TensorLayout layout) {
-  quant::StridedInput s;
-  s.data = t.data;
-  s.stride_b = t.stride[0];
-  s.stride_h = layout == TensorLayout::HND ? t.stride[1] : t.stride[2];
-  s.stride_n = layout == TensorLayout::HND ? t.stride[2] : t.stride[1];
-  return s;
-}
-
-// The int casts are safe: check_gpu_kernel_limits bounded every size first.
 quant::PrepassProblem prepass_problem(const AttentionArgs& args, const AttentionOptions& o) {
-  const detail::AttentionDims d = detail::attention_dims(args, o.layout);
-  quant::PrepassProblem p;
-  p.batch = static_cast<int>(d.batch);
-  p.heads_q = static_cast<int>(d.heads_q);
-  p.heads_kv = static_cast<int>(d.heads_kv);
-  p.nq = static_cast<int>(d.nq);
-  p.nk = static_cast<int>(d.nk);
-  p.head_dim = static_cast<int>(d.head_dim);
-  p.head_dim_padded = p.head_dim <= 64 ? 64 : 128;
-  p.bf16 = args.q.dtype == DType::bf16;
-  p.granularity = o.qk_granularity;
-  p.sm_scale = o.sm_scale > 0.f ? o.sm_scale : 1.f / std::sqrt(static_cast<float>(d.head_dim));
-  p.smooth_q = o.smooth_q;
-  p.smooth_k = o.smooth_k;
-  p.smooth_v = o.smooth_v;
-  p.lse_correction = o.return_lse && o.smooth_k;
-  return p;
+  return fwd::prepass_problem(args, o, kSm90Geometry, quant::VFormat::fp8_e4m3_transposed);
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -129,55 +99,20 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, void* workspace
   const quant::PrepassLayout layout = quant::make_prepass_layout(pp);
   const quant::PrepassBuffers buf = layout.carve(workspace);
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-
-  cudaError_t err = cudaSuccess;
-  if (!kernel_only) {
-    err = quant::launch_prepass(pp, layout, buf, strided(args.q, o.layout), strided(args.k, o.layout),
-                                strided(args.v, o.layout), s);
-    if (err != cudaSuccess) return cuda_status(err, "quantization pre-pass launch");
-  }
+  if (!kernel_only) SAGE_RETURN_IF_ERROR(fwd::launch_prepass(args, o, pp, layout, buf, s));
 
   const int dp = layout.head_dim_padded;
   QkInt8PvFp8Params p{};
+  fwd::fill_forward_params(args, o, pp, layout, buf, &p);
   SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp, 128));
   SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_k, buf.k, dp, pp.nk, std::uint64_t(pp.batch) * pp.heads_kv, dp, 128));
   SAGE_RETURN_IF_ERROR(
       make_tensor_map(&p.tmap_vt, buf.vt, layout.nk_padded, dp, std::uint64_t(pp.batch) * pp.heads_kv, 128, dp));
-  p.q_scale = buf.q_scale;
-  p.k_scale = buf.k_scale;
-  p.v_scale = buf.v_scale;
-  p.v_mean = o.smooth_v ? buf.v_mean : nullptr;
-  p.lse_corr = pp.lse_correction ? buf.lse_corr : nullptr;
-  p.q_mean = pp.smooth_q ? buf.q_mean : nullptr;
-  p.q_tiles = layout.q_tiles;
-  p.scale_log2 = quant::score_scale_log2(pp);
-  const quant::StridedInput out = strided(args.out, o.layout);
-  p.out = args.out.data;
-  p.out_stride_b = out.stride_b;
-  p.out_stride_h = out.stride_h;
-  p.out_stride_n = out.stride_n;
-  p.out_pair_store = reinterpret_cast<std::uintptr_t>(args.out.data) % 4 == 0 && out.stride_b % 2 == 0 &&
-                     out.stride_h % 2 == 0 && out.stride_n % 2 == 0;
-  if (o.return_lse) {
-    p.lse = static_cast<float*>(args.lse.data);
-    p.lse_stride_b = args.lse.stride[0];
-    p.lse_stride_h = args.lse.stride[1];
-    p.lse_stride_n = args.lse.stride[2];
-  }
-  p.heads_q = pp.heads_q;
-  p.heads_kv = pp.heads_kv;
-  p.nq = pp.nq;
-  p.nk = pp.nk;
-  p.head_dim = pp.head_dim;
-  p.q_groups = layout.q_groups;
-  p.k_groups = layout.k_groups;
-  p.granularity = o.qk_granularity;
-  p.causal_shift = o.causal && o.causal_align == CausalAlign::bottom_right ? pp.nk - pp.nq : 0;
 
   const int batch_heads = pp.batch * pp.heads_q;
-  err = dp == 64 ? launch_for_dp<64>(p, o.causal, pp.bf16, batch_heads, s)
-                 : launch_for_dp<128>(p, o.causal, pp.bf16, batch_heads, s);
-  if (err != cudaSuccess) return cuda_status(err, "sm90 attention kernel launch");
+  const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, o.causal, pp.bf16, batch_heads, s)
+                                   : launch_for_dp<128>(p, o.causal, pp.bf16, batch_heads, s);
+  if (err != cudaSuccess) return fwd::cuda_status(err, "sm90 attention kernel launch");
   return Status::ok();
 }
 

@@ -25,12 +25,12 @@
 #include <climits>
 #include <cstdint>
 
+#include "cuda/common/forward_device.cuh"
+#include "cuda/common/smooth_q.cuh"
 #include "cuda/sm90/ptx_sm90.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
-#include "cuda/sm90/qk_int8_pv_fp8_sm90_epilogue.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_softmax.cuh"
 #include "cuda/sm90/wgmma_ops.cuh"
-#include "cuda/smooth_q.cuh"
 #include "numerics/tile_geometry.h"
 
 namespace sage::sm90 {
@@ -40,6 +40,7 @@ struct FwdTraits {
   static constexpr int kDp = HeadDimPadded;
   static constexpr bool kCausal = Causal;
   static constexpr bool kSmoothQ = SmoothQ;
+  static constexpr bool kPvFp8 = true;  // (the shared epilogue applies the V scales)
   static constexpr int kOffsetThreads = 64;  // producer warps 1, 2: two keys each per tile
   using Out = OutT;
   static constexpr int kBlockQ = kSm90Geometry.cta_q;
@@ -79,19 +80,6 @@ struct FwdSharedStorage {
   float delta[T::kStages][T::kBlockK];  // base-2 score offset per key
   uint64_t delta_full[T::kStages];
 };
-
-// Number of key tiles query tile `q_tile` must visit (0 when a causal mask
-// hides every key from every row of the tile).
-template <class T>
-__device__ __forceinline__ int key_tiles_for(const QkInt8PvFp8Params& p, int q_tile) {
-  const int all = (p.nk + T::kBlockK - 1) / T::kBlockK;
-  if (!T::kCausal) return all;
-  const int last_row = min(q_tile * T::kBlockQ + T::kBlockQ - 1, p.nq - 1);
-  const long long last_key = static_cast<long long>(last_row) + p.causal_shift;
-  if (last_key < 0) return 0;
-  const long long reach = last_key / T::kBlockK + 1;
-  return reach < all ? static_cast<int>(reach) : all;
-}
 
 // ---- producer: TMA loads ----------------------------------------------------------
 template <class T>
@@ -245,7 +233,7 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
   }
 
   softmax.finish();
-  write_output<T>(p, o, softmax, rows, bh, bh_kv, quad);
+  fwd::write_output<T>(p, o, softmax, rows, bh, bh_kv, quad);
 }
 
 // ---- kernel ----------------------------------------------------------------------------
@@ -261,7 +249,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
   const int b = bh / p.heads_q;
   const int h = bh % p.heads_q;
   const int bh_kv = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
-  const int n_tiles = key_tiles_for<T>(p, q_tile);
+  const int n_tiles = fwd::key_tiles_for<T>(p, q_tile);
 
   if (threadIdx.x == 0) {
     mbar_init(&s.q_full, 1);

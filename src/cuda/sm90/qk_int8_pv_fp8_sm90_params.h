@@ -1,43 +1,21 @@
-// Parameters of the Hopper INT8-QK / FP8-PV forward kernel, built on the host
-// from the pre-pass buffers and passed by value (__grid_constant__).
+// Parameters of the Hopper INT8-QK / FP8-PV forward kernel: the shared
+// forward parameters (src/cuda/common/forward_params.h) plus the TMA
+// descriptors of the pre-pass outputs (src/cuda/quant/prepass.h):
+//   q_i8 [B*Hq][Nq][Dp], k_i8 [B*Hkv][Nk][Dp], vt_fp8 [B*Hkv][Dp][Nk_pad]
+//   (keys permuted inside each 32-key chunk to match the P fragment).
+// Built on the host, passed by value (__grid_constant__).
 #pragma once
 
 #include <cuda.h>
 
-#include <cstdint>
-
-#include "sage/options.h"
+#include "cuda/common/forward_params.h"
 
 namespace sage::sm90 {
 
-struct QkInt8PvFp8Params {
-  // TMA descriptors of the pre-pass outputs (see src/cuda/quant/prepass.h):
-  // q_i8 [B*Hq][Nq][Dp], k_i8 [B*Hkv][Nk][Dp], vt_fp8 [B*Hkv][Dp][Nk_pad]
-  // (keys permuted inside each 32-key chunk to match the P fragment).
+struct QkInt8PvFp8Params : fwd::ForwardParams {
   CUtensorMap tmap_q;
   CUtensorMap tmap_k;
   CUtensorMap tmap_vt;
-
-  const float* q_scale;   // [B*Hq][q_groups], sm_scale*log2(e) folded in
-  const float* k_scale;   // [B*Hkv][k_groups]
-  const float* v_scale;   // [B*Hkv][Dp], amax/448 per channel
-  const float* v_mean;    // [B*Hkv][Dp] or null (smooth_v off)
-  const float* lse_corr;  // [B*Hq][Nq] q.mean_k*sm_scale, or null
-  const float* q_mean;    // smooth_q: [B*Hq][q_tiles][Dp] mean of each 128-row Q tile, else null
-  int q_tiles;
-  float scale_log2;  // sm_scale * log2(e), as folded into q_scale (smooth_q's key offsets)
-
-  void* out;  // bf16/fp16, strides in elements
-  std::int64_t out_stride_b, out_stride_h, out_stride_n;
-  float* lse;  // or null
-  std::int64_t lse_stride_b, lse_stride_h, lse_stride_n;
-
-  int heads_q, heads_kv;
-  int nq, nk, head_dim;
-  int q_groups, k_groups;  // scale groups per head
-  Granularity granularity;
-  int causal_shift;     // key j visible to query i iff j <= i + causal_shift
-  bool out_pair_store;  // out rows allow aligned 2-element stores
 };
 
 }  // namespace sage::sm90

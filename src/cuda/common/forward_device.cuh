@@ -1,9 +1,11 @@
-// Epilogue of the mma.sync forward kernels: O / l, the V scale per channel
-// (FP8 PV only) and the smooth-V mean, written to the caller's strided
-// output; the LSE.
-// O's register layout (per 8-channel slice j: channels 8j + 2*quad + {0,1}
-// of row g in o[4j], o[4j+1] and of row g+8 in o[4j+2], o[4j+3]) is the
-// m16n8 accumulator layout.
+// Device code both forward kernel families share: which key tiles a query
+// tile visits, and the epilogue (O / l, the FP8 V scale per channel, the
+// smooth-V mean, to the caller's strided output; the LSE).
+//
+// Kernel traits T provide kBlockQ, kBlockK, kCausal, kDp, kOAcc, kPvFp8 and
+// Out. O's register layout (per 8-channel slice j: channels 8j + 2*quad +
+// {0,1} of rows[0] in o[4j], o[4j+1] and of rows[1] in o[4j+2], o[4j+3]) is
+// the accumulator layout of both wgmma and mma.sync m16n8.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,9 +13,22 @@
 
 #include <cstdint>
 
-#include "cuda/mma/qk_int8_mma_params.h"
+#include "cuda/common/forward_params.h"
 
-namespace sage::mma {
+namespace sage::fwd {
+
+// Number of key tiles query tile `q_tile` must visit (0 when a causal mask
+// hides every key from every row of the tile).
+template <class T>
+__device__ __forceinline__ int key_tiles_for(const ForwardParams& p, int q_tile) {
+  const int all = (p.nk + T::kBlockK - 1) / T::kBlockK;
+  if (!T::kCausal) return all;
+  const int last_row = min(q_tile * T::kBlockQ + T::kBlockQ - 1, p.nq - 1);
+  const long long last_key = static_cast<long long>(last_row) + p.causal_shift;
+  if (last_key < 0) return 0;
+  const long long reach = last_key / T::kBlockK + 1;
+  return reach < all ? static_cast<int>(reach) : all;
+}
 
 template <typename OutT>
 struct OutputConvert;
@@ -31,7 +46,7 @@ struct OutputConvert<__half> {
 };
 
 template <class T, class Softmax>
-__device__ __forceinline__ void write_output(const QkInt8MmaParams& p, const float (&o)[T::kOAcc],
+__device__ __forceinline__ void write_output(const ForwardParams& p, const float (&o)[T::kOAcc],
                                              const Softmax& softmax, const int (&rows)[2], int bh, int bh_kv,
                                              int quad) {
   using Out = typename T::Out;
@@ -77,4 +92,4 @@ __device__ __forceinline__ void write_output(const QkInt8MmaParams& p, const flo
   }
 }
 
-}  // namespace sage::mma
+}  // namespace sage::fwd

@@ -1,0 +1,34 @@
+// Host steps both forward kernel families share: the pre-pass problem of a
+// call (at the family's tile geometry), its launch, and the common kernel
+// parameters.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "cuda/common/forward_params.h"
+#include "cuda/quant/prepass.h"
+#include "numerics/tile_geometry.h"
+#include "sage/attention.h"
+
+namespace sage::fwd {
+
+Status cuda_status(cudaError_t err, const char* what);
+
+// [B, H, N, D] strides of a q/k/v/out view in either layout.
+quant::StridedInput strided(const TensorView& t, TensorLayout layout);
+
+// The pre-pass of a validated call whose sizes check_gpu_kernel_limits bounded.
+quant::PrepassProblem prepass_problem(const AttentionArgs& args, const AttentionOptions& o, TileGeometry geometry,
+                                      quant::VFormat v_format);
+
+// Enqueues the pre-pass of the call on `stream`.
+Status launch_prepass(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& pp,
+                      const quant::PrepassLayout& layout, const quant::PrepassBuffers& buf, cudaStream_t stream);
+
+// Everything in ForwardParams, from the call and its pre-pass buffers.
+void fill_forward_params(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& pp,
+                         const quant::PrepassLayout& layout, const quant::PrepassBuffers& buf, ForwardParams* p);
+
+}  // namespace sage::fwd
