@@ -12,7 +12,7 @@ Times are medians of CUDA-event timings over rotating input sets whose total
 size exceeds the L2 cache. TOPS = 4*B*H*N*N*D (/2 causal) / time.
 Writes bench/results/<gpu>-<date>.json.
 
-  python3 bench/bench_attention.py [--quick] [--out FILE]
+  python3 bench/bench_attention.py [--quick] [--out FILE] [--dims 128] [--sizes 4096,16384] [--causal 0]
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer sizes (N in 1024, 4096)")
     ap.add_argument("--out", help="JSON path (default bench/results/<gpu>-<date>.json)")
+    ap.add_argument("--dims", default="64,128", help="head dims (comma-separated)")
+    ap.add_argument("--sizes", default=None, help="sequence lengths (default 1024,4096,16384; --quick 1024,4096)")
+    ap.add_argument("--causal", default="0,1", help="causal settings to run (0, 1 or 0,1)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench: no CUDA GPU; the benchmark needs one")
@@ -111,11 +114,11 @@ def main():
     dev = torch.device("cuda")
     gpu = torch.cuda.get_device_name(dev)
     B, H = 2, 32
-    ns = [1024, 4096] if args.quick else [1024, 4096, 16384]
+    ns = [int(n) for n in args.sizes.split(",")] if args.sizes else [1024, 4096] if args.quick else [1024, 4096, 16384]
     rows = []
     print(f"GPU: {gpu}  torch {torch.__version__}  sage-attention {sage_attention.__version__}", flush=True)
-    for d in (64, 128):
-        for causal in (False, True):
+    for d in (int(d) for d in args.dims.split(",")):
+        for causal in (c == "1" for c in args.causal.split(",")):
             for n in ns:
                 sets = input_sets(B, H, n, d, torch.bfloat16, dev)
                 flops = 4 * B * H * n * n * d / (2 if causal else 1)
