@@ -1,10 +1,26 @@
 // The two pre-pass kernels (see prepass.h for what they produce).
+//
+// Both are bound by memory traffic, so they are built to keep many bytes in
+// flight per SM at a small register cost, and to spend few instructions per
+// element:
+//   - input rows travel with cp.async (global -> shared memory), which holds
+//     no registers while the bytes are in flight: the quantize kernel's CTAs
+//     have their whole 128-row tile in flight at once and stay small enough
+//     for several of them to share an SM, and each statistics thread keeps
+//     kStatsStages rows in flight;
+//   - each pass reads the tile from shared memory in the order that suits
+//     it, so a thread's per-channel constants (means, V scales) are a few
+//     registers loaded once, and V is transposed straight from the tile.
+// The arithmetic of every element and the order of every sum are fixed
+// (written out where they are done), so the results are deterministic and
+// do not depend on how the work is spread over threads.
 #include "cuda/quant/prepass.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "numerics/formats.h"
 #include "numerics/tile_geometry.h"
@@ -13,15 +29,20 @@ namespace sage::quant {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTileRows = 128;  // rows of one job tile: whole groups (prepass_supports_geometry)
-constexpr int kMaxChunks = 32;  // key chunks of the statistics pass
-constexpr int kVec = 8;         // elements per 16-byte load
+constexpr int kWarps = kThreads / 32;
+constexpr int kTileRows = 128;   // rows of one job tile: whole groups (prepass_supports_geometry)
+constexpr int kMaxChunks = 32;   // key chunks of the statistics pass
+constexpr int kVec = 8;          // elements per 16-byte load
+constexpr int kStatsStages = 4;  // rows of K and V in flight per statistics thread
 constexpr float kE4m3Max = 448.f;
-constexpr int kTilePad = 32;
+// CTAs per SM the quantize kernel's registers must allow. 5 (48 registers)
+// is also what its 38 KB of shared memory allows at Dp = 128; measured on an
+// H200 at B=2 H=32 N=4096 D=128 it ran 106 us, against 111 us with 4 (64
+// registers).
 #ifndef SAGE_PREPASS_MIN_BLOCKS
-#define SAGE_PREPASS_MIN_BLOCKS 2  // CTAs per SM the quantize kernel's registers must allow
+#define SAGE_PREPASS_MIN_BLOCKS 5
 #endif
-static_assert(16 * (kThreads / 32) == kTileRows, "one warp per 16-row slice");
+static_assert(16 * kWarps == kTileRows, "one warp per 16-row slice");
 
 std::size_t align_up(std::size_t x, std::size_t a) { return (x + a - 1) / a * a; }
 
@@ -32,20 +53,54 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 template <>
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 
-// Reads 8 consecutive channels [c0, c0+8) of one row (zeros past head_dim or
-// past the last row). Vec: the row start and c0 are 16-byte aligned and
-// head_dim is a multiple of 8, so one 16-byte load does.
-template <typename T, bool Vec>
-__device__ __forceinline__ void load8(const T* row, bool row_ok, int c0, int head_dim, float (&x)[kVec]) {
-  if (Vec && row_ok && c0 < head_dim) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(row + c0);
-    const T* e = reinterpret_cast<const T*>(&raw);
+// The bits of a 16-bit input element (0 is +0 in both formats).
+__device__ __forceinline__ uint32_t bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+__device__ __forceinline__ uint32_t bits16(__half x) { return __half_as_ushort(x); }
+
+// The two 16-bit elements of a 32-bit word as floats (.x the lower-addressed
+// one). Both conversions are exact.
+template <typename T>
+__device__ __forceinline__ float2 to_float2(uint32_t w);
+template <>
+__device__ __forceinline__ float2 to_float2<__nv_bfloat16>(uint32_t w) {
+  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
+}
+template <>
+__device__ __forceinline__ float2 to_float2<__half>(uint32_t w) {
+  __half2 h;
+  memcpy(&h, &w, sizeof(h));
+  return __half22float2(h);
+}
+
+// The 8 elements of a 16-byte chunk as floats.
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&x)[kVec]) {
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) x[i] = to_float(e[i]);
-    return;
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = to_float2<T>(w[i]);
+    x[2 * i] = f.x, x[2 * i + 1] = f.y;
   }
+}
+
+// Reads 8 consecutive channels [c0, c0+8) of one row (zeros past head_dim),
+// element by element: the path for inputs that 16-byte loads cannot take.
+template <typename T>
+__device__ __forceinline__ void load8(const T* row, int c0, int head_dim, float (&x)[kVec]) {
 #pragma unroll
-  for (int i = 0; i < kVec; ++i) x[i] = (row_ok && c0 + i < head_dim) ? to_float(row[c0 + i]) : 0.f;
+  for (int i = 0; i < kVec; ++i) x[i] = c0 + i < head_dim ? to_float(row[c0 + i]) : 0.f;
+}
+
+// 16-byte asynchronous copy global -> shared (cp.async, cached in L2 only),
+// and its group commit / wait.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int Pending>  // waits until at most `Pending` of this thread's groups are in flight
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
 }
 
 // Hardware conversions for the hot loops. numerics/formats.h (what the CPU
@@ -57,13 +112,15 @@ __device__ __forceinline__ int quantize_int(float x, float inv_scale, int qmax) 
   const int q = __float2int_rn(x * inv_scale);  // cvt.rni.s32.f32: ties to even, NaN -> 0, saturating
   return q > qmax ? qmax : (q < -qmax ? -qmax : q);
 }
-__device__ __forceinline__ uint32_t fp8_e4m3_code(float x) {
+// E4M3 codes of two values in one conversion: lo in the low byte, hi in the
+// next (the conversion is per element, so a pair gives each value's code).
+__device__ __forceinline__ uint32_t fp8x2_e4m3_code(float lo, float hi) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
   uint16_t pair;
-  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(pair) : "f"(0.f), "f"(x));
-  return pair & 0xFFu;  // x is the low byte
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(pair) : "f"(hi), "f"(lo));
+  return pair;
 #else
-  return num::fp8_e4m3_from_float(x);
+  return num::fp8_e4m3_from_float(lo) | num::fp8_e4m3_from_float(hi) << 8;
 #endif
 }
 
@@ -73,10 +130,21 @@ __device__ __forceinline__ void atomic_max_nonneg(float* slot, float v) {
 }
 
 // ---- 1. statistics ----------------------------------------------------------
+// One CTA per (chunk of keys, batch * kv head). Thread (rl, c0) accumulates
+// channels [c0, c0+8) over the rows start + rl + i * row_lanes in order of
+// i; then the row lanes are reduced in a fixed order. Vec (16-byte aligned
+// rows): each thread streams its own rows through a private ring of
+// kStatsStages 16-byte shared slots per tensor, so that many rows are in
+// flight without holding registers. A thread reads back only what it copied
+// itself, so the ring needs no barrier.
 template <typename T, bool Vec>
 __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out,
                                                              StridedInput k_in, StridedInput v_in) {
-  extern __shared__ float red[];  // [row_lanes][Dp]
+  // [row_lanes][Dp] floats of the lane reduction, then (Vec) the ring:
+  // [stage][K, V][thread] 16-byte slots.
+  extern __shared__ uint4 stats_smem[];
+  float* red = reinterpret_cast<float*>(stats_smem);
+  uint4* ring = stats_smem + kThreads * kVec * sizeof(float) / sizeof(uint4);
   const int dp = layout.head_dim_padded;
   const int lanes_per_row = dp / kVec;
   const int row_lanes = kThreads / lanes_per_row;
@@ -93,16 +161,47 @@ __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, Pr
   float ksum[kVec] = {}, vsum[kVec] = {}, vmax[kVec], vmin[kVec];
 #pragma unroll
   for (int i = 0; i < kVec; ++i) vmax[i] = -INFINITY, vmin[i] = INFINITY;
-  for (int r = start + rl; r < end; r += row_lanes) {
-    float x[kVec];
-    if (p.smooth_k) {
-      load8<T, Vec>(k_base + r * k_in.stride_n, true, c0, p.head_dim, x);
+  auto accumulate = [&](const float (&xk)[kVec], const float (&xv)[kVec]) {
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) ksum[i] += x[i];
+    for (int i = 0; i < kVec; ++i) {
+      if (p.smooth_k) ksum[i] += xk[i];
+      vsum[i] += xv[i], vmax[i] = fmaxf(vmax[i], xv[i]), vmin[i] = fminf(vmin[i], xv[i]);
     }
-    load8<T, Vec>(v_base + r * v_in.stride_n, true, c0, p.head_dim, x);
+  };
+  if constexpr (Vec) {
+    const int rows = end - start > rl ? (end - start - rl + row_lanes - 1) / row_lanes : 0;
+    const bool in_dim = c0 < p.head_dim;  // else a pad chunk: zeros, never loaded
+    auto ring_slot = [&](int i) { return ring + (i % kStatsStages) * 2 * kThreads + threadIdx.x; };
+    // One commit group per row (empty past the last), so that waiting for
+    // all but kStatsStages - 1 groups means waiting for the oldest row.
+    auto issue = [&](int i) {
+      if (i < rows && in_dim) {
+        const int r = start + rl + i * row_lanes;
+        if (p.smooth_k) cp_async16(ring_slot(i), k_base + r * k_in.stride_n + c0);
+        cp_async16(ring_slot(i) + kThreads, v_base + r * v_in.stride_n + c0);
+      }
+      cp_async_commit();
+    };
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) vsum[i] += x[i], vmax[i] = fmaxf(vmax[i], x[i]), vmin[i] = fminf(vmin[i], x[i]);
+    for (int i = 0; i < kStatsStages - 1; ++i) issue(i);
+    for (int i = 0; i < rows; ++i) {
+      // Refills the slot that row i - 1 used: its values were consumed above.
+      issue(i + kStatsStages - 1);
+      cp_async_wait<kStatsStages - 1>();
+      float xk[kVec] = {}, xv[kVec] = {};
+      if (in_dim) {
+        if (p.smooth_k) unpack8<T>(ring_slot(i)[0], xk);
+        unpack8<T>(ring_slot(i)[kThreads], xv);
+      }
+      accumulate(xk, xv);
+    }
+  } else {
+    for (int r = start + rl; r < end; r += row_lanes) {
+      float xk[kVec] = {}, xv[kVec];
+      if (p.smooth_k) load8<T>(k_base + r * k_in.stride_n, c0, p.head_dim, xk);
+      load8<T>(v_base + r * v_in.stride_n, c0, p.head_dim, xv);
+      accumulate(xk, xv);
+    }
   }
 
   // Reduce the row lanes of each quantity through shared memory, in a fixed
@@ -130,30 +229,32 @@ __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, Pr
 }
 
 // ---- 2. quantization -----------------------------------------------------------
+template <int Dp>
 struct QuantShared {
-  float mean[128];       // mean_k (Q, K jobs) or mean_v (V job)
-  float q_mean[128];     // Q job with smooth_q: the tile's channel mean
-  float inv_scale[128];  // V job: 1 / v_scale per channel
-  float amax[64];        // per scale group of the tile
-  // V job: FP8 tile [key][channel] before the transpose. Rows are padded by
-  // 32 bytes: a warp's 8-byte stores (8 rows x 4 column groups) then fall on
-  // distinct banks two at a time, the least an 8-byte access allows.
-  alignas(16) uint8_t tile[kTileRows * (128 + kTilePad)];
+  alignas(16) float mean[Dp];    // mean_k (Q, K jobs) or mean_v (V job)
+  alignas(16) float q_mean[Dp];  // Q job with smooth_q: the tile's channel mean
+  float amax[64];                // per scale group of the tile
+  union {
+    float inv_scale[Dp];            // V job: 1 / v_scale per channel
+    float slice_sums[kWarps * Dp];  // Q job with smooth_q: [16-row slice][channel] sums
+  };
+  // The job's 128 rows as read from the input, [row][8-channel chunk] of
+  // 16-bit values; zeros past the last row and past head_dim.
+  uint4 tile[kTileRows * Dp / kVec];
 };
 
 // Mean of K (sum partials / nk) or, for V, the mean, the scale and its
 // reciprocal per channel; `write_v` publishes the V scale and mean.
+template <int Dp>
 __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                               int bh_kv, bool v_job, bool write_v, QuantShared& sh) {
-  const int dp = layout.head_dim_padded;
-  for (int c = threadIdx.x; c < dp; c += kThreads) {
+                               int bh_kv, bool v_job, bool write_v, QuantShared<Dp>& sh) {
+  for (int c = threadIdx.x; c < Dp; c += kThreads) {
     if (!v_job) {
       float sum = 0.f;
-      // Unrolled so that the partials' loads are in flight together: this
-      // chain sits at the start of every CTA.
+      // Unrolled so that the partials' loads are in flight together.
       if (p.smooth_k) {
 #pragma unroll 8
-        for (int j = 0; j < layout.chunks; ++j) sum += out.k_partial[(static_cast<std::int64_t>(bh_kv) * layout.chunks + j) * dp + c];
+        for (int j = 0; j < layout.chunks; ++j) sum += out.k_partial[(static_cast<std::int64_t>(bh_kv) * layout.chunks + j) * Dp + c];
       }
       sh.mean[c] = p.smooth_k ? sum / static_cast<float>(p.nk) : 0.f;
       continue;
@@ -161,10 +262,10 @@ __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& lay
     float sum = 0.f, mx = -INFINITY, mn = INFINITY;
 #pragma unroll 8
     for (int j = 0; j < layout.chunks; ++j) {
-      const float* vp = out.v_partial + (static_cast<std::int64_t>(bh_kv) * layout.chunks + j) * 3 * dp;
+      const float* vp = out.v_partial + (static_cast<std::int64_t>(bh_kv) * layout.chunks + j) * 3 * Dp;
       sum += vp[c];
-      mx = fmaxf(mx, vp[dp + c]);
-      mn = fminf(mn, vp[2 * dp + c]);
+      mx = fmaxf(mx, vp[Dp + c]);
+      mn = fminf(mn, vp[2 * Dp + c]);
     }
     const float mean = p.smooth_v ? sum / static_cast<float>(p.nk) : 0.f;
     // fl(v - mean) is monotonic in v, so its extremes come from max and min.
@@ -173,324 +274,403 @@ __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& lay
     sh.mean[c] = mean;
     sh.inv_scale[c] = num::reciprocal_rn(scale);
     if (write_v) {
-      out.v_scale[static_cast<std::int64_t>(bh_kv) * dp + c] = scale;
-      out.v_mean[static_cast<std::int64_t>(bh_kv) * dp + c] = mean;
+      out.v_scale[static_cast<std::int64_t>(bh_kv) * Dp + c] = scale;
+      out.v_mean[static_cast<std::int64_t>(bh_kv) * Dp + c] = mean;
     }
   }
 }
 
-// This thread's share of a 128-row tile: rows (16 * warp + lane/4) and +8,
-// channels 32*i + 8*(lane%4) + [0, 8) for i < Dp/32. The inputs stay in
-// their 16-bit form (half the registers of floats, which lets four CTAs
-// share an SM) and are converted - and smoothed - where they are used.
-// Rows past the end read as 0, also when a mean is subtracted.
-template <typename T, int Dp>
-struct TileFragment {
-  T raw[2][Dp / 32][kVec];
-  bool row_ok[2];
-  const float* mean = nullptr;  // per channel, subtracted on use; or null
+// Starts copying rows [row0, row0 + 128) of one (batch, head) into sh.tile:
+// cp.async for each 16-byte chunk inside the tensor (Vec), zeros past row n
+// and past head_dim, element loads when rows are not 16-byte aligned. The
+// caller waits (cp_async_wait<0>, then a barrier) before reading the tile.
+template <typename T, bool Vec, int Dp>
+__device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n, int head_dim, uint4* tile) {
+  constexpr int kChunks = Dp / kVec;
+  const T* base = static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h;
+#pragma unroll
+  for (int it = 0; it < kTileRows * kChunks / kThreads; ++it) {
+    // Neighbouring threads take neighbouring chunks of a row (coalesced).
+    const int k = threadIdx.x + it * kThreads;
+    const int row = row0 + k / kChunks, c0 = (k % kChunks) * kVec;
+    const T* src = base + row * in.stride_n + c0;
+    if (Vec && row < n && c0 < head_dim) {
+      cp_async16(&tile[k], src);
+    } else {
+      uint32_t w[4];
+#pragma unroll
+      for (int i = 0; i < kVec; i += 2) {
+        const uint32_t lo = row < n && c0 + i < head_dim ? bits16(src[i]) : 0u;
+        const uint32_t hi = row < n && c0 + i + 1 < head_dim ? bits16(src[i + 1]) : 0u;
+        w[i / 2] = lo | hi << 16;
+      }
+      tile[k] = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+  }
+  cp_async_commit();
+}
 
-  static __device__ __forceinline__ int row(int r) { return 16 * (threadIdx.x / 32) + (threadIdx.x % 32) / 4 + 8 * r; }
-  static __device__ __forceinline__ int col(int i) { return 32 * i + 8 * (threadIdx.x % 4); }
-  __device__ __forceinline__ float x(int r, int i, int e) const {
-    if (!row_ok[r]) return 0.f;
-    const float v = to_float(raw[r][i][e]);
-    return mean ? v - mean[col(i) + e] : v;  // pad channels: 0 - 0
+// Which part of the tile a thread takes in the row-wise passes (group
+// maxima, INT rows, fp16 rows): warp w the rows [16 w, 16 w + 16) (inside one
+// warp_q slice), lane l the 8-channel chunk l % kChunkLanes of kRows
+// consecutive rows. A lane thus needs the per-channel constants of 8
+// channels only, and its 16-byte reads of the tile cover whole rows per
+// quarter warp (no bank conflicts).
+template <int Dp>
+struct RowLanes {
+  static constexpr int kChunkLanes = Dp / kVec;  // lanes per row: 16 (Dp 128) or 8 (Dp 64)
+  static constexpr int kRows = kChunkLanes / 2;  // rows per lane: 8 or 4
+  static_assert(kRows * (32 / kChunkLanes) == 16, "a warp covers its 16 rows once");
+  static __device__ __forceinline__ int chunk() { return threadIdx.x % 32 % kChunkLanes; }
+  // Tile row of the lane's row j.
+  static __device__ __forceinline__ int row(int j) {
+    return 16 * (threadIdx.x / 32) + (threadIdx.x % 32 / kChunkLanes) * kRows + j;
   }
 };
 
-// Reads channels [c0, c0+8) of one row as raw 16-bit values (zeros past
-// head_dim). Vec: one 16-byte load does (see load8).
-template <typename T, bool Vec>
-__device__ __forceinline__ void load8_raw(const T* row, int c0, int head_dim, T (&x)[kVec]) {
-  if (Vec && c0 < head_dim) {
-    const uint4 v = *reinterpret_cast<const uint4*>(row + c0);
-    const T* e = reinterpret_cast<const T*>(&v);
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) x[i] = e[i];
-    return;
-  }
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) x[i] = c0 + i < head_dim ? row[c0 + i] : T(0.f);
+// The 8 per-channel values of this lane's chunk (from shared memory).
+template <int Dp>
+__device__ __forceinline__ void load_channels(const float* per_channel, float (&v)[kVec]) {
+  const float4* src = reinterpret_cast<const float4*>(per_channel + kVec * RowLanes<Dp>::chunk());
+  const float4 a = src[0], b = src[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 
-template <typename T, bool Vec, int Dp>
-__device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n, int head_dim, const float* mean,
-                          TileFragment<T, Dp>& f) {
-  const T* base = static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h;
-  f.mean = mean;
+// Row j of this lane's chunk as floats, minus the channel means (kSub).
+template <typename T, int Dp, bool kSub>
+__device__ __forceinline__ void read_row(const QuantShared<Dp>& sh, int j, const float (&mean)[kVec],
+                                         float (&x)[kVec]) {
+  using L = RowLanes<Dp>;
+  unpack8<T>(sh.tile[L::row(j) * L::kChunkLanes + L::chunk()], x);
+  if (kSub) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + f.row(r);
-    f.row_ok[r] = row < n;
+    for (int e = 0; e < kVec; ++e) x[e] -= mean[e];
+  }
+}
+
+// Max-reduces m[j] (row j of this lane, over its own chunk) across the
+// lanes of the warp that hold the other chunks of the same rows, and
+// scatters the rows over them: on return, the lane holds the maximum over
+// the whole row (lane / 2) of the warp's 16 rows. Each step halves the
+// values a lane keeps, so 8 rows take 8 shuffles.
+template <int kRows>
+__device__ __forceinline__ float row_max_scatter(float (&m)[kRows]) {
+  const int lane = threadIdx.x % 32;
 #pragma unroll
-    for (int i = 0; i < Dp / 32; ++i) {
-      if (f.row_ok[r]) {
-        load8_raw<T, Vec>(base + row * in.stride_n, f.col(i), head_dim, f.raw[r][i]);
-      } else {
+  for (int half = kRows / 2; half >= 1; half /= 2) {
+    // Lanes with bit 2 * half set keep the upper half of their rows.
+    const bool upper = lane & (2 * half);
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) f.raw[r][i][e] = T(0.f);
-      }
+    for (int i = 0; i < half; ++i) {
+      const float keep = upper ? m[i + half] : m[i];
+      const float send = upper ? m[i] : m[i + half];
+      m[i] = fmaxf(keep, __shfl_xor_sync(0xffffffffu, send, 2 * half));
     }
   }
+  return fmaxf(m[0], __shfl_xor_sync(0xffffffffu, m[0], 1));
 }
 
-template <typename T, int Dp>
-__device__ float row_absmax(const TileFragment<T, Dp>& f, int r) {
-  float m = 0.f;
-#pragma unroll
-  for (int i = 0; i < Dp / 32; ++i)
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) m = fmaxf(m, fabsf(f.x(r, i, e)));
-  return m;
-}
-
-// Folds `amax` over the lanes that differ only in their low `lane_bits` bits
-// (they share one scale group: both rows of a thread always do), then one
-// lane per group publishes it. One shared atomic per group and warp: a whole
-// warp hitting one address would serialize.
-__device__ __forceinline__ void publish_group_amax(QuantShared& sh, int slot, float amax, int lane_bits) {
-  for (int b = 0; b < lane_bits; ++b) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1 << b));
-  if ((threadIdx.x % 32 & ((1 << lane_bits) - 1)) == 0) atomic_max_nonneg(&sh.amax[slot], amax);
-}
-
-// Quantizes the fragment to INT8 (bits 8: one byte per element, rows of Dp
-// bytes) or INT4 (bits 4: two's-complement nibbles, the lower-indexed
-// element in the low nibble as mma.sync .s4 reads them, rows of Dp / 2
-// bytes) with per-row-group scales (group slot of each of the thread's rows
-// given) and stores the rows that exist.
-template <typename T, int Dp>
-__device__ void store_int_tile(const TileFragment<T, Dp>& f, const int (&slot)[2], const QuantShared& sh, int bits,
-                               int8_t* dst, int row0, int n) {
-  const int qmax = bits == 8 ? 127 : 7;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + f.row(r);
-    if (row >= n) continue;
-    const float inv = num::reciprocal_rn(num::symmetric_scale(sh.amax[slot[r]], qmax));
-#pragma unroll
-    for (int i = 0; i < Dp / 32; ++i) {
-      uint32_t packed[2] = {0, 0};
-      if (bits == 8) {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          const int q = quantize_int(f.x(r, i, e), inv, qmax);
-          packed[e / 4] |= (static_cast<uint32_t>(q) & 0xFFu) << (8 * (e % 4));
-        }
-        *reinterpret_cast<uint2*>(dst + static_cast<std::int64_t>(row) * Dp + f.col(i)) =
-            make_uint2(packed[0], packed[1]);
-      } else {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          const int q = quantize_int(f.x(r, i, e), inv, qmax);
-          packed[0] |= (static_cast<uint32_t>(q) & 0xFu) << (4 * e);
-        }
-        *reinterpret_cast<uint32_t*>(dst + static_cast<std::int64_t>(row) * (Dp / 2) + f.col(i) / 2) = packed[0];
-      }
-    }
-  }
-}
-
-// Channel mean of the tile's first `rows` rows (the rows that exist) into
-// `mean` (shared, Dp floats), as the emulation's block mean: per channel the
-// sum over the rows, divided by their count. Warps reduce their 16 rows with
-// shuffles, then one thread per channel adds the warps' sums in a fixed
-// order (deterministic: no atomics). Ends with a barrier.
-template <typename T, int Dp>
-__device__ void tile_channel_mean(const TileFragment<T, Dp>& f, QuantShared& sh, int rows, float* mean) {
-  constexpr int kWarps = kThreads / 32;
-  static_assert(sizeof(float) * kWarps * Dp <= sizeof(sh.tile), "warp sums fit in the (Q job's unused) V tile");
-  float* warp_sums = reinterpret_cast<float*>(sh.tile);  // [warp][channel]
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-  for (int i = 0; i < Dp / 32; ++i)
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      float sum = f.x(0, i, e) + f.x(1, i, e);  // rows that do not exist read as 0
-      // Lanes with the same lane % 4 hold the same channels of other rows.
-      sum += __shfl_xor_sync(0xffffffffu, sum, 4);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 8);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 16);
-      if (lane < 4) warp_sums[warp * Dp + f.col(i) + e] = sum;
-    }
-  __syncthreads();
-  for (int c = threadIdx.x; c < Dp; c += kThreads) {
-    float sum = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += warp_sums[w * Dp + c];
-    mean[c] = sum / static_cast<float>(rows);
-  }
-  __syncthreads();
-}
-
-// The integer half of a Q or K job, once the tile is loaded, the statistics
-// are in shared memory and the group maxima are cleared: group maxima, INT8
-// or INT4 rows (p.qk_bits), and one scale per group (times scale_factor: Q carries
-// sm_scale * log2 e into the kernel's scores).
+// The integer half of a Q or K job, once the tile and the statistics are in
+// shared memory and the group maxima are cleared: group maxima, INT8 or INT4
+// rows (bits), and one scale per group (times scale_factor: Q carries
+// sm_scale * log2 e into the kernel's scores). kSub: the values are the rows
+// minus `mean` (per channel). Rows past n count as 0 and are not stored.
 //
 // Groups follow `geo` (the attention kernel's geometry). A job tile holds
 // whole groups; the last tile of a head may hold fewer groups than a full
 // one (cta_k < 128), so only groups below `total_groups` are written.
-template <typename T, int Dp>
-__device__ void quantize_int_tile(const TileFragment<T, Dp>& f, QuantShared& sh, bool is_query, int bits,
+template <typename T, int Dp, bool kSub>
+__device__ void quantize_int_tile(QuantShared<Dp>& sh, const float* mean, bool is_query, int bits,
                                   const TileGeometry& geo, Granularity g, int row0, int n, int total_groups,
-                                  int8_t* rows, float* scales, float scale_factor) {
-  auto group_of = [&](std::int64_t r) { return is_query ? geo.q_group_of(r, g) : geo.k_group_of(r, g); };
-  const std::int64_t first_group = group_of(row0);
-  int slot[2];
+                                  int8_t* rows_out, float* scales, float scale_factor) {
+  using L = RowLanes<Dp>;
+  const int lane = threadIdx.x % 32;
+  const int rows_here = min(kTileRows, n - row0);
+  float mu[kVec] = {};
+  if (kSub) load_channels<Dp>(mean, mu);
+
+  // |x| maxima of the lane's rows over its chunk (the order of a max does
+  // not matter), then over whole rows: lane l holds row (l / 2) of its warp.
+  float m[L::kRows];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) slot[r] = static_cast<int>(group_of(row0 + f.row(r)) - first_group);
-  // Lanes that share a group: per thread, the 4 lanes of a row quad (Q) or
-  // the 8 lanes whose keys share (key % 8) / 2 (K); otherwise the warp.
-  const int lane_bits = g != Granularity::per_thread ? 5 : (is_query ? 2 : 3);
-  publish_group_amax(sh, slot[0], fmaxf(row_absmax(f, 0), row_absmax(f, 1)), lane_bits);
+  for (int j = 0; j < L::kRows; ++j) {
+    float x[kVec];
+    read_row<T, Dp, kSub>(sh, j, mu, x);
+    m[j] = 0.f;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) m[j] = fmaxf(m[j], fabsf(x[e]));
+    if (L::row(j) >= rows_here) m[j] = 0.f;
+  }
+  float amax = row_max_scatter(m);
+
+  // Scale groups: within a 128-row tile the group of a row, relative to the
+  // tile's first group, is the group of its tile-relative row (row0 is a
+  // multiple of every group period). Inside a warp's 16 rows each group is
+  // the set of rows that agree on some bits of the row index (a range of
+  // 8 or 16 rows, or rows of equal r % 8 or (r % 8) / 2), i.e. of lanes
+  // that agree on some lane bits; a butterfly that only merges lanes of the
+  // same group thus gives each lane its group's maximum. The lowest lane of
+  // each group then publishes it (groups can span warps).
+  const int slot = static_cast<int>(is_query ? geo.q_group_of(16 * (threadIdx.x / 32) + lane / 2, g)
+                                             : geo.k_group_of(16 * (threadIdx.x / 32) + lane / 2, g));
+  bool publish = lane % 2 == 0;
+#pragma unroll
+  for (int mask = 2; mask < 32; mask *= 2) {
+    const float other = __shfl_xor_sync(0xffffffffu, amax, mask);
+    if (__shfl_xor_sync(0xffffffffu, slot, mask) == slot) {
+      amax = fmaxf(amax, other);
+      publish = publish && !(lane & mask);
+    }
+  }
+  if (publish) atomic_max_nonneg(&sh.amax[slot], amax);
   __syncthreads();
 
-  store_int_tile(f, slot, sh, bits, rows, row0, n);
+  // 1 / scale of each of the lane's rows: computed once per row (by the
+  // lanes that hold row l / 2) and fetched from there.
+  const int qmax = bits == 8 ? 127 : 7;
+  const float inv_own = num::reciprocal_rn(num::symmetric_scale(sh.amax[slot], qmax));
+  float inv[L::kRows];
+#pragma unroll
+  for (int j = 0; j < L::kRows; ++j) inv[j] = __shfl_sync(0xffffffffu, inv_own, 2 * (L::row(j) % 16));
+#pragma unroll
+  for (int j = 0; j < L::kRows; ++j) {
+    if (L::row(j) >= rows_here) continue;
+    float x[kVec];
+    read_row<T, Dp, kSub>(sh, j, mu, x);
+    const std::int64_t row = row0 + L::row(j);
+    if (bits == 8) {  // one byte per element, rows of Dp bytes
+      uint32_t packed[2] = {0, 0};
+#pragma unroll
+      for (int e = 0; e < kVec; ++e)
+        packed[e / 4] |= (static_cast<uint32_t>(quantize_int(x[e], inv[j], qmax)) & 0xFFu) << (8 * (e % 4));
+      *reinterpret_cast<uint2*>(rows_out + row * Dp + kVec * L::chunk()) = make_uint2(packed[0], packed[1]);
+    } else {  // two's-complement nibbles, the lower-indexed element in the low nibble (mma.sync .s4)
+      uint32_t packed = 0;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e)
+        packed |= (static_cast<uint32_t>(quantize_int(x[e], inv[j], qmax)) & 0xFu) << (4 * e);
+      *reinterpret_cast<uint32_t*>(rows_out + row * (Dp / 2) + kVec / 2 * L::chunk()) = packed;
+    }
+  }
+
+  const std::int64_t first_group = is_query ? geo.q_group_of(row0, g) : geo.k_group_of(row0, g);
   const int groups_full_tile =
       static_cast<int>(is_query ? geo.q_groups(kTileRows, g) : geo.k_groups(kTileRows, g));
   const int groups_here = min(groups_full_tile, total_groups - static_cast<int>(first_group));
   for (int i = threadIdx.x; i < groups_here; i += kThreads)
-    scales[first_group + i] = num::symmetric_scale(sh.amax[i], bits == 8 ? 127 : 7) * scale_factor;
+    scales[first_group + i] = num::symmetric_scale(sh.amax[i], qmax) * scale_factor;
 }
 
-__device__ __forceinline__ void clear_group_amax(QuantShared& sh) {
-  for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
+// Channel mean of the tile's first `rows` rows (the rows that exist; the
+// tile holds zeros past them) into sh.q_mean, as the emulation's block
+// mean: per channel the sum over the rows, divided by their count. The sum
+// has a fixed order: per 16-row slice the rows pair up as (i, i + 8), the 8
+// pairs add as a binary tree ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)),
+// and the slices' sums add from 0 in slice order. A thread takes a channel
+// pair of one slice (4-byte tile reads of neighbouring pairs: no bank
+// conflicts). Ends with a barrier.
+template <typename T, int Dp>
+__device__ void tile_channel_mean(QuantShared<Dp>& sh, int rows) {
+  const uint32_t* tile32 = reinterpret_cast<const uint32_t*>(sh.tile);  // [row][channel pair]
+  for (int job = threadIdx.x; job < Dp / 2 * kWarps; job += kThreads) {
+    const int pair = job % (Dp / 2), slice = job / (Dp / 2);
+    auto add = [](float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); };
+    auto rows = [&](int i) {  // p_i: rows i and i + 8 of the slice
+      return add(to_float2<T>(tile32[(16 * slice + i) * (Dp / 2) + pair]),
+                 to_float2<T>(tile32[(16 * slice + i + 8) * (Dp / 2) + pair]));
+    };
+    const float2 s0123 = add(add(rows(0), rows(1)), add(rows(2), rows(3)));
+    const float2 s = add(s0123, add(add(rows(4), rows(5)), add(rows(6), rows(7))));
+    sh.slice_sums[slice * Dp + 2 * pair] = s.x;
+    sh.slice_sums[slice * Dp + 2 * pair + 1] = s.y;
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < Dp; c += kThreads) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += sh.slice_sums[w * Dp + c];
+    sh.q_mean[c] = sum / static_cast<float>(rows);
+  }
+  __syncthreads();
+}
+
+// q . mean_k * sm_scale of each row that exists, from the unquantized rows
+// in the tile, in a fixed order: quarter q of a row is one FMA chain over
+// the channels 32 i + 8 q + [0, 8) in order of i, and the four quarters (four
+// neighbouring lanes) add as (q0 + q1) + (q2 + q3).
+template <typename T, int Dp>
+__device__ void lse_correction_tile(const QuantShared<Dp>& sh, float sm_scale, int row0, int n, float* lse_corr) {
+#pragma unroll
+  for (int it = 0; it < kTileRows * 4 / kThreads; ++it) {
+    const int job = threadIdx.x + it * kThreads;
+    const int row = job / 4, quarter = job % 4;
+    float dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < Dp / 32; ++i) {
+      const int chunk = 4 * i + quarter;
+      float x[kVec];
+      unpack8<T>(sh.tile[row * (Dp / kVec) + chunk], x);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) dot = fmaf(x[e], sh.mean[kVec * chunk + e], dot);
+    }
+    dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+    dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+    if (quarter == 0 && row0 + row < n) lse_corr[row0 + row] = dot * sm_scale;
+  }
 }
 
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int job, QuantShared& sh) {
+                                const StridedInput& in, int job, QuantShared<Dp>& sh) {
   const int tiles = (p.nq + kTileRows - 1) / kTileRows;
   const int bh = job / tiles, tile = job % tiles;
   const int b = bh / p.heads_q, h = bh % p.heads_q;
   const int bh_kv = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
   const int row0 = tile * kTileRows;
-  // The tile's loads go out first; the statistics are reduced while they fly.
-  TileFragment<T, Dp> f;
-  load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, nullptr, f);
+  // The tile's copies go out first; the statistics are reduced while they fly.
+  load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, sh.tile);
   if (p.lse_correction) finalize_stats(p, layout, out, bh_kv, false, false, sh);
-  clear_group_amax(sh);
+  for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
+  cp_async_wait<0>();
   __syncthreads();
-  if (p.smooth_q) {
-    tile_channel_mean(f, sh, min(kTileRows, p.nq - row0), sh.q_mean);
+  int8_t* q_rows = out.q + static_cast<std::int64_t>(bh) * p.nq * (Dp * p.qk_bits / 8);
+  float* q_scales = out.q_scale + static_cast<std::int64_t>(bh) * layout.q_groups;
+  if (p.smooth_q) {  // quantize Q - mean_q
+    tile_channel_mean<T, Dp>(sh, min(kTileRows, p.nq - row0));
     for (int c = threadIdx.x; c < Dp; c += kThreads)
       out.q_mean[(static_cast<std::int64_t>(bh) * layout.q_tiles + tile) * Dp + c] = sh.q_mean[c];
-    f.mean = sh.q_mean;  // quantize Q - mean_q
+    quantize_int_tile<T, Dp, true>(sh, sh.q_mean, true, p.qk_bits, p.geometry, p.granularity, row0, p.nq,
+                                   layout.q_groups, q_rows, q_scales, score_scale_log2(p));
+  } else {
+    quantize_int_tile<T, Dp, false>(sh, nullptr, true, p.qk_bits, p.geometry, p.granularity, row0, p.nq,
+                                    layout.q_groups, q_rows, q_scales, score_scale_log2(p));
   }
-  quantize_int_tile(f, sh, true, p.qk_bits, p.geometry, p.granularity, row0, p.nq, layout.q_groups,
-                    out.q + static_cast<std::int64_t>(bh) * p.nq * (Dp * p.qk_bits / 8),
-                     out.q_scale + static_cast<std::int64_t>(bh) * layout.q_groups, score_scale_log2(p));
-  f.mean = nullptr;  // the LSE correction reads the original rows
-
-  if (p.lse_correction) {  // q . mean_k * sm_scale, from the unquantized row
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float dot = 0.f;
-#pragma unroll
-      for (int i = 0; i < Dp / 32; ++i)
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) dot = fmaf(f.x(r, i, e), sh.mean[f.col(i) + e], dot);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
-      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
-      const int row = row0 + f.row(r);
-      if (threadIdx.x % 4 == 0 && row < p.nq) out.lse_corr[static_cast<std::int64_t>(bh) * p.nq + row] = dot * p.sm_scale;
-    }
-  }
+  if (p.lse_correction)
+    lse_correction_tile<T, Dp>(sh, p.sm_scale, row0, p.nq, out.lse_corr + static_cast<std::int64_t>(bh) * p.nq);
 }
 
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int job, QuantShared& sh) {
+                                const StridedInput& in, int job, QuantShared<Dp>& sh) {
   const int tiles = (p.nk + kTileRows - 1) / kTileRows;
   const int bh_kv = job / tiles, tile = job % tiles;
   const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
   const int row0 = tile * kTileRows;
-  // The tile's loads go out first; the mean is reduced while they fly.
-  TileFragment<T, Dp> f;
-  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, p.smooth_k ? sh.mean : nullptr, f);
+  // The tile's copies go out first; the mean is reduced while they fly.
+  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, sh.tile);
   finalize_stats(p, layout, out, bh_kv, false, false, sh);
-  clear_group_amax(sh);
+  for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
+  cp_async_wait<0>();
   __syncthreads();
-  quantize_int_tile(f, sh, false, p.qk_bits, p.geometry, p.granularity, row0, p.nk, layout.k_groups,
-                    out.k + static_cast<std::int64_t>(bh_kv) * p.nk * (Dp * p.qk_bits / 8),
-                     out.k_scale + static_cast<std::int64_t>(bh_kv) * layout.k_groups, 1.f);
+  int8_t* k_rows = out.k + static_cast<std::int64_t>(bh_kv) * p.nk * (Dp * p.qk_bits / 8);
+  float* k_scales = out.k_scale + static_cast<std::int64_t>(bh_kv) * layout.k_groups;
+  if (p.smooth_k) {  // quantize K - mean_k
+    quantize_int_tile<T, Dp, true>(sh, sh.mean, false, p.qk_bits, p.geometry, p.granularity, row0, p.nk,
+                                   layout.k_groups, k_rows, k_scales, 1.f);
+  } else {
+    quantize_int_tile<T, Dp, false>(sh, nullptr, false, p.qk_bits, p.geometry, p.granularity, row0, p.nk,
+                                    layout.k_groups, k_rows, k_scales, 1.f);
+  }
+}
+
+// V - mean_v (kSub) of the tile's rows that exist, rounded to fp16 (RNE, as
+// the emulation's round_to_f16), row-major [Nk][Dp]: 8 channels per 16-byte
+// store; rows past nk are not stored (the kernel zero-fills them).
+template <typename T, int Dp, bool kSub>
+__device__ void store_v_fp16_rows(const QuantShared<Dp>& sh, int row0, int n, std::uint16_t* dst) {
+  using L = RowLanes<Dp>;
+  float mu[kVec] = {};
+  if (kSub) load_channels<Dp>(sh.mean, mu);
+#pragma unroll
+  for (int j = 0; j < L::kRows; ++j) {
+    const int row = row0 + L::row(j);
+    if (row >= n) continue;
+    float x[kVec];
+    read_row<T, Dp, kSub>(sh, j, mu, x);
+    uint32_t packed[4];
+#pragma unroll
+    for (int e = 0; e < kVec; e += 2) {
+      const __half2 pair = __floats2half2_rn(x[e], x[e + 1]);
+      packed[e / 2] = *reinterpret_cast<const uint32_t*>(&pair);
+    }
+    *reinterpret_cast<uint4*>(dst + static_cast<std::int64_t>(row) * Dp + kVec * L::chunk()) =
+        make_uint4(packed[0], packed[1], packed[2], packed[3]);
+  }
+}
+
+// (V - mean_v (kSub)) / v_scale in FP8 E4M3, transposed and permuted: V^T
+// row c, 32-key chunk at pos0 holds at position e the key
+// pos0 + vt_key_of_position(e). A thread takes a pair of channels over one
+// 32-key chunk: it reads the keys' 4-byte channel pairs straight from the
+// [key][channel] tile (neighbouring lanes: neighbouring pairs, no bank
+// conflicts), converts two keys per cvt (positions e, e + 1 are keys k,
+// k + 1) and writes the chunk's full 32-byte sector of each of its two V^T
+// rows, one 16-key half at a time. Keys past nk are 0.
+template <typename T, int Dp, bool kSub>
+__device__ void store_vt_fp8(const QuantShared<Dp>& sh, const PrepassLayout& layout, int row0, int n, uint8_t* vt) {
+  constexpr int kPairs = Dp / 2;
+  static_assert(vt_key_of_position(0) + 1 == vt_key_of_position(1) && vt_key_of_position(16) == 16,
+                "even positions start key pairs; each 16-position half holds its own 16 keys");
+  const uint32_t* tile32 = reinterpret_cast<const uint32_t*>(sh.tile);  // [key][channel pair]
+  const int keys_here = min(kTileRows, n - row0);
+  for (int job = threadIdx.x; job < kPairs * (kTileRows / 32); job += kThreads) {
+    const int pair = job % kPairs, pos0 = (job / kPairs) * 32;
+    const int c = 2 * pair;
+    const float inv0 = sh.inv_scale[c], inv1 = sh.inv_scale[c + 1];
+    const float mean0 = kSub ? sh.mean[c] : 0.f, mean1 = kSub ? sh.mean[c + 1] : 0.f;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      uint32_t words0[4] = {}, words1[4] = {};  // channel c, c + 1: positions 16 half + 4 w + [0, 4)
+#pragma unroll
+      for (int e = 0; e < 16; e += 2) {
+        const int key = pos0 + vt_key_of_position(16 * half + e);
+        float2 lo = to_float2<T>(tile32[key * kPairs + pair]);        // position e: channels c, c + 1
+        float2 hi = to_float2<T>(tile32[(key + 1) * kPairs + pair]);  // position e + 1
+        if (kSub) lo.x -= mean0, lo.y -= mean1, hi.x -= mean0, hi.y -= mean1;
+        if (key >= keys_here) lo = make_float2(0.f, 0.f);
+        if (key + 1 >= keys_here) hi = make_float2(0.f, 0.f);
+        const int shift = 16 * ((e / 2) % 2);
+        words0[e / 4] |= fp8x2_e4m3_code(lo.x * inv0, hi.x * inv0) << shift;
+        words1[e / 4] |= fp8x2_e4m3_code(lo.y * inv1, hi.y * inv1) << shift;
+      }
+      // nk_padded is a multiple of 16: each half of the chunk is in or out whole.
+      const std::int64_t at = row0 + pos0 + 16 * half;
+      if (at < layout.nk_padded) {
+        *reinterpret_cast<uint4*>(vt + c * static_cast<std::int64_t>(layout.nk_padded) + at) =
+            make_uint4(words0[0], words0[1], words0[2], words0[3]);
+        *reinterpret_cast<uint4*>(vt + (c + 1) * static_cast<std::int64_t>(layout.nk_padded) + at) =
+            make_uint4(words1[0], words1[1], words1[2], words1[3]);
+      }
+    }
+  }
 }
 
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int job, QuantShared& sh) {
+                                const StridedInput& in, int job, QuantShared<Dp>& sh) {
   const int tiles = (p.nk + kTileRows - 1) / kTileRows;
   const int bh_kv = job / tiles, tile = job % tiles;
   const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
   const int row0 = tile * kTileRows;
-  // The tile's loads go out first; the statistics are reduced while they fly.
-  TileFragment<T, Dp> f;
-  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, p.smooth_v ? sh.mean : nullptr, f);
+  // The tile's copies go out first; the statistics are reduced while they fly.
+  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, sh.tile);
   finalize_stats(p, layout, out, bh_kv, true, tile == 0, sh);
+  cp_async_wait<0>();
   __syncthreads();
   if (p.v_format == VFormat::fp16_rows) {
-    // Rows of fp16 (RNE, as the emulation's round_to_f16), 8 channels per
-    // 16-byte store; rows past nk are not stored (the kernel zero-fills them).
     std::uint16_t* dst = out.v16 + static_cast<std::int64_t>(bh_kv) * p.nk * Dp;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = row0 + f.row(r);
-      if (row >= p.nk) continue;
-#pragma unroll
-      for (int i = 0; i < Dp / 32; ++i) {
-        uint32_t packed[4];
-#pragma unroll
-        for (int e = 0; e < kVec; e += 2) {
-          const __half2 pair = __floats2half2_rn(f.x(r, i, e), f.x(r, i, e + 1));
-          packed[e / 2] = *reinterpret_cast<const uint32_t*>(&pair);
-        }
-        *reinterpret_cast<uint4*>(dst + static_cast<std::int64_t>(row) * Dp + f.col(i)) =
-            make_uint4(packed[0], packed[1], packed[2], packed[3]);
-      }
+    if (p.smooth_v) {
+      store_v_fp16_rows<T, Dp, true>(sh, row0, p.nk, dst);
+    } else {
+      store_v_fp16_rows<T, Dp, false>(sh, row0, p.nk, dst);
     }
     return;
   }
-  // FP8 into shared memory as [key][channel], 8 channels per store; keys
-  // past nk are 0 (x() reads them as 0).
-#pragma unroll
-  for (int r = 0; r < 2; ++r)
-#pragma unroll
-    for (int i = 0; i < Dp / 32; ++i) {
-      uint32_t packed[2] = {0, 0};
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        const uint32_t code = fp8_e4m3_code(f.x(r, i, e) * sh.inv_scale[f.col(i) + e]);
-        packed[e / 4] |= code << (8 * (e % 4));
-      }
-      *reinterpret_cast<uint2*>(&sh.tile[f.row(r) * (Dp + kTilePad) + f.col(i)]) = make_uint2(packed[0], packed[1]);
-    }
-  __syncthreads();
-
-  // Transposed, permuted store: each thread writes one 32-key chunk (a full
-  // 32-byte sector) of one channel row of V^T. Neighbouring lanes take
-  // neighbouring channels, so their byte reads of the tile hit consecutive
-  // words (no bank conflicts).
-  constexpr int kChunks = kTileRows / 32;
   uint8_t* vt = out.vt + static_cast<std::int64_t>(bh_kv) * Dp * layout.nk_padded;
-  for (int job = threadIdx.x; job < Dp * kChunks; job += kThreads) {
-    const int c = job % Dp;
-    const int pos0 = (job / Dp) * 32;
-    uint32_t words[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll
-    for (int e = 0; e < 32; ++e) {
-      const int key = pos0 + vt_key_of_position(e);
-      words[e / 4] |= static_cast<uint32_t>(sh.tile[key * (Dp + kTilePad) + c]) << (8 * (e % 4));
-    }
-    uint8_t* dst = vt + static_cast<std::int64_t>(c) * layout.nk_padded + row0 + pos0;
-    // nk_padded is a multiple of 16: each half of the chunk is in or out whole.
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      if (row0 + pos0 + 16 * half < layout.nk_padded) {
-        *reinterpret_cast<uint4*>(dst + 16 * half) =
-            make_uint4(words[4 * half], words[4 * half + 1], words[4 * half + 2], words[4 * half + 3]);
-      }
-    }
+  if (p.smooth_v) {
+    store_vt_fp8<T, Dp, true>(sh, layout, row0, p.nk, vt);
+  } else {
+    store_vt_fp8<T, Dp, false>(sh, layout, row0, p.nk, vt);
   }
 }
 
@@ -498,7 +678,7 @@ template <typename T, bool Vec, int Dp>
 __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
     quantize_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out, StridedInput q, StridedInput k,
                     StridedInput v) {
-  __shared__ QuantShared sh;
+  __shared__ QuantShared<Dp> sh;
   const int q_jobs = p.batch * p.heads_q * ((p.nq + kTileRows - 1) / kTileRows);
   const int kv_jobs = p.batch * p.heads_kv * ((p.nk + kTileRows - 1) / kTileRows);
   const int job = blockIdx.x;
@@ -520,7 +700,9 @@ template <typename T, bool Vec, int Dp>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                          StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream) {
   const dim3 stats_grid(layout.chunks, p.batch * p.heads_kv);
-  const std::size_t stats_smem = sizeof(float) * kThreads * kVec;  // row_lanes * Dp floats
+  // The lane reduction (row_lanes * Dp floats), then the Vec ring.
+  const std::size_t stats_smem =
+      sizeof(float) * kThreads * kVec + (Vec ? sizeof(uint4) * kStatsStages * 2 * kThreads : 0);
   kv_stats_kernel<T, Vec><<<stats_grid, kThreads, stats_smem, stream>>>(p, layout, out, k, v);
   const int q_jobs = p.batch * p.heads_q * ((p.nq + kTileRows - 1) / kTileRows);
   const int kv_jobs = p.batch * p.heads_kv * ((p.nk + kTileRows - 1) / kTileRows);
