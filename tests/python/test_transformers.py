@@ -175,19 +175,24 @@ def test_calibration_of_a_whole_model_on_cpu(monkeypatch):
 
 @requires_gpu
 def test_calibration_of_a_realistic_model_on_gpu(monkeypatch):
-    """The same flow with the INT4 path measured by the GPU's kernels (mma.sync INT4)."""
+    """The same flow with the INT4 path measured by the GPU's kernels (mma.sync INT4). On an
+    H200, layer 0 scores 0.84 in INT4 (the others ~0.97): the plan keeps it and one more in INT8
+    and recovers the all-INT8 accuracy (logits cos 0.9972 vs SDPA; all-INT4: 0.958)."""
     sizes = example.REALISTIC
     model = example.build_model(sizes, "cuda", torch.bfloat16)
     vocab = sizes["vocab_size"]
     prompts = [tokens(1, 512, "cuda", vocab), tokens(1, 300, "cuda", vocab)]
     result = calibrate_llama.run(model, prompts, tokens(2, 1024, "cuda", vocab), "cuda")
-    print({key: round(score, 5) for key, (score, _) in result["scores"].items()}, result["runs"])
+    scores, runs, plan = result["scores"], result["runs"], result["plan"]
+    print({key: round(score, 5) for key, (score, _) in scores.items()}, runs)
     layers = sizes["num_hidden_layers"]
-    assert list(result["scores"]) == [(layer, None) for layer in range(layers)]
-    assert all(calls == 2 and 0.9 < score <= 1.0 for score, calls in result["scores"].values())
-    plan = result["plan"]
+    assert list(scores) == [(layer, None) for layer in range(layers)]
+    assert all(calls == 2 and 0.0 < score <= 1.0 for score, calls in scores.values()), scores
     assert sum(e.qk_format == "int8" for e in plan.entries) == 2  # ceil(0.3 * 4)
+    worst = min(scores, key=lambda key: scores[key][0])[0]
+    assert plan.decide(worst)[0] == "int8"
     assert planned_formats(monkeypatch, model, plan, tokens(1, 64, "cuda", vocab)) == [
         plan.decide(layer)[0] for layer in range(layers)]
-    for name, m in result["runs"].items():
-        assert m["cos"] >= 0.98 and m["top1_decisive"] >= 0.95, (name, m)
+    for name in ("plan", "all-int8"):
+        assert runs[name]["cos"] >= 0.99 and runs[name]["top1_decisive"] >= 0.97, (name, runs[name])
+    assert runs["plan"]["cos"] > runs["all-int4"]["cos"], runs
