@@ -185,6 +185,11 @@ std::vector<Case> all_cases() {
        .granularity = G::per_thread, .dist = D::sharp, .pv_format = F16, .pv_accum = ACC32, .qk_format = I4},
       {.b = 1, .hq = 2, .hkv = 2, .nq = 1000, .nk = 300, .d = 128, .causal = true, .align = BR,
        .granularity = G::per_warp, .return_lse = false, .qk_format = I4},
+      // FP16 P V with two-level accumulation
+      {.small = true, .b = 1, .hq = 4, .hkv = 2, .nq = 130, .nk = 257, .d = 64, .layout = NHD, .causal = true,
+       .align = BR, .dtype = FP16, .granularity = G::per_thread, .pv_format = F16, .qk_format = I4},
+      {.b = 2, .hq = 2, .hkv = 2, .nq = 1531, .nk = 1531, .d = 128, .granularity = G::per_thread, .smooth_v = true,
+       .dist = D::heavy_tailed, .pv_format = F16, .qk_format = I4},
   };
   cases.insert(cases.end(), int4.begin(), int4.end());
   // ---- smooth_q (per-tile Q mean + in-kernel key offsets) with every Q/K and PV format
@@ -274,8 +279,7 @@ TEST_F(MmaForward, SmallUnsupportedOptionsNamed) {
     const char* needle;
   };
   std::vector<Want> wants(4);
-  wants[0].options.qk_format = sage::QKFormat::int4, wants[0].options.pv_format = sage::PVFormat::fp16;
-  wants[0].needle = "int4";  // int4 + fp16 two-level is not instantiated
+  wants[0].options.method = sage::Method::sage3, wants[0].needle = "sage3";
   wants[1].options.pv_format = sage::PVFormat::bf16, wants[1].needle = "bf16";
   wants[2].options.pv_format = sage::PVFormat::fp8_e5m2, wants[2].needle = "e5m2";
   wants[3].options.pv_accum = sage::PVAccum::fp32, wants[3].needle = "pv_accum fp32";

@@ -46,24 +46,23 @@ cudaError_t launch_for(const QkInt8MmaParams& p, bool causal, bool bf16, int bat
                   : launch_smooth<Dp, Pv, QkBits, false>(p, causal, bf16, batch_heads, s);
 }
 
-// The instantiated (PV mode, Q/K bits) pairs; unsupported_reason admits no other.
+template <int Dp, int QkBits>
+cudaError_t launch_for_bits(const QkInt8MmaParams& p, PvMode pv, bool causal, bool bf16, int batch_heads,
+                            cudaStream_t s) {
+  switch (pv) {
+    case PvMode::fp8_two_level: return launch_for<Dp, PvMode::fp8_two_level, QkBits>(p, causal, bf16, batch_heads, s);
+    case PvMode::fp16_fp32: return launch_for<Dp, PvMode::fp16_fp32, QkBits>(p, causal, bf16, batch_heads, s);
+    case PvMode::fp16_two_level: return launch_for<Dp, PvMode::fp16_two_level, QkBits>(p, causal, bf16, batch_heads, s);
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Every (PV mode, Q/K bits) pair is instantiated.
 template <int Dp>
 cudaError_t launch_for_dp(const QkInt8MmaParams& p, PvMode pv, int qk_bits, bool causal, bool bf16,
                           int batch_heads, cudaStream_t s) {
-  if (qk_bits == 4) {
-    switch (pv) {
-      case PvMode::fp8_two_level: return launch_for<Dp, PvMode::fp8_two_level, 4>(p, causal, bf16, batch_heads, s);
-      case PvMode::fp16_fp32: return launch_for<Dp, PvMode::fp16_fp32, 4>(p, causal, bf16, batch_heads, s);
-      case PvMode::fp16_two_level: break;
-    }
-    return cudaErrorInvalidValue;
-  }
-  switch (pv) {
-    case PvMode::fp8_two_level: return launch_for<Dp, PvMode::fp8_two_level, 8>(p, causal, bf16, batch_heads, s);
-    case PvMode::fp16_fp32: return launch_for<Dp, PvMode::fp16_fp32, 8>(p, causal, bf16, batch_heads, s);
-    case PvMode::fp16_two_level: return launch_for<Dp, PvMode::fp16_two_level, 8>(p, causal, bf16, batch_heads, s);
-  }
-  return cudaErrorInvalidValue;
+  return qk_bits == 4 ? launch_for_bits<Dp, 4>(p, pv, causal, bf16, batch_heads, s)
+                      : launch_for_bits<Dp, 8>(p, pv, causal, bf16, batch_heads, s);
 }
 
 }  // namespace
@@ -83,9 +82,6 @@ std::string unsupported_reason(const AttentionOptions& o, std::int64_t head_dim,
     default:
       return std::string("pv_format ") + pv_format_name(o.pv_format) +
              " has no mma.sync kernel yet (fp8-e4m3 and fp16 so far)";
-  }
-  if (o.qk_format == QKFormat::int4 && o.pv_format == PVFormat::fp16 && o.pv_accum != PVAccum::fp32) {
-    return "qk_format int4 with pv_format fp16 is built with pv_accum fp32 only (two_level is not instantiated)";
   }
   if (head_dim > 128) return "head_dim " + std::to_string(head_dim) + " > 128 has no mma.sync kernel yet";
   return {};
