@@ -70,6 +70,7 @@ s.sageattn(q, k, v); torch.cuda.synchronize()" 2>&1 | grep -E "^  [a-z]|duration
   paste - - <"$out/kernel-times.txt" | awk '{print "  " $1, $NF " us"}' | sed 's/void //'
   timeout 60 python3 scripts/host_overhead.py 2>&1 | tail -2
   PYTHONUNBUFFERED=1 timeout 300 python3 bench/bench_attention.py $quick --out "$out/bench.json" 2>&1 | tee "$out/bench.log"
+  timeout 120 python3 scripts/smoothq_time.py 2>&1 | tee "$out/smoothq-time.log"
   summary+=("bench: $out/bench.json")
 fi
 
