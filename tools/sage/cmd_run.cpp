@@ -1,6 +1,7 @@
-// `sage run`: the main job. One attention call with the default options on
-// the default problem: on the GPU when there is one that can run it, else
-// on the CPU reference at a small size, saying which and why.
+// `sage run`: the main job. One attention call (the library's default
+// options unless flags choose others) on the default problem: on the GPU
+// when there is one that can run it, else on the CPU reference at a small
+// size, saying which and why.
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -32,13 +33,67 @@ double attention_ops(const ProblemSize& s) {
   return s.causal ? ops / 2 : ops;
 }
 
+// Whether two option sets choose the same quantization (everything but the mask).
+bool same_quantization(const sage::AttentionOptions& a, const sage::AttentionOptions& b) {
+  return a.method == b.method && a.qk_format == b.qk_format && a.qk_granularity == b.qk_granularity &&
+         a.pv_format == b.pv_format && a.pv_accum == b.pv_accum && a.smooth_q == b.smooth_q &&
+         a.smooth_k == b.smooth_k && a.smooth_v == b.smooth_v;
+}
+
 std::string describe_options(const sage::AttentionOptions& o) {
   std::string text = std::string(sage::method_name(o.method)) + ": QK " + sage::qk_format_name(o.qk_format) + " " +
                      sage::granularity_name(o.qk_granularity) + (o.smooth_k ? ", smooth-k" : "") +
                      (o.smooth_q ? ", smooth-q" : "") + (o.smooth_v ? ", smooth-v" : "") + ", PV " +
                      sage::pv_format_name(o.pv_format) +
                      (o.pv_accum == sage::PVAccum::two_level ? " two-level accumulation" : " fp32 accumulation");
-  return text + " (the library defaults)";
+  return same_quantization(o, sage::AttentionOptions{}) ? text + " (the library defaults)" : text;
+}
+
+// The enum value whose name (names.cpp) the flag's value is; the default's
+// name when the flag is absent. UsageError lists the choices otherwise.
+template <typename Enum, std::size_t N>
+Enum read_enum(const ArgParser& parser, const std::string& flag, const Enum (&values)[N], Enum fallback,
+               const char* (*name_of)(Enum)) {
+  std::vector<std::string> names;
+  for (const Enum v : values) names.emplace_back(name_of(v));
+  const std::string chosen = parser.get_choice(flag, name_of(fallback), names);
+  for (const Enum v : values)
+    if (chosen == name_of(v)) return v;
+  return fallback;
+}
+
+constexpr sage::Method kMethods[] = {sage::Method::sage2, sage::Method::sage3, sage::Method::sagebwd};
+constexpr sage::QKFormat kQkFormats[] = {sage::QKFormat::int8, sage::QKFormat::int4};
+constexpr sage::Granularity kGranularities[] = {sage::Granularity::per_block, sage::Granularity::per_warp,
+                                                sage::Granularity::per_thread};
+constexpr sage::PVFormat kPvFormats[] = {sage::PVFormat::fp8_e4m3, sage::PVFormat::fp8_e5m2, sage::PVFormat::fp16,
+                                         sage::PVFormat::bf16};
+const char* pv_accum_name(sage::PVAccum a) { return a == sage::PVAccum::two_level ? "two-level" : "fp32"; }
+constexpr sage::PVAccum kPvAccums[] = {sage::PVAccum::two_level, sage::PVAccum::fp32};
+
+// The quantization flags (declare_quantization_flags) over the library defaults.
+sage::AttentionOptions read_quantization_flags(const ArgParser& parser) {
+  sage::AttentionOptions o;
+  o.method = read_enum(parser, "--method", kMethods, o.method, sage::method_name);
+  o.qk_format = read_enum(parser, "--qk", kQkFormats, o.qk_format, sage::qk_format_name);
+  o.qk_granularity = read_enum(parser, "--granularity", kGranularities, o.qk_granularity, sage::granularity_name);
+  o.pv_format = read_enum(parser, "--pv", kPvFormats, o.pv_format, sage::pv_format_name);
+  o.pv_accum = read_enum(parser, "--pv-accum", kPvAccums, o.pv_accum, pv_accum_name);
+  o.smooth_q = parser.has("--smooth-q");
+  o.smooth_k = !parser.has("--no-smooth-k");
+  o.smooth_v = parser.has("--smooth-v");
+  return o;
+}
+
+void declare_quantization_flags(ArgParser& parser) {
+  parser.add_option("--method", "", "M", "sage2|sage3|sagebwd (default sage2; the GPU runs sage2)");
+  parser.add_option("--qk", "", "F", "Q K^T format: int8|int4 (default int8)");
+  parser.add_option("--granularity", "", "G", "Q/K scale groups: per-block|per-warp|per-thread (default per-warp)");
+  parser.add_option("--pv", "", "F", "P V format: fp8-e4m3|fp8-e5m2|fp16|bf16 (default fp8-e4m3)");
+  parser.add_option("--pv-accum", "", "A", "P V accumulation: two-level|fp32 (default two-level)");
+  parser.add_switch("--smooth-q", "subtract each query tile's mean (off by default)");
+  parser.add_switch("--no-smooth-k", "do not subtract K's channel mean (on by default)");
+  parser.add_switch("--smooth-v", "subtract V's channel mean (off by default)");
 }
 
 // Decides where to run and which problem, printing why when the GPU is not
@@ -84,13 +139,15 @@ void declare_run(ArgParser& parser) {
   add_device_flag(parser);
   ProblemSize defaults = cpu_default();
   add_problem_flags(parser, defaults);
+  declare_quantization_flags(parser);
   parser.set_epilog(
       "Sizes default to B=2, H=32, N=4096, D=128 on a GPU and B=1, H=2, N=1024, D=128 on the CPU; size\n"
-      "flags apply to whichever device runs. Inputs are Gaussian; the options are the library defaults.");
+      "flags apply to whichever device runs. Inputs are Gaussian. Options the GPU kernels cannot run\n"
+      "(e.g. --pv fp8-e5m2) fall back to the CPU reference, saying why, unless --device gpu was given.");
 }
 
 int run_run(const ArgParser& parser) {
-  sage::AttentionOptions options;
+  sage::AttentionOptions options = read_quantization_flags(parser);
   DeviceChoice device = choose_device(parser);
   ProblemSize size;
   if (!settle_device(parser, &device, &size, options)) return 1;
