@@ -31,6 +31,7 @@ the plan's JSON schema and the run-time rules for unseen timesteps: docs/calibra
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import os
@@ -51,22 +52,28 @@ _QK_FORMATS = ("int4", "int8")
 # up to 4 keys (the C++ planner uses the same).
 _FRACTION_TOLERANCE = 1e-9
 
-# The objects of the innermost `with calibrator:` / `with plan:` blocks. Plain
-# module state rather than context variables: torch.compile traces reads of
-# it (a model compiled with attn_implementation="sage" passes layer ids, so
-# sageattn looks here on every call), and cannot trace ContextVar.get. Like
-# the Calibrator, not thread-safe.
-_active = {"calibrator": None, "plan": None}
+# The objects of the innermost `with calibrator:` / `with plan:` blocks: per
+# thread and asyncio task (context variables) in eager code. torch.compile
+# cannot trace ContextVar.get, so traced code reads a process-wide mirror of
+# the same activations instead (a model compiled with attn_implementation=
+# "sage" passes layer ids, and sageattn looks here on every call).
+_active_calibrator = contextvars.ContextVar("sage_attention_calibrator", default=None)
+_active_plan = contextvars.ContextVar("sage_attention_plan", default=None)
+_compiled_view = {"calibrator": None, "plan": None}
 
 
 def active_calibrator() -> "Calibrator | None":
     """The calibrator of the innermost `with calibrator:` block, or None."""
-    return _active["calibrator"]
+    if torch.compiler.is_compiling():
+        return _compiled_view["calibrator"]
+    return _active_calibrator.get()
 
 
 def active_plan() -> "Plan | None":
     """The plan of the innermost `with plan:` block, or None."""
-    return _active["plan"]
+    if torch.compiler.is_compiling():
+        return _compiled_view["plan"]
+    return _active_plan.get()
 
 
 class _Activation:
@@ -74,13 +81,19 @@ class _Activation:
 
     _slot: str
 
+    def _variable(self) -> contextvars.ContextVar:
+        return _active_calibrator if self._slot == "calibrator" else _active_plan
+
     def __enter__(self):
-        self._outer = getattr(self, "_outer", []) + [_active[self._slot]]
-        _active[self._slot] = self
+        token = self._variable().set(self)
+        self._outer = getattr(self, "_outer", []) + [(token, _compiled_view[self._slot])]
+        _compiled_view[self._slot] = self
         return self
 
     def __exit__(self, *exc_info):
-        _active[self._slot] = self._outer.pop()
+        token, outer = self._outer.pop()
+        self._variable().reset(token)
+        _compiled_view[self._slot] = outer
         return False
 
 

@@ -47,11 +47,29 @@ Status check_sm_scale(float sm_scale) {
 }
 
 // Combinations the methods do not have: INT4 QK^T exists only in the
-// SageAttention2 pipeline (sage3 is NVFP4 throughout, SageBwd is INT8).
+// SageAttention2 pipeline (sage3 is NVFP4 throughout, SageBwd is INT8), and
+// the SageAttention2 format knobs mean nothing to the other methods, whose
+// formats are fixed: they must stay at their defaults, never be ignored.
 Status check_method_combination(const AttentionOptions& o) {
   if (o.qk_format == QKFormat::int4 && o.method != Method::sage2) {
     return fail("options.qk_format", "int4 is only available with method sage2 (got method ", method_name(o.method),
                 ")");
+  }
+  if (o.method == Method::sage2) return Status::ok();
+  const AttentionOptions defaults;
+  const char* fixed = o.method == Method::sage3 ? "NVFP4 in 1x16 blocks throughout" : "INT8 per block throughout";
+  if (o.qk_granularity != defaults.qk_granularity) {
+    return fail("options.qk_granularity", granularity_name(o.qk_granularity), " is a sage2 option; method ",
+                method_name(o.method), " quantizes ", fixed, " (leave it at ", granularity_name(defaults.qk_granularity),
+                ")");
+  }
+  if (o.pv_format != defaults.pv_format) {
+    return fail("options.pv_format", pv_format_name(o.pv_format), " is a sage2 option; method ", method_name(o.method),
+                " quantizes ", fixed, " (leave it at ", pv_format_name(defaults.pv_format), ")");
+  }
+  if (o.pv_accum != defaults.pv_accum) {
+    return fail("options.pv_accum", "fp32 is a sage2 option; method ", method_name(o.method),
+                " has its own accumulation (leave it at two_level)");
   }
   return Status::ok();
 }

@@ -22,6 +22,11 @@
 //     delta[j]  = (sum_d mq[d] * (float)kcode[j][d], fp32, d ascending) * ks
 //     delta2[j] = delta[j] * scale_log2
 //   (a kernel that fuses the last add into an FMA differs by one rounding).
+//   The GPU kernels differ from this contract in two roundings, within the
+//   GPU tests' tolerances: mq is the fp32 sum of the tile's rows in a
+//   shuffle-tree order, divided by the row count (here: a double sum rounded
+//   once), and scale_log2 is the fp32 product sm_scale * (float)log2(e)
+//   (here: the double product rounded once; one ulp apart for some D).
 // LSE correction (smooth_k): (sum_d q[r][d] * mean_k[d]) * sm_scale, over the
 // original q (see lse_corrections).
 //

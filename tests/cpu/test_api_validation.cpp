@@ -301,6 +301,25 @@ TEST_F(ApiValidation, Int4OnlyWithSage2) {
   }
 }
 
+TEST_F(ApiValidation, Sage2FormatKnobsAreRefusedByOtherMethods) {
+  const AttentionOptions base = options;
+  for (Method m : {Method::sage3, Method::sagebwd}) {
+    options = base;
+    options.method = m;
+    EXPECT_TRUE(validate().is_ok()) << method_name(m);
+    options.qk_granularity = Granularity::per_thread;
+    expect_invalid(validate(), "options.qk_granularity", {"per-thread", "sage2 option", method_name(m)});
+    options = base;
+    options.method = m;
+    options.pv_format = PVFormat::fp16;
+    expect_invalid(validate(), "options.pv_format", {"fp16", "sage2 option", method_name(m)});
+    options = base;
+    options.method = m;
+    options.pv_accum = PVAccum::fp32;
+    expect_invalid(validate(), "options.pv_accum", {"fp32", "sage2 option", method_name(m)});
+  }
+}
+
 TEST_F(ApiValidation, Sage3NeedsWholeNvfp4BlocksOnTheHost) {
   std::vector<float> buffer(B * Hq * Nk * 24);
   for (TensorView* t : {&args.q, &args.k, &args.v, &args.out}) {

@@ -26,7 +26,8 @@ import calibrate_llama  # noqa: E402
 
 import sage_attention._attention as sage_attention_module  # noqa: E402
 from sage_attention import _ops  # noqa: E402
-from sage_attention.calibration import Plan, PlanEntry  # noqa: E402
+from sage_attention.calibration import Calibrator, Plan, PlanEntry  # noqa: E402
+import sage_attention.integrations.transformers as sage_transformers  # noqa: E402
 
 from conftest import requires_gpu  # noqa: E402
 
@@ -104,6 +105,35 @@ def test_compiled_model_follows_an_active_plan():
             got = compiled(input_ids).logits
     assert not torch.equal(eager, int8)
     torch.testing.assert_close(got, eager)
+
+
+def test_repeated_layer_idx_is_refused_while_calibrating():
+    """Encoder-decoder models repeat layer_idx across stacks: calibrating them raises until
+    assign_layer_ids numbers every attention module, which then gives one key per module."""
+    class Attention(torch.nn.Module):
+        def __init__(self, layer_idx):
+            super().__init__()
+            self.layer_idx, self.is_causal = layer_idx, False
+
+    model = torch.nn.Module()
+    model.encoder = torch.nn.ModuleList([Attention(0), Attention(1)])
+    model.decoder = torch.nn.ModuleList([Attention(0), Attention(1)])
+    q = torch.randn(1, 2, 8, 16, generator=torch.Generator().manual_seed(3))  # [B, H, L, D]
+
+    def call(module):
+        return sage_transformers.sage_attention_forward(module, q, q, q, None)
+
+    with Calibrator():
+        call(model.encoder[0])
+        call(model.encoder[0])  # the same module again is fine
+        with pytest.raises(ValueError, match="assign_layer_ids"):
+            call(model.decoder[0])
+    assert sage_transformers.assign_layer_ids(model) == {"encoder.0": 0, "encoder.1": 1, "decoder.0": 2,
+                                                         "decoder.1": 3}
+    with Calibrator() as calibrator:
+        for module in (*model.encoder, *model.decoder):
+            call(module)
+    assert list(calibrator.scores) == [(layer, None) for layer in range(4)]
 
 
 def test_padding_mask_is_refused_not_ignored():

@@ -21,11 +21,14 @@ sinks, a position bias or dropout raises too.
 
 from __future__ import annotations
 
+import weakref
+
 from transformers import AttentionInterface
 from transformers.masking_utils import (AttentionMaskInterface, bidirectional_mask_function, causal_mask_function,
                                         prepare_padding_mask, sdpa_mask)
 from transformers.utils.import_utils import is_tracing
 
+from .. import calibration
 from .._attention import sageattn
 
 NAME = "sage"
@@ -43,13 +46,50 @@ def sage_attention_forward(module, query, key, value, attention_mask, dropout=0.
     _reject_unsupported(module, attention_mask, dropout, kwargs)
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
-    # The decoder layer's index names the call for adaptive 4/8-bit
-    # (sage_attention.calibration): measured inside `with calibrator:`, its
-    # Q/K format picked inside `with plan:`; no effect otherwise.
     out = sageattn(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), tensor_layout="NHD",
                    is_causal=bool(is_causal), causal_align="bottom_right", sm_scale=scaling,
-                   layer_id=getattr(module, "layer_idx", None))
+                   layer_id=_layer_id(module))
     return out, None
+
+
+def assign_layer_ids(model) -> dict:
+    """Numbers the attention modules of `model` for adaptive 4/8-bit and returns {module name: id}.
+
+    sage attention names each call by its module's `layer_idx` (sage_attention.calibration:
+    measured inside `with calibrator:`, its Q/K format picked inside `with plan:`). That index is
+    unique in decoder-only models but repeats across the stacks of encoder-decoder models (BART,
+    T5, Whisper: encoder layer i, decoder self- and cross-attention i), where calibrating would
+    merge different attentions into one key; calibrating such a model without this raises. The
+    ids follow `named_modules()` order, so the same architecture gets the same ids in the
+    calibration run and at run time."""
+    ids = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "layer_idx") and hasattr(module, "is_causal"):  # an attention module
+            module.sage_layer_id = ids[name] = len(ids)
+    return ids
+
+
+# Per calibrator: the attention module seen under each layer_idx, to catch repeated indices.
+_modules_by_layer_idx = weakref.WeakKeyDictionary()
+
+
+def _layer_id(module):
+    """The layer id of an attention call: assign_layer_ids' number, else the module's layer_idx
+    (checked for uniqueness while calibrating), else None (the call is not named)."""
+    assigned = getattr(module, "sage_layer_id", None)
+    if assigned is not None:
+        return assigned
+    layer_idx = getattr(module, "layer_idx", None)
+    calibrator = calibration.active_calibrator()
+    if layer_idx is not None and calibrator is not None:
+        seen = _modules_by_layer_idx.setdefault(calibrator, {})
+        first = seen.setdefault(layer_idx, weakref.ref(module))()
+        if first is not None and first is not module:
+            raise ValueError(
+                f"sage attention: layer_idx {layer_idx} belongs to two attention modules ({type(first).__name__} "
+                f"and {type(module).__name__}; encoder and decoder stacks repeat it), so calibration would merge "
+                "them: call sage_attention.integrations.transformers.assign_layer_ids(model) first")
+    return layer_idx
 
 
 def sage_mask(q_length, kv_length, q_offset=0, kv_offset=0, mask_function=causal_mask_function,
