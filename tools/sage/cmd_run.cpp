@@ -41,11 +41,18 @@ bool same_quantization(const sage::AttentionOptions& a, const sage::AttentionOpt
 }
 
 std::string describe_options(const sage::AttentionOptions& o) {
-  std::string text = std::string(sage::method_name(o.method)) + ": QK " + sage::qk_format_name(o.qk_format) + " " +
-                     sage::granularity_name(o.qk_granularity) + (o.smooth_k ? ", smooth-k" : "") +
-                     (o.smooth_q ? ", smooth-q" : "") + (o.smooth_v ? ", smooth-v" : "") + ", PV " +
-                     sage::pv_format_name(o.pv_format) +
-                     (o.pv_accum == sage::PVAccum::two_level ? " two-level accumulation" : " fp32 accumulation");
+  const std::string smoothing = std::string(o.smooth_k ? ", smooth-k" : "") + (o.smooth_q ? ", smooth-q" : "") +
+                                (o.smooth_v ? ", smooth-v" : "");
+  std::string text = std::string(sage::method_name(o.method)) + ": ";
+  switch (o.method) {
+    case sage::Method::sage2:
+      text += std::string("QK ") + sage::qk_format_name(o.qk_format) + " " + sage::granularity_name(o.qk_granularity) +
+              smoothing + ", PV " + sage::pv_format_name(o.pv_format) +
+              (o.pv_accum == sage::PVAccum::two_level ? " two-level accumulation" : " fp32 accumulation");
+      break;
+    case sage::Method::sage3: text += "NVFP4 Q, K, P, V in 1x16 blocks (two-level P)" + smoothing; break;
+    case sage::Method::sagebwd: text += "INT8 per-block QK and PV" + smoothing; break;
+  }
   return same_quantization(o, sage::AttentionOptions{}) ? text + " (the library defaults)" : text;
 }
 
