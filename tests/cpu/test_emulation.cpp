@@ -171,7 +171,9 @@ std::vector<Pipeline> pipelines() {
   s3.smooth_q = true;
   AttentionOptions bwd;
   bwd.method = Method::sagebwd;
-  // LSE tolerances: measured max over 8 seeds 5e-3 (INT8), 9e-2 (INT4), 6e-2 (NVFP4).
+  // LSE tolerances: measured max over 8 seeds 5e-3 (INT8), 9e-2 (INT4), 6e-2 (NVFP4). INT4
+  // without K smoothing has a long tail: 0.213 once in 2400 seeds (gaussian, 512 x 384 keys,
+  // D=128), so its bound is 0.3; a missing smoothing correction is off by several units.
   return {
       {"sage2-int8-fp8", AttentionOptions{},
        {{.999, .045}, {.99999, .003}, {.975, .080}, {.970, .130}, {.998, .050}}, 0.02, 0.08},
@@ -181,7 +183,7 @@ std::vector<Pipeline> pipelines() {
        {{.9998, .016}, {.99999, .0003}, {.975, .060}, {.970, .110}, {.9985, .036}}, 0.02, 0.08},
       {"sage2-int8-bf16", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::bf16),
        {{.9998, .016}, {.99999, .0003}, {.975, .060}, {.970, .110}, {.9985, .036}}, 0.02, 0.08},
-      {"sage2-int4-fp8", int4, {{.970, .240}, {.99995, .005}, {.600, .550}, {.720, .650}, {.800, .520}}, 0.2, 1.5},
+      {"sage2-int4-fp8", int4, {{.970, .240}, {.99995, .005}, {.600, .550}, {.720, .650}, {.800, .520}}, 0.3, 1.5},
       {"sage3-nvfp4", s3, {{.975, .220}, {.9990, .024}, {.700, .450}, {.940, .270}, {.890, .400}}, 0.15, 1.2},
       {"sagebwd-int8", bwd, {{.9995, .026}, {.99999, .0012}, {.975, .070}, {.930, .300}, {.998, .043}}, 0.02, 0.08},
   };

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <ostream>
 #include <random>
 #include <sstream>
@@ -186,6 +187,32 @@ class ScopedKernelFamily {
   static constexpr const char* kVar = "SAGE_FORCE_KERNEL";
   std::string previous_;
   bool had_previous_ = false;
+};
+
+// The fixture base of one kernel family's tests: a GPU that can run the
+// family (`runs` decides from its compute capability, `needs` says what it
+// takes), made current, and the dispatch limited to the family for the
+// test's duration, so these tests never pass on another family's results.
+class KernelFamilyTest : public sage::test::GpuTest {
+ protected:
+  KernelFamilyTest(const char* family, bool (*runs)(int sm), const char* needs)
+      : family_(family), runs_(runs), needs_(needs) {}
+  void SetUp() override {
+    sage::test::GpuTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    if (!runs_(sm())) {
+      GTEST_SKIP() << "the " << family_ << " kernels need " << needs_ << "; this GPU is " << props().name << " (sm_"
+                   << sm() << ")";
+    }
+    force_.emplace(family_);
+  }
+  void TearDown() override { force_.reset(); }
+
+ private:
+  const char* family_;
+  bool (*runs_)(int sm);
+  const char* needs_;
+  std::optional<ScopedKernelFamily> force_;
 };
 
 // ------------------------------------------------------------------ seeds

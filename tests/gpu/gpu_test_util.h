@@ -101,6 +101,7 @@ class GpuTest : public ::testing::Test {
   int sm() const { return props_.major * 10 + props_.minor; }
   int sm_count() const { return props_.multiProcessorCount; }
   const cudaDeviceProp& props() const { return props_; }
+  int device() const { return device_; }  // the current device the test runs on
 
  private:
   int device_ = 0;

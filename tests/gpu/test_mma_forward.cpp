@@ -38,27 +38,12 @@ namespace {
 
 // ------------------------------------------------------------------ device
 
-// A GPU with mma.sync INT8 (compute capability >= 8.0), made current, and
-// the dispatch limited to the mma.sync family for the test's duration.
-// (Cases and tests that need FP8 PV skip themselves below sm_89.)
-class MmaTest : public sage::test::GpuTest {
+// A GPU with mma.sync INT8 (compute capability >= 8.0) with the dispatch
+// limited to the mma.sync family. (Cases and tests that need FP8 PV skip
+// themselves below sm_89.)
+class MmaTest : public KernelFamilyTest {
  protected:
-  void SetUp() override {
-    sage::test::GpuTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    if (sm() < 80) {
-      GTEST_SKIP() << "the mma.sync kernels need compute capability 8.0 or newer; this GPU is " << props().name
-                   << " (sm_" << sm() << ")";
-    }
-    SAGE_CUDA_CHECK(cudaGetDevice(&device_));
-    force_.emplace("mma");
-  }
-  void TearDown() override { force_.reset(); }
-  int device() const { return device_; }
-
- private:
-  int device_ = 0;
-  std::optional<ScopedKernelFamily> force_;
+  MmaTest() : KernelFamilyTest("mma", [](int sm) { return sm >= 80; }, "compute capability 8.0 or newer") {}
 };
 
 // ------------------------------------------------------------------ the case table

@@ -42,28 +42,11 @@ namespace {
 
 // ------------------------------------------------------------------ device
 
-// The fixture of every test here: a CUDA device of compute capability 9.0
-// (the sm90 kernel's only target), made current, and the dispatch limited
-// to the sm90 family (SAGE_FORCE_KERNEL=sm90) for the test's duration, so
-// these tests never pass on another family's results.
-class Sm90Test : public sage::test::GpuTest {
+// The fixture of every test here: a compute capability 9.0 GPU (the sm90
+// kernel's only target) with the dispatch limited to the sm90 family.
+class Sm90Test : public KernelFamilyTest {
  protected:
-  void SetUp() override {
-    sage::test::GpuTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    if (props().major != 9 || props().minor != 0) {
-      GTEST_SKIP() << "the sm90 kernel needs a compute capability 9.0 GPU; this one is " << props().name << " (sm_"
-                   << props().major << props().minor << ")";
-    }
-    SAGE_CUDA_CHECK(cudaGetDevice(&device_));
-    force_.emplace("sm90");
-  }
-  void TearDown() override { force_.reset(); }
-  int device() const { return device_; }
-
- private:
-  int device_ = 0;
-  std::optional<ScopedKernelFamily> force_;
+  Sm90Test() : KernelFamilyTest("sm90", [](int sm) { return sm == 90; }, "a compute capability 9.0 GPU") {}
 };
 
 // ------------------------------------------------------------------ the case table
