@@ -171,21 +171,24 @@ std::vector<Pipeline> pipelines() {
   s3.smooth_q = true;
   AttentionOptions bwd;
   bwd.method = Method::sagebwd;
+  // Bounds per distribution (gaussian, channel bias, outliers, heavy-tailed, sharp): the worst
+  // cos-sim and rel-L1 over 558 fresh seeds (N=1024, D=128), with 50% more room for 1 - cos and
+  // 25% for rel-L1, and never tighter than the first (8-seed) bounds.
   // LSE tolerances: measured max over 8 seeds 5e-3 (INT8), 9e-2 (INT4), 6e-2 (NVFP4). INT4
   // without K smoothing has a long tail: 0.213 once in 2400 seeds (gaussian, 512 x 384 keys,
   // D=128), so its bound is 0.3; a missing smoothing correction is off by several units.
   return {
       {"sage2-int8-fp8", AttentionOptions{},
-       {{.999, .045}, {.99999, .003}, {.975, .080}, {.970, .130}, {.998, .050}}, 0.02, 0.08},
+       {{.9987, .051}, {.99999, .003}, {.97, .086}, {.952, .16}, {.998, .055}}, 0.02, 0.08},
       {"sage2-int8-e5m2", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::fp8_e5m2),
-       {{.996, .085}, {.99995, .007}, {.975, .100}, {.970, .150}, {.9965, .070}}, 0.02, 0.08},
+       {{.9952, .099}, {.99995, .0076}, {.969, .11}, {.951, .18}, {.9964, .078}}, 0.02, 0.08},
       {"sage2-int8-fp16", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::fp16),
-       {{.9998, .016}, {.99999, .0003}, {.975, .060}, {.970, .110}, {.9985, .036}}, 0.02, 0.08},
+       {{.9998, .018}, {.99999, .0003}, {.971, .062}, {.952, .14}, {.9985, .04}}, 0.02, 0.08},
       {"sage2-int8-bf16", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::bf16),
-       {{.9998, .016}, {.99999, .0003}, {.975, .060}, {.970, .110}, {.9985, .036}}, 0.02, 0.08},
-      {"sage2-int4-fp8", int4, {{.970, .240}, {.99995, .005}, {.600, .550}, {.720, .650}, {.800, .520}}, 0.3, 1.5},
-      {"sage3-nvfp4", s3, {{.975, .220}, {.9990, .024}, {.700, .450}, {.940, .270}, {.890, .400}}, 0.15, 1.2},
-      {"sagebwd-int8", bwd, {{.9995, .026}, {.99999, .0012}, {.975, .070}, {.930, .300}, {.998, .043}}, 0.02, 0.08},
+       {{.9998, .018}, {.99999, .0003}, {.971, .062}, {.952, .14}, {.9985, .04}}, 0.02, 0.08},
+      {"sage2-int4-fp8", int4, {{.963, .28}, {.99995, .005}, {.52, .62}, {.63, .72}, {.73, .61}}, 0.3, 1.5},
+      {"sage3-nvfp4", s3, {{.968, .26}, {.999, .028}, {.59, .58}, {.932, .31}, {.86, .46}}, 0.15, 1.2},
+      {"sagebwd-int8", bwd, {{.9995, .029}, {.99999, .0013}, {.966, .079}, {.89, .39}, {.998, .047}}, 0.02, 0.08},
   };
 }
 
@@ -308,39 +311,53 @@ TEST(EmulationSmoothing, SmoothVHelpsFp8PvOnChannelBias) {
   const Result on = run(c, bwd);
   bwd.smooth_v = false;
   const Result off = run(c, bwd);
-  EXPECT_LT(on.m.rel_l1, 0.6 * off.m.rel_l1) << "on: " << describe(on.m) << "\noff: " << describe(off.m);
+  // SageBwd (INT8 V per block): measured on/off relL1 ratio over 400 seeds median 0.30, 99th
+  // percentile 0.53, max 0.70 (the seeds whose channel biases happen to be small).
+  EXPECT_LT(on.m.rel_l1, 0.9 * off.m.rel_l1) << "on: " << describe(on.m) << "\noff: " << describe(off.m);
 }
 
 // Q smoothing: with a per-channel offset in Q (shared by all tokens), INT4 Q
 // groups waste their 15 levels on the offset; subtracting the block mean and
 // adding mean_q . k back (in fp32) removes that part of the error. The gain
-// is moderate (measured relL1 ratio 0.75-0.95): the K rounding error, now
-// multiplied by the large Q, remains.
+// is moderate: the K rounding error, now multiplied by the large Q, remains.
+// Per input (4 heads), the on/off ratio over 400 seeds: rel-L1 median 0.81
+// (sage2) / 0.78 (sage3), max 0.96 / 0.93; LSE error median 0.62 / 0.56,
+// max 0.91 / 1.004. So the test sums the errors over three inputs.
 TEST(EmulationSmoothing, SmoothQHelpsInt4OnBiasedQueries) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_note(seed));
-  // Four heads average out the seed-to-seed spread (a biased Q makes rows sharp).
-  Case c{make_problem(512, 512, 128, 4, 4), {}, {}, {}};
-  c.in = make_inputs(c.p, Distribution::gaussian, seed, DType::f32);
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> bias(0.0f, 4.0f);
-  const std::int64_t D = c.p.head_dim;
-  for (std::int64_t h = 0; h < c.p.heads_q; ++h)
-    for (std::int64_t d = 0; d < D; ++d) {
-      const float b = bias(rng);
-      for (std::int64_t i = 0; i < c.p.nq; ++i) c.in.q[(h * c.p.nq + i) * D + d] += b;
+  struct Errors {
+    double rel_l1 = 0, lse = 0;
+  };
+  Errors on[2], off[2];  // per method
+  for (std::uint64_t input = 0; input < 3; ++input) {
+    Case c{make_problem(512, 512, 128, 4, 4), {}, {}, {}};
+    c.in = make_inputs(c.p, Distribution::gaussian, seed + input, DType::f32);
+    std::mt19937_64 rng(seed + input);
+    std::normal_distribution<float> bias(0.0f, 4.0f);
+    const std::int64_t D = c.p.head_dim;
+    for (std::int64_t h = 0; h < c.p.heads_q; ++h)
+      for (std::int64_t d = 0; d < D; ++d) {
+        const float b = bias(rng);
+        for (std::int64_t i = 0; i < c.p.nq; ++i) c.in.q[(h * c.p.nq + i) * D + d] += b;
+      }
+    compute_exact(c);
+    const Method methods[2] = {Method::sage2, Method::sage3};
+    for (int mi = 0; mi < 2; ++mi) {
+      AttentionOptions o = sage2(QKFormat::int4, Granularity::per_thread, PVFormat::fp16);
+      o.method = methods[mi];
+      o.smooth_q = true;
+      const Result with = run(c, o);
+      o.smooth_q = false;
+      const Result without = run(c, o);
+      on[mi].rel_l1 += with.m.rel_l1, on[mi].lse += with.lse_err;
+      off[mi].rel_l1 += without.m.rel_l1, off[mi].lse += without.lse_err;
     }
-  compute_exact(c);
-  for (Method m : {Method::sage2, Method::sage3}) {
-    SCOPED_TRACE(method_name(m));
-    AttentionOptions o = sage2(QKFormat::int4, Granularity::per_thread, PVFormat::fp16);
-    o.method = m;
-    o.smooth_q = true;
-    const Result on = run(c, o);
-    o.smooth_q = false;
-    const Result off = run(c, o);
-    EXPECT_LT(on.m.rel_l1, off.m.rel_l1) << "on: " << describe(on.m) << "\noff: " << describe(off.m);
-    EXPECT_LT(on.lse_err, off.lse_err);
+  }
+  for (int mi = 0; mi < 2; ++mi) {
+    SCOPED_TRACE(mi == 0 ? "sage2" : "sage3");
+    EXPECT_LT(on[mi].rel_l1, off[mi].rel_l1);
+    EXPECT_LT(on[mi].lse, off[mi].lse);
   }
 }
 
