@@ -33,13 +33,6 @@ double attention_ops(const ProblemSize& s) {
   return s.causal ? ops / 2 : ops;
 }
 
-// Whether two option sets choose the same quantization (everything but the mask).
-bool same_quantization(const sage::AttentionOptions& a, const sage::AttentionOptions& b) {
-  return a.method == b.method && a.qk_format == b.qk_format && a.qk_granularity == b.qk_granularity &&
-         a.pv_format == b.pv_format && a.pv_accum == b.pv_accum && a.smooth_q == b.smooth_q &&
-         a.smooth_k == b.smooth_k && a.smooth_v == b.smooth_v;
-}
-
 std::string describe_options(const sage::AttentionOptions& o) {
   const std::string smoothing = std::string(o.smooth_k ? ", smooth-k" : "") + (o.smooth_q ? ", smooth-q" : "") +
                                 (o.smooth_v ? ", smooth-v" : "");
@@ -53,7 +46,9 @@ std::string describe_options(const sage::AttentionOptions& o) {
     case sage::Method::sage3: text += "NVFP4 Q, K, P, V in 1x16 blocks (two-level P)" + smoothing; break;
     case sage::Method::sagebwd: text += "INT8 per-block QK and PV" + smoothing; break;
   }
-  return same_quantization(o, sage::AttentionOptions{}) ? text + " (the library defaults)" : text;
+  sage::AttentionOptions defaults;  // with the run's mask, the one field `sage run` sets itself
+  defaults.causal = o.causal;
+  return same_options(o, defaults) ? text + " (the library defaults)" : text;
 }
 
 // The enum value whose name (names.cpp) the flag's value is; the default's

@@ -85,6 +85,13 @@ std::string describe_short(const ProblemSize& s) {
   return os.str();
 }
 
+bool same_options(const sage::AttentionOptions& a, const sage::AttentionOptions& b) {
+  return a.method == b.method && a.layout == b.layout && a.causal == b.causal && a.causal_align == b.causal_align &&
+         a.sm_scale == b.sm_scale && a.qk_format == b.qk_format && a.qk_granularity == b.qk_granularity &&
+         a.pv_format == b.pv_format && a.pv_accum == b.pv_accum && a.smooth_q == b.smooth_q &&
+         a.smooth_k == b.smooth_k && a.smooth_v == b.smooth_v && a.return_lse == b.return_lse;
+}
+
 sage::ref::Problem to_ref_problem(const ProblemSize& s) {
   sage::ref::Problem p;
   p.batch = s.batch;

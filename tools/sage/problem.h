@@ -33,6 +33,11 @@ std::string describe(const ProblemSize& size);
 // "B=1, H=2, N=1024, D=128" (short form for one-line notes)
 std::string describe_short(const ProblemSize& size);
 
+// Whether two option sets are equal in every field (a new field of
+// AttentionOptions belongs here too: `sage accuracy` shares the result of
+// rows whose options are the same, and `sage run` names the defaults).
+bool same_options(const sage::AttentionOptions& a, const sage::AttentionOptions& b);
+
 // The reference's view of the problem: HND, top-left causal alignment,
 // sm_scale = 1/sqrt(D) (what the API's default sm_scale = 0 resolves to).
 sage::ref::Problem to_ref_problem(const ProblemSize& size);

@@ -30,6 +30,22 @@ __device__ __forceinline__ int key_tiles_for(const ForwardParams& p, int q_tile)
   return reach < all ? static_cast<int>(reach) : all;
 }
 
+// What one CTA computes: query tile q_tile of (batch, query head) bh, which
+// reads kv head bh_kv (GQA), over n_tiles key tiles. The grid is (query
+// tiles, B * Hq); causal grids run the longest rows first, so the tail of
+// the grid is short work.
+struct CtaWork {
+  int q_tile, bh, bh_kv, n_tiles;
+};
+template <class T>
+__device__ __forceinline__ CtaWork cta_work(const ForwardParams& p) {
+  const int q_tile = T::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int bh = blockIdx.y;
+  const int b = bh / p.heads_q;
+  const int h = bh % p.heads_q;
+  return {q_tile, bh, b * p.heads_kv + h / (p.heads_q / p.heads_kv), key_tiles_for<T>(p, q_tile)};
+}
+
 template <typename OutT>
 struct OutputConvert;
 template <>

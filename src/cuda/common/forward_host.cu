@@ -45,15 +45,22 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
   return p;
 }
 
-Status launch_prepass(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& pp,
-                      const quant::PrepassLayout& layout, const quant::PrepassBuffers& buf, cudaStream_t stream) {
-  const cudaError_t err = quant::launch_prepass(pp, layout, buf, strided(args.q, o.layout), strided(args.k, o.layout),
-                                                strided(args.v, o.layout), stream);
+Status start_prepass(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& problem,
+                     void* workspace, cudaStream_t stream, bool kernel_only, Prepass* out) {
+  out->problem = problem;
+  out->layout = quant::make_prepass_layout(problem);
+  out->buffers = out->layout.carve(workspace);
+  if (kernel_only) return Status::ok();
+  const cudaError_t err = quant::launch_prepass(problem, out->layout, out->buffers, strided(args.q, o.layout),
+                                                strided(args.k, o.layout), strided(args.v, o.layout), stream);
   return err == cudaSuccess ? Status::ok() : cuda_status(err, "quantization pre-pass launch");
 }
 
-void fill_forward_params(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& pp,
-                         const quant::PrepassLayout& layout, const quant::PrepassBuffers& buf, ForwardParams* p) {
+void fill_forward_params(const AttentionArgs& args, const AttentionOptions& o, const Prepass& prepass,
+                         ForwardParams* p) {
+  const quant::PrepassProblem& pp = prepass.problem;
+  const quant::PrepassLayout& layout = prepass.layout;
+  const quant::PrepassBuffers& buf = prepass.buffers;
   p->q_scale = buf.q_scale;
   p->k_scale = buf.k_scale;
   p->v_scale = buf.v_scale;

@@ -23,12 +23,22 @@ quant::StridedInput strided(const TensorView& t, TensorLayout layout);
 quant::PrepassProblem prepass_problem(const AttentionArgs& args, const AttentionOptions& o, TileGeometry geometry,
                                       quant::VFormat v_format);
 
-// Enqueues the pre-pass of the call on `stream`.
-Status launch_prepass(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& pp,
-                      const quant::PrepassLayout& layout, const quant::PrepassBuffers& buf, cudaStream_t stream);
+// A call's pre-pass: its problem, where its outputs lie in the workspace
+// and the buffers carved there.
+struct Prepass {
+  quant::PrepassProblem problem;
+  quant::PrepassLayout layout;
+  quant::PrepassBuffers buffers;
+};
 
-// Everything in ForwardParams, from the call and its pre-pass buffers.
-void fill_forward_params(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& pp,
-                         const quant::PrepassLayout& layout, const quant::PrepassBuffers& buf, ForwardParams* p);
+// Carves `problem`'s outputs out of `workspace` into *out and, unless
+// kernel_only (the workspace already holds them: benchmarks), enqueues the
+// pre-pass on `stream`.
+Status start_prepass(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& problem,
+                     void* workspace, cudaStream_t stream, bool kernel_only, Prepass* out);
+
+// Everything in ForwardParams, from the call and its pre-pass.
+void fill_forward_params(const AttentionArgs& args, const AttentionOptions& o, const Prepass& prepass,
+                         ForwardParams* p);
 
 }  // namespace sage::fwd

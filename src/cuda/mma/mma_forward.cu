@@ -92,14 +92,15 @@ std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& o
 }
 
 Status run(const AttentionArgs& args, const AttentionOptions& o, void* workspace, Stream stream, bool kernel_only) {
-  const quant::PrepassProblem pp = prepass_problem(args, o);
-  const quant::PrepassLayout layout = quant::make_prepass_layout(pp);
-  const quant::PrepassBuffers buf = layout.carve(workspace);
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  if (!kernel_only) SAGE_RETURN_IF_ERROR(fwd::launch_prepass(args, o, pp, layout, buf, s));
+  fwd::Prepass prepass;
+  SAGE_RETURN_IF_ERROR(fwd::start_prepass(args, o, prepass_problem(args, o), workspace, s, kernel_only, &prepass));
+  const quant::PrepassProblem& pp = prepass.problem;
+  const quant::PrepassLayout& layout = prepass.layout;
+  const quant::PrepassBuffers& buf = prepass.buffers;
 
   QkInt8MmaParams p{};
-  fwd::fill_forward_params(args, o, pp, layout, buf, &p);
+  fwd::fill_forward_params(args, o, prepass, &p);
   p.q = buf.q;
   p.k = buf.k;
   p.vt = buf.vt;

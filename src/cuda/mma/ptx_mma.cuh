@@ -1,7 +1,7 @@
 // Small named wrappers around the PTX of the mma.sync kernel family (sm_80
-// and newer): cp.async global->shared copies, ldmatrix, and the warp-level
-// MMAs. Each wrapper names its operand fragments the way the PTX ISA's
-// "matrix fragments for mma.m16n8k32" section does:
+// and newer): ldmatrix and the warp-level MMAs (cp.async comes from
+// cuda/common/ptx_copy.cuh). Each wrapper names its operand fragments the
+// way the PTX ISA's "matrix fragments for mma.m16n8k32" section does:
 //   lane l, g = l / 4 (group), q = l % 4 (thread in group);
 //   A (16 x 32 bytes, row-major): a0 row g, bytes 4q..4q+3; a1 row g+8, same
 //     bytes; a2 row g, bytes 16+4q..; a3 row g+8, bytes 16+4q..;
@@ -12,27 +12,14 @@
 
 #include <cstdint>
 
+#include "cuda/common/ptx_copy.cuh"
+
 namespace sage::mma {
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// ---- cp.async ----------------------------------------------------------------
-// Copies 16 bytes from global `src` to shared `dst`; when !valid nothing is
-// read and the 16 bytes are zero-filled (src-size 0), so tiles past the end
-// of a tensor need no separate clearing.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
+using ptx::cp_async_16;
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
+using ptx::smem_addr;
 
 // ---- ldmatrix ----------------------------------------------------------------
 // Four 8x8 b16 matrices (8 rows of 16 bytes each); lanes 8m..8m+7 give the

@@ -322,13 +322,7 @@ __device__ __forceinline__ void softmax_and_pv(Softmax& softmax, float (&o)[T::k
 // ---- kernel ----------------------------------------------------------------------
 template <class T>
 __device__ __forceinline__ void forward_tile(const QkInt8MmaParams& p, FwdSharedStorage<T>& s) {
-  // Causal: the longest rows first, so the tail of the grid is short work.
-  const int q_tile = T::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const int bh = blockIdx.y;
-  const int b = bh / p.heads_q;
-  const int h = bh % p.heads_q;
-  const int bh_kv = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
-  const int n_tiles = fwd::key_tiles_for<T>(p, q_tile);
+  const auto [q_tile, bh, bh_kv, n_tiles] = fwd::cta_work<T>(p);
 
   // Prologue: group 0 = Q + tile 0, group 1 = tile 1 (possibly empty groups:
   // the wait counts below stay uniform).

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cuda/common/ptx_copy.cuh"
 #include "numerics/formats.h"
 #include "numerics/tile_geometry.h"
 
@@ -91,17 +92,9 @@ __device__ __forceinline__ void load8(const T* row, int c0, int head_dim, float 
   for (int i = 0; i < kVec; ++i) x[i] = c0 + i < head_dim ? to_float(row[c0 + i]) : 0.f;
 }
 
-// 16-byte asynchronous copy global -> shared (cp.async, cached in L2 only),
-// and its group commit / wait.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int Pending>  // waits until at most `Pending` of this thread's groups are in flight
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
-}
+using ptx::cp_async_16;  // (cuda/common/ptx_copy.cuh)
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
 
 // Hardware conversions for the hot loops. numerics/formats.h (what the CPU
 // emulation runs) is portable bit arithmetic, tens of instructions per value;
@@ -177,8 +170,8 @@ __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, Pr
     auto issue = [&](int i) {
       if (i < rows && in_dim) {
         const int r = start + rl + i * row_lanes;
-        if (p.smooth_k) cp_async16(ring_slot(i), k_base + r * k_in.stride_n + c0);
-        cp_async16(ring_slot(i) + kThreads, v_base + r * v_in.stride_n + c0);
+        if (p.smooth_k) cp_async_16(ring_slot(i), k_base + r * k_in.stride_n + c0);
+        cp_async_16(ring_slot(i) + kThreads, v_base + r * v_in.stride_n + c0);
       }
       cp_async_commit();
     };
@@ -295,7 +288,7 @@ __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n,
     const int row = row0 + k / kChunks, c0 = (k % kChunks) * kVec;
     const T* src = base + row * in.stride_n + c0;
     if (Vec && row < n && c0 < head_dim) {
-      cp_async16(&tile[k], src);
+      cp_async_16(&tile[k], src);
     } else {
       uint32_t w[4];
 #pragma unroll

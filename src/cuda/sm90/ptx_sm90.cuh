@@ -5,11 +5,11 @@
 
 #include <cstdint>
 
+#include "cuda/common/ptx_copy.cuh"
+
 namespace sage::sm90 {
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+using ptx::smem_addr;
 
 // ---- mbarrier -------------------------------------------------------------
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) {

@@ -95,15 +95,16 @@ std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& o
 }
 
 Status run(const AttentionArgs& args, const AttentionOptions& o, void* workspace, Stream stream, bool kernel_only) {
-  const quant::PrepassProblem pp = prepass_problem(args, o);
-  const quant::PrepassLayout layout = quant::make_prepass_layout(pp);
-  const quant::PrepassBuffers buf = layout.carve(workspace);
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  if (!kernel_only) SAGE_RETURN_IF_ERROR(fwd::launch_prepass(args, o, pp, layout, buf, s));
+  fwd::Prepass prepass;
+  SAGE_RETURN_IF_ERROR(fwd::start_prepass(args, o, prepass_problem(args, o), workspace, s, kernel_only, &prepass));
+  const quant::PrepassProblem& pp = prepass.problem;
+  const quant::PrepassLayout& layout = prepass.layout;
+  const quant::PrepassBuffers& buf = prepass.buffers;
 
   const int dp = layout.head_dim_padded;
   QkInt8PvFp8Params p{};
-  fwd::fill_forward_params(args, o, pp, layout, buf, &p);
+  fwd::fill_forward_params(args, o, prepass, &p);
   SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp, 128));
   SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_k, buf.k, dp, pp.nk, std::uint64_t(pp.batch) * pp.heads_kv, dp, 128));
   SAGE_RETURN_IF_ERROR(

@@ -243,13 +243,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
   // TMA swizzled tiles and wgmma descriptors need 1024-byte aligned buffers.
   auto& s = *reinterpret_cast<FwdSharedStorage<T>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
 
-  // Causal: the longest rows first, so the tail of the grid is short work.
-  const int q_tile = T::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const int bh = blockIdx.y;
-  const int b = bh / p.heads_q;
-  const int h = bh % p.heads_q;
-  const int bh_kv = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
-  const int n_tiles = fwd::key_tiles_for<T>(p, q_tile);
+  const auto [q_tile, bh, bh_kv, n_tiles] = fwd::cta_work<T>(p);
 
   if (threadIdx.x == 0) {
     mbar_init(&s.q_full, 1);

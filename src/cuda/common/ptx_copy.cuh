@@ -1,0 +1,33 @@
+// PTX wrappers every kernel of the library shares (pre-pass, sm90, mma.sync):
+// the shared-memory address of a generic pointer and the cp.async copies
+// (sm_80 and newer) with their group commit and wait.
+#pragma once
+
+#include <cstdint>
+
+namespace sage::ptx {
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Copies 16 bytes from global `src` to shared `dst` (cached in L2 only).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+// The same, except that when !valid nothing is read and the 16 bytes are
+// zero-filled (src-size 0), so tiles past the end of a tensor need no
+// separate clearing.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+}  // namespace sage::ptx
