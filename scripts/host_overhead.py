@@ -1,11 +1,55 @@
-import time, torch, sage_attention as s
+"""Host time of one sageattn call, and where it goes (on a GPU machine).
+
+A tiny problem (B=H=1, N=128, D=128) keeps the GPU idle, so wall time per call
+is host time: Python, the dispatcher, the C++ core (validation, pointer
+checks, TMA descriptors, launches). Each piece is timed alone over many calls.
+"""
+
+import time
+
+import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-q,k,v=[torch.randn(1,1,128,128,dtype=torch.bfloat16,device='cuda') for _ in range(3)]
-def wall(fn, n=300):
-    for _ in range(20): fn()
-    torch.cuda.synchronize(); t=time.perf_counter()
-    for _ in range(n): fn()
-    torch.cuda.synchronize(); return (time.perf_counter()-t)/n*1e6
-print(f"host overhead per call (tiny problem): sageattn {wall(lambda: s.sageattn(q,k,v)):.1f} us", flush=True)
-with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-    print(f"  sdpa cudnn {wall(lambda: torch.nn.functional.scaled_dot_product_attention(q,k,v)):.1f} us")
+
+import sage_attention as s
+from sage_attention import _C, _ops
+
+
+def wall_us(fn, n=2000):
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def main():
+    q, k, v = [torch.randn(1, 1, 128, 128, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
+    out, lse = _ops._new_outputs(q, "HND", False)
+    args = _ops._with_defaults(())
+    options = _ops._core_options(*args)
+    specs = (_ops.tensor_spec(q), _ops.tensor_spec(k), _ops.tensor_spec(v), _ops.tensor_spec(out), None)
+    nbytes = _C.workspace_size(*specs, options)
+    ws = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    pieces = {
+        "sageattn (whole call)": lambda: s.sageattn(q, k, v),
+        "torch.ops.sage_attention.forward": lambda: _ops.forward(q, k, v),
+        "_forward_kernel (no dispatcher)": lambda: _ops._forward_kernel(q, k, v),
+        "_C.forward (C++ core alone)": lambda: _C.forward(*specs, options, ws.data_ptr(), nbytes, stream),
+        "  outputs + workspace (3 torch.empty)": lambda: (_ops._new_outputs(q, "HND", False),
+                                                          torch.empty(nbytes, dtype=torch.uint8, device="cuda")),
+        "  tensor_spec x4": lambda: (_ops.tensor_spec(q), _ops.tensor_spec(k), _ops.tensor_spec(v),
+                                     _ops.tensor_spec(out)),
+    }
+    for name, fn in pieces.items():
+        print(f"{name:40s} {wall_us(fn):7.1f} us", flush=True)
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        t = wall_us(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    print(f"{'sdpa cudnn (whole call)':40s} {t:7.1f} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -96,11 +96,15 @@ def lse_shape(q: torch.Tensor, tensor_layout: str):
 
 
 def _new_outputs(q: torch.Tensor, tensor_layout: str, return_lse: bool):
-    """out shaped like q (contiguous) and lse; without return_lse an empty lse, so the op's
-    output signature stays fixed at no cost. The real and the fake kernel share this."""
-    shape = lse_shape(q, tensor_layout)
+    """out shaped like q (contiguous) and lse, or None without return_lse."""
+    shape = lse_shape(q, tensor_layout)  # (also the check of q's rank and of tensor_layout)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    return out, q.new_empty(shape if return_lse else 0, dtype=torch.float32)
+    return out, (q.new_empty(shape, dtype=torch.float32) if return_lse else None)
+
+
+def _with_empty_lse(q, out, lse):
+    """The operator's outputs: its signature is fixed, so a missing lse is an empty tensor."""
+    return out, (q.new_empty(0, dtype=torch.float32) if lse is None else lse)
 
 
 @functools.lru_cache(maxsize=256)
@@ -140,9 +144,8 @@ def _with_defaults(options: tuple) -> tuple:
     return options + _OPTION_DEFAULTS[len(options):]
 
 
-def _forward_kernel(q, k, v, *given_options):
-    """CPU and CUDA kernel of `forward`: one C++ call (quantization pre-pass + attention)."""
-    option_args = _with_defaults(given_options)
+def _run_forward(q, k, v, option_args):
+    """One C++ call (quantization pre-pass + attention): (out, lse), lse None without return_lse."""
     tensor_layout, _, _, return_lse = option_args[:4]
     out, lse = _new_outputs(q, tensor_layout, return_lse)
     options = _core_options(*option_args)
@@ -158,9 +161,44 @@ def _forward_kernel(q, k, v, *given_options):
     return out, lse
 
 
+def _forward_kernel(q, k, v, *given_options):
+    """CPU and CUDA kernel of the `forward` operator."""
+    return _with_empty_lse(q, *_run_forward(q, k, v, _with_defaults(given_options)))
+
+
+def _plain_eager_call(q, k, v) -> bool:
+    """True when the `forward` operator would only hand the call to _run_forward.
+
+    That is: plain tensors (no subclass: fake, functional, DTensor...), no
+    torch function or dispatch mode active, not being traced by
+    torch.compile, and no gradient to refuse. Each dispatcher hop of a
+    Python-registered kernel boxes its fifteen arguments; skipping the two
+    hops saves ~30 us per call (scripts/host_overhead.py), a third of the
+    host time of a short attention call.
+    """
+    if torch.compiler.is_compiling():  # first: under Dynamo the rest must not be traced
+        return False
+    if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    return not (torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack())
+
+
+def attention(q, k, v, *option_args):
+    """(out, lse or None): the `forward` operator, or its kernel directly when nothing needs the dispatcher.
+
+    option_args are forward's twelve options, all given, in schema order.
+    """
+    if _plain_eager_call(q, k, v):
+        return _run_forward(q, k, v, option_args)
+    out, lse = forward(q, k, v, *option_args)
+    return out, (lse if option_args[3] else None)
+
+
 def _forward_fake(q, k, v, *given_options):
     tensor_layout, _, _, return_lse = _with_defaults(given_options)[:4]
-    return _new_outputs(q, tensor_layout, return_lse)
+    return _with_empty_lse(q, *_new_outputs(q, tensor_layout, return_lse))
 
 
 class _ForwardWithoutBackward(torch.autograd.Function):

@@ -40,7 +40,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if query.shape[:-3] != key.shape[:-3] or key.shape[:-1] != value.shape[:-1]:
         raise ValueError(f"batch dimensions disagree: query {tuple(query.shape)}, key {tuple(key.shape)}, "
                          f"value {tuple(value.shape)}")
-    out, _ = _ops.forward(_as_bhld(query), _as_bhld(key), _as_bhld(value), "HND", bool(is_causal),
+    out, _ = _ops.attention(_as_bhld(query), _as_bhld(key), _as_bhld(value), "HND", bool(is_causal),
                           None if scale is None else float(scale), False, *_ops.QUANT_DEFAULTS.values())
     return out.view(query.shape)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import randn
 from sage_attention import merge_state, merge_state_, sageattn
@@ -81,6 +82,44 @@ def test_no_autograd_graph_under_no_grad():
     q.requires_grad_()
     with torch.no_grad():
         assert sageattn(q, k, v).grad_fn is None
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records the names of the aten / custom operators dispatched under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_plain_eager_calls_skip_the_dispatcher_with_the_same_result(monkeypatch):
+    from sage_attention import _ops
+    q, k, v = qkv(hq=4)
+    via_op = forward(q, k, v, "HND", True, None, True)
+    dispatched = []
+    monkeypatch.setattr(_ops, "forward", lambda *a: dispatched.append(a) or via_op)
+    out, lse = sageattn(q, k, v, is_causal=True, return_lse=True)
+    assert not dispatched
+    assert torch.equal(out, via_op[0]) and torch.equal(lse, via_op[1])
+
+
+@pytest.mark.parametrize("case", ["requires_grad", "dispatch_mode"])
+def test_calls_that_need_the_dispatcher_go_through_the_operator(case):
+    q, k, v = qkv()
+    recorder = _OpRecorder()
+    if case == "requires_grad":
+        q.requires_grad_()
+        out = sageattn(q, k, v)
+        assert out.grad_fn is not None  # recorded on the autograd graph, whose backward refuses
+    else:
+        with recorder:
+            out = sageattn(q, k, v)
+        assert "sage_attention.forward.default" in recorder.ops
+    torch.testing.assert_close(out.detach(), forward(q.detach(), k, v)[0], rtol=0, atol=0)
 
 
 def _block(q, k, v):

@@ -170,16 +170,16 @@ def test_realistic_llama_bf16_on_gpu(head_dim):
 def planned_formats(monkeypatch, model, plan, input_ids):
     """The Q/K format of every sage attention call of one planned forward pass, in call order."""
     formats = []
-    forward = _ops.forward
+    forward = _ops.attention
     qk_format_at = 7 + list(_ops.QUANT_DEFAULTS).index("qk_format")  # after q, k, v, layout, causal, scale, lse
 
     def spy(*args):
         formats.append(args[qk_format_at])
         return forward(*args)
 
-    monkeypatch.setattr(sage_attention_module._ops, "forward", spy)
+    monkeypatch.setattr(sage_attention_module._ops, "attention", spy)
     calibrate_llama.logits_with_plan(model, plan, input_ids)
-    monkeypatch.setattr(sage_attention_module._ops, "forward", forward)
+    monkeypatch.setattr(sage_attention_module._ops, "attention", forward)
     return formats
 
 

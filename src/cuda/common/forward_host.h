@@ -16,6 +16,11 @@ namespace sage::fwd {
 
 Status cuda_status(cudaError_t err, const char* what);
 
+// Opts `kernel` into `bytes` of dynamic shared memory on the current device
+// (needed above 48 KiB), once per kernel and device: the attribute persists,
+// and setting it on every call cost host time on the short calls.
+cudaError_t allow_dynamic_smem(const void* kernel, int bytes);
+
 // [B, H, N, D] strides of a q/k/v/out view in either layout.
 quant::StridedInput strided(const TensorView& t, TensorLayout layout);
 

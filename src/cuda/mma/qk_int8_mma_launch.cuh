@@ -7,6 +7,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "cuda/common/forward_host.h"
+
 #include "cuda/mma/qk_int8_mma_fwd.cuh"
 
 namespace sage::mma {
@@ -17,9 +19,7 @@ cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, int batch_heads, cudaSt
   auto kernel = qk_int8_mma_kernel<T>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>);
   static_assert(kSmem <= 99 * 1024, "shared memory per CTA (sm_86/89/120 allow 99 KiB)");
-  // Above 48 KiB dynamic shared memory must be opted into, per function and
-  // device; setting it each call is cheap and stays correct across devices.
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  cudaError_t err = fwd::allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem);
   if (err != cudaSuccess) return err;
   const dim3 grid((p.nq + T::kBlockQ - 1) / T::kBlockQ, batch_heads);
   kernel<<<grid, T::kThreads, kSmem, stream>>>(p);

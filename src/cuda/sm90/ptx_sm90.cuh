@@ -15,12 +15,17 @@ using ptx::smem_addr;
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(arrivals));
 }
-// Makes the initialized barriers visible to the async (TMA) proxy.
-// Barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple of 32).
+// Barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple
+// of 32): sync blocks until `threads` have reached it (syncs and arrivals);
+// arrive counts the caller in without waiting.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
+// Makes the initialized barriers visible to the async (TMA) proxy.
 __device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
@@ -39,6 +44,23 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       "@!done bra wait_%=;\n"
       "}\n" ::"r"(smem_addr(bar)),
       "r"(parity)
+      : "memory");
+}
+
+// The same for a waiter with nothing else to do (the producer warps): each
+// try_wait may suspend the thread until the phase completes (the hint bounds
+// the suspension, in ns) instead of returning at once. A spinning producer
+// took a sixth of its SM sub-partition's issue slots from the consumer warp
+// beside it.
+__device__ __forceinline__ void mbar_wait_idle(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1, %2;\n"
+      "@!done bra wait_%=;\n"
+      "}\n" ::"r"(smem_addr(bar)),
+      "r"(parity), "r"(1000000u)
       : "memory");
 }
 

@@ -9,8 +9,14 @@
 //                (base 2, scales folded in), packs P to FP8 in registers and
 //                accumulates P V^T into a fresh fp32 tile accumulator that is
 //                added into O (two-level accumulation).
-// The two consumer warpgroups work independently, so one's softmax overlaps
-// the other's MMAs.
+// Ping-pong: the consumers take turns on the tensor cores. A turn is one
+// "MMA phase", P V^T of the previous tile followed by Q K^T of the next;
+// while one consumer is in its MMA phase the other runs its softmax on the
+// CUDA cores and the MUFU. Left to themselves, the two warpgroups (same
+// work, same barriers) run in lockstep: both softmaxes at once, then both
+// MMAs at once, so the tensor cores and the MUFU (each about half of a
+// tile's time) never work at the same time. The turns are two named
+// barriers (ConsumerTurns below).
 //
 // Data flow per key tile (consumer view):
 //   smem K[st] --wgmma s8--> S int32 regs --x q_scale*k_scale, max, exp2-->
@@ -48,9 +54,13 @@ struct FwdTraits {
   static constexpr int kRowsPerConsumer = 64;  // wgmma M
   static constexpr int kConsumers = kBlockQ / kRowsPerConsumer;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  static constexpr int kStages = 2;
-  static constexpr int kProducerRegs = 40;
-  static constexpr int kConsumerRegs = 232;
+  // Three stages: with ping-pong the second consumer releases a stage half a
+  // tile after the first, which leaves two stages too little time to refill.
+  static constexpr int kStages = 3;
+  // A consumer holds O, the P V^T tile accumulator, S and P at once while
+  // its MMAs run (~210 registers); the smooth_q producer warps need 40.
+  static constexpr int kProducerRegs = SmoothQ ? 40 : 24;
+  static constexpr int kConsumerRegs = SmoothQ ? 232 : 240;
   static constexpr int kQBytes = kBlockQ * kDp;
   static constexpr int kKBytes = kBlockK * kDp;
   static constexpr int kVBytes = kDp * kBlockK;
@@ -90,7 +100,7 @@ __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
   for (int t = 0; t < n_tiles; ++t) {
     const int st = t % T::kStages;
     const uint32_t phase = (t / T::kStages) & 1;
-    mbar_wait(&s.kv_empty[st], phase ^ 1);  // passes at once on a fresh barrier
+    mbar_wait_idle(&s.kv_empty[st], phase ^ 1);  // passes at once on a fresh barrier
     mbar_arrive_expect_tx(&s.k_full[st], T::kKBytes);
     tma_load_3d(s.k[st], &p.tmap_k, &s.k_full[st], 0, t * T::kBlockK, bh_kv);
     mbar_arrive_expect_tx(&s.v_full[st], T::kVBytes);
@@ -119,8 +129,8 @@ __device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage
   for (int t = 0; t < n_tiles; ++t) {
     const int st = t % T::kStages;
     const uint32_t phase = (t / T::kStages) & 1;
-    mbar_wait(&s.kv_empty[st], phase ^ 1);
-    mbar_wait(&s.k_full[st], phase);
+    mbar_wait_idle(&s.kv_empty[st], phase ^ 1);
+    mbar_wait_idle(&s.k_full[st], phase);
     // Two keys, each summed over the even and the odd 16-channel chunks
     // separately: four independent FMA chains instead of two long ones.
     float dot[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
@@ -144,8 +154,10 @@ __device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage
 }
 
 // ---- consumer: MMAs + softmax --------------------------------------------------------
+// S = Q K^T, issued asynchronously (one commit group): s_acc is written
+// until mma_wait releases it.
 template <class T>
-__device__ __forceinline__ void qk_mma(int32_t (&s_acc)[T::kSAcc], const int8_t* q_rows, const int8_t* k_tile) {
+__device__ __forceinline__ void qk_mma_issue(int32_t (&s_acc)[T::kSAcc], const int8_t* q_rows, const int8_t* k_tile) {
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < T::kDp / 32; ++kk) {
@@ -153,13 +165,14 @@ __device__ __forceinline__ void qk_mma(int32_t (&s_acc)[T::kSAcc], const int8_t*
                                kk > 0);
   }
   wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(s_acc);
 }
 
+// P V^T into a fresh accumulator (the tile's level of the two-level
+// accumulation), issued asynchronously (one commit group); p_frag is read
+// until it completes.
 template <class T>
-__device__ __forceinline__ void pv_mma(float (&pv)[T::kOAcc], const uint32_t (&p_frag)[T::kBlockK / 32][4],
-                                       const uint8_t* vt_tile) {
+__device__ __forceinline__ void pv_mma_issue(float (&pv)[T::kOAcc], const uint32_t (&p_frag)[T::kBlockK / 32][4],
+                                             const uint8_t* vt_tile) {
   wgmma_fence();
 #pragma unroll
   for (int c = 0; c < T::kBlockK / 32; ++c) {
@@ -170,10 +183,34 @@ __device__ __forceinline__ void pv_mma(float (&pv)[T::kOAcc], const uint32_t (&p
     }
   }
   wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(pv);
 }
 
+// Waits until at most `Pending` commit groups are in flight, then hands the
+// accumulator of the completed one back to the compiler.
+template <int Pending, typename Acc, int N>
+__device__ __forceinline__ void mma_wait(Acc (&acc)[N]) {
+  wgmma_wait<Pending>();
+  fence_operands(acc);
+}
+
+// The ping-pong turns of the two consumer warpgroups: named barrier
+// kTurnBarrier + c is consumer c's turn. A consumer waits for its turn before
+// its MMA phase and hands the turn over once the phase's MMAs are issued
+// (bar.sync over both warpgroups: the waiter's 128 threads plus the other's
+// 128 arrivals).
+struct ConsumerTurns {
+  static constexpr int kTurnBarrier = 2;  // (1 is the smooth_q producer warps' barrier)
+  int consumer;
+  __device__ __forceinline__ void wait_mine() const { named_barrier_sync(kTurnBarrier + consumer, 256); }
+  __device__ __forceinline__ void hand_over() const { named_barrier_arrive(kTurnBarrier + (1 - consumer), 256); }
+};
+
+// Consumer loop, one MMA phase per turn: turn t issues P V^T of tile t-1
+// (if any) and Q K^T of tile t (if any) back to back; the turn handed over,
+// P V^T is folded into O under the running Q K^T, then the softmax of tile
+// t runs. P and alpha carry from turn to turn. Consumer 0 takes the first turn; consumer 1
+// ends with the last one, so it has nobody to hand it to (every arrival is
+// matched by a wait: n_tiles + 1 turns each).
 template <class T>
 __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int q_tile, int bh, int bh_kv,
                         int n_tiles, int consumer) {
@@ -196,41 +233,77 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
   for (int i = 0; i < T::kOAcc; ++i) o[i] = 0.f;
 
   const int8_t* q_rows = s.q + consumer * T::kRowsPerConsumer * T::kDp;
+  const ConsumerTurns turns{consumer};
+  if (consumer == 1) turns.hand_over();  // consumer 0 goes first
   mbar_wait(&s.q_full, 0);
 
-  for (int t = 0; t < n_tiles; ++t) {
+  uint32_t p_frag[T::kBlockK / 32][4];  // P of the previous tile, FP8
+  float alpha[2];                        // its rescale factors of O
+
+  auto issue_qk = [&](int t, int32_t(&s_acc)[T::kSAcc]) {
     const int st = t % T::kStages;
-    const uint32_t phase = (t / T::kStages) & 1;
+    mbar_wait(&s.k_full[st], (t / T::kStages) & 1);
+    qk_mma_issue<T>(s_acc, q_rows, s.k[st]);
+  };
+  auto issue_pv = [&](int t, float(&pv)[T::kOAcc]) {
+    const int st = t % T::kStages;
+    mbar_wait(&s.v_full[st], (t / T::kStages) & 1);
+    pv_mma_issue<T>(pv, p_frag, s.vt[st]);
+  };
+  // Once P V^T of tile t is complete: frees its stage, folds it into O.
+  auto fold_pv = [&](int t, const float(&pv)[T::kOAcc]) {
+    mbar_arrive(&s.kv_empty[t % T::kStages]);  // K and V^T of tile t may be overwritten now
+#pragma unroll
+    for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
+  };
+  // Once S of tile t is complete: the softmax into p_frag / alpha.
+  auto softmax_tile = [&](int t, int32_t(&s_acc)[T::kSAcc]) {
+    const int st = t % T::kStages;
     const int key0 = t * T::kBlockK;
     const float qk_scale = q_scale * k_scales[geometry.k_group_of(key0 + 2 * quad, p.granularity)];
-
-    int32_t s_acc[T::kSAcc];
-    mbar_wait(&s.k_full[st], phase);
-    qk_mma<T>(s_acc, q_rows, s.k[st]);
-
     const bool needs_mask = key0 + T::kBlockK > p.nk ||
                             (T::kCausal && key0 + T::kBlockK - 1 > q_tile * T::kBlockQ + p.causal_shift);
     if (needs_mask) mask_scores<T::kSAcc>(s_acc, rows, key0 + 2 * quad, p.nk, T::kCausal, p.causal_shift);
-
-    uint32_t p_frag[T::kBlockK / 32][4];
-    float alpha[2];
     if constexpr (T::kSmoothQ) {
       float sf[T::kSAcc];
-      mbar_wait(&s.delta_full[st], phase);
+      mbar_wait(&s.delta_full[st], (t / T::kStages) & 1);
       smoothq::scores_with_offsets(s_acc, qk_scale, s.delta[st], 2 * quad, sf);
       softmax.step(p_frag, alpha, sf);
     } else {
       softmax.step(p_frag, alpha, s_acc, qk_scale, needs_mask);
     }
+  };
 
-    float pv[T::kOAcc];
-    mbar_wait(&s.v_full[st], phase);
-    pv_mma<T>(pv, p_frag, s.vt[st]);
-    mbar_arrive(&s.kv_empty[st]);  // K[st] and V^T[st] may be overwritten now
-
-#pragma unroll
-    for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
+  // (No branch may separate a wgmma from its wait: ptxas then serializes
+  // every wgmma of the kernel. Hence the first and last turns are peeled.)
+  if (n_tiles > 0) {
+    int32_t s_acc[T::kSAcc];
+    turns.wait_mine();
+    issue_qk(0, s_acc);
+    turns.hand_over();
+    mma_wait<0>(s_acc);
+    softmax_tile(0, s_acc);
   }
+  for (int t = 1; t < n_tiles; ++t) {
+    float pv[T::kOAcc];
+    int32_t s_acc[T::kSAcc];
+    turns.wait_mine();
+    issue_pv(t - 1, pv);
+    issue_qk(t, s_acc);
+    turns.hand_over();
+    mma_wait<1>(pv);  // P V^T done, Q K^T still running
+    fold_pv(t - 1, pv);
+    mma_wait<0>(s_acc);
+    softmax_tile(t, s_acc);
+  }
+  turns.wait_mine();
+  if (n_tiles > 0) {
+    float pv[T::kOAcc];
+    issue_pv(n_tiles - 1, pv);
+    mma_wait<0>(pv);
+    fold_pv(n_tiles - 1, pv);
+  }
+  if (consumer == 0) turns.hand_over();
 
   softmax.finish();
   fwd::write_output<T>(p, o, softmax, rows, bh, bh_kv, quad);

@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include "cuda/common/forward_host.h"
+
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_fwd.cuh"
 
 namespace sage::sm90 {
@@ -14,9 +16,7 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int batch_hea
   auto kernel = qk_int8_pv_fp8_sm90_kernel<T>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
-  // The attribute is per function and per device; setting it each call is
-  // cheap and stays correct when the caller switches devices.
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  cudaError_t err = fwd::allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem);
   if (err != cudaSuccess) return err;
   const dim3 grid((p.nq + T::kBlockQ - 1) / T::kBlockQ, batch_heads);
   kernel<<<grid, T::kThreads, kSmem, stream>>>(p);

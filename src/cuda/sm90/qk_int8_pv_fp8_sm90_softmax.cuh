@@ -86,26 +86,53 @@ struct OnlineSoftmax {
     // qk_scale > 0, so this thread's largest integer gives its largest score.
     // The threads of a quad can hold different K scales (per-thread
     // granularity), so the quad reduces scores, not integers.
-    int imax[2] = {INT_MIN, INT_MIN};
+    // (Two independent maxima per row, four partial sums below: a warp's
+    // softmax runs mostly alone under ping-pong, so the length of its
+    // dependency chains, not its instruction count, sets its time.)
+    int imax[2][2] = {{INT_MIN, INT_MIN}, {INT_MIN, INT_MIN}};
 #pragma unroll
-    for (int i = 0; i < NAcc; ++i) imax[(i / 2) % 2] = max(imax[(i / 2) % 2], s[i]);
+    for (int i = 0; i < NAcc; ++i) imax[(i / 2) % 2][(i / 4) % 2] = max(imax[(i / 2) % 2][(i / 4) % 2], s[i]);
     float shift[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const float mine = imax[r] == INT_MIN ? -INFINITY : static_cast<float>(imax[r]) * qk_scale;
+      const int row_max = max(imax[r][0], imax[r][1]);
+      const float mine = row_max == INT_MIN ? -INFINITY : static_cast<float>(row_max) * qk_scale;
       update_row(r, mine, alpha, shift);
     }
 
 #pragma unroll
     for (int i = 0; i < NAcc; ++i) {
-      const int r = (i / 2) % 2;
       // (A plain conversion: I2FP is one instruction; the magic-number
       // add and subtract measured 2-4% slower, docs/perf-notes.md.)
-      float e = fast_exp2(fmaf(static_cast<float>(s[i]), qk_scale, -shift[r]));
-      if (masked && s[i] == INT_MIN) e = 0.f;  // (INT_MIN * a tiny qk_scale need not underflow)
-      pexp[i] = e;
-      l[r] += e;
+      pexp[i] = fast_exp2(fmaf(static_cast<float>(s[i]), qk_scale, -shift[(i / 2) % 2]));
     }
+    // A masked score (INT_MIN) must give exactly 0. Its exponent
+    // INT_MIN * qk_scale - shift is far below exp2's flush-to-zero point
+    // unless qk_scale is tiny (inputs near zero), so the per-score check
+    // (two instructions per score, a fifth of the loop when it ran on every
+    // tile) runs only on the tiles where it can matter.
+    if (masked && !masked_scores_flush_to_zero(qk_scale, shift)) {
+#pragma unroll
+      for (int i = 0; i < NAcc; ++i) {
+        if (s[i] == INT_MIN) pexp[i] = 0.f;
+      }
+    }
+    add_row_sums(pexp);
+  }
+
+  // l += this tile's P~, row by row, in four independent partial sums per row.
+  __device__ __forceinline__ void add_row_sums(const float (&pexp)[NAcc]) {
+    float part[2][4] = {};
+#pragma unroll
+    for (int i = 0; i < NAcc; ++i) part[(i / 2) % 2][(i / 4) % 4] += pexp[i];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l[r] += (part[r][0] + part[r][1]) + (part[r][2] + part[r][3]);
+  }
+
+  // True when exp2(INT_MIN * qk_scale - shift[r]) is 0 for both rows:
+  // ex2.approx.ftz returns 0 below -126; -128 leaves a margin.
+  static __device__ __forceinline__ bool masked_scores_flush_to_zero(float qk_scale, const float (&shift)[2]) {
+    return fmaf(static_cast<float>(INT_MIN), qk_scale, -fminf(shift[0], shift[1])) < -128.f;
   }
 
   // The same for float scores (masked ones -inf, whose exp2 is 0).
@@ -117,12 +144,8 @@ struct OnlineSoftmax {
 #pragma unroll
     for (int r = 0; r < 2; ++r) update_row(r, mine[r], alpha, shift);
 #pragma unroll
-    for (int i = 0; i < NAcc; ++i) {
-      const int r = (i / 2) % 2;
-      const float e = fast_exp2(sf[i] - shift[r]);
-      pexp[i] = e;
-      l[r] += e;
-    }
+    for (int i = 0; i < NAcc; ++i) pexp[i] = fast_exp2(sf[i] - shift[(i / 2) % 2]);
+    add_row_sums(pexp);
   }
 
   // Row r's new running max from this thread's largest score of the tile:
