@@ -14,9 +14,9 @@
 // while one consumer is in its MMA phase the other runs its softmax on the
 // CUDA cores and the MUFU. Left to themselves, the two warpgroups (same
 // work, same barriers) run in lockstep: both softmaxes at once, then both
-// MMAs at once, so the tensor cores and the MUFU (each about half of a
-// tile's time) never work at the same time. The turns are two named
-// barriers (ConsumerTurns below).
+// MMA phases at once, so the tensor cores and the MUFU rarely work at the
+// same time. The turns are two named barriers (ConsumerTurns below);
+// docs/perf-notes.md has the measurements.
 //
 // Data flow per key tile (consumer view):
 //   smem K[st] --wgmma s8--> S int32 regs --x q_scale*k_scale, max, exp2-->
@@ -208,9 +208,9 @@ struct ConsumerTurns {
 // Consumer loop, one MMA phase per turn: turn t issues P V^T of tile t-1
 // (if any) and Q K^T of tile t (if any) back to back; the turn handed over,
 // P V^T is folded into O under the running Q K^T, then the softmax of tile
-// t runs. P and alpha carry from turn to turn. Consumer 0 takes the first turn; consumer 1
-// ends with the last one, so it has nobody to hand it to (every arrival is
-// matched by a wait: n_tiles + 1 turns each).
+// t runs. P and alpha carry from turn to turn. Consumer 0 takes the first
+// turn; consumer 1 ends with the last one, so it has nobody to hand it to
+// (every arrival is matched by a wait: n_tiles + 1 turns each).
 template <class T>
 __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int q_tile, int bh, int bh_kv,
                         int n_tiles, int consumer) {
