@@ -15,14 +15,9 @@ using ptx::smem_addr;
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(arrivals));
 }
-// Barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple
-// of 32): sync blocks until `threads` have reached it (syncs and arrivals);
-// arrive counts the caller in without waiting.
+// Barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a multiple of 32).
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // Makes the initialized barriers visible to the async (TMA) proxy.

@@ -9,14 +9,12 @@
 //                (base 2, scales folded in), packs P to FP8 in registers and
 //                accumulates P V^T into a fresh fp32 tile accumulator that is
 //                added into O (two-level accumulation).
-// Ping-pong: the consumers take turns on the tensor cores. A turn is one
-// "MMA phase", P V^T of the previous tile followed by Q K^T of the next;
-// while one consumer is in its MMA phase the other runs its softmax on the
-// CUDA cores and the MUFU. Left to themselves, the two warpgroups (same
-// work, same barriers) run in lockstep: both softmaxes at once, then both
-// MMA phases at once, so the tensor cores and the MUFU rarely work at the
-// same time. The turns are two named barriers (ConsumerTurns below);
-// docs/perf-notes.md has the measurements.
+// Each consumer issues P V^T of tile t-1 and Q K^T of tile t back to back,
+// folds P V^T into O while Q K^T runs, then runs the softmax of tile t. The
+// two consumers are left to run side by side (their softmaxes overlap, so a
+// scheduler has two softmax warps to interleave): a ping-pong schedule
+// (named-barrier turns, one consumer's MMAs under the other's softmax) was
+// 3-10% slower (docs/perf-notes.md).
 //
 // Data flow per key tile (consumer view):
 //   smem K[st] --wgmma s8--> S int32 regs --x q_scale*k_scale, max, exp2-->
@@ -54,11 +52,11 @@ struct FwdTraits {
   static constexpr int kRowsPerConsumer = 64;  // wgmma M
   static constexpr int kConsumers = kBlockQ / kRowsPerConsumer;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  // Three stages: with ping-pong the second consumer releases a stage half a
-  // tile after the first, which leaves two stages too little time to refill.
+  // Three stages: a stage is refilled only once both consumers are done with
+  // it, and they drift apart by up to a tile.
   static constexpr int kStages = 3;
   // A consumer holds O, the P V^T tile accumulator, S and P at once while
-  // its MMAs run (~210 registers); the smooth_q producer warps need 40.
+  // its two MMAs run (~210 registers); the smooth_q producer warps need 40.
   static constexpr int kProducerRegs = SmoothQ ? 40 : 24;
   static constexpr int kConsumerRegs = SmoothQ ? 232 : 240;
   static constexpr int kQBytes = kBlockQ * kDp;
@@ -193,24 +191,9 @@ __device__ __forceinline__ void mma_wait(Acc (&acc)[N]) {
   fence_operands(acc);
 }
 
-// The ping-pong turns of the two consumer warpgroups: named barrier
-// kTurnBarrier + c is consumer c's turn. A consumer waits for its turn before
-// its MMA phase and hands the turn over once the phase's MMAs are issued
-// (bar.sync over both warpgroups: the waiter's 128 threads plus the other's
-// 128 arrivals).
-struct ConsumerTurns {
-  static constexpr int kTurnBarrier = 2;  // (1 is the smooth_q producer warps' barrier)
-  int consumer;
-  __device__ __forceinline__ void wait_mine() const { named_barrier_sync(kTurnBarrier + consumer, 256); }
-  __device__ __forceinline__ void hand_over() const { named_barrier_arrive(kTurnBarrier + (1 - consumer), 256); }
-};
-
-// Consumer loop, one MMA phase per turn: turn t issues P V^T of tile t-1
-// (if any) and Q K^T of tile t (if any) back to back; the turn handed over,
-// P V^T is folded into O under the running Q K^T, then the softmax of tile
-// t runs. P and alpha carry from turn to turn. Consumer 0 takes the first
-// turn; consumer 1 ends with the last one, so it has nobody to hand it to
-// (every arrival is matched by a wait: n_tiles + 1 turns each).
+// Consumer loop: step t issues P V^T of tile t-1 (if any) and Q K^T of
+// tile t (if any) back to back, folds P V^T into O under the running Q K^T,
+// then runs the softmax of tile t. P and alpha carry from step to step.
 template <class T>
 __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int q_tile, int bh, int bh_kv,
                         int n_tiles, int consumer) {
@@ -233,8 +216,6 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
   for (int i = 0; i < T::kOAcc; ++i) o[i] = 0.f;
 
   const int8_t* q_rows = s.q + consumer * T::kRowsPerConsumer * T::kDp;
-  const ConsumerTurns turns{consumer};
-  if (consumer == 1) turns.hand_over();  // consumer 0 goes first
   mbar_wait(&s.q_full, 0);
 
   uint32_t p_frag[T::kBlockK / 32][4];  // P of the previous tile, FP8
@@ -275,35 +256,29 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
   };
 
   // (No branch may separate a wgmma from its wait: ptxas then serializes
-  // every wgmma of the kernel. Hence the first and last turns are peeled.)
+  // every wgmma of the kernel. Hence the first and last steps are peeled.)
   if (n_tiles > 0) {
     int32_t s_acc[T::kSAcc];
-    turns.wait_mine();
     issue_qk(0, s_acc);
-    turns.hand_over();
     mma_wait<0>(s_acc);
     softmax_tile(0, s_acc);
   }
   for (int t = 1; t < n_tiles; ++t) {
     float pv[T::kOAcc];
     int32_t s_acc[T::kSAcc];
-    turns.wait_mine();
     issue_pv(t - 1, pv);
     issue_qk(t, s_acc);
-    turns.hand_over();
     mma_wait<1>(pv);  // P V^T done, Q K^T still running
     fold_pv(t - 1, pv);
     mma_wait<0>(s_acc);
     softmax_tile(t, s_acc);
   }
-  turns.wait_mine();
   if (n_tiles > 0) {
     float pv[T::kOAcc];
     issue_pv(n_tiles - 1, pv);
     mma_wait<0>(pv);
     fold_pv(n_tiles - 1, pv);
   }
-  if (consumer == 0) turns.hand_over();
 
   softmax.finish();
   fwd::write_output<T>(p, o, softmax, rows, bh, bh_kv, quad);

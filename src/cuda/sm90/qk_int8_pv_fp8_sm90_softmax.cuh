@@ -86,9 +86,9 @@ struct OnlineSoftmax {
     // qk_scale > 0, so this thread's largest integer gives its largest score.
     // The threads of a quad can hold different K scales (per-thread
     // granularity), so the quad reduces scores, not integers.
-    // (Two independent maxima per row, four partial sums below: a warp's
-    // softmax runs mostly alone under ping-pong, so the length of its
-    // dependency chains, not its instruction count, sets its time.)
+    // (Two independent maxima per row, four partial sums below: the softmax
+    // is latency-bound, so the length of its dependency chains, more than
+    // its instruction count, sets its time: +7%, docs/perf-notes.md.)
     int imax[2][2] = {{INT_MIN, INT_MIN}, {INT_MIN, INT_MIN}};
 #pragma unroll
     for (int i = 0; i < NAcc; ++i) imax[(i / 2) % 2][(i / 4) % 2] = max(imax[(i / 2) % 2][(i / 4) % 2], s[i]);
