@@ -442,7 +442,8 @@ struct Case {
     os << "_" << dist_name;
     if (storage != Storage::dense) os << "_" << storage_name(storage);
     if (strided_out) os << "_stridedOut";
-    if (sm_scale != 0.0f) os << "_scale" << static_cast<int>(std::lround(sm_scale * 1000)) << "e3";
+    if (sm_scale >= 1e-3f) os << "_scale" << static_cast<int>(std::lround(sm_scale * 1000)) << "e3";
+    if (sm_scale > 0.0f && sm_scale < 1e-3f) os << "_scale" << static_cast<long>(std::lround(sm_scale * 1e9)) << "e9";
     if (qk_format != sage::QKFormat::int8) os << "_qk" << sage::qk_format_name(qk_format);
     if (pv_format != sage::PVFormat::fp8_e4m3) os << "_pv" << sage::pv_format_name(pv_format);
     if (pv_accum != sage::PVAccum::two_level) os << "_accfp32";

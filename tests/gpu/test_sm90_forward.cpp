@@ -130,6 +130,13 @@ std::vector<Case> all_cases() {
        .storage = Storage::padded, .strided_out = true},
       {.b = 1, .hq = 4, .hkv = 4, .nq = 1000, .nk = 1000, .d = 128, .layout = NHD, .storage = Storage::padded},
       {.b = 1, .hq = 2, .hkv = 2, .nq = 1000, .nk = 1000, .d = 64, .strided_out = true, .sm_scale = 0.05f},
+      // A tiny sm_scale makes q_scale * k_scale * sm_scale so small that a
+      // masked score (INT_MIN) no longer flushes to 0 in exp2: the softmax's
+      // explicit per-score check (masked tiles only) must zero it.
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 300, .nk = 300, .d = 128, .causal = true, .align = TL, .sm_scale = 1e-6f},
+      {.b = 1, .hq = 4, .hkv = 2, .nq = 200, .nk = 1000, .d = 64, .layout = NHD, .causal = true, .align = BR,
+       .dtype = FP16, .granularity = G::per_thread, .sm_scale = 1e-6f},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 100, .nk = 300, .d = 128, .sm_scale = 1e-6f},
       {.b = 1, .hq = 4, .hkv = 2, .nq = 1531, .nk = 1531, .d = 32, .causal = true, .align = TL},
       {.b = 1, .hq = 2, .hkv = 2, .nq = 1531, .nk = 1531, .d = 80, .layout = NHD, .dtype = FP16,
        .granularity = G::per_thread, .dist = D::outlier_channels},
