@@ -166,6 +166,12 @@ def _forward_kernel(q, k, v, *given_options):
     return _with_empty_lse(q, *_run_forward(q, k, v, _with_defaults(given_options)))
 
 
+# The mode queries _plain_eager_call needs are private torch APIs: where a
+# torch version lacks them, every call goes through the dispatcher.
+_function_mode_enabled = getattr(torch._C, "_is_torch_function_mode_enabled", None)
+_dispatch_mode_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
 def _plain_eager_call(q, k, v) -> bool:
     """True when the `forward` operator would only hand the call to _run_forward.
 
@@ -176,13 +182,15 @@ def _plain_eager_call(q, k, v) -> bool:
     hops saves ~30 us per call (scripts/host_overhead.py), a third of the
     host time of a short attention call.
     """
-    if torch.compiler.is_compiling():  # first: under Dynamo the rest must not be traced
+    if _function_mode_enabled is None or _dispatch_mode_depth is None:
+        return False
+    if torch.compiler.is_compiling():  # before the mode queries: Dynamo must not trace them
         return False
     if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
         return False
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return False
-    return not (torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack())
+    return not (_function_mode_enabled() or _dispatch_mode_depth())
 
 
 def attention(q, k, v, *option_args):
