@@ -16,14 +16,9 @@ namespace sage::mma {
 template <int Dp, bool Causal, typename OutT, PvMode Pv, int QkBits, bool SmoothQ>
 cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, int batch_heads, cudaStream_t stream) {
   using T = FwdTraits<Dp, Causal, OutT, Pv, QkBits, SmoothQ>;
-  auto kernel = qk_int8_mma_kernel<T>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>);
   static_assert(kSmem <= 99 * 1024, "shared memory per CTA (sm_86/89/120 allow 99 KiB)");
-  cudaError_t err = fwd::allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem);
-  if (err != cudaSuccess) return err;
-  const dim3 grid((p.nq + T::kBlockQ - 1) / T::kBlockQ, batch_heads);
-  kernel<<<grid, T::kThreads, kSmem, stream>>>(p);
-  return cudaGetLastError();
+  return fwd::launch_forward_kernel<T>(qk_int8_mma_kernel<T>, p, batch_heads, kSmem, stream);
 }
 
 // The eight (causal, output type, smooth_q) instances of one (head dim, PV mode, Q/K bits).

@@ -13,14 +13,9 @@ namespace sage::sm90 {
 template <int Dp, bool Causal, typename OutT, bool SmoothQ>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int batch_heads, cudaStream_t stream) {
   using T = FwdTraits<Dp, Causal, OutT, SmoothQ>;
-  auto kernel = qk_int8_pv_fp8_sm90_kernel<T>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
-  cudaError_t err = fwd::allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem);
-  if (err != cudaSuccess) return err;
-  const dim3 grid((p.nq + T::kBlockQ - 1) / T::kBlockQ, batch_heads);
-  kernel<<<grid, T::kThreads, kSmem, stream>>>(p);
-  return cudaGetLastError();
+  return fwd::launch_forward_kernel<T>(qk_int8_pv_fp8_sm90_kernel<T>, p, batch_heads, kSmem, stream);
 }
 
 // The eight (causal, output type, smooth_q) instances of one head dim.
