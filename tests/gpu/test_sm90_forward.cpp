@@ -177,6 +177,21 @@ std::vector<Case> all_cases() {
        .return_lse = false, .dist = D::heavy_tailed, .smooth_q = true},
   };
   cases.insert(cases.end(), smooth_q.begin(), smooth_q.end());
+  // ---- persistent CTAs (at most one per SM, each looping over query tiles):
+  // several hundred work items, so every CTA of a 132-SM H100/H200 runs 2-4
+  // of them with its K/V ring, Q buffer and barrier phases carried across
+  // items; with causal masks, items without any key (q tile 0 of Nq > Nk
+  // bottom-right), tails, GQA and smooth_q.
+  const std::vector<Case> many_items = {
+      {.b = 4, .hq = 40, .hkv = 8, .nq = 300, .nk = 300, .d = 128, .causal = true, .align = BR},
+      {.b = 2, .hq = 70, .hkv = 70, .nq = 300, .nk = 100, .d = 64, .layout = NHD, .causal = true, .align = BR,
+       .dtype = FP16},
+      {.b = 3, .hq = 50, .hkv = 10, .nq = 190, .nk = 700, .d = 128, .granularity = G::per_thread,
+       .dist = D::heavy_tailed},
+      {.b = 2, .hq = 48, .hkv = 48, .nq = 257, .nk = 257, .d = 64, .causal = true, .align = TL, .smooth_v = true,
+       .smooth_q = true},
+  };
+  cases.insert(cases.end(), many_items.begin(), many_items.end());
   return cases;
 }
 

@@ -30,20 +30,37 @@ __device__ __forceinline__ int key_tiles_for(const ForwardParams& p, int q_tile)
   return reach < all ? static_cast<int>(reach) : all;
 }
 
-// What one CTA computes: query tile q_tile of (batch, query head) bh, which
-// reads kv head bh_kv (GQA), over n_tiles key tiles. The grid is (query
-// tiles, B * Hq); causal grids run the longest rows first, so the tail of
-// the grid is short work.
+// One work item: query tile q_tile of (batch, query head) bh, which reads
+// kv head bh_kv (GQA), over n_tiles key tiles.
 struct CtaWork {
   int q_tile, bh, bh_kv, n_tiles;
 };
 template <class T>
-__device__ __forceinline__ CtaWork cta_work(const ForwardParams& p) {
-  const int q_tile = T::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const int bh = blockIdx.y;
+__device__ __forceinline__ CtaWork work_of(const ForwardParams& p, int q_tile, int bh) {
   const int b = bh / p.heads_q;
   const int h = bh % p.heads_q;
   return {q_tile, bh, b * p.heads_kv + h / (p.heads_q / p.heads_kv), key_tiles_for<T>(p, q_tile)};
+}
+
+// One CTA per work item: the grid is (query tiles, B * Hq); causal grids
+// run the longest rows first, so the tail of the grid is short work.
+template <class T>
+__device__ __forceinline__ CtaWork cta_work(const ForwardParams& p) {
+  return work_of<T>(p, T::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x, blockIdx.y);
+}
+
+// Persistent CTAs: work item `item` of the order a (query tiles, B * Hq)
+// grid launches in: a head's query tiles are consecutive (CTAs running at
+// the same time share its K and V in L2), causal ones longest first.
+template <class T>
+__device__ __forceinline__ int work_items(const ForwardParams& p) {
+  return (p.nq + T::kBlockQ - 1) / T::kBlockQ * p.batch_heads;
+}
+template <class T>
+__device__ __forceinline__ CtaWork item_work(const ForwardParams& p, int item) {
+  const int q_tiles = (p.nq + T::kBlockQ - 1) / T::kBlockQ;
+  const int i = item % q_tiles;
+  return work_of<T>(p, T::kCausal ? q_tiles - 1 - i : i, item / q_tiles);
 }
 
 template <typename OutT>

@@ -101,6 +101,7 @@ void fill_forward_params(const AttentionArgs& args, const AttentionOptions& o, c
     p->lse_stride_h = args.lse.stride[1];
     p->lse_stride_n = args.lse.stride[2];
   }
+  p->batch_heads = pp.batch * pp.heads_q;
   p->heads_q = pp.heads_q;
   p->heads_kv = pp.heads_kv;
   p->nq = pp.nq;

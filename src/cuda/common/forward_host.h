@@ -21,17 +21,22 @@ Status cuda_status(cudaError_t err, const char* what);
 // and setting it on every call cost host time on the short calls.
 cudaError_t allow_dynamic_smem(const void* kernel, int bytes);
 
-// Launches a forward kernel of traits T (kBlockQ query rows, kThreads threads
-// per CTA) over the grid (query tiles, batch_heads) with `smem_bytes` of
-// dynamic shared memory. (Compiled by nvcc only: the launch syntax.)
+// Launches a forward kernel of traits T (kThreads threads per CTA) over
+// `grid` with `smem_bytes` of dynamic shared memory. (Compiled by nvcc only:
+// the launch syntax.)
 template <class T, class Params>
-cudaError_t launch_forward_kernel(void (*kernel)(Params), const Params& p, int batch_heads, int smem_bytes,
+cudaError_t launch_forward_kernel(void (*kernel)(Params), const Params& p, dim3 grid, int smem_bytes,
                                   cudaStream_t stream) {
   const cudaError_t err = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem_bytes);
   if (err != cudaSuccess) return err;
-  const dim3 grid((p.nq + T::kBlockQ - 1) / T::kBlockQ, batch_heads);
   kernel<<<grid, T::kThreads, smem_bytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+// Query tiles of kBlockQ rows per (batch, query head).
+template <class T>
+int query_tiles(const ForwardParams& p) {
+  return (p.nq + T::kBlockQ - 1) / T::kBlockQ;
 }
 
 // [B, H, N, D] strides of a q/k/v/out view in either layout.

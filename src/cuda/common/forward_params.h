@@ -27,6 +27,7 @@ struct ForwardParams {
   float* lse;  // or null
   std::int64_t lse_stride_b, lse_stride_h, lse_stride_n;
 
+  int batch_heads;  // B * Hq
   int heads_q, heads_kv;
   int nq, nk, head_dim;
   int q_groups, k_groups;  // scale groups per head

@@ -13,13 +13,14 @@
 
 #include "api/validate.h"
 #include "cuda/common/forward_host.h"
+#include "cuda/device_info.h"
 #include "cuda/quant/prepass.h"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
 
 namespace sage::sm90 {
 
 template <int Dp, bool Causal, typename OutT, bool SmoothQ>
-cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int batch_heads, cudaStream_t stream);
+cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream);
 
 namespace {
 
@@ -62,19 +63,19 @@ Status make_tensor_map(CUtensorMap* map, void* base, std::uint64_t dim0, std::ui
 }
 
 template <int Dp, bool SmoothQ>
-cudaError_t launch_for(const QkInt8PvFp8Params& p, bool causal, bool bf16, int batch_heads, cudaStream_t s) {
+cudaError_t launch_for(const QkInt8PvFp8Params& p, bool causal, bool bf16, int sm_count, cudaStream_t s) {
   if (bf16) {
-    return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __nv_bfloat16, SmoothQ>(p, batch_heads, s)
-                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ>(p, batch_heads, s);
+    return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __nv_bfloat16, SmoothQ>(p, sm_count, s)
+                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ>(p, sm_count, s);
   }
-  return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __half, SmoothQ>(p, batch_heads, s)
-                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half, SmoothQ>(p, batch_heads, s);
+  return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __half, SmoothQ>(p, sm_count, s)
+                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half, SmoothQ>(p, sm_count, s);
 }
 
 template <int Dp>
-cudaError_t launch_for_dp(const QkInt8PvFp8Params& p, bool causal, bool bf16, int batch_heads, cudaStream_t s) {
-  return p.q_mean ? launch_for<Dp, true>(p, causal, bf16, batch_heads, s)
-                  : launch_for<Dp, false>(p, causal, bf16, batch_heads, s);
+cudaError_t launch_for_dp(const QkInt8PvFp8Params& p, bool causal, bool bf16, int sm_count, cudaStream_t s) {
+  return p.q_mean ? launch_for<Dp, true>(p, causal, bf16, sm_count, s)
+                  : launch_for<Dp, false>(p, causal, bf16, sm_count, s);
 }
 
 }  // namespace
@@ -110,9 +111,11 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, void* workspace
   SAGE_RETURN_IF_ERROR(
       make_tensor_map(&p.tmap_vt, buf.vt, layout.nk_padded, dp, std::uint64_t(pp.batch) * pp.heads_kv, 128, dp));
 
-  const int batch_heads = pp.batch * pp.heads_q;
-  const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, o.causal, pp.bf16, batch_heads, s)
-                                   : launch_for_dp<128>(p, o.causal, pp.bf16, batch_heads, s);
+  cuda::DeviceInfo device;  // (cached after a device's first call)
+  std::string error;
+  if (!cuda::device_info(args.q.device, &device, &error)) return Status(StatusCode::cuda_error, error);
+  const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, o.causal, pp.bf16, device.sm_count, s)
+                                   : launch_for_dp<128>(p, o.causal, pp.bf16, device.sm_count, s);
   if (err != cudaSuccess) return fwd::cuda_status(err, "sm90 attention kernel launch");
   return Status::ok();
 }

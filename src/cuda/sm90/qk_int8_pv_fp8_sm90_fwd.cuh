@@ -1,9 +1,14 @@
 // Hopper forward kernel: INT8 Q K^T and FP8 (E4M3) P V with wgmma, TMA loads,
 // warp specialization.
 //
-// One CTA computes a 128-row tile of queries of one (batch, head):
+// The kernel is persistent: each CTA loops over work items (a 128-row tile
+// of queries of one (batch, head); fwd::item_work), item, item + gridDim.x,
+// ...:
 //   warpgroup 0  producer: one thread issues the TMA loads of the Q tile and
-//                of K / V^T tiles into a kStages-deep ring of shared buffers;
+//                of K / V^T tiles into a kStages-deep ring of shared buffers
+//                (the ring runs on across items; Q of the next item is
+//                loaded as soon as the consumers' last Q K^T of the current
+//                one is done, under their last softmax and epilogue);
 //   warpgroups 1, 2  consumers: each owns 64 query rows and, for every key
 //                tile, runs S = Q K^T (int32), the online softmax in fp32
 //                (base 2, scales folded in), packs P to FP8 in registers and
@@ -39,6 +44,8 @@
 
 namespace sage::sm90 {
 
+inline constexpr int kOffsetBarrier = 1;  // named barrier of the smooth_q key-offset warps
+
 template <int HeadDimPadded, bool Causal, typename OutT, bool SmoothQ = false>
 struct FwdTraits {
   static constexpr int kDp = HeadDimPadded;
@@ -56,7 +63,11 @@ struct FwdTraits {
   // it, and they drift apart by up to a tile.
   static constexpr int kStages = 3;
   // A consumer holds O, the P V^T tile accumulator, S and P at once while
-  // its two MMAs run (~210 registers); the smooth_q producer warps need 40.
+  // its two MMAs run (~210 registers); the smooth_q producer warps need 40
+  // (their key-offset loop spills a few words per K tile at that size,
+  // outside its FMA loop). The split must fit in what the CTA was given at
+  // launch (kThreads x the register count of __launch_bounds__(kThreads, 1)):
+  // setmaxnreg.inc waits for registers that never come otherwise.
   static constexpr int kProducerRegs = SmoothQ ? 40 : 24;
   static constexpr int kConsumerRegs = SmoothQ ? 232 : 240;
   static constexpr int kQBytes = kBlockQ * kDp;
@@ -70,7 +81,9 @@ struct FwdTraits {
   static_assert(kBlockK == 128, "V^T rows of 128 FP8 keys fill one 128-byte swizzle row");
   static_assert(kBlockQ == kConsumers * kRowsPerConsumer && kConsumers == 2, "two consumer warpgroups");
   static_assert(kSm90Geometry.warp_q == 16, "each warp of a wgmma owns 16 rows");
-  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= 65536, "register file");
+  static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // per thread, as ptxas allocates them
+  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= kThreads * kLaunchRegs,
+                "setmaxnreg split beyond the CTA's launch allocation (deadlock)");
   static_assert(kBlockK == 2 * kOffsetThreads, "two keys per key-offset thread");
 };
 
@@ -80,6 +93,7 @@ struct FwdSharedStorage {
   alignas(1024) int8_t k[T::kStages][T::kKBytes];
   alignas(1024) uint8_t vt[T::kStages][T::kVBytes];
   uint64_t q_full;
+  uint64_t q_empty;  // both consumers are done with the Q tile
   uint64_t k_full[T::kStages];
   uint64_t v_full[T::kStages];
   uint64_t kv_empty[T::kStages];
@@ -90,43 +104,43 @@ struct FwdSharedStorage {
 };
 
 // ---- producer: TMA loads ----------------------------------------------------------
+// Per work item: the Q tile (once the consumers released the previous one),
+// then its K / V^T tiles; `it` counts K/V tiles over all items (stage
+// it % kStages, phase (it / kStages) & 1), the same count the consumers and
+// the key-offset warps keep.
 template <class T>
-__device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int q_tile, int bh, int bh_kv,
-                        int n_tiles) {
-  mbar_arrive_expect_tx(&s.q_full, T::kQBytes);
-  tma_load_3d(s.q, &p.tmap_q, &s.q_full, 0, q_tile * T::kBlockQ, bh);
-  for (int t = 0; t < n_tiles; ++t) {
-    const int st = t % T::kStages;
-    const uint32_t phase = (t / T::kStages) & 1;
-    mbar_wait_idle(&s.kv_empty[st], phase ^ 1);  // passes at once on a fresh barrier
-    mbar_arrive_expect_tx(&s.k_full[st], T::kKBytes);
-    tma_load_3d(s.k[st], &p.tmap_k, &s.k_full[st], 0, t * T::kBlockK, bh_kv);
-    mbar_arrive_expect_tx(&s.v_full[st], T::kVBytes);
-    tma_load_3d(s.vt[st], &p.tmap_vt, &s.v_full[st], t * T::kBlockK, 0, bh_kv);
+__device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
+  int it = 0;
+  for (int item = blockIdx.x, j = 0; item < fwd::work_items<T>(p); item += gridDim.x, ++j) {
+    const fwd::CtaWork w = fwd::item_work<T>(p, item);
+    mbar_wait_idle(&s.q_empty, (j & 1) ^ 1);  // passes at once on a fresh barrier
+    mbar_arrive_expect_tx(&s.q_full, T::kQBytes);
+    tma_load_3d(s.q, &p.tmap_q, &s.q_full, 0, w.q_tile * T::kBlockQ, w.bh);
+    for (int t = 0; t < w.n_tiles; ++t, ++it) {
+      const int st = it % T::kStages;
+      const uint32_t phase = (it / T::kStages) & 1;
+      mbar_wait_idle(&s.kv_empty[st], phase ^ 1);  // passes at once on a fresh barrier
+      mbar_arrive_expect_tx(&s.k_full[st], T::kKBytes);
+      tma_load_3d(s.k[st], &p.tmap_k, &s.k_full[st], 0, t * T::kBlockK, w.bh_kv);
+      mbar_arrive_expect_tx(&s.v_full[st], T::kVBytes);
+      tma_load_3d(s.vt[st], &p.tmap_vt, &s.v_full[st], t * T::kBlockK, 0, w.bh_kv);
+    }
   }
 }
 
-// smooth_q: delta2 of every key of every tile (smooth_q.cuh), by warps 1
-// and 2 of the producer warpgroup, thread i taking keys i and i + 64. A
-// stage's delta is rewritten only once kv_empty says both consumers are done
-// with the stage (they read delta before their P V MMA, which precedes their
-// kv_empty arrival); it is published through delta_full.
+// The key offsets of one work item's K tiles; K tile t is ring entry it0 + t.
 template <class T>
-__device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int q_tile, int bh,
-                                    int bh_kv, int n_tiles) {
+__device__ __forceinline__ void key_offsets_of_item(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
+                                                    const fwd::CtaWork& w, int it0) {
   const int i = threadIdx.x - 32;
-  const float* mq = p.q_mean + (static_cast<int64_t>(bh) * p.q_tiles + q_tile) * T::kDp;
-  for (int c = i; c < T::kDp; c += T::kOffsetThreads) s.q_mean[c] = mq[c];
-  named_barrier_sync(1, T::kOffsetThreads);
-
   constexpr TileGeometry geometry = kSm90Geometry;
-  const float* k_scales = p.k_scale + static_cast<int64_t>(bh_kv) * p.k_groups;
+  const float* k_scales = p.k_scale + static_cast<int64_t>(w.bh_kv) * p.k_groups;
   // K rows are kDp bytes, TMA-swizzled in 16-byte chunks (128- or 64-byte
   // swizzle: chunk bits 4.. XOR row-group bits 7..).
   constexpr int kSwizzleMask = T::kDp / 16 - 1;
-  for (int t = 0; t < n_tiles; ++t) {
-    const int st = t % T::kStages;
-    const uint32_t phase = (t / T::kStages) & 1;
+  for (int t = 0; t < w.n_tiles; ++t) {
+    const int st = (it0 + t) % T::kStages;
+    const uint32_t phase = ((it0 + t) / T::kStages) & 1;
     mbar_wait_idle(&s.kv_empty[st], phase ^ 1);
     mbar_wait_idle(&s.k_full[st], phase);
     // Two keys, each summed over the even and the odd 16-channel chunks
@@ -148,6 +162,26 @@ __device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage
                                                     geometry.k_group_of(key, p.granularity), key < p.nk, p.scale_log2);
     }
     mbar_arrive(&s.delta_full[st]);
+  }
+}
+
+// smooth_q: delta2 of every key of every tile (smooth_q.cuh), by warps 1
+// and 2 of the producer warpgroup, thread i taking keys i and i + 64. A
+// stage's delta is rewritten only once kv_empty says both consumers are done
+// with the stage (they read delta before their P V MMA, which precedes their
+// kv_empty arrival); it is published through delta_full.
+template <class T>
+__device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
+  int it = 0;  // K tiles over all work items, as in produce()
+  for (int item = blockIdx.x; item < fwd::work_items<T>(p); item += gridDim.x) {
+    const fwd::CtaWork w = fwd::item_work<T>(p, item);
+    named_barrier_sync(kOffsetBarrier, T::kOffsetThreads);  // all done with the previous item's mean
+    const int i = threadIdx.x - 32;
+    const float* mq = p.q_mean + (static_cast<int64_t>(w.bh) * p.q_tiles + w.q_tile) * T::kDp;
+    for (int c = i; c < T::kDp; c += T::kOffsetThreads) s.q_mean[c] = mq[c];
+    named_barrier_sync(kOffsetBarrier, T::kOffsetThreads);
+    key_offsets_of_item<T>(p, s, w, it);
+    it += w.n_tiles;
   }
 }
 
@@ -191,12 +225,15 @@ __device__ __forceinline__ void mma_wait(Acc (&acc)[N]) {
   fence_operands(acc);
 }
 
-// Consumer loop: step t issues P V^T of tile t-1 (if any) and Q K^T of
-// tile t (if any) back to back, folds P V^T into O under the running Q K^T,
-// then runs the softmax of tile t. P and alpha carry from step to step.
+// One work item of a consumer: step t issues P V^T of tile t-1 (if any) and
+// Q K^T of tile t (if any) back to back, folds P V^T into O under the
+// running Q K^T, then runs the softmax of tile t. P and alpha carry from
+// step to step. Key tile t is ring entry it0 + t; q_phase is the parity of
+// this item's Q tile.
 template <class T>
-__device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int q_tile, int bh, int bh_kv,
-                        int n_tiles, int consumer) {
+__device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
+                                             const fwd::CtaWork& w, int it0, uint32_t q_phase, int consumer) {
+  const int q_tile = w.q_tile, bh = w.bh, bh_kv = w.bh_kv, n_tiles = w.n_tiles;
   const int lane = threadIdx.x % 32;
   const int warp = (threadIdx.x / 32) % 4;
   const int quad = lane % 4;  // column pair inside each 8-column slice
@@ -216,30 +253,30 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
   for (int i = 0; i < T::kOAcc; ++i) o[i] = 0.f;
 
   const int8_t* q_rows = s.q + consumer * T::kRowsPerConsumer * T::kDp;
-  mbar_wait(&s.q_full, 0);
+  mbar_wait(&s.q_full, q_phase);
 
   uint32_t p_frag[T::kBlockK / 32][4];  // P of the previous tile, FP8
   float alpha[2];                        // its rescale factors of O
 
   auto issue_qk = [&](int t, int32_t(&s_acc)[T::kSAcc]) {
-    const int st = t % T::kStages;
-    mbar_wait(&s.k_full[st], (t / T::kStages) & 1);
+    const int st = (it0 + t) % T::kStages;
+    mbar_wait(&s.k_full[st], ((it0 + t) / T::kStages) & 1);
     qk_mma_issue<T>(s_acc, q_rows, s.k[st]);
   };
   auto issue_pv = [&](int t, float(&pv)[T::kOAcc]) {
-    const int st = t % T::kStages;
-    mbar_wait(&s.v_full[st], (t / T::kStages) & 1);
+    const int st = (it0 + t) % T::kStages;
+    mbar_wait(&s.v_full[st], ((it0 + t) / T::kStages) & 1);
     pv_mma_issue<T>(pv, p_frag, s.vt[st]);
   };
   // Once P V^T of tile t is complete: frees its stage, folds it into O.
   auto fold_pv = [&](int t, const float(&pv)[T::kOAcc]) {
-    mbar_arrive(&s.kv_empty[t % T::kStages]);  // K and V^T of tile t may be overwritten now
+    mbar_arrive(&s.kv_empty[(it0 + t) % T::kStages]);  // K and V^T of tile t may be overwritten now
 #pragma unroll
     for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
   };
   // Once S of tile t is complete: the softmax into p_frag / alpha.
   auto softmax_tile = [&](int t, int32_t(&s_acc)[T::kSAcc]) {
-    const int st = t % T::kStages;
+    const int st = (it0 + t) % T::kStages;
     const int key0 = t * T::kBlockK;
     const float qk_scale = q_scale * k_scales[geometry.k_group_of(key0 + 2 * quad, p.granularity)];
     const bool needs_mask = key0 + T::kBlockK > p.nk ||
@@ -247,7 +284,7 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
     if (needs_mask) mask_scores<T::kSAcc>(s_acc, rows, key0 + 2 * quad, p.nk, T::kCausal, p.causal_shift);
     if constexpr (T::kSmoothQ) {
       float sf[T::kSAcc];
-      mbar_wait(&s.delta_full[st], (t / T::kStages) & 1);
+      mbar_wait(&s.delta_full[st], ((it0 + t) / T::kStages) & 1);
       smoothq::scores_with_offsets(s_acc, qk_scale, s.delta[st], 2 * quad, sf);
       softmax.step(p_frag, alpha, sf);
     } else {
@@ -273,6 +310,7 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
     mma_wait<0>(s_acc);
     softmax_tile(t, s_acc);
   }
+  mbar_arrive(&s.q_empty);  // every Q K^T of the item is complete: the producer may load the next Q
   if (n_tiles > 0) {
     float pv[T::kOAcc];
     issue_pv(n_tiles - 1, pv);
@@ -284,6 +322,16 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
   fwd::write_output<T>(p, o, softmax, rows, bh, bh_kv, quad);
 }
 
+template <class T>
+__device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer) {
+  int it = 0;  // K/V tiles over all work items, as in produce()
+  for (int item = blockIdx.x, j = 0; item < fwd::work_items<T>(p); item += gridDim.x, ++j) {
+    const fwd::CtaWork w = fwd::item_work<T>(p, item);
+    consume_item<T>(p, s, w, it, j & 1, consumer);
+    it += w.n_tiles;
+  }
+}
+
 // ---- kernel ----------------------------------------------------------------------------
 template <class T>
 __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(const __grid_constant__ QkInt8PvFp8Params p) {
@@ -291,10 +339,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
   // TMA swizzled tiles and wgmma descriptors need 1024-byte aligned buffers.
   auto& s = *reinterpret_cast<FwdSharedStorage<T>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
 
-  const auto [q_tile, bh, bh_kv, n_tiles] = fwd::cta_work<T>(p);
-
   if (threadIdx.x == 0) {
     mbar_init(&s.q_full, 1);
+    mbar_init(&s.q_empty, 128 * T::kConsumers);
     for (int i = 0; i < T::kStages; ++i) {
       mbar_init(&s.k_full[i], 1);
       mbar_init(&s.v_full[i], 1);
@@ -311,13 +358,13 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     regs_decrease<T::kProducerRegs>();
-    if (threadIdx.x == 0) produce<T>(p, s, q_tile, bh, bh_kv, n_tiles);
+    if (threadIdx.x == 0) produce<T>(p, s);
     if constexpr (T::kSmoothQ) {
-      if (threadIdx.x >= 32 && threadIdx.x < 32 + T::kOffsetThreads) produce_key_offsets<T>(p, s, q_tile, bh, bh_kv, n_tiles);
+      if (threadIdx.x >= 32 && threadIdx.x < 32 + T::kOffsetThreads) produce_key_offsets<T>(p, s);
     }
   } else {
     regs_increase<T::kConsumerRegs>();
-    consume<T>(p, s, q_tile, bh, bh_kv, n_tiles, warpgroup - 1);
+    consume<T>(p, s, warpgroup - 1);
   }
 }
 

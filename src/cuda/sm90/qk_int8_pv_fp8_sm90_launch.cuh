@@ -10,12 +10,16 @@
 
 namespace sage::sm90 {
 
+// The kernel is persistent: `sm_count` CTAs (one per SM; fewer when there
+// are fewer query tiles) loop over the query tiles of every head.
 template <int Dp, bool Causal, typename OutT, bool SmoothQ>
-cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int batch_heads, cudaStream_t stream) {
+cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream) {
   using T = FwdTraits<Dp, Causal, OutT, SmoothQ>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
-  return fwd::launch_forward_kernel<T>(qk_int8_pv_fp8_sm90_kernel<T>, p, batch_heads, kSmem, stream);
+  const long long tiles = static_cast<long long>(fwd::query_tiles<T>(p)) * p.batch_heads;
+  const dim3 grid(static_cast<unsigned>(tiles < sm_count ? tiles : sm_count));
+  return fwd::launch_forward_kernel<T>(qk_int8_pv_fp8_sm90_kernel<T>, p, grid, kSmem, stream);
 }
 
 // The eight (causal, output type, smooth_q) instances of one head dim.
