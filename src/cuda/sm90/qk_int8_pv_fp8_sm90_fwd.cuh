@@ -1,9 +1,10 @@
 // Hopper forward kernel: INT8 Q K^T and FP8 (E4M3) P V with wgmma, TMA loads,
 // warp specialization.
 //
-// The kernel is persistent: each CTA loops over work items (a 128-row tile
-// of queries of one (batch, head); fwd::item_work), item, item + gridDim.x,
-// ...:
+// Each CTA loops over work items (a 128-row tile of queries of one (batch,
+// head); fwd::item_work), item, item + gridDim.x, ...: the non-causal launch
+// is persistent (one CTA per SM), the causal one has one CTA per item
+// (qk_int8_pv_fp8_sm90_launch.cuh says why):
 //   warpgroup 0  producer: one thread issues the TMA loads of the Q tile and
 //                of K / V^T tiles into a kStages-deep ring of shared buffers
 //                (the ring runs on across items; Q of the next item is
