@@ -2,9 +2,7 @@
 // warp specialization.
 //
 // Each CTA loops over work items (a 128-row tile of queries of one (batch,
-// head); fwd::item_work), item, item + gridDim.x, ...: the non-causal launch
-// is persistent (one CTA per SM), the causal one has one CTA per item
-// (qk_int8_pv_fp8_sm90_launch.cuh says why):
+// head); fwd::item_work) in rounds of gridDim.x (fwd::cta_item):
 //   warpgroup 0  producer: one thread issues the TMA loads of the Q tile and
 //                of K / V^T tiles into a kStages-deep ring of shared buffers
 //                (the ring runs on across items; Q of the next item is
@@ -112,7 +110,7 @@ struct FwdSharedStorage {
 template <class T>
 __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
   int it = 0;
-  for (int item = blockIdx.x, j = 0; item < fwd::work_items<T>(p); item += gridDim.x, ++j) {
+  for (int j = 0, item = fwd::cta_item(0); item < fwd::work_items<T>(p); item = fwd::cta_item(++j)) {
     const fwd::CtaWork w = fwd::item_work<T>(p, item);
     mbar_wait_idle(&s.q_empty, (j & 1) ^ 1);  // passes at once on a fresh barrier
     mbar_arrive_expect_tx(&s.q_full, T::kQBytes);
@@ -174,7 +172,7 @@ __device__ __forceinline__ void key_offsets_of_item(const QkInt8PvFp8Params& p, 
 template <class T>
 __device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
   int it = 0;  // K tiles over all work items, as in produce()
-  for (int item = blockIdx.x; item < fwd::work_items<T>(p); item += gridDim.x) {
+  for (int j = 0, item = fwd::cta_item(0); item < fwd::work_items<T>(p); item = fwd::cta_item(++j)) {
     const fwd::CtaWork w = fwd::item_work<T>(p, item);
     named_barrier_sync(kOffsetBarrier, T::kOffsetThreads);  // all done with the previous item's mean
     const int i = threadIdx.x - 32;
@@ -326,7 +324,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
 template <class T>
 __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer) {
   int it = 0;  // K/V tiles over all work items, as in produce()
-  for (int item = blockIdx.x, j = 0; item < fwd::work_items<T>(p); item += gridDim.x, ++j) {
+  for (int j = 0, item = fwd::cta_item(0); item < fwd::work_items<T>(p); item = fwd::cta_item(++j)) {
     const fwd::CtaWork w = fwd::item_work<T>(p, item);
     consume_item<T>(p, s, w, it, j & 1, consumer);
     it += w.n_tiles;

@@ -10,19 +10,23 @@
 
 namespace sage::sm90 {
 
-// Non-causal: the kernel is persistent, `sm_count` CTAs (one per SM; fewer
-// when there are fewer query tiles) loop over the query tiles of every head
-// (equal work per tile, so a static round robin is balanced). Causal: one
-// CTA per query tile, longest first, dispatched by the hardware as SMs free
-// up: a static round robin over tiles of unequal work measured 6-8% slower
-// there (docs/perf-notes.md).
+// The kernel is persistent: `sm_count` CTAs (one per SM; fewer when there
+// are fewer query tiles) loop over the query tiles of every head
+// (fwd::cta_item). Causal calls with more than kCausalPersistentMaxTiles
+// query tiles per head get one CTA per query tile instead, longest first,
+// dispatched by the hardware as SMs free up: their tiles differ in work by
+// up to 128x, and the static rounds measured +3.5% there (D=128, N=16384)
+// against -7.7% at N=4096 (docs/perf-notes.md).
+inline constexpr int kCausalPersistentMaxTiles = 32;
+
 template <int Dp, bool Causal, typename OutT, bool SmoothQ>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream) {
   using T = FwdTraits<Dp, Causal, OutT, SmoothQ>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
   const long long tiles = static_cast<long long>(fwd::query_tiles<T>(p)) * p.batch_heads;
-  const long long ctas = Causal || tiles < sm_count ? tiles : sm_count;
+  const bool persistent = !Causal || fwd::query_tiles<T>(p) <= kCausalPersistentMaxTiles;
+  const long long ctas = !persistent || tiles < sm_count ? tiles : sm_count;
   const dim3 grid(static_cast<unsigned>(ctas));
   return fwd::launch_forward_kernel<T>(qk_int8_pv_fp8_sm90_kernel<T>, p, grid, kSmem, stream);
 }
