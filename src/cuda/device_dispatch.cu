@@ -151,18 +151,18 @@ std::size_t kernel_workspace_bytes(Family family, const AttentionArgs& args, con
 
 // Runs the pre-pass into `workspace` (unless kernel_only) and the attention
 // kernel on `stream`.
-Status launch_kernel(Family family, const AttentionArgs& args, const AttentionOptions& options, void* workspace,
-                     Stream stream, bool kernel_only) {
+Status launch_kernel(Family family, const cuda::DeviceInfo& device, const AttentionArgs& args,
+                     const AttentionOptions& options, void* workspace, Stream stream, bool kernel_only) {
   switch (family) {
 #if SAGE_HAS_SM90
-    case Family::sm90: return sm90::run(args, options, workspace, stream, kernel_only);
+    case Family::sm90: return sm90::run(args, options, device, workspace, stream, kernel_only);
 #endif
 #if SAGE_HAS_MMA
     case Family::mma: return mma::run(args, options, workspace, stream, kernel_only);
 #endif
     default: break;
   }
-  (void)args, (void)options, (void)workspace, (void)stream, (void)kernel_only;
+  (void)device, (void)args, (void)options, (void)workspace, (void)stream, (void)kernel_only;
   return Status(StatusCode::internal, "find_kernel accepted a call whose family has no launcher in this build");
 }
 
@@ -186,7 +186,7 @@ Status checked_launch(const AttentionArgs& args, const AttentionOptions& options
     SAGE_RETURN_IF_ERROR(check_pointer_on_device("workspace", workspace, args.q.device));
   }
   return run_on_device(args.q.device,
-                       [&] { return launch_kernel(family, args, options, workspace, stream, kernel_only); });
+                       [&] { return launch_kernel(family, device, args, options, workspace, stream, kernel_only); });
 }
 
 }  // namespace

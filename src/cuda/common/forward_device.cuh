@@ -17,6 +17,13 @@
 
 namespace sage::fwd {
 
+// Query tiles of kBlockQ rows per (batch, query head): the host's grids and
+// the persistent kernels' work items count them the same way.
+template <class T>
+__host__ __device__ __forceinline__ int query_tiles(const ForwardParams& p) {
+  return (p.nq + T::kBlockQ - 1) / T::kBlockQ;
+}
+
 // Number of key tiles query tile `q_tile` must visit (0 when a causal mask
 // hides every key from every row of the tile).
 template <class T>
@@ -54,7 +61,7 @@ __device__ __forceinline__ CtaWork cta_work(const ForwardParams& p) {
 // the same time share its K and V in L2), causal ones longest first.
 template <class T>
 __device__ __forceinline__ int work_items(const ForwardParams& p) {
-  return (p.nq + T::kBlockQ - 1) / T::kBlockQ * p.batch_heads;
+  return query_tiles<T>(p) * p.batch_heads;
 }
 // The work item of this CTA in round `round` (persistent launches): rounds
 // of gridDim.x consecutive items, walked forward in even rounds and backward
@@ -67,7 +74,7 @@ __device__ __forceinline__ int cta_item(int round) {
 }
 template <class T>
 __device__ __forceinline__ CtaWork item_work(const ForwardParams& p, int item) {
-  const int q_tiles = (p.nq + T::kBlockQ - 1) / T::kBlockQ;
+  const int q_tiles = query_tiles<T>(p);
   const int i = item % q_tiles;
   return work_of<T>(p, T::kCausal ? q_tiles - 1 - i : i, item / q_tiles);
 }

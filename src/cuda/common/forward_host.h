@@ -33,12 +33,6 @@ cudaError_t launch_forward_kernel(void (*kernel)(Params), const Params& p, dim3 
   return cudaGetLastError();
 }
 
-// Query tiles of kBlockQ rows per (batch, query head).
-template <class T>
-int query_tiles(const ForwardParams& p) {
-  return (p.nq + T::kBlockQ - 1) / T::kBlockQ;
-}
-
 // [B, H, N, D] strides of a q/k/v/out view in either layout.
 quant::StridedInput strided(const TensorView& t, TensorLayout layout);
 

@@ -13,7 +13,6 @@
 
 #include "api/validate.h"
 #include "cuda/common/forward_host.h"
-#include "cuda/device_info.h"
 #include "cuda/quant/prepass.h"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
 
@@ -95,7 +94,8 @@ std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& o
   return quant::make_prepass_layout(prepass_problem(args, options)).bytes;
 }
 
-Status run(const AttentionArgs& args, const AttentionOptions& o, void* workspace, Stream stream, bool kernel_only) {
+Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::DeviceInfo& device, void* workspace,
+           Stream stream, bool kernel_only) {
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   fwd::Prepass prepass;
   SAGE_RETURN_IF_ERROR(fwd::start_prepass(args, o, prepass_problem(args, o), workspace, s, kernel_only, &prepass));
@@ -111,9 +111,6 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, void* workspace
   SAGE_RETURN_IF_ERROR(
       make_tensor_map(&p.tmap_vt, buf.vt, layout.nk_padded, dp, std::uint64_t(pp.batch) * pp.heads_kv, 128, dp));
 
-  cuda::DeviceInfo device;  // (cached after a device's first call)
-  std::string error;
-  if (!cuda::device_info(args.q.device, &device, &error)) return Status(StatusCode::cuda_error, error);
   const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, o.causal, pp.bf16, device.sm_count, s)
                                    : launch_for_dp<128>(p, o.causal, pp.bf16, device.sm_count, s);
   if (err != cudaSuccess) return fwd::cuda_status(err, "sm90 attention kernel launch");

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <string>
 
+#include "cuda/device_info.h"
 #include "sage/attention.h"
 
 namespace sage::sm90 {
@@ -15,10 +16,11 @@ std::string unsupported_reason(const AttentionOptions& options, std::int64_t hea
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options);
 
-// Runs a validated, supported call on the current device, asynchronously on
-// `stream`. kernel_only skips the pre-pass (benchmarks: the workspace
-// already holds this call's quantized inputs).
-Status run(const AttentionArgs& args, const AttentionOptions& options, void* workspace, Stream stream,
-           bool kernel_only = false);
+// Runs a validated, supported call on the current device (`device`: its
+// properties, from the dispatch), asynchronously on `stream`. kernel_only
+// skips the pre-pass (benchmarks: the workspace already holds this call's
+// quantized inputs).
+Status run(const AttentionArgs& args, const AttentionOptions& options, const cuda::DeviceInfo& device,
+           void* workspace, Stream stream, bool kernel_only = false);
 
 }  // namespace sage::sm90

@@ -24,8 +24,9 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
   using T = FwdTraits<Dp, Causal, OutT, SmoothQ>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
-  const long long tiles = static_cast<long long>(fwd::query_tiles<T>(p)) * p.batch_heads;
-  const bool persistent = !Causal || fwd::query_tiles<T>(p) <= kCausalPersistentMaxTiles;
+  const int q_tiles = fwd::query_tiles<T>(p);
+  const long long tiles = static_cast<long long>(q_tiles) * p.batch_heads;
+  const bool persistent = !Causal || q_tiles <= kCausalPersistentMaxTiles;
   const long long ctas = !persistent || tiles < sm_count ? tiles : sm_count;
   const dim3 grid(static_cast<unsigned>(ctas));
   return fwd::launch_forward_kernel<T>(qk_int8_pv_fp8_sm90_kernel<T>, p, grid, kSmem, stream);
