@@ -62,13 +62,14 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
 }
 
 Status start_prepass(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& problem,
-                     void* workspace, cudaStream_t stream, bool kernel_only, Prepass* out) {
+                     void* workspace, cudaStream_t stream, bool kernel_only, bool programmatic, Prepass* out) {
   out->problem = problem;
   out->layout = quant::make_prepass_layout(problem);
   out->buffers = out->layout.carve(workspace);
   if (kernel_only) return Status::ok();
   const cudaError_t err = quant::launch_prepass(problem, out->layout, out->buffers, strided(args.q, o.layout),
-                                                strided(args.k, o.layout), strided(args.v, o.layout), stream);
+                                                strided(args.k, o.layout), strided(args.v, o.layout), stream,
+                                                programmatic);
   return err == cudaSuccess ? Status::ok() : cuda_status(err, "quantization pre-pass launch");
 }
 

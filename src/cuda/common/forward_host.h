@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cuda/common/forward_params.h"
+#include "cuda/common/programmatic_launch.cuh"
 #include "cuda/quant/prepass.h"
 #include "numerics/tile_geometry.h"
 #include "sage/attention.h"
@@ -22,15 +23,15 @@ Status cuda_status(cudaError_t err, const char* what);
 cudaError_t allow_dynamic_smem(const void* kernel, int bytes);
 
 // Launches a forward kernel of traits T (kThreads threads per CTA) over
-// `grid` with `smem_bytes` of dynamic shared memory. (Compiled by nvcc only:
-// the launch syntax.)
+// `grid` with `smem_bytes` of dynamic shared memory; `programmatic`: under
+// the tail of the pre-pass (the kernel must wait for it, see
+// cuda/common/programmatic_launch.cuh). (Compiled by nvcc only.)
 template <class T, class Params>
 cudaError_t launch_forward_kernel(void (*kernel)(Params), const Params& p, dim3 grid, int smem_bytes,
-                                  cudaStream_t stream) {
+                                  cudaStream_t stream, bool programmatic) {
   const cudaError_t err = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem_bytes);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, T::kThreads, smem_bytes, stream>>>(p);
-  return cudaGetLastError();
+  return pdl::launch(programmatic, kernel, grid, dim3(T::kThreads), smem_bytes, stream, p);
 }
 
 // [B, H, N, D] strides of a q/k/v/out view in either layout.
@@ -50,9 +51,9 @@ struct Prepass {
 
 // Carves `problem`'s outputs out of `workspace` into *out and, unless
 // kernel_only (the workspace already holds them: benchmarks), enqueues the
-// pre-pass on `stream`.
+// pre-pass on `stream` (programmatic: see quant::launch_prepass).
 Status start_prepass(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& problem,
-                     void* workspace, cudaStream_t stream, bool kernel_only, Prepass* out);
+                     void* workspace, cudaStream_t stream, bool kernel_only, bool programmatic, Prepass* out);
 
 // Everything in ForwardParams, from the call and its pre-pass.
 void fill_forward_params(const AttentionArgs& args, const AttentionOptions& o, const Prepass& prepass,

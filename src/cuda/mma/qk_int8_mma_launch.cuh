@@ -19,7 +19,7 @@ cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, int batch_heads, cudaSt
   constexpr int kSmem = sizeof(FwdSharedStorage<T>);
   static_assert(kSmem <= 99 * 1024, "shared memory per CTA (sm_86/89/120 allow 99 KiB)");
   const dim3 grid(fwd::query_tiles<T>(p), batch_heads);  // one CTA per query tile
-  return fwd::launch_forward_kernel<T>(qk_int8_mma_kernel<T>, p, grid, kSmem, stream);
+  return fwd::launch_forward_kernel<T>(qk_int8_mma_kernel<T>, p, grid, kSmem, stream, /*programmatic=*/false);
 }
 
 // The eight (causal, output type, smooth_q) instances of one (head dim, PV mode, Q/K bits).

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
 #include "numerics/formats.h"
 #include "numerics/tile_geometry.h"
@@ -135,6 +136,9 @@ __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, Pr
                                                              StridedInput k_in, StridedInput v_in) {
   // [row_lanes][Dp] floats of the lane reduction, then (Vec) the ring:
   // [stage][K, V][thread] 16-byte slots.
+  // The quantize kernel's Q tiles do not need these statistics: it may start
+  // at once and fill the SMs that this grid leaves idle.
+  pdl::allow_dependent_launch();
   extern __shared__ uint4 stats_smem[];
   float* red = reinterpret_cast<float*>(stats_smem);
   uint4* ring = stats_smem + kThreads * kVec * sizeof(float) / sizeof(uint4);
@@ -522,7 +526,10 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
   const int row0 = tile * kTileRows;
   // The tile's copies go out first; the statistics are reduced while they fly.
   load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, sh.tile);
-  if (p.lse_correction) finalize_stats(p, layout, out, bh_kv, false, false, sh);
+  if (p.lse_correction) {
+    pdl::wait_for_prerequisites();  // the K statistics
+    finalize_stats(p, layout, out, bh_kv, false, false, sh);
+  }
   for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
   cp_async_wait<0>();
   __syncthreads();
@@ -551,6 +558,7 @@ __device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& la
   const int row0 = tile * kTileRows;
   // The tile's copies go out first; the mean is reduced while they fly.
   load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, sh.tile);
+  pdl::wait_for_prerequisites();  // the K statistics
   finalize_stats(p, layout, out, bh_kv, false, false, sh);
   for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
   cp_async_wait<0>();
@@ -647,6 +655,7 @@ __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& la
   const int row0 = tile * kTileRows;
   // The tile's copies go out first; the statistics are reduced while they fly.
   load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, sh.tile);
+  pdl::wait_for_prerequisites();  // the V statistics
   finalize_stats(p, layout, out, bh_kv, true, tile == 0, sh);
   cp_async_wait<0>();
   __syncthreads();
@@ -671,6 +680,9 @@ template <typename T, bool Vec, int Dp>
 __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
     quantize_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out, StridedInput q, StridedInput k,
                     StridedInput v) {
+  // The attention kernel waits for this grid before it reads anything; it may
+  // launch and run its prologue while the last tiles are quantized.
+  pdl::allow_dependent_launch();
   __shared__ QuantShared<Dp> sh;
   const int q_jobs = p.batch * p.heads_q * ((p.nq + kTileRows - 1) / kTileRows);
   const int kv_jobs = p.batch * p.heads_kv * ((p.nk + kTileRows - 1) / kTileRows);
@@ -691,7 +703,7 @@ bool aligned16(const StridedInput& in) {
 
 template <typename T, bool Vec, int Dp>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                         StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream) {
+                         StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream, bool programmatic) {
   const dim3 stats_grid(layout.chunks, p.batch * p.heads_kv);
   // The lane reduction (row_lanes * Dp floats), then the Vec ring.
   const std::size_t stats_smem =
@@ -699,19 +711,22 @@ cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, c
   kv_stats_kernel<T, Vec><<<stats_grid, kThreads, stats_smem, stream>>>(p, layout, out, k, v);
   const int q_jobs = p.batch * p.heads_q * ((p.nq + kTileRows - 1) / kTileRows);
   const int kv_jobs = p.batch * p.heads_kv * ((p.nk + kTileRows - 1) / kTileRows);
-  quantize_kernel<T, Vec, Dp><<<q_jobs + 2 * kv_jobs, kThreads, 0, stream>>>(p, layout, out, q, k, v);
-  return cudaGetLastError();
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  return pdl::launch(programmatic, quantize_kernel<T, Vec, Dp>, dim3(q_jobs + 2 * kv_jobs), dim3(kThreads), 0, stream,
+                     p, layout, out, q, k, v);
 }
 
 template <typename T>
 cudaError_t launch_for_type(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                            StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream) {
+                            StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream,
+                            bool programmatic) {
   const bool vec = p.head_dim % kVec == 0 && aligned16(q) && aligned16(k) && aligned16(v);
   if (layout.head_dim_padded == 64)
-    return vec ? launch_typed<T, true, 64>(p, layout, out, q, k, v, stream)
-               : launch_typed<T, false, 64>(p, layout, out, q, k, v, stream);
-  return vec ? launch_typed<T, true, 128>(p, layout, out, q, k, v, stream)
-             : launch_typed<T, false, 128>(p, layout, out, q, k, v, stream);
+    return vec ? launch_typed<T, true, 64>(p, layout, out, q, k, v, stream, programmatic)
+               : launch_typed<T, false, 64>(p, layout, out, q, k, v, stream, programmatic);
+  return vec ? launch_typed<T, true, 128>(p, layout, out, q, k, v, stream, programmatic)
+             : launch_typed<T, false, 128>(p, layout, out, q, k, v, stream, programmatic);
 }
 
 }  // namespace
@@ -776,9 +791,9 @@ PrepassBuffers PrepassLayout::carve(void* workspace) const {
 }
 
 cudaError_t launch_prepass(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                           StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream) {
-  return p.bf16 ? launch_for_type<__nv_bfloat16>(p, layout, out, q, k, v, stream)
-                : launch_for_type<__half>(p, layout, out, q, k, v, stream);
+                           StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream, bool programmatic) {
+  return p.bf16 ? launch_for_type<__nv_bfloat16>(p, layout, out, q, k, v, stream, programmatic)
+                : launch_for_type<__half>(p, layout, out, q, k, v, stream, programmatic);
 }
 
 }  // namespace sage::quant

@@ -105,9 +105,13 @@ constexpr bool prepass_supports_geometry(TileGeometry g) {
 }
 static_assert(prepass_supports_geometry(kSm90Geometry) && prepass_supports_geometry(kMmaGeometry));
 
-// Enqueues both pre-pass kernels on `stream`.
+// Enqueues both pre-pass kernels on `stream`. `programmatic` (sm_90+
+// devices): the quantize kernel starts under the statistics kernel (its Q
+// tiles need no statistics), and the next kernel of the stream may start
+// under the quantize kernel's tail if it is launched programmatically and
+// waits for it (cuda/common/programmatic_launch.cuh).
 cudaError_t launch_prepass(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                           StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream);
+                           StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream, bool programmatic);
 
 // Position -> key inside a 32-key chunk of V^T: the key whose P value the
 // kernel's FP8 A fragment holds at that position (see the sm90 softmax).

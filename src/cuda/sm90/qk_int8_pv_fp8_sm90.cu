@@ -98,7 +98,8 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
            Stream stream, bool kernel_only) {
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   fwd::Prepass prepass;
-  SAGE_RETURN_IF_ERROR(fwd::start_prepass(args, o, prepass_problem(args, o), workspace, s, kernel_only, &prepass));
+  SAGE_RETURN_IF_ERROR(fwd::start_prepass(args, o, prepass_problem(args, o), workspace, s, kernel_only,
+                                         /*programmatic=*/true, &prepass));
   const quant::PrepassProblem& pp = prepass.problem;
   const quant::PrepassLayout& layout = prepass.layout;
   const quant::PrepassBuffers& buf = prepass.buffers;

@@ -34,6 +34,7 @@
 #include <cstdint>
 
 #include "cuda/common/forward_device.cuh"
+#include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/smooth_q.cuh"
 #include "cuda/sm90/ptx_sm90.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
@@ -352,6 +353,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
     tma_prefetch_descriptor(&p.tmap_k);
     tma_prefetch_descriptor(&p.tmap_vt);
   }
+  // Launched under the pre-pass's tail (programmatic launch): everything
+  // below reads its outputs.
+  pdl::wait_for_prerequisites();
   __syncthreads();
 
   const int warpgroup = threadIdx.x / 128;

@@ -29,7 +29,9 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
   const bool persistent = !Causal || q_tiles <= kCausalPersistentMaxTiles;
   const long long ctas = !persistent || tiles < sm_count ? tiles : sm_count;
   const dim3 grid(static_cast<unsigned>(ctas));
-  return fwd::launch_forward_kernel<T>(qk_int8_pv_fp8_sm90_kernel<T>, p, grid, kSmem, stream);
+  // Programmatic: the kernel's CTAs start under the tail of the pre-pass and
+  // wait for it after their prologue.
+  return fwd::launch_forward_kernel<T>(qk_int8_pv_fp8_sm90_kernel<T>, p, grid, kSmem, stream, /*programmatic=*/true);
 }
 
 // The eight (causal, output type, smooth_q) instances of one head dim.

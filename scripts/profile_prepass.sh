@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# On a GPU machine, after scripts/device-check.sh built build-dev: where the time of one
+# end-to-end call goes (B=2, H=32, D=128, bf16, non-causal; N from $1, default 4096):
+# GPU time of each kernel, and one ncu profile of each pre-pass kernel (throughput,
+# occupancy, stall reasons). Output in $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-device-out}
+export PYTHONPATH="$PWD/build-dev/python/pkg${PYTHONPATH:+:$PYTHONPATH}"
+n=${1:-4096}
+causal=${2:-False}
+call="
+import torch, sage_attention as s
+q, k, v = [torch.randn(2, 32, $n, 128, dtype=torch.bfloat16, device='cuda') for _ in range(3)]
+s.sageattn(q, k, v, is_causal=$causal); torch.cuda.synchronize()"
+timeout 200 ncu --kernel-name regex:'kv_stats|quantize_kernel' --launch-count 2 \
+  --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+  --section LaunchStats --section SchedulerStats -f -o "$out/prepass" python3 -c "$call" >"$out/ncu-prepass.log" 2>&1
+tail -2 "$out/ncu-prepass.log"
+ncu --import "$out/prepass.ncu-rep" --page details >"$out/ncu-prepass.txt" 2>&1
+grep -E "^  [a-z]|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Issue Slots Busy|Warp Cycles Per Issued|Stall" "$out/ncu-prepass.txt" | head -60
