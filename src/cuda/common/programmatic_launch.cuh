@@ -2,7 +2,7 @@
 // (statistics -> quantization -> attention) overlap their launch, prologue
 // and first loads with the tail of the kernel before them.
 //
-// A kernel launched with launch_programmatic may start once every CTA of the
+// A kernel launched by launch(true, ...) may start once every CTA of the
 // kernel before it in the stream has called allow_dependent_launch (or
 // exited), so it must call wait_for_prerequisites before it reads anything
 // that kernel writes; the wait returns when that kernel has completed and
@@ -18,7 +18,7 @@
 
 namespace sage::pdl {
 
-// Lets the next kernel of the stream (if launched with launch_programmatic)
+// Lets the next kernel of the stream (if launched by launch(true, ...))
 // start as soon as every CTA of this grid has called this.
 __device__ __forceinline__ void allow_dependent_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
@@ -83,6 +84,18 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&x)[kVec]) {
     const float2 f = to_float2<T>(w[i]);
     x[2 * i] = f.x, x[2 * i + 1] = f.y;
   }
+}
+
+// max(0, max |x|) over the 8 elements of a 16-byte chunk, on packed pairs
+// (half the instructions of unpacking to fp32). Exact: the maximum of
+// representable values; a NaN is skipped as fmaxf skips it.
+template <typename T>
+__device__ __forceinline__ float abs_max8(const uint4& raw) {
+  using Pair = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+  Pair h[4];
+  memcpy(h, &raw, sizeof(raw));
+  const Pair m = __hmax2(__hmax2(__habs2(h[0]), __habs2(h[1])), __hmax2(__habs2(h[2]), __habs2(h[3])));
+  return fmaxf(0.f, fmaxf(__low2float(m), __high2float(m)));
 }
 
 // Reads 8 consecutive channels [c0, c0+8) of one row (zeros past head_dim),
@@ -153,11 +166,11 @@ __device__ __forceinline__ void atomic_max_nonneg(float* slot, float v) {
 template <typename T, bool Vec>
 __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out,
                                                              StridedInput k_in, StridedInput v_in) {
-  // [row_lanes][Dp] floats of the lane reduction, then (Vec) the ring:
-  // [stage][K, V][thread] 16-byte slots.
   // The quantize kernel's Q tiles do not need these statistics: it may start
   // at once and fill the SMs that this grid leaves idle.
   pdl::allow_dependent_launch();
+  // [row_lanes][Dp] floats of the lane reduction, then (Vec) the ring:
+  // [stage][K, V][thread] 16-byte slots.
   extern __shared__ uint4 stats_smem[];
   float* red = reinterpret_cast<float*>(stats_smem);
   uint4* ring = stats_smem + kThreads * kVec * sizeof(float) / sizeof(uint4);
@@ -410,11 +423,15 @@ __device__ void quantize_int_tile(QuantShared<Dp>& sh, const float* mean, bool i
   float m[L::kRows];
 #pragma unroll
   for (int j = 0; j < L::kRows; ++j) {
-    float x[kVec];
-    read_row<T, Dp, kSub>(sh, j, mu, x);
-    m[j] = 0.f;
+    if constexpr (kSub) {
+      float x[kVec];
+      read_row<T, Dp, kSub>(sh, j, mu, x);
+      m[j] = 0.f;
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) m[j] = fmaxf(m[j], fabsf(x[e]));
+      for (int e = 0; e < kVec; ++e) m[j] = fmaxf(m[j], fabsf(x[e]));
+    } else {
+      m[j] = abs_max8<T>(sh.tile[L::row(j) * L::kChunkLanes + L::chunk()]);
+    }
     if (L::row(j) >= rows_here) m[j] = 0.f;
   }
   float amax = row_max_scatter(m);
@@ -643,8 +660,10 @@ __device__ void store_vt_fp8(const QuantShared<Dp>& sh, const PrepassLayout& lay
         float2 lo = to_float2<T>(tile32[key * kPairs + pair]);        // position e: channels c, c + 1
         float2 hi = to_float2<T>(tile32[(key + 1) * kPairs + pair]);  // position e + 1
         if (kSub) lo.x -= mean0, lo.y -= mean1, hi.x -= mean0, hi.y -= mean1;
-        if (key >= keys_here) lo = make_float2(0.f, 0.f);
-        if (key + 1 >= keys_here) hi = make_float2(0.f, 0.f);
+        // Keys past nk are zeros in the tile (code 0 as they are); only V -
+        // mean_v must be set back to 0 there.
+        if (kSub && key >= keys_here) lo = make_float2(0.f, 0.f);
+        if (kSub && key + 1 >= keys_here) hi = make_float2(0.f, 0.f);
         const int shift = 16 * ((e / 2) % 2);
         words0[e / 4] |= fp8x2_e4m3_code(lo.x * inv0, hi.x * inv0) << shift;
         words1[e / 4] |= fp8x2_e4m3_code(lo.y * inv1, hi.y * inv1) << shift;
