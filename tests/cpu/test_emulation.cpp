@@ -368,6 +368,12 @@ TEST(EmulationSmoothing, SmoothQHelpsInt4OnBiasedQueries) {
 // cos .9889 / .9913 / .9944 for block / warp / thread). On outlier inputs
 // single seeds are noisy (near-tie rows flip), so four heads are averaged
 // and the per-warp sandwich is only asserted on heavy-tailed inputs.
+// INT4's errors are large (relative L1 0.3 - 0.9), and there cos-sim is
+// decided by the few rows with the largest outputs: a rare draw inverts it
+// (seed 14420125257616906309, INT4 heavy-tailed: cos .902 / .920 / .893 for
+// block / warp / thread while relative L1 falls .91 / .76 / .56), so INT4's
+// order is asserted on relative L1, which held in 240 seeds with >= 11% to
+// spare at each step (cos by 0.07 on average, but not in every draw).
 TEST(EmulationGranularity, FinerIsNotWorseOnOutliers) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_note(seed));
@@ -378,8 +384,13 @@ TEST(EmulationGranularity, FinerIsNotWorseOnOutliers) {
       const Result block = run(c, sage2(qk, Granularity::per_block, PVFormat::fp16));
       const Result warp = run(c, sage2(qk, Granularity::per_warp, PVFormat::fp16));
       const Result thread = run(c, sage2(qk, Granularity::per_thread, PVFormat::fp16));
-      EXPECT_GE(thread.m.cos_sim, block.m.cos_sim - 1e-3);
       EXPECT_LE(thread.m.rel_l1, block.m.rel_l1 * 1.05);
+      if (qk == QKFormat::int4) {
+        EXPECT_LE(warp.m.rel_l1, block.m.rel_l1);
+        EXPECT_LE(thread.m.rel_l1, warp.m.rel_l1);
+        continue;
+      }
+      EXPECT_GE(thread.m.cos_sim, block.m.cos_sim - 1e-3);
       if (d == Distribution::heavy_tailed) {
         EXPECT_GE(warp.m.cos_sim, block.m.cos_sim - 1e-3);
         EXPECT_GE(thread.m.cos_sim, warp.m.cos_sim - 1e-3);
