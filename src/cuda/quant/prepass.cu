@@ -581,17 +581,28 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
     lse_correction_tile<T, Dp>(sh, p.sm_scale, row0, p.nq, out.lse_corr + static_cast<std::int64_t>(bh) * p.nq);
 }
 
+// The opening of a K or V job: which (kv head, tile) it is, its tile's
+// copies started, and (once the statistics kernel is complete) the head's
+// statistics reduced into sh while they fly.
+struct KvTile {
+  int bh_kv, tile, row0;
+};
+template <typename T, bool Vec, int Dp>
+__device__ KvTile start_kv_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                                const StridedInput& in, int job, bool v_job, QuantShared<Dp>& sh) {
+  const int tiles = (p.nk + kTileRows - 1) / kTileRows;
+  const KvTile t{job / tiles, job % tiles, job % tiles * kTileRows};
+  load_tile<T, Vec, Dp>(in, t.bh_kv / p.heads_kv, t.bh_kv % p.heads_kv, t.row0, p.nk, p.head_dim, sh.tile);
+  pdl::wait_for_prerequisites();  // the statistics kernel's partial sums
+  finalize_stats(p, layout, out, t.bh_kv, v_job, v_job && t.tile == 0, sh);
+  return t;
+}
+
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                 const StridedInput& in, int job, QuantShared<Dp>& sh) {
-  const int tiles = (p.nk + kTileRows - 1) / kTileRows;
-  const int bh_kv = job / tiles, tile = job % tiles;
-  const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
-  const int row0 = tile * kTileRows;
-  // The tile's copies go out first; the mean is reduced while they fly.
-  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, sh.tile);
-  pdl::wait_for_prerequisites();  // the K statistics
-  finalize_stats(p, layout, out, bh_kv, false, false, sh);
+  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, job, false, sh);
+  const int bh_kv = t.bh_kv, row0 = t.row0;
   for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
   cp_async_wait<0>();
   __syncthreads();
@@ -683,14 +694,8 @@ __device__ void store_vt_fp8(const QuantShared<Dp>& sh, const PrepassLayout& lay
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                 const StridedInput& in, int job, QuantShared<Dp>& sh) {
-  const int tiles = (p.nk + kTileRows - 1) / kTileRows;
-  const int bh_kv = job / tiles, tile = job % tiles;
-  const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
-  const int row0 = tile * kTileRows;
-  // The tile's copies go out first; the statistics are reduced while they fly.
-  load_tile<T, Vec, Dp>(in, b, h, row0, p.nk, p.head_dim, sh.tile);
-  pdl::wait_for_prerequisites();  // the V statistics
-  finalize_stats(p, layout, out, bh_kv, true, tile == 0, sh);
+  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, job, true, sh);
+  const int bh_kv = t.bh_kv, row0 = t.row0;
   cp_async_wait<0>();
   __syncthreads();
   if (p.v_format == VFormat::fp16_rows) {
