@@ -13,6 +13,7 @@ size exceeds the L2 cache. TOPS = 4*B*H*N*N*D (/2 causal) / time.
 Writes bench/results/<gpu>-<date>.json.
 
   python3 bench/bench_attention.py [--quick] [--out FILE] [--dims 128] [--sizes 4096,16384] [--causal 0]
+                                   [--methods sage,sage-kernel,sdpa-cudnn]
 """
 
 from __future__ import annotations
@@ -107,7 +108,13 @@ def main():
     ap.add_argument("--dims", default="64,128", help="head dims (comma-separated)")
     ap.add_argument("--sizes", default=None, help="sequence lengths (default 1024,4096,16384; --quick 1024,4096)")
     ap.add_argument("--causal", default="0,1", help="causal settings to run (0, 1 or 0,1)")
+    ap.add_argument("--methods", default="sage,sage-kernel,sdpa-cudnn,sdpa-flash",
+                    help="methods to time (comma-separated; A/B runs of two builds can skip sdpa-flash)")
     args = ap.parse_args()
+    wanted = args.methods.split(",")
+    known = ("sage", "sage-kernel", "sdpa-cudnn", "sdpa-flash")
+    if not wanted or any(m not in known for m in wanted):
+        sys.exit(f"bench: --methods takes a comma-separated subset of {', '.join(known)}")
     if not torch.cuda.is_available():
         sys.exit("bench: no CUDA GPU; the benchmark needs one")
 
@@ -129,6 +136,8 @@ def main():
                     "sdpa-flash": sdpa(SDPBackend.FLASH_ATTENTION, causal),
                 }
                 for name, fn in methods.items():
+                    if name not in wanted:
+                        continue
                     try:
                         ms = time_ms(fn, sets)
                     except Exception as e:  # a backend that cannot run this shape

@@ -79,6 +79,20 @@ __device__ __forceinline__ CtaWork item_work(const ForwardParams& p, int item) {
   return work_of<T>(p, T::kCausal ? q_tiles - 1 - i : i, item / q_tiles);
 }
 
+// Persistent CTAs: f(w, j, it0) for each of this CTA's work items in order,
+// w its work, j its round, it0 the count of key tiles of the CTA's earlier
+// items (where the item's tiles start in a ring of K/V buffers that runs on
+// across items). Every warp role of a kernel walks the same sequence.
+template <class T, class F>
+__device__ __forceinline__ void for_each_item(const ForwardParams& p, F&& f) {
+  int it0 = 0;
+  for (int j = 0, item = cta_item(0); item < work_items<T>(p); item = cta_item(++j)) {
+    const CtaWork w = item_work<T>(p, item);
+    f(w, j, it0);
+    it0 += w.n_tiles;
+  }
+}
+
 template <typename OutT>
 struct OutputConvert;
 template <>

@@ -7,8 +7,9 @@
 //        Q: INT8 with the granularity's scale groups (sm_scale*log2 e folded
 //           into the scale), plus q . mean_k * sm_scale per row for the LSE;
 //           smooth_q: each 128-row tile (= cta_q block of both kernel
-//           geometries) minus its channel mean, which is written out for
-//           the kernel's score correction mean_q . k_j;
+//           geometries, and the CTA tile of every smooth_q kernel) minus its
+//           channel mean, which is written out for the kernel's score
+//           correction mean_q . k_j;
 //        K: K - mean_k, INT8 per group;
 //        (qk_bits = 4: Q and K in INT4 instead, for mma.sync m16n8k64);
 //        V: (V - mean_v) / v_scale[channel] in FP8 E4M3, written transposed

@@ -107,7 +107,8 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   const int dp = layout.head_dim_padded;
   QkInt8PvFp8Params p{};
   fwd::fill_forward_params(args, o, prepass, &p);
-  SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp, 128));
+  SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp,
+                                       query_block_rows(dp, p.q_mean != nullptr)));
   SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_k, buf.k, dp, pp.nk, std::uint64_t(pp.batch) * pp.heads_kv, dp, 128));
   SAGE_RETURN_IF_ERROR(
       make_tensor_map(&p.tmap_vt, buf.vt, layout.nk_padded, dp, std::uint64_t(pp.batch) * pp.heads_kv, 128, dp));

@@ -1,22 +1,23 @@
 // Hopper forward kernel: INT8 Q K^T and FP8 (E4M3) P V with wgmma, TMA loads,
 // warp specialization.
 //
-// Each CTA loops over work items (a 128-row tile of queries of one (batch,
+// Each CTA loops over work items (a tile of kBlockQ queries of one (batch,
 // head); fwd::item_work) in rounds of gridDim.x (fwd::cta_item):
 //   warpgroup 0  producer: one thread issues the TMA loads of the Q tile and
 //                of K / V^T tiles into a kStages-deep ring of shared buffers
 //                (the ring runs on across items; Q of the next item is
 //                loaded as soon as the consumers' last Q K^T of the current
 //                one is done, under their last softmax and epilogue);
-//   warpgroups 1, 2  consumers: each owns 64 query rows and, for every key
-//                tile, runs S = Q K^T (int32), the online softmax in fp32
+//   warpgroups 1.. consumers (two; three at D = 64, see
+//                consumer_warpgroups): each owns 64 query rows and, for every
+//                key tile, runs S = Q K^T (int32), the online softmax in fp32
 //                (base 2, scales folded in), packs P to FP8 in registers and
 //                accumulates P V^T into a fresh fp32 tile accumulator that is
 //                added into O (two-level accumulation).
 // Each consumer issues P V^T of tile t-1 and Q K^T of tile t back to back,
 // folds P V^T into O while Q K^T runs, then runs the softmax of tile t. The
-// two consumers are left to run side by side (their softmaxes overlap, so a
-// scheduler has two softmax warps to interleave): a ping-pong schedule
+// consumers are left to run side by side (their softmaxes overlap, so a
+// scheduler has two or three softmax warps to interleave): a ping-pong schedule
 // (named-barrier turns, one consumer's MMAs under the other's softmax) was
 // 3-10% slower (docs/perf-notes.md).
 //
@@ -54,22 +55,25 @@ struct FwdTraits {
   static constexpr bool kPvFp8 = true;  // (the shared epilogue applies the V scales)
   static constexpr int kOffsetThreads = 64;  // producer warps 1, 2: two keys each per tile
   using Out = OutT;
-  static constexpr int kBlockQ = kSm90Geometry.cta_q;
-  static constexpr int kBlockK = kSm90Geometry.cta_k;
   static constexpr int kRowsPerConsumer = 64;  // wgmma M
-  static constexpr int kConsumers = kBlockQ / kRowsPerConsumer;
+  static constexpr int kConsumers = consumer_warpgroups(HeadDimPadded, SmoothQ);
+  // The quantization groups stay those of kSm90Geometry (128-row blocks,
+  // 16-row warps): every warp's 16 rows lie inside one block either way.
+  static constexpr int kBlockQ = query_block_rows(HeadDimPadded, SmoothQ);
+  static constexpr int kBlockK = kSm90Geometry.cta_k;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  // Three stages: a stage is refilled only once both consumers are done with
+  // Three stages: a stage is refilled only once every consumer is done with
   // it, and they drift apart by up to a tile.
   static constexpr int kStages = 3;
   // A consumer holds O, the P V^T tile accumulator, S and P at once while
-  // its two MMAs run (~210 registers); the smooth_q producer warps need 40
-  // (their key-offset loop spills a few words per K tile at that size,
-  // outside its FMA loop). The split must fit in what the CTA was given at
-  // launch (kThreads x the register count of __launch_bounds__(kThreads, 1)):
-  // setmaxnreg.inc waits for registers that never come otherwise.
+  // its two MMAs run (~210 registers at D = 128, ~150 at D = 64); the
+  // smooth_q producer warps need 40 (their key-offset loop spills a few
+  // words per K tile at that size, outside its FMA loop). The split must fit
+  // in what the CTA was given at launch (kThreads x the register count of
+  // __launch_bounds__(kThreads, 1)): setmaxnreg.inc waits for registers that
+  // never come otherwise.
   static constexpr int kProducerRegs = SmoothQ ? 40 : 24;
-  static constexpr int kConsumerRegs = SmoothQ ? 232 : 240;
+  static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : SmoothQ ? 232 : 240;
   static constexpr int kQBytes = kBlockQ * kDp;
   static constexpr int kKBytes = kBlockK * kDp;
   static constexpr int kVBytes = kDp * kBlockK;
@@ -79,7 +83,9 @@ struct FwdTraits {
   static_assert(kDp == 64 || kDp == 128, "head dims are padded to 64 or 128");
   static_assert(127 * 127 * kDp < (1 << 24), "INT8 scores must convert to fp32 exactly");
   static_assert(kBlockK == 128, "V^T rows of 128 FP8 keys fill one 128-byte swizzle row");
-  static_assert(kBlockQ == kConsumers * kRowsPerConsumer && kConsumers == 2, "two consumer warpgroups");
+  static_assert(kBlockQ == kConsumers * kRowsPerConsumer && (kConsumers == 2 || kConsumers == 3),
+                "two or three consumer warpgroups");
+  static_assert(kSm90Geometry.cta_q % kSm90Geometry.warp_q == 0, "a warp's rows share their Q block");
   static_assert(kSm90Geometry.warp_q == 16, "each warp of a wgmma owns 16 rows");
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // per thread, as ptxas allocates them
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= kThreads * kLaunchRegs,
@@ -105,27 +111,25 @@ struct FwdSharedStorage {
 
 // ---- producer: TMA loads ----------------------------------------------------------
 // Per work item: the Q tile (once the consumers released the previous one),
-// then its K / V^T tiles; `it` counts K/V tiles over all items (stage
-// it % kStages, phase (it / kStages) & 1), the same count the consumers and
-// the key-offset warps keep.
+// then its K / V^T tiles. Ring entry `it` (K/V tiles counted over all items,
+// fwd::for_each_item) is stage it % kStages, phase (it / kStages) & 1 for the
+// producer, the consumers and the key-offset warps alike.
 template <class T>
 __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
-  int it = 0;
-  for (int j = 0, item = fwd::cta_item(0); item < fwd::work_items<T>(p); item = fwd::cta_item(++j)) {
-    const fwd::CtaWork w = fwd::item_work<T>(p, item);
+  fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int j, int it0) {
     mbar_wait_idle(&s.q_empty, (j & 1) ^ 1);  // passes at once on a fresh barrier
     mbar_arrive_expect_tx(&s.q_full, T::kQBytes);
     tma_load_3d(s.q, &p.tmap_q, &s.q_full, 0, w.q_tile * T::kBlockQ, w.bh);
-    for (int t = 0; t < w.n_tiles; ++t, ++it) {
-      const int st = it % T::kStages;
-      const uint32_t phase = (it / T::kStages) & 1;
+    for (int t = 0; t < w.n_tiles; ++t) {
+      const int st = (it0 + t) % T::kStages;
+      const uint32_t phase = ((it0 + t) / T::kStages) & 1;
       mbar_wait_idle(&s.kv_empty[st], phase ^ 1);  // passes at once on a fresh barrier
       mbar_arrive_expect_tx(&s.k_full[st], T::kKBytes);
       tma_load_3d(s.k[st], &p.tmap_k, &s.k_full[st], 0, t * T::kBlockK, w.bh_kv);
       mbar_arrive_expect_tx(&s.v_full[st], T::kVBytes);
       tma_load_3d(s.vt[st], &p.tmap_vt, &s.v_full[st], t * T::kBlockK, 0, w.bh_kv);
     }
-  }
+  });
 }
 
 // The key offsets of one work item's K tiles; K tile t is ring entry it0 + t.
@@ -172,17 +176,15 @@ __device__ __forceinline__ void key_offsets_of_item(const QkInt8PvFp8Params& p, 
 // kv_empty arrival); it is published through delta_full.
 template <class T>
 __device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
-  int it = 0;  // K tiles over all work items, as in produce()
-  for (int j = 0, item = fwd::cta_item(0); item < fwd::work_items<T>(p); item = fwd::cta_item(++j)) {
-    const fwd::CtaWork w = fwd::item_work<T>(p, item);
+  static_assert(T::kBlockQ == kSm90Geometry.cta_q, "q_mean is per smoothing block: one per Q tile");
+  fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int, int it0) {
     named_barrier_sync(kOffsetBarrier, T::kOffsetThreads);  // all done with the previous item's mean
     const int i = threadIdx.x - 32;
     const float* mq = p.q_mean + (static_cast<int64_t>(w.bh) * p.q_tiles + w.q_tile) * T::kDp;
     for (int c = i; c < T::kDp; c += T::kOffsetThreads) s.q_mean[c] = mq[c];
     named_barrier_sync(kOffsetBarrier, T::kOffsetThreads);
-    key_offsets_of_item<T>(p, s, w, it);
-    it += w.n_tiles;
-  }
+    key_offsets_of_item<T>(p, s, w, it0);
+  });
 }
 
 // ---- consumer: MMAs + softmax --------------------------------------------------------
@@ -237,8 +239,9 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   const int lane = threadIdx.x % 32;
   const int warp = (threadIdx.x / 32) % 4;
   const int quad = lane % 4;  // column pair inside each 8-column slice
+  const int first_row = q_tile * T::kBlockQ + consumer * T::kRowsPerConsumer;  // of this consumer
   // This thread's two rows (r and r + 8 of its warp's 16).
-  const int row0 = q_tile * T::kBlockQ + consumer * T::kRowsPerConsumer + warp * 16 + lane / 4;
+  const int row0 = first_row + warp * 16 + lane / 4;
   const int rows[2] = {row0, row0 + 8};
 
   // Both rows share one Q scale and, per key tile, one K scale at every
@@ -247,7 +250,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   const float q_scale = p.q_scale[static_cast<int64_t>(bh) * p.q_groups + geometry.q_group_of(row0, p.granularity)];
   const float* k_scales = p.k_scale + static_cast<int64_t>(bh_kv) * p.k_groups;
 
-  OnlineSoftmax<T::kSAcc> softmax;
+  OnlineSoftmax<T::kSAcc, /*kScaleP448=*/true, /*kScoresDieEarly=*/T::kConsumers == 3> softmax;
   float o[T::kOAcc];
 #pragma unroll
   for (int i = 0; i < T::kOAcc; ++i) o[i] = 0.f;
@@ -280,7 +283,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
     const int key0 = t * T::kBlockK;
     const float qk_scale = q_scale * k_scales[geometry.k_group_of(key0 + 2 * quad, p.granularity)];
     const bool needs_mask = key0 + T::kBlockK > p.nk ||
-                            (T::kCausal && key0 + T::kBlockK - 1 > q_tile * T::kBlockQ + p.causal_shift);
+                            (T::kCausal && key0 + T::kBlockK - 1 > first_row + p.causal_shift);
     if (needs_mask) mask_scores<T::kSAcc>(s_acc, rows, key0 + 2 * quad, p.nk, T::kCausal, p.causal_shift);
     if constexpr (T::kSmoothQ) {
       float sf[T::kSAcc];
@@ -324,12 +327,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
 
 template <class T>
 __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer) {
-  int it = 0;  // K/V tiles over all work items, as in produce()
-  for (int j = 0, item = fwd::cta_item(0); item < fwd::work_items<T>(p); item = fwd::cta_item(++j)) {
-    const fwd::CtaWork w = fwd::item_work<T>(p, item);
-    consume_item<T>(p, s, w, it, j & 1, consumer);
-    it += w.n_tiles;
-  }
+  fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int j, int it0) { consume_item<T>(p, s, w, it0, j & 1, consumer); });
 }
 
 // ---- kernel ----------------------------------------------------------------------------

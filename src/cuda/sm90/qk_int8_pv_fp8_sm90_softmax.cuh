@@ -47,7 +47,8 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-template <int NAcc, bool kScaleP448 = true>
+// kScoresDieEarly: see exponentiate(); for consumers short of registers.
+template <int NAcc, bool kScaleP448 = true, bool kScoresDieEarly = false>
 struct OnlineSoftmax {
   static_assert(NAcc % 16 == 0, "whole 32-key chunks");
   static constexpr float kLog2PScale = kScaleP448 ? kLog2P8Scale : 0.f;
@@ -100,24 +101,50 @@ struct OnlineSoftmax {
       update_row(r, mine, alpha, shift);
     }
 
+    // A masked score (INT_MIN) must give exactly 0. Its exponent
+    // INT_MIN * qk_scale - shift is far below exp2's flush-to-zero point
+    // unless qk_scale is tiny (inputs near zero), so the per-score check
+    // (two instructions per score, a fifth of the loop when it ran on every
+    // tile) runs only on the tiles where it can matter. By default it runs
+    // after the exponentials, which keeps S live next to P through them.
+    // With kScoresDieEarly those rare tiles take a second copy of the loop
+    // that selects the exponent instead, so that each score dies as its
+    // exponential is made: the 160-register consumers at D = 64 spilled 200
+    // bytes otherwise. (At D = 128, where S fits, the second copy measured
+    // 5-7% slower, and a bit mask of the hidden scores, another way to let S
+    // die, 8-14%, though neither adds instructions to an unmasked tile:
+    // docs/perf-notes.md.)
+    if constexpr (kScoresDieEarly) {
+      if (masked && !masked_scores_flush_to_zero(qk_scale, shift)) {
+#pragma unroll
+        for (int i = 0; i < NAcc; ++i) {
+          const float x = fmaf(static_cast<float>(s[i]), qk_scale, -shift[(i / 2) % 2]);
+          pexp[i] = fast_exp2(s[i] == INT_MIN ? -INFINITY : x);
+        }
+      } else {
+        exponentials(s, qk_scale, shift, pexp);
+      }
+    } else {
+      exponentials(s, qk_scale, shift, pexp);
+      if (masked && !masked_scores_flush_to_zero(qk_scale, shift)) {
+#pragma unroll
+        for (int i = 0; i < NAcc; ++i) {
+          if (s[i] == INT_MIN) pexp[i] = 0.f;
+        }
+      }
+    }
+    add_row_sums(pexp);
+  }
+
+  // P~ = exp2(s * qk_scale - shift) of every score.
+  static __device__ __forceinline__ void exponentials(const int32_t (&s)[NAcc], float qk_scale, const float (&shift)[2],
+                                                      float (&pexp)[NAcc]) {
 #pragma unroll
     for (int i = 0; i < NAcc; ++i) {
       // (A plain conversion: I2FP is one instruction; the magic-number
       // add and subtract measured 2-4% slower, docs/perf-notes.md.)
       pexp[i] = fast_exp2(fmaf(static_cast<float>(s[i]), qk_scale, -shift[(i / 2) % 2]));
     }
-    // A masked score (INT_MIN) must give exactly 0. Its exponent
-    // INT_MIN * qk_scale - shift is far below exp2's flush-to-zero point
-    // unless qk_scale is tiny (inputs near zero), so the per-score check
-    // (two instructions per score, a fifth of the loop when it ran on every
-    // tile) runs only on the tiles where it can matter.
-    if (masked && !masked_scores_flush_to_zero(qk_scale, shift)) {
-#pragma unroll
-      for (int i = 0; i < NAcc; ++i) {
-        if (s[i] == INT_MIN) pexp[i] = 0.f;
-      }
-    }
-    add_row_sums(pexp);
   }
 
   // l += this tile's P~, row by row, in four independent partial sums per row.
