@@ -51,15 +51,26 @@ def test_sage_is_accepted_as_attn_implementation():
 
 
 def test_decoding_with_a_kv_cache_matches_sdpa():
-    """Prefill (causal) then one-token steps (no mask, the whole cache visible)."""
+    """Prefill (causal) then one-token steps (no mask, the whole cache visible). Both runs decode
+    the same tokens (SDPA's greedy choices): with the random model's near-tied logits, letting
+    each run pick its own tokens made a 1e-4 difference in one step flip a token and compare
+    the logits of two different sequences from there on."""
     model, prompt = tiny_model(), tokens(1, 24)
-    outputs = {}
+    model.set_attn_implementation("sdpa")
+    with torch.inference_mode():
+        steps = model.generate(prompt, max_new_tokens=8, do_sample=False).numpy()[0, 24:]
+    logits = {}
     for implementation in ("sdpa", "sage"):
         model.set_attn_implementation(implementation)
+        cache = DynamicCache(config=model.config)
         with torch.inference_mode():
-            outputs[implementation] = model.generate(prompt, max_new_tokens=8, do_sample=False,
-                                                     output_logits=True, return_dict_in_generate=True)
-    for sage_step, sdpa_step in zip(outputs["sage"].logits, outputs["sdpa"].logits):
+            out = [model(prompt, past_key_values=cache, use_cache=True).logits[:, -1]]
+            for token in steps[:-1]:
+                step = torch.tensor([[int(token)]])
+                out.append(model(step, past_key_values=cache, use_cache=True).logits[:, -1])
+        logits[implementation] = out
+    assert len(logits["sage"]) == 8
+    for sage_step, sdpa_step in zip(logits["sage"], logits["sdpa"]):
         assert torch.nn.functional.cosine_similarity(sage_step.flatten(), sdpa_step.flatten(), dim=0) > 0.999
 
 
