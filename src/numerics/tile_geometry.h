@@ -34,11 +34,6 @@ struct TileGeometry {
   int cta_q = 128;  // query rows per CTA tile
   int cta_k = 128;  // keys per K/V tile
   int warp_q = 16;  // query rows one warp's MMA fragment covers
-  // How the softmax's row sums l are made. false: the sum of P~ in fp32.
-  // true: the P V MMA makes them (a block of ones appended to V), so l sums
-  // P as the MMA reads it, rounded to the PV format (FP8 formats only;
-  // the same rounded P as the numerator's).
-  bool pv_row_sums = false;
 
   // Number of Q scales for nq rows, and the scale index of row `r`.
   SAGE_HD constexpr std::int64_t q_groups(std::int64_t nq, Granularity g) const {
@@ -73,7 +68,7 @@ struct TileGeometry {
 // block (two consumer warpgroups of 64 rows); the D = 64 kernel's is 192
 // rows (three consumers: sm90::consumer_warpgroups), which changes no group:
 // each warp's 16 rows still lie inside one 128-row block.
-inline constexpr TileGeometry kSm90Geometry{128, 128, 16, /*pv_row_sums=*/true};
+inline constexpr TileGeometry kSm90Geometry{128, 128, 16};
 
 // The geometry of the mma.sync kernels (src/cuda/mma): 8 warps of 16 rows
 // each, 64-key tiles. 64 keys keep the per-thread S accumulator at 32

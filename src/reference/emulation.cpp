@@ -12,8 +12,6 @@
 //       alpha    = exp2(m[r] - m_new)              (0 when m[r] = -inf)
 //       P~[t]    = exp2(s2[r][t] - m_new) for t < n, 0 for masked keys
 //       l[r]     = l[r] * alpha + (sum_t P~[t], fp32, t ascending)
-//                  (geometry.pv_row_sums: l[r] * alpha, then the value
-//                  stage adds the sum of P as its MMA reads it)
 //       o[r][:] *= alpha;  m[r] = m_new
 //     ValueStage::accumulate(P~ tile, o)          P~ unquantized in l
 //   per row: l == 0 (no visible key) -> out = 0, lse = -inf; else
@@ -155,10 +153,9 @@ struct RowState {
 };
 
 // One row's online-softmax step on one K tile: turns its logits s2[0, cta_k)
-// into P~ (in place; masked keys -> 0) and rescales its state; add_sum: adds
-// the sum of P~ to l (otherwise the value stage adds its own).
+// into P~ (in place; masked keys -> 0) and rescales its state.
 void softmax_step(float* s2, std::int64_t visible, std::int64_t cta_k, float& m, float& l, float* o,
-                  std::int64_t dim, bool add_sum) {
+                  std::int64_t dim) {
   float tile_max = -std::numeric_limits<float>::infinity();
   for (std::int64_t t = 0; t < visible; ++t) tile_max = std::max(tile_max, s2[t]);
   const float m_new = std::max(m, tile_max);
@@ -173,7 +170,7 @@ void softmax_step(float* s2, std::int64_t visible, std::int64_t cta_k, float& m,
     row_sum += s2[t];
   }
   std::fill(s2 + visible, s2 + cta_k, 0.0f);
-  l = add_sum ? l * alpha + row_sum : l * alpha;
+  l = l * alpha + row_sum;
   m = m_new;
   for (std::int64_t d = 0; d < dim; ++d) o[d] *= alpha;
 }
@@ -199,11 +196,9 @@ void run_q_tile(const Setup& s, const ScoreStage& scores, const ValueStage& valu
     scores.tile_logits(bhq, r0, rows, kt, tile.data());
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t n = std::clamp<std::int64_t>(visible[r] - kt * cta_k, 0, cta_k);
-      softmax_step(tile.data() + r * cta_k, n, cta_k, st.m[r], st.l[r], st.o.data() + r * dim, dim,
-                   !values.makes_row_sums());
+      softmax_step(tile.data() + r * cta_k, n, cta_k, st.m[r], st.l[r], st.o.data() + r * dim, dim);
     }
     values.accumulate(bhkv, kt, tile.data(), rows, st.o.data());
-    if (values.makes_row_sums()) values.add_row_sums(kt, tile.data(), rows, st.l.data());
   }
 
   for (std::int64_t r = 0; r < rows; ++r) {

@@ -96,13 +96,6 @@ class ValueStage {
   // rescaled by exp2(m_old - m_new). p is [rows][cta_k]: P~ in [0, 1],
   // exactly 0 for masked keys and keys past nk.
   virtual void accumulate(std::int64_t bhkv, std::int64_t kt, const float* p, std::int64_t rows, float* o) const = 0;
-  // True when the stage makes the row sums l (TileGeometry::pv_row_sums):
-  // the driver then only rescales l, and add_row_sums adds each row's sum
-  // of tile kt's P as the PV MMA reads it (unscaled, keys ascending).
-  virtual bool makes_row_sums() const { return false; }
-  virtual void add_row_sums(std::int64_t kt, const float* p, std::int64_t rows, float* l) const {
-    (void)kt, (void)p, (void)rows, (void)l;
-  }
   // One output row from its accumulator: out[d] = o[d] * inv_l, then the
   // stage's per-channel dequantization, then + mean_v[d] (smooth_v).
   virtual void finish_row(std::int64_t bhkv, const float* o, float inv_l, float* out) const = 0;

@@ -212,18 +212,6 @@ class Sage2Values final : public ValueStage {
     }
   }
 
-  bool makes_row_sums() const override { return s_.geo.pv_row_sums && is_fp8(); }
-
-  // The kernel's P V^T MMA makes them from the FP8 P it reads (x p_scale).
-  void add_row_sums(std::int64_t kt, const float* p, std::int64_t rows, float* l) const override {
-    const std::int64_t cta_k = s_.geo.cta_k, n = s_.keys_in_tile(kt);
-    for (std::int64_t r = 0; r < rows; ++r) {
-      float sum = 0.0f;
-      for (std::int64_t t = 0; t < n; ++t) sum += quantize_p(p[r * cta_k + t]);
-      l[r] += sum / p_scale_;
-    }
-  }
-
   void finish_row(std::int64_t bhkv, const float* o, float inv_l, float* out) const override {
     const Head& h = heads_[static_cast<std::size_t>(bhkv)];
     for (std::int64_t d = 0; d < s_.dim(); ++d) out[d] = (o[d] * inv_l) * h.dequant[d] + h.mean[d];

@@ -74,11 +74,6 @@ __device__ __forceinline__ void tma_prefetch_descriptor(const void* tmap) {
 }
 
 // ---- wgmma ------------------------------------------------------------------
-// Orders this thread's generic-proxy writes to shared memory before later
-// async-proxy reads of it (wgmma operands).
-__device__ __forceinline__ void fence_proxy_async_shared() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>

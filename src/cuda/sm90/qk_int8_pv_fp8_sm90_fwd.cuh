@@ -79,13 +79,6 @@ struct FwdTraits {
   static constexpr int kVBytes = kDp * kBlockK;
   static constexpr int kSAcc = kBlockK / 2;  // int32 S accumulators per thread
   static constexpr int kOAcc = kDp / 2;      // fp32 O accumulators per thread
-  // P V^T also makes the softmax's row sums: each V^T stage has 8 rows of
-  // FP8 ones below its kDp channels, so the MMA's N is kDp + 8 and its last
-  // 8 columns are the sums of the same FP8 P that the numerator used.
-  static constexpr int kPvN = kDp + 8;
-  static constexpr int kPvAcc = kPvN / 2;
-  static constexpr int kOnesBytes = 8 * kBlockK;
-  static constexpr uint32_t kE4m3OnesWord = 0x38383838u;  // four E4M3 1.0
 
   static_assert(kDp == 64 || kDp == 128, "head dims are padded to 64 or 128");
   static_assert(127 * 127 * kDp < (1 << 24), "INT8 scores must convert to fp32 exactly");
@@ -104,7 +97,7 @@ template <class T>
 struct FwdSharedStorage {
   alignas(1024) int8_t q[T::kQBytes];
   alignas(1024) int8_t k[T::kStages][T::kKBytes];
-  alignas(1024) uint8_t vt[T::kStages][T::kVBytes + T::kOnesBytes];  // V^T, then the ones
+  alignas(1024) uint8_t vt[T::kStages][T::kVBytes];
   uint64_t q_full;
   uint64_t q_empty;  // both consumers are done with the Q tile
   uint64_t k_full[T::kStages];
@@ -212,15 +205,15 @@ __device__ __forceinline__ void qk_mma_issue(int32_t (&s_acc)[T::kSAcc], const i
 // accumulation), issued asynchronously (one commit group); p_frag is read
 // until it completes.
 template <class T>
-__device__ __forceinline__ void pv_mma_issue(float (&pv)[T::kPvAcc], const uint32_t (&p_frag)[T::kBlockK / 32][4],
+__device__ __forceinline__ void pv_mma_issue(float (&pv)[T::kOAcc], const uint32_t (&p_frag)[T::kBlockK / 32][4],
                                              const uint8_t* vt_tile) {
   wgmma_fence();
 #pragma unroll
   for (int c = 0; c < T::kBlockK / 32; ++c) {
     if constexpr (T::kDp == 128) {
-      wgmma_m64n136k32_f32_e4m3_rs(pv, p_frag[c], make_smem_desc<128>(vt_tile, c * 32), c > 0);
+      wgmma_m64n128k32_f32_e4m3_rs(pv, p_frag[c], make_smem_desc<128>(vt_tile, c * 32), c > 0);
     } else {
-      wgmma_m64n72k32_f32_e4m3_rs(pv, p_frag[c], make_smem_desc<128>(vt_tile, c * 32), c > 0);
+      wgmma_m64n64k32_f32_e4m3_rs(pv, p_frag[c], make_smem_desc<128>(vt_tile, c * 32), c > 0);
     }
   }
   wgmma_commit();
@@ -257,7 +250,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   const float q_scale = p.q_scale[static_cast<int64_t>(bh) * p.q_groups + geometry.q_group_of(row0, p.granularity)];
   const float* k_scales = p.k_scale + static_cast<int64_t>(bh_kv) * p.k_groups;
 
-  OnlineSoftmax<T::kSAcc, /*kScaleP448=*/true, /*kScoresDieEarly=*/T::kConsumers == 3, /*kMmaRowSums=*/true> softmax;
+  OnlineSoftmax<T::kSAcc, /*kScaleP448=*/true, /*kScoresDieEarly=*/T::kConsumers == 3> softmax;
   float o[T::kOAcc];
 #pragma unroll
   for (int i = 0; i < T::kOAcc; ++i) o[i] = 0.f;
@@ -273,18 +266,16 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
     mbar_wait(&s.k_full[st], ((it0 + t) / T::kStages) & 1);
     qk_mma_issue<T>(s_acc, q_rows, s.k[st]);
   };
-  auto issue_pv = [&](int t, float(&pv)[T::kPvAcc]) {
+  auto issue_pv = [&](int t, float(&pv)[T::kOAcc]) {
     const int st = (it0 + t) % T::kStages;
     mbar_wait(&s.v_full[st], ((it0 + t) / T::kStages) & 1);
     pv_mma_issue<T>(pv, p_frag, s.vt[st]);
   };
-  // Once P V^T of tile t is complete: frees its stage, folds it into O and
-  // its row sums (columns kDp.. of both rows) into l.
-  auto fold_pv = [&](int t, const float(&pv)[T::kPvAcc]) {
+  // Once P V^T of tile t is complete: frees its stage, folds it into O.
+  auto fold_pv = [&](int t, const float(&pv)[T::kOAcc]) {
     mbar_arrive(&s.kv_empty[(it0 + t) % T::kStages]);  // K and V^T of tile t may be overwritten now
 #pragma unroll
     for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
-    softmax.add_tile_sums(pv[T::kOAcc], pv[T::kOAcc + 2]);
   };
   // Once S of tile t is complete: the softmax into p_frag / alpha.
   auto softmax_tile = [&](int t, int32_t(&s_acc)[T::kSAcc]) {
@@ -313,7 +304,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
     softmax_tile(0, s_acc);
   }
   for (int t = 1; t < n_tiles; ++t) {
-    float pv[T::kPvAcc];
+    float pv[T::kOAcc];
     int32_t s_acc[T::kSAcc];
     issue_pv(t - 1, pv);
     issue_qk(t, s_acc);
@@ -324,7 +315,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   }
   mbar_arrive(&s.q_empty);  // every Q K^T of the item is complete: the producer may load the next Q
   if (n_tiles > 0) {
-    float pv[T::kPvAcc];
+    float pv[T::kOAcc];
     issue_pv(n_tiles - 1, pv);
     mma_wait<0>(pv);
     fold_pv(n_tiles - 1, pv);
@@ -360,13 +351,6 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
     tma_prefetch_descriptor(&p.tmap_k);
     tma_prefetch_descriptor(&p.tmap_vt);
   }
-  // The ones below each V^T stage (TMA never writes them), made visible to
-  // the wgmma (async proxy).
-  for (int i = threadIdx.x; i < T::kStages * T::kOnesBytes / 4; i += T::kThreads) {
-    const int st = i / (T::kOnesBytes / 4), word = i % (T::kOnesBytes / 4);
-    reinterpret_cast<uint32_t*>(s.vt[st] + T::kVBytes)[word] = T::kE4m3OnesWord;
-  }
-  fence_proxy_async_shared();
   // Launched under the pre-pass's tail (programmatic launch): everything
   // below reads its outputs.
   pdl::wait_for_prerequisites();

@@ -48,16 +48,12 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 // kScoresDieEarly: see exponentiate(); for consumers short of registers.
-// kMmaRowSums: the caller's P V MMA makes the row sums (add_tile_sums)
-// instead of this struct's fp32 partial sums.
-template <int NAcc, bool kScaleP448 = true, bool kScoresDieEarly = false, bool kMmaRowSums = false>
+template <int NAcc, bool kScaleP448 = true, bool kScoresDieEarly = false>
 struct OnlineSoftmax {
   static_assert(NAcc % 16 == 0, "whole 32-key chunks");
   static constexpr float kLog2PScale = kScaleP448 ? kLog2P8Scale : 0.f;
   float m[2] = {-INFINITY, -INFINITY};  // running row max (base-2 units)
-  // The row sum (x448 when kScaleP448): this thread's share of it, or with
-  // kMmaRowSums the whole of it (every thread of the quad holds it).
-  float l[2] = {0.f, 0.f};
+  float l[2] = {0.f, 0.f};              // this thread's share of the row sum (x448 when kScaleP448)
 
   // Consumes one tile of scores: updates m and l, returns the factor alpha
   // by which O must be rescaled, and the FP8 A-operand fragments of P for
@@ -137,7 +133,7 @@ struct OnlineSoftmax {
         }
       }
     }
-    if constexpr (!kMmaRowSums) add_row_sums(pexp);
+    add_row_sums(pexp);
   }
 
   // P~ = exp2(s * qk_scale - shift) of every score.
@@ -176,7 +172,7 @@ struct OnlineSoftmax {
     for (int r = 0; r < 2; ++r) update_row(r, mine[r], alpha, shift);
 #pragma unroll
     for (int i = 0; i < NAcc; ++i) pexp[i] = fast_exp2(sf[i] - shift[(i / 2) % 2]);
-    if constexpr (!kMmaRowSums) add_row_sums(pexp);
+    add_row_sums(pexp);
   }
 
   // Row r's new running max from this thread's largest score of the tile:
@@ -190,20 +186,10 @@ struct OnlineSoftmax {
     l[r] *= alpha[r];
   }
 
-  // kMmaRowSums: adds a tile's row sums, as the P V MMA made them from the
-  // same P (after the tile's update_row rescaled l).
-  __device__ __forceinline__ void add_tile_sums(float row0, float row1) {
-    static_assert(kMmaRowSums, "the row sums come from this struct");
-    l[0] += row0;
-    l[1] += row1;
-  }
-
   // Completes the row sums across the quad.
   __device__ __forceinline__ void finish() {
-    if constexpr (!kMmaRowSums) {
-      l[0] = quad_sum(l[0]);
-      l[1] = quad_sum(l[1]);
-    }
+    l[0] = quad_sum(l[0]);
+    l[1] = quad_sum(l[1]);
   }
 
   // Natural-log LSE of the row (before any smoothing correction).
