@@ -15,8 +15,6 @@
 # each run). Output (JSON and logs) in $OUT (or ./ab-out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-ab-out}
-mkdir -p "$out"
 export PATH="/usr/local/cuda/bin:$PATH"
 
 trees=()
@@ -29,6 +27,8 @@ done
 bench_args=("$@")
 [[ ${#bench_args[@]} -eq 0 ]] && bench_args=(--methods sage,sage-kernel,sdpa-cudnn)
 [[ ${#trees[@]} -ge 2 ]] || { echo "ab_bench: give at least two NAME=DIR trees" >&2; exit 2; }
+out=${OUT:-ab-out}
+mkdir -p "$out"
 
 py=$(command -v python3)
 jobs=$(( $(nproc) / ${#trees[@]} ))
