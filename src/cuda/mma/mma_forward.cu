@@ -19,7 +19,7 @@
 namespace sage::mma {
 
 template <int Dp, bool Causal, typename OutT, PvMode Pv, int QkBits, bool SmoothQ>
-cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, int batch_heads, cudaStream_t stream);
+cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, cudaStream_t stream);
 
 namespace {
 
@@ -31,28 +31,27 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
 }
 
 template <int Dp, PvMode Pv, int QkBits, bool SmoothQ>
-cudaError_t launch_smooth(const QkInt8MmaParams& p, bool causal, bool bf16, int batch_heads, cudaStream_t s) {
+cudaError_t launch_smooth(const QkInt8MmaParams& p, bool causal, bool bf16, cudaStream_t s) {
   if (bf16) {
-    return causal ? launch_qk_int8_mma<Dp, true, __nv_bfloat16, Pv, QkBits, SmoothQ>(p, batch_heads, s)
-                  : launch_qk_int8_mma<Dp, false, __nv_bfloat16, Pv, QkBits, SmoothQ>(p, batch_heads, s);
+    return causal ? launch_qk_int8_mma<Dp, true, __nv_bfloat16, Pv, QkBits, SmoothQ>(p, s)
+                  : launch_qk_int8_mma<Dp, false, __nv_bfloat16, Pv, QkBits, SmoothQ>(p, s);
   }
-  return causal ? launch_qk_int8_mma<Dp, true, __half, Pv, QkBits, SmoothQ>(p, batch_heads, s)
-                : launch_qk_int8_mma<Dp, false, __half, Pv, QkBits, SmoothQ>(p, batch_heads, s);
+  return causal ? launch_qk_int8_mma<Dp, true, __half, Pv, QkBits, SmoothQ>(p, s)
+                : launch_qk_int8_mma<Dp, false, __half, Pv, QkBits, SmoothQ>(p, s);
 }
 
 template <int Dp, PvMode Pv, int QkBits>
-cudaError_t launch_for(const QkInt8MmaParams& p, bool causal, bool bf16, int batch_heads, cudaStream_t s) {
-  return p.q_mean ? launch_smooth<Dp, Pv, QkBits, true>(p, causal, bf16, batch_heads, s)
-                  : launch_smooth<Dp, Pv, QkBits, false>(p, causal, bf16, batch_heads, s);
+cudaError_t launch_for(const QkInt8MmaParams& p, bool causal, bool bf16, cudaStream_t s) {
+  return p.q_mean ? launch_smooth<Dp, Pv, QkBits, true>(p, causal, bf16, s)
+                  : launch_smooth<Dp, Pv, QkBits, false>(p, causal, bf16, s);
 }
 
 template <int Dp, int QkBits>
-cudaError_t launch_for_bits(const QkInt8MmaParams& p, PvMode pv, bool causal, bool bf16, int batch_heads,
-                            cudaStream_t s) {
+cudaError_t launch_for_bits(const QkInt8MmaParams& p, PvMode pv, bool causal, bool bf16, cudaStream_t s) {
   switch (pv) {
-    case PvMode::fp8_two_level: return launch_for<Dp, PvMode::fp8_two_level, QkBits>(p, causal, bf16, batch_heads, s);
-    case PvMode::fp16_fp32: return launch_for<Dp, PvMode::fp16_fp32, QkBits>(p, causal, bf16, batch_heads, s);
-    case PvMode::fp16_two_level: return launch_for<Dp, PvMode::fp16_two_level, QkBits>(p, causal, bf16, batch_heads, s);
+    case PvMode::fp8_two_level: return launch_for<Dp, PvMode::fp8_two_level, QkBits>(p, causal, bf16, s);
+    case PvMode::fp16_fp32: return launch_for<Dp, PvMode::fp16_fp32, QkBits>(p, causal, bf16, s);
+    case PvMode::fp16_two_level: return launch_for<Dp, PvMode::fp16_two_level, QkBits>(p, causal, bf16, s);
   }
   return cudaErrorInvalidValue;
 }
@@ -60,9 +59,9 @@ cudaError_t launch_for_bits(const QkInt8MmaParams& p, PvMode pv, bool causal, bo
 // Every (PV mode, Q/K bits) pair is instantiated.
 template <int Dp>
 cudaError_t launch_for_dp(const QkInt8MmaParams& p, PvMode pv, int qk_bits, bool causal, bool bf16,
-                          int batch_heads, cudaStream_t s) {
-  return qk_bits == 4 ? launch_for_bits<Dp, 4>(p, pv, causal, bf16, batch_heads, s)
-                      : launch_for_bits<Dp, 8>(p, pv, causal, bf16, batch_heads, s);
+                          cudaStream_t s) {
+  return qk_bits == 4 ? launch_for_bits<Dp, 4>(p, pv, causal, bf16, s)
+                      : launch_for_bits<Dp, 8>(p, pv, causal, bf16, s);
 }
 
 }  // namespace
@@ -108,13 +107,12 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, void* workspace
   p.v16 = buf.v16;
   p.nk_padded = layout.nk_padded;
 
-  const int batch_heads = pp.batch * pp.heads_q;
   const PvMode pv = !fp16_pv(o)                       ? PvMode::fp8_two_level
                     : o.pv_accum == PVAccum::two_level ? PvMode::fp16_two_level
                                                        : PvMode::fp16_fp32;
   const cudaError_t err =
-      layout.head_dim_padded == 64 ? launch_for_dp<64>(p, pv, pp.qk_bits, o.causal, pp.bf16, batch_heads, s)
-                                   : launch_for_dp<128>(p, pv, pp.qk_bits, o.causal, pp.bf16, batch_heads, s);
+      layout.head_dim_padded == 64 ? launch_for_dp<64>(p, pv, pp.qk_bits, o.causal, pp.bf16, s)
+                                   : launch_for_dp<128>(p, pv, pp.qk_bits, o.causal, pp.bf16, s);
   if (err != cudaSuccess) return fwd::cuda_status(err, "mma.sync attention kernel launch");
   return Status::ok();
 }

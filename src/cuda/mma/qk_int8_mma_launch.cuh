@@ -14,17 +14,17 @@
 namespace sage::mma {
 
 template <int Dp, bool Causal, typename OutT, PvMode Pv, int QkBits, bool SmoothQ>
-cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, int batch_heads, cudaStream_t stream) {
+cudaError_t launch_qk_int8_mma(const QkInt8MmaParams& p, cudaStream_t stream) {
   using T = FwdTraits<Dp, Causal, OutT, Pv, QkBits, SmoothQ>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>);
   static_assert(kSmem <= 99 * 1024, "shared memory per CTA (sm_86/89/120 allow 99 KiB)");
-  const dim3 grid(fwd::query_tiles<T>(p), batch_heads);  // one CTA per query tile
+  const dim3 grid(fwd::query_tiles<T>(p), p.batch_heads);  // one CTA per query tile
   return fwd::launch_forward_kernel<T>(qk_int8_mma_kernel<T>, p, grid, kSmem, stream, /*programmatic=*/false);
 }
 
 // The eight (causal, output type, smooth_q) instances of one (head dim, PV mode, Q/K bits).
 #define SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, CAUSAL, OUT, SMOOTH_Q) \
-  template cudaError_t launch_qk_int8_mma<DP, CAUSAL, OUT, PV, BITS, SMOOTH_Q>(const QkInt8MmaParams&, int, cudaStream_t);
+  template cudaError_t launch_qk_int8_mma<DP, CAUSAL, OUT, PV, BITS, SMOOTH_Q>(const QkInt8MmaParams&, cudaStream_t);
 #define SAGE_INSTANTIATE_MMA_FWD(DP, PV, BITS)                               \
   SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, false, __nv_bfloat16, false) \
   SAGE_INSTANTIATE_MMA_FWD_ONE(DP, PV, BITS, true, __nv_bfloat16, false)  \

@@ -47,6 +47,9 @@ constexpr float kE4m3Max = 448.f;
 #endif
 static_assert(16 * kWarps == kTileRows, "one warp per 16-row slice");
 
+// Job tiles over n rows of one head.
+__host__ __device__ constexpr int job_tiles(int n) { return (n + kTileRows - 1) / kTileRows; }
+
 std::size_t align_up(std::size_t x, std::size_t a) { return (x + a - 1) / a * a; }
 
 template <typename T>
@@ -258,6 +261,15 @@ __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, Pr
 }
 
 // ---- 2. quantization -----------------------------------------------------------
+// The quantize grid: one CTA per job, the Q jobs first, then the K jobs,
+// then as many V jobs (job_tiles of a head each).
+struct QuantizeJobs {
+  int q, kv;
+};
+__host__ __device__ inline QuantizeJobs quantize_jobs(const PrepassProblem& p) {
+  return {p.batch * p.heads_q * job_tiles(p.nq), p.batch * p.heads_kv * job_tiles(p.nk)};
+}
+
 template <int Dp>
 struct QuantShared {
   alignas(16) float mean[Dp];    // mean_k (Q, K jobs) or mean_v (V job)
@@ -551,7 +563,7 @@ __device__ void lse_correction_tile(const QuantShared<Dp>& sh, float sm_scale, i
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                 const StridedInput& in, int job, QuantShared<Dp>& sh) {
-  const int tiles = (p.nq + kTileRows - 1) / kTileRows;
+  const int tiles = job_tiles(p.nq);
   const int bh = job / tiles, tile = job % tiles;
   const int b = bh / p.heads_q, h = bh % p.heads_q;
   const int bh_kv = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
@@ -590,7 +602,7 @@ struct KvTile {
 template <typename T, bool Vec, int Dp>
 __device__ KvTile start_kv_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                 const StridedInput& in, int job, bool v_job, QuantShared<Dp>& sh) {
-  const int tiles = (p.nk + kTileRows - 1) / kTileRows;
+  const int tiles = job_tiles(p.nk);
   const KvTile t{job / tiles, job % tiles, job % tiles * kTileRows};
   load_tile<T, Vec, Dp>(in, t.bh_kv / p.heads_kv, t.bh_kv % p.heads_kv, t.row0, p.nk, p.head_dim, sh.tile);
   pdl::wait_for_prerequisites();  // the statistics kernel's partial sums
@@ -723,15 +735,14 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
   // launch and run its prologue while the last tiles are quantized.
   pdl::allow_dependent_launch();
   __shared__ QuantShared<Dp> sh;
-  const int q_jobs = p.batch * p.heads_q * ((p.nq + kTileRows - 1) / kTileRows);
-  const int kv_jobs = p.batch * p.heads_kv * ((p.nk + kTileRows - 1) / kTileRows);
+  const QuantizeJobs jobs = quantize_jobs(p);
   const int job = blockIdx.x;
-  if (job < q_jobs) {
+  if (job < jobs.q) {
     quantize_q_tile<T, Vec, Dp>(p, layout, out, q, job, sh);
-  } else if (job < q_jobs + kv_jobs) {
-    quantize_k_tile<T, Vec, Dp>(p, layout, out, k, job - q_jobs, sh);
+  } else if (job < jobs.q + jobs.kv) {
+    quantize_k_tile<T, Vec, Dp>(p, layout, out, k, job - jobs.q, sh);
   } else {
-    quantize_v_tile<T, Vec, Dp>(p, layout, out, v, job - q_jobs - kv_jobs, sh);
+    quantize_v_tile<T, Vec, Dp>(p, layout, out, v, job - jobs.q - jobs.kv, sh);
   }
 }
 
@@ -748,11 +759,10 @@ cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, c
   const std::size_t stats_smem =
       sizeof(float) * kThreads * kVec + (Vec ? sizeof(uint4) * kStatsStages * 2 * kThreads : 0);
   kv_stats_kernel<T, Vec><<<stats_grid, kThreads, stats_smem, stream>>>(p, layout, out, k, v);
-  const int q_jobs = p.batch * p.heads_q * ((p.nq + kTileRows - 1) / kTileRows);
-  const int kv_jobs = p.batch * p.heads_kv * ((p.nk + kTileRows - 1) / kTileRows);
+  const QuantizeJobs jobs = quantize_jobs(p);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  return pdl::launch(programmatic, quantize_kernel<T, Vec, Dp>, dim3(q_jobs + 2 * kv_jobs), dim3(kThreads), 0, stream,
+  return pdl::launch(programmatic, quantize_kernel<T, Vec, Dp>, dim3(jobs.q + 2 * jobs.kv), dim3(kThreads), 0, stream,
                      p, layout, out, q, k, v);
 }
 
@@ -800,7 +810,7 @@ PrepassLayout make_prepass_layout(const PrepassProblem& p) {
   l.off_v_scale = take(sizeof(float) * bhk * dp);
   l.off_v_mean = take(sizeof(float) * bhk * dp);
   l.off_lse_corr = take(p.lse_correction ? sizeof(float) * bhq * p.nq : 0);
-  l.q_tiles = (p.nq + kTileRows - 1) / kTileRows;
+  l.q_tiles = job_tiles(p.nq);
   l.off_q_mean = take(p.smooth_q ? sizeof(float) * bhq * l.q_tiles * dp : 0);
   l.off_k_partial = take(sizeof(float) * bhk * l.chunks * dp);
   l.off_v_partial = take(sizeof(float) * bhk * l.chunks * 3 * dp);
