@@ -9,7 +9,7 @@ from ._ops import tensor_spec as _spec  # noqa: F401  (bench/bench_attention.py 
 _SCALE_ALIASES = ("scale", "softmax_scale")
 # Alternative spellings of quantization options (the SageAttention package's).
 _OPTION_ALIASES = {"qk_quant_gran": "qk_granularity"}
-_NAMED_PARAMETERS = ("tensor_layout", "is_causal", "sm_scale", "return_lse")
+_NAMED_PARAMETERS = ("tensor_layout", "is_causal", "sm_scale", "return_lse", "layer_id", "timestep")
 _VALID_KEYWORDS = ", ".join(_NAMED_PARAMETERS + _SCALE_ALIASES + tuple(sorted((*_ops.QUANT_DEFAULTS, *_OPTION_ALIASES))))
 _DEFAULT_QUANT = tuple(_ops.QUANT_DEFAULTS.values())
 
@@ -62,7 +62,8 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
         sm_scale, quant = _parse_keywords(sm_scale, kwargs)
     if sm_scale is not None:
         sm_scale = float(sm_scale)
-    out, lse = _ops.attention(q, k, v, tensor_layout, bool(is_causal), sm_scale, bool(return_lse), *quant)
+    out, lse = _ops.attention(q, k, v, tensor_layout, _ops.flag("is_causal", is_causal), sm_scale,
+                              _ops.flag("return_lse", return_lse), *quant)
     return (out, lse) if return_lse else out
 
 
@@ -74,7 +75,9 @@ def _parse_keywords(sm_scale, kwargs):
         name = _OPTION_ALIASES.get(key, key)
         if name not in options:
             raise TypeError(f"sageattn: unexpected keyword argument {key!r} (valid: {_VALID_KEYWORDS})")
-        options[name] = value
+        if name != key and name in kwargs:
+            raise TypeError(f"sageattn: got both {name} and its alias {key!r}")
+        options[name] = _ops.option_value(name, value)
     return sm_scale, tuple(options.values())
 
 
@@ -91,6 +94,8 @@ def _route_by_calibration(q, k, v, tensor_layout, is_causal, sm_scale, return_ls
     # The plan's choice is a format with its granularity; a caller who names
     # the format keeps both of their own.
     if plan is not None and "qk_format" not in kwargs:
+        for name in ("qk_granularity", *(alias for alias, name in _OPTION_ALIASES.items() if name == "qk_granularity")):
+            kwargs.pop(name, None)
         kwargs.update(plan.sageattn_kwargs(layer_id, timestep))
     return None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from . import _ops
 
 
@@ -18,6 +20,13 @@ def merge_state(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
 
 
 def merge_state_(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
-    """In-place merge_state: writes the merged result into out_a and lse_a and returns them."""
+    """In-place merge_state: writes the merged result into out_a and lse_a and returns them.
+
+    Not differentiable (an in-place write into a tensor autograd tracks would
+    leave its graph describing the old values): inputs that require grad
+    while grad mode is on raise RuntimeError."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (out_a, lse_a, out_b, lse_b)):
+        raise RuntimeError("sage_attention.merge_state_ has no backward pass: call it under torch.no_grad() / "
+                           "torch.inference_mode(), or use merge_state (out of place, raises on backward)")
     _ops.merge_state_inplace(out_a, lse_a, out_b, lse_b, tensor_layout)
     return out_a, lse_a

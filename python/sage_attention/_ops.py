@@ -7,7 +7,12 @@
 Each has a CPU kernel (the library's exact emulation of the GPU numerics), a
 CUDA kernel, a fake (meta) implementation for torch.compile / export, and an
 autograd registration whose backward raises NotImplementedError, so training
-code fails loudly rather than silently getting no gradient.
+code fails loudly rather than silently getting no gradient. The backward
+raises when it runs, not when it is traced: its formula is an operator
+(`forward_backward_unavailable`, `merge_backward_unavailable`) whose kernels
+raise and whose fake gives the gradients' shapes, so torch.compile can trace
+a model whose inputs require grad (eval() without no_grad()) and only an
+actual .backward() fails.
 
 `forward` sits on every attention call, so it is registered through the
 low-level `torch.library.Library` API with a hand-written autograd kernel: on
@@ -52,8 +57,28 @@ _FORWARD_OPTIONS = (
     ("smooth_v", "bool", False),
 )
 _OPTION_DEFAULTS = tuple(default for _, _, default in _FORWARD_OPTIONS)
-# The options sageattn takes as keywords only, in forward's order.
+# The options sageattn takes as keywords only, in forward's order, and their schema types.
 QUANT_DEFAULTS = {name: default for name, _, default in _FORWARD_OPTIONS[4:]}
+QUANT_KINDS = {name: kind for name, kind, _ in _FORWARD_OPTIONS[4:]}
+
+
+def flag(name: str, value) -> bool:
+    """A bool argument: True, False, 1 or 0 (as the operator's schema takes them); TypeError otherwise."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name}: expected a bool, got {value!r}")
+
+
+def option_value(name: str, value):
+    """A quantization option checked against its schema type (TypeError naming it otherwise); the
+    core checks the value itself."""
+    if QUANT_KINDS[name] == "bool":
+        return flag(name, value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a str, got {value!r}")
+    return value
 
 
 def _schema_literal(value) -> str:
@@ -82,6 +107,16 @@ def tensor_spec(t: torch.Tensor):
 def current_stream(t: torch.Tensor) -> int:
     """The raw current CUDA stream of t's device (0 for host tensors)."""
     return torch._C._cuda_getCurrentRawStream(t.get_device()) if t.is_cuda else 0
+
+
+def check_same_device(**tensors):
+    """ValueError unless every tensor is on the first one's device (the fake kernels' check: the
+    core makes it for real tensors)."""
+    (first_name, first), *rest = tensors.items()
+    for name, t in rest:
+        if t.device != first.device:
+            raise ValueError(f"{name}: on device {t.device}, but {first_name} is on {first.device} "
+                             "(all tensors of a call must be on one device)")
 
 
 def lse_shape(q: torch.Tensor, tensor_layout: str):
@@ -144,10 +179,39 @@ def _with_defaults(options: tuple) -> tuple:
     return options + _OPTION_DEFAULTS[len(options):]
 
 
+# The kernels' largest head dim; the CPU emulation would take up to 256, but
+# a call that passes in CPU tests must not fail on the GPU.
+MAX_HEAD_DIM = 128
+
+
+def _empty_result(q, k, v, tensor_layout, out, lse):
+    """The outputs of a call with no query row or no key (B, H or N zero): as SDPA, empty, or with
+    no key zeros (and lse = -inf). The core rejects empty tensors, so the checks of its that still
+    mean something without data are made here."""
+    check_same_device(q=q, k=k, v=v)
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v: dtypes {q.dtype}, {k.dtype}, {v.dtype} must be equal")
+    if k.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: k and v must have one shape, "
+                         f"and q their batch and head dim ({tensor_layout} layout)")
+    heads = 1 if tensor_layout == "HND" else 2
+    heads_q, heads_kv = q.shape[heads], k.shape[heads]
+    if (heads_q or heads_kv) and (heads_kv == 0 or heads_q % heads_kv):
+        raise ValueError(f"q has {heads_q} heads, k and v {heads_kv}: q's must be a multiple of theirs")
+    out.zero_()
+    if lse is not None:
+        lse.fill_(-math.inf)
+    return out, lse
+
+
 def _run_forward(q, k, v, option_args):
     """One C++ call (quantization pre-pass + attention): (out, lse), lse None without return_lse."""
     tensor_layout, _, _, return_lse = option_args[:4]
-    out, lse = _new_outputs(q, tensor_layout, return_lse)
+    out, lse = _new_outputs(q, tensor_layout, return_lse)  # (q is 4-D past here)
+    if q.shape[3] > MAX_HEAD_DIM:
+        raise NotImplementedError(f"q: head dim {q.shape[3]} is not supported (at most {MAX_HEAD_DIM})")
+    if not (q.numel() and k.numel()):
+        return _empty_result(q, k, v, tensor_layout, out, lse)
     options = _core_options(*option_args)
     specs = (tensor_spec(q), tensor_spec(k), tensor_spec(v), tensor_spec(out), tensor_spec(lse) if return_lse else None)
     workspace, nbytes, stream = 0, 0, 0
@@ -188,6 +252,8 @@ def _plain_eager_call(q, k, v) -> bool:
         return False
     if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
         return False
+    if q.is_meta or k.is_meta or v.is_meta:  # the operator's fake kernel answers those
+        return False
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return False
     return not (_function_mode_enabled() or _dispatch_mode_depth())
@@ -205,27 +271,45 @@ def attention(q, k, v, *option_args):
 
 
 def _forward_fake(q, k, v, *given_options):
+    check_same_device(q=q, k=k, v=v)
     tensor_layout, _, _, return_lse = _with_defaults(given_options)[:4]
     return _with_empty_lse(q, *_new_outputs(q, tensor_layout, return_lse))
+
+
+_NO_BACKWARD = ("sage_attention has no backward pass yet: its attention is inference-only. Run it under "
+                "torch.no_grad() / torch.inference_mode(), or use torch.nn.functional.scaled_dot_product_attention "
+                "where gradients are needed.")
+
+
+@torch.library.custom_op("sage_attention::forward_backward_unavailable", mutates_args=(),
+                         device_types=("cpu", "cuda"))
+def forward_backward_unavailable(grad_out: torch.Tensor, q_shape: list[int], k_shape: list[int],
+                                 v_shape: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradient formula of `forward`: raises when it runs (see the module docstring)."""
+    raise NotImplementedError(_NO_BACKWARD)
+
+
+@forward_backward_unavailable.register_fake
+def _forward_backward_fake(grad_out, q_shape, k_shape, v_shape):
+    return tuple(grad_out.new_empty(shape) for shape in (q_shape, k_shape, v_shape))
 
 
 class _ForwardWithoutBackward(torch.autograd.Function):
     """Records `forward` on the autograd graph with a backward that refuses to run."""
 
     @staticmethod
-    def forward(ctx, keyset, *args):
+    def forward(ctx, keyset, q, k, v, *options):
         with torch._C._AutoDispatchBelowAutograd():
-            out, lse = forward.redispatch(keyset, *args)
+            out, lse = forward.redispatch(keyset, q, k, v, *options)
         ctx.mark_non_differentiable(lse)
+        ctx.shapes = (list(q.shape), list(k.shape), list(v.shape))
+        ctx.num_options = len(options)
         return out, lse
 
     @staticmethod
-    def backward(ctx, *grads):
-        raise NotImplementedError(
-            "sage_attention has no backward pass yet: its attention is inference-only. Run it under "
-            "torch.no_grad() / torch.inference_mode(), or use torch.nn.functional.scaled_dot_product_attention "
-            "where gradients are needed."
-        )
+    def backward(ctx, grad_out, grad_lse):
+        grads = forward_backward_unavailable(grad_out, *ctx.shapes)
+        return (None, *grads) + (None,) * ctx.num_options
 
 
 def _forward_autograd(keyset, q, k, v, *args):
@@ -262,6 +346,7 @@ def merge_state(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, l
 
 @merge_state.register_fake
 def _merge_state_fake(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
+    check_same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
     return (torch.empty(out_a.shape, dtype=out_a.dtype, device=out_a.device),
             torch.empty(lse_a.shape, dtype=torch.float32, device=lse_a.device))
 
@@ -275,11 +360,26 @@ def merge_state_inplace(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.T
 
 @merge_state_inplace.register_fake
 def _merge_state_inplace_fake(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
+    check_same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
     return None
 
 
-def _merge_backward(ctx, *grads):
+@torch.library.custom_op("sage_attention::merge_backward_unavailable", mutates_args=(), device_types=("cpu", "cuda"))
+def merge_backward_unavailable(grad_out: torch.Tensor, grad_lse: torch.Tensor) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradient formula of merge_state: raises when it runs (see the module docstring)."""
     raise NotImplementedError("sage_attention.merge_state has no backward pass yet (inference-only)")
+
+
+@merge_backward_unavailable.register_fake
+def _merge_backward_fake(grad_out, grad_lse):
+    return (torch.empty_like(grad_out), torch.empty_like(grad_lse), torch.empty_like(grad_out),
+            torch.empty_like(grad_lse))
+
+
+def _merge_backward(ctx, grad_out, grad_lse):
+    grad_out_a, grad_lse_a, grad_out_b, grad_lse_b = merge_backward_unavailable(grad_out, grad_lse)
+    return grad_out_a, grad_lse_a, grad_out_b, grad_lse_b, None
 
 
 merge_state.register_autograd(_merge_backward)

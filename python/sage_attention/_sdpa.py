@@ -11,37 +11,45 @@ from torch.overrides import TorchFunctionMode
 
 from . import _ops
 
-_MAX_HEAD_DIM = 128
-
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False):
     """torch.nn.functional.scaled_dot_product_attention computed by SageAttention2.
 
     Same arguments and semantics as SDPA: inputs [..., H, L, E] (at least 3-D;
-    every dimension before the heads is batch), is_causal aligned top-left,
+    every dimension before the heads is batch, broadcast between query, key
+    and value as SDPA does; empty inputs give empty outputs, no key gives
+    zeros), is_causal aligned top-left,
     scale defaulting to 1/sqrt(E), Hq != Hkv only with enable_gqa=True (Hq a
     multiple of Hkv). Returns [..., Hq, L, E] in the query's dtype.
 
     What it cannot honour raises instead of being ignored: attn_mask
     (NotImplementedError), dropout_p > 0 (NotImplementedError), Ev != E or
-    E > 128 (NotImplementedError), inputs that require grad while grad mode is
-    on (RuntimeError: there is no backward yet). Unsupported dtypes and
-    devices get the core's ValueError. The results differ from SDPA's by the
+    E > 128 (NotImplementedError), a gradient (there is no backward yet:
+    inputs may require grad, as in a model in eval() mode without no_grad(),
+    but .backward() through the result raises NotImplementedError).
+    Unsupported dtypes and devices get the core's ValueError. The results differ from SDPA's by the
     quantization error (cosine similarity ~0.999 on typical activations).
     """
     _reject_unsupported(query, key, value, attn_mask, dropout_p, scale)
+    is_causal = _ops.flag("is_causal", is_causal)
     heads_q, heads_kv = query.shape[-3], key.shape[-3]
     if heads_q != heads_kv and not enable_gqa:
         raise ValueError(f"query has {heads_q} heads but key/value have {heads_kv}: pass enable_gqa=True for "
                          "grouped-query attention (as with torch's scaled_dot_product_attention)")
-    if heads_q % heads_kv != 0:
+    if heads_q != heads_kv and (heads_kv == 0 or heads_q % heads_kv != 0):
         raise ValueError(f"enable_gqa: query heads ({heads_q}) must be a multiple of key/value heads ({heads_kv})")
-    if query.shape[:-3] != key.shape[:-3] or key.shape[:-1] != value.shape[:-1]:
-        raise ValueError(f"batch dimensions disagree: query {tuple(query.shape)}, key {tuple(key.shape)}, "
-                         f"value {tuple(value.shape)}")
-    out, _ = _ops.attention(_as_bhld(query), _as_bhld(key), _as_bhld(value), "HND", bool(is_causal),
-                          None if scale is None else float(scale), False, *_ops.QUANT_DEFAULTS.values())
+    if key.shape[-3:-1] != value.shape[-3:-1]:
+        raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same heads and "
+                         "sequence length")
+    try:
+        batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+    except RuntimeError:
+        raise ValueError(f"batch dimensions do not broadcast: query {tuple(query.shape)}, key {tuple(key.shape)}, "
+                         f"value {tuple(value.shape)}") from None
+    query, key, value = (t.expand(*batch, *t.shape[-3:]) for t in (query, key, value))
+    out, _ = _ops.attention(_as_bhld(query), _as_bhld(key), _as_bhld(value), "HND", is_causal,
+                            None if scale is None else float(scale), False, *_ops.QUANT_DEFAULTS.values())
     return out.view(query.shape)
 
 
@@ -59,13 +67,10 @@ def _reject_unsupported(query, key, value, attn_mask, dropout_p, scale):
     head_dim, value_dim = query.shape[-1], value.shape[-1]
     if value_dim != head_dim:
         raise NotImplementedError(f"value head dim {value_dim} != query/key head dim {head_dim} is not supported")
-    if head_dim > _MAX_HEAD_DIM:
-        raise NotImplementedError(f"head dim {head_dim} is not supported (at most {_MAX_HEAD_DIM})")
+    if head_dim > _ops.MAX_HEAD_DIM:
+        raise NotImplementedError(f"head dim {head_dim} is not supported (at most {_ops.MAX_HEAD_DIM})")
     if scale is not None and not (math.isfinite(scale) and scale > 0):
         raise NotImplementedError(f"scale={scale} is not supported (a finite positive number, or None)")
-    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
-        raise RuntimeError("sage_attention.scaled_dot_product_attention has no backward pass yet: call it under "
-                           "torch.no_grad() / torch.inference_mode(), or on inputs that do not require grad")
 
 
 def _as_bhld(t: torch.Tensor) -> torch.Tensor:

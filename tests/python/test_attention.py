@@ -87,7 +87,32 @@ def test_scale_given_twice_is_an_error():
     (lambda q: sageattn(q, q.double(), q), ValueError, "dtype"),
     (lambda q: sageattn(q, q[:, :, :, :8], q), ValueError, "k"),
     (lambda q: sageattn(q.repeat(1, 3, 1, 1), q.repeat(1, 2, 1, 1), q.repeat(1, 2, 1, 1)), ValueError, "multiple"),
+    (lambda q: sageattn(q, q, q, smooth_k="no"), TypeError, "smooth_k: expected a bool"),
+    (lambda q: sageattn(q, q, q, pv_format=None), TypeError, "pv_format: expected a str"),
+    (lambda q: sageattn(q, q, q, qk_format=["int8"]), TypeError, "qk_format: expected a str"),
+    (lambda q: sageattn(q, q, q, is_causal="no"), TypeError, "is_causal: expected a bool"),
+    (lambda q: sageattn(q, q, q, return_lse=None), TypeError, "return_lse: expected a bool"),
+    (lambda q: sageattn(q, q, q, qk_quant_gran="per_thread", qk_granularity="per_block"), TypeError,
+     "both qk_granularity and its alias 'qk_quant_gran'"),
+    # The kernels' limit holds on CPU too: what passes in CPU tests runs on the GPU.
+    (lambda q: sageattn(*(q.repeat(1, 1, 1, 9),) * 3), NotImplementedError, "head dim 144"),
+    (lambda q: sageattn(q[:0], q[:0, :, :, :8], q[:0]), ValueError, "k and v must have one shape"),
 ])
 def test_bad_arguments_raise_naming_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call(randn(1, 2, 8, 16))
+
+
+def test_flags_take_bools_and_their_integers():
+    q, k, v = randn(1, 2, 8, 16, seed=1), randn(1, 2, 8, 16, seed=2), randn(1, 2, 8, 16, seed=3)
+    torch.testing.assert_close(sageattn(q, k, v, is_causal=1, smooth_k=0), sageattn(q, k, v, is_causal=True,
+                                                                                   smooth_k=False), rtol=0, atol=0)
+
+
+def test_empty_problems():
+    q, k = randn(1, 2, 8, 16), randn(1, 2, 0, 16)
+    out, lse = sageattn(q, k, k, return_lse=True)
+    assert torch.equal(out, torch.zeros_like(q)) and torch.equal(lse, torch.full((1, 2, 8), float("-inf")))
+    assert sageattn(q[:0], q[:0], q[:0]).shape == (0, 2, 8, 16)
+    out, lse = sageattn(q[:, :, :0], q, q, return_lse=True)
+    assert out.shape == (1, 2, 0, 16) and lse.shape == (1, 2, 0)

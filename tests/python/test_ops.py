@@ -77,6 +77,72 @@ def test_backward_raises_not_implemented():
         out.sum().backward()
 
 
+class _EvalBlock(torch.nn.Module):
+    """Projections then sageattn: in eval() without no_grad(), q, k, v require grad (the weights do)."""
+
+    def __init__(self, dim=32, heads=2):
+        super().__init__()
+        self.heads, self.qkv = heads, torch.nn.Linear(dim, 3 * dim)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 1, 3, 4)
+        return sageattn(q, k, v, tensor_layout="NHD", is_causal=True)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_with_inputs_that_require_grad_matches_eager_and_refuses_backward(backend):
+    # The backward is traced at compile time; it must raise only when it runs.
+    torch._dynamo.reset()
+    block = _EvalBlock().eval()
+    x = randn(2, 24, 32, seed=5)
+    eager = block(x)
+    compiled = torch.compile(block, fullgraph=True, backend=backend)(x)
+    assert compiled.requires_grad
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        compiled.sum().backward()
+
+
+def test_merge_backward_raises_when_run_not_when_traced():
+    args = (randn(1, 2, 8, 16, seed=1).requires_grad_(), randn(1, 2, 8, seed=2), randn(1, 2, 8, 16, seed=3),
+            randn(1, 2, 8, seed=4))
+    torch.library.opcheck(torch.ops.sage_attention.merge_state.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    compiled = torch.compile(merge_state, fullgraph=True, backend="aot_eager")
+    out, _ = compiled(*args)
+    torch.testing.assert_close(out, merge_state(*args)[0])
+    with pytest.raises(NotImplementedError, match="no backward"):
+        out.sum().backward()
+
+
+def test_inplace_merge_refuses_tensors_that_require_grad():
+    out_a = randn(1, 2, 8, 16, seed=1).requires_grad_() * 1.0
+    lse_a, out_b, lse_b = randn(1, 2, 8, seed=2), randn(1, 2, 8, 16, seed=3), randn(1, 2, 8, seed=4)
+    with pytest.raises(RuntimeError, match="no backward"):
+        merge_state_(out_a, lse_a, out_b, lse_b)
+    with torch.no_grad():
+        merge_state_(out_a, lse_a, out_b, lse_b)
+
+
+def test_meta_tensors_give_meta_outputs():
+    q, k, v = (t.to("meta") for t in qkv(hq=4))
+    out, lse = sageattn(q, k, v, return_lse=True)
+    assert out.is_meta and out.shape == q.shape and lse.shape == (1, 4, 32)
+    merged, merged_lse = merge_state(out, lse, out, lse)
+    assert merged.is_meta and merged_lse.is_meta
+
+
+@pytest.mark.parametrize("meta", ["q", "k", "v"])
+def test_tensors_on_different_devices_are_refused(meta):
+    tensors = dict(zip("qkv", qkv()))
+    tensors[meta] = tensors[meta].to("meta")
+    with pytest.raises(ValueError, match="one device"):
+        sageattn(tensors["q"], tensors["k"], tensors["v"])
+    out_a, lse_a = randn(1, 2, 8, 16), randn(1, 2, 8)
+    with pytest.raises(ValueError, match="one device"):
+        merge_state(out_a, lse_a, out_a.to("meta"), lse_a)
+
+
 def test_no_autograd_graph_under_no_grad():
     q, k, v = qkv()
     q.requires_grad_()

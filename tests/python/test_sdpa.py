@@ -70,12 +70,53 @@ def test_unsupported_dtype():
         sage_sdpa(q, q, q)
 
 
-def test_requires_grad_with_grad_enabled_is_refused():
+def test_inputs_that_require_grad_run_forward_and_refuse_backward():
+    # A model in eval() without no_grad(): its projections require grad.
     q = randn(1, 2, 16, 32).requires_grad_()
-    with pytest.raises(RuntimeError, match="no backward"):
-        sage_sdpa(q, q, q)
+    out = sage_sdpa(q, q, q)
     with torch.no_grad():
-        sage_sdpa(q, q, q)
+        torch.testing.assert_close(out.detach(), sage_sdpa(q, q, q), rtol=0, atol=0)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("shape_q, shape_kv", [
+    ((0, 2, 8, 16), (0, 2, 8, 16)),  # no batch
+    ((1, 2, 0, 16), (1, 2, 8, 16)),  # no query
+    ((1, 2, 8, 16), (1, 2, 0, 16)),  # no key: zeros
+])
+def test_empty_inputs_as_torch_sdpa(shape_q, shape_kv):
+    q, k, v = randn(*shape_q, seed=1), randn(*shape_kv, seed=2), randn(*shape_kv, seed=3)
+    got = sage_sdpa(q, k, v)
+    assert got.shape == shape_q
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v), rtol=0, atol=0)
+
+
+def test_no_heads_gives_an_empty_output():
+    q = randn(1, 0, 8, 16)  # (torch's own SDPA dies with SIGFPE here)
+    assert sage_sdpa(q, q, q).shape == q.shape
+
+
+def test_batch_dimensions_broadcast_as_in_torch_sdpa():
+    q, k, v = randn(2, 4, 16, 32, seed=1), randn(1, 4, 24, 32, seed=2), randn(1, 4, 24, 32, seed=3)
+    got = sage_sdpa(q, k, v)
+    assert got.shape == F.scaled_dot_product_attention(q, k, v).shape
+    expanded = sage_sdpa(q, k.expand(2, -1, -1, -1).contiguous(), v.expand(2, -1, -1, -1).contiguous())
+    torch.testing.assert_close(got, expanded, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        sage_sdpa(q, randn(3, 4, 24, 32), randn(3, 4, 24, 32))
+
+
+def test_key_and_value_lengths_must_agree():
+    q = randn(1, 2, 16, 32)
+    with pytest.raises(ValueError, match="same heads and sequence length"):
+        sage_sdpa(q, randn(1, 2, 24, 32), randn(1, 2, 23, 32))
+
+
+def test_is_causal_must_be_a_bool():
+    q = randn(1, 2, 16, 32)
+    with pytest.raises(TypeError, match="is_causal"):
+        sage_sdpa(q, q, q, is_causal="no")
 
 
 class SelfAttention(torch.nn.Module):
