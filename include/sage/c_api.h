@@ -21,7 +21,8 @@ typedef enum sage_status_t {
   SAGE_ERROR_NOT_IMPLEMENTED = 2,
   SAGE_ERROR_UNSUPPORTED_DEVICE = 3,
   SAGE_ERROR_CUDA = 4,
-  SAGE_ERROR_INTERNAL = 5
+  SAGE_ERROR_INTERNAL = 5,
+  SAGE_ERROR_OUT_OF_MEMORY = 6
 } sage_status_t;
 
 typedef enum sage_dtype_t {
@@ -120,7 +121,9 @@ typedef struct sage_plan_t sage_plan_t; /* opaque */
 sage_status_t sage_plan_load(const char* path, sage_plan_t** plan);
 
 /* *options = *base with qk_format as the plan decides for (layer, timestep);
- * INT4 also takes the plan's INT4 granularity. `options` may be `base`. */
+ * INT4 also takes the plan's INT4 granularity. `options` may be `base`.
+ * layer must be >= 0 and timestep >= 0 or SAGE_NO_TIMESTEP
+ * (SAGE_ERROR_INVALID_ARGUMENT otherwise). */
 sage_status_t sage_plan_options_for(const sage_plan_t* plan, int64_t layer, int64_t timestep,
                                     const sage_options_t* base, sage_options_t* options);
 

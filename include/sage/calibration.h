@@ -56,6 +56,10 @@ struct CalibrationKey {
   friend auto operator<=>(const CalibrationKey&, const CalibrationKey&) = default;
 };
 
+// invalid_argument naming the field unless layer >= 0 and timestep >= 0 or
+// kNoTimestep: the keys that Calibrator and Plan take.
+Status check_calibration_key(std::int64_t layer, std::int64_t timestep);
+
 struct PlanEntry {
   CalibrationKey key;
   double score = 0;        // mean score over the calls; NaN if any call's INT4 output was non-finite

@@ -14,6 +14,7 @@ enum class StatusCode {
   unsupported_device = 3, // the GPU (or its absence) cannot run the request
   cuda_error = 4,         // the CUDA runtime reported an error
   internal = 5,           // a bug in the library: please report it
+  out_of_memory = 6,      // a host allocation failed: the problem does not fit in memory
 };
 
 const char* status_code_name(StatusCode code);

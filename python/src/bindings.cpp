@@ -56,6 +56,9 @@ void raise_on_error(const sage::Status& st) {
       // NotImplementedError derives from RuntimeError: callers catching the latter still do.
       PyErr_SetString(PyExc_NotImplementedError, ("not implemented: " + st.message()).c_str());
       throw nb::python_error();
+    case sage::StatusCode::out_of_memory:
+      PyErr_SetString(PyExc_MemoryError, st.message().c_str());
+      throw nb::python_error();
     default: throw std::runtime_error(std::string(sage::status_code_name(st.code())) + ": " + st.message());
   }
 }

@@ -42,6 +42,7 @@ sage_status_t to_c_status(StatusCode code) {
     case StatusCode::unsupported_device: return SAGE_ERROR_UNSUPPORTED_DEVICE;
     case StatusCode::cuda_error: return SAGE_ERROR_CUDA;
     case StatusCode::internal: return SAGE_ERROR_INTERNAL;
+    case StatusCode::out_of_memory: return SAGE_ERROR_OUT_OF_MEMORY;
   }
   return SAGE_ERROR_INTERNAL;
 }
@@ -253,6 +254,7 @@ sage_status_t sage_plan_options_for(const sage_plan_t* plan, int64_t layer, int6
   return c_boundary("sage_plan_options_for", [&]() -> Status {
     if (plan == nullptr) return Status::invalid("plan is NULL");
     if (options == nullptr) return Status::invalid("options is NULL");
+    SAGE_C_RETURN_IF_ERROR(sage::check_calibration_key(layer, timestep));
     sage::AttentionOptions cpp_base;
     SAGE_C_RETURN_IF_ERROR(convert_options(base, &cpp_base));
     to_c_options(plan->plan.options_for(layer, timestep, cpp_base), options);

@@ -103,14 +103,6 @@ Status int4_score(const AttentionArgs& host, const AttentionOptions& options, Gr
   return Status::ok();
 }
 
-Status check_key(std::int64_t layer, std::int64_t timestep) {
-  if (layer < 0) return Status::invalid("layer: must be >= 0, got " + std::to_string(layer));
-  if (timestep < kNoTimestep) {
-    return Status::invalid("timestep: must be >= 0 or kNoTimestep (-1), got " + std::to_string(timestep));
-  }
-  return Status::ok();
-}
-
 // ---- planning ----
 
 // How many of `keys` keys get INT8: ceil(fraction * keys). The small
@@ -131,6 +123,14 @@ bool worse(const PlanEntry& a, const PlanEntry& b) {
 
 }  // namespace
 
+Status check_calibration_key(std::int64_t layer, std::int64_t timestep) {
+  if (layer < 0) return Status::invalid("layer: must be >= 0, got " + std::to_string(layer));
+  if (timestep < kNoTimestep) {
+    return Status::invalid("timestep: must be >= 0 or kNoTimestep (-1), got " + std::to_string(timestep));
+  }
+  return Status::ok();
+}
+
 const char* plan_match_name(PlanMatch match) {
   switch (match) {
     case PlanMatch::exact: return "exact";
@@ -145,7 +145,7 @@ const char* plan_match_name(PlanMatch match) {
 Status Calibrator::record(std::int64_t layer, std::int64_t timestep, const AttentionArgs& args,
                           const AttentionOptions& options, Stream stream) {
   return detail::guarded("Calibrator::record", [&]() -> Status {
-    SAGE_RETURN_IF_ERROR(check_key(layer, timestep));
+    SAGE_RETURN_IF_ERROR(check_calibration_key(layer, timestep));
     if (options.method != Method::sage2) {
       return Status::invalid(std::string("options.method: calibration chooses the Q K^T format of sage2, got ") +
                              method_name(options.method));
@@ -165,7 +165,7 @@ Status Calibrator::record(std::int64_t layer, std::int64_t timestep, const Atten
 }
 
 Status Calibrator::add_score(std::int64_t layer, std::int64_t timestep, double score) {
-  SAGE_RETURN_IF_ERROR(check_key(layer, timestep));
+  SAGE_RETURN_IF_ERROR(check_calibration_key(layer, timestep));
   if (std::isinf(score)) return Status::invalid("score: must be finite or NaN, got " + std::to_string(score));
   Aggregate& aggregate = scores_[CalibrationKey{layer, timestep}];
   aggregate.score_sum += score;  // NaN stays NaN: the key is then the worst
@@ -213,11 +213,12 @@ PlanDecision Plan::decide(std::int64_t layer, std::int64_t timestep) const {
   }
   // The nearest calibrated timestep; of two equally near ones, INT8 wins
   // if they disagree (the safe choice).
-  std::int64_t best_distance = std::numeric_limits<std::int64_t>::max();
+  std::uint64_t best_distance = std::numeric_limits<std::uint64_t>::max();
   QKFormat format = QKFormat::int4;
   for (auto it = first; it != last; ++it) {
-    const std::int64_t distance =
-        it->key.timestep > timestep ? it->key.timestep - timestep : timestep - it->key.timestep;
+    // (In unsigned arithmetic: the difference of two int64 may not fit one.)
+    const std::uint64_t a = static_cast<std::uint64_t>(it->key.timestep), b = static_cast<std::uint64_t>(timestep);
+    const std::uint64_t distance = it->key.timestep > timestep ? a - b : b - a;
     if (distance < best_distance) {
       best_distance = distance;
       format = it->qk_format;

@@ -17,7 +17,7 @@ Status guarded(const char* function, Body&& body) noexcept {
   try {
     return body();
   } catch (const std::bad_alloc&) {
-    return Status(StatusCode::internal, std::string(function) + ": out of host memory");
+    return Status(StatusCode::out_of_memory, std::string(function) + ": out of host memory");
   } catch (const std::invalid_argument& e) {
     return Status::invalid(std::string(function) + ": " + e.what());
   } catch (const std::exception& e) {

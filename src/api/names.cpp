@@ -3,6 +3,9 @@
 #include "sage/status.h"
 #include "sage/tensor.h"
 
+#include <cstdint>
+#include <limits>
+
 namespace sage {
 
 const char* status_code_name(StatusCode code) {
@@ -13,6 +16,7 @@ const char* status_code_name(StatusCode code) {
     case StatusCode::unsupported_device: return "unsupported device";
     case StatusCode::cuda_error: return "CUDA error";
     case StatusCode::internal: return "internal error";
+    case StatusCode::out_of_memory: return "out of memory";
   }
   return "unknown status";
 }
@@ -94,7 +98,9 @@ TensorView make_contiguous_view(void* data, DType dtype, std::initializer_list<s
   std::int64_t stride = 1;
   for (int d = t.rank - 1; d >= 0; --d) {
     t.stride[d] = stride;
-    stride *= t.shape[d];
+    // Sizes whose element count overflows int64 get saturated strides;
+    // validation rejects such views (the element count) with a message.
+    if (__builtin_mul_overflow(stride, t.shape[d], &stride)) stride = std::numeric_limits<std::int64_t>::max();
   }
   return t;
 }

@@ -23,6 +23,7 @@ static_assert(SAGE_ERROR_NOT_IMPLEMENTED == static_cast<int>(sage::StatusCode::n
 static_assert(SAGE_ERROR_UNSUPPORTED_DEVICE == static_cast<int>(sage::StatusCode::unsupported_device));
 static_assert(SAGE_ERROR_CUDA == static_cast<int>(sage::StatusCode::cuda_error));
 static_assert(SAGE_ERROR_INTERNAL == static_cast<int>(sage::StatusCode::internal));
+static_assert(SAGE_ERROR_OUT_OF_MEMORY == static_cast<int>(sage::StatusCode::out_of_memory));
 
 sage_tensor_t dense_tensor(float* data, std::initializer_list<std::int64_t> shape) {
   sage_tensor_t t{};

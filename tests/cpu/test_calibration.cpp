@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -292,6 +293,9 @@ TEST(CalibrationPlan, UnseenTimesteps) {
   expect(0, 8, QKFormat::int8, PlanMatch::nearest_timestep);   // 10 is nearest
   expect(0, 20, QKFormat::int8, PlanMatch::nearest_timestep);  // 10 and 30 tie: the safe one
   expect(0, 1000, QKFormat::int4, PlanMatch::nearest_timestep);
+  // The far ends of int64: distances that overflow a signed difference.
+  expect(0, std::numeric_limits<std::int64_t>::max(), QKFormat::int4, PlanMatch::nearest_timestep);
+  expect(0, std::numeric_limits<std::int64_t>::min(), QKFormat::int4, PlanMatch::nearest_timestep);
   expect(0, kNoTimestep, QKFormat::int8, PlanMatch::layer_worst);
   expect(1, 5, QKFormat::int8, PlanMatch::exact);
   expect(1, 6, QKFormat::int4, PlanMatch::layer);  // the layer-wide entry covers unseen timesteps
@@ -436,6 +440,10 @@ TEST(CalibrationCApi, LoadLookUpFree) {
   EXPECT_EQ(options.qk_format, SAGE_QK_INT8);
   EXPECT_EQ(sage_plan_options_for(plan, 0, 0, nullptr, &options), SAGE_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(sage_plan_options_for(nullptr, 0, 0, &options, &options), SAGE_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(sage_plan_options_for(plan, -5, 0, &options, &options), SAGE_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(sage_last_error()).find("layer"), std::string::npos) << sage_last_error();
+  EXPECT_EQ(sage_plan_options_for(plan, 0, -7, &options, &options), SAGE_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(sage_last_error()).find("timestep"), std::string::npos) << sage_last_error();
   sage_plan_free(plan);
   sage_plan_free(nullptr);
 

@@ -16,3 +16,16 @@ run_step(${CMAKE_COMMAND} -S ${SAGE_CONSUMER_SOURCE} -B ${SAGE_WORK_DIR}/build
          -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release)
 run_step(${CMAKE_COMMAND} --build ${SAGE_WORK_DIR}/build)
 run_step(${SAGE_WORK_DIR}/build/consumer)
+run_step(${SAGE_WORK_DIR}/build/consumer_c)
+
+# A C-only project and a static build: a clear configure error, not thousands
+# of undefined C++ symbols at link time.
+if(NOT SAGE_LIBRARY_TYPE STREQUAL "STATIC_LIBRARY")
+  return()
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SAGE_CONSUMER_SOURCE}/c_only -B ${SAGE_WORK_DIR}/c_only
+                        -DCMAKE_PREFIX_PATH=${prefix}
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "enable C\\+\\+ in the project")
+  message(FATAL_ERROR "a C-only consumer of the static build was not refused clearly (rc ${rc}):\n${out}\n${err}")
+endif()
