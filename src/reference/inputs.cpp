@@ -61,19 +61,31 @@ Rng stream(std::uint64_t seed, Tensor which) {
 // Shape of one BHND tensor.
 struct Shape {
   std::int64_t batch, heads, tokens, dim;
-  std::int64_t elems() const { return batch * heads * tokens * dim; }
-  // Offset of (b, h, token 0, channel 0).
+  // Throws std::length_error when the count overflows std::size_t (huge
+  // sizes from the caller), where the product would wrap to a small one.
+  std::size_t elems() const {
+    std::size_t n = 1;
+    for (const std::int64_t extent : {batch, heads, tokens, dim}) {
+      if (__builtin_mul_overflow(n, static_cast<std::size_t>(extent), &n)) {
+        throw std::length_error("make_inputs: tensor of " + std::to_string(batch) + "x" + std::to_string(heads) +
+                                "x" + std::to_string(tokens) + "x" + std::to_string(dim) + " elements is too large");
+      }
+    }
+    return n;
+  }
+  // Offset of (b, h, token 0, channel 0): less than elems(), so it cannot
+  // overflow once the tensor is allocated.
   std::int64_t head_offset(std::int64_t b, std::int64_t h) const { return (b * heads + h) * tokens * dim; }
 };
 
 std::vector<float> gaussian(const Shape& s, Rng& rng) {
-  std::vector<float> x(static_cast<std::size_t>(s.elems()));
+  std::vector<float> x(s.elems());
   for (float& e : x) e = static_cast<float>(rng.normal());
   return x;
 }
 
 std::vector<float> student_t(const Shape& s, Rng& rng) {
-  std::vector<float> x(static_cast<std::size_t>(s.elems()));
+  std::vector<float> x(s.elems());
   for (float& e : x) e = static_cast<float>(rng.student_t(3));
   return x;
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
@@ -14,11 +15,24 @@ namespace {
 // True on threads started by parallel_for: nested calls run inline.
 thread_local bool t_inside_worker = false;
 
+constexpr long kMaxThreads = 4096;
+
+// SAGE_NUM_THREADS as a thread count, 0 when unset. A value that is not a
+// whole number in 1..kMaxThreads is ignored with a warning on stderr (once):
+// the user set it for a reason, and running with another count unannounced
+// would hide the typo.
 int threads_from_environment() {
   const char* text = std::getenv("SAGE_NUM_THREADS");
   if (text == nullptr) return 0;
-  const long value = std::strtol(text, nullptr, 10);
-  return value > 0 && value < 4096 ? static_cast<int>(value) : 0;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  if (end != text && *end == '\0' && value > 0 && value <= kMaxThreads) return static_cast<int>(value);
+  static std::once_flag warned;
+  std::call_once(warned, [&] {
+    std::fprintf(stderr, "sage-attention: SAGE_NUM_THREADS='%s' ignored (expected a whole number 1..%ld); using "
+                 "all hardware threads\n", text, kMaxThreads);
+  });
+  return 0;
 }
 
 }  // namespace

@@ -1,6 +1,12 @@
 #include "args.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <cstring>
+#include <filesystem>
 #include <sstream>
 
 namespace sage_cli {
@@ -70,15 +76,38 @@ std::int64_t ArgParser::get_int(const std::string& name, std::int64_t fallback, 
   return value;
 }
 
-std::string ArgParser::get_choice(const std::string& name, const std::string& fallback,
-                                  const std::vector<std::string>& choices) const {
-  const std::string value = get(name, fallback);
+std::string match_choice(const std::string& flag, const std::string& value, const std::vector<std::string>& choices) {
+  const auto dashed = [](std::string text) {
+    std::replace(text.begin(), text.end(), '_', '-');
+    return text;
+  };
   for (const std::string& choice : choices) {
-    if (value == choice) return value;
+    if (dashed(value) == dashed(choice)) return choice;
   }
   std::string list;
   for (const std::string& choice : choices) list += (list.empty() ? "" : "|") + choice;
-  throw UsageError(name + ": '" + value + "' is not one of " + list);
+  throw UsageError(flag + ": '" + value + "' is not one of " + list);
+}
+
+void check_output_file(const std::string& flag, const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path file(path);
+  const fs::path directory = file.has_parent_path() ? file.parent_path() : fs::path(".");
+  std::error_code error;
+  if (!fs::is_directory(directory, error)) {
+    throw UsageError(flag + ": cannot write '" + path + "': directory '" + directory.string() + "' does not exist");
+  }
+  if (fs::is_directory(file, error)) throw UsageError(flag + ": cannot write '" + path + "': it is a directory");
+  // An existing file is overwritten; a new one needs a writable directory.
+  const fs::path& target = fs::exists(file, error) ? file : directory;
+  if (::access(target.c_str(), W_OK) != 0) {
+    throw UsageError(flag + ": cannot write '" + path + "': " + std::strerror(errno));
+  }
+}
+
+std::string ArgParser::get_choice(const std::string& name, const std::string& fallback,
+                                  const std::vector<std::string>& choices) const {
+  return match_choice(name, get(name, fallback), choices);
 }
 
 std::string ArgParser::usage() const {

@@ -20,6 +20,16 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The entry of `choices` that `value` names, '-' and '_' being the same
+// character (the help spells enum values with '-', the C++ names and the
+// recording format with '_'). UsageError naming `flag` and listing the
+// choices otherwise.
+std::string match_choice(const std::string& flag, const std::string& value, const std::vector<std::string>& choices);
+
+// UsageError naming `flag` unless a file can be written at `path`: checked
+// before the work, so that a typo in an output path does not cost a run.
+void check_output_file(const std::string& flag, const std::string& path);
+
 class ArgParser {
  public:
   ArgParser(std::string command, std::string summary);
@@ -40,7 +50,7 @@ class ArgParser {
   std::string get(const std::string& name, const std::string& fallback) const;
   // A whole number in [min, max]; throws UsageError naming the flag.
   std::int64_t get_int(const std::string& name, std::int64_t fallback, std::int64_t min, std::int64_t max) const;
-  // The value, which must be one of `choices`.
+  // The value as spelled in `choices` (match_choice).
   std::string get_choice(const std::string& name, const std::string& fallback,
                          const std::vector<std::string>& choices) const;
 

@@ -174,13 +174,12 @@ struct ResultRow {
 };
 
 std::vector<Distribution> chosen_distributions(const ArgParser& parser) {
-  const std::string name = parser.get("--dist", "gaussian");
+  std::vector<std::string> choices = distribution_names();
+  choices.push_back("all");
+  const std::string name = parser.get_choice("--dist", "gaussian", choices);
   if (name == "all") return sage::ref::all_distributions();
-  Distribution d;
-  if (!sage::ref::parse_distribution(name, &d)) {
-    throw UsageError("--dist: unknown distribution '" + name +
-                     "' (gaussian, channel-bias, outliers, heavy-tailed, sharp or all)");
-  }
+  Distribution d{};
+  sage::ref::parse_distribution(name, &d);
   return {d};
 }
 
@@ -335,6 +334,8 @@ int run_accuracy(const ArgParser& parser) {
   const ProblemSize size = read_problem_flags(parser, ProblemSize{});
   const std::vector<Distribution> distributions = chosen_distributions(parser);
   const std::vector<MethodRow> methods = chosen_methods(parser, size.causal);
+  if (parser.has("--json")) check_output_file("--json", parser.get("--json", ""));
+  check_host_memory(size, Reference::whole);
   DeviceChoice device = choose_device(parser);
   if (!settle_device(&device, size)) return 1;
   const std::string device_text =
@@ -347,16 +348,19 @@ int run_accuracy(const ArgParser& parser) {
   for (Distribution distribution : distributions) {
     const std::string dist_name = sage::ref::distribution_name(distribution);
     const sage::ref::Inputs inputs = sage::ref::make_inputs(problem, distribution, size.seed, size.dtype);
-    std::cerr << dist_name << ": exact float64 reference ... " << std::flush;
+    std::cerr << dist_name << ": exact float64 reference" << cpu_time_estimate(problem, CpuWork::exact_reference)
+              << " ... " << std::flush;
     const std::vector<double> exact = exact_output(problem, inputs);
     progress_end("done");
 
     const std::size_t first = rows.size();  // this distribution's rows start here
     for (const MethodRow& method : methods) {
-      progress_start(++index, total, dist_name + ": " + method.name);
       const ResultRow* earlier = nullptr;
       for (std::size_t i = first; i < rows.size() && !earlier; ++i)
         if (same_options(rows[i].options, method.options)) earlier = &rows[i];
+      const bool runs_on_cpu = !earlier && !device.gpu;
+      const std::string estimate = runs_on_cpu ? cpu_time_estimate(problem, CpuWork::emulation) : "";
+      progress_start(++index, total, dist_name + ": " + method.name + estimate);
       if (earlier) {
         ResultRow row = *earlier;
         row.group = method.group;

@@ -29,9 +29,9 @@ double parse_fraction(const ArgParser& parser) {
 
 sage::Granularity parse_granularity(const ArgParser& parser) {
   const std::string name =
-      parser.get_choice("--int4-granularity", "per_thread", {"per_thread", "per_warp", "per_block"});
-  if (name == "per_warp") return sage::Granularity::per_warp;
-  if (name == "per_block") return sage::Granularity::per_block;
+      parser.get_choice("--int4-granularity", "per-thread", {"per-thread", "per-warp", "per-block"});
+  if (name == "per-warp") return sage::Granularity::per_warp;
+  if (name == "per-block") return sage::Granularity::per_block;
   return sage::Granularity::per_thread;
 }
 
@@ -72,11 +72,8 @@ std::vector<sage::ref::Distribution> parse_distributions(const std::string& list
   std::vector<sage::ref::Distribution> result;
   std::istringstream words(list);
   for (std::string name; std::getline(words, name, ',');) {
-    sage::ref::Distribution d;
-    if (!sage::ref::parse_distribution(name, &d)) {
-      throw UsageError("--dist: unknown distribution '" + name +
-                       "' (gaussian, channel-bias, outliers, heavy-tailed or sharp)");
-    }
+    sage::ref::Distribution d{};
+    sage::ref::parse_distribution(match_choice("--dist", name, distribution_names()), &d);
     result.push_back(d);
   }
   if (result.empty()) throw UsageError("--dist: no distribution given");
@@ -100,7 +97,7 @@ void declare_calibrate(ArgParser& parser) {
                     "fraction of (layer, timestep) keys that get INT8,\nthe worst ones (default 0.3)");
   parser.add_option(
       "--int4-granularity", "", "G",
-      "per_thread|per_warp|per_block: the INT4 scale grouping\nmeasured and planned (default per_thread)");
+      "per-thread|per-warp|per-block: the INT4 scale grouping\nmeasured and planned (default per-thread)");
   parser.set_epilog(
       "Each recorded call runs the INT4 Q K^T path (CPU emulation, bit-faithful to the kernels) and exact\n"
       "float64 attention; its score is cos_sim * (1 - rel_l1), averaged per (layer, timestep). The plan\n"
@@ -111,12 +108,14 @@ void declare_calibrate(ArgParser& parser) {
 int run_calibrate(const ArgParser& parser) {
   if (!parser.has("--recordings")) throw UsageError("--recordings DIR is required");
   const double fraction = parse_fraction(parser);
+  const sage::Granularity granularity = parse_granularity(parser);
+  if (parser.has("--out")) check_output_file("--out", parser.get("--out", ""));
   const RecordingIndex index = read_recording_index(parser.get("--recordings", ""));
   if (index.calls.empty()) {
     std::cerr << "sage calibrate: " << index.directory << "/index.json lists no calls\n";
     return 1;
   }
-  sage::Calibrator calibrator(parse_granularity(parser));
+  sage::Calibrator calibrator(granularity);
   for (std::size_t i = 0; i < index.calls.size(); ++i) {
     if (!calibrate_call(index, i, &calibrator)) return 1;
   }
@@ -126,8 +125,8 @@ int run_calibrate(const ArgParser& parser) {
   write_plan(parser, plan);
   std::size_t int8 = 0;
   for (const sage::PlanEntry& e : plan.entries()) int8 += e.qk_format == sage::QKFormat::int8;
-  std::cerr << "plan: " << plan.entries().size() << " keys, " << int8 << " INT8, " << plan.entries().size() - int8
-            << " INT4\n";
+  std::cerr << "plan: " << plural(static_cast<std::int64_t>(plan.entries().size()), "key") << ", " << int8 << " INT8, "
+            << plan.entries().size() - int8 << " INT4\n";
   return 0;
 }
 
@@ -165,8 +164,8 @@ int run_record(const ArgParser& parser) {
     }
   }
   write_recording(parser.get("--out", ""), calls);
-  std::cerr << "recorded " << calls.size() << " calls (" << describe(size) << ") in " << parser.get("--out", "")
-            << "\n";
+  std::cerr << "recorded " << plural(static_cast<std::int64_t>(calls.size()), "call") << " (" << describe(size)
+            << ") in " << parser.get("--out", "") << "\n";
   return 0;
 }
 

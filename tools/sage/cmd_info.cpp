@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "cuda/device_info.h"
+#include "device.h"
 #include "reference/parallel.h"
 #include "sage/version.h"
 
@@ -22,14 +23,13 @@ std::string gibibytes(std::size_t bytes) {
 }
 
 void print_gpus() {
-  const sage::cuda::DeviceCount devices = sage::cuda::device_count();
-  if (!devices.error.empty() || devices.count == 0) {
-    std::cout << "GPUs:                  no CUDA GPU found: "
-              << (devices.error.empty() ? "the CUDA runtime reports 0 devices" : devices.error) << "\n";
+  if (const std::string absence = gpu_absence_reason(); !absence.empty()) {
+    std::cout << "GPUs:                  " << absence << "\n";
     return;
   }
-  std::cout << "GPUs:                  " << devices.count << "\n";
-  for (int i = 0; i < devices.count; ++i) {
+  const int count = sage::cuda::device_count().count;
+  std::cout << "GPUs:                  " << count << "\n";
+  for (int i = 0; i < count; ++i) {
     sage::cuda::DeviceInfo info;
     std::string error;
     if (!sage::cuda::device_info(i, &info, &error)) {

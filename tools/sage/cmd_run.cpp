@@ -27,12 +27,6 @@ ProblemSize gpu_default() {
 }
 ProblemSize cpu_default() { return ProblemSize{}; }  // B=1, H=2, N=1024, D=128
 
-// 4 * B * H * Nq * Nk * D operations (halved when causal).
-double attention_ops(const ProblemSize& s) {
-  const double ops = 4.0 * s.batch * s.heads_q * static_cast<double>(s.nq) * s.nk * s.head_dim;
-  return s.causal ? ops / 2 : ops;
-}
-
 std::string describe_options(const sage::AttentionOptions& o) {
   const std::string smoothing = std::string(o.smooth_k ? ", smooth-k" : "") + (o.smooth_q ? ", smooth-q" : "") +
                                 (o.smooth_v ? ", smooth-v" : "");
@@ -105,6 +99,7 @@ bool settle_device(const ArgParser& parser, DeviceChoice* device, ProblemSize* s
   const ProblemSize cpu_size = read_problem_flags(parser, cpu_default());
   if (!device->gpu) {
     *size = cpu_size;
+    check_host_memory(*size, Reference::whole);
     if (device->automatic) {
       const bool no_gpu = device->note.rfind("no CUDA GPU found", 0) == 0;
       std::cout << (no_gpu ? std::string("no CUDA GPU found") : device->note)
@@ -114,12 +109,15 @@ bool settle_device(const ArgParser& parser, DeviceChoice* device, ProblemSize* s
     return true;
   }
   *size = read_problem_flags(parser, gpu_default());
+  // Before the probe allocates GPU tensors of this size.
+  check_host_memory(*size, Reference::one_head);
   const sage::Status probe = probe_gpu(device->ordinal, *size, options);
   if (probe) return true;
   if (!device->automatic) {
     std::cerr << "sage run: " << sage::status_code_name(probe.code()) << ": " << probe.message() << "\n";
     return false;
   }
+  check_host_memory(cpu_size, Reference::whole);
   std::cout << device->gpu_label << " found, but the GPU path cannot run yet: " << probe.message() << "\n"
             << "running the CPU reference on a small problem (" << describe_short(cpu_size) << ") instead\n";
   device->gpu = false;
@@ -159,7 +157,8 @@ int run_run(const ArgParser& parser) {
   std::cerr << "generating inputs ... " << std::flush;
   const sage::ref::Inputs inputs = sage::ref::make_inputs(problem, sage::ref::Distribution::gaussian, size.seed,
                                                           size.dtype);
-  std::cerr << "done\nrunning attention on " << (device.gpu ? device.gpu_label : std::string("the CPU")) << " ... "
+  std::cerr << "done\nrunning attention on "
+            << (device.gpu ? device.gpu_label : "the CPU" + cpu_time_estimate(problem, CpuWork::emulation)) << " ... "
             << std::flush;
   const int timed_calls = device.gpu ? 10 : 1;
   const CallResult call = run_attention(device, size, inputs, options, timed_calls);
@@ -175,22 +174,26 @@ int run_run(const ArgParser& parser) {
   if (device.gpu) {
     std::printf("device:   %s\n", device.gpu_label.c_str());
     std::printf("time:     %s (median of %d calls after a warm-up), %.1f TOPS\n", format_seconds(call.seconds).c_str(),
-                timed_calls, attention_ops(size) / call.seconds / 1e12);
+                timed_calls, attention_ops(problem) / call.seconds / 1e12);
   } else {
-    std::printf("device:   CPU reference (emulation of the kernels, %d threads)\n", sage::ref::parallel_threads());
+    std::printf("device:   CPU reference (emulation of the kernels, %s)\n",
+                plural(sage::ref::parallel_threads(), "thread").c_str());
     std::printf("time:     %s\n", format_seconds(call.seconds).c_str());
   }
 
   // The float64 reference of the whole GPU problem would take minutes on the
   // CPU: there, one (batch, head) slice stands for the rest.
-  std::cerr << "exact float64 reference ... " << std::flush;
   if (device.gpu) {
     const HeadSlice slice = slice_head(problem, inputs, 0, 0);
+    std::cerr << "exact float64 reference" << cpu_time_estimate(slice.problem, CpuWork::exact_reference) << " ... "
+              << std::flush;
     const std::vector<double> exact = exact_output(slice.problem, slice.inputs);
     std::cerr << "done\n";
     print_accuracy(" (batch 0, head 0)", sage::ref::compare(exact.data(), call.out.data() + slice.out_offset,
                                                             slice.problem.nq, slice.problem.head_dim));
   } else {
+    std::cerr << "exact float64 reference" << cpu_time_estimate(problem, CpuWork::exact_reference) << " ... "
+              << std::flush;
     const std::vector<double> exact = exact_output(problem, inputs);
     std::cerr << "done\n";
     print_accuracy("", sage::ref::compare(exact.data(), call.out.data(), problem.batch * problem.heads_q * problem.nq,

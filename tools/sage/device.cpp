@@ -136,12 +136,15 @@ CallResult run_on_gpu(int ordinal, const ProblemSize& size, const sage::ref::Inp
 }  // namespace
 
 void add_device_flag(ArgParser& parser) {
-  parser.add_option("--device", "", "cpu|gpu",
-                    "where to compute (default: gpu when one is present and\nsupported by this build, else cpu)");
+  parser.add_option("--device", "", "auto|cpu|gpu",
+                    "where to compute (default auto: gpu when one is present\nand supported by this build, else cpu)");
 }
 
 std::string gpu_absence_reason() {
   const sage::cuda::DeviceCount devices = sage::cuda::device_count();
+  // Without a driver the runtime says "CUDA driver version is insufficient",
+  // which reads as if an update would help.
+  if (!devices.error.empty() && sage::cuda::driver_version() == 0) return "no CUDA GPU found: no CUDA driver found";
   if (!devices.error.empty()) return "no CUDA GPU found: " + devices.error;
   if (devices.count == 0) return "no CUDA GPU found: the CUDA runtime reports 0 devices";
   return "";

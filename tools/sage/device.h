@@ -20,7 +20,7 @@ struct DeviceChoice {
 };
 
 void add_device_flag(ArgParser& parser);
-// --device cpu|gpu, or automatically: GPU 0 when present and supported by
+// --device cpu|gpu, or auto (the default): GPU 0 when present and supported by
 // this build, else the CPU (with `note` saying why).
 DeviceChoice choose_device(const ArgParser& parser);
 // "no CUDA GPU found: <reason>" or "" when GPU `ordinal` exists.

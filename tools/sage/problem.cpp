@@ -1,16 +1,30 @@
 #include "problem.h"
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
 
+#include "api/validate.h"
 #include "numerics/formats.h"
+#include "reference/parallel.h"
 
 namespace sage_cli {
 namespace {
 
 constexpr std::int64_t kMaxSize = std::int64_t{1} << 31;
+
+// CPU throughput in attention operations (attention_ops) per second and
+// thread: constants, not measured at run time. On a 2-core x86-64 machine
+// the kernel emulation ran at 1.0e10 to 1.9e10 (by options) and the float64
+// reference at 8e9 to 1e10; the slow end, so that estimates err long.
+constexpr double kEmulationOpsPerThread = 1e10;
+constexpr double kReferenceOpsPerThread = 8e9;
+// Phases shorter than this get no estimate.
+constexpr double kEstimateFromSeconds = 3;
 
 sage::DType parse_dtype(const std::string& name) {
   if (name == "bf16") return sage::DType::bf16;
@@ -26,6 +40,26 @@ const char* dtype_flag_name(sage::DType dtype) {
   }
 }
 
+// The machine's physical memory in bytes; 0 when unknown.
+double physical_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page_size > 0 ? static_cast<double>(pages) * static_cast<double>(page_size) : 0;
+}
+
+// "12.3 GB", "35184 GB"
+std::string gigabytes(double bytes) {
+  char text[64];
+  std::snprintf(text, sizeof text, bytes < 100e9 ? "%.1f GB" : "%.0f GB", bytes / 1e9);
+  return text;
+}
+
+// "40 s", "12 min", "3 h"
+std::string rough_duration(double seconds) {
+  if (seconds < 90) return std::to_string(std::llround(seconds)) + " s";
+  if (seconds < 90 * 60) return std::to_string(std::llround(seconds / 60)) + " min";
+  return std::to_string(std::llround(seconds / 3600)) + " h";
+}
+
 }  // namespace
 
 void add_problem_flags(ArgParser& parser, const ProblemSize& d) {
@@ -33,7 +67,9 @@ void add_problem_flags(ArgParser& parser, const ProblemSize& d) {
   parser.add_option("--seq-len", "-n", "N", "query and key tokens (default " + num(d.nq) + ")");
   parser.add_option("--nq", "", "N", "query tokens (overrides -n)");
   parser.add_option("--nk", "", "N", "key/value tokens (overrides -n)");
-  parser.add_option("--head-dim", "-d", "D", "head dimension (default " + num(d.head_dim) + ")");
+  parser.add_option("--head-dim", "-d", "D",
+                    "head dimension, " + num(sage::detail::kHostMinHeadDim) + ".." +
+                        num(sage::detail::kHostMaxHeadDim) + " (default " + num(d.head_dim) + ")");
   parser.add_option("--heads", "", "H", "query heads (default " + num(d.heads_q) + ")");
   parser.add_option("--kv-heads", "", "H", "key/value heads, a divisor of --heads (default: --heads)");
   parser.add_option("--batch", "", "B", "batch size (default " + num(d.batch) + ")");
@@ -49,7 +85,8 @@ ProblemSize read_problem_flags(const ArgParser& parser, const ProblemSize& defau
   if (n > 0) s.nq = s.nk = n;
   s.nq = parser.get_int("--nq", s.nq, 1, kMaxSize);
   s.nk = parser.get_int("--nk", s.nk, 1, kMaxSize);
-  s.head_dim = parser.get_int("--head-dim", s.head_dim, 1, 4096);
+  // The library's range (the GPU kernels take less; the commands then fall back to the CPU).
+  s.head_dim = parser.get_int("--head-dim", s.head_dim, sage::detail::kHostMinHeadDim, sage::detail::kHostMaxHeadDim);
   s.heads_q = parser.get_int("--heads", s.heads_q, 1, 65536);
   s.heads_kv = parser.get_int("--kv-heads", parser.has("--heads") ? s.heads_q : s.heads_kv, 1, 65536);
   s.batch = parser.get_int("--batch", s.batch, 1, 65536);
@@ -68,6 +105,40 @@ bool has_size_flags(const ArgParser& parser) {
     if (parser.has(flag)) return true;
   }
   return false;
+}
+
+double host_bytes_needed(const ProblemSize& s, Reference reference) {
+  const double dim = static_cast<double>(s.head_dim);
+  const double q = static_cast<double>(s.batch) * static_cast<double>(s.heads_q) * static_cast<double>(s.nq) * dim;
+  const double kv = static_cast<double>(s.batch) * static_cast<double>(s.heads_kv) * static_cast<double>(s.nk) * dim;
+  const double dtype_bytes = sage::dtype_bits(s.dtype) / 8.0;
+  // q, k, v as generated (floats); q, k, v, out as the call's tensors; the output as floats.
+  double bytes = 4 * (q + 2 * kv) + dtype_bytes * (2 * q + 2 * kv) + 4 * q;
+  // The reference holds q, k, v and its output as doubles; a slice is first copied out as floats.
+  if (reference == Reference::whole) {
+    bytes += 8 * (2 * q + 2 * kv);
+  } else {
+    const double head_q = static_cast<double>(s.nq) * dim, head_kv = static_cast<double>(s.nk) * dim;
+    bytes += 4 * (head_q + 2 * head_kv) + 8 * (2 * head_q + 2 * head_kv);
+  }
+  return bytes;
+}
+
+void check_host_memory(const ProblemSize& size, Reference reference) {
+  const double needed = host_bytes_needed(size, reference);
+  const double available = physical_memory_bytes();
+  if (available == 0 || needed <= available) return;
+  throw UsageError("the problem (" + describe_short(size) + ") needs about " + gigabytes(needed) +
+                   " of host memory for its inputs, output and float64 reference, more than this machine's " +
+                   gigabytes(available) + "; reduce -n (or --nq, --nk), --batch, --heads or -d");
+}
+
+std::vector<std::string> distribution_names() {
+  std::vector<std::string> names;
+  for (const sage::ref::Distribution d : sage::ref::all_distributions()) {
+    names.emplace_back(sage::ref::distribution_name(d));
+  }
+  return names;
 }
 
 std::string describe(const ProblemSize& s) {
@@ -197,6 +268,18 @@ HeadSlice slice_head(const sage::ref::Problem& problem, const sage::ref::Inputs&
   return slice;
 }
 
+double attention_ops(const sage::ref::Problem& p) {
+  const double ops = 4.0 * static_cast<double>(p.batch) * static_cast<double>(p.heads_q) *
+                     static_cast<double>(p.nq) * static_cast<double>(p.nk) * static_cast<double>(p.head_dim);
+  return p.causal ? ops / 2 : ops;
+}
+
+std::string cpu_time_estimate(const sage::ref::Problem& problem, CpuWork work) {
+  const double rate = work == CpuWork::emulation ? kEmulationOpsPerThread : kReferenceOpsPerThread;
+  const double seconds = attention_ops(problem) / (rate * sage::ref::parallel_threads());
+  return seconds < kEstimateFromSeconds ? "" : " (about " + rough_duration(seconds) + ")";
+}
+
 std::string format_seconds(double seconds) {
   std::ostringstream os;
   os.precision(3);
@@ -208,6 +291,10 @@ std::string format_seconds(double seconds) {
     os << seconds * 1e6 << " us";
   }
   return os.str();
+}
+
+std::string plural(std::int64_t count, const std::string& noun) {
+  return std::to_string(count) + " " + noun + (count == 1 ? "" : "s");
 }
 
 }  // namespace sage_cli

@@ -28,6 +28,20 @@ ProblemSize read_problem_flags(const ArgParser& parser, const ProblemSize& defau
 // default size of the device).
 bool has_size_flags(const ArgParser& parser);
 
+// The float64 reference a command computes: of the whole problem (the CPU
+// runs and `sage accuracy`) or of one (batch, head) slice (`sage run` on a GPU).
+enum class Reference { whole, one_head };
+// Host memory that inputs, output and reference of `size` take at once, in
+// bytes (a double: large sizes overflow 64-bit integers).
+double host_bytes_needed(const ProblemSize& size, Reference reference);
+// UsageError saying how many GB the problem needs and which flags to reduce
+// when that exceeds the machine's physical memory: checked before the inputs
+// are generated, instead of failing in an allocation halfway.
+void check_host_memory(const ProblemSize& size, Reference reference);
+
+// The names of the input distributions (sage::ref::distribution_name).
+std::vector<std::string> distribution_names();
+
 // "B=1 Hq=2 Hkv=2 Nq=1024 Nk=1024 D=128 bfloat16, non-causal"
 std::string describe(const ProblemSize& size);
 // "B=1, H=2, N=1024, D=128" (short form for one-line notes)
@@ -78,7 +92,19 @@ struct HeadSlice {
 HeadSlice slice_head(const sage::ref::Problem& problem, const sage::ref::Inputs& inputs, std::int64_t batch,
                      std::int64_t head_q);
 
+// 4 * B * Hq * Nq * Nk * D operations (halved when causal).
+double attention_ops(const sage::ref::Problem& problem);
+
+// What a long CPU phase of a command computes.
+enum class CpuWork { emulation, exact_reference };
+// " (about 40 s)" when `work` on `problem` likely takes more than a few
+// seconds on the CPU, else "": printed before such a phase, which reports
+// no progress of its own.
+std::string cpu_time_estimate(const sage::ref::Problem& problem, CpuWork work);
+
 // "1.23 s", "45.6 ms"
 std::string format_seconds(double seconds);
+// "1 thread", "2 threads"
+std::string plural(std::int64_t count, const std::string& noun);
 
 }  // namespace sage_cli
