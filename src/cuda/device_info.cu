@@ -42,6 +42,9 @@ DeviceCount device_count() {
   if (err != cudaSuccess) {
     result.count = 0;
     result.error = consume_error(err);
+    // Without any driver the runtime says "CUDA driver version is
+    // insufficient", which reads as if an update would help.
+    if (driver_version() == 0) result.error = "no CUDA driver found";
   }
   return result;
 }

@@ -142,9 +142,6 @@ void add_device_flag(ArgParser& parser) {
 
 std::string gpu_absence_reason() {
   const sage::cuda::DeviceCount devices = sage::cuda::device_count();
-  // Without a driver the runtime says "CUDA driver version is insufficient",
-  // which reads as if an update would help.
-  if (!devices.error.empty() && sage::cuda::driver_version() == 0) return "no CUDA GPU found: no CUDA driver found";
   if (!devices.error.empty()) return "no CUDA GPU found: " + devices.error;
   if (devices.count == 0) return "no CUDA GPU found: the CUDA runtime reports 0 devices";
   return "";
