@@ -9,6 +9,8 @@ from ._ops import tensor_spec as _spec  # noqa: F401  (bench/bench_attention.py 
 _SCALE_ALIASES = ("scale", "softmax_scale")
 # Alternative spellings of quantization options (the SageAttention package's).
 _OPTION_ALIASES = {"qk_quant_gran": "qk_granularity"}
+_GRANULARITY_SPELLINGS = ("qk_granularity", *(alias for alias, name in _OPTION_ALIASES.items()
+                                               if name == "qk_granularity"))
 _NAMED_PARAMETERS = ("tensor_layout", "is_causal", "sm_scale", "return_lse", "layer_id", "timestep")
 _VALID_KEYWORDS = ", ".join(_NAMED_PARAMETERS + _SCALE_ALIASES + tuple(sorted((*_ops.QUANT_DEFAULTS, *_OPTION_ALIASES))))
 _DEFAULT_QUANT = tuple(_ops.QUANT_DEFAULTS.values())
@@ -94,8 +96,8 @@ def _route_by_calibration(q, k, v, tensor_layout, is_causal, sm_scale, return_ls
     # The plan's choice is a format with its granularity; a caller who names
     # the format keeps both of their own.
     if plan is not None and "qk_format" not in kwargs:
-        for name in ("qk_granularity", *(alias for alias, name in _OPTION_ALIASES.items() if name == "qk_granularity")):
-            kwargs.pop(name, None)
+        for spelling in _GRANULARITY_SPELLINGS:
+            kwargs.pop(spelling, None)
         kwargs.update(plan.sageattn_kwargs(layer_id, timestep))
     return None
 
