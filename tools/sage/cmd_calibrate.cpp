@@ -1,6 +1,7 @@
 // `sage calibrate`: a 4/8-bit plan from recorded attention inputs, and
 // `sage record`: synthetic recordings to try it on (include/sage/calibration.h,
 // docs/calibration.md; the format is in recording.h).
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -149,6 +150,7 @@ int run_record(const ArgParser& parser) {
   const std::int64_t timesteps = parser.get_int("--timesteps", 0, 0, 100000);
   const std::vector<sage::ref::Distribution> distributions =
       parse_distributions(parser.get("--dist", "gaussian,outliers"));
+  check_recording_memory(size, layers * std::max<std::int64_t>(timesteps, 1));
   const sage::ref::Problem problem = to_ref_problem(size);
   sage::AttentionOptions options;
   options.causal = size.causal;

@@ -124,13 +124,34 @@ double host_bytes_needed(const ProblemSize& s, Reference reference) {
   return bytes;
 }
 
-void check_host_memory(const ProblemSize& size, Reference reference) {
-  const double needed = host_bytes_needed(size, reference);
+namespace {
+
+// UsageError when `needed` bytes (for `what`) exceed the machine's memory.
+void check_fits_in_memory(const ProblemSize& size, double needed, const std::string& what,
+                          const std::string& flags_to_reduce) {
   const double available = physical_memory_bytes();
   if (available == 0 || needed <= available) return;
   throw UsageError("the problem (" + describe_short(size) + ") needs about " + gigabytes(needed) +
-                   " of host memory for its inputs, output and float64 reference, more than this machine's " +
-                   gigabytes(available) + "; reduce -n (or --nq, --nk), --batch, --heads or -d");
+                   " of host memory for " + what + ", more than this machine's " + gigabytes(available) +
+                   "; reduce " + flags_to_reduce);
+}
+
+}  // namespace
+
+void check_host_memory(const ProblemSize& size, Reference reference) {
+  check_fits_in_memory(size, host_bytes_needed(size, reference), "its inputs, output and float64 reference",
+                       "-n (or --nq, --nk), --batch, --heads or -d");
+}
+
+void check_recording_memory(const ProblemSize& size, std::int64_t calls) {
+  const double q = static_cast<double>(size.batch) * static_cast<double>(size.heads_q) *
+                   static_cast<double>(size.nq) * static_cast<double>(size.head_dim);
+  const double kv = static_cast<double>(size.batch) * static_cast<double>(size.heads_kv) *
+                    static_cast<double>(size.nk) * static_cast<double>(size.head_dim);
+  // Every call's q, k, v in the problem's dtype, and one call's as generated floats.
+  const double needed = (static_cast<double>(calls) * sage::dtype_bits(size.dtype) / 8.0 + 4) * (q + 2 * kv);
+  check_fits_in_memory(size, needed, "the " + plural(calls, "call") + " it records",
+                       "-n (or --nq, --nk), --batch, --heads, -d, --layers or --timesteps");
 }
 
 std::vector<std::string> distribution_names() {

@@ -38,6 +38,8 @@ double host_bytes_needed(const ProblemSize& size, Reference reference);
 // when that exceeds the machine's physical memory: checked before the inputs
 // are generated, instead of failing in an allocation halfway.
 void check_host_memory(const ProblemSize& size, Reference reference);
+// The same for `sage record`, which holds `calls` calls' inputs until it writes them.
+void check_recording_memory(const ProblemSize& size, std::int64_t calls);
 
 // The names of the input distributions (sage::ref::distribution_name).
 std::vector<std::string> distribution_names();
