@@ -28,7 +28,8 @@ struct AttentionArgs {
 };
 
 // Bytes of scratch memory attention_forward needs for these arguments (0 for
-// host tensors). The library never allocates behind the caller's back.
+// host tensors). The library allocates no device memory behind the caller's
+// back (the host path does allocate host scratch for its float copies).
 Status attention_workspace_size(const AttentionArgs& args, const AttentionOptions& options,
                                 std::size_t* bytes);
 

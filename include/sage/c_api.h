@@ -1,6 +1,7 @@
 /* C API of sage-attention, for bindings from other languages (FFI).
  *
- * Every function returns a sage_status_t; on failure, sage_last_error()
+ * Every function but sage_plan_free, sage_last_error and
+ * sage_version_string returns a sage_status_t; on failure, sage_last_error()
  * returns a readable message for the calling thread (valid until the next
  * call into the library from that thread). No function throws or aborts.
  * The semantics are those of include/sage/attention.h and include/sage/merge.h.

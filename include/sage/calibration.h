@@ -1,7 +1,7 @@
 // Adaptive 4/8-bit Q K^T: calibrate once, then pick the format per call.
 //
-// INT4 Q K^T (SageAttention2's 4-bit path) is about twice as fast as INT8
-// but hurts some attention calls much more than others (layers with outlier
+// INT4 Q K^T (SageAttention2's 4-bit path) has twice INT8's peak rate on
+// Ampere/Ada tensor cores (Hopper has none: there INT4 is slower) but hurts some attention calls much more than others (layers with outlier
 // channels, sharp attention, some diffusion timesteps). The flow:
 //
 //   1. Calibration: run the model's prompts and hand each attention call to
@@ -9,7 +9,7 @@
 //      diffusion models, the timestep. It measures the INT4 path against
 //      exact attention and keeps the mean score per (layer, timestep).
 //   2. Calibrator::make_plan marks the worst `fraction_int8` of the keys
-//      (default 30%) for INT8 and the rest for INT4; Plan::save writes it as
+//      (the CLI and Python default to 30%) for INT8 and the rest for INT4; Plan::save writes it as
 //      JSON (schema in docs/calibration.md).
 //   3. Run time: Plan::load, then per call
 //      Plan::options_for(layer, timestep, options) gives the options to pass

@@ -21,7 +21,8 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
     """Attention with INT8 Q K^T and FP8 P V (SageAttention2), inference only.
 
     q: [B, Hq, Nq, D] ("HND") or [B, Nq, Hq, D] ("NHD"); k, v: [B, Hkv, Nk, D]
-    with Hq a multiple of Hkv (GQA/MQA), D <= 128 on the GPU. float16/bfloat16
+    with Hq a multiple of Hkv (GQA/MQA), D <= 128 (on the CPU too, so that what
+    runs in CPU tests runs on the GPU). float16/bfloat16
     CUDA tensors run the GPU kernels (Hopper's wgmma kernel for the default
     options, the mma.sync family for INT4 or FP16 P V and on sm_80/89/120
     builds); CPU tensors (float32 too) run the
@@ -32,26 +33,30 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
     lse [B, Hq, Nq] (float32, natural log of the softmax denominator, for
     `merge_state`).
 
-    Each call is one C++ call: the quantization pre-pass (per-block INT8 Q/K
-    with K smoothing, FP8 V) runs inside it, with its scratch memory taken from
+    Each call is one C++ call: the quantization pre-pass (INT8 Q/K at the
+    chosen granularity, per_warp by default, with K smoothing; FP8 V) runs inside it, with its scratch memory taken from
     PyTorch's allocator, on the current stream of the inputs' device. It is the
     `torch.ops.sage_attention.forward` custom op, so torch.compile(fullgraph=True)
     and CUDA graphs capture it (plain eager calls skip the dispatcher and run
     the op's kernel directly: same result, ~30 us less host time). Gradients
-    are not implemented: a backward through it raises NotImplementedError.
+    are not implemented: inputs may require grad, but a backward through the
+    result raises NotImplementedError.
 
     Keywords: sm_scale (default 1/sqrt(D); `scale` and `softmax_scale` are
     aliases), causal_align ("top_left" as SDPA's is_causal, or "bottom_right"
     for KV-cache decoding), qk_granularity ("per_warp", "per_thread",
     "per_block"; alias qk_quant_gran), qk_format ("int8", "int4"),
     pv_format ("fp8_e4m3", "fp8_e5m2", "fp16", "bf16"), pv_accum ("two_level",
-    "fp32"), smooth_q (False), smooth_k (True), smooth_v (False). Unknown
-    keywords raise TypeError.
+    "fp32"), smooth_q (False), smooth_k (True), smooth_v (False). The GPU
+    kernels run fp8_e4m3 (two_level) and fp16 P V; fp8_e5m2, bf16 and fp32
+    accumulation of FP8 are emulated on the CPU only (a CUDA call with them
+    raises NotImplementedError). Unknown keywords raise TypeError.
 
     Adaptive 4/8-bit (sage_attention.calibration): `layer_id` (and, for
     diffusion models, `timestep`) name the call. Inside `with calibrator:` the
     call is measured and answered by the calibrator; inside `with plan:` the
-    plan picks qk_format for the call (unless qk_format is passed here).
+    plan picks qk_format for the call (unless qk_format is passed here), and an
+    INT4 choice also its calibrated granularity.
     """
     if layer_id is not None:
         sm_scale = _resolve_scale_alias(sm_scale, kwargs)
@@ -93,12 +98,15 @@ def _route_by_calibration(q, k, v, tensor_layout, is_causal, sm_scale, return_ls
         return cal.attention(q, k, v, layer_id=layer_id, timestep=timestep, tensor_layout=tensor_layout,
                              is_causal=is_causal, sm_scale=sm_scale, return_lse=return_lse, **kwargs)
     plan = calibration.active_plan()
-    # The plan's choice is a format with its granularity; a caller who names
-    # the format keeps both of their own.
+    # The plan picks the format; an INT4 choice brings its calibrated
+    # granularity, which replaces the caller's (in either spelling), while
+    # INT8 keeps the caller's. A caller who names the format keeps both.
     if plan is not None and "qk_format" not in kwargs:
-        for spelling in _GRANULARITY_SPELLINGS:
-            kwargs.pop(spelling, None)
-        kwargs.update(plan.sageattn_kwargs(layer_id, timestep))
+        planned = plan.sageattn_kwargs(layer_id, timestep)
+        if "qk_granularity" in planned:
+            for spelling in _GRANULARITY_SPELLINGS:
+                kwargs.pop(spelling, None)
+        kwargs.update(planned)
     return None
 
 

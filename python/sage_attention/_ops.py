@@ -15,10 +15,11 @@ a model whose inputs require grad (eval() without no_grad()) and only an
 actual .backward() fails.
 
 `forward` sits on every attention call, so it is registered through the
-low-level `torch.library.Library` API with a hand-written autograd kernel: on
-CPU that measured 4-6 us of dispatch per call against ~20 us for the
-`@torch.library.custom_op` decorator (whose generic wrapper goes through
-pytree and an extra autograd.Function on every call). The merge operators run
+low-level `torch.library.Library` API with a hand-written autograd kernel,
+which dispatches several times faster than the `@torch.library.custom_op`
+decorator (whose generic wrapper goes through pytree and an extra
+autograd.Function on every call; scripts/host_overhead.py times a call's
+pieces). The merge operators run
 once per sequence-parallel step on large tensors, and one of them mutates its
 inputs, so they use `custom_op`, which handles the version counters of
 mutated tensors for us.

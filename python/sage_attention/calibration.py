@@ -1,6 +1,7 @@
 """Adaptive 4/8-bit Q K^T for `sageattn`: calibrate once, then pick the format per call.
 
-INT4 Q K^T is about twice as fast as INT8 but hurts some attention calls much more than others.
+INT4 Q K^T has twice INT8's peak rate on Ampere/Ada tensor cores (Hopper has no INT4 tensor cores:
+there it is slower) but hurts some attention calls much more than others.
 Calibration measures the INT4 path of every call of a few representative prompts, keyed by a layer
 id of your choosing and, for diffusion models, the timestep; the plan gives the worst fraction of
 the (layer, timestep) keys INT8 and the rest INT4::

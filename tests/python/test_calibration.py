@@ -192,9 +192,14 @@ def test_sageattn_layer_id_follows_the_active_plan():
         # An explicit keyword wins over the plan; a call without layer_id is not routed.
         assert torch.equal(sageattn(q, k, v, layer_id=0, timestep=0, qk_format="int8"), int8)
         assert torch.equal(sageattn(q, k, v), int8)
-        # The plan's choice is a format with its granularity: a granularity alone (either spelling) yields.
+        # An INT4 choice brings its calibrated granularity, which replaces the caller's (either spelling);
+        # an INT8 choice keeps the caller's.
         assert torch.equal(sageattn(q, k, v, layer_id=0, timestep=0, qk_quant_gran="per_block"), int4)
         assert torch.equal(sageattn(q, k, v, layer_id=0, timestep=0, qk_granularity="per_block"), int4)
+        int8_per_block = sageattn(q, k, v, qk_format="int8", qk_granularity="per_block")
+        assert not torch.equal(int8_per_block, int8)
+        assert torch.equal(sageattn(q, k, v, layer_id=1, timestep=0, qk_quant_gran="per_block"), int8_per_block)
+        assert torch.equal(sageattn(q, k, v, layer_id=1, timestep=0, qk_granularity="per_block"), int8_per_block)
 
 
 def test_sageattn_layer_id_is_measured_by_the_active_calibrator():

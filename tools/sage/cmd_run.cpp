@@ -137,8 +137,8 @@ void print_accuracy(const char* label, const sage::ref::Metrics& m) {
 
 void declare_run(ArgParser& parser) {
   add_device_flag(parser);
-  ProblemSize defaults = cpu_default();
-  add_problem_flags(parser, defaults);
+  const ProblemSize gpu = gpu_default();
+  add_problem_flags(parser, cpu_default(), &gpu);
   declare_quantization_flags(parser);
   parser.set_epilog(
       "Sizes default to B=2, H=32, N=4096, D=128 on a GPU and B=1, H=2, N=1024, D=128 on the CPU; size\n"

@@ -62,17 +62,22 @@ std::string rough_duration(double seconds) {
 
 }  // namespace
 
-void add_problem_flags(ArgParser& parser, const ProblemSize& d) {
+void add_problem_flags(ArgParser& parser, const ProblemSize& d, const ProblemSize* gpu) {
   const auto num = [](std::int64_t v) { return std::to_string(v); };
-  parser.add_option("--seq-len", "-n", "N", "query and key tokens (default " + num(d.nq) + ")");
+  // "(default 1024)", or with other GPU defaults "(default 4096 on a GPU, 1024 on the CPU)".
+  const auto fallback = [&](std::int64_t ProblemSize::*field) {
+    if (gpu == nullptr || (*gpu).*field == d.*field) return "(default " + num(d.*field) + ")";
+    return "(default " + num((*gpu).*field) + " on a GPU, " + num(d.*field) + " on the CPU)";
+  };
+  parser.add_option("--seq-len", "-n", "N", "query and key tokens " + fallback(&ProblemSize::nq));
   parser.add_option("--nq", "", "N", "query tokens (overrides -n)");
   parser.add_option("--nk", "", "N", "key/value tokens (overrides -n)");
   parser.add_option("--head-dim", "-d", "D",
                     "head dimension, " + num(sage::detail::kHostMinHeadDim) + ".." +
-                        num(sage::detail::kHostMaxHeadDim) + " (default " + num(d.head_dim) + ")");
-  parser.add_option("--heads", "", "H", "query heads (default " + num(d.heads_q) + ")");
+                        num(sage::detail::kHostMaxHeadDim) + " " + fallback(&ProblemSize::head_dim));
+  parser.add_option("--heads", "", "H", "query heads " + fallback(&ProblemSize::heads_q));
   parser.add_option("--kv-heads", "", "H", "key/value heads, a divisor of --heads (default: --heads)");
-  parser.add_option("--batch", "", "B", "batch size (default " + num(d.batch) + ")");
+  parser.add_option("--batch", "", "B", "batch size " + fallback(&ProblemSize::batch));
   parser.add_switch("--causal", "causal mask (top-left aligned)");
   parser.add_option("--seed", "", "S", "seed of the random inputs (default " + std::to_string(d.seed) + ")");
   parser.add_option("--dtype", "", "T", std::string("bf16|f16|f32 inputs and output (default ") +

@@ -20,8 +20,9 @@ struct ProblemSize {
 };
 
 // Adds -n, --nq, --nk, -d, --heads, --kv-heads, --batch, --causal, --seed,
-// --dtype; `defaults` goes into the help text.
-void add_problem_flags(ArgParser& parser, const ProblemSize& defaults);
+// --dtype; `defaults` goes into the help text, and `gpu`, where given, the
+// other defaults of a command that runs on a GPU (sage run).
+void add_problem_flags(ArgParser& parser, const ProblemSize& defaults, const ProblemSize* gpu = nullptr);
 // The flags' values over `defaults` (--kv-heads defaults to --heads).
 ProblemSize read_problem_flags(const ArgParser& parser, const ProblemSize& defaults);
 // Whether any size flag was given (then the user's size wins over the
