@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,8 +47,10 @@ class CApi : public ::testing::Test {
  protected:
   static constexpr std::int64_t kB = 1, kH = 2, kN = 32, kD = 16;
   void SetUp() override {
-    for (std::vector<float>* buffer : {&q_, &k_, &v_, &out_}) buffer->assign(kB * kH * kN * kD, 0.0f);
-    lse_.assign(kB * kH * kN, 0.0f);
+    for (std::vector<float>* buffer : {&q_, &k_, &v_}) buffer->assign(kB * kH * kN * kD, 0.0f);
+    // Poisoned outputs: a value the call does not write stays NaN and fails the comparisons.
+    out_.assign(kB * kH * kN * kD, std::numeric_limits<float>::quiet_NaN());
+    lse_.assign(kB * kH * kN, std::numeric_limits<float>::quiet_NaN());
     // Deterministic, varied inputs (a fixed pattern, no generator needed).
     for (std::size_t i = 0; i < q_.size(); ++i) {
       q_[i] = std::sin(0.37f * static_cast<float>(i));

@@ -7,7 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
@@ -730,19 +729,16 @@ TEST(EmulationErrors, RejectsBadArguments) {
                std::invalid_argument);
 }
 
-// ---- one large run: N = 2048, D = 128 (speed sanity, no timing assertion) ---
+// ---- one large run: N = 2048, D = 128 (accuracy at a longer sequence) ------
+// (How long the emulation takes is the CLI's business: `sage run --device cpu`
+// prints its time; tests do not time.)
 
-TEST(EmulationSpeed, Sage2AndExactAtN2048) {
+TEST(EmulationLarge, Sage2AtN2048) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_note(seed));
-  const auto t0 = std::chrono::steady_clock::now();
   const Case c = make_case(make_problem(2048, 2048, 128), Distribution::gaussian, seed);
-  const auto t1 = std::chrono::steady_clock::now();
   const Result r = run(c, AttentionOptions{});
-  const auto t2 = std::chrono::steady_clock::now();
   EXPECT_GE(r.m.cos_sim, 0.999) << describe(r.m);
-  std::cout << "N=2048 D=128: inputs + exact " << std::chrono::duration<double>(t1 - t0).count()
-            << " s, sage2 emulation " << std::chrono::duration<double>(t2 - t1).count() << " s\n";
 }
 
 }  // namespace

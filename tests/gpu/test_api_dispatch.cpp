@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "dispatch_expectation.h"
 #include "gpu/gpu_test_util.h"
 #include "sage/attention.h"
 
@@ -42,12 +43,10 @@ class ApiGpuDispatch : public test::GpuTest {
   AttentionOptions options_;
 };
 
-// Until the Hopper kernel lands the answer is not_implemented (sm_90) or
-// unsupported_device (an architecture this build has no code for); then ok.
+// ok on an H100/H200 with this build (and on sm_89+); see expected_default_dispatch.
 TEST_F(ApiGpuDispatch, ValidCallReachesTheKernelChoice) {
   const Status s = workspace_query();
-  EXPECT_TRUE(s.is_ok() || s.code() == StatusCode::not_implemented || s.code() == StatusCode::unsupported_device)
-      << status_code_name(s.code()) << ": " << s.message();
+  EXPECT_EQ(s.code(), test::expected_default_dispatch(device_)) << status_code_name(s.code()) << ": " << s.message();
 }
 
 TEST_F(ApiGpuDispatch, HostMemoryWithAGpuDeviceIsRejected) {

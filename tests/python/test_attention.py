@@ -85,7 +85,7 @@ def test_scale_given_twice_is_an_error():
     (lambda q: sageattn(q, q, q, qk_granularity="per_row"), ValueError, "qk_granularity.*per_block"),
     (lambda q: sageattn(q[0], q[0], q[0]), ValueError, "4-D"),
     (lambda q: sageattn(q, q.double(), q), ValueError, "dtype"),
-    (lambda q: sageattn(q, q[:, :, :, :8], q), ValueError, "k"),
+    (lambda q: sageattn(q, q[:, :, :, :8], q), ValueError, "k: head_dim 8 differs from q's head_dim 16"),
     (lambda q: sageattn(q.repeat(1, 3, 1, 1), q.repeat(1, 2, 1, 1), q.repeat(1, 2, 1, 1)), ValueError, "multiple"),
     (lambda q: sageattn(q, q, q, smooth_k="no"), TypeError, "smooth_k: expected a bool"),
     (lambda q: sageattn(q, q, q, pv_format=None), TypeError, "pv_format: expected a str"),

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import cosine, randn, requires_gpu, requires_two_gpus
+from conftest import cosine, randn, reference_attention, requires_gpu, requires_two_gpus
 from sage_attention import merge_state, sageattn, scaled_dot_product_attention
 
 pytestmark = requires_gpu
@@ -21,11 +20,13 @@ def qkv(device="cuda", b=2, hq=8, hkv=2, n=512, d=128, dtype=torch.bfloat16):
 
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("causal", [False, True])
-def test_matches_sdpa(d, causal):
+def test_matches_exact_attention(d, causal):
+    # (The C++ GPU tests hold the kernels to 0.999 against float64 as well; the published
+    # implementation reaches 0.9992 at N=4096.)
     q, k, v = qkv(d=d)
     out = sageattn(q, k, v, is_causal=causal)
-    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, enable_gqa=True)
-    assert out.dtype == q.dtype and cosine(out, want) > 0.99
+    want, _ = reference_attention(q.cpu(), k.cpu(), v.cpu(), is_causal=causal)
+    assert out.dtype == q.dtype and cosine(out.cpu(), want) > 0.999
 
 
 def test_opcheck_on_cuda():
@@ -48,7 +49,8 @@ def test_matches_the_cpu_emulation():
 def test_sdpa_shim_on_gpu():
     q, k, v = qkv()
     out = scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    assert cosine(out, F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)) > 0.99
+    want, _ = reference_attention(q.cpu(), k.cpu(), v.cpu(), is_causal=True)
+    assert cosine(out.cpu(), want) > 0.999
 
 
 def _block(x, wq, k, v):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -11,9 +12,17 @@ import torch
 import sage_attention
 
 
-def test_version_matches_the_core():
-    assert sage_attention.__version__ == sage_attention._C.__version__
-    assert sage_attention.__version__.count(".") == 2
+def _declared_version(file_name, pattern):
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", file_name)) as f:
+        return re.search(pattern, f.read(), re.MULTILINE).group(1)
+
+
+def test_version_is_the_projects():
+    """The package and its extension report the version that pyproject.toml and CMakeLists.txt declare."""
+    declared = _declared_version("pyproject.toml", r'^version = "([^"]+)"')
+    assert _declared_version("CMakeLists.txt", r"^project\(SageAttention VERSION ([0-9.]+)") == declared
+    assert sage_attention.__version__ == declared
+    assert sage_attention._C.__version__ == declared
 
 
 def test_extension_is_prebuilt_inside_the_package():

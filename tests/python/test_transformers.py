@@ -210,6 +210,7 @@ def test_calibration_of_a_whole_model_on_cpu(monkeypatch):
     assert plan.decide(worst)[0] == "int8"
     assert calibrate_llama.run(model, prompts, tokens(2, 32), "cpu")["plan"].to_json() == plan.to_json()
     assert planned_formats(monkeypatch, model, plan, tokens(1, 16)) == [plan.decide(0)[0], plan.decide(1)[0]]
+    assert set(result["runs"]) == {"plan", "all-int8", "all-int4"}
     for name, m in result["runs"].items():
         assert m["cos"] >= 0.999 and m["top1_decisive"] >= 0.99, (name, m)
 
