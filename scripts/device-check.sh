@@ -46,6 +46,8 @@ if [[ $mode == gtests || $mode == tests || $mode == all ]]; then
   summary+=("SASS: IGMMA=$(grep -c IGMMA <<<"$sass") QGMMA=$(grep -c QGMMA <<<"$sass") LDL/STL=$(grep -cE 'LDL|STL' <<<"$sass")")
   ctest --test-dir build-dev -L cpu -j16 >"$out/cpu-tests.log" 2>&1
   summary+=("cpu tests on device: $(grep -E 'tests passed' "$out/cpu-tests.log")")
+  ctest --test-dir build-dev -R '^cli_run_gpu$' --output-on-failure >"$out/cli-gpu-test.log" 2>&1
+  summary+=("cli_run_gpu (sage run --device gpu): $(grep -E 'tests passed|Skipped|Failed' "$out/cli-gpu-test.log" | head -1)")
 fi
 
 if [[ $mode == pytests || $mode == tests || $mode == all ]]; then
