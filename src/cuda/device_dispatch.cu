@@ -241,6 +241,14 @@ Status check_device_supported(int ordinal) {
   return supported_device_info(ordinal, &info);
 }
 
+Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& options, std::string* family_name) {
+  cuda::DeviceInfo device;
+  Family family{};
+  SAGE_RETURN_IF_ERROR(check_gpu_call(args, options, &device, &family));
+  *family_name = family == Family::sm90 ? "sm90" : "mma";
+  return Status::ok();
+}
+
 Status gpu_workspace_size(const AttentionArgs& args, const AttentionOptions& options, std::size_t* bytes) {
   cuda::DeviceInfo device;
   Family family{};

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <string>
 
 #include "sage/attention.h"
 
@@ -23,6 +24,11 @@ Status check_pointer_on_device(const char* name, const void* data, int ordinal);
 // the caller's: kernels run on the tensors' device, whatever the caller's
 // current one is.
 Status run_on_device(int ordinal, const std::function<Status()>& launch);
+
+// The kernel family the dispatch picks for a call ("sm90" or "mma"), with
+// the same errors as gpu_attention_forward: what the tests and tools use to
+// check the choice without launching anything.
+Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& options, std::string* family);
 
 // Bytes of device workspace a GPU call needs. Same errors as
 // gpu_attention_forward, so callers learn early that a call cannot run.

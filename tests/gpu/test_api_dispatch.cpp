@@ -5,9 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "cuda/device_dispatch.h"
+#include "cuda/device_info.h"
 #include "dispatch_expectation.h"
 #include "gpu/gpu_test_util.h"
 #include "sage/attention.h"
@@ -47,6 +50,33 @@ class ApiGpuDispatch : public test::GpuTest {
 TEST_F(ApiGpuDispatch, ValidCallReachesTheKernelChoice) {
   const Status s = workspace_query();
   EXPECT_EQ(s.code(), test::expected_default_dispatch(device_)) << status_code_name(s.code()) << ": " << s.message();
+}
+
+// On Hopper with this build the default options run the wgmma kernel and
+// INT4 Q K^T or FP16 P V the mma.sync family (README): the fallback runs
+// correctly too, so only the choice itself shows a dispatch that sends the
+// defaults to the slower family. (Unset SAGE_FORCE_KERNEL: it limits the choice.)
+TEST_F(ApiGpuDispatch, HopperRunsTheDefaultsOnTheWgmmaKernel) {
+  cuda::DeviceInfo info;
+  std::string error;
+  ASSERT_TRUE(cuda::device_info(device_, &info, &error)) << error;
+  if (info.cc_major != 9 || info.cc_minor != 0 || cuda::device_code_arch(9, 0) != 90) {
+    GTEST_SKIP() << "not an sm_90 GPU with this build's sm_90a code (" << info.arch() << ")";
+  }
+  if (const char* forced = std::getenv("SAGE_FORCE_KERNEL"); forced != nullptr && *forced != '\0') {
+    GTEST_SKIP() << "SAGE_FORCE_KERNEL=" << forced << " limits the dispatch";
+  }
+  std::string family;
+  ASSERT_TRUE(detail::gpu_kernel_family(args_, options_, &family).is_ok());
+  EXPECT_EQ(family, "sm90");
+  AttentionOptions int4 = options_;
+  int4.qk_format = QKFormat::int4;
+  ASSERT_TRUE(detail::gpu_kernel_family(args_, int4, &family).is_ok());
+  EXPECT_EQ(family, "mma");
+  AttentionOptions fp16_pv = options_;
+  fp16_pv.pv_format = PVFormat::fp16;
+  ASSERT_TRUE(detail::gpu_kernel_family(args_, fp16_pv, &family).is_ok());
+  EXPECT_EQ(family, "mma");
 }
 
 TEST_F(ApiGpuDispatch, HostMemoryWithAGpuDeviceIsRejected) {
