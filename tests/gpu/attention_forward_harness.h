@@ -486,7 +486,9 @@ struct GpuResult {
 // that q, k, v were not modified. The workspace is filled with 0xFF first,
 // so a pre-pass that relies on zeroed memory shows up. With `repeat`, runs
 // the call a second time (out and lse poisoned again, same workspace) and
-// expects bitwise the same out and lse.
+// expects bitwise the same out and lse, and no device memory taken by it
+// (README: all scratch comes from the caller's workspace; the first call may
+// still load modules, so the second one is the one measured).
 void run_on_gpu(const Case& c, const sage::ref::Inputs& in, int device, GpuResult* result, bool repeat = false) {
   const std::int64_t B = c.b, Hq = c.hq, Hkv = c.hkv, Nq = c.nq, Nk = c.nk, D = c.d;
 
@@ -599,10 +601,13 @@ void run_on_gpu(const Case& c, const sage::ref::Inputs& in, int device, GpuResul
   if (repeat) {
     SAGE_CUDA_CHECK(cudaMemsetAsync(dout.data(), 0xFF, out_elems * sizeof(std::uint16_t), stream.stream));
     SAGE_CUDA_CHECK(cudaMemsetAsync(dlse.data(), 0xFF, lse_elems * sizeof(float), stream.stream));
+    SAGE_CUDA_CHECK(cudaStreamSynchronize(stream.stream));
+    const std::size_t free_before = free_device_bytes();
     const Status s = sage::attention_forward(args, options, ws_bytes ? ws.data() : nullptr, ws_bytes,
                                              reinterpret_cast<sage::Stream>(stream.stream));
     ASSERT_TRUE(s.is_ok()) << "attention_forward (second call): " << status_text(s);
     SAGE_CUDA_CHECK(cudaStreamSynchronize(stream.stream));
+    EXPECT_EQ(free_device_bytes(), free_before) << "the second call took device memory of its own";
     std::vector<std::uint16_t> obuf2;
     std::vector<float> lse2;
     SAGE_CUDA_CHECK(dout.copy_to(obuf2));
