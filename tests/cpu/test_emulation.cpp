@@ -23,6 +23,7 @@
 
 #include "numerics/formats.h"
 #include "reference/reference.h"
+#include "test_seed.h"
 
 namespace sage::ref {
 namespace {
@@ -31,15 +32,8 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // ---- helpers -------------------------------------------------------------
 
-std::uint64_t fresh_seed() {
-  if (const char* fixed = std::getenv("SAGE_TEST_SEED")) return std::strtoull(fixed, nullptr, 10);
-  std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
-
-std::string seed_note(std::uint64_t seed) {
-  return "seed " + std::to_string(seed) + " (rerun with SAGE_TEST_SEED=" + std::to_string(seed) + ")";
-}
+using test::fresh_seed;
+using test::seed_note;
 
 Problem make_problem(std::int64_t nq, std::int64_t nk, std::int64_t dim, std::int64_t heads_q = 1,
                      std::int64_t heads_kv = 1, std::int64_t batch = 1, bool causal = false,

@@ -17,6 +17,7 @@
 #include "reference/reference.h"
 #include "sage/c_api.h"
 #include "sage/merge.h"
+#include "test_seed.h"
 
 namespace sage {
 namespace {
@@ -68,8 +69,10 @@ class MergeHost : public ::testing::TestWithParam<MergeParam> {};
 
 TEST_P(MergeHost, MatchesFloat64OnFreshInputs) {
   const auto [dtype, layout, head_dim] = GetParam();
+  const std::uint64_t base = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(base));
   for (const MergeShape shape : {MergeShape{1, 3, 17, head_dim}, MergeShape{2, 2, 9, head_dim}}) {
-    for (std::uint64_t seed : {1u, 2u, 3u}) {
+    for (std::uint64_t seed = base; seed < base + 3; ++seed) {
       SCOPED_TRACE(testing::Message() << "B=" << shape.batch << " H=" << shape.heads << " N=" << shape.tokens
                                       << " seed=" << seed);
       MergeCase c = test::make_merge_case(dtype, layout, shape, seed);

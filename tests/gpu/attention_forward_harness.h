@@ -34,6 +34,7 @@
 #include "reference/parallel.h"
 #include "reference/reference.h"
 #include "sage/attention.h"
+#include "test_seed.h"
 
 
 namespace {
@@ -215,15 +216,7 @@ class KernelFamilyTest : public sage::test::GpuTest {
   std::optional<ScopedKernelFamily> force_;
 };
 
-// ------------------------------------------------------------------ seeds
-
-std::uint64_t fresh_seed() {
-  if (const char* env = std::getenv("SAGE_TEST_SEED"); env != nullptr && *env != '\0') {
-    return std::strtoull(env, nullptr, 0);
-  }
-  std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
+using sage::test::fresh_seed;
 
 // A non-blocking stream, destroyed with the object.
 struct StreamGuard {

@@ -30,6 +30,7 @@
 #include "reference/reference.h"
 #include "sage/attention.h"
 #include "sage/merge.h"
+#include "test_seed.h"
 
 namespace sage {
 namespace {
@@ -75,13 +76,21 @@ struct GpuCaseOptions {
   bool in_place = false;
 };
 
+// The run's random base, offsetting each case's own seed: fresh inputs on
+// every run, replayed with SAGE_TEST_SEED=<base>.
+std::uint64_t run_seed_base() {
+  static const std::uint64_t base = test::fresh_seed();
+  return base;
+}
+
 // Builds a case, runs it on the GPU and on the host, and compares.
-void expect_gpu_matches_host(DType dtype, TensorLayout layout, const MergeShape& shape, std::uint64_t seed,
+void expect_gpu_matches_host(DType dtype, TensorLayout layout, const MergeShape& shape, std::uint64_t case_seed,
                              const GpuCaseOptions& o) {
+  const std::uint64_t seed = run_seed_base() + case_seed;
   SCOPED_TRACE(testing::Message() << dtype_name(dtype) << (layout == TensorLayout::HND ? " HND" : " NHD") << " B="
                                   << shape.batch << " H=" << shape.heads << " N=" << shape.tokens
-                                  << " D=" << shape.head_dim << " seed=" << seed << " shift=" << o.shift
-                                  << " in_place=" << o.in_place);
+                                  << " D=" << shape.head_dim << " case seed=" << case_seed << " shift=" << o.shift
+                                  << " in_place=" << o.in_place << ", run " << test::seed_note(run_seed_base()));
   int device = 0;
   SAGE_CUDA_CHECK(cudaGetDevice(&device));
   MergeCase host = test::make_merge_case(dtype, layout, shape, seed, o.padding);
