@@ -112,10 +112,23 @@ bool has_size_flags(const ArgParser& parser) {
   return false;
 }
 
-double host_bytes_needed(const ProblemSize& s, Reference reference) {
+namespace {
+
+// Elements of q and of k (= v), in doubles: large sizes overflow 64-bit integers.
+struct ElementCounts {
+  double q, kv;
+};
+ElementCounts element_counts(const ProblemSize& s) {
   const double dim = static_cast<double>(s.head_dim);
-  const double q = static_cast<double>(s.batch) * static_cast<double>(s.heads_q) * static_cast<double>(s.nq) * dim;
-  const double kv = static_cast<double>(s.batch) * static_cast<double>(s.heads_kv) * static_cast<double>(s.nk) * dim;
+  return {static_cast<double>(s.batch) * static_cast<double>(s.heads_q) * static_cast<double>(s.nq) * dim,
+          static_cast<double>(s.batch) * static_cast<double>(s.heads_kv) * static_cast<double>(s.nk) * dim};
+}
+
+}  // namespace
+
+double host_bytes_needed(const ProblemSize& s, Reference reference) {
+  const auto [q, kv] = element_counts(s);
+  const double dim = static_cast<double>(s.head_dim);
   const double dtype_bytes = sage::dtype_bits(s.dtype) / 8.0;
   // q, k, v as generated (floats); q, k, v, out as the call's tensors; the output as floats.
   double bytes = 4 * (q + 2 * kv) + dtype_bytes * (2 * q + 2 * kv) + 4 * q;
@@ -149,10 +162,7 @@ void check_host_memory(const ProblemSize& size, Reference reference) {
 }
 
 void check_recording_memory(const ProblemSize& size, std::int64_t calls) {
-  const double q = static_cast<double>(size.batch) * static_cast<double>(size.heads_q) *
-                   static_cast<double>(size.nq) * static_cast<double>(size.head_dim);
-  const double kv = static_cast<double>(size.batch) * static_cast<double>(size.heads_kv) *
-                    static_cast<double>(size.nk) * static_cast<double>(size.head_dim);
+  const auto [q, kv] = element_counts(size);
   // Every call's q, k, v in the problem's dtype, and one call's as generated floats.
   const double needed = (static_cast<double>(calls) * sage::dtype_bits(size.dtype) / 8.0 + 4) * (q + 2 * kv);
   check_fits_in_memory(size, needed, "the " + plural(calls, "call") + " it records",
