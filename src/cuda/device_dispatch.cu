@@ -249,6 +249,16 @@ Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& opti
   return Status::ok();
 }
 
+bool gpu_quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options) {
+  cuda::DeviceInfo device;
+  Family family{};
+  if (!check_gpu_call(args, options, &device, &family).is_ok()) return false;
+#if SAGE_HAS_SM90
+  if (family == Family::sm90) return sm90::quantizes_q_in_kernel(args, options);
+#endif
+  return false;
+}
+
 Status gpu_workspace_size(const AttentionArgs& args, const AttentionOptions& options, std::size_t* bytes) {
   cuda::DeviceInfo device;
   Family family{};

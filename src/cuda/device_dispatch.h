@@ -30,6 +30,11 @@ Status run_on_device(int ordinal, const std::function<Status()>& launch);
 // check the choice without launching anything.
 Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& options, std::string* family);
 
+// Whether the call's Q is quantized inside the attention kernel instead of
+// by the pre-pass (sm90::quantizes_q_in_kernel; false where the sm90 kernel
+// is not built): tests use it to know which path a call takes.
+bool gpu_quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
+
 // Bytes of device workspace a GPU call needs. Same errors as
 // gpu_attention_forward, so callers learn early that a call cannot run.
 Status gpu_workspace_size(const AttentionArgs& args, const AttentionOptions& options, std::size_t* bytes);

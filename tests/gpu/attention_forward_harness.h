@@ -28,6 +28,7 @@
 
 #include <unistd.h>
 
+#include "cuda/device_dispatch.h"
 #include "gpu/gpu_test_util.h"
 #include "numerics/formats.h"
 #include "numerics/tile_geometry.h"
@@ -165,28 +166,28 @@ constexpr std::uint32_t kPoison32 = 0xFFFFFFFFu;  // NaN in fp32
 
 // ------------------------------------------------------------------ family
 
-// Sets SAGE_FORCE_KERNEL (the dispatch's family filter, see
+// Sets an environment variable that the library reads per call (such as
+// SAGE_FORCE_KERNEL, the dispatch's family filter, see
 // src/cuda/device_dispatch.cu) for the object's lifetime and restores the
-// previous value: the sm90 and mma tests share one process.
-class ScopedKernelFamily {
+// previous value: the tests of all paths share one process.
+class ScopedEnv {
  public:
-  explicit ScopedKernelFamily(const char* family) {
-    if (const char* old = std::getenv(kVar)) previous_ = old, had_previous_ = true;
-    setenv(kVar, family, 1);
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) previous_ = old, had_previous_ = true;
+    setenv(name, value, 1);
   }
-  ~ScopedKernelFamily() {
+  ~ScopedEnv() {
     if (had_previous_) {
-      setenv(kVar, previous_.c_str(), 1);
+      setenv(name_.c_str(), previous_.c_str(), 1);
     } else {
-      unsetenv(kVar);
+      unsetenv(name_.c_str());
     }
   }
-  ScopedKernelFamily(const ScopedKernelFamily&) = delete;
-  ScopedKernelFamily& operator=(const ScopedKernelFamily&) = delete;
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
 
  private:
-  static constexpr const char* kVar = "SAGE_FORCE_KERNEL";
-  std::string previous_;
+  std::string name_, previous_;
   bool had_previous_ = false;
 };
 
@@ -205,7 +206,7 @@ class KernelFamilyTest : public sage::test::GpuTest {
       GTEST_SKIP() << "the " << family_ << " kernels need " << needs_ << "; this GPU is " << props().name << " (sm_"
                    << sm() << ")";
     }
-    force_.emplace(family_);
+    force_.emplace("SAGE_FORCE_KERNEL", family_);
   }
   void TearDown() override { force_.reset(); }
 
@@ -213,7 +214,7 @@ class KernelFamilyTest : public sage::test::GpuTest {
   const char* family_;
   bool (*runs_)(int sm);
   const char* needs_;
-  std::optional<ScopedKernelFamily> force_;
+  std::optional<ScopedEnv> force_;
 };
 
 using sage::test::fresh_seed;
@@ -471,6 +472,7 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.describe(); }
 struct GpuResult {
   std::vector<float> out;  // [B, Hq, Nq, D]
   std::vector<float> lse;  // [B, Hq, Nq] (left as downloaded: NaN if never written)
+  bool sm90_q_in_kernel = false;  // detail::gpu_quantizes_q_in_kernel of the call
 };
 
 // Uploads the case's inputs, runs attention_forward on a fresh non-blocking
@@ -552,6 +554,7 @@ void run_on_gpu(const Case& c, const sage::ref::Inputs& in, int device, GpuResul
   // Passed even when return_lse is off: it must then stay untouched.
   args.lse = sage::make_contiguous_view(dlse.data(), DType::f32, {B, Hq, Nq}, device);
   const AttentionOptions options = c.options();
+  result->sm90_q_in_kernel = sage::detail::gpu_quantizes_q_in_kernel(args, options);
 
   std::size_t ws_bytes = 0;
   {

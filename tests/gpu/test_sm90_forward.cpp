@@ -26,11 +26,13 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "cuda/sm90/qk_int8_pv_fp8_sm90.h"
 #include "gpu/attention_forward_harness.h"
 #include "gpu/gpu_test_util.h"
 #include "numerics/formats.h"
@@ -210,6 +212,122 @@ INSTANTIATE_TEST_SUITE_P(Sm90, Sm90ForwardCase, ::testing::ValuesIn(all_cases())
 // SageAttention2's published accuracy on Gaussian inputs at N = 4096,
 // D = 128 with the default options, measured against float64.
 class Sm90Forward : public Sm90Test {};
+
+// ------------------------------------------------------------------ Q quantized in the kernel
+
+// Calls whose Q the attention kernel quantizes itself (per-warp or
+// per-thread groups, no smooth_q, no LSE correction: return_lse off or
+// smooth_k off, Q rows TMA can read; at D = 128 at most 1024 keys, below
+// kMaxKeysQInKernelD128), over head dims, lengths, layouts, storage,
+// dtypes, causal alignments and GQA.
+std::vector<Case> q_in_kernel_cases() {
+  using D = Distribution;
+  using G = Granularity;
+  constexpr auto NHD = TensorLayout::NHD;
+  constexpr auto TL = CausalAlign::top_left;
+  constexpr auto BR = CausalAlign::bottom_right;
+  constexpr auto FP16 = DType::f16;
+  return {
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 128, .return_lse = false},
+      {.b = 2, .hq = 2, .hkv = 2, .nq = 17, .nk = 300, .d = 128, .layout = NHD, .return_lse = false},
+      {.b = 2, .hq = 8, .hkv = 2, .nq = 300, .nk = 300, .d = 128, .causal = true, .align = TL,
+       .granularity = G::per_thread, .return_lse = false, .dist = D::outlier_channels},
+      {.b = 1, .hq = 4, .hkv = 1, .nq = 1531, .nk = 1000, .d = 128, .causal = true, .align = BR, .dtype = FP16,
+       .smooth_v = true, .return_lse = false, .dist = D::heavy_tailed},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 300, .nk = 129, .d = 128, .causal = true, .align = BR, .smooth_k = false,
+       .return_lse = true, .dist = D::channel_bias},
+      {.b = 2, .hq = 4, .hkv = 4, .nq = 129, .nk = 129, .d = 128, .return_lse = false, .storage = Storage::padded,
+       .strided_out = true},
+      {.b = 1, .hq = 4, .hkv = 4, .nq = 200, .nk = 200, .d = 128, .layout = NHD, .causal = true, .align = TL,
+       .return_lse = false, .storage = Storage::packed_qkv},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 65, .nk = 65, .d = 64, .return_lse = false},
+      {.b = 2, .hq = 6, .hkv = 2, .nq = 1531, .nk = 700, .d = 64, .layout = NHD, .dtype = FP16,
+       .granularity = G::per_thread, .return_lse = false, .dist = D::sharp},
+      {.b = 1, .hq = 3, .hkv = 3, .nq = 383, .nk = 383, .d = 64, .causal = true, .align = BR, .smooth_k = false,
+       .return_lse = true},
+      {.b = 1, .hq = 2, .hkv = 1, .nq = 257, .nk = 190, .d = 80, .causal = true, .align = TL, .return_lse = false},
+      {.b = 2, .hq = 2, .hkv = 2, .nq = 127, .nk = 255, .d = 32, .layout = NHD, .granularity = G::per_thread,
+       .return_lse = false},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 100, .nk = 100, .d = 96, .dtype = FP16, .return_lse = false,
+       .storage = Storage::padded},
+  };
+}
+
+// Each call against itself with Q left to the pre-pass
+// (SAGE_SM90_Q_PREPASS=1): both paths quantize with the same arithmetic
+// (cuda/quant/quantize_rows.cuh), so out and lse agree bit for bit; the
+// pre-pass path is the one the cases above check against the emulation and
+// float64.
+class Sm90QInKernel : public Sm90Test, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(Sm90QInKernel, EqualsQuantizedByThePrepass) {
+  const Case& c = GetParam();
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(c.describe() + " seed=" + std::to_string(seed));
+  const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
+  GpuResult in_kernel, by_prepass;
+  ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &in_kernel));
+  ASSERT_TRUE(in_kernel.sm90_q_in_kernel) << "the call does not take the in-kernel Q path";
+  {
+    ScopedEnv prepass("SAGE_SM90_Q_PREPASS", "1");
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &by_prepass));
+    ASSERT_FALSE(by_prepass.sm90_q_in_kernel);
+  }
+  EXPECT_EQ(count_nonfinite(in_kernel.out), 0);
+  auto first_difference = [](const std::vector<float>& a, const std::vector<float>& b) -> std::int64_t {
+    if (a.size() != b.size()) return 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) return static_cast<std::int64_t>(i);
+    }
+    return -1;
+  };
+  const std::int64_t out_diff = first_difference(in_kernel.out, by_prepass.out);
+  EXPECT_EQ(out_diff, -1) << "out differs first at element " << out_diff << ": "
+                          << (out_diff >= 0 ? in_kernel.out[out_diff] : 0.f) << " vs "
+                          << (out_diff >= 0 ? by_prepass.out[out_diff] : 0.f);
+  const std::int64_t lse_diff = first_difference(in_kernel.lse, by_prepass.lse);
+  EXPECT_EQ(lse_diff, -1) << "lse differs first at element " << lse_diff;
+}
+
+INSTANTIATE_TEST_SUITE_P(Sm90, Sm90QInKernel, ::testing::ValuesIn(q_in_kernel_cases()), case_name);
+
+// The calls that keep Q in the pre-pass: each condition of the in-kernel
+// path, broken alone.
+TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
+  Case base;
+  base.nq = base.nk = 64;
+  base.return_lse = false;
+  struct Variant {
+    const char* what;
+    Case c;
+  };
+  std::vector<Variant> variants;
+  auto add = [&](const char* what, auto change) {
+    Case c = base;
+    change(c);
+    variants.push_back({what, c});
+  };
+  add("per-block groups", [](Case& c) { c.granularity = Granularity::per_block; });
+  add("smooth_q", [](Case& c) { c.smooth_q = true; });
+  add("LSE with smooth_k (the LSE correction)", [](Case& c) { c.return_lse = true; });
+  add("rows TMA cannot read (D = 100, dense: 200-byte rows)", [](Case& c) { c.d = 100; });
+  add("D = 128 beyond kMaxKeysQInKernelD128 keys",
+      [](Case& c) { c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1; });
+  const std::uint64_t seed = fresh_seed();
+  for (const Variant& v : variants) {
+    SCOPED_TRACE(std::string(v.what) + ": " + v.c.describe());
+    const sage::ref::Inputs in = sage::ref::make_inputs(v.c.problem(), v.c.dist, seed, v.c.dtype);
+    GpuResult gpu;
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(v.c, in, device(), &gpu));
+    EXPECT_FALSE(gpu.sm90_q_in_kernel);
+    EXPECT_EQ(count_nonfinite(gpu.out), 0);
+  }
+  GpuResult plain;
+  const sage::ref::Inputs in = sage::ref::make_inputs(base.problem(), base.dist, seed, base.dtype);
+  ASSERT_NO_FATAL_FAILURE(run_on_gpu(base, in, device(), &plain));
+  EXPECT_TRUE(plain.sm90_q_in_kernel) << "the unchanged call should take the in-kernel path";
+}
+
 
 TEST_F(Sm90Forward, PublishedAccuracyGaussianN4096D128) {
   Case c;  // default options (per-warp INT8 QK, smooth K, FP8 PV), bf16, HND, plus return_lse

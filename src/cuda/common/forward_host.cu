@@ -78,7 +78,7 @@ void fill_forward_params(const AttentionArgs& args, const AttentionOptions& o, c
   const quant::PrepassProblem& pp = prepass.problem;
   const quant::PrepassLayout& layout = prepass.layout;
   const quant::PrepassBuffers& buf = prepass.buffers;
-  p->q_scale = buf.q_scale;
+  p->q_scale = pp.q_in_attention ? nullptr : buf.q_scale;
   p->k_scale = buf.k_scale;
   p->v_scale = buf.v_scale;
   p->v_mean = o.smooth_v ? buf.v_mean : nullptr;

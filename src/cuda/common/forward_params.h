@@ -13,7 +13,7 @@
 namespace sage::fwd {
 
 struct ForwardParams {
-  const float* q_scale;   // [B*Hq][q_groups], sm_scale*log2(e) folded in
+  const float* q_scale;   // [B*Hq][q_groups], sm_scale*log2(e) folded in; null when the kernel quantizes Q
   const float* k_scale;   // [B*Hkv][k_groups]
   const float* v_scale;   // [B*Hkv][Dp], amax/448 per channel (FP8 PV only)
   const float* v_mean;    // [B*Hkv][Dp] or null (smooth_v off)

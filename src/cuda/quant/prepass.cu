@@ -25,6 +25,7 @@
 
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
+#include "cuda/quant/quantize_rows.cuh"
 #include "numerics/formats.h"
 #include "numerics/tile_geometry.h"
 
@@ -35,7 +36,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTileRows = 128;   // rows of one job tile: whole groups (prepass_supports_geometry)
 constexpr int kMaxChunks = 32;   // key chunks of the statistics pass
-constexpr int kVec = 8;          // elements per 16-byte load
 constexpr int kStatsStages = 4;  // rows of K and V in flight per statistics thread
 constexpr float kE4m3Max = 448.f;
 // CTAs per SM the quantize kernel's registers must allow. 5 (48 registers)
@@ -63,44 +63,6 @@ __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 __device__ __forceinline__ uint32_t bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
 __device__ __forceinline__ uint32_t bits16(__half x) { return __half_as_ushort(x); }
 
-// The two 16-bit elements of a 32-bit word as floats (.x the lower-addressed
-// one). Both conversions are exact.
-template <typename T>
-__device__ __forceinline__ float2 to_float2(uint32_t w);
-template <>
-__device__ __forceinline__ float2 to_float2<__nv_bfloat16>(uint32_t w) {
-  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
-}
-template <>
-__device__ __forceinline__ float2 to_float2<__half>(uint32_t w) {
-  __half2 h;
-  memcpy(&h, &w, sizeof(h));
-  return __half22float2(h);
-}
-
-// The 8 elements of a 16-byte chunk as floats.
-template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& raw, float (&x)[kVec]) {
-  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = to_float2<T>(w[i]);
-    x[2 * i] = f.x, x[2 * i + 1] = f.y;
-  }
-}
-
-// max(0, max |x|) over the 8 elements of a 16-byte chunk, on packed pairs
-// (half the instructions of unpacking to fp32). Exact: the maximum of
-// representable values; a NaN is skipped as fmaxf skips it.
-template <typename T>
-__device__ __forceinline__ float abs_max8(const uint4& raw) {
-  using Pair = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
-  Pair h[4];
-  memcpy(h, &raw, sizeof(raw));
-  const Pair m = __hmax2(__hmax2(__habs2(h[0]), __habs2(h[1])), __hmax2(__habs2(h[2]), __habs2(h[3])));
-  return fmaxf(0.f, fmaxf(__low2float(m), __high2float(m)));
-}
-
 // Reads 8 consecutive channels [c0, c0+8) of one row (zeros past head_dim),
 // element by element: the path for inputs that 16-byte loads cannot take.
 template <typename T>
@@ -113,15 +75,6 @@ using ptx::cp_async_16;  // (cuda/common/ptx_copy.cuh)
 using ptx::cp_async_commit;
 using ptx::cp_async_wait;
 
-// Hardware conversions for the hot loops. numerics/formats.h (what the CPU
-// emulation runs) is portable bit arithmetic, tens of instructions per value;
-// tests/gpu/test_numerics_cvt.cu checks over all 2^32 floats that it equals
-// these instructions bit for bit, so the two paths agree exactly.
-// qmax: 127 (INT8) or 7 (INT4).
-__device__ __forceinline__ int quantize_int(float x, float inv_scale, int qmax) {
-  const int q = __float2int_rn(x * inv_scale);  // cvt.rni.s32.f32: ties to even, NaN -> 0, saturating
-  return q > qmax ? qmax : (q < -qmax ? -qmax : q);
-}
 // E4M3 codes of two values in one conversion: lo in the low byte, hi in the
 // next (the conversion is per element, so a pair gives each value's code).
 __device__ __forceinline__ uint32_t fp8x2_e4m3_code(float lo, float hi) {
@@ -132,25 +85,6 @@ __device__ __forceinline__ uint32_t fp8x2_e4m3_code(float lo, float hi) {
 #else
   return num::fp8_e4m3_from_float(lo) | num::fp8_e4m3_from_float(hi) << 8;
 #endif
-}
-
-// The INT8 codes of 8 values, 4 per word (element 0 in the lowest byte):
-// quantize_int's result in fewer instructions. Only the lower clamp is
-// explicit; the packing conversions (cvt.pack.sat) saturate at +127, which
-// is quantize_int's upper clamp for qmax = 127.
-__device__ __forceinline__ uint2 quantize_int8x8(const float (&x)[kVec], float inv_scale) {
-  int q[kVec];
-#pragma unroll
-  for (int e = 0; e < kVec; ++e) q[e] = max(__float2int_rn(x[e] * inv_scale), -127);
-  uint32_t word[2];
-#pragma unroll
-  for (int w = 0; w < 2; ++w) {
-    // cvt.pack.sat.s8.s32.b32 d, a, b, c: d = c << 16 | sat(a) << 8 | sat(b).
-    uint32_t upper;
-    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, 0;\n" : "=r"(upper) : "r"(q[4 * w + 3]), "r"(q[4 * w + 2]));
-    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, %3;\n" : "=r"(word[w]) : "r"(q[4 * w + 1]), "r"(q[4 * w]), "r"(upper));
-  }
-  return make_uint2(word[0], word[1]);
 }
 
 __device__ __forceinline__ void atomic_max_nonneg(float* slot, float v) {
@@ -267,7 +201,7 @@ struct QuantizeJobs {
   int q, kv;
 };
 __host__ __device__ inline QuantizeJobs quantize_jobs(const PrepassProblem& p) {
-  return {p.batch * p.heads_q * job_tiles(p.nq), p.batch * p.heads_kv * job_tiles(p.nk)};
+  return {p.q_in_attention ? 0 : p.batch * p.heads_q * job_tiles(p.nq), p.batch * p.heads_kv * job_tiles(p.nk)};
 }
 
 template <int Dp>
@@ -351,24 +285,6 @@ __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n,
   cp_async_commit();
 }
 
-// Which part of the tile a thread takes in the row-wise passes (group
-// maxima, INT rows, fp16 rows): warp w the rows [16 w, 16 w + 16) (inside one
-// warp_q slice), lane l the 8-channel chunk l % kChunkLanes of kRows
-// consecutive rows. A lane thus needs the per-channel constants of 8
-// channels only, and its 16-byte reads of the tile cover whole rows per
-// quarter warp (no bank conflicts).
-template <int Dp>
-struct RowLanes {
-  static constexpr int kChunkLanes = Dp / kVec;  // lanes per row: 16 (Dp 128) or 8 (Dp 64)
-  static constexpr int kRows = kChunkLanes / 2;  // rows per lane: 8 or 4
-  static_assert(kRows * (32 / kChunkLanes) == 16, "a warp covers its 16 rows once");
-  static __device__ __forceinline__ int chunk() { return threadIdx.x % 32 % kChunkLanes; }
-  // Tile row of the lane's row j.
-  static __device__ __forceinline__ int row(int j) {
-    return 16 * (threadIdx.x / 32) + (threadIdx.x % 32 / kChunkLanes) * kRows + j;
-  }
-};
-
 // The 8 per-channel values of this lane's chunk (from shared memory).
 template <int Dp>
 __device__ __forceinline__ void load_channels(const float* per_channel, float (&v)[kVec]) {
@@ -387,28 +303,6 @@ __device__ __forceinline__ void read_row(const QuantShared<Dp>& sh, int j, const
 #pragma unroll
     for (int e = 0; e < kVec; ++e) x[e] -= mean[e];
   }
-}
-
-// Max-reduces m[j] (row j of this lane, over its own chunk) across the
-// lanes of the warp that hold the other chunks of the same rows, and
-// scatters the rows over them: on return, the lane holds the maximum over
-// the whole row (lane / 2) of the warp's 16 rows. Each step halves the
-// values a lane keeps, so 8 rows take 8 shuffles.
-template <int kRows>
-__device__ __forceinline__ float row_max_scatter(float (&m)[kRows]) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int half = kRows / 2; half >= 1; half /= 2) {
-    // Lanes with bit 2 * half set keep the upper half of their rows.
-    const bool upper = lane & (2 * half);
-#pragma unroll
-    for (int i = 0; i < half; ++i) {
-      const float keep = upper ? m[i + half] : m[i];
-      const float send = upper ? m[i] : m[i + half];
-      m[i] = fmaxf(keep, __shfl_xor_sync(0xffffffffu, send, 2 * half));
-    }
-  }
-  return fmaxf(m[0], __shfl_xor_sync(0xffffffffu, m[0], 1));
 }
 
 // The integer half of a Q or K job, once the tile and the statistics are in
@@ -450,23 +344,11 @@ __device__ void quantize_int_tile(QuantShared<Dp>& sh, const float* mean, bool i
 
   // Scale groups: within a 128-row tile the group of a row, relative to the
   // tile's first group, is the group of its tile-relative row (row0 is a
-  // multiple of every group period). Inside a warp's 16 rows each group is
-  // the set of rows that agree on some bits of the row index (a range of
-  // 8 or 16 rows, or rows of equal r % 8 or (r % 8) / 2), i.e. of lanes
-  // that agree on some lane bits; a butterfly that only merges lanes of the
-  // same group thus gives each lane its group's maximum. The lowest lane of
-  // each group then publishes it (groups can span warps).
+  // multiple of every group period). The lowest lane of each group in the
+  // warp publishes its maximum (groups can span warps).
   const int slot = static_cast<int>(is_query ? geo.q_group_of(16 * (threadIdx.x / 32) + lane / 2, g)
                                              : geo.k_group_of(16 * (threadIdx.x / 32) + lane / 2, g));
-  bool publish = lane % 2 == 0;
-#pragma unroll
-  for (int mask = 2; mask < 32; mask *= 2) {
-    const float other = __shfl_xor_sync(0xffffffffu, amax, mask);
-    if (__shfl_xor_sync(0xffffffffu, slot, mask) == slot) {
-      amax = fmaxf(amax, other);
-      publish = publish && !(lane & mask);
-    }
-  }
+  const bool publish = merge_group_max(amax, slot);
   if (publish) atomic_max_nonneg(&sh.amax[slot], amax);
   __syncthreads();
 

@@ -58,6 +58,10 @@ struct PrepassProblem {
   int qk_bits = 8;  // 8: INT8 Q/K; 4: INT4 (nibble-packed rows of Dp/2 bytes, scale amax/7)
   float sm_scale = 0.f;
   bool smooth_q = false, smooth_k = true, smooth_v = false, lse_correction = false;
+  // The attention kernel quantizes Q itself (the sm90 kernel, where it can:
+  // sm90::q_quantized_in_kernel): no Q jobs; the Q and Q-scale buffers stay
+  // in the layout, unwritten, so the workspace size does not depend on it.
+  bool q_in_attention = false;
 };
 
 struct PrepassBuffers {

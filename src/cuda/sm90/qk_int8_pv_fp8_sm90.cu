@@ -9,6 +9,8 @@
 #include <cudaTypedefs.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "api/validate.h"
@@ -18,7 +20,7 @@
 
 namespace sage::sm90 {
 
-template <int Dp, bool Causal, typename OutT, bool SmoothQ>
+template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream);
 
 namespace {
@@ -61,20 +63,66 @@ Status make_tensor_map(CUtensorMap* map, void* base, std::uint64_t dim0, std::ui
   return Status::ok();
 }
 
-template <int Dp, bool SmoothQ>
+// The caller's 16-bit Q [B][Hq][Nq][head_dim] (element strides `q`) as a 4D
+// tensor map for the kernels that quantize Q themselves: boxes of one CTA
+// tile's rows x Dp channels, zeros past head_dim and Nq, no swizzle. A
+// dimension of size 1 gets a stride TMA accepts (it is never stepped).
+Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, const quant::StridedInput& q) {
+  const cuuint32_t dp = pp.head_dim_padded;
+  auto encode = tensor_map_encoder();
+  if (!encode) return Status(StatusCode::cuda_error, "the CUDA driver does not provide cuTensorMapEncodeTiled");
+  const std::int64_t stride_n = pp.nq == 1 ? pp.head_dim : q.stride_n;
+  const std::int64_t stride_h = pp.heads_q == 1 ? stride_n * pp.nq : q.stride_h;
+  const std::int64_t stride_b = pp.batch == 1 ? stride_h * pp.heads_q : q.stride_b;
+  const cuuint64_t dims[4] = {cuuint64_t(pp.head_dim), cuuint64_t(pp.nq), cuuint64_t(pp.heads_q),
+                              cuuint64_t(pp.batch)};
+  const cuuint64_t strides[3] = {cuuint64_t(stride_n) * 2, cuuint64_t(stride_h) * 2, cuuint64_t(stride_b) * 2};
+  const cuuint32_t box[4] = {dp, cuuint32_t(query_block_rows(pp.head_dim_padded, /*smooth_q=*/false)), 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, const_cast<void*>(q.data), dims, strides, box,
+                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    return Status(StatusCode::internal, "cuTensorMapEncodeTiled failed for Q (error " + std::to_string(r) + ")");
+  }
+  return Status::ok();
+}
+
+// Whether the attention kernel can quantize Q itself, so that the pre-pass
+// skips its Q jobs: its Q scale groups must lie inside a warp's 16 rows
+// (per_warp, per_thread), smooth_q and the LSE correction need the
+// pre-pass's pass over Q, it must pay (kMaxKeysQInKernelD128), and TMA must
+// be able to read the caller's rows (16-byte aligned start and strides). SAGE_SM90_Q_PREPASS=1 keeps Q in the
+// pre-pass: the tests compare both paths (read per call, so a test can
+// switch it between calls).
+// (An encoding TMA refuses leaves Q to the pre-pass too.) On true, *map
+// reads the caller's Q.
+bool q_quantized_in_kernel(const quant::PrepassProblem& pp, const quant::StridedInput& q, CUtensorMap* map) {
+  if (const char* env = std::getenv("SAGE_SM90_Q_PREPASS"); env != nullptr && std::strcmp(env, "1") == 0) return false;
+  if (pp.smooth_q || pp.lse_correction || pp.qk_bits != 8 || pp.granularity == Granularity::per_block) return false;
+  if (pp.head_dim_padded == 128 && pp.nk > kMaxKeysQInKernelD128) return false;
+  auto aligned = [](std::int64_t elements) { return elements * 2 % 16 == 0; };
+  const bool tma_readable = reinterpret_cast<std::uintptr_t>(q.data) % 16 == 0 && (pp.nq == 1 || aligned(q.stride_n)) &&
+                            (pp.heads_q == 1 || aligned(q.stride_h)) && (pp.batch == 1 || aligned(q.stride_b));
+  return tma_readable && make_q16_tensor_map(map, pp, q).is_ok();
+}
+
+template <int Dp, bool SmoothQ, bool QuantizeQ>
 cudaError_t launch_for(const QkInt8PvFp8Params& p, bool causal, bool bf16, int sm_count, cudaStream_t s) {
   if (bf16) {
-    return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __nv_bfloat16, SmoothQ>(p, sm_count, s)
-                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ>(p, sm_count, s);
+    return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __nv_bfloat16, SmoothQ, QuantizeQ>(p, sm_count, s)
+                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ, QuantizeQ>(p, sm_count, s);
   }
-  return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __half, SmoothQ>(p, sm_count, s)
-                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half, SmoothQ>(p, sm_count, s);
+  return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __half, SmoothQ, QuantizeQ>(p, sm_count, s)
+                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half, SmoothQ, QuantizeQ>(p, sm_count, s);
 }
 
 template <int Dp>
-cudaError_t launch_for_dp(const QkInt8PvFp8Params& p, bool causal, bool bf16, int sm_count, cudaStream_t s) {
-  return p.q_mean ? launch_for<Dp, true>(p, causal, bf16, sm_count, s)
-                  : launch_for<Dp, false>(p, causal, bf16, sm_count, s);
+cudaError_t launch_for_dp(const QkInt8PvFp8Params& p, bool quantize_q, bool causal, bool bf16, int sm_count,
+                          cudaStream_t s) {
+  if (p.q_mean) return launch_for<Dp, true, false>(p, causal, bf16, sm_count, s);
+  return quantize_q ? launch_for<Dp, false, true>(p, causal, bf16, sm_count, s)
+                    : launch_for<Dp, false, false>(p, causal, bf16, sm_count, s);
 }
 
 }  // namespace
@@ -90,6 +138,11 @@ std::string unsupported_reason(const AttentionOptions& o, std::int64_t head_dim)
   return {};
 }
 
+bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options) {
+  CUtensorMap map;
+  return q_quantized_in_kernel(prepass_problem(args, options), fwd::strided(args.q, options.layout), &map);
+}
+
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options) {
   return quant::make_prepass_layout(prepass_problem(args, options)).bytes;
 }
@@ -97,24 +150,28 @@ std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& o
 Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::DeviceInfo& device, void* workspace,
            Stream stream, bool kernel_only) {
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  QkInt8PvFp8Params p{};
+  quant::PrepassProblem problem = prepass_problem(args, o);
+  problem.q_in_attention = q_quantized_in_kernel(problem, fwd::strided(args.q, o.layout), &p.tmap_q);
   fwd::Prepass prepass;
-  SAGE_RETURN_IF_ERROR(fwd::start_prepass(args, o, prepass_problem(args, o), workspace, s, kernel_only,
-                                         /*programmatic=*/true, &prepass));
+  SAGE_RETURN_IF_ERROR(
+      fwd::start_prepass(args, o, problem, workspace, s, kernel_only, /*programmatic=*/true, &prepass));
   const quant::PrepassProblem& pp = prepass.problem;
   const quant::PrepassLayout& layout = prepass.layout;
   const quant::PrepassBuffers& buf = prepass.buffers;
 
   const int dp = layout.head_dim_padded;
-  QkInt8PvFp8Params p{};
   fwd::fill_forward_params(args, o, prepass, &p);
-  SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp,
-                                       query_block_rows(dp, p.q_mean != nullptr)));
+  if (!pp.q_in_attention) {
+    SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp,
+                                         query_block_rows(dp, pp.smooth_q)));
+  }
   SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_k, buf.k, dp, pp.nk, std::uint64_t(pp.batch) * pp.heads_kv, dp, 128));
   SAGE_RETURN_IF_ERROR(
       make_tensor_map(&p.tmap_vt, buf.vt, layout.nk_padded, dp, std::uint64_t(pp.batch) * pp.heads_kv, 128, dp));
 
-  const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, o.causal, pp.bf16, device.sm_count, s)
-                                   : launch_for_dp<128>(p, o.causal, pp.bf16, device.sm_count, s);
+  const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, pp.q_in_attention, o.causal, pp.bf16, device.sm_count, s)
+                                   : launch_for_dp<128>(p, pp.q_in_attention, o.causal, pp.bf16, device.sm_count, s);
   if (err != cudaSuccess) return fwd::cuda_status(err, "sm90 attention kernel launch");
   return Status::ok();
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "cuda/device_info.h"
@@ -13,6 +14,23 @@ namespace sage::sm90 {
 // Empty when the sm90 kernel can run these options and head dim; otherwise
 // the reason (the caller returns it as not_implemented).
 std::string unsupported_reason(const AttentionOptions& options, std::int64_t head_dim);
+
+// The longest key sequence at which the D = 128 kernel quantizes Q itself.
+// Each work item then pays for its quantization (its consumers do it before
+// their first Q K^T), which the shorter pre-pass repays where items are
+// short: measured on an H200 (B=2 H=32, docs/perf-notes.md) -9% end to end
+// at 1K keys (causal -8%), +1% at 4K (causal +4%), even at 16K; 2K is not
+// measured yet, so the limit is the longest length measured to gain. At
+// D = 64 (half the quantization per item) it paid at every length up to 4K
+// (-2% to -18%) and is even at 16K, so it has no limit there.
+inline constexpr std::int64_t kMaxKeysQInKernelD128 = 1024;
+
+// Whether the attention kernel quantizes the call's Q itself (the pre-pass
+// then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
+// correction, Q rows TMA can read, D = 64 or at most kMaxKeysQInKernelD128
+// keys, and SAGE_SM90_Q_PREPASS not "1". Tests
+// use it to know which path a call takes.
+bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options);
 

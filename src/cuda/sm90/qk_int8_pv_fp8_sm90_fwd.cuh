@@ -25,6 +25,12 @@
 //   smem K[st] --wgmma s8--> S int32 regs --x q_scale*k_scale, max, exp2-->
 //   P fp32 regs --cvt e4m3 (x448)--> P fp8 regs (A operand) --wgmma e4m3
 //   with smem V^T[st]--> PV fp32 --O = O*alpha + PV--> O regs.
+// Q (QuantizeQ instances): the caller's 16-bit rows arrive by TMA and each
+// consumer quantizes its own 64 rows to INT8 into the Q buffer at the start
+// of an item, with the pre-pass's arithmetic (quantize_q_rows); otherwise
+// the pre-pass's INT8 rows arrive. This saves the pre-pass its Q jobs and
+// costs each item its quantization: the dispatch takes it where that paid
+// (sm90::q_quantized_in_kernel, docs/perf-notes.md).
 // smooth_q (SmoothQ instances): warps 1 and 2 of the producer warpgroup,
 // otherwise idle, compute the per-key score offsets mean_q . k_j of each K
 // tile once it lands (smem K[st] --> delta[st], src/cuda/smooth_q.cuh); the
@@ -37,21 +43,25 @@
 #include "cuda/common/forward_device.cuh"
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/smooth_q.cuh"
+#include "cuda/quant/quantize_rows.cuh"
 #include "cuda/sm90/ptx_sm90.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_softmax.cuh"
 #include "cuda/sm90/wgmma_ops.cuh"
+#include "numerics/formats.h"
 #include "numerics/tile_geometry.h"
 
 namespace sage::sm90 {
 
-inline constexpr int kOffsetBarrier = 1;  // named barrier of the smooth_q key-offset warps
+inline constexpr int kOffsetBarrier = 1;      // named barrier of the smooth_q key-offset warps
+inline constexpr int kQuantizedQBarrier = 2;  // + consumer: its warps are done writing its INT8 Q rows
 
-template <int HeadDimPadded, bool Causal, typename OutT, bool SmoothQ = false>
+template <int HeadDimPadded, bool Causal, typename OutT, bool SmoothQ = false, bool QuantizeQ = false>
 struct FwdTraits {
   static constexpr int kDp = HeadDimPadded;
   static constexpr bool kCausal = Causal;
   static constexpr bool kSmoothQ = SmoothQ;
+  static constexpr bool kQuantizeQ = QuantizeQ;  // Q quantized here, from the caller's rows
   static constexpr bool kPvFp8 = true;  // (the shared epilogue applies the V scales)
   static constexpr int kOffsetThreads = 64;  // producer warps 1, 2: two keys each per tile
   using Out = OutT;
@@ -75,6 +85,7 @@ struct FwdTraits {
   static constexpr int kProducerRegs = SmoothQ ? 40 : 24;
   static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : SmoothQ ? 232 : 240;
   static constexpr int kQBytes = kBlockQ * kDp;
+  static constexpr int kQ16Bytes = QuantizeQ ? kBlockQ * kDp * 2 : 0;  // the caller's rows (inputs share OutT)
   static constexpr int kKBytes = kBlockK * kDp;
   static constexpr int kVBytes = kDp * kBlockK;
   static constexpr int kSAcc = kBlockK / 2;  // int32 S accumulators per thread
@@ -91,6 +102,8 @@ struct FwdTraits {
   static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= kThreads * kLaunchRegs,
                 "setmaxnreg split beyond the CTA's launch allocation (deadlock)");
   static_assert(kBlockK == 2 * kOffsetThreads, "two keys per key-offset thread");
+  static_assert(!(SmoothQ && QuantizeQ), "smooth_q's Q comes from the pre-pass (its tile means)");
+  static_assert(kQuantizedQBarrier + kConsumers <= 16, "named barriers");
 };
 
 template <class T>
@@ -98,8 +111,9 @@ struct FwdSharedStorage {
   alignas(1024) int8_t q[T::kQBytes];
   alignas(1024) int8_t k[T::kStages][T::kKBytes];
   alignas(1024) uint8_t vt[T::kStages][T::kVBytes];
+  alignas(128) uint8_t q16[T::kQuantizeQ ? T::kQ16Bytes : 16];  // QuantizeQ: [kBlockQ][kDp] 16-bit
   uint64_t q_full;
-  uint64_t q_empty;  // both consumers are done with the Q tile
+  uint64_t q_empty;  // the consumers are done with the Q tile (QuantizeQ: with q16)
   uint64_t k_full[T::kStages];
   uint64_t v_full[T::kStages];
   uint64_t kv_empty[T::kStages];
@@ -118,8 +132,13 @@ template <class T>
 __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
   fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int j, int it0) {
     mbar_wait_idle(&s.q_empty, (j & 1) ^ 1);  // passes at once on a fresh barrier
-    mbar_arrive_expect_tx(&s.q_full, T::kQBytes);
-    tma_load_3d(s.q, &p.tmap_q, &s.q_full, 0, w.q_tile * T::kBlockQ, w.bh);
+    if constexpr (T::kQuantizeQ) {
+      mbar_arrive_expect_tx(&s.q_full, T::kQ16Bytes);
+      tma_load_4d(s.q16, &p.tmap_q, &s.q_full, 0, w.q_tile * T::kBlockQ, w.bh % p.heads_q, w.bh / p.heads_q);
+    } else {
+      mbar_arrive_expect_tx(&s.q_full, T::kQBytes);
+      tma_load_3d(s.q, &p.tmap_q, &s.q_full, 0, w.q_tile * T::kBlockQ, w.bh);
+    }
     for (int t = 0; t < w.n_tiles; ++t) {
       const int st = (it0 + t) % T::kStages;
       const uint32_t phase = ((it0 + t) / T::kStages) & 1;
@@ -187,7 +206,48 @@ __device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage
   });
 }
 
-// ---- consumer: MMAs + softmax --------------------------------------------------------
+// ---- consumer: Q quantization, MMAs + softmax ---------------------------------------
+// QuantizeQ: this consumer's 64 rows of the 16-bit Q tile (q16, zeros past
+// head_dim and nq as TMA fills them) quantized to INT8 into the Q buffer, in
+// the 128- or 64-byte swizzled layout its Q K^T reads, by the pre-pass's
+// arithmetic (quantize_rows.cuh: the same rows and scales, bit for bit).
+// Warp w takes its own 16 rows, the rows of its wgmma fragment: at per-warp
+// and per-thread granularity every scale group lies inside them. Returns
+// this thread's Q scale (its rows r and r + 8 share one), sm_scale * log2 e
+// folded in as the pre-pass writes it. (Done by the otherwise idle producer
+// warps instead, into a second Q buffer, it measured slower: the consumers
+// then have 232 registers, docs/perf-notes.md.)
+template <class T>
+__device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer) {
+  using L = quant::RowLanes<T::kDp>;
+  constexpr TileGeometry geometry = kSm90Geometry;
+  const int lane = threadIdx.x % 32;
+  const int first_row = consumer * T::kRowsPerConsumer + (threadIdx.x / 32) % 4 * 16;  // of the warp, in the tile
+  const uint4* rows16 = reinterpret_cast<const uint4*>(s.q16) + first_row * L::kChunkLanes;
+  float m[L::kRows];
+#pragma unroll
+  for (int j = 0; j < L::kRows; ++j) {
+    m[j] = quant::abs_max8<typename T::Out>(rows16[L::row_in_warp(j) * L::kChunkLanes + L::chunk()]);
+  }
+  float amax = quant::row_max_scatter(m);  // of row lane / 2
+  quant::merge_group_max(amax, static_cast<int>(geometry.q_group_of(lane / 2, p.granularity)));
+  const float scale = num::symmetric_scale(amax, 127);
+  const float inv_own = num::reciprocal_rn(scale);
+  constexpr int kSwizzleMask = T::kDp / 16 - 1;  // (as in key_offsets_of_item)
+#pragma unroll
+  for (int j = 0; j < L::kRows; ++j) {
+    const int r = L::row_in_warp(j);
+    float x[quant::kVec];
+    quant::unpack8<typename T::Out>(rows16[r * L::kChunkLanes + L::chunk()], x);
+    const int off = (first_row + r) * T::kDp + quant::kVec * L::chunk();
+    *reinterpret_cast<uint2*>(s.q + (off ^ (((off >> 7) & kSwizzleMask) << 4))) =
+        quant::quantize_int8x8(x, __shfl_sync(0xffffffffu, inv_own, 2 * r));
+  }
+  fence_proxy_async_shared();  // the stores above, for the wgmma that reads them
+  named_barrier_sync(kQuantizedQBarrier + consumer, 128);
+  return __shfl_sync(0xffffffffu, scale, 2 * (lane / 4)) * p.scale_log2;
+}
+
 // S = Q K^T, issued asynchronously (one commit group): s_acc is written
 // until mma_wait releases it.
 template <class T>
@@ -247,7 +307,6 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   // Both rows share one Q scale and, per key tile, one K scale at every
   // granularity (see tile_geometry.h), so S = acc * (q_scale * k_scale).
   constexpr TileGeometry geometry = kSm90Geometry;  // a device-side copy of the host constant
-  const float q_scale = p.q_scale[static_cast<int64_t>(bh) * p.q_groups + geometry.q_group_of(row0, p.granularity)];
   const float* k_scales = p.k_scale + static_cast<int64_t>(bh_kv) * p.k_groups;
 
   OnlineSoftmax<T::kSAcc, /*kScaleP448=*/true, /*kScoresDieEarly=*/T::kConsumers == 3> softmax;
@@ -257,6 +316,13 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
 
   const int8_t* q_rows = s.q + consumer * T::kRowsPerConsumer * T::kDp;
   mbar_wait(&s.q_full, q_phase);
+  float q_scale;
+  if constexpr (T::kQuantizeQ) {
+    q_scale = quantize_q_rows<T>(p, s, consumer);
+    mbar_arrive(&s.q_empty);  // q16 is read: the producer may load the next item's rows
+  } else {
+    q_scale = p.q_scale[static_cast<int64_t>(bh) * p.q_groups + geometry.q_group_of(row0, p.granularity)];
+  }
 
   uint32_t p_frag[T::kBlockK / 32][4];  // P of the previous tile, FP8
   float alpha[2];                        // its rescale factors of O
@@ -313,7 +379,10 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
     mma_wait<0>(s_acc);
     softmax_tile(t, s_acc);
   }
-  mbar_arrive(&s.q_empty);  // every Q K^T of the item is complete: the producer may load the next Q
+  // Every Q K^T of the item is complete: the producer may load the next Q.
+  // (QuantizeQ: the INT8 Q buffer is the consumers' own, rewritten only
+  // after this point.)
+  if constexpr (!T::kQuantizeQ) mbar_arrive(&s.q_empty);
   if (n_tiles > 0) {
     float pv[T::kOAcc];
     issue_pv(n_tiles - 1, pv);

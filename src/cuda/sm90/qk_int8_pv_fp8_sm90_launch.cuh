@@ -19,9 +19,9 @@ namespace sage::sm90 {
 // against -7.7% at N=4096 (docs/perf-notes.md).
 inline constexpr int kCausalPersistentMaxTiles = 32;
 
-template <int Dp, bool Causal, typename OutT, bool SmoothQ>
+template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream) {
-  using T = FwdTraits<Dp, Causal, OutT, SmoothQ>;
+  using T = FwdTraits<Dp, Causal, OutT, SmoothQ, QuantizeQ>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
   const int q_tiles = fwd::query_tiles<T>(p);
@@ -34,17 +34,19 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
   return fwd::launch_forward_kernel<T>(qk_int8_pv_fp8_sm90_kernel<T>, p, grid, kSmem, stream, /*programmatic=*/true);
 }
 
-// The eight (causal, output type, smooth_q) instances of one head dim.
-#define SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, SMOOTH_Q) \
-  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, CAUSAL, OUT, SMOOTH_Q>(const QkInt8PvFp8Params&, int, cudaStream_t);
-#define SAGE_INSTANTIATE_SM90_FWD(DP)                            \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, false, __nv_bfloat16, false) \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __nv_bfloat16, false)  \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, false, __half, false)        \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, false)         \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, false, __nv_bfloat16, true)  \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __nv_bfloat16, true)   \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, false, __half, true)         \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, true)
+// The twelve instances of one head dim: (causal, output type) x (Q from
+// the pre-pass, smoothed Q from the pre-pass, Q quantized in the kernel).
+#define SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q)                                \
+  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q>(const QkInt8PvFp8Params&, \
+                                                                                         int, cudaStream_t);
+#define SAGE_INSTANTIATE_SM90_FWD_Q(DP, CAUSAL, OUT)           \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, false) \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, true, false)  \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, true)
+#define SAGE_INSTANTIATE_SM90_FWD(DP)                    \
+  SAGE_INSTANTIATE_SM90_FWD_Q(DP, false, __nv_bfloat16) \
+  SAGE_INSTANTIATE_SM90_FWD_Q(DP, true, __nv_bfloat16)  \
+  SAGE_INSTANTIATE_SM90_FWD_Q(DP, false, __half)        \
+  SAGE_INSTANTIATE_SM90_FWD_Q(DP, true, __half)
 
 }  // namespace sage::sm90
