@@ -463,6 +463,16 @@ struct Case {
   }
 };
 
+// Short names for the case tables (`using namespace case_table;` inside one).
+namespace case_table {
+using D = Distribution;
+using G = Granularity;
+inline constexpr auto NHD = TensorLayout::NHD;
+inline constexpr auto TL = CausalAlign::top_left;
+inline constexpr auto BR = CausalAlign::bottom_right;
+inline constexpr auto FP16 = DType::f16;
+}  // namespace case_table
+
 // gtest prints a parameter on failure; make it readable.
 void PrintTo(const Case& c, std::ostream* os) { *os << c.describe(); }
 

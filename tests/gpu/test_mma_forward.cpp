@@ -51,12 +51,7 @@ class MmaTest : public KernelFamilyTest {
 // Tile edges of this family: 64-key K tiles (63/64/65, 127/128/129 keys),
 // 128-row Q tiles; odd head dims go through the pre-pass's zero padding.
 std::vector<Case> all_cases() {
-  using D = Distribution;
-  using G = Granularity;
-  constexpr auto NHD = TensorLayout::NHD;
-  constexpr auto TL = CausalAlign::top_left;
-  constexpr auto BR = CausalAlign::bottom_right;
-  constexpr auto FP16 = DType::f16;
+  using namespace case_table;
   std::vector<Case> cases = {
       // ---- quick subset (also run under compute-sanitizer)
       // A tiny sm_scale: masked scores no longer flush to 0 in exp2 (see the sm90 table).

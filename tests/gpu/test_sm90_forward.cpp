@@ -54,12 +54,7 @@ class Sm90Test : public KernelFamilyTest {
 // ------------------------------------------------------------------ the case table
 
 std::vector<Case> all_cases() {
-  using D = Distribution;
-  using G = Granularity;
-  constexpr auto NHD = TensorLayout::NHD;
-  constexpr auto TL = CausalAlign::top_left;
-  constexpr auto BR = CausalAlign::bottom_right;
-  constexpr auto FP16 = DType::f16;
+  using namespace case_table;
   std::vector<Case> cases = {
       // ---- quick subset (also run under compute-sanitizer)
       {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 64},
@@ -221,12 +216,7 @@ class Sm90Forward : public Sm90Test {};
 // kMaxKeysQInKernelD128), over head dims, lengths, layouts, storage,
 // dtypes, causal alignments and GQA.
 std::vector<Case> q_in_kernel_cases() {
-  using D = Distribution;
-  using G = Granularity;
-  constexpr auto NHD = TensorLayout::NHD;
-  constexpr auto TL = CausalAlign::top_left;
-  constexpr auto BR = CausalAlign::bottom_right;
-  constexpr auto FP16 = DType::f16;
+  using namespace case_table;
   return {
       {.b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 128, .return_lse = false},
       {.b = 2, .hq = 2, .hkv = 2, .nq = 17, .nk = 300, .d = 128, .layout = NHD, .return_lse = false},
