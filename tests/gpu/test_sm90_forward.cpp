@@ -214,12 +214,13 @@ class Sm90Forward : public Sm90Test {};
 // per-thread groups, no smooth_q, no LSE correction: return_lse off or
 // smooth_k off, Q rows TMA can read; at D = 128 at most 1024 keys, below
 // kMaxKeysQInKernelD128), over head dims, lengths, layouts, storage,
-// dtypes, causal alignments and GQA.
+// dtypes, causal alignments and GQA. (The small ones also run under
+// compute-sanitizer.)
 std::vector<Case> q_in_kernel_cases() {
   using namespace case_table;
   return {
-      {.b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 128, .return_lse = false},
-      {.b = 2, .hq = 2, .hkv = 2, .nq = 17, .nk = 300, .d = 128, .layout = NHD, .return_lse = false},
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 128, .return_lse = false},
+      {.small = true, .b = 2, .hq = 2, .hkv = 2, .nq = 17, .nk = 300, .d = 128, .layout = NHD, .return_lse = false},
       {.b = 2, .hq = 8, .hkv = 2, .nq = 300, .nk = 300, .d = 128, .causal = true, .align = TL,
        .granularity = G::per_thread, .return_lse = false, .dist = D::outlier_channels},
       {.b = 1, .hq = 4, .hkv = 1, .nq = 1531, .nk = 1000, .d = 128, .causal = true, .align = BR, .dtype = FP16,
@@ -230,7 +231,7 @@ std::vector<Case> q_in_kernel_cases() {
        .strided_out = true},
       {.b = 1, .hq = 4, .hkv = 4, .nq = 200, .nk = 200, .d = 128, .layout = NHD, .causal = true, .align = TL,
        .return_lse = false, .storage = Storage::packed_qkv},
-      {.b = 1, .hq = 2, .hkv = 2, .nq = 65, .nk = 65, .d = 64, .return_lse = false},
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 65, .nk = 65, .d = 64, .return_lse = false},
       {.b = 2, .hq = 6, .hkv = 2, .nq = 1531, .nk = 700, .d = 64, .layout = NHD, .dtype = FP16,
        .granularity = G::per_thread, .return_lse = false, .dist = D::sharp},
       {.b = 1, .hq = 3, .hkv = 3, .nq = 383, .nk = 383, .d = 64, .causal = true, .align = BR, .smooth_k = false,
