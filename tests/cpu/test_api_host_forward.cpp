@@ -15,6 +15,7 @@
 #include "numerics/tile_geometry.h"
 #include "reference/reference.h"
 #include "sage/attention.h"
+#include "test_seed.h"
 
 namespace sage {
 namespace {
@@ -105,7 +106,9 @@ class ApiHostForward : public ::testing::TestWithParam<DType> {};
 // causal bottom-right, LSE, against float64.
 TEST_P(ApiHostForward, StridedNhdGqaCausalBottomRightMatchesExact) {
   const Sizes s;
-  Call c = make_call(GetParam(), TensorLayout::NHD, s, 11);
+  const std::uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(seed));
+  Call c = make_call(GetParam(), TensorLayout::NHD, s, seed);
   c.options.causal = true;
   c.options.causal_align = CausalAlign::bottom_right;
   const Status status = attention_forward(c.args(), c.options, nullptr, 0, nullptr);
@@ -137,7 +140,9 @@ TEST_P(ApiHostForward, StridedNhdGqaCausalBottomRightMatchesExact) {
 // conversion (round to nearest even into out's dtype): bit for bit.
 TEST_P(ApiHostForward, EqualsEmulationBitForBit) {
   const Sizes s;
-  Call c = make_call(GetParam(), TensorLayout::NHD, s, 23);
+  const std::uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(seed));
+  Call c = make_call(GetParam(), TensorLayout::NHD, s, seed);
   c.options.causal = true;
   ASSERT_TRUE(attention_forward(c.args(), c.options, nullptr, 0, nullptr).is_ok());
 
@@ -174,8 +179,10 @@ TEST_P(ApiHostForward, EqualsEmulationBitForBit) {
 // The same logical data in HND and NHD gives the same bits.
 TEST_P(ApiHostForward, HndAndNhdAgree) {
   const Sizes s;
-  Call nhd = make_call(GetParam(), TensorLayout::NHD, s, 5);
-  Call hnd = make_call(GetParam(), TensorLayout::HND, s, 99);
+  const std::uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(seed));
+  Call nhd = make_call(GetParam(), TensorLayout::NHD, s, seed);
+  Call hnd = make_call(GetParam(), TensorLayout::HND, s, seed + 1);  // (its own padding; the data is copied from nhd)
   // Copy nhd's inputs into hnd's views element by element.
   for (auto [from, to] : {std::pair{&nhd.q, &hnd.q}, std::pair{&nhd.k, &hnd.k}, std::pair{&nhd.v, &hnd.v}}) {
     test::for_each_index(to->view, [&](const std::int64_t* i) {
@@ -196,8 +203,10 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, ApiHostForward, ::testing::Values(DType::f32, D
 
 TEST(ApiHostForwardOptions, DefaultSmScaleIsOneOverSqrtHeadDim) {
   const Sizes s;  // head_dim 64: 1/8 is exact in float
-  Call by_default = make_call(DType::f32, TensorLayout::HND, s, 3);
-  Call explicit_scale = make_call(DType::f32, TensorLayout::HND, s, 3);
+  const std::uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(seed));
+  Call by_default = make_call(DType::f32, TensorLayout::HND, s, seed);
+  Call explicit_scale = make_call(DType::f32, TensorLayout::HND, s, seed);
   explicit_scale.options.sm_scale = 0.125f;
   ASSERT_TRUE(attention_forward(by_default.args(), by_default.options, nullptr, 0, nullptr).is_ok());
   ASSERT_TRUE(attention_forward(explicit_scale.args(), explicit_scale.options, nullptr, 0, nullptr).is_ok());
@@ -207,7 +216,9 @@ TEST(ApiHostForwardOptions, DefaultSmScaleIsOneOverSqrtHeadDim) {
 
 TEST(ApiHostForwardOptions, CustomSmScaleMatchesExact) {
   const Sizes s;
-  Call c = make_call(DType::f32, TensorLayout::HND, s, 4);
+  const std::uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(seed));
+  Call c = make_call(DType::f32, TensorLayout::HND, s, seed);
   c.options.sm_scale = 0.3f;
   ASSERT_TRUE(attention_forward(c.args(), c.options, nullptr, 0, nullptr).is_ok());
   const ref::Problem p = problem_of(s, c.options);
@@ -225,7 +236,9 @@ TEST(ApiHostForwardOptions, RowsThatSeeNoKeyGetZeroAndMinusInfinity) {
   Sizes s;
   s.nq = 24;
   s.nk = 8;
-  Call c = make_call(DType::bf16, TensorLayout::HND, s, 8);
+  const std::uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(seed));
+  Call c = make_call(DType::bf16, TensorLayout::HND, s, seed);
   c.options.causal = true;
   c.options.causal_align = CausalAlign::bottom_right;
   ASSERT_TRUE(attention_forward(c.args(), c.options, nullptr, 0, nullptr).is_ok());
@@ -246,7 +259,9 @@ TEST(ApiHostForwardOptions, RowsThatSeeNoKeyGetZeroAndMinusInfinity) {
 
 TEST(ApiHostForwardOptions, LseIsOptional) {
   const Sizes s;
-  Call c = make_call(DType::bf16, TensorLayout::HND, s, 9);
+  const std::uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(seed));
+  Call c = make_call(DType::bf16, TensorLayout::HND, s, seed);
   c.options.return_lse = false;
   AttentionArgs args = c.args();
   args.lse = TensorView{};
