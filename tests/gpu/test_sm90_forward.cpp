@@ -212,10 +212,11 @@ class Sm90Forward : public Sm90Test {};
 
 // Calls whose Q the attention kernel quantizes itself (per-warp or
 // per-thread groups, no smooth_q, no LSE correction: return_lse off or
-// smooth_k off, Q rows TMA can read; at D = 128 at most 1024 keys, below
-// kMaxKeysQInKernelD128), over head dims, lengths, layouts, storage,
-// dtypes, causal alignments and GQA. (The small ones also run under
-// compute-sanitizer.)
+// smooth_k off, Q rows TMA can read; at D = 128 at most 1024 keys, within
+// kMaxKeysQInKernelD128), over head dims (odd ones too: TMA zero-fills part
+// of a 16-byte chunk), lengths, layouts, storage, dtypes, causal alignments
+// and GQA, and with more work items than an H200 has SMs (persistent CTAs
+// reuse their Q buffers). (The small ones also run under compute-sanitizer.)
 std::vector<Case> q_in_kernel_cases() {
   using namespace case_table;
   return {
@@ -241,6 +242,13 @@ std::vector<Case> q_in_kernel_cases() {
        .return_lse = false},
       {.b = 1, .hq = 2, .hkv = 2, .nq = 100, .nk = 100, .d = 96, .dtype = FP16, .return_lse = false,
        .storage = Storage::padded},
+      {.b = 2, .hq = 2, .hkv = 1, .nq = 129, .nk = 200, .d = 100, .granularity = G::per_thread,
+       .return_lse = false, .storage = Storage::padded},
+      {.b = 1, .hq = 3, .hkv = 3, .nq = 65, .nk = 65, .d = 127, .layout = NHD, .causal = true, .align = BR,
+       .return_lse = false, .storage = Storage::padded, .strided_out = true},
+      {.b = 4, .hq = 40, .hkv = 8, .nq = 300, .nk = 300, .d = 128, .return_lse = false},
+      {.b = 4, .hq = 40, .hkv = 40, .nq = 300, .nk = 257, .d = 64, .layout = NHD, .causal = true, .align = TL,
+       .granularity = G::per_thread, .return_lse = false},
   };
 }
 
@@ -302,6 +310,7 @@ TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
   add("smooth_q", [](Case& c) { c.smooth_q = true; });
   add("LSE with smooth_k (the LSE correction)", [](Case& c) { c.return_lse = true; });
   add("rows TMA cannot read (D = 100, dense: 200-byte rows)", [](Case& c) { c.d = 100; });
+
   add("D = 128 beyond kMaxKeysQInKernelD128 keys",
       [](Case& c) { c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1; });
   const std::uint64_t seed = fresh_seed();
@@ -628,6 +637,32 @@ struct SmallCall {
     return std::count_if(host.begin(), host.end(), [](std::uint16_t x) { return x != kPoison16; });
   }
 };
+
+// out written over q (in place) keeps Q in the pre-pass, which reads all of
+// Q before the attention kernel writes out (the kernel itself would read
+// rows that other CTAs have overwritten), and gives the bits of the same
+// call with a separate out.
+TEST_F(Sm90Forward, SmallInPlaceOutKeepsQInThePrepass) {
+  SmallCall call(device());
+  SAGE_CUDA_CHECK(call.status());
+  SAGE_CUDA_CHECK(call.fill());
+  AttentionOptions options;  // per-warp, no LSE: the in-kernel path unless out shares q's memory
+  DeviceBuffer<unsigned char> ws(1 << 20);
+  SAGE_CUDA_CHECK(ws.status());
+  ASSERT_TRUE(sage::detail::gpu_quantizes_q_in_kernel(call.args, options));
+  ASSERT_TRUE(sage::attention_forward(call.args, options, ws.data(), ws.size(), nullptr).is_ok());
+  SAGE_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<std::uint16_t> separate, in_place;
+  SAGE_CUDA_CHECK(call.out.copy_to(separate));
+
+  AttentionArgs args = call.args;
+  args.out = args.q;
+  EXPECT_FALSE(sage::detail::gpu_quantizes_q_in_kernel(args, options));
+  ASSERT_TRUE(sage::attention_forward(args, options, ws.data(), ws.size(), nullptr).is_ok());
+  SAGE_CUDA_CHECK(cudaDeviceSynchronize());
+  SAGE_CUDA_CHECK(call.q.copy_to(in_place));
+  EXPECT_EQ(in_place, separate);
+}
 
 TEST_F(Sm90Forward, SmallErrorMismatchedDevices) {
   SmallCall call(device());

@@ -59,7 +59,7 @@ struct PrepassProblem {
   float sm_scale = 0.f;
   bool smooth_q = false, smooth_k = true, smooth_v = false, lse_correction = false;
   // The attention kernel quantizes Q itself (the sm90 kernel, where it can:
-  // sm90::q_quantized_in_kernel): no Q jobs; the Q and Q-scale buffers stay
+  // sm90::quantizes_q_in_kernel): no Q jobs; the Q and Q-scale buffers stay
   // in the layout, unwritten, so the workspace size does not depend on it.
   bool q_in_attention = false;
 };

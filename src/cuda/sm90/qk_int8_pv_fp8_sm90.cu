@@ -13,6 +13,7 @@
 #include <cstring>
 #include <string>
 
+#include "api/tensor_checks.h"
 #include "api/validate.h"
 #include "cuda/common/forward_host.h"
 #include "cuda/quant/prepass.h"
@@ -66,12 +67,13 @@ Status make_tensor_map(CUtensorMap* map, void* base, std::uint64_t dim0, std::ui
 // The caller's 16-bit Q [B][Hq][Nq][head_dim] (element strides `q`) as a 4D
 // tensor map for the kernels that quantize Q themselves: boxes of one CTA
 // tile's rows x Dp channels, zeros past head_dim and Nq, no swizzle. A
-// dimension of size 1 gets a stride TMA accepts (it is never stepped).
+// dimension of size 1 is never stepped: it gets a stride TMA accepts (a
+// multiple of 16 bytes) whatever the caller's.
 Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, const quant::StridedInput& q) {
   const cuuint32_t dp = pp.head_dim_padded;
   auto encode = tensor_map_encoder();
   if (!encode) return Status(StatusCode::cuda_error, "the CUDA driver does not provide cuTensorMapEncodeTiled");
-  const std::int64_t stride_n = pp.nq == 1 ? pp.head_dim : q.stride_n;
+  const std::int64_t stride_n = pp.nq == 1 ? (pp.head_dim + 7) / 8 * 8 : q.stride_n;
   const std::int64_t stride_h = pp.heads_q == 1 ? stride_n * pp.nq : q.stride_h;
   const std::int64_t stride_b = pp.batch == 1 ? stride_h * pp.heads_q : q.stride_b;
   const cuuint64_t dims[4] = {cuuint64_t(pp.head_dim), cuuint64_t(pp.nq), cuuint64_t(pp.heads_q),
@@ -91,16 +93,20 @@ Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, co
 // Whether the attention kernel can quantize Q itself, so that the pre-pass
 // skips its Q jobs: its Q scale groups must lie inside a warp's 16 rows
 // (per_warp, per_thread), smooth_q and the LSE correction need the
-// pre-pass's pass over Q, it must pay (kMaxKeysQInKernelD128), and TMA must
-// be able to read the caller's rows (16-byte aligned start and strides). SAGE_SM90_Q_PREPASS=1 keeps Q in the
+// pre-pass's pass over Q, it must pay (kMaxKeysQInKernelD128), out must not
+// share memory with Q (the kernel reads Q while other CTAs write out; the
+// pre-pass has read all of it before), and TMA must be able to read the
+// caller's rows (16-byte aligned start and strides; an encoding TMA refuses
+// leaves Q to the pre-pass too). SAGE_SM90_Q_PREPASS=1 keeps Q in the
 // pre-pass: the tests compare both paths (read per call, so a test can
-// switch it between calls).
-// (An encoding TMA refuses leaves Q to the pre-pass too.) On true, *map
-// reads the caller's Q.
-bool q_quantized_in_kernel(const quant::PrepassProblem& pp, const quant::StridedInput& q, CUtensorMap* map) {
+// switch it between calls). On true, *map reads the caller's Q.
+bool q_quantized_in_kernel(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& pp,
+                           CUtensorMap* map) {
   if (const char* env = std::getenv("SAGE_SM90_Q_PREPASS"); env != nullptr && std::strcmp(env, "1") == 0) return false;
   if (pp.smooth_q || pp.lse_correction || pp.qk_bits != 8 || pp.granularity == Granularity::per_block) return false;
   if (pp.head_dim_padded == 128 && pp.nk > kMaxKeysQInKernelD128) return false;
+  if (detail::memory_ranges_overlap(args.q, args.out)) return false;
+  const quant::StridedInput q = fwd::strided(args.q, o.layout);
   auto aligned = [](std::int64_t elements) { return elements * 2 % 16 == 0; };
   const bool tma_readable = reinterpret_cast<std::uintptr_t>(q.data) % 16 == 0 && (pp.nq == 1 || aligned(q.stride_n)) &&
                             (pp.heads_q == 1 || aligned(q.stride_h)) && (pp.batch == 1 || aligned(q.stride_b));
@@ -140,7 +146,7 @@ std::string unsupported_reason(const AttentionOptions& o, std::int64_t head_dim)
 
 bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options) {
   CUtensorMap map;
-  return q_quantized_in_kernel(prepass_problem(args, options), fwd::strided(args.q, options.layout), &map);
+  return q_quantized_in_kernel(args, options, prepass_problem(args, options), &map);
 }
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options) {
@@ -152,7 +158,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   QkInt8PvFp8Params p{};
   quant::PrepassProblem problem = prepass_problem(args, o);
-  problem.q_in_attention = q_quantized_in_kernel(problem, fwd::strided(args.q, o.layout), &p.tmap_q);
+  problem.q_in_attention = q_quantized_in_kernel(args, o, problem, &p.tmap_q);
   fwd::Prepass prepass;
   SAGE_RETURN_IF_ERROR(
       fwd::start_prepass(args, o, problem, workspace, s, kernel_only, /*programmatic=*/true, &prepass));

@@ -27,8 +27,8 @@ inline constexpr std::int64_t kMaxKeysQInKernelD128 = 1024;
 
 // Whether the attention kernel quantizes the call's Q itself (the pre-pass
 // then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
-// correction, Q rows TMA can read, D = 64 or at most kMaxKeysQInKernelD128
-// keys, and SAGE_SM90_Q_PREPASS not "1". Tests
+// correction, Q rows TMA can read and out not sharing Q's memory, D = 64 or
+// at most kMaxKeysQInKernelD128 keys, and SAGE_SM90_Q_PREPASS not "1". Tests
 // use it to know which path a call takes.
 bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
 
@@ -37,7 +37,8 @@ std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& o
 // Runs a validated, supported call on the current device (`device`: its
 // properties, from the dispatch), asynchronously on `stream`. kernel_only
 // skips the pre-pass (benchmarks: the workspace already holds this call's
-// quantized inputs).
+// quantized inputs, from a full call under the same SAGE_SM90_Q_PREPASS; a
+// kernel that quantizes Q itself times that work too).
 Status run(const AttentionArgs& args, const AttentionOptions& options, const cuda::DeviceInfo& device,
            void* workspace, Stream stream, bool kernel_only = false);
 

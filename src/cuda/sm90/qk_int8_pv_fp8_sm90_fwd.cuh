@@ -6,8 +6,9 @@
 //   warpgroup 0  producer: one thread issues the TMA loads of the Q tile and
 //                of K / V^T tiles into a kStages-deep ring of shared buffers
 //                (the ring runs on across items; Q of the next item is
-//                loaded as soon as the consumers' last Q K^T of the current
-//                one is done, under their last softmax and epilogue);
+//                loaded as soon as the consumers are done with this one's:
+//                after their last Q K^T, or, where they quantize Q
+//                themselves, once they have);
 //   warpgroups 1.. consumers (two; three at D = 64, see
 //                consumer_warpgroups): each owns 64 query rows and, for every
 //                key tile, runs S = Q K^T (int32), the online softmax in fp32
@@ -30,7 +31,7 @@
 // of an item, with the pre-pass's arithmetic (quantize_q_rows); otherwise
 // the pre-pass's INT8 rows arrive. This saves the pre-pass its Q jobs and
 // costs each item its quantization: the dispatch takes it where that paid
-// (sm90::q_quantized_in_kernel, docs/perf-notes.md).
+// (sm90::quantizes_q_in_kernel, docs/perf-notes.md).
 // smooth_q (SmoothQ instances): warps 1 and 2 of the producer warpgroup,
 // otherwise idle, compute the per-key score offsets mean_q . k_j of each K
 // tile once it lands (smem K[st] --> delta[st], src/cuda/smooth_q.cuh); the
