@@ -12,7 +12,8 @@
 # tree) runs once per tree and round, the trees alternating, ROUNDS rounds (default 2), and
 # scripts/ab_compare.py prints each method's mean time per tree and its change against the first.
 # Default benchmark arguments: --methods sage,sage-kernel,sdpa-cudnn (cuDNN as the yardstick of
-# each run). Output (JSON and logs) in $OUT (or ./ab-out).
+# each run). Output (JSON and logs) in $OUT (or ./ab-out); a device call brings back only a few
+# files, so end it with scripts/pack_out.sh (one archive of $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/cuda/bin:$PATH"
