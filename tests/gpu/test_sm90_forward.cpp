@@ -664,6 +664,32 @@ TEST_F(Sm90Forward, SmallInPlaceOutKeepsQInThePrepass) {
   EXPECT_EQ(in_place, separate);
 }
 
+// Q rows TMA cannot read keep Q in the pre-pass: a start that is not 16-byte
+// aligned, and a head stride that is not a multiple of 16 bytes (query only:
+// the calls themselves are valid).
+TEST_F(Sm90Forward, SmallQStaysInThePrepassWhereTmaCannotReadIt) {
+  SmallCall call(device());
+  SAGE_CUDA_CHECK(call.status());
+  const AttentionOptions options;
+  constexpr std::int64_t B = SmallCall::B, H = SmallCall::H, N = SmallCall::N - 1, D = SmallCall::D;
+  auto with_q = [&](std::uint16_t* data, std::int64_t stride_h) {
+    AttentionArgs args = call.args;
+    args.q.data = data;
+    args.q.shape[2] = N;
+    args.q.stride[1] = stride_h;
+    args.q.stride[0] = H * stride_h + D;
+    args.out.shape[2] = N;  // (out keeps its own, aligned memory)
+    return args;
+  };
+  AttentionArgs shorter = call.args;
+  shorter.q.shape[2] = shorter.out.shape[2] = N;
+  ASSERT_TRUE(sage::detail::gpu_quantizes_q_in_kernel(shorter, options)) << "the aligned call should take it";
+  EXPECT_FALSE(sage::detail::gpu_quantizes_q_in_kernel(with_q(call.q.data() + 1, N * D), options))
+      << "q starting 2 bytes past a 16-byte boundary";
+  EXPECT_FALSE(sage::detail::gpu_quantizes_q_in_kernel(with_q(call.q.data(), N * D + 4), options))
+      << "a head stride of N * D + 4 elements";
+}
+
 TEST_F(Sm90Forward, SmallErrorMismatchedDevices) {
   SmallCall call(device());
   SAGE_CUDA_CHECK(call.status());
