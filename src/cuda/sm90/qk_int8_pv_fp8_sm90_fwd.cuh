@@ -216,8 +216,9 @@ __device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage
 // and per-thread granularity every scale group lies inside them. Returns
 // this thread's Q scale (its rows r and r + 8 share one), sm_scale * log2 e
 // folded in as the pre-pass writes it. (Done by the otherwise idle producer
-// warps instead, into a second Q buffer, it measured slower: the consumers
-// then have 232 registers, docs/perf-notes.md.)
+// warps instead, into a second Q buffer, with the consumers at 232
+// registers to give those warps 40, the kernel measured slower still:
+// docs/perf-notes.md, session 9.)
 template <class T>
 __device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer) {
   using L = quant::RowLanes<T::kDp>;
