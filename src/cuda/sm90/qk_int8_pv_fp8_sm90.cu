@@ -44,18 +44,15 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// A 3D byte tensor [dim2][dim1][dim0] (dim0 contiguous) loaded in boxes of
-// box0 x box1 x 1 with the swizzle that matches a box0-byte row.
-Status make_tensor_map(CUtensorMap* map, void* base, std::uint64_t dim0, std::uint64_t dim1, std::uint64_t dim2,
-                       std::uint32_t box0, std::uint32_t box1) {
+// Encodes a tiled tensor map of `rank` dimensions (strides in bytes, for
+// dims 1..rank-1; unit element strides, no interleave, zeros out of bounds).
+Status encode_tensor_map(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, const void* base,
+                         const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box,
+                         CUtensorMapSwizzle swizzle) {
   auto encode = tensor_map_encoder();
   if (!encode) return Status(StatusCode::cuda_error, "the CUDA driver does not provide cuTensorMapEncodeTiled");
-  const cuuint64_t dims[3] = {dim0, dim1, dim2};
-  const cuuint64_t strides[2] = {dim0, dim0 * dim1};  // bytes, for dims 1 and 2
-  const cuuint32_t box[3] = {box0, box1, 1};
-  const cuuint32_t elem_strides[3] = {1, 1, 1};
-  const CUtensorMapSwizzle swizzle = box0 == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, base, dims, strides, box, elem_strides,
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUresult r = encode(map, type, rank, const_cast<void*>(base), dims, strides, box, elem_strides,
                             CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
@@ -64,30 +61,39 @@ Status make_tensor_map(CUtensorMap* map, void* base, std::uint64_t dim0, std::ui
   return Status::ok();
 }
 
+// A 3D byte tensor [dim2][dim1][dim0] (dim0 contiguous) loaded in boxes of
+// box0 x box1 x 1 with the swizzle that matches a box0-byte row.
+Status make_tensor_map(CUtensorMap* map, void* base, std::uint64_t dim0, std::uint64_t dim1, std::uint64_t dim2,
+                       std::uint32_t box0, std::uint32_t box1) {
+  const cuuint64_t dims[3] = {dim0, dim1, dim2};
+  const cuuint64_t strides[2] = {dim0, dim0 * dim1};
+  const cuuint32_t box[3] = {box0, box1, 1};
+  return encode_tensor_map(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, base, dims, strides, box,
+                           box0 == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B);
+}
+
 // The caller's 16-bit Q [B][Hq][Nq][head_dim] (element strides `q`) as a 4D
 // tensor map for the kernels that quantize Q themselves: boxes of one CTA
-// tile's rows x Dp channels, zeros past head_dim and Nq, no swizzle. A
-// dimension of size 1 is never stepped: it gets a stride TMA accepts (a
-// multiple of 16 bytes) whatever the caller's.
+// tile's rows x Dp channels, zeros past head_dim and Nq, no swizzle.
+// invalid_argument where TMA cannot read Q: a start or a stride that is no
+// multiple of 16 bytes (a dimension of size 1 is never stepped: it gets a
+// stride TMA accepts, whatever the caller's).
 Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, const quant::StridedInput& q) {
-  const cuuint32_t dp = pp.head_dim_padded;
-  auto encode = tensor_map_encoder();
-  if (!encode) return Status(StatusCode::cuda_error, "the CUDA driver does not provide cuTensorMapEncodeTiled");
   const std::int64_t stride_n = pp.nq == 1 ? (pp.head_dim + 7) / 8 * 8 : q.stride_n;
   const std::int64_t stride_h = pp.heads_q == 1 ? stride_n * pp.nq : q.stride_h;
   const std::int64_t stride_b = pp.batch == 1 ? stride_h * pp.heads_q : q.stride_b;
+  auto aligned = [](std::int64_t elements) { return elements * 2 % 16 == 0; };
+  if (reinterpret_cast<std::uintptr_t>(q.data) % 16 != 0 || !aligned(stride_n) || !aligned(stride_h) ||
+      !aligned(stride_b)) {
+    return Status(StatusCode::invalid_argument, "q: TMA needs a 16-byte aligned start and strides");
+  }
   const cuuint64_t dims[4] = {cuuint64_t(pp.head_dim), cuuint64_t(pp.nq), cuuint64_t(pp.heads_q),
                               cuuint64_t(pp.batch)};
   const cuuint64_t strides[3] = {cuuint64_t(stride_n) * 2, cuuint64_t(stride_h) * 2, cuuint64_t(stride_b) * 2};
-  const cuuint32_t box[4] = {dp, cuuint32_t(query_block_rows(pp.head_dim_padded, /*smooth_q=*/false)), 1, 1};
-  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, const_cast<void*>(q.data), dims, strides, box,
-                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) {
-    return Status(StatusCode::internal, "cuTensorMapEncodeTiled failed for Q (error " + std::to_string(r) + ")");
-  }
-  return Status::ok();
+  const cuuint32_t box[4] = {cuuint32_t(pp.head_dim_padded),
+                             cuuint32_t(query_block_rows(pp.head_dim_padded, /*smooth_q=*/false)), 1, 1};
+  return encode_tensor_map(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, q.data, dims, strides, box,
+                           CU_TENSOR_MAP_SWIZZLE_NONE);
 }
 
 // Whether the attention kernel can quantize Q itself, so that the pre-pass
@@ -106,11 +112,7 @@ bool q_quantized_in_kernel(const AttentionArgs& args, const AttentionOptions& o,
   if (pp.smooth_q || pp.lse_correction || pp.qk_bits != 8 || pp.granularity == Granularity::per_block) return false;
   if (pp.head_dim_padded == 128 && pp.nk > kMaxKeysQInKernelD128) return false;
   if (detail::memory_ranges_overlap(args.q, args.out)) return false;
-  const quant::StridedInput q = fwd::strided(args.q, o.layout);
-  auto aligned = [](std::int64_t elements) { return elements * 2 % 16 == 0; };
-  const bool tma_readable = reinterpret_cast<std::uintptr_t>(q.data) % 16 == 0 && (pp.nq == 1 || aligned(q.stride_n)) &&
-                            (pp.heads_q == 1 || aligned(q.stride_h)) && (pp.batch == 1 || aligned(q.stride_b));
-  return tma_readable && make_q16_tensor_map(map, pp, q).is_ok();
+  return make_q16_tensor_map(map, pp, fwd::strided(args.q, o.layout)).is_ok();
 }
 
 template <int Dp, bool SmoothQ, bool QuantizeQ>
