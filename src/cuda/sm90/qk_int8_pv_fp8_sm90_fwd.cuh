@@ -124,6 +124,14 @@ struct FwdSharedStorage {
   uint64_t delta_full[T::kStages];
 };
 
+// Where byte `off` of a row-major tile of Dp-byte INT8 rows (Q, K) lies once
+// TMA has written it with the swizzle of its row width (128- or 64-byte:
+// 16-byte chunk bits 4.. XOR row-group bits 7..).
+template <int Dp>
+__device__ __forceinline__ int swizzled(int off) {
+  return off ^ (((off >> 7) & (Dp / 16 - 1)) << 4);
+}
+
 // ---- producer: TMA loads ----------------------------------------------------------
 // Per work item: the Q tile (once the consumers released the previous one),
 // then its K / V^T tiles. Ring entry `it` (K/V tiles counted over all items,
@@ -159,9 +167,6 @@ __device__ __forceinline__ void key_offsets_of_item(const QkInt8PvFp8Params& p, 
   const int i = threadIdx.x - 32;
   constexpr TileGeometry geometry = kSm90Geometry;
   const float* k_scales = p.k_scale + static_cast<int64_t>(w.bh_kv) * p.k_groups;
-  // K rows are kDp bytes, TMA-swizzled in 16-byte chunks (128- or 64-byte
-  // swizzle: chunk bits 4.. XOR row-group bits 7..).
-  constexpr int kSwizzleMask = T::kDp / 16 - 1;
   for (int t = 0; t < w.n_tiles; ++t) {
     const int st = (it0 + t) % T::kStages;
     const uint32_t phase = ((it0 + t) / T::kStages) & 1;
@@ -175,7 +180,7 @@ __device__ __forceinline__ void key_offsets_of_item(const QkInt8PvFp8Params& p, 
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int off = (i + 64 * h) * T::kDp + 16 * c;
-        const uint4 chunk = *reinterpret_cast<const uint4*>(s.k[st] + (off ^ (((off >> 7) & kSwizzleMask) << 4)));
+        const uint4 chunk = *reinterpret_cast<const uint4*>(s.k[st] + swizzled<T::kDp>(off));
         dot[h][c % 2] = smoothq::dot_chunk16<8>(chunk, s.q_mean + 16 * c, dot[h][c % 2]);
       }
     }
@@ -235,14 +240,13 @@ __device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, Fwd
   quant::merge_group_max(amax, static_cast<int>(geometry.q_group_of(lane / 2, p.granularity)));
   const float scale = num::symmetric_scale(amax, 127);
   const float inv_own = num::reciprocal_rn(scale);
-  constexpr int kSwizzleMask = T::kDp / 16 - 1;  // (as in key_offsets_of_item)
 #pragma unroll
   for (int j = 0; j < L::kRows; ++j) {
     const int r = L::row_in_warp(j);
     float x[quant::kVec];
     quant::unpack8<typename T::Out>(rows16[r * L::kChunkLanes + L::chunk()], x);
     const int off = (first_row + r) * T::kDp + quant::kVec * L::chunk();
-    *reinterpret_cast<uint2*>(s.q + (off ^ (((off >> 7) & kSwizzleMask) << 4))) =
+    *reinterpret_cast<uint2*>(s.q + swizzled<T::kDp>(off)) =
         quant::quantize_int8x8(x, __shfl_sync(0xffffffffu, inv_own, 2 * r));
   }
   fence_proxy_async_shared();  // the stores above, for the wgmma that reads them
