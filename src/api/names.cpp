@@ -1,4 +1,5 @@
 // Printable names of the public enums.
+#include "api/tensor_checks.h"
 #include "sage/options.h"
 #include "sage/status.h"
 #include "sage/tensor.h"
@@ -100,7 +101,7 @@ TensorView make_contiguous_view(void* data, DType dtype, std::initializer_list<s
     t.stride[d] = stride;
     // Sizes whose element count overflows int64 get saturated strides;
     // validation rejects such views (the element count) with a message.
-    if (__builtin_mul_overflow(stride, t.shape[d], &stride)) stride = std::numeric_limits<std::int64_t>::max();
+    if (!detail::checked_mul(stride, t.shape[d], &stride)) stride = std::numeric_limits<std::int64_t>::max();
   }
   return t;
 }

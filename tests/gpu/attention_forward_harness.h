@@ -737,7 +737,7 @@ void run_case(const Case& c, int device, const sage::TileGeometry& geometry, con
               Metrics* exact_metrics = nullptr) {
   const std::uint64_t seed = fresh_seed();
   const std::string what = c.describe();
-  SCOPED_TRACE(what + " seed=" + std::to_string(seed) + " (replay: SAGE_TEST_SEED=" + std::to_string(seed) + ")");
+  SCOPED_TRACE(what + " " + sage::test::seed_note(seed));
   const Problem p = c.problem();
   const sage::ref::Inputs in = sage::ref::make_inputs(p, c.dist, seed, c.dtype);
 

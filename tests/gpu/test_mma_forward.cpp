@@ -239,7 +239,7 @@ TEST_F(MmaForward, SmallRepeatable) {
   c.causal = true, c.align = CausalAlign::bottom_right;
   c.granularity = Granularity::per_thread, c.smooth_v = true;
   const std::uint64_t seed = fresh_seed();
-  SCOPED_TRACE(c.describe() + " seed=" + std::to_string(seed));
+  SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
   const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
   GpuResult gpu;
   ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &gpu, /*repeat=*/true));

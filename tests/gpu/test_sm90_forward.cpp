@@ -262,7 +262,7 @@ class Sm90QInKernel : public Sm90Test, public ::testing::WithParamInterface<Case
 TEST_P(Sm90QInKernel, EqualsQuantizedByThePrepass) {
   const Case& c = GetParam();
   const std::uint64_t seed = fresh_seed();
-  SCOPED_TRACE(c.describe() + " seed=" + std::to_string(seed));
+  SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
   const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
   GpuResult in_kernel, by_prepass;
   ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &in_kernel));
@@ -496,7 +496,7 @@ void check_large_finite(const LargeRun& r) {
 constexpr std::size_t kSampledRows = 64;
 TEST_F(Sm90Forward, Offsets64BitLongSequenceN262144) {
   LargeRun r{1, 1, 262144, 64, fresh_seed(), {}, {}, {}, {}, {}};
-  SCOPED_TRACE("B=1 H=1 N=262144 D=64 bf16 HND seed=" + std::to_string(r.seed));
+  SCOPED_TRACE("B=1 H=1 N=262144 D=64 bf16 HND " + sage::test::seed_note(r.seed));
   std::string skip;
   ASSERT_NO_FATAL_FAILURE(run_large(&r, device(), &skip));
   if (!skip.empty()) GTEST_SKIP() << skip;
@@ -545,7 +545,7 @@ TEST_F(Sm90Forward, Offsets64BitLongSequenceN262144) {
 // are compared with exact attention.
 TEST_F(Sm90Forward, Offsets64BitManyHeads) {
   LargeRun r{2, 4608, 2048, 128, fresh_seed(), {}, {}, {}, {}, {}};
-  SCOPED_TRACE("B=2 H=4608 N=2048 D=128 bf16 HND seed=" + std::to_string(r.seed));
+  SCOPED_TRACE("B=2 H=4608 N=2048 D=128 bf16 HND " + sage::test::seed_note(r.seed));
   ASSERT_GT(r.B * r.H * r.N * r.D, std::int64_t{1} << 31);
   std::string skip;
   ASSERT_NO_FATAL_FAILURE(run_large(&r, device(), &skip));
@@ -595,7 +595,7 @@ TEST_F(Sm90Forward, SmallRepeatable) {
   c.causal = true, c.align = CausalAlign::bottom_right;
   c.granularity = Granularity::per_thread, c.smooth_v = true;
   const std::uint64_t seed = fresh_seed();
-  SCOPED_TRACE(c.describe() + " seed=" + std::to_string(seed));
+  SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
   const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
   GpuResult gpu;
   ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &gpu, /*repeat=*/true));
