@@ -4,6 +4,7 @@
 // size, saying which and why.
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -183,22 +184,16 @@ int run_run(const ArgParser& parser) {
 
   // The float64 reference of the whole GPU problem would take minutes on the
   // CPU: there, one (batch, head) slice stands for the rest.
-  if (device.gpu) {
-    const HeadSlice slice = slice_head(problem, inputs, 0, 0);
-    std::cerr << "exact float64 reference" << cpu_time_estimate(slice.problem, CpuWork::exact_reference) << " ... "
-              << std::flush;
-    const std::vector<double> exact = exact_output(slice.problem, slice.inputs);
-    std::cerr << "done\n";
-    print_accuracy(" (batch 0, head 0)", sage::ref::compare(exact.data(), call.out.data() + slice.out_offset,
-                                                            slice.problem.nq, slice.problem.head_dim));
-  } else {
-    std::cerr << "exact float64 reference" << cpu_time_estimate(problem, CpuWork::exact_reference) << " ... "
-              << std::flush;
-    const std::vector<double> exact = exact_output(problem, inputs);
-    std::cerr << "done\n";
-    print_accuracy("", sage::ref::compare(exact.data(), call.out.data(), problem.batch * problem.heads_q * problem.nq,
-                                          problem.head_dim));
-  }
+  std::optional<HeadSlice> slice;
+  if (device.gpu) slice = slice_head(problem, inputs, 0, 0);
+  const sage::ref::Problem& reference = slice ? slice->problem : problem;
+  std::cerr << "exact float64 reference" << cpu_time_estimate(reference, CpuWork::exact_reference) << " ... "
+            << std::flush;
+  const std::vector<double> exact = exact_output(reference, slice ? slice->inputs : inputs);
+  std::cerr << "done\n";
+  print_accuracy(slice ? " (batch 0, head 0)" : "",
+                 sage::ref::compare(exact.data(), call.out.data() + (slice ? slice->out_offset : 0),
+                                    reference.batch * reference.heads_q * reference.nq, reference.head_dim));
   return 0;
 }
 

@@ -124,8 +124,8 @@ ElementCounts element_counts(const ProblemSize& s) {
           static_cast<double>(s.batch) * static_cast<double>(s.heads_kv) * static_cast<double>(s.nk) * dim};
 }
 
-}  // namespace
-
+// Host memory that inputs, output and reference of `s` take at once, in
+// bytes (a double: large sizes overflow 64-bit integers).
 double host_bytes_needed(const ProblemSize& s, Reference reference) {
   const auto [q, kv] = element_counts(s);
   const double dim = static_cast<double>(s.head_dim);
@@ -141,8 +141,6 @@ double host_bytes_needed(const ProblemSize& s, Reference reference) {
   }
   return bytes;
 }
-
-namespace {
 
 // UsageError when `needed` bytes (for `what`) exceed the machine's memory.
 void check_fits_in_memory(const ProblemSize& size, double needed, const std::string& what,

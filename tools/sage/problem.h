@@ -32,9 +32,6 @@ bool has_size_flags(const ArgParser& parser);
 // The float64 reference a command computes: of the whole problem (the CPU
 // runs and `sage accuracy`) or of one (batch, head) slice (`sage run` on a GPU).
 enum class Reference { whole, one_head };
-// Host memory that inputs, output and reference of `size` take at once, in
-// bytes (a double: large sizes overflow 64-bit integers).
-double host_bytes_needed(const ProblemSize& size, Reference reference);
 // UsageError saying how many GB the problem needs and which flags to reduce
 // when that exceeds the machine's physical memory: checked before the inputs
 // are generated, instead of failing in an allocation halfway.
