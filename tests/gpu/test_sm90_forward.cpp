@@ -252,24 +252,26 @@ std::vector<Case> q_in_kernel_cases() {
   };
 }
 
-// Each call against itself with Q left to the pre-pass
-// (SAGE_SM90_Q_PREPASS=1): both paths quantize with the same arithmetic
+// The call c with Q quantized in the kernel (under SAGE_SM90_Q_PREPASS =
+// kernel_env, or unset when null) against itself with Q left to the pre-pass
+// (=1): both paths quantize with the same arithmetic
 // (cuda/quant/quantize_rows.cuh), so out and lse agree bit for bit; the
-// pre-pass path is the one the cases above check against the emulation and
+// pre-pass path is the one the other cases check against the emulation and
 // float64.
-class Sm90QInKernel : public Sm90Test, public ::testing::WithParamInterface<Case> {};
-
-TEST_P(Sm90QInKernel, EqualsQuantizedByThePrepass) {
-  const Case& c = GetParam();
+void expect_q_paths_bit_identical(const Case& c, int device, const char* kernel_env) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
   const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
   GpuResult in_kernel, by_prepass;
-  ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &in_kernel));
-  ASSERT_TRUE(in_kernel.sm90_q_in_kernel) << "the call does not take the in-kernel Q path";
+  {
+    std::optional<ScopedEnv> env;
+    if (kernel_env != nullptr) env.emplace("SAGE_SM90_Q_PREPASS", kernel_env);
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &in_kernel));
+    ASSERT_TRUE(in_kernel.sm90_q_in_kernel) << "the call does not take the in-kernel Q path";
+  }
   {
     ScopedEnv prepass("SAGE_SM90_Q_PREPASS", "1");
-    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &by_prepass));
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &by_prepass));
     ASSERT_FALSE(by_prepass.sm90_q_in_kernel);
   }
   EXPECT_EQ(count_nonfinite(in_kernel.out), 0);
@@ -286,6 +288,24 @@ TEST_P(Sm90QInKernel, EqualsQuantizedByThePrepass) {
                           << (out_diff >= 0 ? by_prepass.out[out_diff] : 0.f);
   const std::int64_t lse_diff = first_difference(in_kernel.lse, by_prepass.lse);
   EXPECT_EQ(lse_diff, -1) << "lse differs first at element " << lse_diff;
+}
+
+class Sm90QInKernel : public Sm90Test, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(Sm90QInKernel, EqualsQuantizedByThePrepass) { expect_q_paths_bit_identical(GetParam(), device(), nullptr); }
+
+// SAGE_SM90_Q_PREPASS=0 lifts the dispatch's length limit at D = 128 (A/B
+// timing in one build): the kernel then quantizes Q of long calls too, with
+// the same result.
+TEST_F(Sm90Forward, QInKernelPastTheLengthLimitUnderEnvZero) {
+  Case c;
+  c.d = 128;
+  c.nq = 300;
+  c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 301;
+  c.return_lse = false;
+  expect_q_paths_bit_identical(c, device(), "0");
+  c.causal = true;
+  expect_q_paths_bit_identical(c, device(), "0");
 }
 
 INSTANTIATE_TEST_SUITE_P(Sm90, Sm90QInKernel, ::testing::ValuesIn(q_in_kernel_cases()), case_name);

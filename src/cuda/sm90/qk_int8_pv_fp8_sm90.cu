@@ -104,13 +104,18 @@ Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, co
 // pre-pass has read all of it before), and TMA must be able to read the
 // caller's rows (16-byte aligned start and strides; an encoding TMA refuses
 // leaves Q to the pre-pass too). SAGE_SM90_Q_PREPASS=1 keeps Q in the
-// pre-pass: the tests compare both paths (read per call, so a test can
-// switch it between calls). On true, *map reads the caller's Q.
+// pre-pass, =0 takes the kernel wherever it can, past the length limit: the
+// tests compare both paths and A/B timings switch them in one build (read
+// per call, so a test can switch it between calls). On true, *map reads the
+// caller's Q.
 bool q_quantized_in_kernel(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& pp,
                            CUtensorMap* map) {
-  if (const char* env = std::getenv("SAGE_SM90_Q_PREPASS"); env != nullptr && std::strcmp(env, "1") == 0) return false;
+  const char* env = std::getenv("SAGE_SM90_Q_PREPASS");
+  const bool forced_prepass = env != nullptr && std::strcmp(env, "1") == 0;
+  const bool forced_kernel = env != nullptr && std::strcmp(env, "0") == 0;
+  if (forced_prepass) return false;
   if (pp.smooth_q || pp.lse_correction || pp.qk_bits != 8 || pp.granularity == Granularity::per_block) return false;
-  if (pp.head_dim_padded == 128 && pp.nk > kMaxKeysQInKernelD128) return false;
+  if (!forced_kernel && pp.head_dim_padded == 128 && pp.nk > kMaxKeysQInKernelD128) return false;
   if (detail::memory_ranges_overlap(args.q, args.out)) return false;
   return make_q16_tensor_map(map, pp, fwd::strided(args.q, o.layout)).is_ok();
 }

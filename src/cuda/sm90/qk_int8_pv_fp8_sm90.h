@@ -28,8 +28,9 @@ inline constexpr std::int64_t kMaxKeysQInKernelD128 = 1024;
 // Whether the attention kernel quantizes the call's Q itself (the pre-pass
 // then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
 // correction, Q rows TMA can read and out not sharing Q's memory, D = 64 or
-// at most kMaxKeysQInKernelD128 keys, and SAGE_SM90_Q_PREPASS not "1". Tests
-// use it to know which path a call takes.
+// at most kMaxKeysQInKernelD128 keys (any length under SAGE_SM90_Q_PREPASS=0),
+// and SAGE_SM90_Q_PREPASS not "1". Tests use it to know which path a call
+// takes.
 bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options);
