@@ -9,7 +9,8 @@
 #   mkdir -p ab/base && git archive HEAD | tar -x -C ab/base
 # which travels to the GPU machine as an untracked directory) gets its own build of the Python
 # package in build-ab-NAME, all built in parallel. Then bench/bench_attention.py (of the working
-# tree) runs once per tree and round, the trees alternating, ROUNDS rounds (default 2), and
+# tree) runs once per tree and round, the trees alternating (in reverse order in even rounds),
+# ROUNDS rounds (default 2), and
 # scripts/ab_compare.py prints each method's mean time per tree and its change against the first.
 # Default benchmark arguments: --methods sage,sage-kernel,sdpa-cudnn (cuDNN as the yardstick of
 # each run). Output (JSON and logs) in $OUT (or ./ab-out); a device call brings back only a few
@@ -44,8 +45,14 @@ done
 wait
 echo "builds: $(( $(date +%s) - start )) s"
 
+# Even rounds run the trees in reverse order: a GPU that warms up over a round would otherwise
+# favour the first tree every time (seen at N=16384, where one run takes longest).
+reversed=()
+for (( i=${#trees[@]}-1; i>=0; i-- )); do reversed+=("${trees[i]}"); done
 for round in $(seq "${ROUNDS:-2}"); do
-  for tree in "${trees[@]}"; do
+  order=("${trees[@]}")
+  (( round % 2 == 0 )) && order=("${reversed[@]}")
+  for tree in "${order[@]}"; do
     name=${tree%%=*}
     PYTHONPATH="$PWD/build-ab-$name/python/pkg" timeout 300 python3 bench/bench_attention.py "${bench_args[@]}" \
       --out "$out/$name.$round.json" >"$out/$name.$round.log" 2>&1

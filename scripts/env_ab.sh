@@ -2,7 +2,8 @@
 # On a GPU machine, after scripts/device-check.sh built build-dev: time one build under several
 # environment settings against each other (a dispatch switch such as SAGE_SM90_Q_PREPASS), the
 # way scripts/ab_bench.sh times several trees: bench/bench_attention.py once per setting and
-# round, settings alternating, ROUNDS rounds (default 2), then scripts/ab_compare.py.
+# round, settings alternating (reversed in even rounds), ROUNDS rounds (default 2), then
+# scripts/ab_compare.py.
 #
 #   scripts/env_ab.sh NAME=[VAR=VALUE] [NAME=[VAR=VALUE] ...] [-- bench_attention.py arguments]
 #
@@ -25,8 +26,12 @@ bench_args=("$@")
 out=${OUT:-ab-out}
 mkdir -p "$out"
 
+reversed=()  # even rounds in reverse order (see scripts/ab_bench.sh)
+for (( i=${#settings[@]}-1; i>=0; i-- )); do reversed+=("${settings[i]}"); done
 for round in $(seq "${ROUNDS:-2}"); do
-  for setting in "${settings[@]}"; do
+  order=("${settings[@]}")
+  (( round % 2 == 0 )) && order=("${reversed[@]}")
+  for setting in "${order[@]}"; do
     name=${setting%%=*} assignment=${setting#*=}
     env_args=()
     [[ -n $assignment ]] && env_args=("$assignment")

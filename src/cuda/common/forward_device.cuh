@@ -112,7 +112,9 @@ struct OutputConvert<__half> {
 // channels 8j + 2*quad + {0, 1}. They are read into registers before the
 // first output store: read between stores (which may alias them, as far as
 // the compiler knows) each one was a dependent global round trip, 11% of the
-// sm90 kernel's time at N=4096.
+// sm90 kernel's time at N=4096. A kernel loads them where their latency
+// hides under work still running (the sm90 consumers: under their last
+// P V^T).
 template <class T>
 struct ChannelFactors {
   float2 v_scale[T::kDp / 8];
@@ -134,15 +136,31 @@ __device__ __forceinline__ ChannelFactors<T> load_channel_factors(const ForwardP
   return f;
 }
 
+// Channels 8j + 2*quad + {0, 1} of O row `r` (of the thread's two), times
+// inv_l and the V scales, plus the V mean where add_mean.
+template <class T>
+__device__ __forceinline__ float2 output_pair(const float (&o)[T::kOAcc], const ChannelFactors<T>& f, int r, int j,
+                                              float inv_l, bool add_mean) {
+  float2 v = make_float2(o[4 * j + 2 * r] * inv_l * f.v_scale[j].x, o[4 * j + 2 * r + 1] * inv_l * f.v_scale[j].y);
+  if (add_mean) v.x += f.v_mean[j].x, v.y += f.v_mean[j].y;
+  return v;
+}
+
+// O / l (and the V scales, the V mean) of the thread's two rows to the
+// caller's strided output; the LSE.
 template <class T, class Softmax>
 __device__ __forceinline__ void write_output(const ForwardParams& p, const float (&o)[T::kOAcc],
-                                             const Softmax& softmax, const int (&rows)[2], int bh, int bh_kv,
-                                             int quad) {
+                                             const Softmax& softmax, const ChannelFactors<T>& f, const int (&rows)[2],
+                                             int bh, int quad) {
   using Out = typename T::Out;
   using Convert = OutputConvert<Out>;
   const int b = bh / p.heads_q;
   const int h = bh % p.heads_q;
-  const ChannelFactors<T> f = load_channel_factors<T>(p, bh_kv, quad);
+  // Every channel a real one and pair stores allowed (the usual call): the
+  // stores need no per-channel test. Those tests and their branches were
+  // most of the epilogue's instructions (ncu, D=128: ~900 per warp, the
+  // epilogue 15% of the kernel's time at 1K keys).
+  const bool dense = p.head_dim == T::kDp && p.out_pair_store;
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -150,23 +168,26 @@ __device__ __forceinline__ void write_output(const ForwardParams& p, const float
     if (row >= p.nq) continue;
     const bool saw_keys = softmax.l[r] > 0.f;
     const float inv_l = saw_keys ? 1.f / softmax.l[r] : 0.f;  // a row that saw no key writes 0
-    Out* dst = static_cast<Out*>(p.out) + b * p.out_stride_b + h * p.out_stride_h + row * p.out_stride_n;
+    const bool add_mean = p.v_mean != nullptr && saw_keys;
+    Out* dst = static_cast<Out*>(p.out) + b * p.out_stride_b + h * p.out_stride_h + row * p.out_stride_n + 2 * quad;
+    if (dense) {
 #pragma unroll
-    for (int j = 0; j < T::kDp / 8; ++j) {
-      const int col = 8 * j + 2 * quad;
-      if (col >= p.head_dim) continue;
-      float v0 = o[4 * j + 2 * r] * inv_l * f.v_scale[j].x;
-      float v1 = o[4 * j + 2 * r + 1] * inv_l * f.v_scale[j].y;
-      if (p.v_mean && saw_keys) {
-        v0 += f.v_mean[j].x;
-        v1 += f.v_mean[j].y;
+      for (int j = 0; j < T::kDp / 8; ++j) {
+        const float2 v = output_pair<T>(o, f, r, j, inv_l, add_mean);
+        *reinterpret_cast<typename Convert::Pair*>(dst + 8 * j) = Convert::two(v.x, v.y);
       }
-      const bool second = col + 1 < p.head_dim;
-      if (second && p.out_pair_store) {
-        *reinterpret_cast<typename Convert::Pair*>(dst + col) = Convert::two(v0, v1);
-      } else {
-        dst[col] = Convert::one(v0);
-        if (second) dst[col + 1] = Convert::one(v1);
+    } else {
+#pragma unroll
+      for (int j = 0; j < T::kDp / 8; ++j) {
+        const int col = 8 * j + 2 * quad;
+        if (col >= p.head_dim) continue;
+        const float2 v = output_pair<T>(o, f, r, j, inv_l, add_mean);
+        if (col + 1 < p.head_dim && p.out_pair_store) {
+          *reinterpret_cast<typename Convert::Pair*>(dst + 8 * j) = Convert::two(v.x, v.y);
+        } else {
+          dst[8 * j] = Convert::one(v.x);
+          if (col + 1 < p.head_dim) dst[8 * j + 1] = Convert::one(v.y);
+        }
       }
     }
     if (p.lse && quad == 0) {

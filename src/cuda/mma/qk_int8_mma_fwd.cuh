@@ -389,7 +389,7 @@ __device__ __forceinline__ void forward_tile(const QkInt8MmaParams& p, FwdShared
   cp_async_wait<0>();
 
   softmax.finish();
-  fwd::write_output<T>(p, o, softmax, rows, bh, bh_kv, quad);
+  fwd::write_output<T>(p, o, softmax, fwd::load_channel_factors<T>(p, bh_kv, quad), rows, bh, quad);
 }
 
 template <class T>

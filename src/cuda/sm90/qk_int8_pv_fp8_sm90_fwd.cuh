@@ -144,6 +144,9 @@ __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
     if constexpr (T::kQuantizeQ) {
       mbar_arrive_expect_tx(&s.q_full, T::kQ16Bytes);
       tma_load_4d(s.q16, &p.tmap_q, &s.q_full, 0, w.q_tile * T::kBlockQ, w.bh % p.heads_q, w.bh / p.heads_q);
+      // The caller's Q does not come from the pre-pass: the first one is
+      // loaded before the wait for it (see the kernel), K and V after.
+      if (j == 0) pdl::wait_for_prerequisites();
     } else {
       mbar_arrive_expect_tx(&s.q_full, T::kQBytes);
       tma_load_3d(s.q, &p.tmap_q, &s.q_full, 0, w.q_tile * T::kBlockQ, w.bh);
@@ -296,11 +299,13 @@ __device__ __forceinline__ void mma_wait(Acc (&acc)[N]) {
 // One work item of a consumer: step t issues P V^T of tile t-1 (if any) and
 // Q K^T of tile t (if any) back to back, folds P V^T into O under the
 // running Q K^T, then runs the softmax of tile t. P and alpha carry from
-// step to step. Key tile t is ring entry it0 + t; q_phase is the parity of
-// this item's Q tile.
+// step to step. Key tile t is ring entry it0 + t; j is the item's round in
+// this CTA (its parity is the phase of the item's Q tile).
 template <class T>
 __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
-                                             const fwd::CtaWork& w, int it0, uint32_t q_phase, int consumer) {
+                                             const fwd::CtaWork& w, int it0, int j, int consumer) {
+  const uint32_t q_phase = j & 1;
+  const bool first_item = j == 0;
   const int q_tile = w.q_tile, bh = w.bh, bh_kv = w.bh_kv, n_tiles = w.n_tiles;
   const int lane = threadIdx.x % 32;
   const int warp = (threadIdx.x / 32) % 4;
@@ -326,6 +331,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   if constexpr (T::kQuantizeQ) {
     q_scale = quantize_q_rows<T>(p, s, consumer);
     mbar_arrive(&s.q_empty);  // q16 is read: the producer may load the next item's rows
+    if (first_item) pdl::wait_for_prerequisites();  // the K scales and V factors below
   } else {
     q_scale = p.q_scale[static_cast<int64_t>(bh) * p.q_groups + geometry.q_group_of(row0, p.granularity)];
   }
@@ -389,20 +395,31 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   // (QuantizeQ: the INT8 Q buffer is the consumers' own, rewritten only
   // after this point.)
   if constexpr (!T::kQuantizeQ) mbar_arrive(&s.q_empty);
+  // The epilogue's channel factors: read while the last P V^T runs, their
+  // latency was exposed at every item's end. Only where that measured faster
+  // (H200, docs/perf-notes.md, session 10): causal D = 128, -2..-3% kernel
+  // time at 4K keys; non-causal D = 128 ran +2% at 16K (ptxas scheduled its
+  // loop differently), and the 160-register consumers of D = 64 would spill.
+  constexpr bool kFactorsUnderPv = T::kCausal && T::kConsumers == 2;
+  fwd::ChannelFactors<T> factors;
   if (n_tiles > 0) {
     float pv[T::kOAcc];
     issue_pv(n_tiles - 1, pv);
+    if constexpr (kFactorsUnderPv) factors = fwd::load_channel_factors<T>(p, bh_kv, quad);
     mma_wait<0>(pv);
     fold_pv(n_tiles - 1, pv);
+    if constexpr (!kFactorsUnderPv) factors = fwd::load_channel_factors<T>(p, bh_kv, quad);
+  } else {
+    factors = fwd::load_channel_factors<T>(p, bh_kv, quad);
   }
 
   softmax.finish();
-  fwd::write_output<T>(p, o, softmax, rows, bh, bh_kv, quad);
+  fwd::write_output<T>(p, o, softmax, factors, rows, bh, quad);
 }
 
 template <class T>
 __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer) {
-  fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int j, int it0) { consume_item<T>(p, s, w, it0, j & 1, consumer); });
+  fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int j, int it0) { consume_item<T>(p, s, w, it0, j, consumer); });
 }
 
 // ---- kernel ----------------------------------------------------------------------------
@@ -427,8 +444,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
     tma_prefetch_descriptor(&p.tmap_vt);
   }
   // Launched under the pre-pass's tail (programmatic launch): everything
-  // below reads its outputs.
-  pdl::wait_for_prerequisites();
+  // below reads its outputs, except (QuantizeQ) the first item's Q, which
+  // the caller wrote before the pre-pass started. There the producer and the
+  // consumers wait themselves once that Q is loaded and quantized, so that
+  // this work runs under the pre-pass's tail too.
+  if constexpr (!T::kQuantizeQ) pdl::wait_for_prerequisites();
   __syncthreads();
 
   const int warpgroup = threadIdx.x / 128;
