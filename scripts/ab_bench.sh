@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# On a GPU machine: time two or more source trees against each other in one call, the way every
-# kernel change is judged here (absolute times drift between lent machines by 5-10%; runs in one
-# call, interleaved, do not).
+# On a GPU machine: time two or more source trees (or one tree under several environment
+# settings) against each other in one call, the way every kernel change is judged here (absolute
+# times drift between lent machines by 5-10%; runs in one call, interleaved, do not).
 #
-#   scripts/ab_bench.sh NAME=DIR [NAME=DIR ...] [-- bench_attention.py arguments]
+#   scripts/ab_bench.sh NAME=DIR[,VAR=VALUE] [NAME=DIR[,VAR=VALUE] ...] [-- bench_attention.py arguments]
 #
 # Each DIR (the working tree ".", or a copy such as one made here with
 #   mkdir -p ab/base && git archive HEAD | tar -x -C ab/base
-# which travels to the GPU machine as an untracked directory) gets its own build of the Python
-# package in build-ab-NAME, all built in parallel. Then bench/bench_attention.py (of the working
-# tree) runs once per tree and round, the trees alternating (in reverse order in even rounds),
-# ROUNDS rounds (default 2), and
-# scripts/ab_compare.py prints each method's mean time per tree and its change against the first.
+# which travels to the GPU machine as an untracked directory) gets one build of the Python
+# package (build-ab-NAME, NAME of its first variant), all built in parallel. A variant's
+# VAR=VALUE is set while it runs: a dispatch switch timed in one build, e.g. Q quantized in the
+# kernel against the dispatch's choice at D=128:
+#   scripts/ab_bench.sh dispatch=. kernel=.,SAGE_SM90_Q_PREPASS=0 -- --dims 128 --sizes 2048,4096
+# Then bench/bench_attention.py (of the working tree) runs once per variant and round, the
+# variants alternating (in reverse order in even rounds: a GPU warming up over a round favoured
+# the first one every time at N=16384), ROUNDS rounds (default 2), and scripts/ab_compare.py
+# prints each method's mean time per variant and its change against the first.
 # Default benchmark arguments: --methods sage,sage-kernel,sdpa-cudnn (cuDNN as the yardstick of
 # each run). Output (JSON and logs) in $OUT (or ./ab-out); a device call brings back only a few
 # files, so end it with scripts/pack_out.sh (one archive of $OUT).
@@ -19,44 +23,56 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/cuda/bin:$PATH"
 
-trees=()
+variants=()
 while [[ $# -gt 0 && $1 != -- ]]; do
-  [[ $1 == *=* ]] || { echo "ab_bench: expected NAME=DIR, got '$1'" >&2; exit 2; }
-  trees+=("$1")
+  [[ $1 == *=* ]] || { echo "ab_bench: expected NAME=DIR[,VAR=VALUE], got '$1'" >&2; exit 2; }
+  variants+=("$1")
   shift
 done
 [[ $# -gt 0 ]] && shift  # the --
 bench_args=("$@")
 [[ ${#bench_args[@]} -eq 0 ]] && bench_args=(--methods sage,sage-kernel,sdpa-cudnn)
-[[ ${#trees[@]} -ge 2 ]] || { echo "ab_bench: give at least two NAME=DIR trees" >&2; exit 2; }
+[[ ${#variants[@]} -ge 2 ]] || { echo "ab_bench: give at least two variants" >&2; exit 2; }
 out=${OUT:-ab-out}
 mkdir -p "$out"
 
+name_of() { echo "${1%%=*}"; }
+spec_of() { echo "${1#*=}"; }
+dir_of() { local spec; spec=$(spec_of "$1"); echo "${spec%%,*}"; }
+assignment_of() { local spec; spec=$(spec_of "$1"); [[ $spec == *,* ]] && echo "${spec#*,}"; }
+
+declare -A build_of  # DIR -> its build directory
+for variant in "${variants[@]}"; do
+  dir=$(dir_of "$variant")
+  [[ -n ${build_of[$dir]:-} ]] || build_of[$dir]="build-ab-$(name_of "$variant")"
+done
 py=$(command -v python3)
-jobs=$(( $(nproc) / ${#trees[@]} ))
+jobs=$(( $(nproc) / ${#build_of[@]} ))
 start=$(date +%s)
-for tree in "${trees[@]}"; do
-  name=${tree%%=*} dir=${tree#*=}
-  (cmake -S "$dir" -B "build-ab-$name" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAGE_CUDA_ARCHS=90a \
-     -DSAGE_BUILD_PYTHON=ON -DSAGE_BUILD_TESTS=OFF "-DPython_EXECUTABLE=$py" >"$out/configure-$name.log" 2>&1 &&
-   cmake --build "build-ab-$name" --target _C sage_python_package -j"$jobs" >"$out/build-$name.log" 2>&1
-   echo "build $name ($dir): rc=$?") &
+for dir in "${!build_of[@]}"; do
+  build=${build_of[$dir]}
+  (cmake -S "$dir" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAGE_CUDA_ARCHS=90a \
+     -DSAGE_BUILD_PYTHON=ON -DSAGE_BUILD_TESTS=OFF "-DPython_EXECUTABLE=$py" >"$out/configure-${build#build-ab-}.log" 2>&1 &&
+   cmake --build "$build" --target _C sage_python_package -j"$jobs" >"$out/build-${build#build-ab-}.log" 2>&1
+   echo "build $build ($dir): rc=$?") &
 done
 wait
 echo "builds: $(( $(date +%s) - start )) s"
 
-# Even rounds run the trees in reverse order: a GPU that warms up over a round would otherwise
-# favour the first tree every time (seen at N=16384, where one run takes longest).
 reversed=()
-for (( i=${#trees[@]}-1; i>=0; i-- )); do reversed+=("${trees[i]}"); done
+for (( i=${#variants[@]}-1; i>=0; i-- )); do reversed+=("${variants[i]}"); done
+names=()
+for variant in "${variants[@]}"; do names+=("$(name_of "$variant")"); done
 for round in $(seq "${ROUNDS:-2}"); do
-  order=("${trees[@]}")
+  order=("${variants[@]}")
   (( round % 2 == 0 )) && order=("${reversed[@]}")
-  for tree in "${order[@]}"; do
-    name=${tree%%=*}
-    PYTHONPATH="$PWD/build-ab-$name/python/pkg" timeout 300 python3 bench/bench_attention.py "${bench_args[@]}" \
-      --out "$out/$name.$round.json" >"$out/$name.$round.log" 2>&1
-    echo "round $round $name: rc=$?"
+  for variant in "${order[@]}"; do
+    name=$(name_of "$variant") assignment=$(assignment_of "$variant")
+    env_args=()
+    [[ -n $assignment ]] && env_args=("$assignment")
+    env "${env_args[@]}" PYTHONPATH="$PWD/${build_of[$(dir_of "$variant")]}/python/pkg" timeout 300 \
+      python3 bench/bench_attention.py "${bench_args[@]}" --out "$out/$name.$round.json" >"$out/$name.$round.log" 2>&1
+    echo "round $round $name${assignment:+ ($assignment)}: rc=$?"
   done
 done
-python3 scripts/ab_compare.py "$out" "${trees[@]%%=*}"
+python3 scripts/ab_compare.py "$out" "${names[@]}"
