@@ -24,8 +24,13 @@ cd "$(dirname "$0")/.."
 export PATH="/usr/local/cuda/bin:$PATH"
 
 variants=()
+declare -A seen_names
 while [[ $# -gt 0 && $1 != -- ]]; do
-  [[ $1 == *=* ]] || { echo "ab_bench: expected NAME=DIR[,VAR=VALUE], got '$1'" >&2; exit 2; }
+  # NAME: letters, digits, - and _ (it names files); one optional VAR=VALUE.
+  [[ $1 =~ ^[A-Za-z0-9_-]+=[^,]+(,[A-Za-z_][A-Za-z0-9_]*=[^,]*)?$ ]] ||
+    { echo "ab_bench: expected NAME=DIR[,VAR=VALUE], got '$1'" >&2; exit 2; }
+  [[ -z ${seen_names[${1%%=*}]:-} ]] || { echo "ab_bench: variant name '${1%%=*}' given twice" >&2; exit 2; }
+  seen_names[${1%%=*}]=1
   variants+=("$1")
   shift
 done

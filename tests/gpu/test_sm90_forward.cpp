@@ -296,15 +296,20 @@ TEST_P(Sm90QInKernel, EqualsQuantizedByThePrepass) { expect_q_paths_bit_identica
 
 // SAGE_SM90_Q_PREPASS=0 lifts the dispatch's length limit at D = 128 (A/B
 // timing in one build): the kernel then quantizes Q of long calls too, with
-// the same result.
+// the same result. 144 work items (more than an H100/H200 has SMs, so CTAs
+// run later items too) over all 1325 keys; causal bottom-right, so the last
+// query tiles read them all; the LSE without smooth_k (no LSE correction,
+// which would keep Q in the pre-pass).
 TEST_F(Sm90Forward, QInKernelPastTheLengthLimitUnderEnvZero) {
   Case c;
+  c.b = 1, c.hq = 48, c.hkv = 8;
   c.d = 128;
   c.nq = 300;
   c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 301;
-  c.return_lse = false;
+  c.smooth_k = false;
+  c.return_lse = true;
   expect_q_paths_bit_identical(c, device(), "0");
-  c.causal = true;
+  c.causal = true, c.align = CausalAlign::bottom_right;
   expect_q_paths_bit_identical(c, device(), "0");
 }
 

@@ -640,6 +640,9 @@ cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, c
   // The lane reduction (row_lanes * Dp floats), then the Vec ring.
   const std::size_t stats_smem =
       sizeof(float) * kThreads * kVec + (Vec ? sizeof(uint4) * kStatsStages * 2 * kThreads : 0);
+  // An ordinary launch, never a programmatic one: it starts only once the
+  // stream's earlier work (whatever wrote Q, K, V) is complete, which the
+  // sm90 kernel relies on when it reads the caller's Q before its wait.
   kv_stats_kernel<T, Vec><<<stats_grid, kThreads, stats_smem, stream>>>(p, layout, out, k, v);
   const QuantizeJobs jobs = quantize_jobs(p);
   const cudaError_t err = cudaGetLastError();

@@ -445,9 +445,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
   }
   // Launched under the pre-pass's tail (programmatic launch): everything
   // below reads its outputs, except (QuantizeQ) the first item's Q, which
-  // the caller wrote before the pre-pass started. There the producer and the
-  // consumers wait themselves once that Q is loaded and quantized, so that
-  // this work runs under the pre-pass's tail too.
+  // the caller wrote before the pre-pass started (its statistics kernel is
+  // an ordinary launch: whatever wrote Q is complete before it starts, and
+  // so before this kernel starts). There the producer and the consumers
+  // wait themselves once that Q is loaded and quantized, so that this work
+  // runs under the pre-pass's tail too.
   if constexpr (!T::kQuantizeQ) pdl::wait_for_prerequisites();
   __syncthreads();
 
