@@ -112,9 +112,9 @@ struct OutputConvert<__half> {
 // channels 8j + 2*quad + {0, 1}. They are read into registers before the
 // first output store: read between stores (which may alias them, as far as
 // the compiler knows) each one was a dependent global round trip, 11% of the
-// sm90 kernel's time at N=4096. A kernel loads them where their latency
-// hides under work still running (the sm90 consumers: under their last
-// P V^T).
+// sm90 kernel's time at N=4096. A kernel may load them earlier, where their
+// latency hides under work still running (the causal D = 128 sm90
+// consumers: under their last P V^T).
 template <class T>
 struct ChannelFactors {
   float2 v_scale[T::kDp / 8];
@@ -158,8 +158,8 @@ __device__ __forceinline__ void write_output(const ForwardParams& p, const float
   const int h = bh % p.heads_q;
   // Every channel a real one and pair stores allowed (the usual call): the
   // stores need no per-channel test. Those tests and their branches were
-  // most of the epilogue's instructions (ncu, D=128: ~900 per warp, the
-  // epilogue 15% of the kernel's time at 1K keys).
+  // most of the epilogue's instructions (ncu, D=128: ~900 per warp and
+  // item; the epilogue held 15% of the kernel's samples at 1K keys).
   const bool dense = p.head_dim == T::kDp && p.out_pair_store;
 
 #pragma unroll
