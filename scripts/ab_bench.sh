@@ -66,8 +66,6 @@ echo "builds: $(( $(date +%s) - start )) s"
 
 reversed=()
 for (( i=${#variants[@]}-1; i>=0; i-- )); do reversed+=("${variants[i]}"); done
-names=()
-for variant in "${variants[@]}"; do names+=("$(name_of "$variant")"); done
 for round in $(seq "${ROUNDS:-2}"); do
   order=("${variants[@]}")
   (( round % 2 == 0 )) && order=("${reversed[@]}")
@@ -80,4 +78,4 @@ for round in $(seq "${ROUNDS:-2}"); do
     echo "round $round $name${assignment:+ ($assignment)}: rc=$?"
   done
 done
-python3 scripts/ab_compare.py "$out" "${names[@]}"
+python3 scripts/ab_compare.py "$out" "${variants[@]%%=*}"

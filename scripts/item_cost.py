@@ -12,35 +12,26 @@ whole rounds, at two sequence lengths, separates the time per key tile from the 
 import argparse
 import os
 import statistics
+import sys
 
 import numpy as np
 import torch
 
-import sage_attention
-from sage_attention import _attention as sage_impl
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from bench_attention import sage_kernel_only  # noqa: E402 (the benchmark's kernel-only call)
 
 
 def kernel_us(n, heads, d, reps=20, rounds=5):
     q, k, v = (torch.randn(1, heads, n, d, dtype=torch.bfloat16, device="cuda") for _ in range(3))
-    out = torch.empty_like(q)
-    options = {"layout": "HND", "causal": False, "return_lse": False}
-    specs = tuple(sage_impl._spec(t) for t in (q, k, v, out)) + (None,)
-    nbytes = sage_attention._C.workspace_size(*specs, options)
-    ws = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    stream = torch.cuda.current_stream().cuda_stream
-    sage_attention._C.forward(*specs, options, ws.data_ptr(), nbytes, stream)
-
-    def launch():
-        sage_attention._C._attention_kernel_only(*specs, options, ws.data_ptr(), nbytes, stream)
-
+    run = sage_kernel_only([(q, k, v)], causal=False)
     for _ in range(3):
-        launch()
+        run(q, k, v)
     samples = []
     for _ in range(rounds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(reps):
-            launch()
+            run(q, k, v)
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end) * 1e3 / reps)

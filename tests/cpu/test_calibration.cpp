@@ -173,7 +173,7 @@ TEST(Calibration, ChannelBiasedKWithoutSmoothingIsHostile) {
   Calibrator calibrator;
   const std::uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(test::seed_note(seed));
-  Call biased = make_call(ref::Distribution::channel_bias, seed + 2);
+  Call biased = make_call(ref::Distribution::channel_bias, seed);
   AttentionOptions no_smoothing;
   no_smoothing.smooth_k = false;
   ASSERT_TRUE(calibrator.record(0, kNoTimestep, biased.args, AttentionOptions{}).is_ok());
@@ -188,7 +188,7 @@ TEST(Calibration, ChannelBiasedKWithoutSmoothingIsHostile) {
 TEST(Calibration, ScoreMatchesTheMetricDefinition) {
   const std::uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(test::seed_note(seed));
-  Call call = make_call(ref::Distribution::gaussian, seed + 7);
+  Call call = make_call(ref::Distribution::gaussian, seed);
   Calibrator calibrator;
   ASSERT_TRUE(calibrator.record(0, kNoTimestep, call.args, AttentionOptions{}).is_ok());
 
@@ -212,8 +212,8 @@ TEST(Calibration, ScoreMatchesTheMetricDefinition) {
 TEST(Calibration, RepeatedCallsAreAveraged) {
   const std::uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(test::seed_note(seed));
-  Call a = make_call(ref::Distribution::gaussian, seed + 1);
-  Call b = make_call(ref::Distribution::sharp, seed + 2);
+  Call a = make_call(ref::Distribution::gaussian, seed);
+  Call b = make_call(ref::Distribution::sharp, seed + 1);
   Calibrator separate, together;
   ASSERT_TRUE(separate.record(0, 5, a.args, AttentionOptions{}).is_ok());
   ASSERT_TRUE(separate.record(1, 5, b.args, AttentionOptions{}).is_ok());
@@ -235,7 +235,7 @@ TEST(Calibration, PlanIsDeterministic) {
 TEST(Calibration, RecordRejectsBadCalls) {
   const std::uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(test::seed_note(seed));
-  Call call = make_call(ref::Distribution::gaussian, seed + 1);
+  Call call = make_call(ref::Distribution::gaussian, seed);
   Calibrator calibrator;
   AttentionOptions sage3;
   sage3.method = Method::sage3;

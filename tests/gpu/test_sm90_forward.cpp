@@ -27,7 +27,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -253,7 +252,8 @@ std::vector<Case> q_in_kernel_cases() {
 }
 
 // The call c with Q quantized in the kernel (under SAGE_SM90_Q_PREPASS =
-// kernel_env, or unset when null) against itself with Q left to the pre-pass
+// kernel_env; empty, which means the dispatch's own choice, when null)
+// against itself with Q left to the pre-pass
 // (=1): both paths quantize with the same arithmetic
 // (cuda/quant/quantize_rows.cuh), so out and lse agree bit for bit; the
 // pre-pass path is the one the other cases check against the emulation and
@@ -264,8 +264,7 @@ void expect_q_paths_bit_identical(const Case& c, int device, const char* kernel_
   const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
   GpuResult in_kernel, by_prepass;
   {
-    std::optional<ScopedEnv> env;
-    if (kernel_env != nullptr) env.emplace("SAGE_SM90_Q_PREPASS", kernel_env);
+    ScopedEnv env("SAGE_SM90_Q_PREPASS", kernel_env != nullptr ? kernel_env : "");
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &in_kernel));
     ASSERT_TRUE(in_kernel.sm90_q_in_kernel) << "the call does not take the in-kernel Q path";
   }
@@ -339,6 +338,7 @@ TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
   add("D = 128 beyond kMaxKeysQInKernelD128 keys",
       [](Case& c) { c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1; });
   const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(sage::test::seed_note(seed));
   for (const Variant& v : variants) {
     SCOPED_TRACE(std::string(v.what) + ": " + v.c.describe());
     const sage::ref::Inputs in = sage::ref::make_inputs(v.c.problem(), v.c.dist, seed, v.c.dtype);
@@ -687,6 +687,24 @@ TEST_F(Sm90Forward, SmallInPlaceOutKeepsQInThePrepass) {
   SAGE_CUDA_CHECK(cudaDeviceSynchronize());
   SAGE_CUDA_CHECK(call.q.copy_to(in_place));
   EXPECT_EQ(in_place, separate);
+}
+
+// lse written over q keeps Q in the pre-pass too (query only): the kernel
+// writes the LSE while other CTAs still read Q. With smooth_k off, where the
+// LSE needs no correction, a separate lse leaves Q to the kernel.
+TEST_F(Sm90Forward, SmallLseOverQKeepsQInThePrepass) {
+  SmallCall call(device());
+  SAGE_CUDA_CHECK(call.status());
+  DeviceBuffer<float> lse(SmallCall::B * SmallCall::H * SmallCall::N);
+  SAGE_CUDA_CHECK(lse.status());
+  AttentionOptions options;
+  options.return_lse = true;
+  options.smooth_k = false;
+  AttentionArgs args = call.args;
+  args.lse = sage::make_contiguous_view(lse.data(), DType::f32, {SmallCall::B, SmallCall::H, SmallCall::N}, device());
+  EXPECT_TRUE(sage::detail::gpu_quantizes_q_in_kernel(args, options));
+  args.lse.data = call.q.data();  // (q holds 4x the bytes this lse spans)
+  EXPECT_FALSE(sage::detail::gpu_quantizes_q_in_kernel(args, options));
 }
 
 // Q rows TMA cannot read keep Q in the pre-pass: a start that is not 16-byte

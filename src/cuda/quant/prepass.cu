@@ -628,11 +628,6 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
   }
 }
 
-bool aligned16(const StridedInput& in) {
-  return reinterpret_cast<std::uintptr_t>(in.data) % 16 == 0 && in.stride_b % kVec == 0 && in.stride_h % kVec == 0 &&
-         in.stride_n % kVec == 0;
-}
-
 template <typename T, bool Vec, int Dp>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                          StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream, bool programmatic) {
@@ -664,6 +659,11 @@ cudaError_t launch_for_type(const PrepassProblem& p, const PrepassLayout& layout
 }
 
 }  // namespace
+
+bool aligned16(const StridedInput& in) {
+  return reinterpret_cast<std::uintptr_t>(in.data) % 16 == 0 && in.stride_b % kVec == 0 && in.stride_h % kVec == 0 &&
+         in.stride_n % kVec == 0;
+}
 
 PrepassLayout make_prepass_layout(const PrepassProblem& p) {
   PrepassLayout l;

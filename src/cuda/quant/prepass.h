@@ -40,6 +40,10 @@ struct StridedInput {
   std::int64_t stride_b = 0, stride_h = 0, stride_n = 0;
 };
 
+// Whether a 16-bit input's rows can be read 16 bytes at a time: a 16-byte
+// aligned start and strides (the pre-pass's vector loads, TMA).
+bool aligned16(const StridedInput& in);
+
 // How V is stored for the attention kernel's P V MMA.
 enum class VFormat {
   fp8_e4m3_transposed,  // V^T [Dp][Nk_pad] E4M3, per-channel scales, keys permuted per 32-key chunk

@@ -82,9 +82,7 @@ Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, co
   const std::int64_t stride_n = pp.nq == 1 ? (pp.head_dim + 7) / 8 * 8 : q.stride_n;
   const std::int64_t stride_h = pp.heads_q == 1 ? stride_n * pp.nq : q.stride_h;
   const std::int64_t stride_b = pp.batch == 1 ? stride_h * pp.heads_q : q.stride_b;
-  auto aligned = [](std::int64_t elements) { return elements * 2 % 16 == 0; };
-  if (reinterpret_cast<std::uintptr_t>(q.data) % 16 != 0 || !aligned(stride_n) || !aligned(stride_h) ||
-      !aligned(stride_b)) {
+  if (!quant::aligned16({q.data, stride_b, stride_h, stride_n})) {
     return Status(StatusCode::invalid_argument, "q: TMA needs a 16-byte aligned start and strides");
   }
   const cuuint64_t dims[4] = {cuuint64_t(pp.head_dim), cuuint64_t(pp.nq), cuuint64_t(pp.heads_q),
@@ -99,9 +97,9 @@ Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, co
 // Whether the attention kernel can quantize Q itself, so that the pre-pass
 // skips its Q jobs: its Q scale groups must lie inside a warp's 16 rows
 // (per_warp, per_thread), smooth_q and the LSE correction need the
-// pre-pass's pass over Q, it must pay (kMaxKeysQInKernelD128), out must not
-// share memory with Q (the kernel reads Q while other CTAs write out; the
-// pre-pass has read all of it before), and TMA must be able to read the
+// pre-pass's pass over Q, it must pay (kMaxKeysQInKernelD128), out and lse
+// must not share memory with Q (the kernel reads Q while other CTAs write
+// them; the pre-pass has read all of it before), and TMA must be able to read the
 // caller's rows (16-byte aligned start and strides; an encoding TMA refuses
 // leaves Q to the pre-pass too). SAGE_SM90_Q_PREPASS=1 keeps Q in the
 // pre-pass, =0 takes the kernel wherever it can, past the length limit: the
@@ -114,9 +112,10 @@ bool q_quantized_in_kernel(const AttentionArgs& args, const AttentionOptions& o,
   const bool forced_prepass = env != nullptr && std::strcmp(env, "1") == 0;
   const bool forced_kernel = env != nullptr && std::strcmp(env, "0") == 0;
   if (forced_prepass) return false;
-  if (pp.smooth_q || pp.lse_correction || pp.qk_bits != 8 || pp.granularity == Granularity::per_block) return false;
+  if (pp.smooth_q || pp.lse_correction || pp.granularity == Granularity::per_block) return false;
   if (!forced_kernel && pp.head_dim_padded == 128 && pp.nk > kMaxKeysQInKernelD128) return false;
   if (detail::memory_ranges_overlap(args.q, args.out)) return false;
+  if (o.return_lse && detail::memory_ranges_overlap(args.q, args.lse)) return false;
   return make_q16_tensor_map(map, pp, fwd::strided(args.q, o.layout)).is_ok();
 }
 

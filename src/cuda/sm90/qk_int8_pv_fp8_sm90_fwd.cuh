@@ -86,7 +86,7 @@ struct FwdTraits {
   static constexpr int kProducerRegs = SmoothQ ? 40 : 24;
   static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : SmoothQ ? 232 : 240;
   static constexpr int kQBytes = kBlockQ * kDp;
-  static constexpr int kQ16Bytes = QuantizeQ ? kBlockQ * kDp * 2 : 0;  // the caller's rows (inputs share OutT)
+  static constexpr int kQ16Bytes = kBlockQ * kDp * 2;  // QuantizeQ: the caller's rows (inputs share OutT)
   static constexpr int kKBytes = kBlockK * kDp;
   static constexpr int kVBytes = kDp * kBlockK;
   static constexpr int kSAcc = kBlockK / 2;  // int32 S accumulators per thread
