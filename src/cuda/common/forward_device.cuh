@@ -112,28 +112,40 @@ struct OutputConvert<__half> {
 // channels 8j + 2*quad + {0, 1}. They are read into registers before the
 // first output store: read between stores (which may alias them, as far as
 // the compiler knows) each one was a dependent global round trip, 11% of the
-// sm90 kernel's time at N=4096. A kernel may load them earlier, where their
-// latency hides under work still running (the causal D = 128 sm90
-// consumers: under their last P V^T).
+// sm90 kernel's time at N=4096. The sm90 kernel has its producer copy them
+// into shared memory with the item's Q tile, so no global read is left at
+// an item's end.
 template <class T>
 struct ChannelFactors {
   float2 v_scale[T::kDp / 8];
   float2 v_mean[T::kDp / 8];
 };
-template <class T>
-__device__ __forceinline__ ChannelFactors<T> load_channel_factors(const ForwardParams& p, int bh_kv, int quad) {
-  // Both arrays hold kDp floats per kv head (padded channels included), so
-  // every pair is in bounds and 8-byte aligned.
-  const float* v_scale = T::kPvFp8 ? p.v_scale + static_cast<int64_t>(bh_kv) * T::kDp : nullptr;
-  const float* v_mean = p.v_mean ? p.v_mean + static_cast<int64_t>(bh_kv) * T::kDp : nullptr;
+// From this kv head's rows of the factors (v_mean null where smooth V is
+// off; v_scale null where PV is not FP8), in global memory (kGlobal: read
+// through the read-only path) or in shared memory. Both rows hold kDp
+// floats (padded channels included), so every pair is in bounds and 8-byte
+// aligned.
+template <class T, bool kGlobal>
+__device__ __forceinline__ ChannelFactors<T> channel_factors_from(const float* v_scale, const float* v_mean,
+                                                                  int quad) {
+  auto pair = [](const float* at) {
+    const float2* p2 = reinterpret_cast<const float2*>(at);
+    return kGlobal ? __ldg(p2) : *p2;
+  };
   ChannelFactors<T> f;
 #pragma unroll
   for (int j = 0; j < T::kDp / 8; ++j) {
     const int col = 8 * j + 2 * quad;
-    f.v_scale[j] = v_scale ? __ldg(reinterpret_cast<const float2*>(v_scale + col)) : make_float2(1.f, 1.f);
-    f.v_mean[j] = v_mean ? __ldg(reinterpret_cast<const float2*>(v_mean + col)) : make_float2(0.f, 0.f);
+    f.v_scale[j] = v_scale ? pair(v_scale + col) : make_float2(1.f, 1.f);
+    f.v_mean[j] = v_mean ? pair(v_mean + col) : make_float2(0.f, 0.f);
   }
   return f;
+}
+template <class T>
+__device__ __forceinline__ ChannelFactors<T> load_channel_factors(const ForwardParams& p, int bh_kv, int quad) {
+  return channel_factors_from<T, /*kGlobal=*/true>(T::kPvFp8 ? p.v_scale + static_cast<int64_t>(bh_kv) * T::kDp : nullptr,
+                                                   p.v_mean ? p.v_mean + static_cast<int64_t>(bh_kv) * T::kDp : nullptr,
+                                                   quad);
 }
 
 // Channels 8j + 2*quad + {0, 1} of O row `r` (of the thread's two), times

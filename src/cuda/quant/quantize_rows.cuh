@@ -33,7 +33,7 @@ __device__ __forceinline__ float2 to_float2<__half>(uint32_t w) {
 
 // The 8 elements of a 16-byte chunk as floats.
 template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& raw, float (&x)[kVec]) {
+__device__ __forceinline__ void unpack8(uint4 raw, float (&x)[kVec]) {
   const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -46,7 +46,7 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&x)[kVec]) {
 // (half the instructions of unpacking to fp32). Exact: the maximum of
 // representable values; a NaN is skipped as fmaxf skips it.
 template <typename T>
-__device__ __forceinline__ float abs_max8(const uint4& raw) {
+__device__ __forceinline__ float abs_max8(uint4 raw) {
   using Pair = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
   Pair h[4];
   memcpy(h, &raw, sizeof(raw));

@@ -78,6 +78,14 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const void* tmap, uint64_
       "l"(tmap), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
+// Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from
+// global to shared memory, completion signalled on `bar` like a TMA load.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
 // Makes this thread's shared-memory stores (generic proxy) visible to later
 // reads of the async proxy (wgmma operands, TMA stores).
 __device__ __forceinline__ void fence_proxy_async_shared() {
@@ -122,6 +130,23 @@ __device__ __forceinline__ uint64_t make_smem_desc(const void* tile, uint32_t k_
   const uint64_t leading = 1;                      // unused for swizzled K-major layouts
   const uint64_t stride = (8 * RowBytes) >> 4;     // between 8-row core matrices
   return (start & 0x3FFF) | (leading << 16) | (stride << 32) | (static_cast<uint64_t>(swizzle) << 62);
+}
+
+// The descriptor of the tile `bytes` further on (the next 32-byte K step
+// inside a swizzle row, another stage of a ring of tiles): an add to the
+// start address field, which cannot carry out of its 14 bits because shared
+// addresses stay below 2^18 bytes.
+// (A 32-bit add on the low word: a 64-bit one costs a carry instruction.)
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  const uint32_t lo = static_cast<uint32_t>(desc) + (bytes >> 4);
+  return (desc & 0xFFFFFFFF00000000ull) | lo;
+}
+
+// The value itself, which the compiler can no longer see through: it keeps
+// it in a register instead of computing it again at each use.
+__device__ __forceinline__ uint64_t opaque(uint64_t v) {
+  asm volatile("" : "+l"(v));
+  return v;
 }
 
 // ---- warp specialization -------------------------------------------------------

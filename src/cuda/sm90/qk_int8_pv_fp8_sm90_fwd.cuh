@@ -5,10 +5,11 @@
 // head); fwd::item_work) in rounds of gridDim.x (fwd::cta_item):
 //   warpgroup 0  producer: one thread issues the TMA loads of the Q tile and
 //                of K / V^T tiles into a kStages-deep ring of shared buffers
-//                (the ring runs on across items; Q of the next item is
-//                loaded as soon as the consumers are done with this one's:
-//                after their last Q K^T, or, where they quantize Q
-//                themselves, once they have);
+//                (the ring runs on across items). An item's Q tile and its
+//                epilogue's channel factors (V scales, V mean) go to one of
+//                two item buffers, so that the next item's are loaded while
+//                the consumers work on this one: at an item's start nothing
+//                waits for a load, at its end nothing waits for a global read;
 //   warpgroups 1.. consumers (two; three at D = 64, see
 //                consumer_warpgroups): each owns 64 query rows and, for every
 //                key tile, runs S = Q K^T (int32), the online softmax in fp32
@@ -87,6 +88,10 @@ struct FwdTraits {
   static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : SmoothQ ? 232 : 240;
   static constexpr int kQBytes = kBlockQ * kDp;
   static constexpr int kQ16Bytes = kBlockQ * kDp * 2;  // QuantizeQ: the caller's rows (inputs share OutT)
+  // The INT8 Q tiles: one per item buffer where they are loaded, one where
+  // the consumers write it (each rewrites its rows only after its last Q K^T).
+  static constexpr int kQBuffers = QuantizeQ ? 1 : 2;
+  static constexpr int kQLoadBytes = QuantizeQ ? kQ16Bytes : kQBytes;  // per item, by TMA
   static constexpr int kKBytes = kBlockK * kDp;
   static constexpr int kVBytes = kDp * kBlockK;
   static constexpr int kSAcc = kBlockK / 2;  // int32 S accumulators per thread
@@ -107,14 +112,27 @@ struct FwdTraits {
   static_assert(kQuantizedQBarrier + kConsumers <= 16, "named barriers");
 };
 
+// The epilogue's per-channel factors of one item's kv head (ForwardParams).
+template <int Dp>
+struct ItemFactors {
+  alignas(16) float v_scale[Dp];
+  alignas(16) float v_mean[Dp];  // smooth V only
+};
+
 template <class T>
 struct FwdSharedStorage {
-  alignas(1024) int8_t q[T::kQBytes];
+  alignas(1024) int8_t q[T::kQBuffers][T::kQBytes];
   alignas(1024) int8_t k[T::kStages][T::kKBytes];
   alignas(1024) uint8_t vt[T::kStages][T::kVBytes];
-  alignas(128) uint8_t q16[T::kQuantizeQ ? T::kQ16Bytes : 16];  // QuantizeQ: [kBlockQ][kDp] 16-bit
-  uint64_t q_full;
-  uint64_t q_empty;  // the consumers are done with the Q tile (QuantizeQ: with q16)
+  alignas(128) uint8_t q16[2][T::kQuantizeQ ? T::kQ16Bytes : 16];  // QuantizeQ: [kBlockQ][kDp] 16-bit
+  ItemFactors<T::kDp> factors[2];
+  // Item buffer b (item j uses b = j % 2, phase (j / 2) & 1): its Q tile (or
+  // q16) has landed, its factors have (apart: QuantizeQ's first Q tile is
+  // quantized before the programmatic wait, its factors come after it), the
+  // consumers are done with the item.
+  uint64_t item_full[2];
+  uint64_t factors_full[2];
+  uint64_t item_empty[2];
   uint64_t k_full[T::kStages];
   uint64_t v_full[T::kStages];
   uint64_t kv_empty[T::kStages];
@@ -132,28 +150,51 @@ __device__ __forceinline__ int swizzled(int off) {
   return off ^ (((off >> 7) & (Dp / 16 - 1)) << 4);
 }
 
+// Ring entry `it` (K/V tiles counted over all of a CTA's items,
+// fwd::for_each_item): its stage it % kStages and the parity (it / kStages)
+// & 1 of the stage's current use, for the producer, the consumers and the
+// key-offset warps alike. The consumers advance it by one per key tile,
+// without the division the entry's index would need (a dozen instructions
+// per tile in their loop).
+template <int kStages>
+struct RingSlot {
+  int stage;
+  uint32_t phase;
+  static __device__ __forceinline__ RingSlot at(int entry) {
+    return {entry % kStages, static_cast<uint32_t>(entry / kStages) & 1u};
+  }
+  __device__ __forceinline__ void advance() {
+    stage = stage + 1 == kStages ? 0 : stage + 1;
+    phase ^= stage == 0 ? 1u : 0u;
+  }
+};
+
 // ---- producer: TMA loads ----------------------------------------------------------
-// Per work item: the Q tile (once the consumers released the previous one),
-// then its K / V^T tiles. Ring entry `it` (K/V tiles counted over all items,
-// fwd::for_each_item) is stage it % kStages, phase (it / kStages) & 1 for the
-// producer, the consumers and the key-offset warps alike.
+// Per work item: the Q tile and the channel factors into its item buffer
+// (once the consumers are done with the item before the previous one),
+// then its K / V^T tiles (ring entries it0, it0 + 1, ...).
 template <class T>
 __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
   fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int j, int it0) {
-    mbar_wait_idle(&s.q_empty, (j & 1) ^ 1);  // passes at once on a fresh barrier
+    const int b = j % 2;
+    mbar_wait_idle(&s.item_empty[b], ((j / 2) & 1) ^ 1);  // passes at once on a fresh barrier
+    mbar_arrive_expect_tx(&s.item_full[b], T::kQLoadBytes);
     if constexpr (T::kQuantizeQ) {
-      mbar_arrive_expect_tx(&s.q_full, T::kQ16Bytes);
-      tma_load_4d(s.q16, &p.tmap_q, &s.q_full, 0, w.q_tile * T::kBlockQ, w.bh % p.heads_q, w.bh / p.heads_q);
+      tma_load_4d(s.q16[b], &p.tmap_q, &s.item_full[b], 0, w.q_tile * T::kBlockQ, w.bh % p.heads_q,
+                  w.bh / p.heads_q);
       // The caller's Q does not come from the pre-pass: the first one is
-      // loaded before the wait for it (see the kernel), K and V after.
+      // loaded before the wait for it (see the kernel), the factors, K and V after.
       if (j == 0) pdl::wait_for_prerequisites();
     } else {
-      mbar_arrive_expect_tx(&s.q_full, T::kQBytes);
-      tma_load_3d(s.q, &p.tmap_q, &s.q_full, 0, w.q_tile * T::kBlockQ, w.bh);
+      tma_load_3d(s.q[b], &p.tmap_q, &s.item_full[b], 0, w.q_tile * T::kBlockQ, w.bh);
     }
+    const int64_t factors_at = static_cast<int64_t>(w.bh_kv) * T::kDp;
+    constexpr uint32_t kRowBytes = sizeof(float) * T::kDp;
+    mbar_arrive_expect_tx(&s.factors_full[b], p.v_mean ? 2 * kRowBytes : kRowBytes);
+    bulk_load(s.factors[b].v_scale, p.v_scale + factors_at, kRowBytes, &s.factors_full[b]);
+    if (p.v_mean) bulk_load(s.factors[b].v_mean, p.v_mean + factors_at, kRowBytes, &s.factors_full[b]);
     for (int t = 0; t < w.n_tiles; ++t) {
-      const int st = (it0 + t) % T::kStages;
-      const uint32_t phase = ((it0 + t) / T::kStages) & 1;
+      const auto [st, phase] = RingSlot<T::kStages>::at(it0 + t);
       mbar_wait_idle(&s.kv_empty[st], phase ^ 1);  // passes at once on a fresh barrier
       mbar_arrive_expect_tx(&s.k_full[st], T::kKBytes);
       tma_load_3d(s.k[st], &p.tmap_k, &s.k_full[st], 0, t * T::kBlockK, w.bh_kv);
@@ -171,8 +212,7 @@ __device__ __forceinline__ void key_offsets_of_item(const QkInt8PvFp8Params& p, 
   constexpr TileGeometry geometry = kSm90Geometry;
   const float* k_scales = p.k_scale + static_cast<int64_t>(w.bh_kv) * p.k_groups;
   for (int t = 0; t < w.n_tiles; ++t) {
-    const int st = (it0 + t) % T::kStages;
-    const uint32_t phase = ((it0 + t) / T::kStages) & 1;
+    const auto [st, phase] = RingSlot<T::kStages>::at(it0 + t);
     mbar_wait_idle(&s.kv_empty[st], phase ^ 1);
     mbar_wait_idle(&s.k_full[st], phase);
     // Two keys, each summed over the even and the odd 16-channel chunks
@@ -228,16 +268,21 @@ __device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage
 // registers to give those warps 40, the kernel measured slower still:
 // docs/perf-notes.md, session 9.)
 template <class T>
-__device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer) {
+__device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer,
+                                                 const uint8_t* q16) {
   using L = quant::RowLanes<T::kDp>;
   constexpr TileGeometry geometry = kSm90Geometry;
   const int lane = threadIdx.x % 32;
   const int first_row = consumer * T::kRowsPerConsumer + (threadIdx.x / 32) % 4 * 16;  // of the warp, in the tile
-  const uint4* rows16 = reinterpret_cast<const uint4*>(s.q16) + first_row * L::kChunkLanes;
+  const uint4* rows16 = reinterpret_cast<const uint4*>(q16) + first_row * L::kChunkLanes;
+  // Each chunk is read once and kept for the codes (no O, S or P is live
+  // yet: kRows chunks are 4 kRows registers).
+  uint4 raw[L::kRows];
   float m[L::kRows];
 #pragma unroll
   for (int j = 0; j < L::kRows; ++j) {
-    m[j] = quant::abs_max8<typename T::Out>(rows16[L::row_in_warp(j) * L::kChunkLanes + L::chunk()]);
+    raw[j] = rows16[L::row_in_warp(j) * L::kChunkLanes + L::chunk()];
+    m[j] = quant::abs_max8<typename T::Out>(raw[j]);
   }
   float amax = quant::row_max_scatter(m);  // of row lane / 2
   quant::merge_group_max(amax, static_cast<int>(geometry.q_group_of(lane / 2, p.granularity)));
@@ -247,9 +292,9 @@ __device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, Fwd
   for (int j = 0; j < L::kRows; ++j) {
     const int r = L::row_in_warp(j);
     float x[quant::kVec];
-    quant::unpack8<typename T::Out>(rows16[r * L::kChunkLanes + L::chunk()], x);
+    quant::unpack8<typename T::Out>(raw[j], x);
     const int off = (first_row + r) * T::kDp + quant::kVec * L::chunk();
-    *reinterpret_cast<uint2*>(s.q + swizzled<T::kDp>(off)) =
+    *reinterpret_cast<uint2*>(s.q[0] + swizzled<T::kDp>(off)) =
         quant::quantize_int8x8(x, __shfl_sync(0xffffffffu, inv_own, 2 * r));
   }
   fence_proxy_async_shared();  // the stores above, for the wgmma that reads them
@@ -258,14 +303,14 @@ __device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, Fwd
 }
 
 // S = Q K^T, issued asynchronously (one commit group): s_acc is written
-// until mma_wait releases it.
+// until mma_wait releases it. q and k: the descriptors of the Q rows and
+// the K tile.
 template <class T>
-__device__ __forceinline__ void qk_mma_issue(int32_t (&s_acc)[T::kSAcc], const int8_t* q_rows, const int8_t* k_tile) {
+__device__ __forceinline__ void qk_mma_issue(int32_t (&s_acc)[T::kSAcc], uint64_t q, uint64_t k) {
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < T::kDp / 32; ++kk) {
-    wgmma_m64n128k32_s32_s8_ss(s_acc, make_smem_desc<T::kDp>(q_rows, kk * 32), make_smem_desc<T::kDp>(k_tile, kk * 32),
-                               kk > 0);
+    wgmma_m64n128k32_s32_s8_ss(s_acc, desc_advance(q, kk * 32), desc_advance(k, kk * 32), kk > 0);
   }
   wgmma_commit();
 }
@@ -275,18 +320,19 @@ __device__ __forceinline__ void qk_mma_issue(int32_t (&s_acc)[T::kSAcc], const i
 // until it completes.
 template <class T>
 __device__ __forceinline__ void pv_mma_issue(float (&pv)[T::kOAcc], const uint32_t (&p_frag)[T::kBlockK / 32][4],
-                                             const uint8_t* vt_tile) {
+                                             uint64_t vt) {
   wgmma_fence();
 #pragma unroll
   for (int c = 0; c < T::kBlockK / 32; ++c) {
     if constexpr (T::kDp == 128) {
-      wgmma_m64n128k32_f32_e4m3_rs(pv, p_frag[c], make_smem_desc<128>(vt_tile, c * 32), c > 0);
+      wgmma_m64n128k32_f32_e4m3_rs(pv, p_frag[c], desc_advance(vt, c * 32), c > 0);
     } else {
-      wgmma_m64n64k32_f32_e4m3_rs(pv, p_frag[c], make_smem_desc<128>(vt_tile, c * 32), c > 0);
+      wgmma_m64n64k32_f32_e4m3_rs(pv, p_frag[c], desc_advance(vt, c * 32), c > 0);
     }
   }
   wgmma_commit();
 }
+
 
 // Waits until at most `Pending` commit groups are in flight, then hands the
 // accumulator of the completed one back to the compiler.
@@ -300,11 +346,11 @@ __device__ __forceinline__ void mma_wait(Acc (&acc)[N]) {
 // Q K^T of tile t (if any) back to back, folds P V^T into O under the
 // running Q K^T, then runs the softmax of tile t. P and alpha carry from
 // step to step. Key tile t is ring entry it0 + t; j is the item's round in
-// this CTA (its parity is the phase of the item's Q tile).
+// this CTA (item buffer j % 2, phase (j / 2) & 1).
 template <class T>
 __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
                                              const fwd::CtaWork& w, int it0, int j, int consumer) {
-  const uint32_t q_phase = j & 1;
+  const int b = j % 2;
   const bool first_item = j == 0;
   const int q_tile = w.q_tile, bh = w.bh, bh_kv = w.bh_kv, n_tiles = w.n_tiles;
   const int lane = threadIdx.x % 32;
@@ -325,13 +371,12 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
 #pragma unroll
   for (int i = 0; i < T::kOAcc; ++i) o[i] = 0.f;
 
-  const int8_t* q_rows = s.q + consumer * T::kRowsPerConsumer * T::kDp;
-  mbar_wait(&s.q_full, q_phase);
+  const int8_t* q_rows = s.q[T::kQBuffers == 2 ? b : 0] + consumer * T::kRowsPerConsumer * T::kDp;
+  mbar_wait(&s.item_full[b], (j / 2) & 1);
   float q_scale;
   if constexpr (T::kQuantizeQ) {
-    q_scale = quantize_q_rows<T>(p, s, consumer);
-    mbar_arrive(&s.q_empty);  // q16 is read: the producer may load the next item's rows
-    if (first_item) pdl::wait_for_prerequisites();  // the K scales and V factors below
+    q_scale = quantize_q_rows<T>(p, s, consumer, s.q16[b]);
+    if (first_item) pdl::wait_for_prerequisites();  // the K scales below
   } else {
     q_scale = p.q_scale[static_cast<int64_t>(bh) * p.q_groups + geometry.q_group_of(row0, p.granularity)];
   }
@@ -339,25 +384,29 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   uint32_t p_frag[T::kBlockK / 32][4];  // P of the previous tile, FP8
   float alpha[2];                        // its rescale factors of O
 
-  auto issue_qk = [&](int t, int32_t(&s_acc)[T::kSAcc]) {
-    const int st = (it0 + t) % T::kStages;
-    mbar_wait(&s.k_full[st], ((it0 + t) / T::kStages) & 1);
-    qk_mma_issue<T>(s_acc, q_rows, s.k[st]);
+  // The wgmma descriptors: computed once, a stage and a K step are adds
+  // (opaque, or the compiler derives them again from the addresses in
+  // every step).
+  const uint64_t q_desc = opaque(make_smem_desc<T::kDp>(q_rows));
+  const uint64_t k_desc = opaque(make_smem_desc<T::kDp>(s.k[0]));
+  const uint64_t vt_desc = opaque(make_smem_desc<128>(s.vt[0]));
+  using Slot = RingSlot<T::kStages>;
+  auto issue_qk = [&](Slot at, int32_t(&s_acc)[T::kSAcc]) {
+    mbar_wait(&s.k_full[at.stage], at.phase);
+    qk_mma_issue<T>(s_acc, q_desc, desc_advance(k_desc, at.stage * T::kKBytes));
   };
-  auto issue_pv = [&](int t, float(&pv)[T::kOAcc]) {
-    const int st = (it0 + t) % T::kStages;
-    mbar_wait(&s.v_full[st], ((it0 + t) / T::kStages) & 1);
-    pv_mma_issue<T>(pv, p_frag, s.vt[st]);
+  auto issue_pv = [&](Slot at, float(&pv)[T::kOAcc]) {
+    mbar_wait(&s.v_full[at.stage], at.phase);
+    pv_mma_issue<T>(pv, p_frag, desc_advance(vt_desc, at.stage * T::kVBytes));
   };
-  // Once P V^T of tile t is complete: frees its stage, folds it into O.
-  auto fold_pv = [&](int t, const float(&pv)[T::kOAcc]) {
-    mbar_arrive(&s.kv_empty[(it0 + t) % T::kStages]);  // K and V^T of tile t may be overwritten now
+  // Once P V^T of a tile is complete: frees its stage, folds it into O.
+  auto fold_pv = [&](Slot at, const float(&pv)[T::kOAcc]) {
+    mbar_arrive(&s.kv_empty[at.stage]);  // its K and V^T may be overwritten now
 #pragma unroll
     for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
   };
-  // Once S of tile t is complete: the softmax into p_frag / alpha.
-  auto softmax_tile = [&](int t, int32_t(&s_acc)[T::kSAcc]) {
-    const int st = (it0 + t) % T::kStages;
+  // Once S of tile t (ring entry `at`) is complete: the softmax into p_frag / alpha.
+  auto softmax_tile = [&](int t, Slot at, int32_t(&s_acc)[T::kSAcc]) {
     const int key0 = t * T::kBlockK;
     const float qk_scale = q_scale * k_scales[geometry.k_group_of(key0 + 2 * quad, p.granularity)];
     const bool needs_mask = key0 + T::kBlockK > p.nk ||
@@ -365,8 +414,8 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
     if (needs_mask) mask_scores<T::kSAcc>(s_acc, rows, key0 + 2 * quad, p.nk, T::kCausal, p.causal_shift);
     if constexpr (T::kSmoothQ) {
       float sf[T::kSAcc];
-      mbar_wait(&s.delta_full[st], ((it0 + t) / T::kStages) & 1);
-      smoothq::scores_with_offsets(s_acc, qk_scale, s.delta[st], 2 * quad, sf);
+      mbar_wait(&s.delta_full[at.stage], at.phase);
+      smoothq::scores_with_offsets(s_acc, qk_scale, s.delta[at.stage], 2 * quad, sf);
       softmax.step(p_frag, alpha, sf);
     } else {
       softmax.step(p_frag, alpha, s_acc, qk_scale, needs_mask);
@@ -375,46 +424,39 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
 
   // (No branch may separate a wgmma from its wait: ptxas then serializes
   // every wgmma of the kernel. Hence the first and last steps are peeled.)
+  Slot cur = Slot::at(it0);  // key tile t's entry
   if (n_tiles > 0) {
     int32_t s_acc[T::kSAcc];
-    issue_qk(0, s_acc);
+    issue_qk(cur, s_acc);
     mma_wait<0>(s_acc);
-    softmax_tile(0, s_acc);
+    softmax_tile(0, cur, s_acc);
   }
   for (int t = 1; t < n_tiles; ++t) {
     float pv[T::kOAcc];
     int32_t s_acc[T::kSAcc];
-    issue_pv(t - 1, pv);
-    issue_qk(t, s_acc);
+    const Slot prev = cur;
+    cur.advance();
+    issue_pv(prev, pv);
+    issue_qk(cur, s_acc);
     mma_wait<1>(pv);  // P V^T done, Q K^T still running
-    fold_pv(t - 1, pv);
+    fold_pv(prev, pv);
     mma_wait<0>(s_acc);
-    softmax_tile(t, s_acc);
+    softmax_tile(t, cur, s_acc);
   }
-  // Every Q K^T of the item is complete: the producer may load the next Q.
-  // (QuantizeQ: the INT8 Q buffer is the consumers' own, rewritten only
-  // after this point.)
-  if constexpr (!T::kQuantizeQ) mbar_arrive(&s.q_empty);
-  // The epilogue's channel factors: read while the last P V^T runs, their
-  // latency was exposed at every item's end. Only where that measured faster
-  // (H200, docs/perf-notes.md, session 10): causal D = 128, -2..-3% kernel
-  // time at 4K keys; non-causal D = 128 ran +2% at 16K (ptxas scheduled its
-  // loop differently), and the 160-register consumers of D = 64 would spill.
-  constexpr bool kFactorsUnderPv = T::kCausal && T::kConsumers == 2;
-  fwd::ChannelFactors<T> factors;
   if (n_tiles > 0) {
     float pv[T::kOAcc];
-    issue_pv(n_tiles - 1, pv);
-    if constexpr (kFactorsUnderPv) factors = fwd::load_channel_factors<T>(p, bh_kv, quad);
+    issue_pv(cur, pv);
     mma_wait<0>(pv);
-    fold_pv(n_tiles - 1, pv);
-    if constexpr (!kFactorsUnderPv) factors = fwd::load_channel_factors<T>(p, bh_kv, quad);
-  } else {
-    factors = fwd::load_channel_factors<T>(p, bh_kv, quad);
+    fold_pv(cur, pv);
   }
 
   softmax.finish();
+  mbar_wait(&s.factors_full[b], (j / 2) & 1);  // landed long ago, with the item's Q
+  const ItemFactors<T::kDp>& staged = s.factors[b];
+  const auto factors = fwd::channel_factors_from<T, /*kGlobal=*/false>(staged.v_scale,
+                                                                       p.v_mean ? staged.v_mean : nullptr, quad);
   fwd::write_output<T>(p, o, softmax, factors, rows, bh, quad);
+  mbar_arrive(&s.item_empty[b]);  // its Q tile (q16) and factors are read: the producer may refill them
 }
 
 template <class T>
@@ -427,11 +469,19 @@ template <class T>
 __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(const __grid_constant__ QkInt8PvFp8Params p) {
   extern __shared__ uint8_t smem_raw[];
   // TMA swizzled tiles and wgmma descriptors need 1024-byte aligned buffers.
-  auto& s = *reinterpret_cast<FwdSharedStorage<T>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  // The padding is added to smem_raw itself, not to an integer copy of its
+  // address: the compiler then still knows `s` is shared memory and reads
+  // and writes it with LDS / STS (through a round trip via uintptr_t every
+  // access was a generic LD / ST: the Q quantization's, the epilogue's).
+  const uint32_t pad = (1024u - (smem_addr(smem_raw) & 1023u)) & 1023u;
+  auto& s = *reinterpret_cast<FwdSharedStorage<T>*>(smem_raw + pad);
 
   if (threadIdx.x == 0) {
-    mbar_init(&s.q_full, 1);
-    mbar_init(&s.q_empty, 128 * T::kConsumers);
+    for (int b = 0; b < 2; ++b) {
+      mbar_init(&s.item_full[b], 1);
+      mbar_init(&s.factors_full[b], 1);
+      mbar_init(&s.item_empty[b], 128 * T::kConsumers);
+    }
     for (int i = 0; i < T::kStages; ++i) {
       mbar_init(&s.k_full[i], 1);
       mbar_init(&s.v_full[i], 1);
