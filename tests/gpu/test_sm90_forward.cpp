@@ -175,7 +175,7 @@ std::vector<Case> all_cases() {
   cases.insert(cases.end(), smooth_q.begin(), smooth_q.end());
   // ---- persistent CTAs (at most one per SM, each looping over query tiles):
   // several hundred work items, so every CTA of a 132-SM H100/H200 runs 2-4
-  // of them with its K/V ring, Q buffer and barrier phases carried across
+  // of them with its K/V ring, item buffers and barrier phases carried across
   // items; with causal masks, items without any key (q tile 0 of Nq > Nk
   // bottom-right), tails, GQA and smooth_q.
   const std::vector<Case> many_items = {

@@ -118,15 +118,15 @@ __device__ __forceinline__ void fence_operands(T (&r)[N]) {
 // given swizzle: rows of `row_bytes` (= the swizzle width), 8-row core
 // matrices `8 * row_bytes` apart. The tile base must be 1024-byte aligned;
 // advancing along K inside the swizzle atom is done by adding the byte
-// offset to the start address (the hardware applies the XOR pattern to the
-// absolute address bits).
+// offset to the start address (desc_advance; the hardware applies the XOR
+// pattern to the absolute address bits).
 enum class Swizzle : uint64_t { b128 = 1, b64 = 2, b32 = 3 };
 
 template <int RowBytes>
-__device__ __forceinline__ uint64_t make_smem_desc(const void* tile, uint32_t k_byte_offset = 0) {
+__device__ __forceinline__ uint64_t make_smem_desc(const void* tile) {
   static_assert(RowBytes == 128 || RowBytes == 64, "K-major tiles use 64- or 128-byte swizzle rows");
   constexpr Swizzle swizzle = RowBytes == 128 ? Swizzle::b128 : Swizzle::b64;
-  const uint64_t start = (smem_addr(tile) + k_byte_offset) >> 4;
+  const uint64_t start = smem_addr(tile) >> 4;
   const uint64_t leading = 1;                      // unused for swizzled K-major layouts
   const uint64_t stride = (8 * RowBytes) >> 4;     // between 8-row core matrices
   return (start & 0x3FFF) | (leading << 16) | (stride << 32) | (static_cast<uint64_t>(swizzle) << 62);
@@ -135,7 +135,7 @@ __device__ __forceinline__ uint64_t make_smem_desc(const void* tile, uint32_t k_
 // The descriptor of the tile `bytes` further on (the next 32-byte K step
 // inside a swizzle row, another stage of a ring of tiles): an add to the
 // start address field, which cannot carry out of its 14 bits because shared
-// addresses stay below 2^18 bytes.
+// addresses stay below 2^18 bytes (kMaxSharedBytes).
 // (A 32-bit add on the low word: a 64-bit one costs a carry instruction.)
 __device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
   const uint32_t lo = static_cast<uint32_t>(desc) + (bytes >> 4);
@@ -148,6 +148,10 @@ __device__ __forceinline__ uint64_t opaque(uint64_t v) {
   asm volatile("" : "+l"(v));
   return v;
 }
+
+// Shared memory per SM is 228 KiB on sm_90: every shared address is below
+// this, which desc_advance relies on (the launches assert their size).
+inline constexpr int kMaxSharedBytes = 1 << 18;
 
 // ---- warp specialization -------------------------------------------------------
 template <int Regs>

@@ -8,8 +8,9 @@
 //                (the ring runs on across items). An item's Q tile and its
 //                epilogue's channel factors (V scales, V mean) go to one of
 //                two item buffers, so that the next item's are loaded while
-//                the consumers work on this one: at an item's start nothing
-//                waits for a load, at its end nothing waits for a global read;
+//                the consumers work on this one: past a CTA's first item,
+//                an item's start waits for no load and its end for no
+//                global read;
 //   warpgroups 1.. consumers (two; three at D = 64, see
 //                consumer_warpgroups): each owns 64 query rows and, for every
 //                key tile, runs S = Q K^T (int32), the online softmax in fp32
@@ -64,7 +65,7 @@ struct FwdTraits {
   static constexpr bool kCausal = Causal;
   static constexpr bool kSmoothQ = SmoothQ;
   static constexpr bool kQuantizeQ = QuantizeQ;  // Q quantized here, from the caller's rows
-  static constexpr bool kPvFp8 = true;  // (the shared epilogue applies the V scales)
+  static constexpr bool kPvFp8 = true;  // (the shared epilogue applies the V scales; the producer copies them)
   static constexpr int kOffsetThreads = 64;  // producer warps 1, 2: two keys each per tile
   using Out = OutT;
   static constexpr int kRowsPerConsumer = 64;  // wgmma M
@@ -126,10 +127,11 @@ struct FwdSharedStorage {
   alignas(1024) uint8_t vt[T::kStages][T::kVBytes];
   alignas(128) uint8_t q16[2][T::kQuantizeQ ? T::kQ16Bytes : 16];  // QuantizeQ: [kBlockQ][kDp] 16-bit
   ItemFactors<T::kDp> factors[2];
-  // Item buffer b (item j uses b = j % 2, phase (j / 2) & 1): its Q tile (or
-  // q16) has landed, its factors have (apart: QuantizeQ's first Q tile is
-  // quantized before the programmatic wait, its factors come after it), the
-  // consumers are done with the item.
+  // Item buffer b (item j uses b = j % 2, phase (j / 2) & 1): item_full
+  // says its Q tile (or q16) has landed, factors_full its factors, and
+  // item_empty that the consumers are done with both. The factors have a
+  // barrier of their own because QuantizeQ's first Q tile is loaded and
+  // quantized before the programmatic wait and the factors only after it.
   uint64_t item_full[2];
   uint64_t factors_full[2];
   uint64_t item_empty[2];
@@ -333,7 +335,6 @@ __device__ __forceinline__ void pv_mma_issue(float (&pv)[T::kOAcc], const uint32
   wgmma_commit();
 }
 
-
 // Waits until at most `Pending` commit groups are in flight, then hands the
 // accumulator of the completed one back to the compiler.
 template <int Pending, typename Acc, int N>
@@ -451,7 +452,8 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   }
 
   softmax.finish();
-  mbar_wait(&s.factors_full[b], (j / 2) & 1);  // landed long ago, with the item's Q
+  // Loaded with the item's Q (a CTA's first item: after the programmatic wait).
+  mbar_wait(&s.factors_full[b], (j / 2) & 1);
   const ItemFactors<T::kDp>& staged = s.factors[b];
   const auto factors = fwd::channel_factors_from<T, /*kGlobal=*/false>(staged.v_scale,
                                                                        p.v_mean ? staged.v_mean : nullptr, quad);
