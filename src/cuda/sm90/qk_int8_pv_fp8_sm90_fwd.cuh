@@ -387,8 +387,12 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
 
   // The wgmma descriptors: computed once, a stage and a K step are adds
   // (opaque, or the compiler derives them again from the addresses in
-  // every step).
-  const uint64_t q_desc = opaque(make_smem_desc<T::kDp>(q_rows));
+  // every step). Except Q's in the non-causal D = 128 instances that read
+  // the pre-pass's Q: there ptxas scheduled the loop better without it held
+  // (H200: -1.7% kernel time at 16K keys and -1.1% at 4K against +0.4% and
+  // +0.7% held, docs/perf-notes.md, session 11).
+  constexpr bool kHoldQDesc = T::kCausal || T::kQuantizeQ || T::kDp != 128;
+  const uint64_t q_desc = kHoldQDesc ? opaque(make_smem_desc<T::kDp>(q_rows)) : make_smem_desc<T::kDp>(q_rows);
   const uint64_t k_desc = opaque(make_smem_desc<T::kDp>(s.k[0]));
   const uint64_t vt_desc = opaque(make_smem_desc<128>(s.vt[0]));
   using Slot = RingSlot<T::kStages>;
