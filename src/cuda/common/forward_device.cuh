@@ -143,9 +143,9 @@ __device__ __forceinline__ ChannelFactors<T> channel_factors_from(const float* v
 }
 template <class T>
 __device__ __forceinline__ ChannelFactors<T> load_channel_factors(const ForwardParams& p, int bh_kv, int quad) {
-  return channel_factors_from<T, /*kGlobal=*/true>(T::kPvFp8 ? p.v_scale + static_cast<int64_t>(bh_kv) * T::kDp : nullptr,
-                                                   p.v_mean ? p.v_mean + static_cast<int64_t>(bh_kv) * T::kDp : nullptr,
-                                                   quad);
+  const int64_t row = static_cast<int64_t>(bh_kv) * T::kDp;
+  return channel_factors_from<T, /*kGlobal=*/true>(T::kPvFp8 ? p.v_scale + row : nullptr,
+                                                   p.v_mean ? p.v_mean + row : nullptr, quad);
 }
 
 // Channels 8j + 2*quad + {0, 1} of O row `r` (of the thread's two), times

@@ -135,7 +135,7 @@ __device__ __forceinline__ uint64_t make_smem_desc(const void* tile) {
 // The descriptor of the tile `bytes` further on (the next 32-byte K step
 // inside a swizzle row, another stage of a ring of tiles): an add to the
 // start address field, which cannot carry out of its 14 bits because shared
-// addresses stay below 2^18 bytes (kMaxSharedBytes).
+// addresses stay below 2^18 bytes (an SM of sm_90 has 228 KiB).
 // (A 32-bit add on the low word: a 64-bit one costs a carry instruction.)
 __device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
   const uint32_t lo = static_cast<uint32_t>(desc) + (bytes >> 4);
@@ -148,10 +148,6 @@ __device__ __forceinline__ uint64_t opaque(uint64_t v) {
   asm volatile("" : "+l"(v));
   return v;
 }
-
-// Shared memory per SM is 228 KiB on sm_90: every shared address is below
-// this, which desc_advance relies on (the launches assert their size).
-inline constexpr int kMaxSharedBytes = 1 << 18;
 
 // ---- warp specialization -------------------------------------------------------
 template <int Regs>

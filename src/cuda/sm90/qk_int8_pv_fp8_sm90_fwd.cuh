@@ -127,7 +127,7 @@ struct FwdSharedStorage {
   alignas(1024) uint8_t vt[T::kStages][T::kVBytes];
   alignas(128) uint8_t q16[2][T::kQuantizeQ ? T::kQ16Bytes : 16];  // QuantizeQ: [kBlockQ][kDp] 16-bit
   ItemFactors<T::kDp> factors[2];
-  // Item buffer b (item j uses b = j % 2, phase (j / 2) & 1): item_full
+  // Item buffer b (a ring of two over a CTA's items: ItemSlot): item_full
   // says its Q tile (or q16) has landed, factors_full its factors, and
   // item_empty that the consumers are done with both. The factors have a
   // barrier of their own because QuantizeQ's first Q tile is loaded and
@@ -152,12 +152,12 @@ __device__ __forceinline__ int swizzled(int off) {
   return off ^ (((off >> 7) & (Dp / 16 - 1)) << 4);
 }
 
-// Ring entry `it` (K/V tiles counted over all of a CTA's items,
-// fwd::for_each_item): its stage it % kStages and the parity (it / kStages)
-// & 1 of the stage's current use, for the producer, the consumers and the
-// key-offset warps alike. The consumers advance it by one per key tile,
-// without the division the entry's index would need (a dozen instructions
-// per tile in their loop).
+// Entry `entry` of a ring of kStages buffers guarded by mbarriers: its
+// stage entry % kStages and the parity (entry / kStages) & 1 of the stage's
+// current use, for the producer and every consumer alike. The K/V ring
+// counts key tiles over all of a CTA's items (fwd::for_each_item); the
+// consumers advance it by one per key tile, without the division the
+// entry's index would need (a dozen instructions per tile in their loop).
 template <int kStages>
 struct RingSlot {
   int stage;
@@ -170,6 +170,8 @@ struct RingSlot {
     phase ^= stage == 0 ? 1u : 0u;
   }
 };
+// The item buffers: a ring of two, entry j for a CTA's item of round j.
+using ItemSlot = RingSlot<2>;
 
 // ---- producer: TMA loads ----------------------------------------------------------
 // Per work item: the Q tile and the channel factors into its item buffer
@@ -178,8 +180,8 @@ struct RingSlot {
 template <class T>
 __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
   fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int j, int it0) {
-    const int b = j % 2;
-    mbar_wait_idle(&s.item_empty[b], ((j / 2) & 1) ^ 1);  // passes at once on a fresh barrier
+    const auto [b, use] = ItemSlot::at(j);
+    mbar_wait_idle(&s.item_empty[b], use ^ 1);  // passes at once on a fresh barrier
     mbar_arrive_expect_tx(&s.item_full[b], T::kQLoadBytes);
     if constexpr (T::kQuantizeQ) {
       tma_load_4d(s.q16[b], &p.tmap_q, &s.item_full[b], 0, w.q_tile * T::kBlockQ, w.bh % p.heads_q,
@@ -347,11 +349,11 @@ __device__ __forceinline__ void mma_wait(Acc (&acc)[N]) {
 // Q K^T of tile t (if any) back to back, folds P V^T into O under the
 // running Q K^T, then runs the softmax of tile t. P and alpha carry from
 // step to step. Key tile t is ring entry it0 + t; j is the item's round in
-// this CTA (item buffer j % 2, phase (j / 2) & 1).
+// this CTA (its item buffer's ring entry).
 template <class T>
 __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
                                              const fwd::CtaWork& w, int it0, int j, int consumer) {
-  const int b = j % 2;
+  const ItemSlot item = ItemSlot::at(j);
   const bool first_item = j == 0;
   const int q_tile = w.q_tile, bh = w.bh, bh_kv = w.bh_kv, n_tiles = w.n_tiles;
   const int lane = threadIdx.x % 32;
@@ -372,11 +374,11 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
 #pragma unroll
   for (int i = 0; i < T::kOAcc; ++i) o[i] = 0.f;
 
-  const int8_t* q_rows = s.q[T::kQBuffers == 2 ? b : 0] + consumer * T::kRowsPerConsumer * T::kDp;
-  mbar_wait(&s.item_full[b], (j / 2) & 1);
+  const int8_t* q_rows = s.q[item.stage % T::kQBuffers] + consumer * T::kRowsPerConsumer * T::kDp;
+  mbar_wait(&s.item_full[item.stage], item.phase);
   float q_scale;
   if constexpr (T::kQuantizeQ) {
-    q_scale = quantize_q_rows<T>(p, s, consumer, s.q16[b]);
+    q_scale = quantize_q_rows<T>(p, s, consumer, s.q16[item.stage]);
     if (first_item) pdl::wait_for_prerequisites();  // the K scales below
   } else {
     q_scale = p.q_scale[static_cast<int64_t>(bh) * p.q_groups + geometry.q_group_of(row0, p.granularity)];
@@ -457,12 +459,12 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
 
   softmax.finish();
   // Loaded with the item's Q (a CTA's first item: after the programmatic wait).
-  mbar_wait(&s.factors_full[b], (j / 2) & 1);
-  const ItemFactors<T::kDp>& staged = s.factors[b];
+  mbar_wait(&s.factors_full[item.stage], item.phase);
+  const ItemFactors<T::kDp>& staged = s.factors[item.stage];
   const auto factors = fwd::channel_factors_from<T, /*kGlobal=*/false>(staged.v_scale,
                                                                        p.v_mean ? staged.v_mean : nullptr, quad);
   fwd::write_output<T>(p, o, softmax, factors, rows, bh, quad);
-  mbar_arrive(&s.item_empty[b]);  // its Q tile (q16) and factors are read: the producer may refill them
+  mbar_arrive(&s.item_empty[item.stage]);  // its Q tile (q16) and factors are read: the producer may refill them
 }
 
 template <class T>
