@@ -6,9 +6,11 @@ an unlucky schedule costs ~2% (docs/perf-notes.md, sessions 10-11). So a change 
 instance only where that instance's code is the code an A/B measured. For each kernel instance
 in an object file or library this prints: its traits (head dim, causal, output type, smooth_q,
 Q quantized in the kernel), an md5 of its instruction text (addresses and encodings left out),
-and the instructions of its key-tile loop (the innermost loop issuing both MMAs) as executed by a
-tile that needs no mask (the forward branches inside the loop taken). With two files it prints
-both side by side and marks the instances whose code differs.
+the instructions of its key-tile loop (the innermost loop issuing both MMAs) as executed by a
+tile that needs no mask (the forward branches inside the loop taken), and an md5 of the loop's
+code (branch targets inside it relative to its start, those outside it all alike, so that code
+moving elsewhere in the kernel does not change it). With two files it prints both side by side and marks the instances whose
+code, and whose loop, differ.
 
   scripts/sass_instances.py build/src/CMakeFiles/sage_sm90.dir/cuda/sm90/qk_int8_pv_fp8_sm90_hdim128.cu.o [OTHER.o]
 
@@ -47,9 +49,13 @@ def instances(path, cuobjdump):
     return result
 
 
+ADDRESS = re.compile(r"\b0x([0-9a-f]+)\b")
+
+
 def loop_instructions(code):
-    """Instructions of the key-tile loop (the innermost loop that issues both MMAs), its forward
-    branches inside it taken: what a tile that needs no mask executes."""
+    """(instructions of the key-tile loop (the innermost loop that issues both MMAs), its forward
+    branches inside it taken: what a tile that needs no mask executes; an md5 of the loop's code
+    with its code addresses made relative to the loop's start, or "out" outside it)."""
     loops = []
     for address, text in code:
         match = BRANCH.search(text)
@@ -59,21 +65,31 @@ def loop_instructions(code):
             if any("IGMMA" in t for t in body) and any("QGMMA" in t for t in body):
                 loops.append((address - start, start, address))
     if not loops:
-        return 0
+        return 0, "-"
     _, start, end = min(loops)
+    last = code[-1][0]
+
+    def relative(match):  # a code address: inside the loop relative to its start, else just "out"
+        value = int(match.group(1), 16)
+        if value > last or value % 16 != 0:
+            return match.group(0)
+        return f"L{value - start:+#x}" if start <= value <= end else "out"
+
+    body = "\n".join(ADDRESS.sub(relative, t) for a, t in code if start <= a <= end)
     skipped = []
     for address, text in code:
         match = BRANCH.search(text)
         if match and start <= address < end and address < int(match.group(1), 16) <= end:
             skipped.append((address, int(match.group(1), 16)))
-    return sum(1 for address, _ in code if start <= address <= end and not any(a < address < b for a, b in skipped))
+    count = sum(1 for address, _ in code if start <= address <= end and not any(a < address < b for a, b in skipped))
+    return count, hashlib.md5(body.encode()).hexdigest()[:8]
 
 
 def fingerprints(path, cuobjdump):
     rows = collections.OrderedDict()
     for name, code in instances(path, cuobjdump).items():
         digest = hashlib.md5("\n".join(text for _, text in code).encode()).hexdigest()[:12]
-        rows[name] = (digest, loop_instructions(code))
+        rows[name] = (digest, *loop_instructions(code))
     return rows
 
 
@@ -87,14 +103,15 @@ def main():
     tables = [fingerprints(f, args.cuobjdump) for f in args.files]
     if not tables[0]:
         sys.exit(f"no sm90 forward kernel instances in {args.files[0]}")
-    for name, (digest, loop) in tables[0].items():
-        line = f"{name}  {digest}  loop {loop:4d}"
+    for name, (digest, loop, loop_digest) in tables[0].items():
+        line = f"{name}  {digest}  loop {loop:4d} {loop_digest}"
         if len(tables) == 2:
             other = tables[1].get(name)
             if other is None:
                 line += "  | (absent)"
             else:
-                line += f"  | {other[0]}  loop {other[1]:4d}  {'same' if other[0] == digest else 'DIFFERS'}"
+                verdict = "same" if other[0] == digest else "same loop" if other[2] == loop_digest else "DIFFERS"
+                line += f"  | {other[0]}  loop {other[1]:4d} {other[2]}  {verdict}"
         print(line)
 
 

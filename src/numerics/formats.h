@@ -323,19 +323,40 @@ SAGE_HD constexpr std::int32_t round_half_even_to_int(float y) {
   return negative ? -static_cast<std::int32_t>(magnitude) : static_cast<std::int32_t>(magnitude);
 }
 
+// max(a, b), NaN when either is NaN (IEEE 754-2019 maximum, not maxNum):
+// the maximum of a quantization group taken with it is NaN when the group
+// holds a NaN, so the group's scale and every result that uses it are NaN,
+// as float attention gives them; fmaxf / std::max would skip the NaN and
+// leave the output finite and wrong. (One FMNMX.NAN on sm_80+; which NaN
+// comes out does not matter.)
+SAGE_HD inline float max_nan(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float d;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+  return d;
+#else
+  if (a != a) return a;
+  if (b != b) return b;
+  return a < b ? b : a;
+#endif
+}
+
 // The scale of a group whose largest |x| is `amax`: amax / qmax, computed with
 // an IEEE round-to-nearest division on host and device (also under
-// --use_fast_math). Rules, so that 1 / scale is always finite and nonzero:
-//   * amax NaN, +-inf, zero or negative -> 1.0 (an all-zero group quantizes to
-//     zeros; a group with inf/NaN is garbage in either way and must not turn
-//     the scale itself into inf/NaN);
+// --use_fast_math). Rules:
+//   * amax NaN or +inf (the group holds a NaN or an infinity, max_nan) ->
+//     NaN or +inf: the group has no meaningful codes, and a non-finite scale
+//     makes every result that uses them NaN, as float attention gives,
+//     instead of finite and wrong;
+//   * amax zero or negative -> 1.0 (an all-zero group quantizes to zeros);
 //   * amax / qmax below the smallest normal float (2^-126) -> 2^-126, so the
 //     reciprocal (<= 2^126) does not overflow; values still map into range but
 //     with fewer levels (a group with amax <= 2^-127 quantizes to all zeros).
+// So 1 / scale is finite and nonzero for every finite amax.
 SAGE_HD inline float symmetric_scale(float amax, int qmax) {
   const std::uint32_t b = detail::bits_of(amax);
-  const bool positive_finite = (b & detail::kF32SignMask) == 0 && b != 0 && b < detail::kF32InfBits;
-  if (!positive_finite) return 1.0f;
+  if (detail::is_nan_bits(b)) return amax;
+  if ((b & detail::kF32SignMask) != 0 || b == 0) return 1.0f;  // zero or negative
 #if defined(__CUDA_ARCH__)
   const float scale = __fdiv_rn(amax, static_cast<float>(qmax));
 #else

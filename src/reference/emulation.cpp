@@ -6,9 +6,11 @@
 //   for each K tile kt (cta_k keys; tiles past the last visible key skipped):
 //     s2 = ScoreStage::tile_logits(...)          base-2 logits
 //     for each row r, with n = visible keys of the row inside this tile:
-//       tile_max = max_{t<n} s2[r][t]              (-inf when n = 0)
+//       tile_max = max_{t<n} s2[r][t]              (-inf when n = 0; NaN logits
+//                                                  left out, as fmaxf leaves them)
 //       m_new    = max(m[r], tile_max)
-//       if m_new == -inf: P~ = 0, nothing else changes (row saw no key yet)
+//       if m_new == -inf and no logit is NaN: P~ = 0, nothing else changes
+//         (row saw no key yet); a NaN logit's P~ makes l and o NaN
 //       alpha    = exp2(m[r] - m_new)              (0 when m[r] = -inf)
 //       P~[t]    = exp2(s2[r][t] - m_new) for t < n, 0 for masked keys
 //       l[r]     = l[r] * alpha + (sum_t P~[t], fp32, t ascending)
@@ -154,12 +156,22 @@ struct RowState {
 
 // One row's online-softmax step on one K tile: turns its logits s2[0, cta_k)
 // into P~ (in place; masked keys -> 0) and rescales its state.
+// A NaN logit (from a NaN or infinite input, whose group scale is NaN or
+// inf: num::symmetric_scale) is left out of the maximum, as the kernels'
+// fmaxf leaves it, and its exponential makes the row's l and O NaN.
 void softmax_step(float* s2, std::int64_t visible, std::int64_t cta_k, float& m, float& l, float* o,
                   std::int64_t dim) {
   float tile_max = -std::numeric_limits<float>::infinity();
-  for (std::int64_t t = 0; t < visible; ++t) tile_max = std::max(tile_max, s2[t]);
+  bool nan_logit = false;
+  for (std::int64_t t = 0; t < visible; ++t) {
+    if (std::isnan(s2[t])) {
+      nan_logit = true;
+    } else {
+      tile_max = std::max(tile_max, s2[t]);
+    }
+  }
   const float m_new = std::max(m, tile_max);
-  if (m_new == -std::numeric_limits<float>::infinity()) {
+  if (m_new == -std::numeric_limits<float>::infinity() && !nan_logit) {
     std::fill(s2, s2 + cta_k, 0.0f);
     return;
   }

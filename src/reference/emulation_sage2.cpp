@@ -8,9 +8,11 @@
 // Groups (TileGeometry, per (batch, head)): Q row r belongs to group
 // q_group_of(r, g), key c to k_group_of(c, g); a group spans every channel
 // of its rows.
-//   amax  = max |x| over the group                 fp32
+//   amax  = max |x| over the group                 fp32; NaN if the group holds one
 //   scale = num::symmetric_scale(amax, qmax)       amax / qmax; qmax = 127 (INT8)
-//                                                  or 7 (INT4); 1.0 if amax is 0
+//                                                  or 7 (INT4); 1.0 if amax is 0;
+//                                                  NaN / inf for a NaN / inf amax,
+//                                                  so the group's scores are NaN
 //   inv   = num::reciprocal_rn(scale)              1 / scale, fp32
 //   code  = num::quantize_symmetric(x, inv, qmax)  RNE of x * inv, saturating
 // Scores of row r (group scale qs) and key j (group scale ks), base 2:
@@ -71,7 +73,7 @@ IntCodes quantize_groups(const std::vector<float>& x, std::int64_t rows, std::in
   std::vector<float> amax(static_cast<std::size_t>(groups), 0.0f);
   for (std::int64_t r = 0; r < rows; ++r) {
     float& a = amax[static_cast<std::size_t>(group_of(r))];
-    for (std::int64_t d = 0; d < dim; ++d) a = std::max(a, std::fabs(x[r * dim + d]));
+    for (std::int64_t d = 0; d < dim; ++d) a = num::max_nan(a, std::fabs(x[r * dim + d]));
   }
   std::vector<float> scale(amax.size()), inv(amax.size());
   for (std::size_t g = 0; g < amax.size(); ++g) {

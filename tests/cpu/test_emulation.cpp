@@ -663,10 +663,10 @@ TEST(EmulationSpecialValues, ZeroInputsGiveZeroOutputAndLogNLse) {
 }
 
 // A NaN in the inputs makes the exact result NaN, so no metric can pass,
-// whatever the pipeline does with it. What the pipelines do is the
-// hardware's: FP8/FP16/BF16 conversions keep a NaN in V (it reaches the
-// output), while INT8 quantization (cvt.rni: NaN -> 0) drops it and FP4
-// E2M1 clamps it to +6, so those outputs stay finite.
+// whatever the pipeline does with it. FP8/FP16/BF16 conversions keep a NaN in
+// V (it reaches the output); INT8/INT4 groups keep a NaN or an infinity of Q
+// or K in their scale (next test); FP4 E2M1 clamps it to +6, so the NVFP4
+// pipeline's outputs stay finite.
 TEST(EmulationSpecialValues, NaNInputNeverPasses) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_note(seed));
@@ -681,6 +681,61 @@ TEST(EmulationSpecialValues, NaNInputNeverPasses) {
     EXPECT_FALSE(r.m.rel_l1 <= 1.0) << describe(r.m);
     if (pl.options.method == Method::sage2) {
       EXPECT_GT(r.m.nonfinite, 0);  // P V carries the NaN
+    }
+  }
+}
+
+// A NaN or an infinity in Q or K: every row whose exact output is not finite
+// is NaN (so is its LSE), never finite and wrong. The NaN spreads to the
+// element's whole scale group (16 query rows; a key tile, or with smooth K
+// the head, whose channel mean it poisons), never to another head. For each
+// integer Q K^T pipeline, both smooth-K settings, non-causal and causal.
+TEST(EmulationSpecialValues, NonFiniteQOrKGivesNaNWhereExactAttentionDoes) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  struct Poison {
+    const char* what;
+    bool in_q;
+    float value;
+  };
+  const Poison poisons[] = {{"NaN in Q", true, nan}, {"inf in Q", true, inf}, {"NaN in K", false, nan},
+                            {"inf in K", false, inf}, {"-inf in K", false, -inf}};
+  for (const bool causal : {false, true}) {
+    Case c{make_problem(70, 90, 64, 2, 2, 1, causal, CausalAlign::bottom_right), {}, {}, {}};
+    const Inputs clean = make_inputs(c.p, Distribution::gaussian, seed);
+    for (const Poison& poison : poisons) {
+      c.in = clean;
+      // Head 0, row / key 37, channel 5; head 1 stays clean.
+      (poison.in_q ? c.in.q : c.in.k)[37 * 64 + 5] = poison.value;
+      compute_exact(c);
+      for (const Pipeline& pl : pipelines()) {
+        if (pl.options.method != Method::sage2) continue;
+        for (const bool smooth_k : {true, false}) {
+          SCOPED_TRACE(std::string(poison.what) + ", " + pl.name + (smooth_k ? ", smooth K" : "") +
+                       (causal ? ", causal" : ""));
+          AttentionOptions o = pl.options;
+          o.smooth_k = smooth_k;
+          const Result r = run(c, o);
+          std::int64_t poisoned_rows = 0;
+          for (std::int64_t row = 0; row < 2 * c.p.nq; ++row) {
+            const bool head0 = row < c.p.nq;
+            bool exact_finite = true, ours_nan = false, ours_finite = true;
+            for (std::int64_t d = 0; d < 64; ++d) {
+              exact_finite = exact_finite && std::isfinite(c.out[row * 64 + d]);
+              ours_nan = ours_nan || std::isnan(r.out[row * 64 + d]);
+              ours_finite = ours_finite && std::isfinite(r.out[row * 64 + d]);
+            }
+            if (!exact_finite) {
+              EXPECT_TRUE(ours_nan) << "row " << row << " is finite where exact attention is not";
+              EXPECT_TRUE(std::isnan(r.lse[row])) << "row " << row;
+            }
+            if (!head0) EXPECT_TRUE(ours_finite) << "row " << row << " of the clean head";
+            poisoned_rows += ours_nan ? 1 : 0;
+          }
+          EXPECT_GT(poisoned_rows, 0);
+        }
+      }
     }
   }
 }

@@ -733,6 +733,58 @@ void expect_exact_bounds(const Metrics& m, const ExactBounds& b, const char* wha
 
 // The whole check of one case: GPU run, emulation, exact, comparisons.
 // *exact_metrics (optional) receives the metrics against float64.
+// A NaN or an infinity in Q or K (head 0 of batch 0, row / key 37, channel
+// 5): the call returns NaN in exactly the rows where the emulation does (its
+// integer groups keep the value in their scale, so the rows of the element's
+// group, or of every group that sees it, are NaN: a superset of the rows
+// float attention makes non-finite, tests/cpu/test_emulation.cpp), its LSE is
+// NaN in those rows, and every other row is finite: never finite and wrong.
+// The case needs nq, nk > 37 and d > 5.
+void expect_nonfinite_inputs_give_nan(const Case& c, int device, const sage::TileGeometry& geometry) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
+  const Problem p = c.problem();
+  const sage::ref::Inputs clean = sage::ref::make_inputs(p, c.dist, seed, c.dtype);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  struct Poison {
+    const char* what;
+    bool in_q;
+    float value;
+  };
+  const Poison poisons[] = {{"NaN in Q", true, nan}, {"inf in Q", true, inf}, {"NaN in K", false, nan},
+                            {"inf in K", false, inf}, {"-inf in K", false, -inf}};
+  const std::int64_t rows = p.batch * p.heads_q * p.nq;
+  for (const Poison& poison : poisons) {
+    SCOPED_TRACE(poison.what);
+    sage::ref::Inputs in = clean;
+    (poison.in_q ? in.q : in.k)[static_cast<std::size_t>(37 * p.head_dim + 5)] = poison.value;
+    GpuResult gpu;
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &gpu));
+    std::vector<float> emu_out(static_cast<std::size_t>(p.q_elems())), emu_lse(static_cast<std::size_t>(rows));
+    sage::ref::emulate_attention(p, c.options(), geometry, in.q.data(), in.k.data(), in.v.data(), emu_out.data(),
+                                 emu_lse.data());
+    std::int64_t nan_rows = 0, mismatched = 0, first_mismatch = -1;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      bool gpu_nan = false, gpu_finite = true, emu_nan = false;
+      for (std::int64_t d = 0; d < p.head_dim; ++d) {
+        const std::size_t i = static_cast<std::size_t>(r * p.head_dim + d);
+        gpu_nan = gpu_nan || std::isnan(gpu.out[i]);
+        gpu_finite = gpu_finite && std::isfinite(gpu.out[i]);
+        emu_nan = emu_nan || std::isnan(emu_out[i]);
+      }
+      const bool lse_ok = !c.return_lse || std::isnan(gpu.lse[static_cast<std::size_t>(r)]) == emu_nan;
+      if (gpu_nan != emu_nan || (!emu_nan && !gpu_finite) || !lse_ok) {
+        if (first_mismatch < 0) first_mismatch = r;
+        ++mismatched;
+      }
+      nan_rows += emu_nan ? 1 : 0;
+    }
+    EXPECT_GT(nan_rows, 0) << "the emulation has no NaN row";
+    EXPECT_EQ(mismatched, 0) << mismatched << " rows differ from the emulation in NaN-ness (first: row "
+                             << first_mismatch << "; the emulation has " << nan_rows << " NaN rows)";
+  }
+}
+
 void run_case(const Case& c, int device, const sage::TileGeometry& geometry, const char* tag,
               Metrics* exact_metrics = nullptr) {
   const std::uint64_t seed = fresh_seed();

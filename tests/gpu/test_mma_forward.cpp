@@ -230,6 +230,17 @@ TEST_F(MmaForward, PublishedAccuracyGaussianN4096D128) {
   EXPECT_LE(m.rel_l1, kPublishedMaxRelL1);
 }
 
+// NaN / inf inputs (expect_nonfinite_inputs_give_nan): INT8 and INT4 Q K^T.
+TEST_F(MmaForward, NonFiniteQOrKGivesNaNRowsAsTheEmulation) {
+  Case c;
+  c.nq = 100, c.nk = 150, c.d = 64;
+  c.pv_format = sm() >= 89 ? sage::PVFormat::fp8_e4m3 : sage::PVFormat::fp16;
+  expect_nonfinite_inputs_give_nan(c, device(), sage::kMmaGeometry);
+  c.qk_format = sage::QKFormat::int4;
+  c.granularity = Granularity::per_thread;
+  expect_nonfinite_inputs_give_nan(c, device(), sage::kMmaGeometry);
+}
+
 // The same call twice on the same workspace gives the same bits (no races,
 // no dependence on what the workspace held).
 TEST_F(MmaForward, SmallRepeatable) {

@@ -88,7 +88,8 @@ __device__ __forceinline__ uint32_t fp8x2_e4m3_code(float lo, float hi) {
 }
 
 __device__ __forceinline__ void atomic_max_nonneg(float* slot, float v) {
-  // Non-negative floats order like their bit patterns.
+  // Non-negative floats order like their bit patterns, and a positive NaN
+  // (fabsf, max_nan) above them all: a group maximum stays NaN.
   atomicMax(reinterpret_cast<unsigned*>(slot), __float_as_uint(v));
 }
 
@@ -334,7 +335,7 @@ __device__ void quantize_int_tile(QuantShared<Dp>& sh, const float* mean, bool i
       read_row<T, Dp, kSub>(sh, j, mu, x);
       m[j] = 0.f;
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) m[j] = fmaxf(m[j], fabsf(x[e]));
+      for (int e = 0; e < kVec; ++e) m[j] = num::max_nan(m[j], fabsf(x[e]));
     } else {
       m[j] = abs_max8<T>(sh.tile[L::row(j) * L::kChunkLanes + L::chunk()]);
     }

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "numerics/formats.h"
+
 namespace sage::quant {
 
 inline constexpr int kVec = 8;  // 16-bit elements per 16-byte load
@@ -42,16 +44,17 @@ __device__ __forceinline__ void unpack8(uint4 raw, float (&x)[kVec]) {
   }
 }
 
-// max(0, max |x|) over the 8 elements of a 16-byte chunk, on packed pairs
-// (half the instructions of unpacking to fp32). Exact: the maximum of
-// representable values; a NaN is skipped as fmaxf skips it.
+// max |x| over the 8 elements of a 16-byte chunk, on packed pairs (half the
+// instructions of unpacking to fp32). Exact: the maximum of representable
+// values; NaN if an element is NaN (num::max_nan: the group's scale then
+// makes the results that use it NaN).
 template <typename T>
 __device__ __forceinline__ float abs_max8(uint4 raw) {
   using Pair = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
   Pair h[4];
   memcpy(h, &raw, sizeof(raw));
-  const Pair m = __hmax2(__hmax2(__habs2(h[0]), __habs2(h[1])), __hmax2(__habs2(h[2]), __habs2(h[3])));
-  return fmaxf(0.f, fmaxf(__low2float(m), __high2float(m)));
+  const Pair m = __hmax2_nan(__hmax2_nan(__habs2(h[0]), __habs2(h[1])), __hmax2_nan(__habs2(h[2]), __habs2(h[3])));
+  return num::max_nan(__low2float(m), __high2float(m));
 }
 
 // Hardware conversions for the hot loops. numerics/formats.h (what the CPU
@@ -117,10 +120,10 @@ __device__ __forceinline__ float row_max_scatter(float (&m)[kRows]) {
     for (int i = 0; i < half; ++i) {
       const float keep = upper ? m[i + half] : m[i];
       const float send = upper ? m[i] : m[i + half];
-      m[i] = fmaxf(keep, __shfl_xor_sync(0xffffffffu, send, 2 * half));
+      m[i] = num::max_nan(keep, __shfl_xor_sync(0xffffffffu, send, 2 * half));
     }
   }
-  return fmaxf(m[0], __shfl_xor_sync(0xffffffffu, m[0], 1));
+  return num::max_nan(m[0], __shfl_xor_sync(0xffffffffu, m[0], 1));
 }
 
 // After row_max_scatter: merges `amax` over the lanes whose rows lie in the
@@ -137,7 +140,7 @@ __device__ __forceinline__ bool merge_group_max(float& amax, int slot) {
   for (int mask = 2; mask < 32; mask *= 2) {
     const float other = __shfl_xor_sync(0xffffffffu, amax, mask);
     if (__shfl_xor_sync(0xffffffffu, slot, mask) == slot) {
-      amax = fmaxf(amax, other);
+      amax = num::max_nan(amax, other);
       lowest = lowest && !(lane & mask);
     }
   }

@@ -192,9 +192,10 @@ struct OnlineSoftmax {
     l[1] = quad_sum(l[1]);
   }
 
-  // Natural-log LSE of the row (before any smoothing correction).
+  // Natural-log LSE of the row (before any smoothing correction); -inf for
+  // a row that saw no key, NaN for one whose scores were NaN.
   __device__ __forceinline__ float lse(int r) const {
-    if (!(l[r] > 0.f)) return -INFINITY;
+    if (l[r] == 0.f) return -INFINITY;
     return (m[r] + __log2f(l[r]) - kLog2PScale) * 0.6931471805599453f;
   }
 };
