@@ -23,6 +23,7 @@
 
 #include "numerics/formats.h"
 #include "reference/reference.h"
+#include "nonfinite_inputs.h"
 #include "test_seed.h"
 
 namespace sage::ref {
@@ -693,18 +694,10 @@ TEST(EmulationSpecialValues, NaNInputNeverPasses) {
 TEST(EmulationSpecialValues, NonFiniteQOrKGivesNaNWhereExactAttentionDoes) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_note(seed));
-  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
-  struct Poison {
-    const char* what;
-    bool in_q;
-    float value;
-  };
-  const Poison poisons[] = {{"NaN in Q", true, nan}, {"inf in Q", true, inf}, {"NaN in K", false, nan},
-                            {"inf in K", false, inf}, {"-inf in K", false, -inf}};
   for (const bool causal : {false, true}) {
     Case c{make_problem(70, 90, 64, 2, 2, 1, causal, CausalAlign::bottom_right), {}, {}, {}};
     const Inputs clean = make_inputs(c.p, Distribution::gaussian, seed);
-    for (const Poison& poison : poisons) {
+    for (const test::NonFiniteInput& poison : test::kNonFiniteInputs) {
       c.in = clean;
       // Head 0, row / key 37, channel 5; head 1 stays clean.
       (poison.in_q ? c.in.q : c.in.k)[37 * 64 + 5] = poison.value;

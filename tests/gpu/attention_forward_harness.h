@@ -35,6 +35,7 @@
 #include "reference/parallel.h"
 #include "reference/reference.h"
 #include "sage/attention.h"
+#include "nonfinite_inputs.h"
 #include "test_seed.h"
 
 
@@ -745,16 +746,8 @@ void expect_nonfinite_inputs_give_nan(const Case& c, int device, const sage::Til
   SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
   const Problem p = c.problem();
   const sage::ref::Inputs clean = sage::ref::make_inputs(p, c.dist, seed, c.dtype);
-  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
-  struct Poison {
-    const char* what;
-    bool in_q;
-    float value;
-  };
-  const Poison poisons[] = {{"NaN in Q", true, nan}, {"inf in Q", true, inf}, {"NaN in K", false, nan},
-                            {"inf in K", false, inf}, {"-inf in K", false, -inf}};
   const std::int64_t rows = p.batch * p.heads_q * p.nq;
-  for (const Poison& poison : poisons) {
+  for (const sage::test::NonFiniteInput& poison : sage::test::kNonFiniteInputs) {
     SCOPED_TRACE(poison.what);
     sage::ref::Inputs in = clean;
     (poison.in_q ? in.q : in.k)[static_cast<std::size_t>(37 * p.head_dim + 5)] = poison.value;
