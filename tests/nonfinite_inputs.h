@@ -1,7 +1,7 @@
-// The non-finite values the NaN-propagation tests put into Q or K, one at a
-// time (tests/cpu/test_emulation.cpp on the emulation,
+// The non-finite values the NaN-propagation tests put into Q, K or V, one at
+// a time (tests/cpu/test_emulation.cpp on the emulation,
 // tests/gpu/attention_forward_harness.h on the GPU kernels): a NaN or an
-// infinity there must make the rows that use it NaN, never finite and wrong.
+// infinity must make the outputs that use it NaN, never finite and wrong.
 #pragma once
 
 #include <limits>
@@ -10,16 +10,19 @@ namespace sage::test {
 
 struct NonFiniteInput {
   const char* what;
-  bool in_q;  // else in K
+  char tensor;  // 'q', 'k' or 'v'
   float value;
 };
 
 inline constexpr NonFiniteInput kNonFiniteInputs[] = {
-    {"NaN in Q", true, std::numeric_limits<float>::quiet_NaN()},
-    {"inf in Q", true, std::numeric_limits<float>::infinity()},
-    {"NaN in K", false, std::numeric_limits<float>::quiet_NaN()},
-    {"inf in K", false, std::numeric_limits<float>::infinity()},
-    {"-inf in K", false, -std::numeric_limits<float>::infinity()},
+    {"NaN in Q", 'q', std::numeric_limits<float>::quiet_NaN()},
+    {"inf in Q", 'q', std::numeric_limits<float>::infinity()},
+    {"-inf in Q", 'q', -std::numeric_limits<float>::infinity()},
+    {"NaN in K", 'k', std::numeric_limits<float>::quiet_NaN()},
+    {"inf in K", 'k', std::numeric_limits<float>::infinity()},
+    {"-inf in K", 'k', -std::numeric_limits<float>::infinity()},
+    {"NaN in V", 'v', std::numeric_limits<float>::quiet_NaN()},
+    {"inf in V", 'v', std::numeric_limits<float>::infinity()},
 };
 
 }  // namespace sage::test

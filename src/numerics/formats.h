@@ -327,16 +327,18 @@ SAGE_HD constexpr std::int32_t round_half_even_to_int(float y) {
 // the maximum of a quantization group taken with it is NaN when the group
 // holds a NaN, so the group's scale and every result that uses it are NaN,
 // as float attention gives them; fmaxf / std::max would skip the NaN and
-// leave the output finite and wrong. (One FMNMX.NAN on sm_80+; which NaN
-// comes out does not matter.)
+// leave the output finite and wrong. The same bits on host and device: the
+// canonical NaN, and +0 over -0 (one FMNMX.NAN on sm_80+).
 SAGE_HD inline float max_nan(float a, float b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   float d;
   asm("max.NaN.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
   return d;
 #else
-  if (a != a) return a;
-  if (b != b) return b;
+  if (detail::is_nan_bits(detail::bits_of(a)) || detail::is_nan_bits(detail::bits_of(b))) {
+    return detail::float_of(kF32CanonicalNaN);
+  }
+  if (a == b) return (detail::bits_of(a) & detail::kF32SignMask) != 0 ? b : a;  // +0 over -0
   return a < b ? b : a;
 #endif
 }
@@ -352,7 +354,9 @@ SAGE_HD inline float max_nan(float a, float b) {
 //   * amax / qmax below the smallest normal float (2^-126) -> 2^-126, so the
 //     reciprocal (<= 2^126) does not overflow; values still map into range but
 //     with fewer levels (a group with amax <= 2^-127 quantizes to all zeros).
-// So 1 / scale is finite and nonzero for every finite amax.
+// So 1 / scale is finite and nonzero for every finite amax. (A finite input
+// can still give an infinite amax where smoothing overflows fp32, |x - mean|
+// > FLT_MAX: float attention overflows there too.)
 SAGE_HD inline float symmetric_scale(float amax, int qmax) {
   const std::uint32_t b = detail::bits_of(amax);
   if (detail::is_nan_bits(b)) return amax;

@@ -37,7 +37,9 @@
 // kv head), fp32), else V. mean_v is added back to every output row.
 //   fp8_e4m3 / fp8_e5m2 (fmax = 448 / 57344):
 //     V: per channel d over all keys: vscale[d] = num::symmetric_scale(amax_d, fmax)
-//        (amax_d / fmax; 1.0 for an all-zero channel),
+//        (amax_d / fmax; 1.0 for an all-zero channel; +inf for a channel
+//        holding an infinity, which makes the channel NaN in every row; a NaN
+//        is left out of amax and its code is NaN),
 //        vcode = fp8(V'[j][d] * reciprocal_rn(vscale[d]))   (RNE, satfinite)
 //     P: static scale, pcode = fp8(P~ * fmax)        (fp32 multiply, then RNE)
 //     accumulation uses the decoded codes (products are exact in fp32);

@@ -5,7 +5,9 @@
 //
 // V (per (batch, kv head)): V' = V - mean_v if smooth_v, else V. One scale
 // per K tile (cta_k keys x all channels):
-//   vscale[kt] = num::symmetric_scale(amax over the tile, 127)
+//   vscale[kt] = num::symmetric_scale(amax over the tile, 127)  (NaN / +inf if
+//                the tile holds a NaN / an infinity: every row that sees the
+//                tile is then NaN, as the INT8 codes cannot carry them)
 //   vcode      = num::quantize_symmetric(V', reciprocal_rn(vscale[kt]), 127)
 // P (per row and K tile, "per token"):
 //   pmax   = max_t P~[t] (0: nothing visible in this tile, skipped)
@@ -79,7 +81,7 @@ class Int8Values final : public ValueStage {
     for (std::int64_t kt = 0; kt < s_.k_tiles; ++kt) {
       const std::int64_t begin = kt * cta_k * dim, end = (kt * cta_k + s_.keys_in_tile(kt)) * dim;
       float amax = 0.0f;
-      for (std::int64_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(sv.values[i]));
+      for (std::int64_t i = begin; i < end; ++i) amax = num::max_nan(amax, std::fabs(sv.values[i]));
       h.scale[kt] = num::symmetric_scale(amax, 127);
       const float inv = num::reciprocal_rn(h.scale[kt]);
       for (std::int64_t i = begin; i < end; ++i)

@@ -734,14 +734,16 @@ void expect_exact_bounds(const Metrics& m, const ExactBounds& b, const char* wha
 
 // The whole check of one case: GPU run, emulation, exact, comparisons.
 // *exact_metrics (optional) receives the metrics against float64.
-// A NaN or an infinity in Q or K (head 0 of batch 0, row / key 37, channel
-// 5): the call returns NaN in exactly the rows where the emulation does (its
-// integer groups keep the value in their scale, so the rows of the element's
-// group, or of every group that sees it, are NaN: a superset of the rows
-// float attention makes non-finite, tests/cpu/test_emulation.cpp), its LSE is
-// NaN in those rows, and every other row is finite: never finite and wrong.
-// The case needs nq, nk > 37 and d > 5.
-void expect_nonfinite_inputs_give_nan(const Case& c, int device, const sage::TileGeometry& geometry) {
+// A NaN or an infinity in Q, K or V (tests/nonfinite_inputs.h; head 0 of
+// batch 0, row / key 37, channel 5): every output element is non-finite
+// exactly where the emulation's is (whose non-finite outputs cover those of
+// float attention, tests/cpu/test_emulation.cpp), so is every LSE, and each
+// non-finite element was written by the kernel: out is poisoned with a
+// negative NaN, and the kernel's NaN is the canonical positive one. Never
+// finite and wrong. With q_in_kernel, also checks the sm90 Q path the calls
+// take. The case needs nq, nk > 37 and d > 5.
+void expect_nonfinite_inputs_give_nan(const Case& c, int device, const sage::TileGeometry& geometry,
+                                      const bool* q_in_kernel = nullptr) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
   const Problem p = c.problem();
@@ -750,31 +752,35 @@ void expect_nonfinite_inputs_give_nan(const Case& c, int device, const sage::Til
   for (const sage::test::NonFiniteInput& poison : sage::test::kNonFiniteInputs) {
     SCOPED_TRACE(poison.what);
     sage::ref::Inputs in = clean;
-    (poison.in_q ? in.q : in.k)[static_cast<std::size_t>(37 * p.head_dim + 5)] = poison.value;
+    std::vector<float>& tensor = poison.tensor == 'q' ? in.q : poison.tensor == 'k' ? in.k : in.v;
+    tensor[static_cast<std::size_t>(37 * p.head_dim + 5)] = poison.value;
     GpuResult gpu;
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &gpu));
+    if (q_in_kernel) EXPECT_EQ(gpu.sm90_q_in_kernel, *q_in_kernel);
     std::vector<float> emu_out(static_cast<std::size_t>(p.q_elems())), emu_lse(static_cast<std::size_t>(rows));
     sage::ref::emulate_attention(p, c.options(), geometry, in.q.data(), in.k.data(), in.v.data(), emu_out.data(),
                                  emu_lse.data());
-    std::int64_t nan_rows = 0, mismatched = 0, first_mismatch = -1;
-    for (std::int64_t r = 0; r < rows; ++r) {
-      bool gpu_nan = false, gpu_finite = true, emu_nan = false;
-      for (std::int64_t d = 0; d < p.head_dim; ++d) {
-        const std::size_t i = static_cast<std::size_t>(r * p.head_dim + d);
-        gpu_nan = gpu_nan || std::isnan(gpu.out[i]);
-        gpu_finite = gpu_finite && std::isfinite(gpu.out[i]);
-        emu_nan = emu_nan || std::isnan(emu_out[i]);
-      }
-      const bool lse_ok = !c.return_lse || std::isnan(gpu.lse[static_cast<std::size_t>(r)]) == emu_nan;
-      if (gpu_nan != emu_nan || (!emu_nan && !gpu_finite) || !lse_ok) {
-        if (first_mismatch < 0) first_mismatch = r;
+    std::int64_t nonfinite = 0, mismatched = 0, unwritten = 0, first_mismatch = -1;
+    for (std::size_t i = 0; i < emu_out.size(); ++i) {
+      const bool emu_bad = !std::isfinite(emu_out[i]), gpu_bad = !std::isfinite(gpu.out[i]);
+      nonfinite += emu_bad;
+      if (emu_bad != gpu_bad) {
+        if (first_mismatch < 0) first_mismatch = static_cast<std::int64_t>(i);
         ++mismatched;
       }
-      nan_rows += emu_nan ? 1 : 0;
+      unwritten += std::isnan(gpu.out[i]) && std::signbit(gpu.out[i]);
     }
-    EXPECT_GT(nan_rows, 0) << "the emulation has no NaN row";
-    EXPECT_EQ(mismatched, 0) << mismatched << " rows differ from the emulation in NaN-ness (first: row "
-                             << first_mismatch << "; the emulation has " << nan_rows << " NaN rows)";
+    std::int64_t lse_mismatched = 0;
+    for (std::int64_t r = 0; c.return_lse && r < rows; ++r) {
+      const float g = gpu.lse[static_cast<std::size_t>(r)], e = emu_lse[static_cast<std::size_t>(r)];
+      lse_mismatched += std::isnan(g) != std::isnan(e) || (std::isnan(g) && std::signbit(g));
+    }
+    EXPECT_GT(nonfinite, 0) << "the emulation has no non-finite output";
+    EXPECT_EQ(mismatched, 0) << mismatched << " outputs differ from the emulation in finiteness (first: element "
+                             << first_mismatch << " of row " << first_mismatch / std::max<std::int64_t>(1, p.head_dim)
+                             << "; the emulation has " << nonfinite << " non-finite outputs)";
+    EXPECT_EQ(unwritten, 0) << unwritten << " outputs still hold the poison";
+    EXPECT_EQ(lse_mismatched, 0) << lse_mismatched << " LSE entries differ from the emulation in NaN-ness or are unwritten";
   }
 }
 

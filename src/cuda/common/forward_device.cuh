@@ -178,8 +178,11 @@ __device__ __forceinline__ void write_output(const ForwardParams& p, const float
   for (int r = 0; r < 2; ++r) {
     const int row = rows[r];
     if (row >= p.nq) continue;
-    const bool saw_keys = softmax.l[r] > 0.f;
-    const float inv_l = saw_keys ? 1.f / softmax.l[r] : 0.f;  // a row that saw no key writes 0
+    // A row that saw no key (l = 0) writes 0; a NaN l (a NaN or an infinity
+    // in its inputs: num::symmetric_scale) gives a NaN inv_l, so the whole row
+    // is NaN, not only the channels whose O is.
+    const bool saw_keys = softmax.l[r] != 0.f;
+    const float inv_l = saw_keys ? 1.f / softmax.l[r] : 0.f;
     const bool add_mean = p.v_mean != nullptr && saw_keys;
     Out* dst = static_cast<Out*>(p.out) + b * p.out_stride_b + h * p.out_stride_h + row * p.out_stride_n + 2 * quad;
     if (dense) {
