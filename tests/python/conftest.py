@@ -57,6 +57,11 @@ def pytest_report_header(config):
     return f"sage-attention test inputs: SAGE_TEST_SEED={SEED_BASE} (set it to replay this run)"
 
 
+def pytest_terminal_summary(terminalreporter):
+    # Also at the end, where a quiet run (-q, as CI's) shows it next to its failures.
+    terminalreporter.write_line(f"sage-attention test inputs: SAGE_TEST_SEED={SEED_BASE} (set it to replay this run)")
+
+
 def randn(*shape, dtype=torch.float32, device="cpu", seed=0):
     generator = torch.Generator().manual_seed(SEED_BASE + seed)
     return torch.randn(*shape, generator=generator).to(dtype=dtype, device=device)

@@ -81,5 +81,9 @@ def test_attention_over_both_halves_equals_merge_of_halves(causal):
     want, want_lse = reference_attention(q, k, v, is_causal=causal)
     assert not out.isnan().any()
     assert cosine(out, want) > 0.995 and cosine(out, whole) > 0.995
-    torch.testing.assert_close(lse.double(), want_lse, atol=3e-2, rtol=0)
-    torch.testing.assert_close(lse, whole_lse, atol=3e-2, rtol=0)
+    # INT8 scores make the LSE of a row that sees few keys (the causal ones at the top) the least
+    # accurate: over 1000 fresh seeds the largest error was 0.018 non-causal and 0.049 causal
+    # (vs exact; 0.020 / 0.044 vs the whole call), so 0.03 failed 3% of causal runs.
+    tol = 7.5e-2 if causal else 3e-2
+    torch.testing.assert_close(lse.double(), want_lse, atol=tol, rtol=0)
+    torch.testing.assert_close(lse, whole_lse, atol=tol, rtol=0)
