@@ -1,7 +1,8 @@
 // SageAttention3 emulation: NVFP4 microscaling of Q, K, P and V.
 //
 // NVFP4 block quantization of 16 values x[0..16) (used for every tensor):
-//   bmax  = max |x|                                  fp32
+//   bmax  = max |x|                                  fp32 (a block holding a NaN
+//                                                    or an infinity decodes to NaN)
 //   scale = ue4m3_to_float(ue4m3_from_float(bmax / 6))   RNE, satfinite (<= 448)
 //   inv   = 1 / scale (fp32; 0 when scale is 0)
 //   e[i]  = fp4_e2m1_from_float(x[i] * inv)          RNE, satfinite (|e| <= 6)
@@ -38,6 +39,7 @@
 // options.pv_accum and pv_format do not apply. Epilogue:
 //   out[d] = o[d] * inv_l + mean_v[d]
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 #include "numerics/formats.h"
@@ -50,10 +52,25 @@ namespace {
 constexpr std::int64_t kBlock = 16;  // NVFP4 block length
 
 // Quantizes n <= 16 values x[i * stride] in one NVFP4 block and writes the
-// decoded values (element * block scale) to out[i * stride].
-void nvfp4_block(const float* x, std::int64_t n, std::int64_t stride, float* out) {
+// decoded values (element * block scale) to out[i * stride]. An input block
+// (Q, K, V) that holds a NaN or an infinity decodes to NaN, where the
+// satfinite conversions would clamp it to a finite value. (P's blocks keep
+// the clamp and skip a NaN in their maximum: a tile whose largest P~ is
+// subnormal scales P~ past fp32's range, to inf and 0 * inf, legitimately,
+// and those values' share of the output is negligible.)
+enum class NonFinite { to_nan, clamp };
+void nvfp4_block(const float* x, std::int64_t n, std::int64_t stride, float* out,
+                 NonFinite nonfinite = NonFinite::to_nan) {
+  const bool to_nan = nonfinite == NonFinite::to_nan;
   float bmax = 0.0f;
-  for (std::int64_t i = 0; i < n; ++i) bmax = std::max(bmax, std::fabs(x[i * stride]));
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i * stride]);
+    bmax = to_nan ? num::max_nan(bmax, a) : std::max(bmax, a);
+  }
+  if (to_nan && !std::isfinite(bmax)) {
+    for (std::int64_t i = 0; i < n; ++i) out[i * stride] = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
   const float scale = num::ue4m3_to_float(num::ue4m3_from_float(bmax / 6.0f));
   const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
   for (std::int64_t i = 0; i < n; ++i)
@@ -187,7 +204,7 @@ class Nvfp4Values final : public ValueStage {
       const float s1 = pmax / (448.0f * 6.0f);
       const float inv_s1 = 1.0f / s1;
       for (std::int64_t t = 0; t < cta_k; ++t) x[t] = pr[t] * inv_s1;
-      for (std::int64_t b = 0; b < cta_k; b += kBlock) nvfp4_block(x.data() + b, kBlock, 1, pq.data() + b);
+      for (std::int64_t b = 0; b < cta_k; b += kBlock) nvfp4_block(x.data() + b, kBlock, 1, pq.data() + b, NonFinite::clamp);
 
       std::fill(tile.begin(), tile.end(), 0.0f);
       for (std::int64_t b = 0; b < cta_k; b += kBlock) {
