@@ -52,36 +52,36 @@ namespace {
 constexpr std::int64_t kBlock = 16;  // NVFP4 block length
 
 // Quantizes n <= 16 values x[i * stride] in one NVFP4 block and writes the
-// decoded values (element * block scale) to out[i * stride]. An input block
-// (Q, K, V) that holds a NaN or an infinity decodes to NaN, where the
-// satfinite conversions would clamp it to a finite value. (P's blocks keep
-// the clamp and skip a NaN in their maximum: a tile whose largest P~ is
-// subnormal scales P~ past fp32's range, to inf and 0 * inf, legitimately,
-// and those values' share of the output is negligible.)
-enum class NonFinite { to_nan, clamp };
-void nvfp4_block(const float* x, std::int64_t n, std::int64_t stride, float* out,
-                 NonFinite nonfinite = NonFinite::to_nan) {
-  const bool to_nan = nonfinite == NonFinite::to_nan;
+// decoded values (element * block scale) to out[i * stride].
+void nvfp4_block(const float* x, std::int64_t n, std::int64_t stride, float* out) {
   float bmax = 0.0f;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float a = std::fabs(x[i * stride]);
-    bmax = to_nan ? num::max_nan(bmax, a) : std::max(bmax, a);
-  }
-  if (to_nan && !std::isfinite(bmax)) {
-    for (std::int64_t i = 0; i < n; ++i) out[i * stride] = std::numeric_limits<float>::quiet_NaN();
-    return;
-  }
+  for (std::int64_t i = 0; i < n; ++i) bmax = std::max(bmax, std::fabs(x[i * stride]));
   const float scale = num::ue4m3_to_float(num::ue4m3_from_float(bmax / 6.0f));
   const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
   for (std::int64_t i = 0; i < n; ++i)
     out[i * stride] = num::fp4_e2m1_to_float(num::fp4_e2m1_from_float(x[i * stride] * inv)) * scale;
 }
 
+// nvfp4_block for a block of the inputs (Q, K, V): one that holds a NaN or
+// an infinity decodes to NaN, where the satfinite conversions would clamp it
+// to a finite value. (P's blocks keep the clamp: a tile whose largest P~ is
+// subnormal scales P~ past fp32's range, to inf and 0 * inf, legitimately,
+// and those values' share of the output is negligible.)
+void nvfp4_input_block(const float* x, std::int64_t n, std::int64_t stride, float* out) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i * stride])) {
+      for (std::int64_t j = 0; j < n; ++j) out[j * stride] = std::numeric_limits<float>::quiet_NaN();
+      return;
+    }
+  }
+  nvfp4_block(x, n, stride, out);
+}
+
 // Rows of x [rows][dim] quantized in 1x16 blocks along dim (dim % 16 == 0).
 std::vector<float> nvfp4_rows(const std::vector<float>& x, std::int64_t rows, std::int64_t dim) {
   std::vector<float> out(x.size());
   for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t b = 0; b < dim; b += kBlock) nvfp4_block(x.data() + r * dim + b, kBlock, 1, out.data() + r * dim + b);
+    for (std::int64_t b = 0; b < dim; b += kBlock) nvfp4_input_block(x.data() + r * dim + b, kBlock, 1, out.data() + r * dim + b);
   return out;
 }
 
@@ -204,7 +204,7 @@ class Nvfp4Values final : public ValueStage {
       const float s1 = pmax / (448.0f * 6.0f);
       const float inv_s1 = 1.0f / s1;
       for (std::int64_t t = 0; t < cta_k; ++t) x[t] = pr[t] * inv_s1;
-      for (std::int64_t b = 0; b < cta_k; b += kBlock) nvfp4_block(x.data() + b, kBlock, 1, pq.data() + b, NonFinite::clamp);
+      for (std::int64_t b = 0; b < cta_k; b += kBlock) nvfp4_block(x.data() + b, kBlock, 1, pq.data() + b);
 
       std::fill(tile.begin(), tile.end(), 0.0f);
       for (std::int64_t b = 0; b < cta_k; b += kBlock) {
@@ -242,7 +242,7 @@ class Nvfp4Values final : public ValueStage {
     // Blocks of 16 consecutive keys per channel (the stride walks the keys).
     for (std::int64_t j = 0; j < nk; j += kBlock)
       for (std::int64_t d = 0; d < dim; ++d)
-        nvfp4_block(padded_v.data() + j * dim + d, kBlock, dim, h.values.data() + j * dim + d);
+        nvfp4_input_block(padded_v.data() + j * dim + d, kBlock, dim, h.values.data() + j * dim + d);
     h.mean = std::move(sv.mean);
   }
 

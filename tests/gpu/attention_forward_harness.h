@@ -732,18 +732,16 @@ void expect_exact_bounds(const Metrics& m, const ExactBounds& b, const char* wha
   EXPECT_LE(m.rel_l1, b.max_rel_l1) << what;
 }
 
-// The whole check of one case: GPU run, emulation, exact, comparisons.
-// *exact_metrics (optional) receives the metrics against float64.
 // A NaN or an infinity in Q, K or V (tests/nonfinite_inputs.h; head 0 of
 // batch 0, row / key 37, channel 5): every output element is non-finite
 // exactly where the emulation's is (whose non-finite outputs cover those of
 // float attention, tests/cpu/test_emulation.cpp), so is every LSE, and each
 // non-finite element was written by the kernel: out is poisoned with a
 // negative NaN, and the kernel's NaN is the canonical positive one. Never
-// finite and wrong. With q_in_kernel, also checks the sm90 Q path the calls
-// take. The case needs nq, nk > 37 and d > 5.
+// finite and wrong. With q_in_kernel given, also checks the sm90 Q path the
+// calls take. The case needs nq, nk > 37 and d > 5.
 void expect_nonfinite_inputs_give_nan(const Case& c, int device, const sage::TileGeometry& geometry,
-                                      const bool* q_in_kernel = nullptr) {
+                                      std::optional<bool> q_in_kernel = std::nullopt) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
   const Problem p = c.problem();
@@ -756,7 +754,7 @@ void expect_nonfinite_inputs_give_nan(const Case& c, int device, const sage::Til
     tensor[static_cast<std::size_t>(37 * p.head_dim + 5)] = poison.value;
     GpuResult gpu;
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &gpu));
-    if (q_in_kernel) EXPECT_EQ(gpu.sm90_q_in_kernel, *q_in_kernel);
+    if (q_in_kernel.has_value()) EXPECT_EQ(gpu.sm90_q_in_kernel, *q_in_kernel);
     std::vector<float> emu_out(static_cast<std::size_t>(p.q_elems())), emu_lse(static_cast<std::size_t>(rows));
     sage::ref::emulate_attention(p, c.options(), geometry, in.q.data(), in.k.data(), in.v.data(), emu_out.data(),
                                  emu_lse.data());
@@ -784,6 +782,8 @@ void expect_nonfinite_inputs_give_nan(const Case& c, int device, const sage::Til
   }
 }
 
+// The whole check of one case: GPU run, emulation, exact, comparisons.
+// *exact_metrics (optional) receives the metrics against float64.
 void run_case(const Case& c, int device, const sage::TileGeometry& geometry, const char* tag,
               Metrics* exact_metrics = nullptr) {
   const std::uint64_t seed = fresh_seed();

@@ -320,24 +320,24 @@ INSTANTIATE_TEST_SUITE_P(Sm90, Sm90QInKernel, ::testing::ValuesIn(q_in_kernel_ca
 // 16-bit rows) and Q quantized in the kernel (per-thread without K
 // smoothing, which leaves no LSE correction; per-warp at D = 128 and 64).
 TEST_F(Sm90Forward, NonFiniteInputsGiveNaNAsTheEmulation) {
-  const bool prepass = false, in_kernel = true;
+  const bool prepass = false, in_kernel = true;  // the sm90 Q path each case takes
   Case prepass_q;
   prepass_q.nq = 150, prepass_q.nk = 200;
   prepass_q.causal = true, prepass_q.align = CausalAlign::bottom_right;
   prepass_q.granularity = Granularity::per_thread;
-  expect_nonfinite_inputs_give_nan(prepass_q, device(), sage::kSm90Geometry, &prepass);
+  expect_nonfinite_inputs_give_nan(prepass_q, device(), sage::kSm90Geometry, prepass);
   Case raw_k = prepass_q;
   raw_k.smooth_k = false, raw_k.causal = false;
-  expect_nonfinite_inputs_give_nan(raw_k, device(), sage::kSm90Geometry, &in_kernel);
+  expect_nonfinite_inputs_give_nan(raw_k, device(), sage::kSm90Geometry, in_kernel);
   Case smooth_q = raw_k;
   smooth_q.smooth_q = true, smooth_q.granularity = Granularity::per_warp;
-  expect_nonfinite_inputs_give_nan(smooth_q, device(), sage::kSm90Geometry, &prepass);
+  expect_nonfinite_inputs_give_nan(smooth_q, device(), sage::kSm90Geometry, prepass);
   for (const std::int64_t d : {128, 64}) {
     Case in_kernel_q;
     in_kernel_q.nq = in_kernel_q.nk = 130, in_kernel_q.d = d;
     in_kernel_q.return_lse = false;
     ScopedEnv kernel("SAGE_SM90_Q_PREPASS", "0");
-    expect_nonfinite_inputs_give_nan(in_kernel_q, device(), sage::kSm90Geometry, &in_kernel);
+    expect_nonfinite_inputs_give_nan(in_kernel_q, device(), sage::kSm90Geometry, in_kernel);
   }
 }
 
