@@ -16,8 +16,11 @@
 # variants alternating (in reverse order in even rounds: a GPU warming up over a round favoured
 # the first one every time at N=16384), ROUNDS rounds (default 2), and scripts/ab_compare.py
 # prints each method's mean time per variant and its change against the first.
+# TIMER=gpu times with scripts/gpu_time.py instead (GPU time only, calls launched back to back:
+# the arguments after -- are its own); its 1K figures do not carry the host's noise.
 # Default benchmark arguments: --methods sage,sage-kernel,sdpa-cudnn (cuDNN as the yardstick of
-# each run). Output (JSON and logs) in $OUT (or ./ab-out); a device call brings back only a few
+# each run). Before any timing, each variant's build must agree with the CPU emulation on a few
+# calls (scripts/ab_smoke.py); one that does not is left out. Output (JSON and logs) in $OUT (or ./ab-out); a device call brings back only a few
 # files, so end it with scripts/pack_out.sh (one archive of $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +39,7 @@ while [[ $# -gt 0 && $1 != -- ]]; do
 done
 [[ $# -gt 0 ]] && shift  # the --
 bench_args=("$@")
-[[ ${#bench_args[@]} -eq 0 ]] && bench_args=(--methods sage,sage-kernel,sdpa-cudnn)
+[[ ${#bench_args[@]} -eq 0 && ${TIMER:-bench} != gpu ]] && bench_args=(--methods sage,sage-kernel,sdpa-cudnn)
 [[ ${#variants[@]} -ge 2 ]] || { echo "ab_bench: give at least two variants" >&2; exit 2; }
 out=${OUT:-ab-out}
 mkdir -p "$out"
@@ -64,6 +67,21 @@ done
 wait
 echo "builds: $(( $(date +%s) - start )) s"
 
+# A variant whose output disagrees with the CPU emulation (or whose kernel hangs) is not timed.
+checked=()
+for variant in "${variants[@]}"; do
+  name=$(name_of "$variant") assignment=$(assignment_of "$variant")
+  env_args=()
+  [[ -n $assignment ]] && env_args=("$assignment")
+  env "${env_args[@]}" PYTHONPATH="$PWD/${build_of[$(dir_of "$variant")]}/python/pkg" timeout 180 \
+    python3 scripts/ab_smoke.py >"$out/smoke-$name.log" 2>&1
+  rc=$?
+  echo "smoke check $name: rc=$rc $(tail -1 "$out/smoke-$name.log" | cut -c1-160)"
+  (( rc == 0 )) && checked+=("$variant")
+done
+variants=("${checked[@]}")
+[[ ${#variants[@]} -ge 1 ]] || { echo "ab_bench: no variant passed its smoke check" >&2; exit 1; }
+
 reversed=()
 for (( i=${#variants[@]}-1; i>=0; i-- )); do reversed+=("${variants[i]}"); done
 for round in $(seq "${ROUNDS:-2}"); do
@@ -73,9 +91,18 @@ for round in $(seq "${ROUNDS:-2}"); do
     name=$(name_of "$variant") assignment=$(assignment_of "$variant")
     env_args=()
     [[ -n $assignment ]] && env_args=("$assignment")
-    env "${env_args[@]}" PYTHONPATH="$PWD/${build_of[$(dir_of "$variant")]}/python/pkg" timeout 300 \
-      python3 bench/bench_attention.py "${bench_args[@]}" --out "$out/$name.$round.json" >"$out/$name.$round.log" 2>&1
+    if [[ ${TIMER:-bench} == gpu ]]; then
+      env "${env_args[@]}" PYTHONPATH="$PWD/${build_of[$(dir_of "$variant")]}/python/pkg" timeout 300 \
+        python3 scripts/gpu_time.py "${bench_args[@]}" --tag "$name" >>"$out/gpu-$name.jsonl" 2>"$out/$name.$round.log"
+    else
+      env "${env_args[@]}" PYTHONPATH="$PWD/${build_of[$(dir_of "$variant")]}/python/pkg" timeout 300 \
+        python3 bench/bench_attention.py "${bench_args[@]}" --out "$out/$name.$round.json" >"$out/$name.$round.log" 2>&1
+    fi
     echo "round $round $name${assignment:+ ($assignment)}: rc=$?"
   done
 done
-python3 scripts/ab_compare.py "$out" "${variants[@]%%=*}"
+if [[ ${TIMER:-bench} == gpu ]]; then
+  python3 scripts/gpu_time.py --compare "$out" "${variants[@]%%=*}"
+else
+  python3 scripts/ab_compare.py "$out" "${variants[@]%%=*}"
+fi

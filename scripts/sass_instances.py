@@ -7,7 +7,8 @@ instance only where that instance's code is the code an A/B measured. For each k
 in an object file or library this prints: its traits (head dim, causal, output type, smooth_q,
 Q quantized in the kernel), an md5 of its instruction text (addresses and encodings left out),
 the instructions of its key-tile loop (the innermost loop issuing both MMAs) as executed by a
-tile that needs no mask (the forward branches inside the loop taken), and an md5 of the loop's
+tile that needs no mask (the forward branches inside the loop taken), the loop's local-memory
+accesses (spills), and an md5 of the loop's
 code (branch targets inside it relative to its start, those outside it all alike, so that code
 moving elsewhere in the kernel does not change it). With two files it prints both side by side and marks the instances whose
 code, and whose loop, differ.
@@ -55,7 +56,8 @@ ADDRESS = re.compile(r"\b0x([0-9a-f]+)\b")
 def loop_instructions(code):
     """(instructions of the key-tile loop (the innermost loop that issues both MMAs), its forward
     branches inside it taken: what a tile that needs no mask executes; an md5 of the loop's code
-    with its code addresses made relative to the loop's start, or "out" outside it)."""
+    with its code addresses made relative to the loop's start, or "out" outside it; the loop's
+    local-memory accesses (LDL / STL: spills))."""
     loops = []
     for address, text in code:
         match = BRANCH.search(text)
@@ -65,7 +67,7 @@ def loop_instructions(code):
             if any("IGMMA" in t for t in body) and any("QGMMA" in t for t in body):
                 loops.append((address - start, start, address))
     if not loops:
-        return 0, "-"
+        return 0, "-", 0
     _, start, end = min(loops)
     last = code[-1][0]
 
@@ -82,7 +84,8 @@ def loop_instructions(code):
         if match and start <= address < end and address < int(match.group(1), 16) <= end:
             skipped.append((address, int(match.group(1), 16)))
     count = sum(1 for address, _ in code if start <= address <= end and not any(a < address < b for a, b in skipped))
-    return count, hashlib.md5(body.encode()).hexdigest()[:8]
+    local = sum(1 for address, text in code if start <= address <= end and re.search(r"\b(LDL|STL)\b", text))
+    return count, hashlib.md5(body.encode()).hexdigest()[:8], local
 
 
 def fingerprints(path, cuobjdump):
@@ -103,15 +106,15 @@ def main():
     tables = [fingerprints(f, args.cuobjdump) for f in args.files]
     if not tables[0]:
         sys.exit(f"no sm90 forward kernel instances in {args.files[0]}")
-    for name, (digest, loop, loop_digest) in tables[0].items():
-        line = f"{name}  {digest}  loop {loop:4d} {loop_digest}"
+    for name, (digest, loop, loop_digest, local) in tables[0].items():
+        line = f"{name}  {digest}  loop {loop:4d} {loop_digest} ldl/stl {local}"
         if len(tables) == 2:
             other = tables[1].get(name)
             if other is None:
                 line += "  | (absent)"
             else:
                 verdict = "same" if other[0] == digest else "same loop" if other[2] == loop_digest else "DIFFERS"
-                line += f"  | {other[0]}  loop {other[1]:4d} {other[2]}  {verdict}"
+                line += f"  | {other[0]}  loop {other[1]:4d} {other[2]} ldl/stl {other[3]}  {verdict}"
         print(line)
 
 
