@@ -134,6 +134,13 @@ Status check_gpu_call(const AttentionArgs& args, const AttentionOptions& options
   return find_kernel(*info, args, options, family);
 }
 
+// Whether the dispatch gives a valid call to the sm90 kernel.
+[[maybe_unused]] bool takes_sm90_kernel(const AttentionArgs& args, const AttentionOptions& options) {
+  cuda::DeviceInfo device;
+  Family family{};
+  return check_gpu_call(args, options, &device, &family).is_ok() && family == Family::sm90;
+}
+
 // Scratch bytes of the family find_kernel picked (quantized Q/K/V, scales).
 std::size_t kernel_workspace_bytes(Family family, const AttentionArgs& args, const AttentionOptions& options) {
   switch (family) {
@@ -250,13 +257,21 @@ Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& opti
 }
 
 bool gpu_quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options) {
-  cuda::DeviceInfo device;
-  Family family{};
-  if (!check_gpu_call(args, options, &device, &family).is_ok()) return false;
 #if SAGE_HAS_SM90
-  if (family == Family::sm90) return sm90::quantizes_q_in_kernel(args, options);
-#endif
+  return takes_sm90_kernel(args, options) && sm90::quantizes_q_in_kernel(args, options);
+#else
+  (void)args, (void)options;
   return false;
+#endif
+}
+
+bool gpu_stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options) {
+#if SAGE_HAS_SM90
+  return takes_sm90_kernel(args, options) && sm90::stores_output_by_tma(args, options);
+#else
+  (void)args, (void)options;
+  return false;
+#endif
 }
 
 Status gpu_workspace_size(const AttentionArgs& args, const AttentionOptions& options, std::size_t* bytes) {

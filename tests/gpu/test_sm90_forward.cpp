@@ -760,6 +760,55 @@ TEST_F(Sm90Forward, SmallQStaysInThePrepassWhereTmaCannotReadIt) {
       << "a head stride of N * D + 4 elements";
 }
 
+// The epilogue writes the output by TMA where its start and strides are
+// 16-byte aligned and from the threads' registers otherwise (rows of D + 4
+// elements: 136 bytes apart). Both paths write the same bits, every element
+// of the view, and nothing between its rows.
+TEST_F(Sm90Forward, SmallOutputStorePathsWriteTheSameBits) {
+  SmallCall call(device());
+  SAGE_CUDA_CHECK(call.status());
+  SAGE_CUDA_CHECK(call.fill());
+  constexpr std::int64_t B = SmallCall::B, H = SmallCall::H, N = SmallCall::N, D = SmallCall::D, pitch = D + 4;
+  AttentionOptions options;
+  options.causal = true;  // (rows of the tile that see few keys, a masked diagonal tile)
+  DeviceBuffer<unsigned char> ws(1 << 20);
+  SAGE_CUDA_CHECK(ws.status());
+  ASSERT_TRUE(sage::detail::gpu_stores_output_by_tma(call.args, options));
+  ASSERT_TRUE(sage::attention_forward(call.args, options, ws.data(), ws.size(), nullptr).is_ok());
+  SAGE_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<std::uint16_t> by_tma;
+  SAGE_CUDA_CHECK(call.out.copy_to(by_tma));
+
+  DeviceBuffer<std::uint16_t> pitched(B * H * N * pitch);
+  SAGE_CUDA_CHECK(pitched.status());
+  SAGE_CUDA_CHECK(cudaMemset(pitched.data(), 0xFF, pitched.size() * sizeof(std::uint16_t)));
+  AttentionArgs args = call.args;
+  args.out.data = pitched.data();
+  args.out.stride[0] = H * N * pitch, args.out.stride[1] = N * pitch, args.out.stride[2] = pitch;
+  EXPECT_FALSE(sage::detail::gpu_stores_output_by_tma(args, options));
+  ASSERT_TRUE(sage::attention_forward(args, options, ws.data(), ws.size(), nullptr).is_ok());
+  SAGE_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<std::uint16_t> by_threads;
+  SAGE_CUDA_CHECK(pitched.copy_to(by_threads));
+
+  std::int64_t differ = 0, lost_poison = 0, unwritten = 0;
+  for (std::int64_t row = 0; row < B * H * N; ++row) {
+    for (std::int64_t c = 0; c < pitch; ++c) {
+      const std::uint16_t got = by_threads[static_cast<std::size_t>(row * pitch + c)];
+      if (c >= D) {
+        lost_poison += got != kPoison16;
+        continue;
+      }
+      const std::uint16_t want = by_tma[static_cast<std::size_t>(row * D + c)];
+      unwritten += want == kPoison16;
+      differ += got != want;
+    }
+  }
+  EXPECT_EQ(unwritten, 0) << "elements the TMA store left unwritten";
+  EXPECT_EQ(differ, 0) << "elements where the two store paths disagree";
+  EXPECT_EQ(lost_poison, 0) << "padding elements between rows the register path wrote";
+}
+
 TEST_F(Sm90Forward, SmallErrorMismatchedDevices) {
   SmallCall call(device());
   SAGE_CUDA_CHECK(call.status());

@@ -158,6 +158,18 @@ __device__ __forceinline__ float2 output_pair(const float (&o)[T::kOAcc], const 
   return v;
 }
 
+// The LSE of row `row` (this thread's row r of two) where the call asks for
+// it, with the smoothing correction; written by one thread of the row's quad.
+template <class Softmax>
+__device__ __forceinline__ void write_lse(const ForwardParams& p, const Softmax& softmax, int r, int row, int bh) {
+  if (!p.lse) return;
+  float lse = softmax.lse(r);
+  if (p.lse_corr && lse != -INFINITY) lse += p.lse_corr[static_cast<int64_t>(bh) * p.nq + row];
+  const int b = bh / p.heads_q;
+  const int h = bh % p.heads_q;
+  p.lse[b * p.lse_stride_b + h * p.lse_stride_h + row * p.lse_stride_n] = lse;
+}
+
 // O / l (and the V scales, the V mean) of the thread's two rows to the
 // caller's strided output; the LSE.
 template <class T, class Softmax>
@@ -205,11 +217,7 @@ __device__ __forceinline__ void write_output(const ForwardParams& p, const float
         }
       }
     }
-    if (p.lse && quad == 0) {
-      float lse = softmax.lse(r);
-      if (p.lse_corr && lse != -INFINITY) lse += p.lse_corr[static_cast<int64_t>(bh) * p.nq + row];
-      p.lse[b * p.lse_stride_b + h * p.lse_stride_h + row * p.lse_stride_n] = lse;
-    }
+    if (quad == 0) write_lse(p, softmax, r, row, bh);
   }
 }
 

@@ -17,6 +17,7 @@
 #include "api/validate.h"
 #include "cuda/common/forward_host.h"
 #include "cuda/quant/prepass.h"
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_epilogue.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
 
 namespace sage::sm90 {
@@ -72,26 +73,43 @@ Status make_tensor_map(CUtensorMap* map, void* base, std::uint64_t dim0, std::ui
                            box0 == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B);
 }
 
-// The caller's 16-bit Q [B][Hq][Nq][head_dim] (element strides `q`) as a 4D
-// tensor map for the kernels that quantize Q themselves: boxes of one CTA
-// tile's rows x Dp channels, zeros past head_dim and Nq, no swizzle.
-// invalid_argument where TMA cannot read Q: a start or a stride that is no
-// multiple of 16 bytes (a dimension of size 1 is never stepped: it gets a
-// stride TMA accepts, whatever the caller's).
-Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, const quant::StridedInput& q) {
-  const std::int64_t stride_n = pp.nq == 1 ? (pp.head_dim + 7) / 8 * 8 : q.stride_n;
-  const std::int64_t stride_h = pp.heads_q == 1 ? stride_n * pp.nq : q.stride_h;
-  const std::int64_t stride_b = pp.batch == 1 ? stride_h * pp.heads_q : q.stride_b;
-  if (!quant::aligned16({q.data, stride_b, stride_h, stride_n})) {
-    return Status(StatusCode::invalid_argument, "q: TMA needs a 16-byte aligned start and strides");
+// A caller's 16-bit tensor [B][H][N][head_dim] (element strides `t`) as a
+// 4D tensor map with boxes of box_channels x box_rows x 1 x 1: the caller's
+// Q for the kernels that quantize Q themselves (zeros past head_dim and N),
+// the output for the TMA-store epilogue (writes past them dropped).
+// invalid_argument where TMA cannot reach the tensor: a start or a stride
+// that is no multiple of 16 bytes (a dimension of size 1 is never stepped:
+// it gets a stride TMA accepts, whatever the caller's).
+Status make_rows16_tensor_map(CUtensorMap* map, const quant::StridedInput& t, std::int64_t batch, std::int64_t heads,
+                              std::int64_t n, std::int64_t head_dim, std::uint32_t box_channels,
+                              std::uint32_t box_rows, CUtensorMapSwizzle swizzle) {
+  const std::int64_t stride_n = n == 1 ? (head_dim + 7) / 8 * 8 : t.stride_n;
+  const std::int64_t stride_h = heads == 1 ? stride_n * n : t.stride_h;
+  const std::int64_t stride_b = batch == 1 ? stride_h * heads : t.stride_b;
+  if (!quant::aligned16({t.data, stride_b, stride_h, stride_n})) {
+    return Status(StatusCode::invalid_argument, "TMA needs a 16-byte aligned start and strides");
   }
-  const cuuint64_t dims[4] = {cuuint64_t(pp.head_dim), cuuint64_t(pp.nq), cuuint64_t(pp.heads_q),
-                              cuuint64_t(pp.batch)};
+  const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(n), cuuint64_t(heads), cuuint64_t(batch)};
   const cuuint64_t strides[3] = {cuuint64_t(stride_n) * 2, cuuint64_t(stride_h) * 2, cuuint64_t(stride_b) * 2};
-  const cuuint32_t box[4] = {cuuint32_t(pp.head_dim_padded),
-                             cuuint32_t(query_block_rows(pp.head_dim_padded, /*smooth_q=*/false)), 1, 1};
-  return encode_tensor_map(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, q.data, dims, strides, box,
-                           CU_TENSOR_MAP_SWIZZLE_NONE);
+  const cuuint32_t box[4] = {box_channels, box_rows, 1, 1};
+  return encode_tensor_map(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, t.data, dims, strides, box, swizzle);
+}
+
+// Q: boxes of one CTA tile's rows x Dp channels, no swizzle.
+Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, const quant::StridedInput& q) {
+  return make_rows16_tensor_map(map, q, pp.batch, pp.heads_q, pp.nq, pp.head_dim, cuuint32_t(pp.head_dim_padded),
+                                cuuint32_t(query_block_rows(pp.head_dim_padded, /*smooth_q=*/false)),
+                                CU_TENSOR_MAP_SWIZZLE_NONE);
+}
+
+// The output: boxes of a consumer's 64 rows x 64 channels in the staging
+// tile's 128-byte swizzle (OutStage). False where TMA cannot write it.
+bool make_out_tensor_map(CUtensorMap* map, const AttentionArgs& args, const AttentionOptions& o,
+                         const quant::PrepassProblem& pp) {
+  using Stage = OutStage<128>;
+  return make_rows16_tensor_map(map, fwd::strided(args.out, o.layout), pp.batch, pp.heads_q, pp.nq, pp.head_dim,
+                                Stage::kBoxChannels, Stage::kRows, CU_TENSOR_MAP_SWIZZLE_128B)
+      .is_ok();
 }
 
 // Whether the attention kernel can quantize Q itself, so that the pre-pass
@@ -155,6 +173,11 @@ bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& op
   return q_quantized_in_kernel(args, options, prepass_problem(args, options), &map);
 }
 
+bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options) {
+  CUtensorMap map;
+  return make_out_tensor_map(&map, args, options, prepass_problem(args, options));
+}
+
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options) {
   return quant::make_prepass_layout(prepass_problem(args, options)).bytes;
 }
@@ -174,6 +197,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
 
   const int dp = layout.head_dim_padded;
   fwd::fill_forward_params(args, o, prepass, &p);
+  p.out_tma = make_out_tensor_map(&p.tmap_out, args, o, pp);
   if (!pp.q_in_attention) {
     SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp,
                                          query_block_rows(dp, pp.smooth_q)));

@@ -28,6 +28,10 @@
 //   smem K[st] --wgmma s8--> S int32 regs --x q_scale*k_scale, max, exp2-->
 //   P fp32 regs --cvt e4m3 (x448)--> P fp8 regs (A operand) --wgmma e4m3
 //   with smem V^T[st]--> PV fp32 --O = O*alpha + PV--> O regs.
+// Per item, the epilogue: O regs --/ l, V scales--> 16-bit, stmatrix into
+// the consumer's staging tile --TMA store--> out (where out's start and
+// strides are 16-byte aligned; otherwise stored from the registers):
+// qk_int8_pv_fp8_sm90_epilogue.cuh.
 // Q (QuantizeQ instances): the caller's 16-bit rows arrive by TMA and each
 // consumer quantizes its own 64 rows to INT8 into the Q buffer at the start
 // of an item, with the pre-pass's arithmetic (quantize_q_rows); otherwise
@@ -48,6 +52,7 @@
 #include "cuda/common/smooth_q.cuh"
 #include "cuda/quant/quantize_rows.cuh"
 #include "cuda/sm90/ptx_sm90.cuh"
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_epilogue.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_softmax.cuh"
 #include "cuda/sm90/wgmma_ops.cuh"
@@ -56,8 +61,8 @@
 
 namespace sage::sm90 {
 
-inline constexpr int kOffsetBarrier = 1;      // named barrier of the smooth_q key-offset warps
-inline constexpr int kQuantizedQBarrier = 2;  // + consumer: its warps are done writing its INT8 Q rows
+inline constexpr int kOffsetBarrier = 1;    // named barrier of the smooth_q key-offset warps
+inline constexpr int kConsumerBarrier = 2;  // + consumer: its four warps (INT8 Q rows written, output staged)
 
 template <int HeadDimPadded, bool Causal, typename OutT, bool SmoothQ = false, bool QuantizeQ = false>
 struct FwdTraits {
@@ -110,7 +115,7 @@ struct FwdTraits {
                 "setmaxnreg split beyond the CTA's launch allocation (deadlock)");
   static_assert(kBlockK == 2 * kOffsetThreads, "two keys per key-offset thread");
   static_assert(!(SmoothQ && QuantizeQ), "smooth_q's Q comes from the pre-pass (its tile means)");
-  static_assert(kQuantizedQBarrier + kConsumers <= 16, "named barriers");
+  static_assert(kConsumerBarrier + kConsumers <= 16, "named barriers");
 };
 
 // The epilogue's per-channel factors of one item's kv head (ForwardParams).
@@ -126,6 +131,7 @@ struct FwdSharedStorage {
   alignas(1024) int8_t k[T::kStages][T::kKBytes];
   alignas(1024) uint8_t vt[T::kStages][T::kVBytes];
   alignas(128) uint8_t q16[2][T::kQuantizeQ ? T::kQ16Bytes : 16];  // QuantizeQ: [kBlockQ][kDp] 16-bit
+  alignas(1024) uint8_t out_stage[T::kConsumers][OutStage<T::kDp>::kBytes];  // per consumer, epilogue
   ItemFactors<T::kDp> factors[2];
   // Item buffer b (a ring of two over a CTA's items: ItemSlot): item_full
   // says its Q tile (or q16) has landed, factors_full its factors, and
@@ -302,7 +308,7 @@ __device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, Fwd
         quant::quantize_int8x8(x, __shfl_sync(0xffffffffu, inv_own, 2 * r));
   }
   fence_proxy_async_shared();  // the stores above, for the wgmma that reads them
-  named_barrier_sync(kQuantizedQBarrier + consumer, 128);
+  named_barrier_sync(kConsumerBarrier + consumer, 128);
   return __shfl_sync(0xffffffffu, scale, 2 * (lane / 4)) * p.scale_log2;
 }
 
@@ -463,13 +469,19 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   const ItemFactors<T::kDp>& staged = s.factors[item.stage];
   const auto factors = fwd::channel_factors_from<T, /*kGlobal=*/false>(staged.v_scale,
                                                                        p.v_mean ? staged.v_mean : nullptr, quad);
-  fwd::write_output<T>(p, o, softmax, factors, rows, bh, quad);
+  if (p.out_tma) {
+    store_output_tma<T>(p, s.out_stage[consumer], kConsumerBarrier + consumer, o, softmax, factors, rows, first_row,
+                        bh, quad);
+  } else {
+    fwd::write_output<T>(p, o, softmax, factors, rows, bh, quad);
+  }
   mbar_arrive(&s.item_empty[item.stage]);  // its Q tile (q16) and factors are read: the producer may refill them
 }
 
 template <class T>
 __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer) {
   fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int j, int it0) { consume_item<T>(p, s, w, it0, j, consumer); });
+  wait_output_stores();
 }
 
 // ---- kernel ----------------------------------------------------------------------------
@@ -500,6 +512,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
     tma_prefetch_descriptor(&p.tmap_q);
     tma_prefetch_descriptor(&p.tmap_k);
     tma_prefetch_descriptor(&p.tmap_vt);
+    if (p.out_tma) tma_prefetch_descriptor(&p.tmap_out);
   }
   // Launched under the pre-pass's tail (programmatic launch): everything
   // below reads its outputs, except (QuantizeQ) the first item's Q, which

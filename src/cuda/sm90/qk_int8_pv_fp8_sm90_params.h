@@ -33,6 +33,12 @@ struct QkInt8PvFp8Params : fwd::ForwardParams {
   CUtensorMap tmap_q;
   CUtensorMap tmap_k;
   CUtensorMap tmap_vt;
+  // The caller's output [B][Hq][Nq][head_dim] for the TMA-store epilogue
+  // (qk_int8_pv_fp8_sm90_epilogue.cuh); valid where out_tma, which needs a
+  // 16-byte aligned start and strides. Otherwise the threads store their
+  // rows themselves (fwd::write_output).
+  CUtensorMap tmap_out;
+  bool out_tma;
 };
 
 }  // namespace sage::sm90
