@@ -103,10 +103,14 @@ Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, co
 }
 
 // The output: boxes of a consumer's 64 rows x 64 channels in the staging
-// tile's 128-byte swizzle (OutStage). False where TMA cannot write it.
+// tile's 128-byte swizzle (OutStage). False where TMA cannot write it, and
+// where head_dim is no multiple of 8: a TMA store writes a row's last
+// 16-byte piece whole, past head_dim (H200: D = 100 wrote channels 100-103
+// of the caller's row padding).
 bool make_out_tensor_map(CUtensorMap* map, const AttentionArgs& args, const AttentionOptions& o,
                          const quant::PrepassProblem& pp) {
   using Stage = OutStage<128>;
+  if (pp.head_dim % 8 != 0) return false;
   return make_rows16_tensor_map(map, fwd::strided(args.out, o.layout), pp.batch, pp.heads_q, pp.nq, pp.head_dim,
                                 Stage::kBoxChannels, Stage::kRows, CU_TENSOR_MAP_SWIZZLE_128B)
       .is_ok();
