@@ -5,7 +5,9 @@ bench/bench_attention.py times one call at a time, as a user sees it: its 1K fig
 host time of the call (20-45 us on the lent machines, and varying by +-10 us between runs). Here
 each figure is the mean of `reps` calls launched back to back (the host stays ahead of the GPU), the
 median of `rounds` such batches: `kernel` is the attention kernel alone (on inputs the pre-pass
-already quantized), `call` the whole call (pre-pass and kernel). Prints one JSON object per line.
+already quantized), `call` the whole call (pre-pass and kernel), and with --cudnn `cudnn` PyTorch
+SDPA's cuDNN backend the same way (the yardstick without its host time either). Prints one JSON
+object per line.
 
   PYTHONPATH=build-ab-NAME/python/pkg python3 scripts/gpu_time.py [--dims 64,128] [--sizes 1024,4096]
                                                                   [--causal 0,1] [--tag NAME] >> OUT/gpu-NAME.jsonl
@@ -45,8 +47,9 @@ def compare(out, names):
         if os.path.exists(path):
             for line in open(path):
                 row = json.loads(line)
-                for metric in ("kernel", "call"):
-                    runs[(row["D"], row["N"], row["causal"], metric, name)].append(row[metric])
+                for metric in ("kernel", "call", "cudnn"):
+                    if metric in row:
+                        runs[(row["D"], row["N"], row["causal"], metric, name)].append(row[metric])
     shapes = sorted({key[:4] for key in runs})
     print(f"{'D':>4} {'c':>1} {'N':>6} {'metric':7}| " + " ".join(f"{n:>9}" for n in names) + " | change vs " + names[0])
     for d, n, causal, metric in shapes:
@@ -76,6 +79,7 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--cudnn", action="store_true", help="also time SDPA's cuDNN backend")
     args = ap.parse_args()
     for d in (int(x) for x in args.dims.split(",")):
         for n in (int(x) for x in args.sizes.split(",")):
@@ -87,6 +91,13 @@ def main():
                 row = {"tag": args.tag, "D": d, "N": n, "causal": causal,
                        "kernel": round(batch_us(kernel, qkv, args.reps, args.rounds), 2),
                        "call": round(batch_us(call, qkv, args.reps, args.rounds), 2)}
+                if args.cudnn:
+                    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                    def cudnn(q, k, v):
+                        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    row["cudnn"] = round(batch_us(cudnn, qkv, args.reps, args.rounds), 2)
                 print(json.dumps(row), flush=True)
 
 
