@@ -76,6 +76,15 @@ std::vector<Case> all_cases() {
        .align = TL, .dtype = FP16, .dist = D::sharp},
       {.small = true, .b = 1, .hq = 3, .hkv = 1, .nq = 33, .nk = 33, .d = 127, .granularity = G::per_thread,
        .storage = Storage::padded, .strided_out = true},
+      // The TMA-store epilogue with a box that ends past head_dim (96, 80, 32: the
+      // second or only 64-channel box clipped) and padding after each row,
+      // which it must leave alone.
+      {.small = true, .b = 2, .hq = 2, .hkv = 1, .nq = 129, .nk = 129, .d = 32, .causal = true, .align = TL,
+       .strided_out = true},
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 257, .nk = 300, .d = 96, .layout = NHD, .dtype = FP16,
+       .storage = Storage::padded, .strided_out = true},
+      {.small = true, .b = 1, .hq = 3, .hkv = 1, .nq = 300, .nk = 257, .d = 80, .causal = true, .align = BR,
+       .strided_out = true},
 
       // ---- main matrix: D in {64, 128} x N in {1, 17, 127, 1531, 3000}, options rotated
       {.b = 3, .hq = 4, .hkv = 4, .nq = 1, .nk = 1, .d = 64, .causal = true, .align = TL},
@@ -761,9 +770,11 @@ TEST_F(Sm90Forward, SmallQStaysInThePrepassWhereTmaCannotReadIt) {
 }
 
 // The epilogue writes the output by TMA where its start and strides are
-// 16-byte aligned and from the threads' registers otherwise (rows of D + 4
-// elements: 136 bytes apart). Both paths write the same bits, every element
-// of the view, and nothing between its rows.
+// 16-byte aligned (and head_dim a multiple of 8) and from the threads'
+// registers otherwise (rows of D + 4 elements: 136 bytes apart). Both paths
+// write the same bits and every element of the view; the register path
+// nothing between its rows (the TMA path's padding is checked by the
+// strided-out cases of Sm90ForwardCase).
 TEST_F(Sm90Forward, SmallOutputStorePathsWriteTheSameBits) {
   SmallCall call(device());
   SAGE_CUDA_CHECK(call.status());

@@ -158,6 +158,21 @@ __device__ __forceinline__ float2 output_pair(const float (&o)[T::kOAcc], const 
   return v;
 }
 
+// How the thread's row r is finished: O times inv_l = 1 / l, or 0 for a row
+// that saw no key (l == 0: it writes 0); a NaN l (a NaN or an infinity in
+// its inputs: num::symmetric_scale) gives a NaN inv_l, so the whole row is
+// NaN, not only the channels whose O is. The V mean is added to rows that
+// saw keys.
+struct RowFinish {
+  float inv_l;
+  bool add_mean;
+};
+template <class Softmax>
+__device__ __forceinline__ RowFinish row_finish(const ForwardParams& p, const Softmax& softmax, int r) {
+  const bool saw_keys = softmax.l[r] != 0.f;
+  return {saw_keys ? 1.f / softmax.l[r] : 0.f, p.v_mean != nullptr && saw_keys};
+}
+
 // The LSE of row `row` (this thread's row r of two) where the call asks for
 // it, with the smoothing correction; written by one thread of the row's quad.
 template <class Softmax>
@@ -190,12 +205,7 @@ __device__ __forceinline__ void write_output(const ForwardParams& p, const float
   for (int r = 0; r < 2; ++r) {
     const int row = rows[r];
     if (row >= p.nq) continue;
-    // A row that saw no key (l = 0) writes 0; a NaN l (a NaN or an infinity
-    // in its inputs: num::symmetric_scale) gives a NaN inv_l, so the whole row
-    // is NaN, not only the channels whose O is.
-    const bool saw_keys = softmax.l[r] != 0.f;
-    const float inv_l = saw_keys ? 1.f / softmax.l[r] : 0.f;
-    const bool add_mean = p.v_mean != nullptr && saw_keys;
+    const auto [inv_l, add_mean] = row_finish(p, softmax, r);
     Out* dst = static_cast<Out*>(p.out) + b * p.out_stride_b + h * p.out_stride_h + row * p.out_stride_n + 2 * quad;
     if (dense) {
 #pragma unroll

@@ -92,8 +92,10 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 // Stores the 4D box at (c0, c1, c2, c3) of `tmap` from shared memory `src`
-// (elements outside the tensor are not written), as one bulk async-group
-// of this thread once committed (bulk_commit_group).
+// as one bulk async-group of this thread once committed (bulk_commit_group).
+// Rows (dims 1..3) outside the tensor are not written; along dim 0 the
+// store writes whole 16-byte pieces, so a row whose bytes end inside one
+// is written past its end (make_out_tensor_map).
 __device__ __forceinline__ void tma_store_4d(const void* tmap, const void* src, int c0, int c1, int c2, int c3) {
   asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(tmap),
                "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)

@@ -17,7 +17,6 @@
 #include "api/validate.h"
 #include "cuda/common/forward_host.h"
 #include "cuda/quant/prepass.h"
-#include "cuda/sm90/qk_int8_pv_fp8_sm90_epilogue.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
 
 namespace sage::sm90 {
@@ -46,7 +45,8 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 }
 
 // Encodes a tiled tensor map of `rank` dimensions (strides in bytes, for
-// dims 1..rank-1; unit element strides, no interleave, zeros out of bounds).
+// dims 1..rank-1; unit element strides, no interleave; loads fill zeros out
+// of bounds).
 Status encode_tensor_map(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, const void* base,
                          const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box,
                          CUtensorMapSwizzle swizzle) {
@@ -76,7 +76,8 @@ Status make_tensor_map(CUtensorMap* map, void* base, std::uint64_t dim0, std::ui
 // A caller's 16-bit tensor [B][H][N][head_dim] (element strides `t`) as a
 // 4D tensor map with boxes of box_channels x box_rows x 1 x 1: the caller's
 // Q for the kernels that quantize Q themselves (zeros past head_dim and N),
-// the output for the TMA-store epilogue (writes past them dropped).
+// the output for the TMA-store epilogue (rows past N dropped; channels past
+// head_dim too where head_dim is a multiple of 8: make_out_tensor_map).
 // invalid_argument where TMA cannot reach the tensor: a start or a stride
 // that is no multiple of 16 bytes (a dimension of size 1 is never stepped:
 // it gets a stride TMA accepts, whatever the caller's).
@@ -109,10 +110,9 @@ Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, co
 // of the caller's row padding).
 bool make_out_tensor_map(CUtensorMap* map, const AttentionArgs& args, const AttentionOptions& o,
                          const quant::PrepassProblem& pp) {
-  using Stage = OutStage<128>;
   if (pp.head_dim % 8 != 0) return false;
   return make_rows16_tensor_map(map, fwd::strided(args.out, o.layout), pp.batch, pp.heads_q, pp.nq, pp.head_dim,
-                                Stage::kBoxChannels, Stage::kRows, CU_TENSOR_MAP_SWIZZLE_128B)
+                                kOutBoxChannels, kOutBoxRows, CU_TENSOR_MAP_SWIZZLE_128B)
       .is_ok();
 }
 

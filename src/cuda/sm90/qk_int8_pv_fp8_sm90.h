@@ -34,7 +34,8 @@ inline constexpr std::int64_t kMaxKeysQInKernelD128 = 1024;
 bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
 
 // Whether the kernel's epilogue writes the output by TMA (a 16-byte aligned
-// start and strides) rather than from its threads' registers. Tests use it
+// start and strides, head_dim a multiple of 8) rather than from its
+// threads' registers. Tests use it
 // to know which path a call takes.
 bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options);
 

@@ -4,7 +4,9 @@
 // Data flow: O regs --x 1/l, x V scale, + V mean, cvt 16-bit--> packed pairs
 // --stmatrix--> the consumer's staging tile (TMA's 128-byte swizzle) --one
 // TMA store per 64-channel box--> the caller's output (rows past nq and
-// channels past head_dim clipped by the tensor map's bounds).
+// channels past head_dim clipped by the tensor map's bounds; exactly, since
+// the path is taken only where head_dim is a multiple of 8:
+// make_out_tensor_map).
 // Why: stored from the registers (fwd::write_output), each thread writes
 // its rows as 16 four-byte pieces per row, 8 rows per warp store, and the
 // second row's stores stalled on the first's (ncu, 1K keys: the epilogue
@@ -24,15 +26,16 @@
 namespace sage::sm90 {
 
 // One consumer's staging tile: 64 rows x Dp 16-bit channels as Dp / 64 boxes
-// of 64 channels (128-byte rows, the widest swizzled row TMA takes).
+// (kOutBoxRows x kOutBoxChannels, the output tensor map's box).
 template <int Dp>
 struct OutStage {
-  static constexpr int kRows = 64;
-  static constexpr int kBoxChannels = 64;
+  static constexpr int kRows = kOutBoxRows;
+  static constexpr int kBoxChannels = kOutBoxChannels;
   static constexpr int kBoxes = Dp / kBoxChannels;
   static constexpr int kBoxBytes = kRows * kBoxChannels * 2;
   static constexpr int kBytes = kBoxes * kBoxBytes;
   static_assert(Dp % kBoxChannels == 0, "whole boxes");
+  static_assert(kBoxChannels * 2 == 128, "128-byte rows (offset() swizzles 8 of them)");
 
   // Byte offset of row r's channels 8j..8j+7 (16 bytes): box j / 8, row r
   // at 128 r, its 16-byte chunk j % 8 moved to (j % 8) ^ (r % 8) as TMA's
@@ -64,10 +67,7 @@ __device__ __forceinline__ void store_output_tma(const QkInt8PvFp8Params& p, uin
   uint32_t packed[T::kDp / 8][2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    // As fwd::write_output: l == 0 (no key) writes 0, a NaN l NaN everywhere.
-    const bool saw_keys = softmax.l[r] != 0.f;
-    const float inv_l = saw_keys ? 1.f / softmax.l[r] : 0.f;
-    const bool add_mean = p.v_mean != nullptr && saw_keys;
+    const auto [inv_l, add_mean] = fwd::row_finish(p, softmax, r);
 #pragma unroll
     for (int j = 0; j < T::kDp / 8; ++j) {
       const float2 v = fwd::output_pair<T>(o, f, r, j, inv_l, add_mean);

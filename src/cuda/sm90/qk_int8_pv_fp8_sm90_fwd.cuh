@@ -30,7 +30,8 @@
 //   with smem V^T[st]--> PV fp32 --O = O*alpha + PV--> O regs.
 // Per item, the epilogue: O regs --/ l, V scales--> 16-bit, stmatrix into
 // the consumer's staging tile --TMA store--> out (where out's start and
-// strides are 16-byte aligned; otherwise stored from the registers):
+// strides are 16-byte aligned and head_dim a multiple of 8; otherwise
+// stored from the registers):
 // qk_int8_pv_fp8_sm90_epilogue.cuh.
 // Q (QuantizeQ instances): the caller's 16-bit rows arrive by TMA and each
 // consumer quantizes its own 64 rows to INT8 into the Q buffer at the start

@@ -29,13 +29,19 @@ constexpr int query_block_rows(int head_dim_padded, bool smooth_q) {
   return 64 * consumer_warpgroups(head_dim_padded, smooth_q);
 }
 
+// The TMA-store epilogue's box: a consumer's 64 rows x 64 channels (128-byte
+// rows, the widest swizzled row TMA takes); Dp / 64 boxes per consumer.
+inline constexpr int kOutBoxRows = 64;
+inline constexpr int kOutBoxChannels = 64;
+
 struct QkInt8PvFp8Params : fwd::ForwardParams {
   CUtensorMap tmap_q;
   CUtensorMap tmap_k;
   CUtensorMap tmap_vt;
   // The caller's output [B][Hq][Nq][head_dim] for the TMA-store epilogue
   // (qk_int8_pv_fp8_sm90_epilogue.cuh); valid where out_tma, which needs a
-  // 16-byte aligned start and strides. Otherwise the threads store their
+  // 16-byte aligned start and strides and head_dim a multiple of 8
+  // (make_out_tensor_map). Otherwise the threads store their
   // rows themselves (fwd::write_output).
   CUtensorMap tmap_out;
   bool out_tma;
