@@ -35,8 +35,7 @@ bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& op
 
 // Whether the kernel's epilogue writes the output by TMA (a 16-byte aligned
 // start and strides, head_dim a multiple of 8) rather than from its
-// threads' registers. Tests use it
-// to know which path a call takes.
+// threads' registers. Tests use it to know which path a call takes.
 bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options);
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options);
