@@ -260,18 +260,29 @@ __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& lay
 // cp.async for each 16-byte chunk inside the tensor (Vec), zeros past row n
 // and past head_dim, element loads when rows are not 16-byte aligned. The
 // caller waits (cp_async_wait<0>, then a barrier) before reading the tile.
+// A thread copies one 8-channel chunk column (c0) of every kRowStep-th row,
+// so its source pointer only steps by kRowStep rows (no per-chunk address
+// arithmetic) and its column test is made once.
 template <typename T, bool Vec, int Dp>
 __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n, int head_dim, uint4* tile) {
   constexpr int kChunks = Dp / kVec;
-  const T* base = static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h;
-#pragma unroll
-  for (int it = 0; it < kTileRows * kChunks / kThreads; ++it) {
-    // Neighbouring threads take neighbouring chunks of a row (coalesced).
-    const int k = threadIdx.x + it * kThreads;
-    const int row = row0 + k / kChunks, c0 = (k % kChunks) * kVec;
-    const T* src = base + row * in.stride_n + c0;
-    if (Vec && row < n && c0 < head_dim) {
-      cp_async_16(&tile[k], src);
+  constexpr int kRowStep = kThreads / kChunks;
+  static_assert(kThreads % kChunks == 0 && kTileRows % kRowStep == 0, "whole rows per pass");
+  // Neighbouring threads take neighbouring chunks of a row (coalesced).
+  const int c0 = (threadIdx.x % kChunks) * kVec;
+  const int first = threadIdx.x / kChunks;  // the thread's first row in the tile
+  const bool in_dim = c0 < head_dim;        // Vec: the whole chunk (head_dim % 8 == 0)
+  const T* src = static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h +
+                 static_cast<std::int64_t>(row0 + first) * in.stride_n + c0;
+  const std::int64_t step = static_cast<std::int64_t>(kRowStep) * in.stride_n;
+  // (Element loads, !Vec, one row at a time: unrolled, their 64 loads in
+  // flight spilled registers.)
+#pragma unroll(Vec ? kTileRows / kRowStep : 1)
+  for (int it = 0; it < kTileRows / kRowStep; ++it, src += step) {
+    const int row = row0 + first + it * kRowStep;
+    uint4* dst = &tile[threadIdx.x + it * kThreads];
+    if (Vec && row < n && in_dim) {
+      cp_async_16(dst, src);
     } else {
       uint32_t w[4];
 #pragma unroll
@@ -280,7 +291,7 @@ __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n,
         const uint32_t hi = row < n && c0 + i + 1 < head_dim ? bits16(src[i + 1]) : 0u;
         w[i / 2] = lo | hi << 16;
       }
-      tile[k] = make_uint4(w[0], w[1], w[2], w[3]);
+      *dst = make_uint4(w[0], w[1], w[2], w[3]);
     }
   }
   cp_async_commit();
@@ -446,10 +457,9 @@ __device__ void lse_correction_tile(const QuantShared<Dp>& sh, float sm_scale, i
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                 const StridedInput& in, int job, QuantShared<Dp>& sh) {
-  const int tiles = job_tiles(p.nq);
-  const int bh = job / tiles, tile = job % tiles;
-  const int b = bh / p.heads_q, h = bh % p.heads_q;
-  const int bh_kv = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
+  const auto [bh, tile] = layout.q_tiles_div.divmod(job);
+  const auto [b, h] = layout.heads_q_div.divmod(bh);
+  const int bh_kv = b * p.heads_kv + static_cast<int>(layout.group_div.div(static_cast<std::uint32_t>(h)));
   const int row0 = tile * kTileRows;
   // The tile's copies go out first; the statistics are reduced while they fly.
   load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, sh.tile);
@@ -485,9 +495,10 @@ struct KvTile {
 template <typename T, bool Vec, int Dp>
 __device__ KvTile start_kv_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                 const StridedInput& in, int job, bool v_job, QuantShared<Dp>& sh) {
-  const int tiles = job_tiles(p.nk);
-  const KvTile t{job / tiles, job % tiles, job % tiles * kTileRows};
-  load_tile<T, Vec, Dp>(in, t.bh_kv / p.heads_kv, t.bh_kv % p.heads_kv, t.row0, p.nk, p.head_dim, sh.tile);
+  const auto [bh_kv, tile] = layout.k_tiles_div.divmod(job);
+  const KvTile t{bh_kv, tile, tile * kTileRows};
+  const auto [b, h] = layout.heads_kv_div.divmod(bh_kv);
+  load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, sh.tile);
   pdl::wait_for_prerequisites();  // the statistics kernel's partial sums
   finalize_stats(p, layout, out, t.bh_kv, v_job, v_job && t.tile == 0, sh);
   return t;
@@ -697,6 +708,11 @@ PrepassLayout make_prepass_layout(const PrepassProblem& p) {
   l.off_v_mean = take(sizeof(float) * bhk * dp);
   l.off_lse_corr = take(p.lse_correction ? sizeof(float) * bhq * p.nq : 0);
   l.q_tiles = job_tiles(p.nq);
+  l.q_tiles_div = num::FastDivisor::of(static_cast<std::uint32_t>(l.q_tiles));
+  l.k_tiles_div = num::FastDivisor::of(static_cast<std::uint32_t>(job_tiles(p.nk)));
+  l.heads_q_div = num::FastDivisor::of(static_cast<std::uint32_t>(p.heads_q));
+  l.heads_kv_div = num::FastDivisor::of(static_cast<std::uint32_t>(p.heads_kv));
+  l.group_div = num::FastDivisor::of(static_cast<std::uint32_t>(p.heads_q / p.heads_kv));
   l.off_q_mean = take(p.smooth_q ? sizeof(float) * bhq * l.q_tiles * dp : 0);
   l.off_k_partial = take(sizeof(float) * bhk * l.chunks * dp);
   l.off_v_partial = take(sizeof(float) * bhk * l.chunks * 3 * dp);

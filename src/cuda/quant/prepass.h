@@ -29,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "numerics/fast_divisor.h"
 #include "numerics/tile_geometry.h"
 #include "sage/options.h"
 
@@ -89,6 +90,9 @@ struct PrepassLayout {
   int q_groups = 0, k_groups = 0;
   int chunks = 0, chunk_len = 0;
   int q_tiles = 0;  // 128-row Q tiles per head (rows of q_mean)
+  // The quantize kernel's job decode (job -> head, tile; head -> batch,
+  // head; query head -> kv head) without runtime divisions.
+  num::FastDivisor q_tiles_div, k_tiles_div, heads_q_div, heads_kv_div, group_div;
   std::size_t bytes = 0;
   VFormat v_format = VFormat::fp8_e4m3_transposed;
   PrepassBuffers carve(void* workspace) const;
