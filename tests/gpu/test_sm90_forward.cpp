@@ -221,7 +221,7 @@ class Sm90Forward : public Sm90Test {};
 // Calls whose Q the attention kernel quantizes itself (per-warp or
 // per-thread groups, no smooth_q, no LSE correction: return_lse off or
 // smooth_k off, Q rows TMA can read; at D = 128 at most 1024 keys, within
-// kMaxKeysQInKernelD128), over head dims (odd ones too: TMA zero-fills part
+// kMaxKeysQInKernelD128 and its causal limit), over head dims (odd ones too: TMA zero-fills part
 // of a 16-byte chunk), lengths, layouts, storage, dtypes, causal alignments
 // and GQA, and with more work items than an H200 has SMs (persistent CTAs
 // reuse their Q buffers). (The small ones also run under compute-sanitizer.)
@@ -302,12 +302,12 @@ class Sm90QInKernel : public Sm90Test, public ::testing::WithParamInterface<Case
 
 TEST_P(Sm90QInKernel, EqualsQuantizedByThePrepass) { expect_q_paths_bit_identical(GetParam(), device(), nullptr); }
 
-// SAGE_SM90_Q_PREPASS=0 lifts the dispatch's length limit at D = 128 (A/B
+// SAGE_SM90_Q_PREPASS=0 lifts the dispatch's length limits at D = 128 (A/B
 // timing in one build): the kernel then quantizes Q of long calls too, with
 // the same result. 144 work items (more than an H100/H200 has SMs, so CTAs
-// run later items too) over all 1325 keys; causal bottom-right, so the last
-// query tiles read them all; the LSE without smooth_k (no LSE correction,
-// which would keep Q in the pre-pass).
+// run later items too) over all keys, 301 past the limit; causal
+// bottom-right, so the last query tiles read them all; the LSE without
+// smooth_k (no LSE correction, which would keep Q in the pre-pass).
 TEST_F(Sm90Forward, QInKernelPastTheLengthLimitUnderEnvZero) {
   Case c;
   c.b = 1, c.hq = 48, c.hkv = 8;
@@ -318,6 +318,7 @@ TEST_F(Sm90Forward, QInKernelPastTheLengthLimitUnderEnvZero) {
   c.return_lse = true;
   expect_q_paths_bit_identical(c, device(), "0");
   c.causal = true, c.align = CausalAlign::bottom_right;
+  c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128Causal) + 301;
   expect_q_paths_bit_identical(c, device(), "0");
 }
 
@@ -373,6 +374,10 @@ TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
 
   add("D = 128 beyond kMaxKeysQInKernelD128 keys",
       [](Case& c) { c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1; });
+  add("D = 128 causal beyond kMaxKeysQInKernelD128Causal keys", [](Case& c) {
+    c.causal = true;
+    c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128Causal) + 1;
+  });
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(sage::test::seed_note(seed));
   for (const Variant& v : variants) {
@@ -387,6 +392,14 @@ TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
   const sage::ref::Inputs in = sage::ref::make_inputs(base.problem(), base.dist, seed, base.dtype);
   ASSERT_NO_FATAL_FAILURE(run_on_gpu(base, in, device(), &plain));
   EXPECT_TRUE(plain.sm90_q_in_kernel) << "the unchanged call should take the in-kernel path";
+  // Causal calls keep the in-kernel path to a longer length.
+  Case causal = base;
+  causal.causal = true;
+  causal.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1;
+  const sage::ref::Inputs causal_in = sage::ref::make_inputs(causal.problem(), causal.dist, seed, causal.dtype);
+  GpuResult causal_result;
+  ASSERT_NO_FATAL_FAILURE(run_on_gpu(causal, causal_in, device(), &causal_result));
+  EXPECT_TRUE(causal_result.sm90_q_in_kernel) << "a causal call within kMaxKeysQInKernelD128Causal keys";
 }
 
 

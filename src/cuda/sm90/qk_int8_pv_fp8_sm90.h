@@ -15,20 +15,24 @@ namespace sage::sm90 {
 // the reason (the caller returns it as not_implemented).
 std::string unsupported_reason(const AttentionOptions& options, std::int64_t head_dim);
 
-// The longest key sequence at which the D = 128 kernel quantizes Q itself.
-// Each work item then pays for its quantization (its consumers do it before
-// their first Q K^T), which the shorter pre-pass repays where items are
-// short: measured on an H200 (B=2 H=32, docs/perf-notes.md) -9% end to end
-// at 1K keys (causal -8%), +1% at 4K (causal +4%), even at 16K; 2K is not
-// measured yet, so the limit is the longest length measured to gain. At
-// D = 64 (half the quantization per item) it paid at every length up to 4K
-// (-2% to -18%) and is even at 16K, so it has no limit there.
+// The longest key sequences at which the D = 128 kernel quantizes Q itself
+// (non-causal, causal). Each work item then pays for its quantization (its
+// consumers do it before their first Q K^T), which the shorter pre-pass
+// repays where items are short. GPU time of whole calls on an H200 (B=2
+// H=32, docs/perf-notes.md, session 14), in-kernel against pre-pass Q:
+// non-causal -1.3% at 1K keys, +0.7% at 2K, +1.9% at 4K; causal -8.0% at
+// 1K, -4.6% at 2K, -0.8% at 4K (causal items are half as long on average,
+// and the pre-pass weighs twice as much in the call). At D = 64 (half the
+// quantization per item) it paid at every length up to 4K (-2% to -18%)
+// and is even at 16K, so it has no limit there.
 inline constexpr std::int64_t kMaxKeysQInKernelD128 = 1024;
+inline constexpr std::int64_t kMaxKeysQInKernelD128Causal = 4096;
 
 // Whether the attention kernel quantizes the call's Q itself (the pre-pass
 // then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
 // correction, Q rows TMA can read and out not sharing Q's memory, D = 64 or
-// at most kMaxKeysQInKernelD128 keys (any length under SAGE_SM90_Q_PREPASS=0),
+// at most kMaxKeysQInKernelD128 keys (causal: kMaxKeysQInKernelD128Causal;
+// any length under SAGE_SM90_Q_PREPASS=0),
 // and SAGE_SM90_Q_PREPASS not "1". Tests use it to know which path a call
 // takes.
 bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
