@@ -5,6 +5,7 @@ is host time: Python, the dispatcher, the C++ core (validation, pointer
 checks, TMA descriptors, launches). Each piece is timed alone over many calls.
 """
 
+import ctypes
 import time
 
 import torch
@@ -39,11 +40,18 @@ def main():
         "torch.ops.sage_attention.forward": lambda: _ops.forward(q, k, v),
         "_forward_kernel (no dispatcher)": lambda: _ops._forward_kernel(q, k, v),
         "_C.forward (C++ core alone)": lambda: _C.forward(*specs, options, ws.data_ptr(), nbytes, stream),
+        "  _C.workspace_size (checks + dispatch)": lambda: _C.workspace_size(*specs, options),
         "  outputs + workspace (3 torch.empty)": lambda: (_ops._new_outputs(q, "HND", False),
                                                           torch.empty(nbytes, dtype=torch.uint8, device="cuda")),
         "  tensor_spec x4": lambda: (_ops.tensor_spec(q), _ops.tensor_spec(k), _ops.tensor_spec(v),
                                      _ops.tensor_spec(out)),
     }
+    try:  # one of the core's per-tensor pointer checks, through ctypes (its ~0.1 us call cost included)
+        runtime = ctypes.CDLL("libcudart.so.13")
+        attributes, pointer = ctypes.create_string_buffer(64), ctypes.c_void_p(q.data_ptr())
+        pieces["  cudaPointerGetAttributes (one tensor)"] = lambda: runtime.cudaPointerGetAttributes(attributes, pointer)
+    except OSError:
+        pass
     for name, fn in pieces.items():
         print(f"{name:40s} {wall_us(fn):7.1f} us", flush=True)
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "api/binding_entry.h"
 #include "cuda/device_dispatch.h"
 #include "sage/sage.h"
 
@@ -183,7 +184,10 @@ NB_MODULE(_C, m) {
         sage::Status st;
         {
           nb::gil_scoped_release release;  // the host emulation can take a while
-          st = sage::attention_forward(args, options, reinterpret_cast<void*>(workspace), workspace_bytes, as_stream(stream));
+          // The package passes PyTorch tensors only (sage_attention._ops):
+          // their placement needs no driver query.
+          st = sage::detail::attention_forward_of_framework_tensors(args, options, reinterpret_cast<void*>(workspace),
+                                                                    workspace_bytes, as_stream(stream));
         }
         raise_on_error(st);
       },

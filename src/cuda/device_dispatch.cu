@@ -127,9 +127,9 @@ Status find_kernel(const cuda::DeviceInfo& device, const AttentionArgs& args, co
 
 // Everything a GPU call needs before it can launch.
 Status check_gpu_call(const AttentionArgs& args, const AttentionOptions& options, cuda::DeviceInfo* info,
-                      Family* family) {
+                      Family* family, PointerOrigin origin = PointerOrigin::caller) {
   SAGE_RETURN_IF_ERROR(supported_device_info(args.q.device, info));
-  SAGE_RETURN_IF_ERROR(check_pointers_on_device(args, options));
+  if (origin == PointerOrigin::caller) SAGE_RETURN_IF_ERROR(check_pointers_on_device(args, options));
   SAGE_RETURN_IF_ERROR(check_gpu_kernel_limits(attention_dims(args, options.layout), options));
   return find_kernel(*info, args, options, family);
 }
@@ -175,10 +175,10 @@ Status launch_kernel(Family family, const cuda::DeviceInfo& device, const Attent
 
 // Everything up to the launch, shared by the two entry points below.
 Status checked_launch(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
-                      std::size_t workspace_bytes, Stream stream, bool kernel_only) {
+                      std::size_t workspace_bytes, Stream stream, bool kernel_only, PointerOrigin origin) {
   cuda::DeviceInfo device;
   Family family{};
-  SAGE_RETURN_IF_ERROR(check_gpu_call(args, options, &device, &family));
+  SAGE_RETURN_IF_ERROR(check_gpu_call(args, options, &device, &family, origin));
   const std::size_t needed = kernel_workspace_bytes(family, args, options);
   if (workspace_bytes < needed) {
     return Status::invalid("workspace: " + std::to_string(workspace_bytes) + " bytes given, " +
@@ -190,7 +190,9 @@ Status checked_launch(const AttentionArgs& args, const AttentionOptions& options
     if (reinterpret_cast<std::uintptr_t>(workspace) % 16 != 0) {
       return Status::invalid("workspace: must be 16-byte aligned (cudaMalloc and PyTorch allocations are)");
     }
-    SAGE_RETURN_IF_ERROR(check_pointer_on_device("workspace", workspace, args.q.device));
+    if (origin == PointerOrigin::caller) {
+      SAGE_RETURN_IF_ERROR(check_pointer_on_device("workspace", workspace, args.q.device));
+    }
   }
   return run_on_device(args.q.device,
                        [&] { return launch_kernel(family, device, args, options, workspace, stream, kernel_only); });
@@ -283,14 +285,14 @@ Status gpu_workspace_size(const AttentionArgs& args, const AttentionOptions& opt
 }
 
 Status gpu_attention_forward(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
-                             std::size_t workspace_bytes, Stream stream) {
-  return checked_launch(args, options, workspace, workspace_bytes, stream, false);
+                             std::size_t workspace_bytes, Stream stream, PointerOrigin origin) {
+  return checked_launch(args, options, workspace, workspace_bytes, stream, false, origin);
 }
 
 Status gpu_attention_kernel_only(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
                                  std::size_t workspace_bytes, Stream stream) {
   SAGE_RETURN_IF_ERROR(validate_attention_args(args, options));
-  return checked_launch(args, options, workspace, workspace_bytes, stream, true);
+  return checked_launch(args, options, workspace, workspace_bytes, stream, true, PointerOrigin::caller);
 }
 
 }  // namespace sage::detail

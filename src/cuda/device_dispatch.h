@@ -43,9 +43,20 @@ bool gpu_stores_output_by_tma(const AttentionArgs& args, const AttentionOptions&
 // gpu_attention_forward, so callers learn early that a call cannot run.
 Status gpu_workspace_size(const AttentionArgs& args, const AttentionOptions& options, std::size_t* bytes);
 
+// Where a GPU call's data pointers come from, which decides whether the
+// dispatch asks the driver where each one lives (check_pointer_on_device,
+// ~1 us per pointer).
+enum class PointerOrigin {
+  caller,           // raw pointers of a C or C++ caller: every one is checked
+  framework_tensors  // the device memory of a framework's GPU tensors (PyTorch:
+                     // a CUDA tensor's storage is on its device, and the
+                     // workspace too), whose placement the framework guarantees
+};
+
 // Runs a validated call whose tensors are on a GPU.
 Status gpu_attention_forward(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
-                             std::size_t workspace_bytes, Stream stream);
+                             std::size_t workspace_bytes, Stream stream,
+                             PointerOrigin origin = PointerOrigin::caller);
 
 // Benchmarks only: runs the attention kernel of a call whose pre-pass
 // already filled `workspace` (the same arguments as the previous
