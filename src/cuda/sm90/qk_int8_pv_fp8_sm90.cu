@@ -122,9 +122,9 @@ bool make_out_tensor_map(CUtensorMap* map, const AttentionArgs& args, const Atte
 // pre-pass's pass over Q, it must pay (kMaxKeysQInKernelD128[Causal]), out
 // and lse must not share memory with Q (the kernel reads Q while other CTAs
 // write them; the pre-pass has read all of it before), and TMA must be able
-// to read the caller's rows (16-byte aligned start and strides; an encoding TMA refuses
-// leaves Q to the pre-pass too). SAGE_SM90_Q_PREPASS=1 keeps Q in the
-// pre-pass, =0 takes the kernel wherever it can, past the length limit: the
+// to read the caller's rows (16-byte aligned start and strides; an encoding
+// TMA refuses leaves Q to the pre-pass too). SAGE_SM90_Q_PREPASS=1 keeps Q in
+// the pre-pass, =0 takes the kernel wherever it can, past the length limits: the
 // tests compare both paths and A/B timings switch them in one build (read
 // per call, so a test can switch it between calls). On true, *map reads the
 // caller's Q.

@@ -21,8 +21,8 @@ std::string unsupported_reason(const AttentionOptions& options, std::int64_t hea
 // repays where items are short. GPU time of whole calls on an H200 (B=2
 // H=32, docs/perf-notes.md, session 14), in-kernel against pre-pass Q:
 // non-causal -1.3% at 1K keys, +0.7% at 2K, +1.9% at 4K; causal -8.0% at
-// 1K, -4.6% at 2K, -0.8% at 4K (causal items are half as long on average,
-// and the pre-pass weighs twice as much in the call). At D = 64 (half the
+// 1K, -4.6% at 2K, -0.2..-0.8% at 4K over two runs (causal items are half
+// as long on average, and the pre-pass weighs twice as much in the call). At D = 64 (half the
 // quantization per item) it paid at every length up to 4K (-2% to -18%)
 // and is even at 16K, so it has no limit there.
 inline constexpr std::int64_t kMaxKeysQInKernelD128 = 1024;
@@ -32,9 +32,8 @@ inline constexpr std::int64_t kMaxKeysQInKernelD128Causal = 4096;
 // then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
 // correction, Q rows TMA can read and out not sharing Q's memory, D = 64 or
 // at most kMaxKeysQInKernelD128 keys (causal: kMaxKeysQInKernelD128Causal;
-// any length under SAGE_SM90_Q_PREPASS=0),
-// and SAGE_SM90_Q_PREPASS not "1". Tests use it to know which path a call
-// takes.
+// any length under SAGE_SM90_Q_PREPASS=0), and SAGE_SM90_Q_PREPASS not "1".
+// Tests use it to know which path a call takes.
 bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
 
 // Whether the kernel's epilogue writes the output by TMA (a 16-byte aligned
