@@ -13,7 +13,7 @@ call="
 import torch, sage_attention as s
 q, k, v = [torch.randn(2, 32, $n, 128, dtype=torch.bfloat16, device='cuda') for _ in range(3)]
 s.sageattn(q, k, v, is_causal=$causal); torch.cuda.synchronize()"
-timeout 200 ncu --kernel-name regex:'kv_stats|quantize_kernel' --launch-count 2 \
+timeout 200 ncu --kernel-name regex:'kv_stats|quantize_kernel|kv_cluster' --launch-count 2 \
   --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
   --section LaunchStats --section SchedulerStats -f -o "$out/prepass" python3 -c "$call" >"$out/ncu-prepass.log" 2>&1
 tail -2 "$out/ncu-prepass.log"

@@ -267,6 +267,15 @@ bool gpu_quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions
 #endif
 }
 
+bool gpu_quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options) {
+#if SAGE_HAS_SM90
+  return takes_sm90_kernel(args, options) && sm90::quantizes_kv_in_clusters(args, options);
+#else
+  (void)args, (void)options;
+  return false;
+#endif
+}
+
 bool gpu_stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options) {
 #if SAGE_HAS_SM90
   return takes_sm90_kernel(args, options) && sm90::stores_output_by_tma(args, options);

@@ -35,6 +35,10 @@ Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& opti
 // is not built): tests use it to know which path a call takes.
 bool gpu_quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
 
+// Whether the call's K and V are quantized by the pre-pass's cluster kernel
+// (sm90::quantizes_kv_in_clusters; false elsewhere): for the tests, like the above.
+bool gpu_quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options);
+
 // Whether the call's output is written by TMA from shared memory
 // (sm90::stores_output_by_tma; false elsewhere): for the tests, like the above.
 bool gpu_stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options);

@@ -484,6 +484,7 @@ struct GpuResult {
   std::vector<float> out;  // [B, Hq, Nq, D]
   std::vector<float> lse;  // [B, Hq, Nq] (left as downloaded: NaN if never written)
   bool sm90_q_in_kernel = false;  // detail::gpu_quantizes_q_in_kernel of the call
+  bool sm90_kv_in_clusters = false;  // detail::gpu_quantizes_kv_in_clusters of the call
 };
 
 // Uploads the case's inputs, runs attention_forward on a fresh non-blocking
@@ -566,6 +567,7 @@ void run_on_gpu(const Case& c, const sage::ref::Inputs& in, int device, GpuResul
   args.lse = sage::make_contiguous_view(dlse.data(), DType::f32, {B, Hq, Nq}, device);
   const AttentionOptions options = c.options();
   result->sm90_q_in_kernel = sage::detail::gpu_quantizes_q_in_kernel(args, options);
+  result->sm90_kv_in_clusters = sage::detail::gpu_quantizes_kv_in_clusters(args, options);
 
   std::size_t ws_bytes = 0;
   {

@@ -403,6 +403,120 @@ TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
 }
 
 
+// ------------------------------------------------------------------ K and V in clusters
+
+// Calls whose K and V the pre-pass's cluster kernel quantizes (one cluster
+// per head and tensor; sm90::quantizes_kv_in_clusters), over the cluster
+// shapes (one to four 128-row tiles per CTA, up to 8 CTAs), partial
+// last tiles and single keys, head dims padded inside the tiles, GQA,
+// layouts, dtypes, granularities and smoothing, with Q quantized in the
+// kernel and by the pre-pass's Q-only grid ahead of the clusters. The case
+// table above checks the path against the emulation and float64 (it takes
+// it wherever it can); here each call runs again on the two-kernel path
+// (SAGE_PREPASS_KV_CLUSTERS=0). Without K and V smoothing no sum enters the
+// quantization (V's extremes do not depend on their order): both paths must
+// give the same bits. With it the means are summed in another order, so
+// they may differ in their last bits, and the outputs only by the rare
+// INT8 or FP8 code that flips with them.
+std::vector<Case> kv_cluster_cases() {
+  using namespace case_table;
+  return {
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 128, .return_lse = false},
+      {.small = true, .b = 2, .hq = 4, .hkv = 2, .nq = 33, .nk = 300, .d = 64, .layout = NHD, .smooth_k = false,
+       .return_lse = true},
+      {.b = 1, .hq = 4, .hkv = 4, .nq = 200, .nk = 1024, .d = 128, .return_lse = false, .dist = D::channel_bias},
+      {.b = 1, .hq = 8, .hkv = 2, .nq = 129, .nk = 1531, .d = 128, .causal = true, .align = BR, .dtype = FP16,
+       .smooth_v = true, .return_lse = false, .dist = D::outlier_channels},
+      {.b = 2, .hq = 2, .hkv = 2, .nq = 300, .nk = 2048, .d = 128, .smooth_k = false, .return_lse = false,
+       .storage = Storage::padded},
+      {.b = 1, .hq = 2, .hkv = 1, .nq = 130, .nk = 2000, .d = 128, .granularity = G::per_thread, .return_lse = false,
+       .dist = D::heavy_tailed},
+      {.b = 1, .hq = 3, .hkv = 3, .nq = 64, .nk = 1900, .d = 96, .layout = NHD, .smooth_k = false,
+       .return_lse = false},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 100, .nk = 4096, .d = 64, .causal = true, .align = BR, .smooth_v = true,
+       .return_lse = false},
+      {.b = 2, .hq = 4, .hkv = 4, .nq = 3000, .nk = 3000, .d = 64, .dtype = FP16, .granularity = G::per_thread,
+       .smooth_k = false, .return_lse = false, .storage = Storage::packed_qkv},
+  };
+}
+
+class Sm90KvClusters : public Sm90Test, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(Sm90KvClusters, AgreeWithTheTwoKernelPath) {
+  const Case& c = GetParam();
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
+  const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
+  GpuResult clusters, two_kernels;
+  ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &clusters));
+  ASSERT_TRUE(clusters.sm90_kv_in_clusters) << "the call does not take the cluster path";
+  {
+    ScopedEnv off("SAGE_PREPASS_KV_CLUSTERS", "0");
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &two_kernels));
+    ASSERT_FALSE(two_kernels.sm90_kv_in_clusters);
+  }
+  EXPECT_EQ(count_nonfinite(clusters.out), 0);
+  ASSERT_EQ(clusters.out.size(), two_kernels.out.size());
+  if (!c.smooth_k && !c.smooth_v) {
+    EXPECT_EQ(std::memcmp(clusters.out.data(), two_kernels.out.data(), clusters.out.size() * sizeof(float)), 0)
+        << "out differs between the paths";
+    EXPECT_EQ(std::memcmp(clusters.lse.data(), two_kernels.lse.data(), clusters.lse.size() * sizeof(float)), 0)
+        << "lse differs between the paths";
+    return;
+  }
+  const std::int64_t rows = c.b * c.hq * c.nq;
+  std::vector<double> ref(two_kernels.out.begin(), two_kernels.out.end());
+  const Metrics m = sage::ref::compare(ref.data(), clusters.out.data(), rows, c.d);
+  EXPECT_GE(m.cos_sim, 0.99999) << "out of the cluster path vs the two-kernel path";
+  EXPECT_GE(m.worst_row_cos_sim, 0.9999);
+  EXPECT_LE(m.rel_l1, 1e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sm90, Sm90KvClusters, ::testing::ValuesIn(kv_cluster_cases()), case_name);
+
+// The calls that keep the statistics kernel and the K / V jobs: each
+// condition of the cluster path broken alone.
+TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
+  Case base;
+  base.nq = base.nk = 256;
+  base.return_lse = false;
+  struct Variant {
+    const char* what;
+    Case c;
+    bool clusters;
+  };
+  std::vector<Variant> variants;
+  auto add = [&](const char* what, bool clusters, auto change) {
+    Case c = base;
+    change(c);
+    variants.push_back({what, c, clusters});
+  };
+  add("the plain call", true, [](Case&) {});
+  add("LSE with smooth_k (the LSE correction)", false, [](Case& c) { c.return_lse = true; });
+  add("LSE without smooth_k", true, [](Case& c) { c.return_lse = true, c.smooth_k = false; });
+  add("rows cp.async cannot read (D = 100, dense: 200-byte rows)", false, [](Case& c) { c.d = 100; });
+  add("D = 128 at 2048 keys (8 CTAs of two tiles)", true, [](Case& c) { c.nk = 2048; });
+  add("D = 128 past 2048 keys", false, [](Case& c) { c.nk = 2049; });
+  add("D = 64 at 4096 keys (8 CTAs of four tiles)", true, [](Case& c) { c.d = 64, c.nk = 4096; });
+  add("D = 64 past 4096 keys", false, [](Case& c) { c.d = 64, c.nk = 4097; });
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(sage::test::seed_note(seed));
+  for (const Variant& v : variants) {
+    SCOPED_TRACE(std::string(v.what) + ": " + v.c.describe());
+    const sage::ref::Inputs in = sage::ref::make_inputs(v.c.problem(), v.c.dist, seed, v.c.dtype);
+    GpuResult gpu;
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(v.c, in, device(), &gpu));
+    EXPECT_EQ(gpu.sm90_kv_in_clusters, v.clusters);
+    EXPECT_EQ(count_nonfinite(gpu.out), 0);
+  }
+  ScopedEnv off("SAGE_PREPASS_KV_CLUSTERS", "0");
+  GpuResult gpu;
+  const sage::ref::Inputs in = sage::ref::make_inputs(base.problem(), base.dist, seed, base.dtype);
+  ASSERT_NO_FATAL_FAILURE(run_on_gpu(base, in, device(), &gpu));
+  EXPECT_FALSE(gpu.sm90_kv_in_clusters) << "SAGE_PREPASS_KV_CLUSTERS=0";
+}
+
+
 TEST_F(Sm90Forward, PublishedAccuracyGaussianN4096D128) {
   Case c;  // default options (per-warp INT8 QK, smooth K, FP8 PV), bf16, HND, plus return_lse
   c.b = 1, c.hq = 4, c.hkv = 4, c.nq = 4096, c.nk = 4096, c.d = 128;

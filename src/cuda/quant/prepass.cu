@@ -21,6 +21,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include "cuda/common/programmatic_launch.cuh"
@@ -214,13 +217,46 @@ struct QuantShared {
     float inv_scale[Dp];            // V job: 1 / v_scale per channel
     float slice_sums[kWarps * Dp];  // Q job with smooth_q: [16-row slice][channel] sums
   };
-  // The job's 128 rows as read from the input, [row][8-channel chunk] of
-  // 16-bit values; zeros past the last row and past head_dim.
-  uint4 tile[kTileRows * Dp / kVec];
 };
 
-// Mean of K (sum partials / nk) or, for V, the mean, the scale and its
-// reciprocal per channel; `write_v` publishes the V scale and mean.
+// 16-bit values of a job's 128 rows as read from the input, [row][8-channel
+// chunk]; zeros past the last row and past head_dim.
+template <int Dp>
+using JobTile = uint4[kTileRows * Dp / kVec];
+
+// The quantize kernel's shared memory: one job's scratch and its rows.
+template <int Dp>
+struct QuantJobShared {
+  QuantShared<Dp> sh;
+  JobTile<Dp> tile;
+};
+
+// Channel c's statistics of a head, from its sums over all nk keys (K:
+// sum; V: sum, max, min), into sh: K's mean (smooth_k), or V's mean
+// (smooth_v), scale and its reciprocal; `write_v` publishes the V scale and
+// mean. The two statistics paths (kv_stats_kernel + finalize_stats, and the
+// cluster kernel) share this arithmetic.
+template <int Dp>
+__device__ __forceinline__ void set_k_channel(const PrepassProblem& p, int c, float sum, QuantShared<Dp>& sh) {
+  sh.mean[c] = p.smooth_k ? sum / static_cast<float>(p.nk) : 0.f;
+}
+template <int Dp>
+__device__ __forceinline__ void set_v_channel(const PrepassProblem& p, const PrepassBuffers& out, int bh_kv, int c,
+                                              float sum, float mx, float mn, bool write_v, QuantShared<Dp>& sh) {
+  const float mean = p.smooth_v ? sum / static_cast<float>(p.nk) : 0.f;
+  // fl(v - mean) is monotonic in v, so its extremes come from max and min.
+  const float amax = fmaxf(fabsf(mx - mean), fabsf(mn - mean));
+  const float scale = num::symmetric_scale(amax, static_cast<int>(kE4m3Max));
+  sh.mean[c] = mean;
+  sh.inv_scale[c] = num::reciprocal_rn(scale);
+  if (write_v) {
+    out.v_scale[static_cast<std::int64_t>(bh_kv) * Dp + c] = scale;
+    out.v_mean[static_cast<std::int64_t>(bh_kv) * Dp + c] = mean;
+  }
+}
+
+// The head's statistics from the statistics kernel's chunk partials, in
+// chunk order (set_k_channel / set_v_channel).
 template <int Dp>
 __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                int bh_kv, bool v_job, bool write_v, QuantShared<Dp>& sh) {
@@ -232,7 +268,7 @@ __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& lay
 #pragma unroll 8
         for (int j = 0; j < layout.chunks; ++j) sum += out.k_partial[(static_cast<std::int64_t>(bh_kv) * layout.chunks + j) * Dp + c];
       }
-      sh.mean[c] = p.smooth_k ? sum / static_cast<float>(p.nk) : 0.f;
+      set_k_channel(p, c, sum, sh);
       continue;
     }
     float sum = 0.f, mx = -INFINITY, mn = INFINITY;
@@ -243,20 +279,11 @@ __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& lay
       mx = fmaxf(mx, vp[Dp + c]);
       mn = fminf(mn, vp[2 * Dp + c]);
     }
-    const float mean = p.smooth_v ? sum / static_cast<float>(p.nk) : 0.f;
-    // fl(v - mean) is monotonic in v, so its extremes come from max and min.
-    const float amax = fmaxf(fabsf(mx - mean), fabsf(mn - mean));
-    const float scale = num::symmetric_scale(amax, static_cast<int>(kE4m3Max));
-    sh.mean[c] = mean;
-    sh.inv_scale[c] = num::reciprocal_rn(scale);
-    if (write_v) {
-      out.v_scale[static_cast<std::int64_t>(bh_kv) * Dp + c] = scale;
-      out.v_mean[static_cast<std::int64_t>(bh_kv) * Dp + c] = mean;
-    }
+    set_v_channel(p, out, bh_kv, c, sum, mx, mn, write_v, sh);
   }
 }
 
-// Starts copying rows [row0, row0 + 128) of one (batch, head) into sh.tile:
+// Starts copying rows [row0, row0 + 128) of one (batch, head) into `tile`:
 // cp.async for each 16-byte chunk inside the tensor (Vec), zeros past row n
 // and past head_dim, element loads when rows are not 16-byte aligned. The
 // caller waits (cp_async_wait<0>, then a barrier) before reading the tile.
@@ -307,10 +334,9 @@ __device__ __forceinline__ void load_channels(const float* per_channel, float (&
 
 // Row j of this lane's chunk as floats, minus the channel means (kSub).
 template <typename T, int Dp, bool kSub>
-__device__ __forceinline__ void read_row(const QuantShared<Dp>& sh, int j, const float (&mean)[kVec],
-                                         float (&x)[kVec]) {
+__device__ __forceinline__ void read_row(const uint4* tile, int j, const float (&mean)[kVec], float (&x)[kVec]) {
   using L = RowLanes<Dp>;
-  unpack8<T>(sh.tile[L::row(j) * L::kChunkLanes + L::chunk()], x);
+  unpack8<T>(tile[L::row(j) * L::kChunkLanes + L::chunk()], x);
   if (kSub) {
 #pragma unroll
     for (int e = 0; e < kVec; ++e) x[e] -= mean[e];
@@ -327,7 +353,7 @@ __device__ __forceinline__ void read_row(const QuantShared<Dp>& sh, int j, const
 // whole groups; the last tile of a head may hold fewer groups than a full
 // one (cta_k < 128), so only groups below `total_groups` are written.
 template <typename T, int Dp, bool kSub>
-__device__ void quantize_int_tile(QuantShared<Dp>& sh, const float* mean, bool is_query, int bits,
+__device__ void quantize_int_tile(QuantShared<Dp>& sh, const uint4* tile, const float* mean, bool is_query, int bits,
                                   const TileGeometry& geo, Granularity g, int row0, int n, int total_groups,
                                   int8_t* rows_out, float* scales, float scale_factor) {
   using L = RowLanes<Dp>;
@@ -343,12 +369,12 @@ __device__ void quantize_int_tile(QuantShared<Dp>& sh, const float* mean, bool i
   for (int j = 0; j < L::kRows; ++j) {
     if constexpr (kSub) {
       float x[kVec];
-      read_row<T, Dp, kSub>(sh, j, mu, x);
+      read_row<T, Dp, kSub>(tile, j, mu, x);
       m[j] = 0.f;
 #pragma unroll
       for (int e = 0; e < kVec; ++e) m[j] = num::max_nan(m[j], fabsf(x[e]));
     } else {
-      m[j] = abs_max8<T>(sh.tile[L::row(j) * L::kChunkLanes + L::chunk()]);
+      m[j] = abs_max8<T>(tile[L::row(j) * L::kChunkLanes + L::chunk()]);
     }
     if (L::row(j) >= rows_here) m[j] = 0.f;
   }
@@ -375,7 +401,7 @@ __device__ void quantize_int_tile(QuantShared<Dp>& sh, const float* mean, bool i
   for (int j = 0; j < L::kRows; ++j) {
     if (L::row(j) >= rows_here) continue;
     float x[kVec];
-    read_row<T, Dp, kSub>(sh, j, mu, x);
+    read_row<T, Dp, kSub>(tile, j, mu, x);
     const std::int64_t row = row0 + L::row(j);
     if (bits == 8) {  // one byte per element, rows of Dp bytes
       *reinterpret_cast<uint2*>(rows_out + row * Dp + kVec * L::chunk()) = quantize_int8x8(x, inv[j]);
@@ -405,8 +431,8 @@ __device__ void quantize_int_tile(QuantShared<Dp>& sh, const float* mean, bool i
 // pair of one slice (4-byte tile reads of neighbouring pairs: no bank
 // conflicts). Ends with a barrier.
 template <typename T, int Dp>
-__device__ void tile_channel_mean(QuantShared<Dp>& sh, int rows) {
-  const uint32_t* tile32 = reinterpret_cast<const uint32_t*>(sh.tile);  // [row][channel pair]
+__device__ void tile_channel_mean(QuantShared<Dp>& sh, const uint4* tile, int rows) {
+  const uint32_t* tile32 = reinterpret_cast<const uint32_t*>(tile);  // [row][channel pair]
   for (int job = threadIdx.x; job < Dp / 2 * kWarps; job += kThreads) {
     const int pair = job % (Dp / 2), slice = job / (Dp / 2);
     auto add = [](float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); };
@@ -434,7 +460,8 @@ __device__ void tile_channel_mean(QuantShared<Dp>& sh, int rows) {
 // the channels 32 i + 8 q + [0, 8) in order of i, and the four quarters (four
 // neighbouring lanes) add as (q0 + q1) + (q2 + q3).
 template <typename T, int Dp>
-__device__ void lse_correction_tile(const QuantShared<Dp>& sh, float sm_scale, int row0, int n, float* lse_corr) {
+__device__ void lse_correction_tile(const QuantShared<Dp>& sh, const uint4* tile, float sm_scale, int row0, int n,
+                                    float* lse_corr) {
 #pragma unroll
   for (int it = 0; it < kTileRows * 4 / kThreads; ++it) {
     const int job = threadIdx.x + it * kThreads;
@@ -444,7 +471,7 @@ __device__ void lse_correction_tile(const QuantShared<Dp>& sh, float sm_scale, i
     for (int i = 0; i < Dp / 32; ++i) {
       const int chunk = 4 * i + quarter;
       float x[kVec];
-      unpack8<T>(sh.tile[row * (Dp / kVec) + chunk], x);
+      unpack8<T>(tile[row * (Dp / kVec) + chunk], x);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) dot = fmaf(x[e], sh.mean[kVec * chunk + e], dot);
     }
@@ -456,13 +483,14 @@ __device__ void lse_correction_tile(const QuantShared<Dp>& sh, float sm_scale, i
 
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int job, QuantShared<Dp>& sh) {
+                                const StridedInput& in, int job, QuantJobShared<Dp>& js) {
+  QuantShared<Dp>& sh = js.sh;
   const auto [bh, tile] = layout.q_tiles_div.divmod(job);
   const auto [b, h] = layout.heads_q_div.divmod(bh);
   const int bh_kv = b * p.heads_kv + static_cast<int>(layout.group_div.div(static_cast<std::uint32_t>(h)));
   const int row0 = tile * kTileRows;
   // The tile's copies go out first; the statistics are reduced while they fly.
-  load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, sh.tile);
+  load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, js.tile);
   if (p.lse_correction) {
     pdl::wait_for_prerequisites();  // the K statistics
     finalize_stats(p, layout, out, bh_kv, false, false, sh);
@@ -473,17 +501,18 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
   int8_t* q_rows = out.q + static_cast<std::int64_t>(bh) * p.nq * (Dp * p.qk_bits / 8);
   float* q_scales = out.q_scale + static_cast<std::int64_t>(bh) * layout.q_groups;
   if (p.smooth_q) {  // quantize Q - mean_q
-    tile_channel_mean<T, Dp>(sh, min(kTileRows, p.nq - row0));
+    tile_channel_mean<T, Dp>(sh, js.tile, min(kTileRows, p.nq - row0));
     for (int c = threadIdx.x; c < Dp; c += kThreads)
       out.q_mean[(static_cast<std::int64_t>(bh) * layout.q_tiles + tile) * Dp + c] = sh.q_mean[c];
-    quantize_int_tile<T, Dp, true>(sh, sh.q_mean, true, p.qk_bits, p.geometry, p.granularity, row0, p.nq,
+    quantize_int_tile<T, Dp, true>(sh, js.tile, sh.q_mean, true, p.qk_bits, p.geometry, p.granularity, row0, p.nq,
                                    layout.q_groups, q_rows, q_scales, score_scale_log2(p));
   } else {
-    quantize_int_tile<T, Dp, false>(sh, nullptr, true, p.qk_bits, p.geometry, p.granularity, row0, p.nq,
+    quantize_int_tile<T, Dp, false>(sh, js.tile, nullptr, true, p.qk_bits, p.geometry, p.granularity, row0, p.nq,
                                     layout.q_groups, q_rows, q_scales, score_scale_log2(p));
   }
   if (p.lse_correction)
-    lse_correction_tile<T, Dp>(sh, p.sm_scale, row0, p.nq, out.lse_corr + static_cast<std::int64_t>(bh) * p.nq);
+    lse_correction_tile<T, Dp>(sh, js.tile, p.sm_scale, row0, p.nq,
+                               out.lse_corr + static_cast<std::int64_t>(bh) * p.nq);
 }
 
 // The opening of a K or V job: which (kv head, tile) it is, its tile's
@@ -494,40 +523,47 @@ struct KvTile {
 };
 template <typename T, bool Vec, int Dp>
 __device__ KvTile start_kv_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int job, bool v_job, QuantShared<Dp>& sh) {
+                                const StridedInput& in, int job, bool v_job, QuantJobShared<Dp>& js) {
   const auto [bh_kv, tile] = layout.k_tiles_div.divmod(job);
   const KvTile t{bh_kv, tile, tile * kTileRows};
   const auto [b, h] = layout.heads_kv_div.divmod(bh_kv);
-  load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, sh.tile);
+  load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, js.tile);
   pdl::wait_for_prerequisites();  // the statistics kernel's partial sums
-  finalize_stats(p, layout, out, t.bh_kv, v_job, v_job && t.tile == 0, sh);
+  finalize_stats(p, layout, out, t.bh_kv, v_job, v_job && t.tile == 0, js.sh);
   return t;
 }
 
-template <typename T, bool Vec, int Dp>
-__device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int job, QuantShared<Dp>& sh) {
-  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, job, false, sh);
-  const int bh_kv = t.bh_kv, row0 = t.row0;
+// K rows [row0, row0 + 128) of head bh_kv, from `tile` (each thread's own
+// copies complete), once sh holds the head's mean (smooth_k).
+template <typename T, int Dp>
+__device__ void quantize_k_rows(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                                int bh_kv, int row0, QuantShared<Dp>& sh, const uint4* tile) {
   for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
-  cp_async_wait<0>();
   __syncthreads();
   int8_t* k_rows = out.k + static_cast<std::int64_t>(bh_kv) * p.nk * (Dp * p.qk_bits / 8);
   float* k_scales = out.k_scale + static_cast<std::int64_t>(bh_kv) * layout.k_groups;
   if (p.smooth_k) {  // quantize K - mean_k
-    quantize_int_tile<T, Dp, true>(sh, sh.mean, false, p.qk_bits, p.geometry, p.granularity, row0, p.nk,
+    quantize_int_tile<T, Dp, true>(sh, tile, sh.mean, false, p.qk_bits, p.geometry, p.granularity, row0, p.nk,
                                    layout.k_groups, k_rows, k_scales, 1.f);
   } else {
-    quantize_int_tile<T, Dp, false>(sh, nullptr, false, p.qk_bits, p.geometry, p.granularity, row0, p.nk,
+    quantize_int_tile<T, Dp, false>(sh, tile, nullptr, false, p.qk_bits, p.geometry, p.granularity, row0, p.nk,
                                     layout.k_groups, k_rows, k_scales, 1.f);
   }
+}
+
+template <typename T, bool Vec, int Dp>
+__device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                                const StridedInput& in, int job, QuantJobShared<Dp>& js) {
+  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, job, false, js);
+  cp_async_wait<0>();
+  quantize_k_rows<T, Dp>(p, layout, out, t.bh_kv, t.row0, js.sh, js.tile);
 }
 
 // V - mean_v (kSub) of the tile's rows that exist, rounded to fp16 (RNE, as
 // the emulation's round_to_f16), row-major [Nk][Dp]: 8 channels per 16-byte
 // store; rows past nk are not stored (the kernel zero-fills them).
 template <typename T, int Dp, bool kSub>
-__device__ void store_v_fp16_rows(const QuantShared<Dp>& sh, int row0, int n, std::uint16_t* dst) {
+__device__ void store_v_fp16_rows(const QuantShared<Dp>& sh, const uint4* tile, int row0, int n, std::uint16_t* dst) {
   using L = RowLanes<Dp>;
   float mu[kVec] = {};
   if (kSub) load_channels<Dp>(sh.mean, mu);
@@ -536,7 +572,7 @@ __device__ void store_v_fp16_rows(const QuantShared<Dp>& sh, int row0, int n, st
     const int row = row0 + L::row(j);
     if (row >= n) continue;
     float x[kVec];
-    read_row<T, Dp, kSub>(sh, j, mu, x);
+    read_row<T, Dp, kSub>(tile, j, mu, x);
     uint32_t packed[4];
 #pragma unroll
     for (int e = 0; e < kVec; e += 2) {
@@ -557,11 +593,12 @@ __device__ void store_v_fp16_rows(const QuantShared<Dp>& sh, int row0, int n, st
 // k + 1) and writes the chunk's full 32-byte sector of each of its two V^T
 // rows, one 16-key half at a time. Keys past nk are 0.
 template <typename T, int Dp, bool kSub>
-__device__ void store_vt_fp8(const QuantShared<Dp>& sh, const PrepassLayout& layout, int row0, int n, uint8_t* vt) {
+__device__ void store_vt_fp8(const QuantShared<Dp>& sh, const uint4* tile, const PrepassLayout& layout, int row0, int n,
+                             uint8_t* vt) {
   constexpr int kPairs = Dp / 2;
   static_assert(vt_key_of_position(0) + 1 == vt_key_of_position(1) && vt_key_of_position(16) == 16,
                 "even positions start key pairs; each 16-position half holds its own 16 keys");
-  const uint32_t* tile32 = reinterpret_cast<const uint32_t*>(sh.tile);  // [key][channel pair]
+  const uint32_t* tile32 = reinterpret_cast<const uint32_t*>(tile);  // [key][channel pair]
   const int keys_here = min(kTileRows, n - row0);
   for (int job = threadIdx.x; job < kPairs * (kTileRows / 32); job += kThreads) {
     const int pair = job % kPairs, pos0 = (job / kPairs) * 32;
@@ -597,28 +634,35 @@ __device__ void store_vt_fp8(const QuantShared<Dp>& sh, const PrepassLayout& lay
   }
 }
 
-template <typename T, bool Vec, int Dp>
-__device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int job, QuantShared<Dp>& sh) {
-  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, job, true, sh);
-  const int bh_kv = t.bh_kv, row0 = t.row0;
-  cp_async_wait<0>();
-  __syncthreads();
+// V rows [row0, row0 + 128) of head bh_kv in the call's V format, from
+// `tile` (shared by a barrier), once sh holds the head's V factors.
+template <typename T, int Dp>
+__device__ void store_v_rows(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                             int bh_kv, int row0, const QuantShared<Dp>& sh, const uint4* tile) {
   if (p.v_format == VFormat::fp16_rows) {
     std::uint16_t* dst = out.v16 + static_cast<std::int64_t>(bh_kv) * p.nk * Dp;
     if (p.smooth_v) {
-      store_v_fp16_rows<T, Dp, true>(sh, row0, p.nk, dst);
+      store_v_fp16_rows<T, Dp, true>(sh, tile, row0, p.nk, dst);
     } else {
-      store_v_fp16_rows<T, Dp, false>(sh, row0, p.nk, dst);
+      store_v_fp16_rows<T, Dp, false>(sh, tile, row0, p.nk, dst);
     }
     return;
   }
   uint8_t* vt = out.vt + static_cast<std::int64_t>(bh_kv) * Dp * layout.nk_padded;
   if (p.smooth_v) {
-    store_vt_fp8<T, Dp, true>(sh, layout, row0, p.nk, vt);
+    store_vt_fp8<T, Dp, true>(sh, tile, layout, row0, p.nk, vt);
   } else {
-    store_vt_fp8<T, Dp, false>(sh, layout, row0, p.nk, vt);
+    store_vt_fp8<T, Dp, false>(sh, tile, layout, row0, p.nk, vt);
   }
+}
+
+template <typename T, bool Vec, int Dp>
+__device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                                const StridedInput& in, int job, QuantJobShared<Dp>& js) {
+  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, job, true, js);
+  cp_async_wait<0>();
+  __syncthreads();
+  store_v_rows<T, Dp>(p, layout, out, t.bh_kv, t.row0, js.sh, js.tile);
 }
 
 template <typename T, bool Vec, int Dp>
@@ -628,21 +672,335 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
   // The attention kernel waits for this grid before it reads anything; it may
   // launch and run its prologue while the last tiles are quantized.
   pdl::allow_dependent_launch();
-  __shared__ QuantShared<Dp> sh;
+  __shared__ QuantJobShared<Dp> js;
   const QuantizeJobs jobs = quantize_jobs(p);
   const int job = blockIdx.x;
   if (job < jobs.q) {
-    quantize_q_tile<T, Vec, Dp>(p, layout, out, q, job, sh);
+    quantize_q_tile<T, Vec, Dp>(p, layout, out, q, job, js);
   } else if (job < jobs.q + jobs.kv) {
-    quantize_k_tile<T, Vec, Dp>(p, layout, out, k, job - jobs.q, sh);
+    quantize_k_tile<T, Vec, Dp>(p, layout, out, k, job - jobs.q, js);
   } else {
-    quantize_v_tile<T, Vec, Dp>(p, layout, out, v, job - jobs.q - jobs.kv, sh);
+    quantize_v_tile<T, Vec, Dp>(p, layout, out, v, job - jobs.q - jobs.kv, js);
   }
+}
+
+// ---- 3. K or V of one head in a thread-block cluster (sm_90) ------------------
+// Where a head's K (or V) rows fit in the shared memory of one cluster
+// (kv_cluster_shape), this kernel replaces the statistics kernel and the K
+// and V jobs: the rows are read from memory once, and no CTA waits for CTAs
+// outside its cluster (the statistics kernel's second read of K and V, and
+// the wait of every K and V job for that whole grid, cost 8-16% of a call at
+// 1K-4K keys: docs/perf-notes.md, session 8). One cluster per (batch * kv
+// head, K or V); CTA r of a cluster of `ctas` holds the head's 128-row tiles
+// [r T, r T + T) (T = tiles_per_cta) and
+//   1. copies them in (cp.async);
+//   2. takes its partial statistics over its rows that exist, per channel
+//      (K: the sum, if smooth_k; V: the sum, if smooth_v, the max and the
+//      min): thread (pair, part) sums rows part R .. part R + R - 1 of each
+//      tile in tile and row order, then the parts add in part order;
+//   3. after a cluster barrier, reduces the cluster's partials in rank order
+//      (distributed shared memory) into the head's statistics
+//      (set_k_channel / set_v_channel, rank 0 of a V cluster publishing the
+//      V scales and means), and signals that it is done reading the others;
+//   4. quantizes its own tiles (quantize_k_rows / store_v_rows, the K and V
+//      jobs' code), and waits for the whole cluster before it exits (its
+//      partials must outlive the others' reads).
+// The order of every sum is fixed by the shape, so results are deterministic;
+// the sums are ordered differently from the statistics kernel's, so a mean
+// may differ from that path's in its last bits.
+struct KvClusterShape {
+  int ctas = 0, tiles_per_cta = 0;  // ctas 0: the call does not fit (two-kernel path)
+};
+// Clusters of at most 8 CTAs (the portable size): a cluster starts only once
+// all its CTAs fit on the SMs of one GPC at once, and with 16 (H200,
+// docs/perf-notes.md, session 15) the call was slower than with 8 twice as
+// large CTAs at 2K keys, and no faster than the two-kernel path at 4K.
+constexpr int kKvClusterMaxCtas = 8;
+// 16-bit rows per CTA: at most two 128-row tiles at Dp = 128 (three CTAs per
+// SM), four at Dp = 64. So the path takes Dp = 128 calls up to 2048 keys,
+// Dp = 64 ones up to 4096.
+constexpr int kKvClusterMaxTileBytes = 64 << 10;
+
+__host__ __device__ constexpr int job_tile_bytes(int dp) { return kTileRows * dp * 2; }
+
+// The fewest tiles per CTA that fit a head in a cluster of up to
+// kKvClusterMaxCtas; none beyond kKvClusterMaxTileBytes per CTA.
+KvClusterShape kv_cluster_shape(int nk, int dp) {
+  const int tiles = job_tiles(nk);
+  const int per_cta = (tiles + kKvClusterMaxCtas - 1) / kKvClusterMaxCtas;
+  if (tiles == 0 || per_cta > kKvClusterMaxTileBytes / job_tile_bytes(dp)) return {};
+  return {(tiles + per_cta - 1) / per_cta, per_cta};
+}
+
+template <int Dp>
+struct KvClusterShared {
+  QuantShared<Dp> sh;  // (its slice_sums hold the parts of step 2)
+  float partial[3][Dp];  // this CTA's statistics (sum, max, min), read by the whole cluster
+};
+
+template <int Dp>
+std::size_t kv_cluster_smem_bytes(const KvClusterShape& shape) {
+  return sizeof(KvClusterShared<Dp>) + static_cast<std::size_t>(shape.tiles_per_cta) * sizeof(JobTile<Dp>);
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ int cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return static_cast<int>(r);
+}
+// The float at `local` (this CTA's shared memory) in the CTA of rank `rank`.
+__device__ __forceinline__ float load_from_rank(const float* local, int rank) {
+  const uint32_t mine = static_cast<uint32_t>(__cvta_generic_to_shared(local));
+  uint32_t remote;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(mine), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
+  return v;
+}
+#endif
+
+// Two 16-bit elements of T as one packed value, and both halves set to v.
+template <typename T>
+using Pair16 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+template <typename T>
+__device__ __forceinline__ Pair16<T> pair_of(float v) {
+  if constexpr (std::is_same<T, __half>::value) {
+    return __float2half2_rn(v);
+  } else {
+    return __float2bfloat162_rn(v);
+  }
+}
+
+// Step 2: this CTA's statistics over the rows of its `tiles` below nk into
+// partial[0] (sum, if `sums`), partial[1] and partial[2] (max and min, if
+// `extremes`). Ends with a barrier.
+template <typename T, int Dp>
+__device__ void cta_partial_stats(const uint4* tiles, int tiles_here, int row_begin, int nk, bool sums, bool extremes,
+                                  KvClusterShared<Dp>& s) {
+  constexpr int kPairs = Dp / 2, kParts = kThreads / kPairs, kPartRows = kTileRows / kParts;
+  static_assert(kThreads % kPairs == 0 && kTileRows % kParts == 0 && kParts * Dp <= kWarps * Dp, "part layout");
+  using Pair = Pair16<T>;
+  const int pair = threadIdx.x % kPairs, part = threadIdx.x / kPairs;
+  float2 sum = make_float2(0.f, 0.f);
+  // The extremes on the packed pairs (exact), skipping NaN as fmaxf does
+  // (the statistics kernel's rule: a NaN in V reaches the output through its
+  // own code, not through the scale).
+  Pair hi = pair_of<T>(-INFINITY), lo = pair_of<T>(INFINITY);
+  for (int t = 0; t < tiles_here; ++t) {
+    // [row][channel pair]: a warp reads 32 neighbouring pairs of one row (no bank conflicts).
+    const uint32_t* tile32 = reinterpret_cast<const uint32_t*>(tiles + static_cast<std::size_t>(t) * (kTileRows * Dp / kVec));
+    const int rows = min(kTileRows, nk - (row_begin + t * kTileRows));
+    const int end = min((part + 1) * kPartRows, rows);
+#pragma unroll 4
+    for (int r = part * kPartRows; r < end; ++r) {
+      const uint32_t w = tile32[r * kPairs + pair];
+      if (sums) {
+        const float2 x = to_float2<T>(w);
+        sum.x += x.x, sum.y += x.y;
+      }
+      if (extremes) {
+        Pair x;
+        memcpy(&x, &w, sizeof(x));
+        hi = __hmax2(hi, x), lo = __hmin2(lo, x);
+      }
+    }
+  }
+  uint32_t hi_bits, lo_bits;
+  memcpy(&hi_bits, &hi, sizeof(hi_bits));
+  memcpy(&lo_bits, &lo, sizeof(lo_bits));
+  const float2 mx = to_float2<T>(hi_bits), mn = to_float2<T>(lo_bits);
+  float* parts = s.sh.slice_sums;  // [kParts][Dp]
+  auto reduce_parts = [&](float2 mine, float* dst, int op) {  // op: 0 sum, 1 max, 2 min
+    parts[part * Dp + 2 * pair] = mine.x;
+    parts[part * Dp + 2 * pair + 1] = mine.y;
+    __syncthreads();
+    for (int c = threadIdx.x; c < Dp; c += kThreads) {
+      float acc = parts[c];
+      for (int j = 1; j < kParts; ++j) {
+        const float y = parts[j * Dp + c];
+        acc = op == 0 ? acc + y : (op == 1 ? fmaxf(acc, y) : fminf(acc, y));
+      }
+      dst[c] = acc;
+    }
+    __syncthreads();
+  };
+  if (sums) reduce_parts(sum, s.partial[0], 0);
+  if (extremes) {
+    reduce_parts(mx, s.partial[1], 1);
+    reduce_parts(mn, s.partial[2], 2);
+  }
+}
+
+#ifndef SAGE_KV_CLUSTER_MIN_BLOCKS
+#define SAGE_KV_CLUSTER_MIN_BLOCKS 5
+#endif
+template <typename T, int Dp>
+__global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
+    kv_cluster_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out, StridedInput k_in, StridedInput v_in,
+                      KvClusterShape shape) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // The next kernel (the attention kernel, which quantizes Q itself before
+  // it waits for this grid) may start on SMs this grid leaves.
+  pdl::allow_dependent_launch();
+  extern __shared__ uint4 kv_cluster_smem[];
+  KvClusterShared<Dp>& s = *reinterpret_cast<KvClusterShared<Dp>*>(kv_cluster_smem);
+  uint4* tiles = kv_cluster_smem + sizeof(KvClusterShared<Dp>) / sizeof(uint4);
+  static_assert(sizeof(KvClusterShared<Dp>) % sizeof(uint4) == 0, "tiles start 16-byte aligned");
+  constexpr int kTileChunks = kTileRows * Dp / kVec;
+
+  const bool v_job = static_cast<int>(blockIdx.x) >= shape.ctas;
+  const int rank = cluster_rank();
+  const int bh_kv = blockIdx.y;
+  const auto [b, h] = layout.heads_kv_div.divmod(bh_kv);
+  const int first_tile = rank * shape.tiles_per_cta;
+  const int tiles_here = min(shape.tiles_per_cta, job_tiles(p.nk) - first_tile);
+  const int row_begin = first_tile * kTileRows;
+
+  // 1. the CTA's rows.
+  const StridedInput in = v_job ? v_in : k_in;
+  for (int t = 0; t < tiles_here; ++t)
+    load_tile<T, true, Dp>(in, b, h, row_begin + t * kTileRows, p.nk, p.head_dim, tiles + t * kTileChunks);
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // 2. its partial statistics.
+  const bool sums = v_job ? p.smooth_v : p.smooth_k;
+  cta_partial_stats<T, Dp>(tiles, tiles_here, row_begin, p.nk, sums, v_job, s);
+
+  // 3. the head's statistics, from every CTA's partials in rank order.
+  cluster_arrive();
+  cluster_wait();
+  for (int c = threadIdx.x; c < Dp; c += kThreads) {
+    float sum = 0.f, mx = -INFINITY, mn = INFINITY;
+#pragma unroll
+    for (int r = 0; r < kKvClusterMaxCtas; ++r) {
+      if (r >= shape.ctas) break;
+      if (sums) sum += load_from_rank(&s.partial[0][c], r);
+      if (v_job) {
+        mx = fmaxf(mx, load_from_rank(&s.partial[1][c], r));
+        mn = fminf(mn, load_from_rank(&s.partial[2][c], r));
+      }
+    }
+    if (v_job) {
+      set_v_channel(p, out, bh_kv, c, sum, mx, mn, rank == 0, s.sh);
+    } else {
+      set_k_channel(p, c, sum, s.sh);
+    }
+  }
+  cluster_arrive();  // done with the other CTAs' shared memory
+  __syncthreads();
+
+  // 4. its tiles, quantized.
+  for (int t = 0; t < tiles_here; ++t) {
+    const int row0 = row_begin + t * kTileRows;
+    if (v_job) {
+      store_v_rows<T, Dp>(p, layout, out, bh_kv, row0, s.sh, tiles + t * kTileChunks);
+    } else {
+      quantize_k_rows<T, Dp>(p, layout, out, bh_kv, row0, s.sh, tiles + t * kTileChunks);
+      __syncthreads();  // (the group maxima are read to the end of a tile)
+    }
+  }
+  cluster_wait();
+  // When launched under a Q-only quantize grid (launch_typed), this grid's
+  // completion must imply that one's: the attention kernel waits for this one only.
+  pdl::wait_for_prerequisites();
+#endif
+}
+
+// Whether clusters of `shape` can run on the current device: the kernel
+// built for sm_90 (its body is empty for older targets), its shared memory
+// and cluster size allowed, and at least one such cluster placeable. Asked of
+// the driver once per kernel, device and shape (host time counts on short calls).
+template <typename T, int Dp>
+bool kv_clusters_fit(const KvClusterShape& shape) {
+  const void* kernel = reinterpret_cast<const void*>(kv_cluster_kernel<T, Dp>);
+  const int smem = static_cast<int>(kv_cluster_smem_bytes<Dp>(shape));
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int, int>, bool> known;  // (kernel, device, ctas, smem)
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(kernel, device, shape.ctas, smem);
+  if (const auto it = known.find(key); it != known.end()) return it->second;
+  // The kernel's limit is set to the largest shape's (an attribute set for
+  // a smaller shape later would fail a larger one cached as fitting).
+  const KvClusterShape largest{kKvClusterMaxCtas, kKvClusterMaxTileBytes / job_tile_bytes(Dp)};
+  bool fits = false;
+  cudaFuncAttributes attributes{};
+  if (cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess && attributes.binaryVersion >= 90 &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kv_cluster_smem_bytes<Dp>(largest))) == cudaSuccess) {
+    cudaLaunchAttribute cluster{};
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = static_cast<unsigned>(shape.ctas);
+    cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(2 * shape.ctas);
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = static_cast<std::size_t>(smem);
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    int clusters = 0;
+    fits = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess && clusters > 0;
+  }
+  cudaGetLastError();  // (a refusal above is an answer, not an error of the call)
+  known[key] = fits;
+  return fits;
+}
+
+// The cluster shape the call's K and V take, or ctas 0 for the two-kernel
+// path: allowed by the caller (PrepassProblem::allow_kv_clusters), rows the
+// cp.async copies can read (Vec), no LSE correction (its Q jobs need K's
+// mean from the statistics kernel), a grid the launch takes, a head that
+// fits (kv_cluster_shape) and a device that places the clusters.
+template <typename T, int Dp>
+KvClusterShape kv_cluster_path(const PrepassProblem& p, bool vec) {
+  if (!p.allow_kv_clusters || !vec || p.lse_correction || p.batch * p.heads_kv > 65535) return {};
+  const KvClusterShape shape = kv_cluster_shape(p.nk, Dp);
+  return shape.ctas > 0 && kv_clusters_fit<T, Dp>(shape) ? shape : KvClusterShape{};
+}
+
+// The cluster path: the Q jobs (if any) in a quantize grid of their own,
+// first, then the clusters under its tail (programmatic; they read nothing
+// it writes, and wait for it before they exit).
+template <typename T, int Dp>
+cudaError_t launch_kv_clusters(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                               StridedInput q, StridedInput k, StridedInput v, const KvClusterShape& shape,
+                               cudaStream_t stream, bool programmatic) {
+  const int q_jobs = quantize_jobs(p).q;
+  if (q_jobs > 0) {
+    // An ordinary launch: see launch_typed.
+    quantize_kernel<T, true, Dp><<<q_jobs, kThreads, 0, stream>>>(p, layout, out, q, k, v);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  cudaLaunchAttribute attributes[2] = {};
+  attributes[0].id = cudaLaunchAttributeClusterDimension;
+  attributes[0].val.clusterDim.x = static_cast<unsigned>(shape.ctas);
+  attributes[0].val.clusterDim.y = attributes[0].val.clusterDim.z = 1;
+  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[1].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(2 * shape.ctas, p.batch * p.heads_kv);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kv_cluster_smem_bytes<Dp>(shape);
+  config.stream = stream;
+  config.attrs = attributes;
+  // (The first launch of a call is an ordinary one.)
+  config.numAttrs = programmatic && q_jobs > 0 ? 2 : 1;
+  return cudaLaunchKernelEx(&config, kv_cluster_kernel<T, Dp>, p, layout, out, k, v, shape);
 }
 
 template <typename T, bool Vec, int Dp>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                          StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream, bool programmatic) {
+  if constexpr (Vec) {
+    const KvClusterShape shape = kv_cluster_path<T, Dp>(p, true);
+    if (shape.ctas > 0) return launch_kv_clusters<T, Dp>(p, layout, out, q, k, v, shape, stream, programmatic);
+  }
   const dim3 stats_grid(layout.chunks, p.batch * p.heads_kv);
   // The lane reduction (row_lanes * Dp floats), then the Vec ring.
   const std::size_t stats_smem =
@@ -658,16 +1016,25 @@ cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, c
                      p, layout, out, q, k, v);
 }
 
+bool vec_rows(const PrepassProblem& p, const StridedInput& q, const StridedInput& k, const StridedInput& v) {
+  return p.head_dim % kVec == 0 && aligned16(q) && aligned16(k) && aligned16(v);
+}
+
 template <typename T>
 cudaError_t launch_for_type(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                             StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream,
                             bool programmatic) {
-  const bool vec = p.head_dim % kVec == 0 && aligned16(q) && aligned16(k) && aligned16(v);
+  const bool vec = vec_rows(p, q, k, v);
   if (layout.head_dim_padded == 64)
     return vec ? launch_typed<T, true, 64>(p, layout, out, q, k, v, stream, programmatic)
                : launch_typed<T, false, 64>(p, layout, out, q, k, v, stream, programmatic);
   return vec ? launch_typed<T, true, 128>(p, layout, out, q, k, v, stream, programmatic)
              : launch_typed<T, false, 128>(p, layout, out, q, k, v, stream, programmatic);
+}
+
+template <typename T>
+bool kv_in_clusters_for_type(const PrepassProblem& p, bool vec) {
+  return (p.head_dim_padded == 64 ? kv_cluster_path<T, 64>(p, vec) : kv_cluster_path<T, 128>(p, vec)).ctas > 0;
 }
 
 }  // namespace
@@ -739,6 +1106,11 @@ PrepassBuffers PrepassLayout::carve(void* workspace) const {
   b.k_partial = reinterpret_cast<float*>(base + off_k_partial);
   b.v_partial = reinterpret_cast<float*>(base + off_v_partial);
   return b;
+}
+
+bool kv_quantized_in_clusters(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v) {
+  const bool vec = vec_rows(p, q, k, v);
+  return p.bf16 ? kv_in_clusters_for_type<__nv_bfloat16>(p, vec) : kv_in_clusters_for_type<__half>(p, vec);
 }
 
 cudaError_t launch_prepass(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,

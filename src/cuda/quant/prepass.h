@@ -20,6 +20,11 @@
 //      The Q and K groups follow PrepassProblem::geometry, the tile geometry
 //      of the attention kernel that reads the output (kSm90Geometry or
 //      kMmaGeometry); a 128-row job tile always covers whole groups.
+// Or, on sm_90 where a head's rows fit in a thread-block cluster's shared
+// memory (allow_kv_clusters, kv_quantized_in_clusters): the Q jobs alone in
+// the quantize grid, then one cluster per (batch * kv head, K or V) that
+// reads the head's rows once, reduces their statistics across the cluster
+// and quantizes them as the K and V jobs do (no statistics kernel).
 // Head dims are padded with zeros to Dp (64 or 128) here, so the attention
 // kernel only sees its native tile widths.
 #pragma once
@@ -67,6 +72,10 @@ struct PrepassProblem {
   // sm90::quantizes_q_in_kernel): no Q jobs; the Q and Q-scale buffers stay
   // in the layout, unwritten, so the workspace size does not depend on it.
   bool q_in_attention = false;
+  // K and V may be quantized by the cluster kernel (sm_90 devices: the
+  // caller's choice), where the call fits it (kv_quantized_in_clusters):
+  // each head's rows are then read once and no statistics kernel runs.
+  bool allow_kv_clusters = false;
 };
 
 struct PrepassBuffers {
@@ -117,6 +126,11 @@ constexpr bool prepass_supports_geometry(TileGeometry g) {
          g.cta_q % g.warp_q == 0 && g.cta_k % 8 == 0;
 }
 static_assert(prepass_supports_geometry(kSm90Geometry) && prepass_supports_geometry(kMmaGeometry));
+
+// Whether launch_prepass quantizes this call's K and V with the cluster
+// kernel (on the current device) rather than with the statistics kernel and
+// the quantize kernel's K and V jobs; tests use it to know the path.
+bool kv_quantized_in_clusters(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v);
 
 // Enqueues both pre-pass kernels on `stream`. `programmatic` (sm_90+
 // devices): the quantize kernel starts under the statistics kernel (its Q

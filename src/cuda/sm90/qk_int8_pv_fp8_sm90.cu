@@ -27,7 +27,10 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
 namespace {
 
 quant::PrepassProblem prepass_problem(const AttentionArgs& args, const AttentionOptions& o) {
-  return fwd::prepass_problem(args, o, kSm90Geometry, quant::VFormat::fp8_e4m3_transposed);
+  quant::PrepassProblem p = fwd::prepass_problem(args, o, kSm90Geometry, quant::VFormat::fp8_e4m3_transposed);
+  const char* env = std::getenv("SAGE_PREPASS_KV_CLUSTERS");
+  p.allow_kv_clusters = env == nullptr || std::strcmp(env, "0") != 0;
+  return p;
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -176,6 +179,11 @@ std::string unsupported_reason(const AttentionOptions& o, std::int64_t head_dim)
 bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options) {
   CUtensorMap map;
   return q_quantized_in_kernel(args, options, prepass_problem(args, options), &map);
+}
+
+bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options) {
+  return quant::kv_quantized_in_clusters(prepass_problem(args, options), fwd::strided(args.q, options.layout),
+                                         fwd::strided(args.k, options.layout), fwd::strided(args.v, options.layout));
 }
 
 bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options) {

@@ -36,6 +36,14 @@ inline constexpr std::int64_t kMaxKeysQInKernelD128Causal = 4096;
 // Tests use it to know which path a call takes.
 bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
 
+// Whether the pre-pass quantizes the call's K and V with its cluster kernel
+// (quant::kv_quantized_in_clusters: one read of each head's rows, no
+// statistics kernel) on the current device, unless SAGE_PREPASS_KV_CLUSTERS
+// is "0" (the two-kernel path everywhere: A/B timing in one build, and the
+// tests' comparison of the paths; read per call). Tests use it to know which
+// path a call takes.
+bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options);
+
 // Whether the kernel's epilogue writes the output by TMA (a 16-byte aligned
 // start and strides, head_dim a multiple of 8) rather than from its
 // threads' registers. Tests use it to know which path a call takes.
