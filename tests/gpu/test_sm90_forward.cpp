@@ -351,55 +351,65 @@ TEST_F(Sm90Forward, NonFiniteInputsGiveNaNAsTheEmulation) {
   }
 }
 
+// Which path a call takes, variant by variant: one call per variant (a
+// description, a case, the path expected), each checked for that path
+// (`took`: the GpuResult flag of the path) and a finite output.
+struct PathVariant {
+  const char* what;
+  Case c;
+  bool expected;
+};
+void expect_paths(const std::vector<PathVariant>& variants, int device, bool GpuResult::*took) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(sage::test::seed_note(seed));
+  for (const PathVariant& v : variants) {
+    SCOPED_TRACE(std::string(v.what) + ": " + v.c.describe());
+    const sage::ref::Inputs in = sage::ref::make_inputs(v.c.problem(), v.c.dist, seed, v.c.dtype);
+    GpuResult gpu;
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(v.c, in, device, &gpu));
+    EXPECT_EQ(gpu.*took, v.expected);
+    EXPECT_EQ(count_nonfinite(gpu.out), 0);
+  }
+}
+
+// The variants of `base` made by `add(what, expected, change)`.
+template <class Fill>
+std::vector<PathVariant> path_variants(const Case& base, Fill fill) {
+  std::vector<PathVariant> variants;
+  auto add = [&](const char* what, bool expected, auto change) {
+    Case c = base;
+    change(c);
+    variants.push_back({what, c, expected});
+  };
+  fill(add);
+  return variants;
+}
+
 // The calls that keep Q in the pre-pass: each condition of the in-kernel
 // path, broken alone.
 TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
   Case base;
   base.nq = base.nk = 64;
   base.return_lse = false;
-  struct Variant {
-    const char* what;
-    Case c;
-  };
-  std::vector<Variant> variants;
-  auto add = [&](const char* what, auto change) {
-    Case c = base;
-    change(c);
-    variants.push_back({what, c});
-  };
-  add("per-block groups", [](Case& c) { c.granularity = Granularity::per_block; });
-  add("smooth_q", [](Case& c) { c.smooth_q = true; });
-  add("LSE with smooth_k (the LSE correction)", [](Case& c) { c.return_lse = true; });
-  add("rows TMA cannot read (D = 100, dense: 200-byte rows)", [](Case& c) { c.d = 100; });
-
-  add("D = 128 beyond kMaxKeysQInKernelD128 keys",
-      [](Case& c) { c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1; });
-  add("D = 128 causal beyond kMaxKeysQInKernelD128Causal keys", [](Case& c) {
-    c.causal = true;
-    c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128Causal) + 1;
+  const auto variants = path_variants(base, [](auto add) {
+    add("the plain call", true, [](Case&) {});
+    add("per-block groups", false, [](Case& c) { c.granularity = Granularity::per_block; });
+    add("smooth_q", false, [](Case& c) { c.smooth_q = true; });
+    add("LSE with smooth_k (the LSE correction)", false, [](Case& c) { c.return_lse = true; });
+    add("rows TMA cannot read (D = 100, dense: 200-byte rows)", false, [](Case& c) { c.d = 100; });
+    add("D = 128 beyond kMaxKeysQInKernelD128 keys", false,
+        [](Case& c) { c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1; });
+    add("D = 128 causal beyond kMaxKeysQInKernelD128Causal keys", false, [](Case& c) {
+      c.causal = true;
+      c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128Causal) + 1;
+    });
+    // Causal calls keep the in-kernel path to a longer length.
+    add("a causal call within kMaxKeysQInKernelD128Causal keys", true, [](Case& c) {
+      c.causal = true;
+      c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1;
+    });
   });
-  const std::uint64_t seed = fresh_seed();
-  SCOPED_TRACE(sage::test::seed_note(seed));
-  for (const Variant& v : variants) {
-    SCOPED_TRACE(std::string(v.what) + ": " + v.c.describe());
-    const sage::ref::Inputs in = sage::ref::make_inputs(v.c.problem(), v.c.dist, seed, v.c.dtype);
-    GpuResult gpu;
-    ASSERT_NO_FATAL_FAILURE(run_on_gpu(v.c, in, device(), &gpu));
-    EXPECT_FALSE(gpu.sm90_q_in_kernel);
-    EXPECT_EQ(count_nonfinite(gpu.out), 0);
-  }
-  GpuResult plain;
-  const sage::ref::Inputs in = sage::ref::make_inputs(base.problem(), base.dist, seed, base.dtype);
-  ASSERT_NO_FATAL_FAILURE(run_on_gpu(base, in, device(), &plain));
-  EXPECT_TRUE(plain.sm90_q_in_kernel) << "the unchanged call should take the in-kernel path";
-  // Causal calls keep the in-kernel path to a longer length.
-  Case causal = base;
-  causal.causal = true;
-  causal.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1;
-  const sage::ref::Inputs causal_in = sage::ref::make_inputs(causal.problem(), causal.dist, seed, causal.dtype);
-  GpuResult causal_result;
-  ASSERT_NO_FATAL_FAILURE(run_on_gpu(causal, causal_in, device(), &causal_result));
-  EXPECT_TRUE(causal_result.sm90_q_in_kernel) << "a causal call within kMaxKeysQInKernelD128Causal keys";
+  expect_paths(variants, device(), &GpuResult::sm90_q_in_kernel);
 }
 
 
@@ -480,42 +490,20 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
   Case base;
   base.nq = base.nk = 256;
   base.return_lse = false;
-  struct Variant {
-    const char* what;
-    Case c;
-    bool clusters;
-  };
-  std::vector<Variant> variants;
-  auto add = [&](const char* what, bool clusters, auto change) {
-    Case c = base;
-    change(c);
-    variants.push_back({what, c, clusters});
-  };
-  add("the plain call", true, [](Case&) {});
-  add("LSE with smooth_k (the LSE correction)", false, [](Case& c) { c.return_lse = true; });
-  add("LSE without smooth_k", true, [](Case& c) { c.return_lse = true, c.smooth_k = false; });
-  add("rows cp.async cannot read (D = 100, dense: 200-byte rows)", false, [](Case& c) { c.d = 100; });
-  add("D = 128 at 2048 keys (8 CTAs of two tiles)", true, [](Case& c) { c.nk = 2048; });
-  add("D = 128 past 2048 keys", false, [](Case& c) { c.nk = 2049; });
-  add("D = 64 at 4096 keys (8 CTAs of four tiles)", true, [](Case& c) { c.d = 64, c.nk = 4096; });
-  add("D = 64 past 4096 keys", false, [](Case& c) { c.d = 64, c.nk = 4097; });
-  const std::uint64_t seed = fresh_seed();
-  SCOPED_TRACE(sage::test::seed_note(seed));
-  for (const Variant& v : variants) {
-    SCOPED_TRACE(std::string(v.what) + ": " + v.c.describe());
-    const sage::ref::Inputs in = sage::ref::make_inputs(v.c.problem(), v.c.dist, seed, v.c.dtype);
-    GpuResult gpu;
-    ASSERT_NO_FATAL_FAILURE(run_on_gpu(v.c, in, device(), &gpu));
-    EXPECT_EQ(gpu.sm90_kv_in_clusters, v.clusters);
-    EXPECT_EQ(count_nonfinite(gpu.out), 0);
-  }
+  const auto variants = path_variants(base, [](auto add) {
+    add("the plain call", true, [](Case&) {});
+    add("LSE with smooth_k (the LSE correction)", false, [](Case& c) { c.return_lse = true; });
+    add("LSE without smooth_k", true, [](Case& c) { c.return_lse = true, c.smooth_k = false; });
+    add("rows cp.async cannot read (D = 100, dense: 200-byte rows)", false, [](Case& c) { c.d = 100; });
+    add("D = 128 at 2048 keys (8 CTAs of two tiles)", true, [](Case& c) { c.nk = 2048; });
+    add("D = 128 past 2048 keys", false, [](Case& c) { c.nk = 2049; });
+    add("D = 64 at 4096 keys (8 CTAs of four tiles)", true, [](Case& c) { c.d = 64, c.nk = 4096; });
+    add("D = 64 past 4096 keys", false, [](Case& c) { c.d = 64, c.nk = 4097; });
+  });
+  expect_paths(variants, device(), &GpuResult::sm90_kv_in_clusters);
   ScopedEnv off("SAGE_PREPASS_KV_CLUSTERS", "0");
-  GpuResult gpu;
-  const sage::ref::Inputs in = sage::ref::make_inputs(base.problem(), base.dist, seed, base.dtype);
-  ASSERT_NO_FATAL_FAILURE(run_on_gpu(base, in, device(), &gpu));
-  EXPECT_FALSE(gpu.sm90_kv_in_clusters) << "SAGE_PREPASS_KV_CLUSTERS=0";
+  expect_paths({{"SAGE_PREPASS_KV_CLUSTERS=0", base, false}}, device(), &GpuResult::sm90_kv_in_clusters);
 }
-
 
 TEST_F(Sm90Forward, PublishedAccuracyGaussianN4096D128) {
   Case c;  // default options (per-warp INT8 QK, smooth K, FP8 PV), bf16, HND, plus return_lse

@@ -97,6 +97,23 @@ __device__ __forceinline__ void atomic_max_nonneg(float* slot, float v) {
 }
 
 // ---- 1. statistics ----------------------------------------------------------
+// Reduces each channel of `red` ([rows][dp] floats, one row per lane group
+// of the caller, written before the call) over its rows in row order into
+// dst[dp] (op: 0 sum, 1 max, 2 min): a fixed order, so deterministic
+// results. Every thread of the CTA takes part; both ends are barriers.
+__device__ void reduce_rows(const float* red, int rows, int dp, int op, float* dst) {
+  __syncthreads();
+  for (int c = threadIdx.x; c < dp; c += kThreads) {
+    float acc = red[c];
+    for (int j = 1; j < rows; ++j) {
+      const float y = red[j * dp + c];
+      acc = op == 0 ? acc + y : (op == 1 ? fmaxf(acc, y) : fminf(acc, y));
+    }
+    dst[c] = acc;
+  }
+  __syncthreads();
+}
+
 // One CTA per (chunk of keys, batch * kv head). Thread (rl, c0) accumulates
 // channels [c0, c0+8) over the rows start + rl + i * row_lanes in order of
 // i; then the row lanes are reduced in a fixed order. Vec (16-byte aligned
@@ -174,21 +191,11 @@ __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, Pr
     }
   }
 
-  // Reduce the row lanes of each quantity through shared memory, in a fixed
-  // order so that results are deterministic.
+  // Reduce the row lanes of each quantity through shared memory.
   auto reduce_into = [&](const float (&mine)[kVec], float* dst, int op) {  // op: 0 sum, 1 max, 2 min
 #pragma unroll
     for (int i = 0; i < kVec; ++i) red[rl * dp + c0 + i] = mine[i];
-    __syncthreads();
-    for (int c = threadIdx.x; c < dp; c += kThreads) {
-      float acc = red[c];
-      for (int j = 1; j < row_lanes; ++j) {
-        const float y = red[j * dp + c];
-        acc = op == 0 ? acc + y : (op == 1 ? fmaxf(acc, y) : fminf(acc, y));
-      }
-      dst[c] = acc;
-    }
-    __syncthreads();
+    reduce_rows(red, row_lanes, dp, op, dst);
   };
   const std::int64_t slot = static_cast<std::int64_t>(bh_kv) * layout.chunks + chunk;
   if (p.smooth_k) reduce_into(ksum, out.k_partial + slot * dp, 0);
@@ -816,16 +823,7 @@ __device__ void cta_partial_stats(const uint4* tiles, int tiles_here, int row_be
   auto reduce_parts = [&](float2 mine, float* dst, int op) {  // op: 0 sum, 1 max, 2 min
     parts[part * Dp + 2 * pair] = mine.x;
     parts[part * Dp + 2 * pair + 1] = mine.y;
-    __syncthreads();
-    for (int c = threadIdx.x; c < Dp; c += kThreads) {
-      float acc = parts[c];
-      for (int j = 1; j < kParts; ++j) {
-        const float y = parts[j * Dp + c];
-        acc = op == 0 ? acc + y : (op == 1 ? fmaxf(acc, y) : fminf(acc, y));
-      }
-      dst[c] = acc;
-    }
-    __syncthreads();
+    reduce_rows(parts, kParts, Dp, op, dst);
   };
   if (sums) reduce_parts(sum, s.partial[0], 0);
   if (extremes) {
