@@ -926,11 +926,14 @@ bool kv_clusters_fit(const KvClusterShape& shape) {
   // The kernel's limit is set to the largest shape's (an attribute set for
   // a smaller shape later would fail a larger one cached as fitting).
   const KvClusterShape largest{kKvClusterMaxCtas, kKvClusterMaxTileBytes / job_tile_bytes(Dp)};
-  bool fits = false;
+  bool fits = false, refused = false;
   cudaFuncAttributes attributes{};
-  if (cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess && attributes.binaryVersion >= 90 &&
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(kv_cluster_smem_bytes<Dp>(largest))) == cudaSuccess) {
+  refused = cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess;
+  if (!refused && attributes.binaryVersion >= 90) {
+    refused = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(kv_cluster_smem_bytes<Dp>(largest))) != cudaSuccess;
+  }
+  if (!refused && attributes.binaryVersion >= 90) {
     cudaLaunchAttribute cluster{};
     cluster.id = cudaLaunchAttributeClusterDimension;
     cluster.val.clusterDim.x = static_cast<unsigned>(shape.ctas);
@@ -942,9 +945,12 @@ bool kv_clusters_fit(const KvClusterShape& shape) {
     config.attrs = &cluster;
     config.numAttrs = 1;
     int clusters = 0;
-    fits = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess && clusters > 0;
+    refused = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess;
+    fits = !refused && clusters > 0;
   }
-  cudaGetLastError();  // (a refusal above is an answer, not an error of the call)
+  // A refusal above is an answer (the two-kernel path), not an error of the
+  // call: it must not show in the launch checks that follow.
+  if (refused) cudaGetLastError();
   known[key] = fits;
   return fits;
 }
