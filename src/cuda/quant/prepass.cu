@@ -28,6 +28,7 @@
 
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
+#include "cuda/quant/kv_cluster_shape.h"
 #include "cuda/quant/quantize_rows.cuh"
 #include "numerics/formats.h"
 #include "numerics/tile_geometry.h"
@@ -715,29 +716,7 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
 // The order of every sum is fixed by the shape, so results are deterministic;
 // the sums are ordered differently from the statistics kernel's, so a mean
 // may differ from that path's in its last bits.
-struct KvClusterShape {
-  int ctas = 0, tiles_per_cta = 0;  // ctas 0: the call does not fit (two-kernel path)
-};
-// Clusters of at most 8 CTAs (the portable size): a cluster starts only once
-// all its CTAs fit on the SMs of one GPC at once, and with 16 (H200,
-// docs/perf-notes.md, session 15) the call was slower than with 8 twice as
-// large CTAs at 2K keys, and no faster than the two-kernel path at 4K.
-constexpr int kKvClusterMaxCtas = 8;
-// 16-bit rows per CTA: at most two 128-row tiles at Dp = 128 (three CTAs per
-// SM), four at Dp = 64. So the path takes Dp = 128 calls up to 2048 keys,
-// Dp = 64 ones up to 4096.
-constexpr int kKvClusterMaxTileBytes = 64 << 10;
-
-__host__ __device__ constexpr int job_tile_bytes(int dp) { return kTileRows * dp * 2; }
-
-// The fewest tiles per CTA that fit a head in a cluster of up to
-// kKvClusterMaxCtas; none beyond kKvClusterMaxTileBytes per CTA.
-KvClusterShape kv_cluster_shape(int nk, int dp) {
-  const int tiles = job_tiles(nk);
-  const int per_cta = (tiles + kKvClusterMaxCtas - 1) / kKvClusterMaxCtas;
-  if (tiles == 0 || per_cta > kKvClusterMaxTileBytes / job_tile_bytes(dp)) return {};
-  return {(tiles + per_cta - 1) / per_cta, per_cta};
-}
+static_assert(kKvClusterTileRows == kTileRows, "the cluster kernel's tiles are job tiles");
 
 template <int Dp>
 struct KvClusterShared {
@@ -788,7 +767,7 @@ template <typename T, int Dp>
 __device__ void cta_partial_stats(const uint4* tiles, int tiles_here, int row_begin, int nk, bool sums, bool extremes,
                                   KvClusterShared<Dp>& s) {
   constexpr int kPairs = Dp / 2, kParts = kThreads / kPairs, kPartRows = kTileRows / kParts;
-  static_assert(kThreads % kPairs == 0 && kTileRows % kParts == 0 && kParts * Dp <= kWarps * Dp, "part layout");
+  static_assert(kThreads % kPairs == 0 && kTileRows % kParts == 0 && kParts <= kWarps, "the parts fit in slice_sums");
   using Pair = Pair16<T>;
   const int pair = threadIdx.x % kPairs, part = threadIdx.x / kPairs;
   float2 sum = make_float2(0.f, 0.f);
@@ -925,7 +904,7 @@ bool kv_clusters_fit(const KvClusterShape& shape) {
   if (const auto it = known.find(key); it != known.end()) return it->second;
   // The kernel's limit is set to the largest shape's (an attribute set for
   // a smaller shape later would fail a larger one cached as fitting).
-  const KvClusterShape largest{kKvClusterMaxCtas, kKvClusterMaxTileBytes / job_tile_bytes(Dp)};
+  const KvClusterShape largest{kKvClusterMaxCtas, kKvClusterMaxTileBytes / kv_cluster_tile_bytes(Dp)};
   bool fits = false, refused = false;
   cudaFuncAttributes attributes{};
   refused = cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess;

@@ -1,0 +1,37 @@
+// How the pre-pass's cluster kernel (cuda/quant/prepass.cu, section 3)
+// spreads one head's K or V rows over a thread-block cluster: plain C++, so
+// that the CPU tests check the policy too.
+#pragma once
+
+namespace sage::quant {
+
+struct KvClusterShape {
+  int ctas = 0, tiles_per_cta = 0;  // ctas 0: the call does not fit (two-kernel path)
+};
+
+inline constexpr int kKvClusterTileRows = 128;  // rows of one tile (the quantize kernel's job tile)
+
+// Clusters of at most 8 CTAs (the portable size): a cluster starts only once
+// all its CTAs fit on the SMs of one GPC at once, and with 16 (H200,
+// docs/perf-notes.md, session 15) the call was slower than with 8 twice as
+// large CTAs at 2K keys, and no faster than the two-kernel path at 4K.
+inline constexpr int kKvClusterMaxCtas = 8;
+// 16-bit rows per CTA: at most two 128-row tiles at Dp = 128 (three CTAs per
+// SM), four at Dp = 64. So the path takes Dp = 128 calls up to 2048 keys,
+// Dp = 64 ones up to 4096.
+inline constexpr int kKvClusterMaxTileBytes = 64 << 10;
+
+// Bytes of one tile of 16-bit rows of dp channels.
+constexpr int kv_cluster_tile_bytes(int dp) { return kKvClusterTileRows * dp * 2; }
+
+// The fewest tiles per CTA that fit a head of nk keys in a cluster of up to
+// kKvClusterMaxCtas, and the CTAs that takes (each with at least one tile);
+// none beyond kKvClusterMaxTileBytes per CTA, none for nk = 0.
+constexpr KvClusterShape kv_cluster_shape(int nk, int dp) {
+  const int tiles = (nk + kKvClusterTileRows - 1) / kKvClusterTileRows;
+  const int per_cta = (tiles + kKvClusterMaxCtas - 1) / kKvClusterMaxCtas;
+  if (tiles <= 0 || per_cta > kKvClusterMaxTileBytes / kv_cluster_tile_bytes(dp)) return {};
+  return {(tiles + per_cta - 1) / per_cta, per_cta};
+}
+
+}  // namespace sage::quant
