@@ -258,31 +258,18 @@ Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& opti
   return Status::ok();
 }
 
-bool gpu_quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options) {
+Sm90Paths gpu_sm90_paths(const AttentionArgs& args, const AttentionOptions& options) {
+  Sm90Paths paths;
 #if SAGE_HAS_SM90
-  return takes_sm90_kernel(args, options) && sm90::quantizes_q_in_kernel(args, options);
+  if (takes_sm90_kernel(args, options)) {
+    paths.q_in_kernel = sm90::quantizes_q_in_kernel(args, options);
+    paths.kv_in_clusters = sm90::quantizes_kv_in_clusters(args, options);
+    paths.out_by_tma = sm90::stores_output_by_tma(args, options);
+  }
 #else
   (void)args, (void)options;
-  return false;
 #endif
-}
-
-bool gpu_quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options) {
-#if SAGE_HAS_SM90
-  return takes_sm90_kernel(args, options) && sm90::quantizes_kv_in_clusters(args, options);
-#else
-  (void)args, (void)options;
-  return false;
-#endif
-}
-
-bool gpu_stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options) {
-#if SAGE_HAS_SM90
-  return takes_sm90_kernel(args, options) && sm90::stores_output_by_tma(args, options);
-#else
-  (void)args, (void)options;
-  return false;
-#endif
+  return paths;
 }
 
 Status gpu_workspace_size(const AttentionArgs& args, const AttentionOptions& options, std::size_t* bytes) {

@@ -30,18 +30,15 @@ Status run_on_device(int ordinal, const std::function<Status()>& launch);
 // check the choice without launching anything.
 Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& options, std::string* family);
 
-// Whether the call's Q is quantized inside the attention kernel instead of
-// by the pre-pass (sm90::quantizes_q_in_kernel; false where the sm90 kernel
-// is not built): tests use it to know which path a call takes.
-bool gpu_quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
-
-// Whether the call's K and V are quantized by the pre-pass's cluster kernel
-// (sm90::quantizes_kv_in_clusters; false elsewhere): for the tests, like the above.
-bool gpu_quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options);
-
-// Whether the call's output is written by TMA from shared memory
-// (sm90::stores_output_by_tma; false elsewhere): for the tests, like the above.
-bool gpu_stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options);
+// Which optional paths of the sm90 kernel a call takes (all false where the
+// dispatch does not give the call to the sm90 kernel, or it is not built):
+// tests use it to know which path a call takes.
+struct Sm90Paths {
+  bool q_in_kernel = false;     // Q quantized inside the attention kernel (sm90::quantizes_q_in_kernel)
+  bool kv_in_clusters = false;  // K and V by the pre-pass's cluster kernel (sm90::quantizes_kv_in_clusters)
+  bool out_by_tma = false;      // the output stored by TMA from shared memory (sm90::stores_output_by_tma)
+};
+Sm90Paths gpu_sm90_paths(const AttentionArgs& args, const AttentionOptions& options);
 
 // Bytes of device workspace a GPU call needs. Same errors as
 // gpu_attention_forward, so callers learn early that a call cannot run.

@@ -483,8 +483,8 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.describe(); }
 struct GpuResult {
   std::vector<float> out;  // [B, Hq, Nq, D]
   std::vector<float> lse;  // [B, Hq, Nq] (left as downloaded: NaN if never written)
-  bool sm90_q_in_kernel = false;  // detail::gpu_quantizes_q_in_kernel of the call
-  bool sm90_kv_in_clusters = false;  // detail::gpu_quantizes_kv_in_clusters of the call
+  bool sm90_q_in_kernel = false;     // detail::gpu_sm90_paths of the call
+  bool sm90_kv_in_clusters = false;  // (the same)
 };
 
 // Uploads the case's inputs, runs attention_forward on a fresh non-blocking
@@ -566,8 +566,9 @@ void run_on_gpu(const Case& c, const sage::ref::Inputs& in, int device, GpuResul
   // Passed even when return_lse is off: it must then stay untouched.
   args.lse = sage::make_contiguous_view(dlse.data(), DType::f32, {B, Hq, Nq}, device);
   const AttentionOptions options = c.options();
-  result->sm90_q_in_kernel = sage::detail::gpu_quantizes_q_in_kernel(args, options);
-  result->sm90_kv_in_clusters = sage::detail::gpu_quantizes_kv_in_clusters(args, options);
+  const sage::detail::Sm90Paths paths = sage::detail::gpu_sm90_paths(args, options);
+  result->sm90_q_in_kernel = paths.q_in_kernel;
+  result->sm90_kv_in_clusters = paths.kv_in_clusters;
 
   std::size_t ws_bytes = 0;
   {

@@ -825,7 +825,7 @@ TEST_F(Sm90Forward, SmallInPlaceOutKeepsQInThePrepass) {
   AttentionOptions options;  // per-warp, no LSE: the in-kernel path unless out shares q's memory
   DeviceBuffer<unsigned char> ws(1 << 20);
   SAGE_CUDA_CHECK(ws.status());
-  ASSERT_TRUE(sage::detail::gpu_quantizes_q_in_kernel(call.args, options));
+  ASSERT_TRUE(sage::detail::gpu_sm90_paths(call.args, options).q_in_kernel);
   ASSERT_TRUE(sage::attention_forward(call.args, options, ws.data(), ws.size(), nullptr).is_ok());
   SAGE_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<std::uint16_t> separate, in_place;
@@ -833,7 +833,7 @@ TEST_F(Sm90Forward, SmallInPlaceOutKeepsQInThePrepass) {
 
   AttentionArgs args = call.args;
   args.out = args.q;
-  EXPECT_FALSE(sage::detail::gpu_quantizes_q_in_kernel(args, options));
+  EXPECT_FALSE(sage::detail::gpu_sm90_paths(args, options).q_in_kernel);
   ASSERT_TRUE(sage::attention_forward(args, options, ws.data(), ws.size(), nullptr).is_ok());
   SAGE_CUDA_CHECK(cudaDeviceSynchronize());
   SAGE_CUDA_CHECK(call.q.copy_to(in_place));
@@ -853,9 +853,9 @@ TEST_F(Sm90Forward, SmallLseOverQKeepsQInThePrepass) {
   options.smooth_k = false;
   AttentionArgs args = call.args;
   args.lse = sage::make_contiguous_view(lse.data(), DType::f32, {SmallCall::B, SmallCall::H, SmallCall::N}, device());
-  EXPECT_TRUE(sage::detail::gpu_quantizes_q_in_kernel(args, options));
+  EXPECT_TRUE(sage::detail::gpu_sm90_paths(args, options).q_in_kernel);
   args.lse.data = call.q.data();  // (q holds 4x the bytes this lse spans)
-  EXPECT_FALSE(sage::detail::gpu_quantizes_q_in_kernel(args, options));
+  EXPECT_FALSE(sage::detail::gpu_sm90_paths(args, options).q_in_kernel);
 }
 
 // Q rows TMA cannot read keep Q in the pre-pass: a start that is not 16-byte
@@ -877,10 +877,10 @@ TEST_F(Sm90Forward, SmallQStaysInThePrepassWhereTmaCannotReadIt) {
   };
   AttentionArgs shorter = call.args;
   shorter.q.shape[2] = shorter.out.shape[2] = N;
-  ASSERT_TRUE(sage::detail::gpu_quantizes_q_in_kernel(shorter, options)) << "the aligned call should take it";
-  EXPECT_FALSE(sage::detail::gpu_quantizes_q_in_kernel(with_q(call.q.data() + 1, N * D), options))
+  ASSERT_TRUE(sage::detail::gpu_sm90_paths(shorter, options).q_in_kernel) << "the aligned call should take it";
+  EXPECT_FALSE(sage::detail::gpu_sm90_paths(with_q(call.q.data() + 1, N * D), options).q_in_kernel)
       << "q starting 2 bytes past a 16-byte boundary";
-  EXPECT_FALSE(sage::detail::gpu_quantizes_q_in_kernel(with_q(call.q.data(), N * D + 4), options))
+  EXPECT_FALSE(sage::detail::gpu_sm90_paths(with_q(call.q.data(), N * D + 4), options).q_in_kernel)
       << "a head stride of N * D + 4 elements";
 }
 
@@ -899,7 +899,7 @@ TEST_F(Sm90Forward, SmallOutputStorePathsWriteTheSameBits) {
   options.causal = true;  // (rows of the tile that see few keys, a masked diagonal tile)
   DeviceBuffer<unsigned char> ws(1 << 20);
   SAGE_CUDA_CHECK(ws.status());
-  ASSERT_TRUE(sage::detail::gpu_stores_output_by_tma(call.args, options));
+  ASSERT_TRUE(sage::detail::gpu_sm90_paths(call.args, options).out_by_tma);
   ASSERT_TRUE(sage::attention_forward(call.args, options, ws.data(), ws.size(), nullptr).is_ok());
   SAGE_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<std::uint16_t> by_tma;
@@ -911,7 +911,7 @@ TEST_F(Sm90Forward, SmallOutputStorePathsWriteTheSameBits) {
   AttentionArgs args = call.args;
   args.out.data = pitched.data();
   args.out.stride[0] = H * N * pitch, args.out.stride[1] = N * pitch, args.out.stride[2] = pitch;
-  EXPECT_FALSE(sage::detail::gpu_stores_output_by_tma(args, options));
+  EXPECT_FALSE(sage::detail::gpu_sm90_paths(args, options).out_by_tma);
   ASSERT_TRUE(sage::attention_forward(args, options, ws.data(), ws.size(), nullptr).is_ok());
   SAGE_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<std::uint16_t> by_threads;

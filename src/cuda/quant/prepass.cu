@@ -887,6 +887,29 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
 #endif
 }
 
+// The launch of the cluster kernel over `rows` kv heads (grid rows): K and V
+// clusters of shape.ctas CTAs each, programmatic (PDL) if asked; the
+// attributes live in `attributes`.
+template <int Dp>
+cudaLaunchConfig_t kv_cluster_config(const KvClusterShape& shape, int rows, cudaStream_t stream, bool programmatic,
+                                     cudaLaunchAttribute (&attributes)[2]) {
+  attributes[0] = cudaLaunchAttribute{};
+  attributes[0].id = cudaLaunchAttributeClusterDimension;
+  attributes[0].val.clusterDim.x = static_cast<unsigned>(shape.ctas);
+  attributes[0].val.clusterDim.y = attributes[0].val.clusterDim.z = 1;
+  attributes[1] = cudaLaunchAttribute{};
+  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[1].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(2 * shape.ctas, rows);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kv_cluster_smem_bytes<Dp>(shape);
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = programmatic ? 2 : 1;
+  return config;
+}
+
 // Whether clusters of `shape` can run on the current device: the kernel
 // built for sm_90 (its body is empty for older targets), its shared memory
 // and cluster size allowed, and at least one such cluster placeable. Asked of
@@ -913,16 +936,8 @@ bool kv_clusters_fit(const KvClusterShape& shape) {
                                    static_cast<int>(kv_cluster_smem_bytes<Dp>(largest))) != cudaSuccess;
   }
   if (!refused && attributes.binaryVersion >= 90) {
-    cudaLaunchAttribute cluster{};
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = static_cast<unsigned>(shape.ctas);
-    cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(2 * shape.ctas);
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = static_cast<std::size_t>(smem);
-    config.attrs = &cluster;
-    config.numAttrs = 1;
+    cudaLaunchAttribute attributes[2];
+    const cudaLaunchConfig_t config = kv_cluster_config<Dp>(shape, 1, nullptr, false, attributes);
     int clusters = 0;
     refused = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess;
     fits = !refused && clusters > 0;
@@ -937,11 +952,12 @@ bool kv_clusters_fit(const KvClusterShape& shape) {
 // The cluster shape the call's K and V take, or ctas 0 for the two-kernel
 // path: allowed by the caller (PrepassProblem::allow_kv_clusters), rows the
 // cp.async copies can read (Vec), no LSE correction (its Q jobs need K's
-// mean from the statistics kernel), a grid the launch takes, a head that
-// fits (kv_cluster_shape) and a device that places the clusters.
+// mean from the statistics kernel), a head that fits (kv_cluster_shape) and
+// a device that places the clusters. (Its grid rows, B * Hkv, are those of
+// the statistics kernel, which validation bounds: kGpuMaxBatchHeads.)
 template <typename T, int Dp>
 KvClusterShape kv_cluster_path(const PrepassProblem& p, bool vec) {
-  if (!p.allow_kv_clusters || !vec || p.lse_correction || p.batch * p.heads_kv > 65535) return {};
+  if (!p.allow_kv_clusters || !vec || p.lse_correction) return {};
   const KvClusterShape shape = kv_cluster_shape(p.nk, Dp);
   return shape.ctas > 0 && kv_clusters_fit<T, Dp>(shape) ? shape : KvClusterShape{};
 }
@@ -960,20 +976,10 @@ cudaError_t launch_kv_clusters(const PrepassProblem& p, const PrepassLayout& lay
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  cudaLaunchAttribute attributes[2] = {};
-  attributes[0].id = cudaLaunchAttributeClusterDimension;
-  attributes[0].val.clusterDim.x = static_cast<unsigned>(shape.ctas);
-  attributes[0].val.clusterDim.y = attributes[0].val.clusterDim.z = 1;
-  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attributes[1].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(2 * shape.ctas, p.batch * p.heads_kv);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kv_cluster_smem_bytes<Dp>(shape);
-  config.stream = stream;
-  config.attrs = attributes;
+  cudaLaunchAttribute attributes[2];
   // (The first launch of a call is an ordinary one.)
-  config.numAttrs = programmatic && q_jobs > 0 ? 2 : 1;
+  const cudaLaunchConfig_t config =
+      kv_cluster_config<Dp>(shape, p.batch * p.heads_kv, stream, programmatic && q_jobs > 0, attributes);
   return cudaLaunchKernelEx(&config, kv_cluster_kernel<T, Dp>, p, layout, out, k, v, shape);
 }
 
