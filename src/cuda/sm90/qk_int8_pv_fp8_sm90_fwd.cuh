@@ -432,6 +432,30 @@ __device__ __forceinline__ void end_item(const QkInt8PvFp8Params& p, FwdSharedSt
   mbar_arrive(&s.item_empty[it.buffer.stage]);  // its Q tile (q16) and factors are read: the producer may refill them
 }
 
+// Once S of key tile t (ring entry `at`) of item `it` is complete: its
+// masks, its scores and the online softmax step into p_frag / alpha. quad:
+// the thread's column pair inside each 8-column slice.
+template <class T, class Softmax>
+__device__ __forceinline__ void softmax_of_tile(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
+                                                const ConsumerItem& it, int quad, int t, RingSlot<T::kStages> at,
+                                                int32_t (&s_acc)[T::kSAcc], Softmax& softmax,
+                                                uint32_t (&p_frag)[T::kBlockK / 32][4], float (&alpha)[2]) {
+  constexpr TileGeometry geometry = kSm90Geometry;
+  const int key0 = t * T::kBlockK;
+  const float qk_scale = it.q_scale * it.k_scales[geometry.k_group_of(key0 + 2 * quad, p.granularity)];
+  const bool needs_mask = key0 + T::kBlockK > p.nk ||
+                          (T::kCausal && key0 + T::kBlockK - 1 > it.first_row + p.causal_shift);
+  if (needs_mask) mask_scores<T::kSAcc>(s_acc, it.rows, key0 + 2 * quad, p.nk, T::kCausal, p.causal_shift);
+  if constexpr (T::kSmoothQ) {
+    float sf[T::kSAcc];
+    mbar_wait(&s.delta_full[at.stage], at.phase);
+    smoothq::scores_with_offsets(s_acc, qk_scale, s.delta[at.stage], 2 * quad, sf);
+    softmax.step(p_frag, alpha, sf);
+  } else {
+    softmax.step(p_frag, alpha, s_acc, qk_scale, needs_mask);
+  }
+}
+
 // The pieces of a consumer's key-tile steps, over the state that carries
 // from step to step: O, the online softmax, P of the previous tile and its
 // rescale factors.
@@ -474,21 +498,7 @@ struct ConsumerSteps {
   }
   // Once S of tile t (ring entry `at`) is complete: the softmax into p_frag / alpha.
   __device__ __forceinline__ void softmax_tile(const ConsumerItem& it, int t, Slot at, int32_t (&s_acc)[T::kSAcc]) {
-    constexpr TileGeometry geometry = kSm90Geometry;
-    const int quad = threadIdx.x % 4;  // column pair inside each 8-column slice
-    const int key0 = t * T::kBlockK;
-    const float qk_scale = it.q_scale * it.k_scales[geometry.k_group_of(key0 + 2 * quad, p.granularity)];
-    const bool needs_mask = key0 + T::kBlockK > p.nk ||
-                            (T::kCausal && key0 + T::kBlockK - 1 > it.first_row + p.causal_shift);
-    if (needs_mask) mask_scores<T::kSAcc>(s_acc, it.rows, key0 + 2 * quad, p.nk, T::kCausal, p.causal_shift);
-    if constexpr (T::kSmoothQ) {
-      float sf[T::kSAcc];
-      mbar_wait(&s.delta_full[at.stage], at.phase);
-      smoothq::scores_with_offsets(s_acc, qk_scale, s.delta[at.stage], 2 * quad, sf);
-      softmax.step(p_frag, alpha, sf);
-    } else {
-      softmax.step(p_frag, alpha, s_acc, qk_scale, needs_mask);
-    }
+    softmax_of_tile<T>(p, s, it, threadIdx.x % 4, t, at, s_acc, softmax, p_frag, alpha);
   }
   // Step 0 of an item: its Q K^T waited for alone.
   __device__ __forceinline__ void first_step(const ConsumerItem& it, Slot at) {
@@ -536,7 +546,6 @@ template <class T>
 __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
                                              const fwd::CtaWork& w, int it0, int j, int consumer) {
   const int quad = threadIdx.x % 4;  // column pair inside each 8-column slice
-  constexpr TileGeometry geometry = kSm90Geometry;
   const ConsumerItem it = begin_item<T>(p, s, w, it0, j, consumer);
   typename ConsumerSteps<T>::Softmax softmax;
   float o[T::kOAcc];
@@ -563,19 +572,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   };
   // Once S of tile t (ring entry `at`) is complete: the softmax into p_frag / alpha.
   auto softmax_tile = [&](int t, Slot at, int32_t(&s_acc)[T::kSAcc]) {
-    const int key0 = t * T::kBlockK;
-    const float qk_scale = it.q_scale * it.k_scales[geometry.k_group_of(key0 + 2 * quad, p.granularity)];
-    const bool needs_mask = key0 + T::kBlockK > p.nk ||
-                            (T::kCausal && key0 + T::kBlockK - 1 > it.first_row + p.causal_shift);
-    if (needs_mask) mask_scores<T::kSAcc>(s_acc, it.rows, key0 + 2 * quad, p.nk, T::kCausal, p.causal_shift);
-    if constexpr (T::kSmoothQ) {
-      float sf[T::kSAcc];
-      mbar_wait(&s.delta_full[at.stage], at.phase);
-      smoothq::scores_with_offsets(s_acc, qk_scale, s.delta[at.stage], 2 * quad, sf);
-      softmax.step(p_frag, alpha, sf);
-    } else {
-      softmax.step(p_frag, alpha, s_acc, qk_scale, needs_mask);
-    }
+    softmax_of_tile<T>(p, s, it, quad, t, at, s_acc, softmax, p_frag, alpha);
   };
 
   Slot cur = Slot::at(it0);  // key tile t's entry
