@@ -220,11 +220,14 @@ class Sm90Forward : public Sm90Test {};
 
 // Calls whose Q the attention kernel quantizes itself (per-warp or
 // per-thread groups, no smooth_q, no LSE correction: return_lse off or
-// smooth_k off, Q rows TMA can read; at D = 128 at most 1024 keys, within
-// kMaxKeysQInKernelD128 and its causal limit), over head dims (odd ones too: TMA zero-fills part
+// smooth_k off, Q rows TMA can read; at D = 128 within kMaxKeysQInKernelD128
+// and its causal limit), over head dims (odd ones too: TMA zero-fills part
 // of a 16-byte chunk), lengths, layouts, storage, dtypes, causal alignments
 // and GQA, and with more work items than an H200 has SMs (persistent CTAs
-// reuse their Q buffers). (The small ones also run under compute-sanitizer.)
+// reuse their Q buffers; at D = 128 a consumer's steps run on across its
+// items: the last three cases give it items of 0, 1 and 2 key tiles in a
+// row, items of one tile, and the register-store epilogue). (The small ones
+// also run under compute-sanitizer.)
 std::vector<Case> q_in_kernel_cases() {
   using namespace case_table;
   return {
@@ -257,6 +260,12 @@ std::vector<Case> q_in_kernel_cases() {
       {.b = 4, .hq = 40, .hkv = 8, .nq = 300, .nk = 300, .d = 128, .return_lse = false},
       {.b = 4, .hq = 40, .hkv = 40, .nq = 300, .nk = 257, .d = 64, .layout = NHD, .causal = true, .align = TL,
        .granularity = G::per_thread, .return_lse = false},
+      {.b = 4, .hq = 40, .hkv = 8, .nq = 300, .nk = 129, .d = 128, .causal = true, .align = BR,
+       .return_lse = false},
+      {.b = 4, .hq = 40, .hkv = 8, .nq = 300, .nk = 100, .d = 128, .layout = NHD, .return_lse = false,
+       .dist = D::heavy_tailed},
+      {.b = 3, .hq = 40, .hkv = 10, .nq = 300, .nk = 129, .d = 100, .causal = true, .align = BR, .dtype = FP16,
+       .return_lse = false, .storage = Storage::padded},
   };
 }
 

@@ -93,14 +93,15 @@ struct FwdTraits {
   // in what the CTA was given at launch (kThreads x the register count of
   // __launch_bounds__(kThreads, 1)): setmaxnreg.inc waits for registers that
   // never come otherwise.
-  // Whether a consumer's steps run on across its items (consume_across_items).
-  // Measured against per-item steps (H200, GPU time of whole calls, B=2
-  // H=32, 3 rounds): D = 128 with Q quantized here, 1K keys -3.1%, causal
-  // 2K -2.3%, 4K -1.9%, 1K +0.4% (its kernel -3.3%). Not at D = 64: three
-  // 160-register consumers spill there (88-120 bytes).
-  static constexpr bool kStepsAcrossItems = QuantizeQ && consumer_warpgroups(HeadDimPadded, SmoothQ) == 2;
   static constexpr int kProducerRegs = SmoothQ ? 40 : 24;
   static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : SmoothQ ? 232 : 240;
+  // Whether a consumer's steps run on across its items (consume_across_items).
+  // Measured against per-item steps (H200, GPU time of whole calls, B=2
+  // H=32, 3 rounds): D = 128 with Q quantized here, non-causal 1K keys
+  // -3.1%; causal 1K +0.4% (its kernel -3.3%), 2K -2.3%, 4K -1.9%. Not at
+  // D = 64 (its three 160-register consumers spill: 0-6% slower), nor where
+  // Q comes from the pre-pass (2-11% slower: the loop's schedule).
+  static constexpr bool kStepsAcrossItems = QuantizeQ && consumer_warpgroups(HeadDimPadded, SmoothQ) == 2;
   static constexpr int kQBytes = kBlockQ * kDp;
   static constexpr int kQ16Bytes = kBlockQ * kDp * 2;  // QuantizeQ: the caller's rows (inputs share OutT)
   // The INT8 Q tiles: one per item buffer where they are loaded, one where
@@ -294,8 +295,9 @@ __device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, Fwd
   const int lane = threadIdx.x % 32;
   const int first_row = consumer * T::kRowsPerConsumer + (threadIdx.x / 32) % 4 * 16;  // of the warp, in the tile
   const uint4* rows16 = reinterpret_cast<const uint4*>(q16) + first_row * L::kChunkLanes;
-  // Each chunk is read once and kept for the codes (no O, S or P is live
-  // yet: kRows chunks are 4 kRows registers).
+  // Each chunk is read once and kept for the codes: kRows chunks are 4 kRows
+  // registers. (Per item, no O, S or P is live yet; across items O and P
+  // are, and ptxas spills 8-12 bytes around this, outside the key-tile loop.)
   uint4 raw[L::kRows];
   float m[L::kRows];
 #pragma unroll
@@ -374,8 +376,10 @@ struct ConsumerItem {
 };
 
 // Opens work item (w, round j): waits for its Q tile and, QuantizeQ,
-// quantizes it into the INT8 Q buffer (every Q K^T of the consumer's
-// previous item must be complete: the buffer is rewritten).
+// quantizes it into the INT8 Q buffer. Each warp rewrites only its own 16
+// rows, which only its own share of the Q K^T wgmma reads, so each warp
+// needs only its own wait for its previous item's last Q K^T (as on the
+// register-store epilogue's path, which has no barrier in between either).
 template <class T>
 __device__ __forceinline__ ConsumerItem begin_item(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
                                                    const fwd::CtaWork& w, int it0, int j, int consumer) {
@@ -539,9 +543,10 @@ struct ConsumerSteps {
 // this CTA (its item buffer's ring entry).
 // The steps' pieces are the lambdas below and not ConsumerSteps: with the
 // struct, ptxas scheduled these instances' key-tile loops otherwise, and
-// they ran 2-5% slower (H200, docs/perf-notes.md, session 16).
-// (No branch may separate a wgmma from its wait: ptxas then serializes
-// every wgmma of the kernel, warning C7518. Hence the peeled steps.)
+// they ran 1-5% slower (H200, docs/perf-notes.md, session 16).
+// (A wgmma and its wait must not sit in different conditional blocks: ptxas
+// then serializes every wgmma of the kernel, warning C7518. Code between
+// them may branch. Hence the peeled first and last steps.)
 template <class T>
 __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
                                              const fwd::CtaWork& w, int it0, int j, int consumer) {
