@@ -476,8 +476,7 @@ struct ConsumerSteps {
   uint64_t k_desc, vt_desc;              // of stage 0, held opaque (see begin_item)
 
   __device__ __forceinline__ ConsumerSteps(const QkInt8PvFp8Params& params, FwdSharedStorage<T>& storage)
-      : p(params), s(storage) {}
-  __device__ __forceinline__ void make_descriptors() {
+      : p(params), s(storage) {
     k_desc = opaque(make_smem_desc<T::kDp>(s.k[0]));
     vt_desc = opaque(make_smem_desc<128>(s.vt[0]));
   }
@@ -619,7 +618,6 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
 template <class T>
 __device__ void consume_across_items(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer) {
   ConsumerSteps<T> steps(p, s);
-  steps.make_descriptors();
   using Slot = typename ConsumerSteps<T>::Slot;
   const int items = fwd::work_items<T>(p);
   int j = 0;
