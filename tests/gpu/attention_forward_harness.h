@@ -483,8 +483,7 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.describe(); }
 struct GpuResult {
   std::vector<float> out;  // [B, Hq, Nq, D]
   std::vector<float> lse;  // [B, Hq, Nq] (left as downloaded: NaN if never written)
-  bool sm90_q_in_kernel = false;     // detail::gpu_sm90_paths of the call
-  bool sm90_kv_in_clusters = false;  // (the same)
+  sage::detail::Sm90Paths sm90;  // the sm90 kernel's paths the call took
 };
 
 // Uploads the case's inputs, runs attention_forward on a fresh non-blocking
@@ -566,9 +565,7 @@ void run_on_gpu(const Case& c, const sage::ref::Inputs& in, int device, GpuResul
   // Passed even when return_lse is off: it must then stay untouched.
   args.lse = sage::make_contiguous_view(dlse.data(), DType::f32, {B, Hq, Nq}, device);
   const AttentionOptions options = c.options();
-  const sage::detail::Sm90Paths paths = sage::detail::gpu_sm90_paths(args, options);
-  result->sm90_q_in_kernel = paths.q_in_kernel;
-  result->sm90_kv_in_clusters = paths.kv_in_clusters;
+  result->sm90 = sage::detail::gpu_sm90_paths(args, options);
 
   std::size_t ws_bytes = 0;
   {
@@ -757,7 +754,7 @@ void expect_nonfinite_inputs_give_nan(const Case& c, int device, const sage::Til
     tensor[static_cast<std::size_t>(37 * p.head_dim + 5)] = poison.value;
     GpuResult gpu;
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &gpu));
-    if (q_in_kernel.has_value()) EXPECT_EQ(gpu.sm90_q_in_kernel, *q_in_kernel);
+    if (q_in_kernel.has_value()) EXPECT_EQ(gpu.sm90.q_in_kernel, *q_in_kernel);
     std::vector<float> emu_out(static_cast<std::size_t>(p.q_elems())), emu_lse(static_cast<std::size_t>(rows));
     sage::ref::emulate_attention(p, c.options(), geometry, in.q.data(), in.k.data(), in.v.data(), emu_out.data(),
                                  emu_lse.data());

@@ -284,12 +284,12 @@ void expect_q_paths_bit_identical(const Case& c, int device, const char* kernel_
   {
     ScopedEnv env("SAGE_SM90_Q_PREPASS", kernel_env != nullptr ? kernel_env : "");
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &in_kernel));
-    ASSERT_TRUE(in_kernel.sm90_q_in_kernel) << "the call does not take the in-kernel Q path";
+    ASSERT_TRUE(in_kernel.sm90.q_in_kernel) << "the call does not take the in-kernel Q path";
   }
   {
     ScopedEnv prepass("SAGE_SM90_Q_PREPASS", "1");
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &by_prepass));
-    ASSERT_FALSE(by_prepass.sm90_q_in_kernel);
+    ASSERT_FALSE(by_prepass.sm90.q_in_kernel);
   }
   EXPECT_EQ(count_nonfinite(in_kernel.out), 0);
   auto first_difference = [](const std::vector<float>& a, const std::vector<float>& b) -> std::int64_t {
@@ -368,7 +368,7 @@ struct PathVariant {
   Case c;
   bool expected;
 };
-void expect_paths(const std::vector<PathVariant>& variants, int device, bool GpuResult::*took) {
+void expect_paths(const std::vector<PathVariant>& variants, int device, bool sage::detail::Sm90Paths::*took) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(sage::test::seed_note(seed));
   for (const PathVariant& v : variants) {
@@ -376,7 +376,7 @@ void expect_paths(const std::vector<PathVariant>& variants, int device, bool Gpu
     const sage::ref::Inputs in = sage::ref::make_inputs(v.c.problem(), v.c.dist, seed, v.c.dtype);
     GpuResult gpu;
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(v.c, in, device, &gpu));
-    EXPECT_EQ(gpu.*took, v.expected);
+    EXPECT_EQ(gpu.sm90.*took, v.expected);
     EXPECT_EQ(count_nonfinite(gpu.out), 0);
   }
 }
@@ -418,7 +418,7 @@ TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
       c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1;
     });
   });
-  expect_paths(variants, device(), &GpuResult::sm90_q_in_kernel);
+  expect_paths(variants, device(), &sage::detail::Sm90Paths::q_in_kernel);
 }
 
 
@@ -468,11 +468,11 @@ TEST_P(Sm90KvClusters, AgreeWithTheTwoKernelPath) {
   const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
   GpuResult clusters, two_kernels;
   ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &clusters));
-  ASSERT_TRUE(clusters.sm90_kv_in_clusters) << "the call does not take the cluster path";
+  ASSERT_TRUE(clusters.sm90.kv_in_clusters) << "the call does not take the cluster path";
   {
     ScopedEnv off("SAGE_PREPASS_KV_CLUSTERS", "0");
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &two_kernels));
-    ASSERT_FALSE(two_kernels.sm90_kv_in_clusters);
+    ASSERT_FALSE(two_kernels.sm90.kv_in_clusters);
   }
   EXPECT_EQ(count_nonfinite(clusters.out), 0);
   ASSERT_EQ(clusters.out.size(), two_kernels.out.size());
@@ -509,9 +509,9 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
     add("D = 64 at 4096 keys (8 CTAs of four tiles)", true, [](Case& c) { c.d = 64, c.nk = 4096; });
     add("D = 64 past 4096 keys", false, [](Case& c) { c.d = 64, c.nk = 4097; });
   });
-  expect_paths(variants, device(), &GpuResult::sm90_kv_in_clusters);
+  expect_paths(variants, device(), &sage::detail::Sm90Paths::kv_in_clusters);
   ScopedEnv off("SAGE_PREPASS_KV_CLUSTERS", "0");
-  expect_paths({{"SAGE_PREPASS_KV_CLUSTERS=0", base, false}}, device(), &GpuResult::sm90_kv_in_clusters);
+  expect_paths({{"SAGE_PREPASS_KV_CLUSTERS=0", base, false}}, device(), &sage::detail::Sm90Paths::kv_in_clusters);
 }
 
 TEST_F(Sm90Forward, PublishedAccuracyGaussianN4096D128) {

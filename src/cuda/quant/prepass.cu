@@ -928,20 +928,20 @@ bool kv_clusters_fit(const KvClusterShape& shape) {
   // The kernel's limit is set to the largest shape's (an attribute set for
   // a smaller shape later would fail a larger one cached as fitting).
   const KvClusterShape largest{kKvClusterMaxCtas, kKvClusterMaxTileBytes / kv_cluster_tile_bytes(Dp)};
-  bool fits = false, refused = false;
-  cudaFuncAttributes attributes{};
-  refused = cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess;
-  if (!refused && attributes.binaryVersion >= 90) {
+  cudaFuncAttributes function{};
+  bool refused = cudaFuncGetAttributes(&function, kernel) != cudaSuccess;
+  const bool built = !refused && function.binaryVersion >= 90;
+  if (built) {
     refused = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    static_cast<int>(kv_cluster_smem_bytes<Dp>(largest))) != cudaSuccess;
   }
-  if (!refused && attributes.binaryVersion >= 90) {
+  int clusters = 0;
+  if (built && !refused) {
     cudaLaunchAttribute attributes[2];
     const cudaLaunchConfig_t config = kv_cluster_config<Dp>(shape, 1, nullptr, false, attributes);
-    int clusters = 0;
     refused = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess;
-    fits = !refused && clusters > 0;
   }
+  const bool fits = built && !refused && clusters > 0;
   // A refusal above is an answer (the two-kernel path), not an error of the
   // call: it must not show in the launch checks that follow.
   if (refused) cudaGetLastError();
