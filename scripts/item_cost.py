@@ -45,10 +45,11 @@ def main():
                     help="SAGE_SM90_Q_PREPASS for the calls (0: Q quantized in the kernel, 1: by the pre-pass)")
     args = ap.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    block_q = 128 if args.dim == 128 else 192
     modes = ("0", "1") if args.q_prepass == "both" else (args.q_prepass,)
     for mode in modes:
         os.environ["SAGE_SM90_Q_PREPASS"] = mode
+        # CTA tile rows (sm90::query_block_rows): two consumers only where D = 128 quantizes Q itself.
+        block_q = 128 if args.dim == 128 and mode == "0" else 192
         rows, times = [], []
         for n in (1024, 4096):
             q_tiles = n // block_q if n % block_q == 0 else n // block_q + 1

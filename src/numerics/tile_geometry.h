@@ -64,10 +64,10 @@ struct TileGeometry {
 };
 
 // The quantization geometry of the Hopper (sm90, wgmma) kernels: 128-row Q
-// blocks, 16-row warps, 128-key tiles. The D = 128 kernel's CTA tile is one
-// block (two consumer warpgroups of 64 rows); the D = 64 kernel's is 192
-// rows (three consumers: sm90::consumer_warpgroups), which changes no group:
-// each warp's 16 rows still lie inside one 128-row block.
+// blocks, 16-row warps, 128-key tiles. The kernel's CTA tile is one block
+// (two consumer warpgroups of 64 rows) or 192 rows (three consumers:
+// sm90::consumer_warpgroups), which changes no group: each warp's 16 rows
+// still lie inside one 128-row block.
 inline constexpr TileGeometry kSm90Geometry{128, 128, 16};
 
 // The geometry of the mma.sync kernels (src/cuda/mma): 8 warps of 16 rows

@@ -102,7 +102,7 @@ Status make_rows16_tensor_map(CUtensorMap* map, const quant::StridedInput& t, st
 // Q: boxes of one CTA tile's rows x Dp channels, no swizzle.
 Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, const quant::StridedInput& q) {
   return make_rows16_tensor_map(map, q, pp.batch, pp.heads_q, pp.nq, pp.head_dim, cuuint32_t(pp.head_dim_padded),
-                                cuuint32_t(query_block_rows(pp.head_dim_padded, /*smooth_q=*/false)),
+                                cuuint32_t(query_block_rows(pp.head_dim_padded, /*smooth_q=*/false, /*quantize_q=*/true)),
                                 CU_TENSOR_MAP_SWIZZLE_NONE);
 }
 
@@ -213,7 +213,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   p.out_tma = make_out_tensor_map(&p.tmap_out, args, o, pp);
   if (!pp.q_in_attention) {
     SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp,
-                                         query_block_rows(dp, pp.smooth_q)));
+                                         query_block_rows(dp, pp.smooth_q, /*quantize_q=*/false)));
   }
   SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_k, buf.k, dp, pp.nk, std::uint64_t(pp.batch) * pp.heads_kv, dp, 128));
   SAGE_RETURN_IF_ERROR(

@@ -11,20 +11,22 @@
 //                the consumers work on this one: past a CTA's first item,
 //                an item's start waits for no load and its end for no
 //                global read;
-//   warpgroups 1.. consumers (two; three at D = 64, see
-//                consumer_warpgroups): each owns 64 query rows and, for every
-//                key tile, runs S = Q K^T (int32), the online softmax in fp32
-//                (base 2, scales folded in), packs P to FP8 in registers and
-//                accumulates P V^T into a fresh fp32 tile accumulator that is
-//                added into O (two-level accumulation).
+//   warpgroups 1.. consumers (two or three, see consumer_warpgroups): each
+//                owns 64 query rows and, for every key tile, runs S = Q K^T
+//                (int32), the online softmax in fp32 (base 2, scales folded
+//                in), packs P to FP8 in registers and accumulates P V^T into
+//                a fresh fp32 tile accumulator that is added into O
+//                (two-level accumulation).
 // Each consumer issues P V^T of tile t-1 and Q K^T of tile t back to back,
 // folds P V^T into O while Q K^T runs, then runs the softmax of tile t
 // (where FwdTraits::kStepsAcrossItems, across items too: an item's last
-// P V^T with the next item's first Q K^T, its epilogue under the latter). The
+// P V^T with the next item's first Q K^T, its epilogue under the latter).
+// With three consumers at D = 128 (FwdTraits::kSerialSteps) there are no
+// registers for that: each consumer waits for each of its MMAs in turn. The
 // consumers are left to run side by side (their softmaxes overlap, so a
-// scheduler has two or three softmax warps to interleave): a ping-pong schedule
-// (named-barrier turns, one consumer's MMAs under the other's softmax) was
-// 3-10% slower (docs/perf-notes.md).
+// scheduler has two or three softmax warps to interleave, and one
+// consumer's MMAs run under another's softmax): a ping-pong schedule
+// (named-barrier turns) was 3-10% slower (docs/perf-notes.md).
 //
 // Data flow per key tile (consumer view):
 //   smem K[st] --wgmma s8--> S int32 regs --x q_scale*k_scale, max, exp2-->
@@ -77,17 +79,18 @@ struct FwdTraits {
   static constexpr int kOffsetThreads = 64;  // producer warps 1, 2: two keys each per tile
   using Out = OutT;
   static constexpr int kRowsPerConsumer = 64;  // wgmma M
-  static constexpr int kConsumers = consumer_warpgroups(HeadDimPadded, SmoothQ);
+  static constexpr int kConsumers = consumer_warpgroups(HeadDimPadded, SmoothQ, QuantizeQ);
   // The quantization groups stay those of kSm90Geometry (128-row blocks,
   // 16-row warps): every warp's 16 rows lie inside one block either way.
-  static constexpr int kBlockQ = query_block_rows(HeadDimPadded, SmoothQ);
+  static constexpr int kBlockQ = query_block_rows(HeadDimPadded, SmoothQ, QuantizeQ);
   static constexpr int kBlockK = kSm90Geometry.cta_k;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // Three stages: a stage is refilled only once every consumer is done with
   // it, and they drift apart by up to a tile.
   static constexpr int kStages = 3;
   // A consumer holds O, the P V^T tile accumulator, S and P at once while
-  // its two MMAs run (~210 registers at D = 128, ~150 at D = 64); the
+  // its two MMAs run (~210 registers at D = 128, ~150 at D = 64; with serial
+  // steps at most O, S and P, or O, P and the tile accumulator); the
   // smooth_q producer warps need 40 (their key-offset loop spills a few
   // words per K tile at that size, outside its FMA loop). The split must fit
   // in what the CTA was given at launch (kThreads x the register count of
@@ -101,7 +104,13 @@ struct FwdTraits {
   // -3.1%; causal 1K +0.4% (its kernel -3.3%), 2K -2.3%, 4K -1.9%. Not at
   // D = 64 (its three 160-register consumers spill: 0-6% slower), nor where
   // Q comes from the pre-pass (2-11% slower: the loop's schedule).
-  static constexpr bool kStepsAcrossItems = QuantizeQ && consumer_warpgroups(HeadDimPadded, SmoothQ) == 2;
+  // Three consumers at D = 128 have no registers for O, S and the P V^T
+  // tile at once (160 each): every step waits for its Q K^T, runs the
+  // softmax, then issues P V^T and waits for it. (Streaming P V^T chunk by
+  // chunk under the exponentials keeps its accumulator live next to S:
+  // 800 bytes of spills; D = 128 without kScoresDieEarly: 600.)
+  static constexpr bool kSerialSteps = kConsumers == 3 && HeadDimPadded == 128;
+  static constexpr bool kStepsAcrossItems = QuantizeQ && kConsumers == 2;
   static constexpr int kQBytes = kBlockQ * kDp;
   static constexpr int kQ16Bytes = kBlockQ * kDp * 2;  // QuantizeQ: the caller's rows (inputs share OutT)
   // The INT8 Q tiles: one per item buffer where they are loaded, one where
@@ -539,7 +548,8 @@ struct ConsumerSteps {
 // Q K^T of tile t (if any) back to back, folds P V^T into O under the
 // running Q K^T, then runs the softmax of tile t. P and alpha carry from
 // step to step. Key tile t is ring entry it0 + t; j is the item's round in
-// this CTA (its item buffer's ring entry).
+// this CTA (its item buffer's ring entry). With T::kSerialSteps, step t
+// is tile t's Q K^T, softmax and P V^T, each MMA waited for in turn.
 // The steps' pieces are the lambdas below and not ConsumerSteps: with the
 // struct, ptxas scheduled these instances' key-tile loops otherwise, and
 // they ran 1-5% slower (H200, docs/perf-notes.md, session 16).
@@ -581,29 +591,45 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
 
   Slot cur = Slot::at(it0);  // key tile t's entry
   const int n_tiles = w.n_tiles;
-  if (n_tiles > 0) {
-    int32_t s_acc[T::kSAcc];
-    issue_qk(cur, s_acc);
-    mma_wait<0>(s_acc);
-    softmax_tile(0, cur, s_acc);
-  }
-  for (int t = 1; t < n_tiles; ++t) {
-    float pv[T::kOAcc];
-    int32_t s_acc[T::kSAcc];
-    const Slot prev = cur;
-    cur.advance();
-    issue_pv(prev, pv);
-    issue_qk(cur, s_acc);
-    mma_wait<1>(pv);  // P V^T done, Q K^T still running
-    fold_pv(prev, pv);
-    mma_wait<0>(s_acc);
-    softmax_tile(t, cur, s_acc);
-  }
-  if (n_tiles > 0) {
-    float pv[T::kOAcc];
-    issue_pv(cur, pv);
-    mma_wait<0>(pv);
-    fold_pv(cur, pv);
+  if constexpr (T::kSerialSteps) {
+    for (int t = 0; t < n_tiles; ++t) {
+      {  // S dies at the block's end: P V^T's accumulator takes its registers
+        int32_t s_acc[T::kSAcc];
+        issue_qk(cur, s_acc);
+        mma_wait<0>(s_acc);
+        softmax_tile(t, cur, s_acc);
+      }
+      float pv[T::kOAcc];
+      issue_pv(cur, pv);
+      mma_wait<0>(pv);
+      fold_pv(cur, pv);
+      cur.advance();
+    }
+  } else {
+    if (n_tiles > 0) {
+      int32_t s_acc[T::kSAcc];
+      issue_qk(cur, s_acc);
+      mma_wait<0>(s_acc);
+      softmax_tile(0, cur, s_acc);
+    }
+    for (int t = 1; t < n_tiles; ++t) {
+      float pv[T::kOAcc];
+      int32_t s_acc[T::kSAcc];
+      const Slot prev = cur;
+      cur.advance();
+      issue_pv(prev, pv);
+      issue_qk(cur, s_acc);
+      mma_wait<1>(pv);  // P V^T done, Q K^T still running
+      fold_pv(prev, pv);
+      mma_wait<0>(s_acc);
+      softmax_tile(t, cur, s_acc);
+    }
+    if (n_tiles > 0) {
+      float pv[T::kOAcc];
+      issue_pv(cur, pv);
+      mma_wait<0>(pv);
+      fold_pv(cur, pv);
+    }
   }
   end_item<T>(p, s, it, o, softmax, consumer);
 }

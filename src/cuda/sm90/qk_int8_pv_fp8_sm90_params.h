@@ -12,21 +12,26 @@
 
 namespace sage::sm90 {
 
-// Consumer warpgroups per CTA (64 query rows each). At D = 64 the kernel is
-// bound by its softmax's latency (the MMAs are half as long as at D = 128,
-// the exponentials as many), so a third consumer gives each scheduler a
-// third softmax warp to interleave; its registers (O and the P V^T tile at
-// 32 each) fit in the 160 a 512-thread CTA leaves. Measured against two
-// (H200, B=2 H=32): kernel -7% at N=4096, -12% at 16384, causal 16384 -6%;
-// +4..6% at N=1024 and causal 4096, where fewer and longer work items balance
-// worse (docs/perf-notes.md). smooth_q keeps two: its key offsets are per
-// 128-row Q block (the smoothing block of the pre-pass).
-constexpr int consumer_warpgroups(int head_dim_padded, bool smooth_q) {
-  return head_dim_padded == 64 && !smooth_q ? 3 : 2;
+// Consumer warpgroups per CTA (64 query rows each). The kernel is bound by
+// the latency of its softmaxes (a warp's chain of exponentials), so a third
+// consumer gives each scheduler a third softmax warp to interleave. At D = 64
+// its registers (O and the P V^T tile at 32 each) fit in the 160 a
+// 512-thread CTA leaves; measured against two (H200, B=2 H=32): kernel -7%
+// at N=4096, -12% at 16384, causal 16384 -6%; +4..6% at N=1024 and causal
+// 4096, where fewer and longer work items balance worse. At D = 128 they fit
+// only with serial steps (FwdTraits::kSerialSteps); measured against two
+// (GPU time, 3 rounds): kernel -1.5% at N=4096, -3.0% at 16384, causal 16384
+// -5.5% (docs/perf-notes.md, session 18). Where the D = 128 kernel
+// quantizes Q itself it keeps two: its 16-bit Q tiles (two 48 KiB buffers
+// of 192 rows) leave no shared memory for the rest. smooth_q keeps two: its
+// key offsets are per 128-row Q block (the smoothing block of the pre-pass).
+constexpr int consumer_warpgroups(int head_dim_padded, bool smooth_q, bool quantize_q) {
+  if (smooth_q) return 2;
+  return head_dim_padded == 64 || !quantize_q ? 3 : 2;
 }
 // Query rows per CTA tile (the Q tensor map's box).
-constexpr int query_block_rows(int head_dim_padded, bool smooth_q) {
-  return 64 * consumer_warpgroups(head_dim_padded, smooth_q);
+constexpr int query_block_rows(int head_dim_padded, bool smooth_q, bool quantize_q) {
+  return 64 * consumer_warpgroups(head_dim_padded, smooth_q, quantize_q);
 }
 
 // The TMA-store epilogue's box: a consumer's 64 rows x 64 channels (128-byte
