@@ -10,7 +10,8 @@ SDPA's cuDNN backend the same way (the yardstick without its host time either). 
 object per line.
 
   PYTHONPATH=build-ab-NAME/python/pkg python3 scripts/gpu_time.py [--dims 64,128] [--sizes 1024,4096]
-                                                                  [--causal 0,1] [--tag NAME] >> OUT/gpu-NAME.jsonl
+                                                                  [--causal 0,1] [--tag NAME] [--cudnn] [--rest S]
+                                                                  >> OUT/gpu-NAME.jsonl
   python3 scripts/gpu_time.py --compare OUT NAME [NAME ...]   (each NAME's mean, and its change against
                                                                the first NAME's; OUT/gpu-NAME.jsonl)
 """
@@ -20,10 +21,12 @@ import json
 import os
 import statistics
 import sys
+import time
 
 
-def batch_us(fn, args, reps, rounds):
+def batch_us(fn, args, reps, rounds, rest=0.0):
     import torch
+    time.sleep(rest)  # see --rest
     for _ in range(3):
         fn(*args)
     torch.cuda.synchronize()
@@ -80,7 +83,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tag", default="")
     ap.add_argument("--cudnn", action="store_true", help="also time SDPA's cuDNN backend")
+    ap.add_argument("--rest", type=float, default=None,
+                    help="seconds of idle GPU before each timed batch (default: 1 with --cudnn, else 0): right "
+                         "after a batch of cuDNN's non-causal 4K calls, the next batch of ours measured up to 17%% "
+                         "slower for a fraction of a second (H200, docs/perf-notes.md, session 18); after our "
+                         "own batches it did not")
     args = ap.parse_args()
+    if args.rest is None:
+        args.rest = 1.0 if args.cudnn else 0.0
     for d in (int(x) for x in args.dims.split(",")):
         for n in (int(x) for x in args.sizes.split(",")):
             for causal in (bool(int(x)) for x in args.causal.split(",")):
@@ -89,15 +99,15 @@ def main():
                 kernel = sage_kernel_only([qkv], causal)
                 call = lambda q, k, v: sage_attention.sageattn(q, k, v, is_causal=causal)  # noqa: E731
                 row = {"tag": args.tag, "D": d, "N": n, "causal": causal,
-                       "kernel": round(batch_us(kernel, qkv, args.reps, args.rounds), 2),
-                       "call": round(batch_us(call, qkv, args.reps, args.rounds), 2)}
+                       "kernel": round(batch_us(kernel, qkv, args.reps, args.rounds, args.rest), 2),
+                       "call": round(batch_us(call, qkv, args.reps, args.rounds, args.rest), 2)}
                 if args.cudnn:
                     from torch.nn.attention import SDPBackend, sdpa_kernel
 
                     def cudnn(q, k, v):
                         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
-                    row["cudnn"] = round(batch_us(cudnn, qkv, args.reps, args.rounds), 2)
+                    row["cudnn"] = round(batch_us(cudnn, qkv, args.reps, args.rounds, args.rest), 2)
                 print(json.dumps(row), flush=True)
 
 
