@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What one work item and one key tile cost the sm90 attention kernel (on a GPU machine).
 
-The kernel is persistent: each of its CTAs (one per SM) takes work items (a 128-row query
-tile of one head, over all its key tiles) in rounds. Timing the kernel alone (on inputs the
+The kernel is persistent: each of its CTAs (one per SM) takes work items (a 128- or 192-row
+query tile of one head, over all its key tiles) in rounds. Timing the kernel alone (on inputs the
 pre-pass already quantized; launches back to back, so no host time) at head counts that give
 whole rounds, at two sequence lengths, separates the time per key tile from the time per item
 (its start and its epilogue): t = a + b * tiles_per_cta + c * items_per_cta, least squares.
@@ -49,7 +49,7 @@ def main():
     for mode in modes:
         os.environ["SAGE_SM90_Q_PREPASS"] = mode
         # CTA tile rows (sm90::query_block_rows): two consumers only where D = 128 quantizes Q itself.
-        block_q = 128 if args.dim == 128 and mode == "0" else 192
+        block_q = 128 if args.dim > 64 and mode == "0" else 192  # head dims pad to 64 or 128
         rows, times = [], []
         for n in (1024, 4096):
             q_tiles = n // block_q if n % block_q == 0 else n // block_q + 1

@@ -31,7 +31,7 @@
 namespace sage {
 
 struct TileGeometry {
-  int cta_q = 128;  // query rows per CTA tile
+  int cta_q = 128;  // query rows per Q block (its scale groups; the sm90 CTA tile can be 192)
   int cta_k = 128;  // keys per K/V tile
   int warp_q = 16;  // query rows one warp's MMA fragment covers
 

@@ -418,7 +418,8 @@ __device__ __forceinline__ ConsumerItem begin_item(const QkInt8PvFp8Params& p, F
   // the addresses in every step). Except Q's in the non-causal D = 128
   // instances that read the pre-pass's Q: there ptxas scheduled the loop
   // better without it held (H200: -1.7% kernel time at 16K keys and -1.1%
-  // at 4K against +0.4% and +0.7% held, docs/perf-notes.md, session 11).
+  // at 4K against +0.4% and +0.7% held, docs/perf-notes.md, session 11;
+  // measured with two consumers: the three serial ones inherit it).
   constexpr bool kHoldQDesc = T::kCausal || T::kQuantizeQ || T::kDp != 128;
   it.q_desc = kHoldQDesc ? opaque(make_smem_desc<T::kDp>(q_rows)) : make_smem_desc<T::kDp>(q_rows);
   return it;

@@ -110,8 +110,8 @@ struct OnlineSoftmax {
     // With kScoresDieEarly those rare tiles take a second copy of the loop
     // that selects the exponent instead, so that each score dies as its
     // exponential is made: the 160-register consumers at D = 64 spilled 200
-    // bytes otherwise. (At D = 128, where S fits, the second copy measured
-    // 5-7% slower, and a bit mask of the hidden scores, another way to let S
+    // bytes otherwise, the serial ones at D = 128 ~600. (At D = 128 with 240
+    // registers, where S fits, the second copy measured 5-7% slower, and a bit mask of the hidden scores, another way to let S
     // die, 8-14%, though neither adds instructions to an unmasked tile:
     // docs/perf-notes.md.)
     if constexpr (kScoresDieEarly) {
