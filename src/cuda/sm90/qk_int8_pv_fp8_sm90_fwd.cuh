@@ -411,7 +411,11 @@ __device__ __forceinline__ ConsumerItem begin_item(const QkInt8PvFp8Params& p, F
     it.q_scale = quantize_q_rows<T>(p, s, consumer, s.q16[it.buffer.stage]);
     if (j == 0) pdl::wait_for_prerequisites();  // the K scales
   } else {
-    it.q_scale = p.q_scale[static_cast<int64_t>(w.bh) * p.q_groups + geometry.q_group_of(it.rows[0], p.granularity)];
+    // A row past nq (the last tile's tail; with 192-row tiles a whole
+    // consumer's rows) takes the scale of the head's last row: the scale
+    // groups end there, and its results are never stored.
+    const int scale_row = min(it.rows[0], p.nq - 1);
+    it.q_scale = p.q_scale[static_cast<int64_t>(w.bh) * p.q_groups + geometry.q_group_of(scale_row, p.granularity)];
   }
   // The wgmma descriptors are computed once and held opaque: a stage and a
   // K step are adds (left to itself the compiler derives them again from

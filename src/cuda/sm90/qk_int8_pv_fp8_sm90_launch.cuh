@@ -12,12 +12,13 @@ namespace sage::sm90 {
 
 // The kernel is persistent: `sm_count` CTAs (one per SM; fewer when there
 // are fewer query tiles) loop over the query tiles of every head
-// (fwd::cta_item). Causal calls with more than kCausalPersistentMaxTiles
-// query tiles per head get one CTA per query tile instead, longest first,
+// (fwd::cta_item). Causal calls with more than kCausalPersistentMaxRows
+// query rows per head get one CTA per query tile instead, longest first,
 // dispatched by the hardware as SMs free up: their tiles differ in work by
 // up to 128x, and the static rounds measured +3.5% there (D=128, N=16384)
-// against -7.7% at N=4096 (docs/perf-notes.md).
-inline constexpr int kCausalPersistentMaxTiles = 32;
+// against -7.7% at N=4096 (docs/perf-notes.md). A limit in rows, not tiles:
+// it was measured with 128-row tiles and holds for the 192-row ones too.
+inline constexpr int kCausalPersistentMaxRows = 4096;
 
 template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream) {
@@ -26,7 +27,7 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
   const int q_tiles = fwd::query_tiles<T>(p);
   const long long tiles = static_cast<long long>(q_tiles) * p.batch_heads;
-  const bool persistent = !Causal || q_tiles <= kCausalPersistentMaxTiles;
+  const bool persistent = !Causal || p.nq <= kCausalPersistentMaxRows;
   const long long ctas = !persistent || tiles < sm_count ? tiles : sm_count;
   const dim3 grid(static_cast<unsigned>(ctas));
   // Programmatic: the kernel's CTAs start under the tail of the pre-pass and
