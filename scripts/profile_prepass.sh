@@ -6,6 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-device-out}
+mkdir -p "$out"
 export PYTHONPATH="$PWD/build-dev/python/pkg${PYTHONPATH:+:$PYTHONPATH}"
 n=${1:-4096}
 causal=${2:-False}

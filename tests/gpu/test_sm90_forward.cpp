@@ -514,6 +514,62 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
   expect_paths({{"SAGE_PREPASS_KV_CLUSTERS=0", base, false}}, device(), &sage::detail::Sm90Paths::kv_in_clusters);
 }
 
+// ------------------------------------------------------------------ statistics schedule
+
+// Calls on the two-kernel path (statistics kernel, then the quantize grid's
+// K and V jobs, each waiting for its own head's statistics flags), run with
+// the statistics kernel's items spread over one CTA per item (every head at
+// once), over a single CTA (heads strictly one after another, the K and V
+// jobs of later heads waiting long) and over three: the partials are the same
+// sums in the same order, so every schedule must give the same bits. Cases:
+// past the cluster path's lengths, GQA, causal, the LSE correction (its Q
+// jobs wait for K's statistics too), rows the statistics kernel reads
+// element by element (D = 100, unaligned), smooth V, several batches.
+std::vector<Case> stats_schedule_cases() {
+  using namespace case_table;
+  return {
+      {.small = true, .b = 1, .hq = 4, .hkv = 2, .nq = 77, .nk = 2500, .d = 128, .causal = true, .align = BR,
+       .return_lse = false},
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 300, .nk = 700, .d = 64, .layout = NHD, .return_lse = true},
+      {.b = 1, .hq = 3, .hkv = 3, .nq = 129, .nk = 1531, .d = 100, .dtype = FP16, .return_lse = false,
+       .dist = D::channel_bias},
+      {.b = 1, .hq = 2, .hkv = 1, .nq = 200, .nk = 5000, .d = 64, .granularity = G::per_thread, .smooth_v = true,
+       .return_lse = false, .dist = D::outlier_channels},
+      {.b = 3, .hq = 4, .hkv = 4, .nq = 128, .nk = 4096, .d = 128, .return_lse = false, .storage = Storage::padded},
+  };
+}
+
+class Sm90StatsSchedule : public Sm90Test, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(Sm90StatsSchedule, EveryScheduleGivesTheSameBits) {
+  const Case& c = GetParam();
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
+  const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
+  GpuResult all_at_once;
+  {
+    ScopedEnv ctas("SAGE_PREPASS_STATS_CTAS", "0");
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &all_at_once));
+  }
+  ASSERT_FALSE(all_at_once.sm90.kv_in_clusters) << "the call takes the cluster path: no statistics kernel";
+  EXPECT_EQ(count_nonfinite(all_at_once.out), 0);
+  for (const char* ctas : {"1", "3"}) {
+    SCOPED_TRACE(std::string("SAGE_PREPASS_STATS_CTAS=") + ctas);
+    ScopedEnv env("SAGE_PREPASS_STATS_CTAS", ctas);
+    GpuResult r;
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &r, /*repeat=*/true));
+    ASSERT_EQ(r.out.size(), all_at_once.out.size());
+    EXPECT_EQ(std::memcmp(r.out.data(), all_at_once.out.data(), r.out.size() * sizeof(float)), 0)
+        << "out differs from the one-CTA-per-item schedule";
+    if (c.return_lse) {
+      EXPECT_EQ(std::memcmp(r.lse.data(), all_at_once.lse.data(), r.lse.size() * sizeof(float)), 0)
+          << "lse differs from the one-CTA-per-item schedule";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sm90, Sm90StatsSchedule, ::testing::ValuesIn(stats_schedule_cases()), case_name);
+
 TEST_F(Sm90Forward, PublishedAccuracyGaussianN4096D128) {
   Case c;  // default options (per-warp INT8 QK, smooth K, FP8 PV), bf16, HND, plus return_lse
   c.b = 1, c.hq = 4, c.hkv = 4, c.nq = 4096, c.nk = 4096, c.d = 128;

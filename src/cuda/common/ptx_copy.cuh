@@ -1,6 +1,7 @@
 // PTX wrappers every kernel of the library shares (pre-pass, sm90, mma.sync):
-// the shared-memory address of a generic pointer and the cp.async copies
-// (sm_80 and newer) with their group commit and wait.
+// the shared-memory address of a generic pointer, the cp.async copies
+// (sm_80 and newer) with their group commit and wait, and the flag accesses
+// by which one grid's CTAs wait for another's.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,18 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// A flag for CTAs of other grids: the release store orders the writer's
+// earlier writes (with a fence and a barrier before it: its CTA's) before
+// the flag, and the acquire load orders the reader's later reads after it.
+__device__ __forceinline__ void store_release_gpu(int* flag, int value) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flag), "r"(value) : "memory");
+}
+__device__ __forceinline__ int load_acquire_gpu(const int* flag) {
+  int value;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(value) : "l"(flag) : "memory");
+  return value;
 }
 
 }  // namespace sage::ptx

@@ -23,8 +23,10 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
@@ -115,31 +117,31 @@ __device__ void reduce_rows(const float* red, int rows, int dp, int op, float* d
   __syncthreads();
 }
 
-// One CTA per (chunk of keys, batch * kv head). Thread (rl, c0) accumulates
-// channels [c0, c0+8) over the rows start + rl + i * row_lanes in order of
-// i; then the row lanes are reduced in a fixed order. Vec (16-byte aligned
-// rows): each thread streams its own rows through a private ring of
-// kStatsStages 16-byte shared slots per tensor, so that many rows are in
-// flight without holding registers. A thread reads back only what it copied
-// itself, so the ring needs no barrier.
+// The statistics kernel's items are (batch * kv head, chunk of keys) pairs,
+// numbered head-major: item bh_kv * chunks + chunk. Its CTAs take items
+// blockIdx.x, blockIdx.x + gridDim.x, ... in order, so that with fewer CTAs
+// than items (PrepassProblem::stats_ctas) the heads complete in order and the
+// K and V jobs of the first heads run, from rows still in L2, while the
+// statistics of the later heads are read. Each item's flag in stats_ready
+// says that its partials are written: cleared by its CTA before the quantize
+// grid may start (allow_dependent_launch), set once the partials are out.
+
+// Thread (rl, c0) accumulates channels [c0, c0+8) of one item over the rows
+// start + rl + i * row_lanes in order of i; then the row lanes are reduced
+// in a fixed order. Vec (16-byte aligned rows): each thread streams its own
+// rows through a private ring of kStatsStages 16-byte shared slots per
+// tensor, so that many rows are in flight without holding registers. A
+// thread reads back only what it copied itself, so the ring needs no
+// barrier.
 template <typename T, bool Vec>
-__global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out,
-                                                             StridedInput k_in, StridedInput v_in) {
-  // The quantize kernel's Q tiles do not need these statistics: it may start
-  // at once and fill the SMs that this grid leaves idle.
-  pdl::allow_dependent_launch();
-  // [row_lanes][Dp] floats of the lane reduction, then (Vec) the ring:
-  // [stage][K, V][thread] 16-byte slots.
-  extern __shared__ uint4 stats_smem[];
-  float* red = reinterpret_cast<float*>(stats_smem);
-  uint4* ring = stats_smem + kThreads * kVec * sizeof(float) / sizeof(uint4);
+__device__ void kv_stats_item(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                              const StridedInput& k_in, const StridedInput& v_in, int item, float* red, uint4* ring) {
   const int dp = layout.head_dim_padded;
   const int lanes_per_row = dp / kVec;
   const int row_lanes = kThreads / lanes_per_row;
   const int c0 = (threadIdx.x % lanes_per_row) * kVec;
   const int rl = threadIdx.x / lanes_per_row;
-  const int chunk = blockIdx.x;
-  const int bh_kv = blockIdx.y;
+  const int bh_kv = item / layout.chunks, chunk = item % layout.chunks;
   const int b = bh_kv / p.heads_kv, h = bh_kv % p.heads_kv;
   const T* k_base = static_cast<const T*>(k_in.data) + b * k_in.stride_b + h * k_in.stride_h;
   const T* v_base = static_cast<const T*>(v_in.data) + b * v_in.stride_b + h * v_in.stride_h;
@@ -204,11 +206,51 @@ __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, Pr
   reduce_into(vsum, vp, 0);
   reduce_into(vmax, vp + dp, 1);
   reduce_into(vmin, vp + 2 * dp, 2);
+  // Every thread's partials, then the flag (the threadFenceReduction order).
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) ptx::store_release_gpu(out.stats_ready + item, 1);
+}
+
+template <typename T, bool Vec>
+__global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out,
+                                                             StridedInput k_in, StridedInput v_in) {
+  const int items = layout.chunks * p.batch * p.heads_kv;
+  // Clears this CTA's flags before the quantize grid may start and read
+  // them: a flag set means its partials of this call are written.
+  for (int item = blockIdx.x + threadIdx.x * gridDim.x; item < items; item += kThreads * gridDim.x)
+    out.stats_ready[item] = 0;
+  __threadfence();
+  __syncthreads();
+  // The quantize kernel's Q tiles do not need these statistics, and its K
+  // and V jobs wait for their own head's flags: it may start at once and
+  // fill the SMs that this grid leaves idle.
+  pdl::allow_dependent_launch();
+  // [row_lanes][Dp] floats of the lane reduction, then (Vec) the ring:
+  // [stage][K, V][thread] 16-byte slots.
+  extern __shared__ uint4 stats_smem[];
+  float* red = reinterpret_cast<float*>(stats_smem);
+  uint4* ring = stats_smem + kThreads * kVec * sizeof(float) / sizeof(uint4);
+  for (int item = blockIdx.x; item < items; item += gridDim.x)
+    kv_stats_item<T, Vec>(p, layout, out, k_in, v_in, item, red, ring);
+}
+
+// Waits until the statistics kernel has written every chunk partial of head
+// bh_kv (its flags in stats_ready): lanes of warp 0 poll the flags, the CTA
+// waits at a barrier. Ends with a barrier.
+__device__ __noinline__ void wait_for_head_stats(const PrepassLayout& layout, const PrepassBuffers& out, int bh_kv) {
+  if (threadIdx.x < 32) {
+    const int* flags = out.stats_ready + static_cast<std::int64_t>(bh_kv) * layout.chunks;
+    static_assert(kMaxChunks <= 32, "one flag per lane");
+    const bool mine = threadIdx.x < layout.chunks;
+    while (!__all_sync(0xffffffffu, !mine || ptx::load_acquire_gpu(flags + threadIdx.x) == 1)) __nanosleep(256);
+  }
+  __syncthreads();
 }
 
 // ---- 2. quantization -----------------------------------------------------------
-// The quantize grid: one CTA per job, the Q jobs first, then the K jobs,
-// then as many V jobs (job_tiles of a head each).
+// The quantize grid: one CTA per job, the Q jobs first, then the K and V
+// jobs head by head (is_v_job; job_tiles of each per head).
 struct QuantizeJobs {
   int q, kv;
 };
@@ -500,7 +542,7 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
   // The tile's copies go out first; the statistics are reduced while they fly.
   load_tile<T, Vec, Dp>(in, b, h, row0, p.nq, p.head_dim, js.tile);
   if (p.lse_correction) {
-    pdl::wait_for_prerequisites();  // the K statistics
+    wait_for_head_stats(layout, out, bh_kv);  // K's mean
     finalize_stats(p, layout, out, bh_kv, false, false, sh);
   }
   for (int i = threadIdx.x; i < 64; i += kThreads) sh.amax[i] = 0.f;
@@ -523,20 +565,27 @@ __device__ void quantize_q_tile(const PrepassProblem& p, const PrepassLayout& la
                                out.lse_corr + static_cast<std::int64_t>(bh) * p.nq);
 }
 
-// The opening of a K or V job: which (kv head, tile) it is, its tile's
-// copies started, and (once the statistics kernel is complete) the head's
-// statistics reduced into sh while they fly.
+// A K or V job: one 128-row tile of one kv head.
 struct KvTile {
   int bh_kv, tile, row0;
 };
+// The K and V jobs are numbered head by head (the K tiles of a head, then
+// its V tiles), in the order the statistics kernel completes the heads.
+__device__ __forceinline__ bool is_v_job(const PrepassLayout& layout, int kv_job) {
+  return (layout.k_tiles_div.div(static_cast<std::uint32_t>(kv_job)) & 1u) != 0;
+}
+
+// The opening of K or V job kv_job: which (kv head, tile) it is, its tile's
+// copies started, and (once the statistics kernel has written the head's
+// partials) the head's statistics reduced into sh while they fly.
 template <typename T, bool Vec, int Dp>
 __device__ KvTile start_kv_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int job, bool v_job, QuantJobShared<Dp>& js) {
-  const auto [bh_kv, tile] = layout.k_tiles_div.divmod(job);
-  const KvTile t{bh_kv, tile, tile * kTileRows};
-  const auto [b, h] = layout.heads_kv_div.divmod(bh_kv);
+                                const StridedInput& in, int kv_job, bool v_job, QuantJobShared<Dp>& js) {
+  const auto [head_kind, tile] = layout.k_tiles_div.divmod(kv_job);
+  const KvTile t{head_kind >> 1, tile, tile * kTileRows};
+  const auto [b, h] = layout.heads_kv_div.divmod(t.bh_kv);
   load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, js.tile);
-  pdl::wait_for_prerequisites();  // the statistics kernel's partial sums
+  wait_for_head_stats(layout, out, t.bh_kv);
   finalize_stats(p, layout, out, t.bh_kv, v_job, v_job && t.tile == 0, js.sh);
   return t;
 }
@@ -561,8 +610,8 @@ __device__ void quantize_k_rows(const PrepassProblem& p, const PrepassLayout& la
 
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int job, QuantJobShared<Dp>& js) {
-  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, job, false, js);
+                                const StridedInput& in, int kv_job, QuantJobShared<Dp>& js) {
+  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, kv_job, false, js);
   cp_async_wait<0>();
   quantize_k_rows<T, Dp>(p, layout, out, t.bh_kv, t.row0, js.sh, js.tile);
 }
@@ -666,8 +715,8 @@ __device__ void store_v_rows(const PrepassProblem& p, const PrepassLayout& layou
 
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int job, QuantJobShared<Dp>& js) {
-  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, job, true, js);
+                                const StridedInput& in, int kv_job, QuantJobShared<Dp>& js) {
+  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, kv_job, true, js);
   cp_async_wait<0>();
   __syncthreads();
   store_v_rows<T, Dp>(p, layout, out, t.bh_kv, t.row0, js.sh, js.tile);
@@ -685,10 +734,10 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
   const int job = blockIdx.x;
   if (job < jobs.q) {
     quantize_q_tile<T, Vec, Dp>(p, layout, out, q, job, js);
-  } else if (job < jobs.q + jobs.kv) {
+  } else if (!is_v_job(layout, job - jobs.q)) {
     quantize_k_tile<T, Vec, Dp>(p, layout, out, k, job - jobs.q, js);
   } else {
-    quantize_v_tile<T, Vec, Dp>(p, layout, out, v, job - jobs.q - jobs.kv, js);
+    quantize_v_tile<T, Vec, Dp>(p, layout, out, v, job - jobs.q, js);
   }
 }
 
@@ -983,6 +1032,24 @@ cudaError_t launch_kv_clusters(const PrepassProblem& p, const PrepassLayout& lay
   return cudaLaunchKernelEx(&config, kv_cluster_kernel<T, Dp>, p, layout, out, k, v, shape);
 }
 
+// Asks for the largest shared-memory carveout for `kernel` (once per kernel
+// and device). An SM holds CTAs of one carveout at a time: with the carveouts
+// the driver picked for each kernel's own needs, the quantize grid, launched
+// programmatically under the statistics kernel, started only ~8 us before
+// that kernel's end, when SMs drained (H200, docs/perf-notes.md, session 19).
+cudaError_t prefer_max_shared_carveout(const void* kernel) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> done;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (done.count({kernel, device})) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+  if (err == cudaSuccess) done.insert({kernel, device});
+  return err;
+}
+
 template <typename T, bool Vec, int Dp>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                          StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream, bool programmatic) {
@@ -990,13 +1057,19 @@ cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, c
     const KvClusterShape shape = kv_cluster_path<T, Dp>(p, true);
     if (shape.ctas > 0) return launch_kv_clusters<T, Dp>(p, layout, out, q, k, v, shape, stream, programmatic);
   }
-  const dim3 stats_grid(layout.chunks, p.batch * p.heads_kv);
+  const int stats_items = layout.chunks * p.batch * p.heads_kv;
+  const dim3 stats_grid(p.stats_ctas > 0 ? std::min(p.stats_ctas, stats_items) : stats_items);
   // The lane reduction (row_lanes * Dp floats), then the Vec ring.
   const std::size_t stats_smem =
       sizeof(float) * kThreads * kVec + (Vec ? sizeof(uint4) * kStatsStages * 2 * kThreads : 0);
   // An ordinary launch, never a programmatic one: it starts only once the
   // stream's earlier work (whatever wrote Q, K, V) is complete, which the
   // sm90 kernel relies on when it reads the caller's Q before its wait.
+  for (const void* kernel : {reinterpret_cast<const void*>(kv_stats_kernel<T, Vec>),
+                             reinterpret_cast<const void*>(quantize_kernel<T, Vec, Dp>)}) {
+    const cudaError_t err = prefer_max_shared_carveout(kernel);
+    if (err != cudaSuccess) return err;
+  }
   kv_stats_kernel<T, Vec><<<stats_grid, kThreads, stats_smem, stream>>>(p, layout, out, k, v);
   const QuantizeJobs jobs = quantize_jobs(p);
   const cudaError_t err = cudaGetLastError();
@@ -1072,6 +1145,7 @@ PrepassLayout make_prepass_layout(const PrepassProblem& p) {
   l.off_q_mean = take(p.smooth_q ? sizeof(float) * bhq * l.q_tiles * dp : 0);
   l.off_k_partial = take(sizeof(float) * bhk * l.chunks * dp);
   l.off_v_partial = take(sizeof(float) * bhk * l.chunks * 3 * dp);
+  l.off_stats_ready = take(sizeof(int) * bhk * l.chunks);
   l.bytes = at;
   return l;
 }
@@ -1094,6 +1168,7 @@ PrepassBuffers PrepassLayout::carve(void* workspace) const {
   b.q_mean = off_q_mean != off_k_partial ? reinterpret_cast<float*>(base + off_q_mean) : nullptr;
   b.k_partial = reinterpret_cast<float*>(base + off_k_partial);
   b.v_partial = reinterpret_cast<float*>(base + off_v_partial);
+  b.stats_ready = reinterpret_cast<int*>(base + off_stats_ready);
   return b;
 }
 

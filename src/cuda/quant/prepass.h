@@ -76,6 +76,11 @@ struct PrepassProblem {
   // caller's choice), where the call fits it (kv_quantized_in_clusters):
   // each head's rows are then read once and no statistics kernel runs.
   bool allow_kv_clusters = false;
+  // CTAs of the statistics kernel (0: one per item, every head at once).
+  // Fewer, looping over the items head by head, complete the heads in order,
+  // and the K and V jobs of a finished head run while the later heads are
+  // read (kv_stats_kernel).
+  int stats_ctas = 0;
 };
 
 struct PrepassBuffers {
@@ -91,6 +96,7 @@ struct PrepassBuffers {
   float* q_mean = nullptr;       // [B*Hq][q_tiles][Dp] channel mean of each 128-row Q tile (only with smooth_q)
   float* k_partial = nullptr;    // [B*Hkv][chunks][Dp]
   float* v_partial = nullptr;    // [B*Hkv][chunks][3][Dp]
+  int* stats_ready = nullptr;    // [B*Hkv][chunks]: 1 once that chunk's partials are written
 };
 
 struct PrepassLayout {
@@ -109,7 +115,8 @@ struct PrepassLayout {
  private:
   friend PrepassLayout make_prepass_layout(const PrepassProblem& p);
   std::size_t off_q = 0, off_k = 0, off_vt = 0, off_q_scale = 0, off_k_scale = 0, off_v_scale = 0,
-              off_v_mean = 0, off_lse_corr = 0, off_q_mean = 0, off_k_partial = 0, off_v_partial = 0;
+              off_v_mean = 0, off_lse_corr = 0, off_q_mean = 0, off_k_partial = 0, off_v_partial = 0,
+              off_stats_ready = 0;
 };
 
 PrepassLayout make_prepass_layout(const PrepassProblem& p);
@@ -134,9 +141,10 @@ bool kv_quantized_in_clusters(const PrepassProblem& p, StridedInput q, StridedIn
 
 // Enqueues both pre-pass kernels on `stream`. `programmatic` (sm_90+
 // devices): the quantize kernel starts under the statistics kernel (its Q
-// tiles need no statistics), and the next kernel of the stream may start
-// under the quantize kernel's tail if it is launched programmatically and
-// waits for it (cuda/common/programmatic_launch.cuh).
+// tiles need no statistics; each K or V job waits for its own head's
+// statistics flags, not for the whole grid), and the next kernel of the
+// stream may start under the quantize kernel's tail if it is launched
+// programmatically and waits for it (cuda/common/programmatic_launch.cuh).
 cudaError_t launch_prepass(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                            StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream, bool programmatic);
 

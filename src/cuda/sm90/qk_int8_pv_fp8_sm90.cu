@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -31,6 +32,19 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
   const char* env = std::getenv("SAGE_PREPASS_KV_CLUSTERS");
   p.allow_kv_clusters = env == nullptr || std::strcmp(env, "0") != 0;
   return p;
+}
+
+// CTAs of the pre-pass's statistics kernel (PrepassProblem::stats_ctas):
+// kStatsCtasPerSm per SM (H200, GPU time of whole calls, D=128 4K keys,
+// against the pre-pass before: one CTA per item and every K / V job waiting
+// for the whole statistics grid: -2.0% non-causal, -1.7% causal; 2 per SM:
+// -1.0%, -2.1%; docs/perf-notes.md, session 19). SAGE_PREPASS_STATS_CTAS overrides
+// the count (0: one CTA per item, every head at once), for A/B timings and
+// the tests (read per call).
+constexpr int kStatsCtasPerSm = 1;
+int statistics_ctas(int sm_count) {
+  const char* env = std::getenv("SAGE_PREPASS_STATS_CTAS");
+  return env != nullptr && *env != '\0' ? std::max(std::atoi(env), 0) : kStatsCtasPerSm * sm_count;
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -201,6 +215,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   QkInt8PvFp8Params p{};
   quant::PrepassProblem problem = prepass_problem(args, o);
   problem.q_in_attention = q_quantized_in_kernel(args, o, problem, &p.tmap_q);
+  problem.stats_ctas = statistics_ctas(device.sm_count);
   fwd::Prepass prepass;
   SAGE_RETURN_IF_ERROR(
       fwd::start_prepass(args, o, problem, workspace, s, kernel_only, /*programmatic=*/true, &prepass));
