@@ -490,12 +490,15 @@ struct GpuResult {
 // stream and downloads out/lse. Checks every CUDA call and the status, that
 // out's padding (strided_out) and lse (return_lse off) kept their poison and
 // that q, k, v were not modified. The workspace is filled with 0xFF first,
-// so a pre-pass that relies on zeroed memory shows up. With `repeat`, runs
+// so a pre-pass that relies on zeroed memory shows up (workspace_word: with
+// that 32-bit word instead, e.g. 1, which reads as a set flag where the
+// pre-pass keeps its statistics flags). With `repeat`, runs
 // the call a second time (out and lse poisoned again, same workspace) and
 // expects bitwise the same out and lse, and no device memory taken by it
 // (README: all scratch comes from the caller's workspace; the first call may
 // still load modules, so the second one is the one measured).
-void run_on_gpu(const Case& c, const sage::ref::Inputs& in, int device, GpuResult* result, bool repeat = false) {
+void run_on_gpu(const Case& c, const sage::ref::Inputs& in, int device, GpuResult* result, bool repeat = false,
+                std::uint32_t workspace_word = 0xFFFFFFFFu) {
   const std::int64_t B = c.b, Hq = c.hq, Hkv = c.hkv, Nq = c.nq, Nk = c.nk, D = c.d;
 
   // ---- host buffers in the case's layout
@@ -574,7 +577,12 @@ void run_on_gpu(const Case& c, const sage::ref::Inputs& in, int device, GpuResul
   }
   DeviceBuffer<unsigned char> ws(std::max<std::size_t>(ws_bytes, 1));
   SAGE_CUDA_CHECK(ws.status());
-  SAGE_CUDA_CHECK(cudaMemset(ws.data(), 0xFF, ws.size()));
+  if (workspace_word == 0xFFFFFFFFu) {
+    SAGE_CUDA_CHECK(cudaMemset(ws.data(), 0xFF, ws.size()));
+  } else {
+    const std::vector<std::uint32_t> fill((ws.size() + 3) / 4, workspace_word);
+    SAGE_CUDA_CHECK(cudaMemcpy(ws.data(), fill.data(), ws.size(), cudaMemcpyHostToDevice));
+  }
 
   StreamGuard stream;
   SAGE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream.stream, cudaStreamNonBlocking));

@@ -520,11 +520,16 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
 // K and V jobs, each waiting for its own head's statistics flags), run with
 // the statistics kernel's items spread over one CTA per item (every head at
 // once), over a single CTA (heads strictly one after another, the K and V
-// jobs of later heads waiting long) and over three: the partials are the same
-// sums in the same order, so every schedule must give the same bits. Cases:
-// past the cluster path's lengths, GQA, causal, the LSE correction (its Q
-// jobs wait for K's statistics too), rows the statistics kernel reads
-// element by element (D = 100, unaligned), smooth V, several batches.
+// jobs of later heads waiting long), over three, and over the default count
+// (one per SM: fewer than the last case's 256 items): the partials are the
+// same sums in the same order, so every schedule must give the same bits.
+// Those runs start from a workspace of 32-bit ones, in which every flag
+// reads as set: a flag the statistics kernel failed to clear before the
+// quantize grid starts lets a job read that garbage as statistics. Why each
+// case is off the cluster path: 2500 keys (D = 128 clusters reach 2048),
+// the LSE correction (its Q jobs wait for K's statistics too), rows the
+// statistics kernel reads element by element (D = 100, unaligned), 5000 keys
+// (D = 64 clusters reach 4096), 4096 keys.
 std::vector<Case> stats_schedule_cases() {
   using namespace case_table;
   return {
@@ -535,7 +540,7 @@ std::vector<Case> stats_schedule_cases() {
        .dist = D::channel_bias},
       {.b = 1, .hq = 2, .hkv = 1, .nq = 200, .nk = 5000, .d = 64, .granularity = G::per_thread, .smooth_v = true,
        .return_lse = false, .dist = D::outlier_channels},
-      {.b = 3, .hq = 4, .hkv = 4, .nq = 128, .nk = 4096, .d = 128, .return_lse = false, .storage = Storage::padded},
+      {.b = 2, .hq = 16, .hkv = 16, .nq = 64, .nk = 4096, .d = 128, .return_lse = false, .storage = Storage::padded},
   };
 }
 
@@ -553,11 +558,11 @@ TEST_P(Sm90StatsSchedule, EveryScheduleGivesTheSameBits) {
   }
   ASSERT_FALSE(all_at_once.sm90.kv_in_clusters) << "the call takes the cluster path: no statistics kernel";
   EXPECT_EQ(count_nonfinite(all_at_once.out), 0);
-  for (const char* ctas : {"1", "3"}) {
+  for (const char* ctas : {"1", "3", ""}) {  // "": the default count
     SCOPED_TRACE(std::string("SAGE_PREPASS_STATS_CTAS=") + ctas);
     ScopedEnv env("SAGE_PREPASS_STATS_CTAS", ctas);
     GpuResult r;
-    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &r, /*repeat=*/true));
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &r, /*repeat=*/true, /*workspace_word=*/1u));
     ASSERT_EQ(r.out.size(), all_at_once.out.size());
     EXPECT_EQ(std::memcmp(r.out.data(), all_at_once.out.data(), r.out.size() * sizeof(float)), 0)
         << "out differs from the one-CTA-per-item schedule";

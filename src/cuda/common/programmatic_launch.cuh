@@ -9,6 +9,9 @@
 // its memory is visible. A kernel launched the plain way starts after its
 // predecessor completes, and its wait returns at once: the device functions
 // are correct under both launches, and are no-ops below sm_90.
+// (One exception: the pre-pass's quantize kernel never waits for the
+// statistics kernel as a whole; each of its jobs waits for flags that the
+// statistics CTAs set with release stores, cuda/quant/prepass.cu.)
 #pragma once
 
 #include <cuda_runtime.h>

@@ -217,14 +217,20 @@ __global__ void __launch_bounds__(kThreads) kv_stats_kernel(PrepassProblem p, Pr
                                                              StridedInput k_in, StridedInput v_in) {
   const int items = layout.chunks * p.batch * p.heads_kv;
   // Clears this CTA's flags before the quantize grid may start and read
-  // them: a flag set means its partials of this call are written.
+  // them: a flag set means its partials of this call are written. Only its
+  // own: a clear of another CTA's flag could land after that CTA set it,
+  // and its head's jobs would wait forever. The trigger below carries no
+  // memory ordering in PTX (only griddepcontrol.wait does); what makes the
+  // clears visible to the quantize grid is that every thread's fence has
+  // completed (the stores performed at GPU scope) before the barrier and
+  // the trigger, and that grid's CTAs start after every CTA's trigger.
   for (int item = blockIdx.x + threadIdx.x * gridDim.x; item < items; item += kThreads * gridDim.x)
     out.stats_ready[item] = 0;
   __threadfence();
   __syncthreads();
-  // The quantize kernel's Q tiles do not need these statistics, and its K
-  // and V jobs wait for their own head's flags: it may start at once and
-  // fill the SMs that this grid leaves idle.
+  // The quantize kernel's Q jobs need no statistics (except K's mean for the
+  // LSE correction), and its jobs wait only for their own head's flags: it
+  // may start at once and fill the SMs that this grid leaves idle.
   pdl::allow_dependent_launch();
   // [row_lanes][Dp] floats of the lane reduction, then (Vec) the ring:
   // [stage][K, V][thread] 16-byte slots.
@@ -250,7 +256,7 @@ __device__ __noinline__ void wait_for_head_stats(const PrepassLayout& layout, co
 
 // ---- 2. quantization -----------------------------------------------------------
 // The quantize grid: one CTA per job, the Q jobs first, then the K and V
-// jobs head by head (is_v_job; job_tiles of each per head).
+// jobs head by head (kv_job_tile; job_tiles of each per head).
 struct QuantizeJobs {
   int q, kv;
 };
@@ -571,23 +577,22 @@ struct KvTile {
 };
 // The K and V jobs are numbered head by head (the K tiles of a head, then
 // its V tiles), in the order the statistics kernel completes the heads.
-__device__ __forceinline__ bool is_v_job(const PrepassLayout& layout, int kv_job) {
-  return (layout.k_tiles_div.div(static_cast<std::uint32_t>(kv_job)) & 1u) != 0;
+__device__ __forceinline__ KvTile kv_job_tile(const PrepassLayout& layout, int kv_job, bool* v_job) {
+  const auto [head_kind, tile] = layout.k_tiles_div.divmod(kv_job);
+  *v_job = (head_kind & 1) != 0;
+  return {head_kind >> 1, tile, tile * kTileRows};
 }
 
-// The opening of K or V job kv_job: which (kv head, tile) it is, its tile's
-// copies started, and (once the statistics kernel has written the head's
-// partials) the head's statistics reduced into sh while they fly.
+// The opening of a K or V job: its tile's copies started, and (once the
+// statistics kernel has written the head's partials) the head's statistics
+// reduced into sh while they fly.
 template <typename T, bool Vec, int Dp>
-__device__ KvTile start_kv_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int kv_job, bool v_job, QuantJobShared<Dp>& js) {
-  const auto [head_kind, tile] = layout.k_tiles_div.divmod(kv_job);
-  const KvTile t{head_kind >> 1, tile, tile * kTileRows};
+__device__ void start_kv_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                              const StridedInput& in, const KvTile& t, bool v_job, QuantJobShared<Dp>& js) {
   const auto [b, h] = layout.heads_kv_div.divmod(t.bh_kv);
   load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, js.tile);
   wait_for_head_stats(layout, out, t.bh_kv);
   finalize_stats(p, layout, out, t.bh_kv, v_job, v_job && t.tile == 0, js.sh);
-  return t;
 }
 
 // K rows [row0, row0 + 128) of head bh_kv, from `tile` (each thread's own
@@ -610,8 +615,8 @@ __device__ void quantize_k_rows(const PrepassProblem& p, const PrepassLayout& la
 
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_k_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int kv_job, QuantJobShared<Dp>& js) {
-  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, kv_job, false, js);
+                                const StridedInput& in, const KvTile& t, QuantJobShared<Dp>& js) {
+  start_kv_tile<T, Vec, Dp>(p, layout, out, in, t, false, js);
   cp_async_wait<0>();
   quantize_k_rows<T, Dp>(p, layout, out, t.bh_kv, t.row0, js.sh, js.tile);
 }
@@ -715,8 +720,8 @@ __device__ void store_v_rows(const PrepassProblem& p, const PrepassLayout& layou
 
 template <typename T, bool Vec, int Dp>
 __device__ void quantize_v_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                const StridedInput& in, int kv_job, QuantJobShared<Dp>& js) {
-  const KvTile t = start_kv_tile<T, Vec, Dp>(p, layout, out, in, kv_job, true, js);
+                                const StridedInput& in, const KvTile& t, QuantJobShared<Dp>& js) {
+  start_kv_tile<T, Vec, Dp>(p, layout, out, in, t, true, js);
   cp_async_wait<0>();
   __syncthreads();
   store_v_rows<T, Dp>(p, layout, out, t.bh_kv, t.row0, js.sh, js.tile);
@@ -734,10 +739,14 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
   const int job = blockIdx.x;
   if (job < jobs.q) {
     quantize_q_tile<T, Vec, Dp>(p, layout, out, q, job, js);
-  } else if (!is_v_job(layout, job - jobs.q)) {
-    quantize_k_tile<T, Vec, Dp>(p, layout, out, k, job - jobs.q, js);
+    return;
+  }
+  bool v_job;
+  const KvTile t = kv_job_tile(layout, job - jobs.q, &v_job);
+  if (v_job) {
+    quantize_v_tile<T, Vec, Dp>(p, layout, out, v, t, js);
   } else {
-    quantize_v_tile<T, Vec, Dp>(p, layout, out, v, job - jobs.q, js);
+    quantize_k_tile<T, Vec, Dp>(p, layout, out, k, t, js);
   }
 }
 
@@ -746,8 +755,9 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
 // (kv_cluster_shape), this kernel replaces the statistics kernel and the K
 // and V jobs: the rows are read from memory once, and no CTA waits for CTAs
 // outside its cluster (the statistics kernel's second read of K and V, and
-// the wait of every K and V job for that whole grid, cost 8-16% of a call at
-// 1K-4K keys: docs/perf-notes.md, session 8). One cluster per (batch * kv
+// the wait of every K and V job for that whole grid, as the two-kernel path
+// had it until session 19, cost 8-16% of a call at 1K-4K keys:
+// docs/perf-notes.md, session 8). One cluster per (batch * kv
 // head, K or V); CTA r of a cluster of `ctas` holds the head's 128-row tiles
 // [r T, r T + T) (T = tiles_per_cta) and
 //   1. copies them in (cp.async);
@@ -1002,8 +1012,8 @@ bool kv_clusters_fit(const KvClusterShape& shape) {
 // path: allowed by the caller (PrepassProblem::allow_kv_clusters), rows the
 // cp.async copies can read (Vec), no LSE correction (its Q jobs need K's
 // mean from the statistics kernel), a head that fits (kv_cluster_shape) and
-// a device that places the clusters. (Its grid rows, B * Hkv, are those of
-// the statistics kernel, which validation bounds: kGpuMaxBatchHeads.)
+// a device that places the clusters. (Its grid rows, B * Hkv, are bounded
+// by validation: kGpuMaxBatchHeads.)
 template <typename T, int Dp>
 KvClusterShape kv_cluster_path(const PrepassProblem& p, bool vec) {
   if (!p.allow_kv_clusters || !vec || p.lse_correction) return {};
@@ -1037,22 +1047,36 @@ cudaError_t launch_kv_clusters(const PrepassProblem& p, const PrepassLayout& lay
 // the driver picked for each kernel's own needs, the quantize grid, launched
 // programmatically under the statistics kernel, started only ~8 us before
 // that kernel's end, when SMs drained (H200, docs/perf-notes.md, session 19).
-cudaError_t prefer_max_shared_carveout(const void* kernel) {
+// A hint: a refusal leaves the driver's choice, and is cleared so that the
+// launch checks that follow do not report it.
+void prefer_max_shared_carveout(const void* kernel) {
   int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
   static std::mutex mutex;
   static std::set<std::pair<const void*, int>> done;
   const std::lock_guard<std::mutex> lock(mutex);
-  if (done.count({kernel, device})) return cudaSuccess;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-  if (err == cudaSuccess) done.insert({kernel, device});
-  return err;
+  if (done.count({kernel, device})) return;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared) ==
+      cudaSuccess) {
+    done.insert({kernel, device});
+  } else {
+    cudaGetLastError();
+  }
 }
 
 template <typename T, bool Vec, int Dp>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                          StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream, bool programmatic) {
+  // Where the kernels overlap (programmatic), on both paths, so that the
+  // quantize kernel (which the cluster path runs too) has one carveout
+  // whatever ran before.
+  if (programmatic) {
+    prefer_max_shared_carveout(reinterpret_cast<const void*>(kv_stats_kernel<T, Vec>));
+    prefer_max_shared_carveout(reinterpret_cast<const void*>(quantize_kernel<T, Vec, Dp>));
+  }
   if constexpr (Vec) {
     const KvClusterShape shape = kv_cluster_path<T, Dp>(p, true);
     if (shape.ctas > 0) return launch_kv_clusters<T, Dp>(p, layout, out, q, k, v, shape, stream, programmatic);
@@ -1065,15 +1089,16 @@ cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, c
   // An ordinary launch, never a programmatic one: it starts only once the
   // stream's earlier work (whatever wrote Q, K, V) is complete, which the
   // sm90 kernel relies on when it reads the caller's Q before its wait.
-  for (const void* kernel : {reinterpret_cast<const void*>(kv_stats_kernel<T, Vec>),
-                             reinterpret_cast<const void*>(quantize_kernel<T, Vec, Dp>)}) {
-    const cudaError_t err = prefer_max_shared_carveout(kernel);
-    if (err != cudaSuccess) return err;
-  }
   kv_stats_kernel<T, Vec><<<stats_grid, kThreads, stats_smem, stream>>>(p, layout, out, k, v);
   const QuantizeJobs jobs = quantize_jobs(p);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
+  // Programmatic or not, the quantize kernel never waits for this grid as a
+  // whole: its jobs read the statistics only once their head's flags are
+  // set, and every head has K jobs, so once it completes every statistics
+  // write it depends on is visible. The statistics CTAs may still be exiting
+  // when the next kernel's wait for the quantize grid returns; nothing reads
+  // their memory after it.
   return pdl::launch(programmatic, quantize_kernel<T, Vec, Dp>, dim3(jobs.q + 2 * jobs.kv), dim3(kThreads), 0, stream,
                      p, layout, out, q, k, v);
 }

@@ -141,10 +141,12 @@ bool kv_quantized_in_clusters(const PrepassProblem& p, StridedInput q, StridedIn
 
 // Enqueues both pre-pass kernels on `stream`. `programmatic` (sm_90+
 // devices): the quantize kernel starts under the statistics kernel (its Q
-// tiles need no statistics; each K or V job waits for its own head's
-// statistics flags, not for the whole grid), and the next kernel of the
-// stream may start under the quantize kernel's tail if it is launched
-// programmatically and waits for it (cuda/common/programmatic_launch.cuh).
+// jobs need no statistics, except K's mean for the LSE correction; each job
+// that does waits for its own head's statistics flags, not for the whole
+// grid), both kernels ask for the largest shared-memory carveout so that
+// their CTAs can share SMs, and the next kernel of the stream may start
+// under the quantize kernel's tail if it is launched programmatically and
+// waits for it (cuda/common/programmatic_launch.cuh).
 cudaError_t launch_prepass(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                            StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream, bool programmatic);
 

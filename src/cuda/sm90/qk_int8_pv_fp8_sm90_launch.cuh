@@ -17,7 +17,9 @@ namespace sage::sm90 {
 // dispatched by the hardware as SMs free up: their tiles differ in work by
 // up to 128x, and the static rounds measured +3.5% there (D=128, N=16384)
 // against -7.7% at N=4096 (docs/perf-notes.md). A limit in rows, not tiles:
-// it was measured with 128-row tiles and holds for the 192-row ones too.
+// it was measured with 128-row tiles, and is assumed to hold for the 192-row
+// ones (not timed between 4097 and 6144 rows, which they would otherwise
+// have run persistent).
 inline constexpr int kCausalPersistentMaxRows = 4096;
 
 template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ>
