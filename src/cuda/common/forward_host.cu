@@ -2,9 +2,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <mutex>
-#include <set>
-#include <tuple>
 
 #include "api/validate.h"
 
@@ -12,19 +9,6 @@ namespace sage::fwd {
 
 Status cuda_status(cudaError_t err, const char* what) {
   return Status(StatusCode::cuda_error, std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-cudaError_t allow_dynamic_smem(const void* kernel, int bytes) {
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  static std::mutex mutex;
-  static std::set<std::tuple<const void*, int, int>> done;  // (kernel, device, bytes)
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (done.count({kernel, device, bytes})) return cudaSuccess;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (err == cudaSuccess) done.insert({kernel, device, bytes});
-  return err;
 }
 
 quant::StridedInput strided(const TensorView& t, TensorLayout layout) {

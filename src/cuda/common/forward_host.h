@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cuda/common/forward_params.h"
+#include "cuda/common/kernel_attributes.h"
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/quant/prepass.h"
 #include "numerics/tile_geometry.h"
@@ -17,11 +18,6 @@ namespace sage::fwd {
 
 Status cuda_status(cudaError_t err, const char* what);
 
-// Opts `kernel` into `bytes` of dynamic shared memory on the current device
-// (needed above 48 KiB), once per kernel and device: the attribute persists,
-// and setting it on every call cost host time on the short calls.
-cudaError_t allow_dynamic_smem(const void* kernel, int bytes);
-
 // Launches a forward kernel of traits T (kThreads threads per CTA) over
 // `grid` with `smem_bytes` of dynamic shared memory; `programmatic`: under
 // the tail of the pre-pass (the kernel must wait for it, see
@@ -29,7 +25,9 @@ cudaError_t allow_dynamic_smem(const void* kernel, int bytes);
 template <class T, class Params>
 cudaError_t launch_forward_kernel(void (*kernel)(Params), const Params& p, dim3 grid, int smem_bytes,
                                   cudaStream_t stream, bool programmatic) {
-  const cudaError_t err = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), smem_bytes);
+  // (Needed above 48 KiB.)
+  const cudaError_t err = cuda::set_kernel_attribute_once(reinterpret_cast<const void*>(kernel),
+                                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
   return pdl::launch(programmatic, kernel, grid, dim3(T::kThreads), smem_bytes, stream, p);
 }

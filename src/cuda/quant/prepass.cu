@@ -23,11 +23,10 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <set>
 #include <tuple>
 #include <type_traits>
-#include <utility>
 
+#include "cuda/common/kernel_attributes.h"
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
 #include "cuda/quant/kv_cluster_shape.h"
@@ -1050,19 +1049,8 @@ cudaError_t launch_kv_clusters(const PrepassProblem& p, const PrepassLayout& lay
 // A hint: a refusal leaves the driver's choice, and is cleared so that the
 // launch checks that follow do not report it.
 void prefer_max_shared_carveout(const void* kernel) {
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) {
-    cudaGetLastError();
-    return;
-  }
-  static std::mutex mutex;
-  static std::set<std::pair<const void*, int>> done;
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (done.count({kernel, device})) return;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared) ==
-      cudaSuccess) {
-    done.insert({kernel, device});
-  } else {
+  if (cuda::set_kernel_attribute_once(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                      cudaSharedmemCarveoutMaxShared) != cudaSuccess) {
     cudaGetLastError();
   }
 }
