@@ -163,11 +163,14 @@ __device__ void kv_stats_item(const PrepassProblem& p, const PrepassLayout& layo
     auto ring_slot = [&](int i) { return ring + (i % kStatsStages) * 2 * kThreads + threadIdx.x; };
     // One commit group per row (empty past the last), so that waiting for
     // all but kStatsStages - 1 groups means waiting for the oldest row.
+    // The rows are read again by their head's K and V jobs, which may run
+    // while later heads are read here: kept in L2 over other lines.
+    const uint64_t keep = ptx::l2_policy_evict_last();
     auto issue = [&](int i) {
       if (i < rows && in_dim) {
         const int r = start + rl + i * row_lanes;
-        if (p.smooth_k) cp_async_16(ring_slot(i), k_base + r * k_in.stride_n + c0);
-        cp_async_16(ring_slot(i) + kThreads, v_base + r * v_in.stride_n + c0);
+        if (p.smooth_k) ptx::cp_async_16_hinted(ring_slot(i), k_base + r * k_in.stride_n + c0, keep);
+        ptx::cp_async_16_hinted(ring_slot(i) + kThreads, v_base + r * v_in.stride_n + c0, keep);
       }
       cp_async_commit();
     };
@@ -346,7 +349,8 @@ __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& lay
 // so its source pointer only steps by kRowStep rows (no per-chunk address
 // arithmetic) and its column test is made once.
 template <typename T, bool Vec, int Dp>
-__device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n, int head_dim, uint4* tile) {
+__device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n, int head_dim, uint4* tile,
+                          bool last_read = false) {
   constexpr int kChunks = Dp / kVec;
   constexpr int kRowStep = kThreads / kChunks;
   static_assert(kThreads % kChunks == 0 && kTileRows % kRowStep == 0, "whole rows per pass");
@@ -357,6 +361,7 @@ __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n,
   const T* src = static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h +
                  static_cast<std::int64_t>(row0 + first) * in.stride_n + c0;
   const std::int64_t step = static_cast<std::int64_t>(kRowStep) * in.stride_n;
+  const uint64_t drop = ptx::l2_policy_evict_first();  // last_read: the lines are not needed again
   // (Element loads, !Vec, one row at a time: unrolled, their 64 loads in
   // flight spilled registers.)
 #pragma unroll(Vec ? kTileRows / kRowStep : 1)
@@ -364,7 +369,11 @@ __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n,
     const int row = row0 + first + it * kRowStep;
     uint4* dst = &tile[threadIdx.x + it * kThreads];
     if (Vec && row < n && in_dim) {
-      cp_async_16(dst, src);
+      if (last_read) {
+        ptx::cp_async_16_hinted(dst, src, drop);
+      } else {
+        cp_async_16(dst, src);
+      }
     } else {
       uint32_t w[4];
 #pragma unroll
@@ -589,7 +598,7 @@ template <typename T, bool Vec, int Dp>
 __device__ void start_kv_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                               const StridedInput& in, const KvTile& t, bool v_job, QuantJobShared<Dp>& js) {
   const auto [b, h] = layout.heads_kv_div.divmod(t.bh_kv);
-  load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, js.tile);
+  load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, js.tile, /*last_read=*/true);
   wait_for_head_stats(layout, out, t.bh_kv);
   finalize_stats(p, layout, out, t.bh_kv, v_job, v_job && t.tile == 0, js.sh);
 }
