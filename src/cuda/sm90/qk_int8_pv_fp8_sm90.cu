@@ -35,15 +35,14 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
 }
 
 // CTAs of the pre-pass's statistics kernel (PrepassProblem::stats_ctas):
-// kStatsCtasPerSm per SM. H200, GPU time of whole calls at D=128 4K keys
-// against the pre-pass before (one CTA per item, every K / V job waiting
-// for the whole statistics grid, the driver's carveouts): -2.0% non-causal,
-// -1.7% causal with 1 per SM, -1.0% / -2.1% with 2; the largest carveout
-// alone gave -1.1% / -0.5% of that (docs/perf-notes.md, session 19).
+// three per two SMs. H200, GPU time of whole calls at D=128 4K keys against
+// one per SM (interleaved A/B runs, docs/perf-notes.md, sessions 19-20):
+// 3/2 per SM -0.1% non-causal, -1.4% causal; 2 per SM +1.0% / -0.4%; fewer
+// than one per SM slower (33, 66, 88, 99 CTAs: up to +12% / +20%), as the K
+// and V jobs then wait for their heads' statistics.
 // SAGE_PREPASS_STATS_CTAS overrides the count (0: one CTA per item, every
 // head at once; unset, empty or not a number: the default), for A/B timings
 // and the tests (read per call).
-constexpr int kStatsCtasPerSm = 1;
 int statistics_ctas(int sm_count) {
   const char* env = std::getenv("SAGE_PREPASS_STATS_CTAS");
   if (env != nullptr && *env != '\0') {
@@ -51,7 +50,7 @@ int statistics_ctas(int sm_count) {
     const long ctas = std::strtol(env, &end, 10);
     if (*end == '\0' && ctas >= 0 && ctas <= (1L << 30)) return static_cast<int>(ctas);
   }
-  return kStatsCtasPerSm * sm_count;
+  return sm_count * 3 / 2;
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
