@@ -120,8 +120,9 @@ __device__ void reduce_rows(const float* red, int rows, int dp, int op, float* d
 // numbered head-major: item bh_kv * chunks + chunk. Its CTAs take items
 // blockIdx.x, blockIdx.x + gridDim.x, ... in order, so that with fewer CTAs
 // than items (PrepassProblem::stats_ctas) the heads complete in order and the
-// K and V jobs of the first heads run, from rows still in L2, while the
-// statistics of the later heads are read. Each item's flag in stats_ready
+// K and V jobs of the first heads run while the statistics of the later heads
+// are read. (Their rows were meant to come back from L2; on an H200 at 4K keys
+// they mostly do not: docs/perf-notes.md, session 20.) Each item's flag in stats_ready
 // says that its partials are written: cleared by its CTA before the quantize
 // grid may start (allow_dependent_launch), set once the partials are out.
 
@@ -164,7 +165,8 @@ __device__ void kv_stats_item(const PrepassProblem& p, const PrepassLayout& layo
     // One commit group per row (empty past the last), so that waiting for
     // all but kStatsStages - 1 groups means waiting for the oldest row.
     // The rows are read again by their head's K and V jobs, which may run
-    // while later heads are read here: kept in L2 over other lines.
+    // while later heads are read here: kept in L2 over other lines (the K
+    // and V jobs' reads, the rows' last, demote them again).
     const uint64_t keep = ptx::l2_policy_evict_last();
     auto issue = [&](int i) {
       if (i < rows && in_dim) {
