@@ -1,9 +1,10 @@
-"""DRAM traffic of whole calls, kernels running concurrently (on a GPU machine, under ncu).
+"""DRAM traffic of whole calls (on a GPU machine, under ncu's range replay).
 
 ncu's kernel replay serializes the kernels of a call and flushes L2 between them, so it cannot
 show whether the pre-pass's quantize jobs read K and V back from L2 while the statistics kernel
-still runs. Range replay measures a span of launches as they run, together. This script marks
-three spans with cudaProfilerStart / cudaProfilerStop, each after a warm-up outside it:
+still runs. Range replay measures a span of launches as a whole (whether it keeps programmatic
+launches overlapping as a plain run does was not checked). This script marks three spans with
+cudaProfilerStart / cudaProfilerStop, each after a warm-up outside it:
   1. one sageattn call (pre-pass kernels + attention kernel),
   2. the attention kernel alone (on inputs the pre-pass already quantized),
   3. PyTorch SDPA's cuDNN backend (the yardstick's traffic).
@@ -13,8 +14,10 @@ Run it as
       --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct \
       python3 scripts/range_bytes.py [N] [causal]          (B=2, H=32, D=128, bf16)
 
-and read the pre-pass's traffic as span 1 minus span 2. Two reads of K and V plus one write of
-their codes is the two-kernel pre-pass without L2 reuse; one read, with full reuse.
+and read the pre-pass's traffic as span 1 minus span 2 (approximately: span 2 starts from a
+flushed L2, while inside a call the kernel may find the codes still in L2). Writes are undercounted:
+a span ends with dirty lines still in L2. Without L2 reuse the two-kernel pre-pass reads K and V
+twice (and Q once where it quantizes Q) and writes their codes.
 """
 
 import os
@@ -45,8 +48,9 @@ def main():
     causal = len(sys.argv) > 2 and sys.argv[2].lower() in ("1", "true", "causal")
     q, k, v = [torch.randn(2, 32, n, 128, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
     mb = q.numel() * q.element_size() / 1e6
-    print(f"N={n} causal={int(causal)}: Q, K, V {mb:.1f} MB each (bf16); K and V codes {mb:.1f} MB together; "
-          f"two-read pre-pass without Q jobs: {5 * mb:.0f} MB, one read: {3 * mb:.0f} MB", flush=True)
+    print(f"N={n} causal={int(causal)}: Q, K, V {mb:.1f} MB each (bf16); a pre-pass without L2 reuse reads "
+          f"{4 * mb:.0f} MB and writes {mb:.0f} MB of K and V codes (with Q jobs: {5 * mb:.0f} / {1.5 * mb:.0f} MB); "
+          f"one read of K and V: {2 * mb:.0f} MB", flush=True)
     measured("sage call", lambda: s.sageattn(q, k, v, is_causal=causal))
     kernel = sage_kernel_only([(q, k, v)], causal)
     measured("sage kernel only", lambda: kernel(q, k, v))

@@ -521,7 +521,7 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
 // the statistics kernel's items spread over one CTA per item (every head at
 // once), over a single CTA (heads strictly one after another, the K and V
 // jobs of later heads waiting long), over three, and over the default count
-// (one per SM: fewer than the last case's 256 items): the partials are the
+// (three per two SMs, 198 on an H200: fewer than the last case's 256 items): the partials are the
 // same sums in the same order, so every schedule must give the same bits.
 // Those runs start from a workspace of 32-bit ones, in which every flag
 // reads as set: a flag the statistics kernel failed to clear before the

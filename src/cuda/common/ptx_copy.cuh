@@ -25,16 +25,18 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool val
                : "memory");
 }
 // L2 eviction priorities for cp_async_16_hinted (an opaque 64-bit
-// policy, PTX createpolicy): evict_last keeps the lines over normal ones,
-// evict_first makes them the first to go.
+// policy, PTX createpolicy; no side effects, so plain asm that the compiler
+// may hoist or drop): an access with evict_last asks that its lines be
+// kept over normal ones, one with evict_first that they go first; each
+// access sets the priority of the lines it touches.
 __device__ __forceinline__ uint64_t l2_policy_evict_last() {
   uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
   return policy;
 }
 __device__ __forceinline__ uint64_t l2_policy_evict_first() {
   uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
   return policy;
 }
 // cp_async_16 with an L2 eviction policy for the lines it reads.

@@ -77,6 +77,7 @@ __device__ __forceinline__ void load8(const T* row, int c0, int head_dim, float 
 }
 
 using ptx::cp_async_16;  // (cuda/common/ptx_copy.cuh)
+using ptx::cp_async_16_hinted;
 using ptx::cp_async_commit;
 using ptx::cp_async_wait;
 
@@ -97,6 +98,13 @@ __device__ __forceinline__ void atomic_max_nonneg(float* slot, float v) {
   // (fabsf, max_nan) above them all: a group maximum stays NaN.
   atomicMax(reinterpret_cast<unsigned*>(slot), __float_as_uint(v));
 }
+
+// Whether the statistics kernel and the K / V jobs read K and V with L2
+// hints (kv_stats_item, load_tile): only where the heads run in order, the
+// schedule the hints were measured on; elsewhere (one statistics CTA per
+// item, the mma family's pre-pass, no programmatic overlap) every row is
+// read before any K / V job runs, and the hints' effect was not measured.
+__device__ __forceinline__ bool l2_hints_for_second_read(const PrepassProblem& p) { return p.stats_ctas > 0; }
 
 // ---- 1. statistics ----------------------------------------------------------
 // Reduces each channel of `red` ([rows][dp] floats, one row per lane group
@@ -121,10 +129,11 @@ __device__ void reduce_rows(const float* red, int rows, int dp, int op, float* d
 // blockIdx.x, blockIdx.x + gridDim.x, ... in order, so that with fewer CTAs
 // than items (PrepassProblem::stats_ctas) the heads complete in order and the
 // K and V jobs of the first heads run while the statistics of the later heads
-// are read. (Their rows were meant to come back from L2; on an H200 at 4K keys
-// they mostly do not: docs/perf-notes.md, session 20.) Each item's flag in stats_ready
-// says that its partials are written: cleared by its CTA before the quantize
-// grid may start (allow_dependent_launch), set once the partials are out.
+// are read. (Their rows were meant to come back from L2; on an H200 at 4K
+// keys they mostly do not: docs/perf-notes.md, session 20.) Each item's flag
+// in stats_ready says that its partials are written: cleared by its CTA
+// before the quantize grid may start (allow_dependent_launch), set once the
+// partials are out.
 
 // Thread (rl, c0) accumulates channels [c0, c0+8) of one item over the rows
 // start + rl + i * row_lanes in order of i; then the row lanes are reduced
@@ -164,15 +173,26 @@ __device__ void kv_stats_item(const PrepassProblem& p, const PrepassLayout& layo
     auto ring_slot = [&](int i) { return ring + (i % kStatsStages) * 2 * kThreads + threadIdx.x; };
     // One commit group per row (empty past the last), so that waiting for
     // all but kStatsStages - 1 groups means waiting for the oldest row.
-    // The rows are read again by their head's K and V jobs, which may run
-    // while later heads are read here: kept in L2 over other lines (the K
-    // and V jobs' reads, the rows' last, demote them again).
+    // With the heads in order (stats_ctas > 0), the rows are read again by
+    // their head's K and V jobs while later heads are read here: asked to
+    // stay in L2 over other lines (those jobs' reads, the rows' last, ask
+    // the opposite: l2_hints_for_second_read). With this pair of hints an
+    // H200 call read 8-12 MB less and took 0.7-1.5% less GPU time at D=128
+    // 4K keys (docs/perf-notes.md, session 20).
+    const bool hinted = l2_hints_for_second_read(p);
     const uint64_t keep = ptx::l2_policy_evict_last();
+    auto copy = [&](uint4* dst, const T* src) {
+      if (hinted) {
+        cp_async_16_hinted(dst, src, keep);
+      } else {
+        cp_async_16(dst, src);
+      }
+    };
     auto issue = [&](int i) {
       if (i < rows && in_dim) {
         const int r = start + rl + i * row_lanes;
-        if (p.smooth_k) ptx::cp_async_16_hinted(ring_slot(i), k_base + r * k_in.stride_n + c0, keep);
-        ptx::cp_async_16_hinted(ring_slot(i) + kThreads, v_base + r * v_in.stride_n + c0, keep);
+        if (p.smooth_k) copy(ring_slot(i), k_base + r * k_in.stride_n + c0);
+        copy(ring_slot(i) + kThreads, v_base + r * v_in.stride_n + c0);
       }
       cp_async_commit();
     };
@@ -349,7 +369,8 @@ __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& lay
 // caller waits (cp_async_wait<0>, then a barrier) before reading the tile.
 // A thread copies one 8-channel chunk column (c0) of every kRowStep-th row,
 // so its source pointer only steps by kRowStep rows (no per-chunk address
-// arithmetic) and its column test is made once.
+// arithmetic) and its column test is made once. last_read: the rows are not
+// read again, so their lines may leave L2 first (evict_first).
 template <typename T, bool Vec, int Dp>
 __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n, int head_dim, uint4* tile,
                           bool last_read = false) {
@@ -363,7 +384,7 @@ __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n,
   const T* src = static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h +
                  static_cast<std::int64_t>(row0 + first) * in.stride_n + c0;
   const std::int64_t step = static_cast<std::int64_t>(kRowStep) * in.stride_n;
-  const uint64_t drop = ptx::l2_policy_evict_first();  // last_read: the lines are not needed again
+  const uint64_t drop = ptx::l2_policy_evict_first();
   // (Element loads, !Vec, one row at a time: unrolled, their 64 loads in
   // flight spilled registers.)
 #pragma unroll(Vec ? kTileRows / kRowStep : 1)
@@ -372,7 +393,7 @@ __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n,
     uint4* dst = &tile[threadIdx.x + it * kThreads];
     if (Vec && row < n && in_dim) {
       if (last_read) {
-        ptx::cp_async_16_hinted(dst, src, drop);
+        cp_async_16_hinted(dst, src, drop);
       } else {
         cp_async_16(dst, src);
       }
@@ -600,7 +621,7 @@ template <typename T, bool Vec, int Dp>
 __device__ void start_kv_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                               const StridedInput& in, const KvTile& t, bool v_job, QuantJobShared<Dp>& js) {
   const auto [b, h] = layout.heads_kv_div.divmod(t.bh_kv);
-  load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, js.tile, /*last_read=*/true);
+  load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, js.tile, l2_hints_for_second_read(p));
   wait_for_head_stats(layout, out, t.bh_kv);
   finalize_stats(p, layout, out, t.bh_kv, v_job, v_job && t.tile == 0, js.sh);
 }

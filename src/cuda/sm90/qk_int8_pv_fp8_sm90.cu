@@ -36,10 +36,11 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
 
 // CTAs of the pre-pass's statistics kernel (PrepassProblem::stats_ctas):
 // three per two SMs. H200, GPU time of whole calls at D=128 4K keys against
-// one per SM (interleaved A/B runs, docs/perf-notes.md, sessions 19-20):
-// 3/2 per SM -0.1% non-causal, -1.4% causal; 2 per SM +1.0% / -0.4%; fewer
-// than one per SM slower (33, 66, 88, 99 CTAs: up to +12% / +20%), as the K
-// and V jobs then wait for their heads' statistics.
+// one per SM (interleaved A/B runs, docs/perf-notes.md, session 20): 3/2
+// per SM -0.1% non-causal, -1.4% causal; 33-99 CTAs slower (up to +12% /
+// +20%; likely the K and V jobs waiting for their heads' statistics), 110
+// even; 2 per SM about +1.0% / -0.4% (from session 19's runs). Not measured
+// at 8K-16K keys, nor at D=64.
 // SAGE_PREPASS_STATS_CTAS overrides the count (0: one CTA per item, every
 // head at once; unset, empty or not a number: the default), for A/B timings
 // and the tests (read per call).
