@@ -426,7 +426,9 @@ TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
 
 // Calls whose K and V the pre-pass's cluster kernel quantizes (one cluster
 // per head and tensor; sm90::quantizes_kv_in_clusters), over the cluster
-// shapes (one to four 128-row tiles per CTA, up to 8 CTAs), partial
+// shapes (one to four 128-row tiles per CTA held in shared memory, up to 8
+// CTAs; and heads that stream through those slots, with one to nine of a
+// CTA's tiles read twice), partial
 // last tiles and single keys, head dims padded inside the tiles, GQA,
 // layouts, dtypes, granularities and smoothing, with Q quantized in the
 // kernel and by the pre-pass's Q-only grid ahead of the clusters. The case
@@ -456,6 +458,17 @@ std::vector<Case> kv_cluster_cases() {
        .return_lse = false},
       {.b = 2, .hq = 4, .hkv = 4, .nq = 3000, .nk = 3000, .d = 64, .dtype = FP16, .granularity = G::per_thread,
        .smooth_k = false, .return_lse = false, .storage = Storage::packed_qkv},
+      // Streamed heads: D = 128 past 2048 keys, D = 64 past 4096.
+      {.small = true, .b = 1, .hq = 2, .hkv = 1, .nq = 70, .nk = 2049, .d = 128, .smooth_k = false,
+       .return_lse = false},
+      {.b = 1, .hq = 4, .hkv = 2, .nq = 257, .nk = 4096, .d = 128, .causal = true, .return_lse = false,
+       .dist = D::channel_bias},
+      {.b = 2, .hq = 2, .hkv = 2, .nq = 100, .nk = 5003, .d = 120, .layout = NHD, .dtype = FP16, .smooth_v = true,
+       .return_lse = false, .dist = D::outlier_channels},
+      {.b = 1, .hq = 3, .hkv = 3, .nq = 64, .nk = 4097, .d = 64, .granularity = G::per_thread, .smooth_k = false,
+       .return_lse = false, .storage = Storage::padded},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 33, .nk = 11000, .d = 128, .causal = true, .align = BR, .smooth_v = true,
+       .return_lse = false, .dist = D::heavy_tailed},
   };
 }
 
@@ -505,11 +518,23 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
     add("LSE without smooth_k", true, [](Case& c) { c.return_lse = true, c.smooth_k = false; });
     add("rows cp.async cannot read (D = 100, dense: 200-byte rows)", false, [](Case& c) { c.d = 100; });
     add("D = 128 at 2048 keys (8 CTAs of two tiles)", true, [](Case& c) { c.nk = 2048; });
-    add("D = 128 past 2048 keys", false, [](Case& c) { c.nk = 2049; });
+    add("D = 128 past 2048 keys (streamed)", true, [](Case& c) { c.nk = 2049; });
     add("D = 64 at 4096 keys (8 CTAs of four tiles)", true, [](Case& c) { c.d = 64, c.nk = 4096; });
-    add("D = 64 past 4096 keys", false, [](Case& c) { c.d = 64, c.nk = 4097; });
+    add("D = 64 past 4096 keys (streamed)", true, [](Case& c) { c.d = 64, c.nk = 4097; });
+    add("D = 128 at kKvStreamMaxKeys keys (streamed)", true,
+        [](Case& c) { c.nq = 16, c.nk = sage::sm90::kKvStreamMaxKeys; });
+    add("D = 128 past kKvStreamMaxKeys keys", false,
+        [](Case& c) { c.nq = 16, c.nk = sage::sm90::kKvStreamMaxKeys + 1; });
   });
   expect_paths(variants, device(), &sage::detail::Sm90Paths::kv_in_clusters);
+  {
+    ScopedEnv held_only("SAGE_PREPASS_KV_STREAM_KEYS", "0");
+    Case streamed = base, held = base;
+    streamed.nk = 2049, held.nk = 2048;
+    expect_paths({{"SAGE_PREPASS_KV_STREAM_KEYS=0, D = 128 past 2048 keys", streamed, false},
+                  {"SAGE_PREPASS_KV_STREAM_KEYS=0, D = 128 at 2048 keys", held, true}},
+                 device(), &sage::detail::Sm90Paths::kv_in_clusters);
+  }
   ScopedEnv off("SAGE_PREPASS_KV_CLUSTERS", "0");
   expect_paths({{"SAGE_PREPASS_KV_CLUSTERS=0", base, false}}, device(), &sage::detail::Sm90Paths::kv_in_clusters);
 }
@@ -526,10 +551,11 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
 // Those runs start from a workspace of 32-bit ones, in which every flag
 // reads as set: a flag the statistics kernel failed to clear before the
 // quantize grid starts lets a job read that garbage as statistics. Why each
-// case is off the cluster path: 2500 keys (D = 128 clusters reach 2048),
-// the LSE correction (its Q jobs wait for K's statistics too), rows the
-// statistics kernel reads element by element (D = 100, unaligned), 5000 keys
-// (D = 64 clusters reach 4096), 4096 keys.
+// case is off the cluster path, with streamed heads turned off
+// (SAGE_PREPASS_KV_STREAM_KEYS=0): 2500 keys (D = 128 clusters hold up to
+// 2048), the LSE correction (its Q jobs wait for K's statistics too), rows
+// the statistics kernel reads element by element (D = 100, unaligned), 5000
+// keys (D = 64 clusters hold up to 4096), 4096 keys.
 std::vector<Case> stats_schedule_cases() {
   using namespace case_table;
   return {
@@ -551,6 +577,7 @@ TEST_P(Sm90StatsSchedule, EveryScheduleGivesTheSameBits) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
   const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
+  ScopedEnv held_only("SAGE_PREPASS_KV_STREAM_KEYS", "0");
   GpuResult all_at_once;
   {
     ScopedEnv ctas("SAGE_PREPASS_STATS_CTAS", "0");

@@ -363,17 +363,21 @@ __device__ void finalize_stats(const PrepassProblem& p, const PrepassLayout& lay
   }
 }
 
+// What a tile's copies ask of L2 for the lines they read: nothing, to keep
+// them over other lines (they are read again soon: evict_last), or to let
+// them go first (their last read: evict_first).
+enum class L2Hint { none, keep, drop };
+
 // Starts copying rows [row0, row0 + 128) of one (batch, head) into `tile`:
 // cp.async for each 16-byte chunk inside the tensor (Vec), zeros past row n
-// and past head_dim, element loads when rows are not 16-byte aligned. The
-// caller waits (cp_async_wait<0>, then a barrier) before reading the tile.
-// A thread copies one 8-channel chunk column (c0) of every kRowStep-th row,
-// so its source pointer only steps by kRowStep rows (no per-chunk address
-// arithmetic) and its column test is made once. last_read: the rows are not
-// read again, so their lines may leave L2 first (evict_first).
+// and past head_dim, element loads when rows are not 16-byte aligned; one
+// commit group. The caller waits (cp_async_wait, then a barrier) before
+// reading the tile. A thread copies one 8-channel chunk column (c0) of every
+// kRowStep-th row, so its source pointer only steps by kRowStep rows (no
+// per-chunk address arithmetic) and its column test is made once.
 template <typename T, bool Vec, int Dp>
 __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n, int head_dim, uint4* tile,
-                          bool last_read = false) {
+                          L2Hint hint = L2Hint::none) {
   constexpr int kChunks = Dp / kVec;
   constexpr int kRowStep = kThreads / kChunks;
   static_assert(kThreads % kChunks == 0 && kTileRows % kRowStep == 0, "whole rows per pass");
@@ -384,7 +388,7 @@ __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n,
   const T* src = static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h +
                  static_cast<std::int64_t>(row0 + first) * in.stride_n + c0;
   const std::int64_t step = static_cast<std::int64_t>(kRowStep) * in.stride_n;
-  const uint64_t drop = ptx::l2_policy_evict_first();
+  const uint64_t policy = hint == L2Hint::keep ? ptx::l2_policy_evict_last() : ptx::l2_policy_evict_first();
   // (Element loads, !Vec, one row at a time: unrolled, their 64 loads in
   // flight spilled registers.)
 #pragma unroll(Vec ? kTileRows / kRowStep : 1)
@@ -392,8 +396,8 @@ __device__ void load_tile(const StridedInput& in, int b, int h, int row0, int n,
     const int row = row0 + first + it * kRowStep;
     uint4* dst = &tile[threadIdx.x + it * kThreads];
     if (Vec && row < n && in_dim) {
-      if (last_read) {
-        cp_async_16_hinted(dst, src, drop);
+      if (hint != L2Hint::none) {
+        cp_async_16_hinted(dst, src, policy);
       } else {
         cp_async_16(dst, src);
       }
@@ -621,7 +625,8 @@ template <typename T, bool Vec, int Dp>
 __device__ void start_kv_tile(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                               const StridedInput& in, const KvTile& t, bool v_job, QuantJobShared<Dp>& js) {
   const auto [b, h] = layout.heads_kv_div.divmod(t.bh_kv);
-  load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, js.tile, l2_hints_for_second_read(p));
+  load_tile<T, Vec, Dp>(in, b, h, t.row0, p.nk, p.head_dim, js.tile,
+                        l2_hints_for_second_read(p) ? L2Hint::drop : L2Hint::none);
   wait_for_head_stats(layout, out, t.bh_kv);
   finalize_stats(p, layout, out, t.bh_kv, v_job, v_job && t.tile == 0, js.sh);
 }
@@ -782,27 +787,35 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
 }
 
 // ---- 3. K or V of one head in a thread-block cluster (sm_90) ------------------
-// Where a head's K (or V) rows fit in the shared memory of one cluster
-// (kv_cluster_shape), this kernel replaces the statistics kernel and the K
-// and V jobs: the rows are read from memory once, and no CTA waits for CTAs
-// outside its cluster (the statistics kernel's second read of K and V, and
-// the wait of every K and V job for that whole grid, as the two-kernel path
-// had it until session 19, cost 8-16% of a call at 1K-4K keys:
-// docs/perf-notes.md, session 8). One cluster per (batch * kv
-// head, K or V); CTA r of a cluster of `ctas` holds the head's 128-row tiles
-// [r T, r T + T) (T = tiles_per_cta) and
-//   1. copies them in (cp.async);
-//   2. takes its partial statistics over its rows that exist, per channel
-//      (K: the sum, if smooth_k; V: the sum, if smooth_v, the max and the
-//      min): thread (pair, part) sums rows part R .. part R + R - 1 of each
-//      tile in tile and row order, then the parts add in part order;
-//   3. after a cluster barrier, reduces the cluster's partials in rank order
+// This kernel replaces the statistics kernel and the K and V jobs where the
+// call allows (kv_cluster_shape): each head's rows are read from memory
+// once, and no CTA waits for CTAs outside its cluster (the statistics
+// kernel's second read of K and V, and the wait of every K and V job for
+// that whole grid, as the two-kernel path had it until session 19, cost
+// 8-16% of a call at 1K-4K keys: docs/perf-notes.md, session 8). One cluster
+// per (batch * kv head, K or V); CTA r of a cluster of `ctas` owns the
+// head's 128-row tiles [r T, r T + T) (T = tiles_per_cta), which pass
+// through S = kv_cluster_held_tiles shared-memory slots (tile t in slot
+// t mod S; S = T where the head fits, and every tile is read once):
+//   1. copies its first S tiles in (cp.async), then takes the partial
+//      statistics of each tile as it lands and refills its slot with tile
+//      t + S (K: the sum, if smooth_k; V: the sum, if smooth_v, the max and
+//      the min): thread (pair, part) sums rows part R .. part R + R - 1 of
+//      each tile in tile and row order, then the parts add in part order;
+//   2. after a cluster barrier, reduces the cluster's partials in rank order
 //      (distributed shared memory) into the head's statistics
 //      (set_k_channel / set_v_channel, rank 0 of a V cluster publishing the
 //      V scales and means), and signals that it is done reading the others;
-//   4. quantizes its own tiles (quantize_k_rows / store_v_rows, the K and V
-//      jobs' code), and waits for the whole cluster before it exits (its
-//      partials must outlive the others' reads).
+//   3. quantizes its tiles (quantize_k_rows / store_v_rows, the K and V
+//      jobs' code) from the last to the first: the S tiles still in shared
+//      memory first, then the others, each read again into the slot that
+//      the tile S after it freed. Their first read asked L2 to keep their
+//      lines (evict_last) and the last read of every line asks it to drop
+//      them (evict_first), so that the T - S tiles of each resident CTA,
+//      not the lines already done with, are what L2 holds between the two
+//      reads;
+//   4. waits for the whole cluster before it exits (its partials must
+//      outlive the others' reads).
 // The order of every sum is fixed by the shape, so results are deterministic;
 // the sums are ordered differently from the statistics kernel's, so a mean
 // may differ from that path's in its last bits.
@@ -810,13 +823,13 @@ static_assert(kKvClusterTileRows == kTileRows, "the cluster kernel's tiles are j
 
 template <int Dp>
 struct KvClusterShared {
-  QuantShared<Dp> sh;  // (its slice_sums hold the parts of step 2)
+  QuantShared<Dp> sh;  // (its slice_sums hold the parts of step 1)
   float partial[3][Dp];  // this CTA's statistics (sum, max, min), read by the whole cluster
 };
 
 template <int Dp>
 std::size_t kv_cluster_smem_bytes(const KvClusterShape& shape) {
-  return sizeof(KvClusterShared<Dp>) + static_cast<std::size_t>(shape.tiles_per_cta) * sizeof(JobTile<Dp>);
+  return sizeof(KvClusterShared<Dp>) + static_cast<std::size_t>(kv_cluster_held_tiles(shape, Dp)) * sizeof(JobTile<Dp>);
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -850,56 +863,66 @@ __device__ __forceinline__ Pair16<T> pair_of(float v) {
   }
 }
 
-// Step 2: this CTA's statistics over the rows of its `tiles` below nk into
-// partial[0] (sum, if `sums`), partial[1] and partial[2] (max and min, if
-// `extremes`). Ends with a barrier.
+// Step 1: a thread's share of its CTA's statistics, tile by tile (add_tile
+// in tile order), then the CTA's (publish): partial[0] (the sum, if `sums`),
+// partial[1] and partial[2] (max and min, if `extremes`).
 template <typename T, int Dp>
-__device__ void cta_partial_stats(const uint4* tiles, int tiles_here, int row_begin, int nk, bool sums, bool extremes,
-                                  KvClusterShared<Dp>& s) {
-  constexpr int kPairs = Dp / 2, kParts = kThreads / kPairs, kPartRows = kTileRows / kParts;
-  static_assert(kThreads % kPairs == 0 && kTileRows % kParts == 0 && kParts <= kWarps, "the parts fit in slice_sums");
-  using Pair = Pair16<T>;
-  const int pair = threadIdx.x % kPairs, part = threadIdx.x / kPairs;
-  float2 sum = make_float2(0.f, 0.f);
-  // The extremes on the packed pairs (exact), skipping NaN as fmaxf does
-  // (the statistics kernel's rule: a NaN in V reaches the output through its
-  // own code, not through the scale).
-  Pair hi = pair_of<T>(-INFINITY), lo = pair_of<T>(INFINITY);
-  for (int t = 0; t < tiles_here; ++t) {
+class PartialStats {
+ public:
+  __device__ PartialStats(bool sums, bool extremes)
+      : sums_(sums), extremes_(extremes), hi_(pair_of<T>(-INFINITY)), lo_(pair_of<T>(INFINITY)) {}
+
+  // The tile's first `rows` rows (those below nk).
+  __device__ void add_tile(const uint4* tile, int rows) {
     // [row][channel pair]: a warp reads 32 neighbouring pairs of one row (no bank conflicts).
-    const uint32_t* tile32 = reinterpret_cast<const uint32_t*>(tiles + static_cast<std::size_t>(t) * (kTileRows * Dp / kVec));
-    const int rows = min(kTileRows, nk - (row_begin + t * kTileRows));
-    const int end = min((part + 1) * kPartRows, rows);
+    const uint32_t* tile32 = reinterpret_cast<const uint32_t*>(tile);
+    const int end = min((part() + 1) * kPartRows, rows);
 #pragma unroll 4
-    for (int r = part * kPartRows; r < end; ++r) {
-      const uint32_t w = tile32[r * kPairs + pair];
-      if (sums) {
+    for (int r = part() * kPartRows; r < end; ++r) {
+      const uint32_t w = tile32[r * kPairs + pair()];
+      if (sums_) {
         const float2 x = to_float2<T>(w);
-        sum.x += x.x, sum.y += x.y;
+        sum_.x += x.x, sum_.y += x.y;
       }
-      if (extremes) {
-        Pair x;
+      if (extremes_) {
+        // The extremes on the packed pairs (exact), skipping NaN as fmaxf
+        // does (the statistics kernel's rule: a NaN in V reaches the output
+        // through its own code, not through the scale).
+        Pair16<T> x;
         memcpy(&x, &w, sizeof(x));
-        hi = __hmax2(hi, x), lo = __hmin2(lo, x);
+        hi_ = __hmax2(hi_, x), lo_ = __hmin2(lo_, x);
       }
     }
   }
-  uint32_t hi_bits, lo_bits;
-  memcpy(&hi_bits, &hi, sizeof(hi_bits));
-  memcpy(&lo_bits, &lo, sizeof(lo_bits));
-  const float2 mx = to_float2<T>(hi_bits), mn = to_float2<T>(lo_bits);
-  float* parts = s.sh.slice_sums;  // [kParts][Dp]
-  auto reduce_parts = [&](float2 mine, float* dst, int op) {  // op: 0 sum, 1 max, 2 min
-    parts[part * Dp + 2 * pair] = mine.x;
-    parts[part * Dp + 2 * pair + 1] = mine.y;
-    reduce_rows(parts, kParts, Dp, op, dst);
-  };
-  if (sums) reduce_parts(sum, s.partial[0], 0);
-  if (extremes) {
-    reduce_parts(mx, s.partial[1], 1);
-    reduce_parts(mn, s.partial[2], 2);
+
+  // Every thread of the CTA calls it; ends with a barrier.
+  __device__ void publish(KvClusterShared<Dp>& s) const {
+    uint32_t hi_bits, lo_bits;
+    memcpy(&hi_bits, &hi_, sizeof(hi_bits));
+    memcpy(&lo_bits, &lo_, sizeof(lo_bits));
+    float* parts = s.sh.slice_sums;  // [kParts][Dp]
+    auto reduce_parts = [&](float2 mine, float* dst, int op) {  // op: 0 sum, 1 max, 2 min
+      parts[part() * Dp + 2 * pair()] = mine.x;
+      parts[part() * Dp + 2 * pair() + 1] = mine.y;
+      reduce_rows(parts, kParts, Dp, op, dst);
+    };
+    if (sums_) reduce_parts(sum_, s.partial[0], 0);
+    if (extremes_) {
+      reduce_parts(to_float2<T>(hi_bits), s.partial[1], 1);
+      reduce_parts(to_float2<T>(lo_bits), s.partial[2], 2);
+    }
   }
-}
+
+ private:
+  static constexpr int kPairs = Dp / 2, kParts = kThreads / kPairs, kPartRows = kTileRows / kParts;
+  static_assert(kThreads % kPairs == 0 && kTileRows % kParts == 0 && kParts <= kWarps, "the parts fit in slice_sums");
+  __device__ static int pair() { return threadIdx.x % kPairs; }
+  __device__ static int part() { return threadIdx.x / kPairs; }
+
+  bool sums_, extremes_;
+  float2 sum_ = make_float2(0.f, 0.f);
+  Pair16<T> hi_, lo_;
+};
 
 #ifndef SAGE_KV_CLUSTER_MIN_BLOCKS
 #define SAGE_KV_CLUSTER_MIN_BLOCKS 5
@@ -914,9 +937,13 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
   pdl::allow_dependent_launch();
   extern __shared__ uint4 kv_cluster_smem[];
   KvClusterShared<Dp>& s = *reinterpret_cast<KvClusterShared<Dp>*>(kv_cluster_smem);
-  uint4* tiles = kv_cluster_smem + sizeof(KvClusterShared<Dp>) / sizeof(uint4);
+  uint4* slots = kv_cluster_smem + sizeof(KvClusterShared<Dp>) / sizeof(uint4);
   static_assert(sizeof(KvClusterShared<Dp>) % sizeof(uint4) == 0, "tiles start 16-byte aligned");
   constexpr int kTileChunks = kTileRows * Dp / kVec;
+  // Every slot is one commit group in flight: waiting for all but the
+  // newest kMaxHeld - 1 means waiting for the oldest. (Where the CTA holds
+  // fewer slots, their count of groups is made up with empty ones.)
+  constexpr int kMaxHeld = kv_cluster_max_held_tiles(Dp);
 
   const bool v_job = static_cast<int>(blockIdx.x) >= shape.ctas;
   const int rank = cluster_rank();
@@ -925,24 +952,45 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
   const int first_tile = rank * shape.tiles_per_cta;
   const int tiles_here = min(shape.tiles_per_cta, job_tiles(p.nk) - first_tile);
   const int row_begin = first_tile * kTileRows;
-
-  // 1. the CTA's rows.
+  const int held = kv_cluster_held_tiles(shape, Dp);
+  const int read_twice = max(0, tiles_here - held);  // tiles [0, read_twice) are read again in step 3
   const StridedInput in = v_job ? v_in : k_in;
-  for (int t = 0; t < tiles_here; ++t)
-    load_tile<T, true, Dp>(in, b, h, row_begin + t * kTileRows, p.nk, p.head_dim, tiles + t * kTileChunks);
-  cp_async_wait<0>();
-  __syncthreads();
+  auto slot = [&](int t) { return slots + (t % held) * kTileChunks; };
+  auto row0 = [&](int t) { return row_begin + t * kTileRows; };
+  // Tile t's copies as one commit group (an empty group for t out of range).
+  auto fetch = [&](int t, L2Hint hint) {
+    if (t >= 0 && t < tiles_here) {
+      load_tile<T, true, Dp>(in, b, h, row0(t), p.nk, p.head_dim, slot(t), hint);
+    } else {
+      cp_async_commit();
+    }
+  };
+  // First reads: kept in L2 for the second where there is one.
+  auto first_read_hint = [&](int t) {
+    return t < read_twice ? L2Hint::keep : (read_twice > 0 ? L2Hint::drop : L2Hint::none);
+  };
 
-  // 2. its partial statistics.
-  const bool sums = v_job ? p.smooth_v : p.smooth_k;
-  cta_partial_stats<T, Dp>(tiles, tiles_here, row_begin, p.nk, sums, v_job, s);
+  // 1. the CTA's partial statistics, a tile at a time.
+  for (int t = 0; t < kMaxHeld; ++t) fetch(t < held ? t : -1, first_read_hint(t));
+  PartialStats<T, Dp> stats(v_job ? p.smooth_v : p.smooth_k, v_job);
+  for (int t = 0; t < tiles_here; ++t) {
+    cp_async_wait<kMaxHeld - 1>();
+    __syncthreads();
+    stats.add_tile(slot(t), min(kTileRows, p.nk - row0(t)));
+    if (t + held < tiles_here) __syncthreads();  // the slot is read to the end before its refill
+    fetch(t + held < tiles_here ? t + held : -1, first_read_hint(t + held));
+  }
+  stats.publish(s);
 
-  // 3. the head's statistics, from every CTA's partials in rank order.
+  // 2. the head's statistics, from every CTA's partials in rank order.
   cluster_arrive();
   cluster_wait();
+  const bool sums = v_job ? p.smooth_v : p.smooth_k;
   for (int c = threadIdx.x; c < Dp; c += kThreads) {
     float sum = 0.f, mx = -INFINITY, mn = INFINITY;
-#pragma unroll
+    // Four ranks' loads in flight at a time: fully unrolled, the D = 64
+    // kernel spilled (48 registers, with the copies of step 3 still to come).
+#pragma unroll 4
     for (int r = 0; r < kKvClusterMaxCtas; ++r) {
       if (r >= shape.ctas) break;
       if (sums) sum += load_from_rank(&s.partial[0][c], r);
@@ -960,16 +1008,20 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
   cluster_arrive();  // done with the other CTAs' shared memory
   __syncthreads();
 
-  // 4. its tiles, quantized.
-  for (int t = 0; t < tiles_here; ++t) {
-    const int row0 = row_begin + t * kTileRows;
+  // 3. its tiles, quantized from the last to the first; tile t's slot then
+  // takes tile t - held (read again, where t - held >= 0).
+  for (int t = tiles_here - 1; t >= 0; --t) {
+    cp_async_wait<kMaxHeld - 1>();
+    __syncthreads();
     if (v_job) {
-      store_v_rows<T, Dp>(p, layout, out, bh_kv, row0, s.sh, tiles + t * kTileChunks);
+      store_v_rows<T, Dp>(p, layout, out, bh_kv, row0(t), s.sh, slot(t));
     } else {
-      quantize_k_rows<T, Dp>(p, layout, out, bh_kv, row0, s.sh, tiles + t * kTileChunks);
-      __syncthreads();  // (the group maxima are read to the end of a tile)
+      quantize_k_rows<T, Dp>(p, layout, out, bh_kv, row0(t), s.sh, slot(t));
     }
+    __syncthreads();  // the slot (and K's group maxima) read to the end
+    fetch(t - held, L2Hint::drop);
   }
+  // 4.
   cluster_wait();
   // When launched under a Q-only quantize grid (launch_typed), this grid's
   // completion must imply that one's: the attention kernel waits for this one only.
@@ -1017,7 +1069,7 @@ bool kv_clusters_fit(const KvClusterShape& shape) {
   if (const auto it = known.find(key); it != known.end()) return it->second;
   // The kernel's limit is set to the largest shape's (an attribute set for
   // a smaller shape later would fail a larger one cached as fitting).
-  const KvClusterShape largest{kKvClusterMaxCtas, kKvClusterMaxTileBytes / kv_cluster_tile_bytes(Dp)};
+  const KvClusterShape largest{kKvClusterMaxCtas, kv_cluster_max_held_tiles(Dp)};
   cudaFuncAttributes function{};
   bool refused = cudaFuncGetAttributes(&function, kernel) != cudaSuccess;
   const bool built = !refused && function.binaryVersion >= 90;
@@ -1042,13 +1094,14 @@ bool kv_clusters_fit(const KvClusterShape& shape) {
 // The cluster shape the call's K and V take, or ctas 0 for the two-kernel
 // path: allowed by the caller (PrepassProblem::allow_kv_clusters), rows the
 // cp.async copies can read (Vec), no LSE correction (its Q jobs need K's
-// mean from the statistics kernel), a head that fits (kv_cluster_shape) and
+// mean from the statistics kernel), a head that fits or may stream
+// (kv_cluster_shape, PrepassProblem::kv_stream_max_keys) and
 // a device that places the clusters. (Its grid rows, B * Hkv, are bounded
 // by validation: kGpuMaxBatchHeads.)
 template <typename T, int Dp>
 KvClusterShape kv_cluster_path(const PrepassProblem& p, bool vec) {
   if (!p.allow_kv_clusters || !vec || p.lse_correction) return {};
-  const KvClusterShape shape = kv_cluster_shape(p.nk, Dp);
+  const KvClusterShape shape = kv_cluster_shape(p.nk, Dp, p.kv_stream_max_keys);
   return shape.ctas > 0 && kv_clusters_fit<T, Dp>(shape) ? shape : KvClusterShape{};
 }
 

@@ -21,10 +21,11 @@
 //      of the attention kernel that reads the output (kSm90Geometry or
 //      kMmaGeometry); a 128-row job tile always covers whole groups.
 // Or, on sm_90 where a head's rows fit in a thread-block cluster's shared
-// memory (allow_kv_clusters, kv_quantized_in_clusters): the Q jobs alone in
-// the quantize grid, then one cluster per (batch * kv head, K or V) that
-// reads the head's rows once, reduces their statistics across the cluster
-// and quantizes them as the K and V jobs do (no statistics kernel).
+// memory, or stream through it (allow_kv_clusters, kv_stream_max_keys,
+// kv_quantized_in_clusters): the Q jobs alone in the quantize grid, then one
+// cluster per (batch * kv head, K or V) that reads the head's rows from
+// memory once, reduces their statistics across the cluster and quantizes
+// them as the K and V jobs do (no statistics kernel).
 // Head dims are padded with zeros to Dp (64 or 128) here, so the attention
 // kernel only sees its native tile widths.
 #pragma once
@@ -76,6 +77,11 @@ struct PrepassProblem {
   // caller's choice), where the call fits it (kv_quantized_in_clusters):
   // each head's rows are then read once and no statistics kernel runs.
   bool allow_kv_clusters = false;
+  // The longest heads (in keys) that the cluster kernel takes beyond those
+  // whose rows its shared memory holds: its CTAs then stream their rows
+  // twice, the second read meant to hit L2 (kv_cluster_shape). 0: only the
+  // heads that fit.
+  int kv_stream_max_keys = 0;
   // CTAs of the statistics kernel (0: one per item, every head at once).
   // Fewer, looping over the items head by head, complete the heads in order,
   // and the K and V jobs of a finished head run while the later heads are

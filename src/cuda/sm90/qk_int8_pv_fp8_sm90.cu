@@ -26,10 +26,24 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
 
 namespace {
 
+// A non-negative count from the environment variable `name`, or `fallback`
+// where it is unset, empty or not such a number (read per call: A/B timings
+// in one build, and the tests).
+int count_from_env(const char* name, int fallback) {
+  const char* env = std::getenv(name);
+  if (env != nullptr && *env != '\0') {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (*end == '\0' && n >= 0 && n <= (1L << 30)) return static_cast<int>(n);
+  }
+  return fallback;
+}
+
 quant::PrepassProblem prepass_problem(const AttentionArgs& args, const AttentionOptions& o) {
   quant::PrepassProblem p = fwd::prepass_problem(args, o, kSm90Geometry, quant::VFormat::fp8_e4m3_transposed);
   const char* env = std::getenv("SAGE_PREPASS_KV_CLUSTERS");
   p.allow_kv_clusters = env == nullptr || std::strcmp(env, "0") != 0;
+  p.kv_stream_max_keys = count_from_env("SAGE_PREPASS_KV_STREAM_KEYS", kKvStreamMaxKeys);
   return p;
 }
 
@@ -41,17 +55,8 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
 // even; 2 per SM about +1.0% / -0.4% (from session 19's runs). Not measured
 // at 8K-16K keys, nor at D=64.
 // SAGE_PREPASS_STATS_CTAS overrides the count (0: one CTA per item, every
-// head at once; unset, empty or not a number: the default), for A/B timings
-// and the tests (read per call).
-int statistics_ctas(int sm_count) {
-  const char* env = std::getenv("SAGE_PREPASS_STATS_CTAS");
-  if (env != nullptr && *env != '\0') {
-    char* end = nullptr;
-    const long ctas = std::strtol(env, &end, 10);
-    if (*end == '\0' && ctas >= 0 && ctas <= (1L << 30)) return static_cast<int>(ctas);
-  }
-  return sm_count * 3 / 2;
-}
+// head at once).
+int statistics_ctas(int sm_count) { return count_from_env("SAGE_PREPASS_STATS_CTAS", sm_count * 3 / 2); }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {

@@ -33,6 +33,13 @@ std::string unsupported_reason(const AttentionOptions& options, std::int64_t hea
 inline constexpr std::int64_t kMaxKeysQInKernelD128 = 2048;
 inline constexpr std::int64_t kMaxKeysQInKernelD128Causal = 4096;
 
+// The longest heads whose K and V the pre-pass's cluster kernel streams
+// (quant::PrepassProblem::kv_stream_max_keys: rows read twice, the second
+// time meant to come from L2; the heads it holds whole in shared memory reach
+// 2048 keys at D = 128, 4096 at D = 64). SAGE_PREPASS_KV_STREAM_KEYS
+// overrides it (read per call; 0: held heads only).
+inline constexpr int kKvStreamMaxKeys = 16384;
+
 // Whether the attention kernel quantizes the call's Q itself (the pre-pass
 // then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
 // correction, Q rows TMA can read and out not sharing Q's memory, D = 64 or
