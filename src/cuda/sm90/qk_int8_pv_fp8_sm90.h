@@ -36,8 +36,11 @@ inline constexpr std::int64_t kMaxKeysQInKernelD128Causal = 4096;
 // The longest heads whose K and V the pre-pass's cluster kernel streams
 // (quant::PrepassProblem::kv_stream_max_keys: rows read twice, the second
 // time meant to come from L2; the heads it holds whole in shared memory reach
-// 2048 keys at D = 128, 4096 at D = 64). SAGE_PREPASS_KV_STREAM_KEYS
-// overrides it (read per call; 0: held heads only).
+// 2048 keys at D = 128, 4096 at D = 64). H200, GPU time of whole calls against
+// the statistics kernel + K/V jobs (docs/perf-notes.md, session 21): D = 128
+// -0.3..-0.8% at 4K, -0.4..-1.9% at 8K, 0..-0.6% at 16K; D = 64 -0.4..-0.6% at
+// 8K-16K. Past 16384 keys not measured. SAGE_PREPASS_KV_STREAM_KEYS overrides
+// it (read per call; 0: held heads only).
 inline constexpr int kKvStreamMaxKeys = 16384;
 
 // Whether the attention kernel quantizes the call's Q itself (the pre-pass
