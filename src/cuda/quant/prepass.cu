@@ -788,8 +788,10 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
 
 // ---- 3. K or V of one head in a thread-block cluster (sm_90) ------------------
 // This kernel replaces the statistics kernel and the K and V jobs where the
-// call allows (kv_cluster_shape): each head's rows are read from memory
-// once, and no CTA waits for CTAs outside its cluster (the statistics
+// call allows (kv_cluster_shape): each head's rows are read once where they
+// fit in the cluster's shared memory, and past that twice by the same CTA
+// (the second read meant to hit L2), and no CTA waits for CTAs outside its
+// cluster (the statistics
 // kernel's second read of K and V, and the wait of every K and V job for
 // that whole grid, as the two-kernel path had it until session 19, cost
 // 8-16% of a call at 1K-4K keys: docs/perf-notes.md, session 8). One cluster
@@ -813,7 +815,10 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
 //      lines (evict_last) and the last read of every line asks it to drop
 //      them (evict_first), so that the T - S tiles of each resident CTA,
 //      not the lines already done with, are what L2 holds between the two
-//      reads;
+//      reads. (They fit it at 4K keys, D = 128: 142 MB read for 134 MB of K
+//      and V; not at 8K, where three CTAs per SM hold ~76 MB to re-read and
+//      the kernel read 418 MB for 268: docs/perf-notes.md, session 21.)
+//      A CTA that re-reads nothing reads without hints;
 //   4. waits for the whole cluster before it exits (its partials must
 //      outlive the others' reads).
 // The order of every sum is fixed by the shape, so results are deterministic;
@@ -895,7 +900,8 @@ class PartialStats {
     }
   }
 
-  // Every thread of the CTA calls it; ends with a barrier.
+  // Every thread of the CTA calls it; ends with a barrier where it reduces
+  // anything (K without smooth_k has nothing to publish).
   __device__ void publish(KvClusterShared<Dp>& s) const {
     uint32_t hi_bits, lo_bits;
     memcpy(&hi_bits, &hi_, sizeof(hi_bits));
@@ -965,7 +971,8 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
       cp_async_commit();
     }
   };
-  // First reads: kept in L2 for the second where there is one.
+  // First reads: kept in L2 for this CTA's second where there is one; the
+  // others dropped first, where the CTA reads any tile twice.
   auto first_read_hint = [&](int t) {
     return t < read_twice ? L2Hint::keep : (read_twice > 0 ? L2Hint::drop : L2Hint::none);
   };

@@ -23,9 +23,10 @@
 // Or, on sm_90 where a head's rows fit in a thread-block cluster's shared
 // memory, or stream through it (allow_kv_clusters, kv_stream_max_keys,
 // kv_quantized_in_clusters): the Q jobs alone in the quantize grid, then one
-// cluster per (batch * kv head, K or V) that reads the head's rows from
-// memory once, reduces their statistics across the cluster and quantizes
-// them as the K and V jobs do (no statistics kernel).
+// cluster per (batch * kv head, K or V) that reads the head's rows (once
+// where they fit, else twice from the same CTA, the second read meant to hit
+// L2), reduces their statistics across the cluster and quantizes them as the
+// K and V jobs do (no statistics kernel).
 // Head dims are padded with zeros to Dp (64 or 128) here, so the attention
 // kernel only sees its native tile widths.
 #pragma once
@@ -75,7 +76,7 @@ struct PrepassProblem {
   bool q_in_attention = false;
   // K and V may be quantized by the cluster kernel (sm_90 devices: the
   // caller's choice), where the call fits it (kv_quantized_in_clusters):
-  // each head's rows are then read once and no statistics kernel runs.
+  // no statistics kernel runs, and no CTA waits for another cluster.
   bool allow_kv_clusters = false;
   // The longest heads (in keys) that the cluster kernel takes beyond those
   // whose rows its shared memory holds: its CTAs then stream their rows

@@ -52,7 +52,7 @@ inline constexpr int kKvStreamMaxKeys = 16384;
 bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
 
 // Whether the pre-pass quantizes the call's K and V with its cluster kernel
-// (quant::kv_quantized_in_clusters: one read of each head's rows, no
+// (quant::kv_quantized_in_clusters: each head's rows read by one cluster, no
 // statistics kernel) on the current device, unless SAGE_PREPASS_KV_CLUSTERS
 // is "0" (the two-kernel path everywhere: A/B timing in one build, and the
 // tests' comparison of the paths; read per call). Tests use it to know which
