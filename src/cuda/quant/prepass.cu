@@ -959,7 +959,7 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
   const int tiles_here = min(shape.tiles_per_cta, job_tiles(p.nk) - first_tile);
   const int row_begin = first_tile * kTileRows;
   const int held = kv_cluster_held_tiles(shape, Dp);
-  const int read_twice = max(0, tiles_here - held);  // tiles [0, read_twice) are read again in step 3
+  const int read_twice = max(0, tiles_here - held);  // tiles [0, read_twice) are read (again) in step 3
   const StridedInput in = v_job ? v_in : k_in;
   auto slot = [&](int t) { return slots + (t % held) * kTileChunks; };
   auto row0 = [&](int t) { return row_begin + t * kTileRows; };
@@ -977,10 +977,14 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
     return t < read_twice ? L2Hint::keep : (read_twice > 0 ? L2Hint::drop : L2Hint::none);
   };
 
-  // 1. the CTA's partial statistics, a tile at a time.
-  for (int t = 0; t < kMaxHeld; ++t) fetch(t < held ? t : -1, first_read_hint(t));
-  PartialStats<T, Dp> stats(v_job ? p.smooth_v : p.smooth_k, v_job);
-  for (int t = 0; t < tiles_here; ++t) {
+  // 1. the CTA's partial statistics, a tile at a time. K without smooth_k
+  // has none: only the tiles that step 3 finds in their slots are read here
+  // (no refills), the others once, in step 3.
+  const bool sums = v_job ? p.smooth_v : p.smooth_k;
+  const int first = v_job || sums ? 0 : read_twice;
+  for (int i = 0; i < kMaxHeld; ++i) fetch(i < held ? first + i : -1, first_read_hint(first + i));
+  PartialStats<T, Dp> stats(sums, v_job);
+  for (int t = first; t < tiles_here; ++t) {
     cp_async_wait<kMaxHeld - 1>();
     __syncthreads();
     stats.add_tile(slot(t), min(kTileRows, p.nk - row0(t)));
@@ -992,7 +996,6 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
   // 2. the head's statistics, from every CTA's partials in rank order.
   cluster_arrive();
   cluster_wait();
-  const bool sums = v_job ? p.smooth_v : p.smooth_k;
   for (int c = threadIdx.x; c < Dp; c += kThreads) {
     float sum = 0.f, mx = -INFINITY, mn = INFINITY;
     // Four ranks' loads in flight at a time: fully unrolled, the D = 64
