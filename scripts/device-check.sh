@@ -42,6 +42,14 @@ if [[ $mode == gtests || $mode == tests || $mode == all ]]; then
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 build-dev/tests/sage_gpu_tests --gtest_filter='*Small*' \
     >"$out/memcheck.log" 2>&1
   summary+=("memcheck (Small tests): rc=$? $(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)")
+  # Shared-memory races and barrier misuse in the kernels with the most
+  # hand-written synchronization: the pre-pass's cluster kernel (held and
+  # streamed heads, its ring refilled) and the attention kernel behind it.
+  for tool in racecheck synccheck; do
+    timeout 90 compute-sanitizer --tool $tool --error-exitcode 9 build-dev/tests/sage_gpu_tests \
+      --gtest_filter='*KvClusters*Small*' >"$out/$tool.log" 2>&1
+    summary+=("$tool (Small cluster tests): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.log" | tail -1)")
+  done
   sass=$(cuobjdump --dump-sass build-dev/src/libsage_attention.a 2>/dev/null)
   summary+=("SASS: IGMMA=$(grep -c IGMMA <<<"$sass") QGMMA=$(grep -c QGMMA <<<"$sass") LDL/STL=$(grep -cE 'LDL|STL' <<<"$sass")")
   ctest --test-dir build-dev -L cpu -j16 >"$out/cpu-tests.log" 2>&1

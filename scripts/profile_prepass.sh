@@ -16,7 +16,15 @@ q, k, v = [torch.randn(2, 32, $n, 128, dtype=torch.bfloat16, device='cuda') for 
 s.sageattn(q, k, v, is_causal=$causal); torch.cuda.synchronize()"
 timeout 200 ncu --kernel-name regex:'kv_stats|quantize_kernel|kv_cluster' --launch-count 2 \
   --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
-  --section LaunchStats --section SchedulerStats -f -o "$out/prepass" python3 -c "$call" >"$out/ncu-prepass.log" 2>&1
+  --section LaunchStats --section SchedulerStats --section InstructionStats --section SourceCounters \
+  -f -o "$out/prepass" python3 -c "$call" >"$out/ncu-prepass.log" 2>&1
 tail -2 "$out/ncu-prepass.log"
 ncu --import "$out/prepass.ncu-rep" --page details >"$out/ncu-prepass.txt" 2>&1
-grep -E "^  [a-z]|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Issue Slots Busy|Warp Cycles Per Issued|Stall" "$out/ncu-prepass.txt" | head -60
+grep -E "^  [a-z]|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Issue Slots Busy|Warp Cycles Per Issued|Executed Instructions  |Stall" "$out/ncu-prepass.txt" | head -60
+# What the warps wait on, per kernel: the stall reasons' share of the cycles between issues.
+ncu --import "$out/prepass.ncu-rep" --page raw 2>/dev/null |
+  grep -E "^  [a-z]|smsp__average_warps_issue_stalled_[a-z_]+_per_issue_active.ratio" | awk '/^  [a-z]/ || $NF+0 > 0.1' \
+  >"$out/ncu-prepass-stalls.txt"
+cat "$out/ncu-prepass-stalls.txt"
+# The samples per SASS instruction (where in the kernel the warps wait).
+ncu --import "$out/prepass.ncu-rep" --page source --csv --print-source sass >"$out/ncu-prepass-sass.csv" 2>&1

@@ -469,6 +469,16 @@ std::vector<Case> kv_cluster_cases() {
        .return_lse = false, .storage = Storage::padded},
       {.b = 1, .hq = 2, .hkv = 2, .nq = 33, .nk = 11000, .d = 128, .causal = true, .align = BR, .smooth_v = true,
        .return_lse = false, .dist = D::heavy_tailed},
+      // The ring's corners: D = 64 CTAs of 9 tiles through 4 slots (slot 0
+      // holds tiles 0, 4 and 8: refilled twice in each pass); D = 128 CTAs of
+      // 3 tiles where the last CTA has one (fewer tiles than its 2 slots,
+      // with a partial last tile); and the longest streamed head.
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 50, .nk = 9000, .d = 64, .layout = NHD, .return_lse = false,
+       .dist = D::heavy_tailed},
+      {.b = 1, .hq = 2, .hkv = 1, .nq = 130, .nk = 2400, .d = 128, .smooth_k = false, .return_lse = true,
+       .dist = D::channel_bias},
+      {.b = 1, .hq = 2, .hkv = 1, .nq = 16, .nk = sage::sm90::kKvStreamMaxKeys, .d = 128, .smooth_k = false,
+       .return_lse = false},
   };
 }
 
