@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# On a GPU machine: build, run the GPU tests (plus a compute-sanitizer pass
-# on the small ones), check the SASS for the tensor-core instructions, run
+# On a GPU machine: build, run the GPU tests (plus compute-sanitizer: memcheck
+# of the small ones, racecheck and synccheck of the small cluster cases),
+# check the SASS for the tensor-core instructions, run
 # the Python tests (tests/python, GPU ones included) and the transformers
 # example, build the Python package and run the benchmark. Logs and JSON go to $OUT (or
 # ./device-out). Usage: scripts/device-check.sh [gtests|pytests|tests|bench|all|pip] [--quick]
 # (tests = gtests + pytests; one device call holds at most 10 minutes, so the
-# parts can run as separate calls over the same build directory).
+# parts can run as separate calls over the same build directory; any other
+# mode, e.g. `none`, only builds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
