@@ -21,10 +21,9 @@ timeout 200 ncu --kernel-name regex:'kv_stats|quantize_kernel|kv_cluster' --laun
 tail -2 "$out/ncu-prepass.log"
 ncu --import "$out/prepass.ncu-rep" --page details >"$out/ncu-prepass.txt" 2>&1
 grep -E "^  [a-z]|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Issue Slots Busy|Warp Cycles Per Issued|Executed Instructions  |Stall" "$out/ncu-prepass.txt" | head -60
-# What the warps wait on, per kernel: the stall reasons' share of the cycles between issues.
+# What the warps wait on, per kernel: the PC samples by stall reason ("selected": issuing).
 ncu --import "$out/prepass.ncu-rep" --page raw 2>/dev/null |
-  grep -E "^  [a-z]|smsp__average_warps_issue_stalled_[a-z_]+_per_issue_active.ratio" | awk '/^  [a-z]/ || $NF+0 > 0.1' \
-  >"$out/ncu-prepass-stalls.txt"
+  grep -E "Context [0-9]|smsp__pcsamp_warps_issue_stalled_[a-z_]+ " | grep -v _not_issued >"$out/ncu-prepass-stalls.txt"
 cat "$out/ncu-prepass-stalls.txt"
 # The samples per SASS instruction (where in the kernel the warps wait).
 ncu --import "$out/prepass.ncu-rep" --page source --csv --print-source sass >"$out/ncu-prepass-sass.csv" 2>&1
