@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# On a GPU machine, after scripts/device-check.sh built build-dev: where the time of one
-# end-to-end call goes (B=2, H=32, D=128, bf16, non-causal; N from $1, default 4096):
-# GPU time of each kernel, and one ncu profile of each pre-pass kernel (throughput,
-# occupancy, stall reasons). Output in $OUT.
+# On a GPU machine, after scripts/device-check.sh built build-dev: one ncu profile of each
+# pre-pass kernel of one end-to-end call (B=2, H=32, D=128, bf16; N from $1, default 4096;
+# is_causal from $2, True or False, default False): its duration, throughput, occupancy, the
+# PC samples by stall reason and per SASS instruction. Output in $OUT; a device call brings
+# back only a few files, so end it with scripts/pack_out.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-device-out}

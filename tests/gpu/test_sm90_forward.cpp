@@ -427,7 +427,7 @@ TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
 // Calls whose K and V the pre-pass's cluster kernel quantizes (one cluster
 // per head and tensor; sm90::quantizes_kv_in_clusters), over the cluster
 // shapes (one to four 128-row tiles per CTA held in shared memory, up to 8
-// CTAs; and heads that stream through those slots, with one to nine of a
+// CTAs; and heads that stream through those slots, with one to fourteen of a
 // CTA's tiles read twice), partial
 // last tiles and single keys, head dims padded inside the tiles, GQA,
 // layouts, dtypes, granularities and smoothing, with Q quantized in the
