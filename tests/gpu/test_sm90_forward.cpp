@@ -551,6 +551,23 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
 
 // ------------------------------------------------------------------ statistics schedule
 
+// Runs call c twice on a workspace of 32-bit ones (which reads as set flags
+// and non-zero counters: the pre-pass must reset what it relies on) and
+// expects out (and the LSE) bit for bit as in `expected`, the run of
+// another schedule (named by `what`).
+void expect_same_bits_from_dirty_workspace(const Case& c, const sage::ref::Inputs& in, int device,
+                                           const GpuResult& expected, const char* what) {
+  GpuResult r;
+  ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &r, /*repeat=*/true, /*workspace_word=*/1u));
+  ASSERT_EQ(r.out.size(), expected.out.size());
+  EXPECT_EQ(std::memcmp(r.out.data(), expected.out.data(), r.out.size() * sizeof(float)), 0)
+      << "out differs from " << what;
+  if (c.return_lse) {
+    EXPECT_EQ(std::memcmp(r.lse.data(), expected.lse.data(), r.lse.size() * sizeof(float)), 0)
+        << "lse differs from " << what;
+  }
+}
+
 // Calls on the two-kernel path (statistics kernel, then the quantize grid's
 // K and V jobs, each waiting for its own head's statistics flags), run with
 // the statistics kernel's items spread over one CTA per item (every head at
@@ -598,19 +615,65 @@ TEST_P(Sm90StatsSchedule, EveryScheduleGivesTheSameBits) {
   for (const char* ctas : {"1", "3", ""}) {  // "": the default count
     SCOPED_TRACE(std::string("SAGE_PREPASS_STATS_CTAS=") + ctas);
     ScopedEnv env("SAGE_PREPASS_STATS_CTAS", ctas);
-    GpuResult r;
-    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &r, /*repeat=*/true, /*workspace_word=*/1u));
-    ASSERT_EQ(r.out.size(), all_at_once.out.size());
-    EXPECT_EQ(std::memcmp(r.out.data(), all_at_once.out.data(), r.out.size() * sizeof(float)), 0)
-        << "out differs from the one-CTA-per-item schedule";
-    if (c.return_lse) {
-      EXPECT_EQ(std::memcmp(r.lse.data(), all_at_once.lse.data(), r.lse.size() * sizeof(float)), 0)
-          << "lse differs from the one-CTA-per-item schedule";
-    }
+    expect_same_bits_from_dirty_workspace(c, in, device(), all_at_once, "the one-CTA-per-item schedule");
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Sm90, Sm90StatsSchedule, ::testing::ValuesIn(stats_schedule_cases()), case_name);
+
+// ------------------------------------------------------------------ work-item schedule
+
+// The persistent kernel's items (qk_int8_pv_fp8_sm90_scheduler.cuh) run
+// over capped grids (SAGE_SM90_CTAS: 1, 3 and 7 CTAs, so that causal calls
+// that claim take most of their items from the workspace counter, and 64,
+// few items per CTA), with claims forced on and off (SAGE_SM90_CLAIMS; the
+// D = 128 instances that quantize Q never claim) and other causal window
+// orders (SAGE_SM90_WINDOW_HEADS): each item's arithmetic does not depend
+// on which CTA runs it or when, so every schedule must give the default's
+// bits. The capped runs start from a workspace of 32-bit ones (claim
+// counters that must be zeroed by the pre-pass) and run twice on it.
+// Cases: GQA with bottom-right alignment and Nq != Nk; rows that see no key
+// (Nq > Nk, bottom-right: items of zero key tiles); D = 64 with top-left
+// alignment and LSE; smooth_q (its key-offset warps read the published
+// items too); a non-causal call (static rounds).
+std::vector<Case> schedule_cases() {
+  using namespace case_table;
+  return {
+      {.small = true, .b = 2, .hq = 6, .hkv = 2, .nq = 700, .nk = 900, .d = 128, .causal = true, .align = BR},
+      {.small = true, .b = 1, .hq = 4, .hkv = 4, .nq = 900, .nk = 300, .d = 128, .causal = true, .align = BR,
+       .return_lse = false},
+      {.b = 1, .hq = 5, .hkv = 5, .nq = 1531, .nk = 1531, .d = 64, .causal = true, .dtype = FP16},
+      {.b = 1, .hq = 3, .hkv = 3, .nq = 1000, .nk = 1000, .d = 128, .causal = true, .return_lse = false,
+       .smooth_q = true},
+      {.b = 1, .hq = 3, .hkv = 1, .nq = 2000, .nk = 777, .d = 128, .return_lse = false},
+  };
+}
+
+class Sm90WorkSchedule : public Sm90Test, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(Sm90WorkSchedule, EveryScheduleGivesTheSameBits) {
+  const Case& c = GetParam();
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
+  const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
+  GpuResult reference;
+  ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &reference));
+  EXPECT_EQ(count_nonfinite(reference.out), 0);
+  for (const char* ctas : {"1", "3", "7", "64"}) {
+    for (const char* claims : {"1", "0"}) {
+      for (const char* window : {"", "1", "3"}) {
+        SCOPED_TRACE(std::string("SAGE_SM90_CTAS=") + ctas + " SAGE_SM90_CLAIMS=" + claims +
+                     " SAGE_SM90_WINDOW_HEADS=" + window);
+        ScopedEnv cap("SAGE_SM90_CTAS", ctas);
+        ScopedEnv claim("SAGE_SM90_CLAIMS", claims);
+        ScopedEnv order("SAGE_SM90_WINDOW_HEADS", window);
+        expect_same_bits_from_dirty_workspace(c, in, device(), reference, "the default schedule");
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sm90, Sm90WorkSchedule, ::testing::ValuesIn(schedule_cases()), case_name);
 
 TEST_F(Sm90Forward, PublishedAccuracyGaussianN4096D128) {
   Case c;  // default options (per-warp INT8 QK, smooth K, FP8 PV), bf16, HND, plus return_lse
@@ -864,6 +927,52 @@ TEST_F(Sm90Forward, Offsets64BitManyHeads) {
     const double lse_err = check_lse("sampled head lse vs exact", got_lse, ex_lse,
                                      std::vector<std::int64_t>(got_lse.size(), N), exact_lse_tol(bounds));
     print_metrics("sm90-64bit", "B=2 H=4608 N=2048 D=128, head " + std::to_string(h), r.seed, nullptr, m, 0, lse_err);
+  }
+}
+
+// The kernel alone (as the benchmark's kernel-only timing runs it, with no
+// pre-pass to zero the claim counters) launched again and again on one
+// workspace: each launch must leave the counters at zero for the next, or
+// the next one's CTAs claim past items they never run (poisoned rows).
+TEST_F(Sm90Forward, KernelAloneRelaunchedClaimsEveryItem) {
+  constexpr std::int64_t B = 1, H = 8, N = 1000, D = 64;
+  DeviceBuffer<std::uint16_t> q{B * H * N * D}, k{B * H * N * D}, v{B * H * N * D}, out{B * H * N * D};
+  for (cudaError_t e : {q.status(), k.status(), v.status(), out.status()}) SAGE_CUDA_CHECK(e);
+  std::vector<std::uint16_t> host(static_cast<std::size_t>(B * H * N * D));
+  std::uint64_t tensor = 0;
+  for (DeviceBuffer<std::uint16_t>* t : {&q, &k, &v}) {
+    for (std::size_t i = 0; i < host.size(); ++i) host[i] = sage::num::float_to_bf16(hashed_normal(11, tensor, i));
+    SAGE_CUDA_CHECK(t->copy_from(host));
+    ++tensor;
+  }
+  AttentionArgs args;
+  args.q = sage::make_contiguous_view(q.data(), DType::bf16, {B, H, N, D}, device());
+  args.k = sage::make_contiguous_view(k.data(), DType::bf16, {B, H, N, D}, device());
+  args.v = sage::make_contiguous_view(v.data(), DType::bf16, {B, H, N, D}, device());
+  args.out = sage::make_contiguous_view(out.data(), DType::bf16, {B, H, N, D}, device());
+  AttentionOptions options;
+  options.causal = true;
+  ScopedEnv cap("SAGE_SM90_CTAS", "3");  // 48 items of 192 rows: all but 6 claimed
+  ScopedEnv claim("SAGE_SM90_CLAIMS", "1");
+  std::size_t ws_bytes = 0;
+  ASSERT_TRUE(sage::attention_workspace_size(args, options, &ws_bytes).is_ok());
+  DeviceBuffer<unsigned char> ws(ws_bytes);
+  SAGE_CUDA_CHECK(ws.status());
+  SAGE_CUDA_CHECK(cudaMemset(ws.data(), 0xFF, ws_bytes));
+  SAGE_CUDA_CHECK(cudaMemset(out.data(), 0xFF, out.size() * sizeof(std::uint16_t)));
+  ASSERT_TRUE(sage::attention_forward(args, options, ws.data(), ws_bytes, nullptr).is_ok());
+  SAGE_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<std::uint16_t> first;
+  SAGE_CUDA_CHECK(out.copy_to(first));
+  EXPECT_EQ(std::count(first.begin(), first.end(), kPoison16), 0) << "the whole call left rows unwritten";
+  for (int launch = 0; launch < 3; ++launch) {
+    SCOPED_TRACE("kernel-only launch " + std::to_string(launch));
+    SAGE_CUDA_CHECK(cudaMemset(out.data(), 0xFF, out.size() * sizeof(std::uint16_t)));
+    ASSERT_TRUE(sage::detail::gpu_attention_kernel_only(args, options, ws.data(), ws_bytes, nullptr).is_ok());
+    SAGE_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<std::uint16_t> again;
+    SAGE_CUDA_CHECK(out.copy_to(again));
+    EXPECT_TRUE(again == first) << std::count(again.begin(), again.end(), kPoison16) << " elements left poisoned";
   }
 }
 

@@ -56,41 +56,11 @@ __device__ __forceinline__ CtaWork cta_work(const ForwardParams& p) {
   return work_of<T>(p, T::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x, blockIdx.y);
 }
 
-// Persistent CTAs: work item `item` of the order a (query tiles, B * Hq)
-// grid launches in: a head's query tiles are consecutive (CTAs running at
-// the same time share its K and V in L2), causal ones longest first.
+// Work items of the persistent kernels: one per query tile and (batch,
+// query head); their order is the kernel's (sm90: qk_int8_pv_fp8_sm90_scheduler.cuh).
 template <class T>
 __device__ __forceinline__ int work_items(const ForwardParams& p) {
   return query_tiles<T>(p) * p.batch_heads;
-}
-// The work item of this CTA in round `round` (persistent launches): rounds
-// of gridDim.x consecutive items, walked forward in even rounds and backward
-// in odd ones, so that causal tiles of unequal work pair up (with a plain
-// round robin, CTA c of a 132-CTA grid met only the query tiles of one
-// residue class c mod 4 of every head at N=4096: 20% more work for some).
-__device__ __forceinline__ int cta_item(int round) {
-  const int slot = round % 2 == 0 ? blockIdx.x : gridDim.x - 1 - blockIdx.x;
-  return round * gridDim.x + slot;
-}
-template <class T>
-__device__ __forceinline__ CtaWork item_work(const ForwardParams& p, int item) {
-  const int q_tiles = query_tiles<T>(p);
-  const int i = item % q_tiles;
-  return work_of<T>(p, T::kCausal ? q_tiles - 1 - i : i, item / q_tiles);
-}
-
-// Persistent CTAs: f(w, j, it0) for each of this CTA's work items in order,
-// w its work, j its round, it0 the count of key tiles of the CTA's earlier
-// items (where the item's tiles start in a ring of K/V buffers that runs on
-// across items). Every warp role of a kernel walks the same sequence.
-template <class T, class F>
-__device__ __forceinline__ void for_each_item(const ForwardParams& p, F&& f) {
-  int it0 = 0;
-  for (int j = 0, item = cta_item(0); item < work_items<T>(p); item = cta_item(++j)) {
-    const CtaWork w = item_work<T>(p, item);
-    f(w, j, it0);
-    it0 += w.n_tiles;
-  }
 }
 
 template <typename OutT>

@@ -106,6 +106,15 @@ __device__ __forceinline__ void atomic_max_nonneg(float* slot, float v) {
 // read before any K / V job runs, and the hints' effect was not measured.
 __device__ __forceinline__ bool l2_hints_for_second_read(const PrepassProblem& p) { return p.stats_ctas > 0; }
 
+// The attention kernel's claim counters to zero, by the first thread of a
+// grid: the quantize grid and the cluster kernel, one of which is the
+// pre-pass's last grid, the one the attention kernel waits for (a grid
+// that runs before it zeroes them too, harmlessly: nothing claims until
+// the attention kernel's wait returns).
+__device__ __forceinline__ void zero_item_claims(const PrepassBuffers& out) {
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) out.item_claims[0] = out.item_claims[1] = 0;
+}
+
 // ---- 1. statistics ----------------------------------------------------------
 // Reduces each channel of `red` ([rows][dp] floats, one row per lane group
 // of the caller, written before the call) over its rows in row order into
@@ -770,6 +779,7 @@ __global__ void __launch_bounds__(kThreads, SAGE_PREPASS_MIN_BLOCKS)
   // The attention kernel waits for this grid before it reads anything; it may
   // launch and run its prologue while the last tiles are quantized.
   pdl::allow_dependent_launch();
+  zero_item_claims(out);
   __shared__ QuantJobShared<Dp> js;
   const QuantizeJobs jobs = quantize_jobs(p);
   const int job = blockIdx.x;
@@ -941,6 +951,7 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
   // The next kernel (the attention kernel, which quantizes Q itself before
   // it waits for this grid) may start on SMs this grid leaves.
   pdl::allow_dependent_launch();
+  zero_item_claims(out);
   extern __shared__ uint4 kv_cluster_smem[];
   KvClusterShared<Dp>& s = *reinterpret_cast<KvClusterShared<Dp>*>(kv_cluster_smem);
   uint4* slots = kv_cluster_smem + sizeof(KvClusterShared<Dp>) / sizeof(uint4);
@@ -1254,6 +1265,7 @@ PrepassLayout make_prepass_layout(const PrepassProblem& p) {
   l.off_k_partial = take(sizeof(float) * bhk * l.chunks * dp);
   l.off_v_partial = take(sizeof(float) * bhk * l.chunks * 3 * dp);
   l.off_stats_ready = take(sizeof(int) * bhk * l.chunks);
+  l.off_item_claims = take(2 * sizeof(int));
   l.bytes = at;
   return l;
 }
@@ -1277,6 +1289,7 @@ PrepassBuffers PrepassLayout::carve(void* workspace) const {
   b.k_partial = reinterpret_cast<float*>(base + off_k_partial);
   b.v_partial = reinterpret_cast<float*>(base + off_v_partial);
   b.stats_ready = reinterpret_cast<int*>(base + off_stats_ready);
+  b.item_claims = reinterpret_cast<int*>(base + off_item_claims);
   return b;
 }
 

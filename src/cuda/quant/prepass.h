@@ -104,6 +104,10 @@ struct PrepassBuffers {
   float* k_partial = nullptr;    // [B*Hkv][chunks][Dp]
   float* v_partial = nullptr;    // [B*Hkv][chunks][3][Dp]
   int* stats_ready = nullptr;    // [B*Hkv][chunks]: 1 once that chunk's partials are written
+  // [2]: the sm90 attention kernel's work-item claim counters
+  // (qk_int8_pv_fp8_sm90_scheduler.cuh), zeroed by the pre-pass's kernel
+  // that the attention kernel waits for.
+  int* item_claims = nullptr;
 };
 
 struct PrepassLayout {
@@ -123,7 +127,7 @@ struct PrepassLayout {
   friend PrepassLayout make_prepass_layout(const PrepassProblem& p);
   std::size_t off_q = 0, off_k = 0, off_vt = 0, off_q_scale = 0, off_k_scale = 0, off_v_scale = 0,
               off_v_mean = 0, off_lse_corr = 0, off_q_mean = 0, off_k_partial = 0, off_v_partial = 0,
-              off_stats_ready = 0;
+              off_stats_ready = 0, off_item_claims = 0;
 };
 
 PrepassLayout make_prepass_layout(const PrepassProblem& p);

@@ -58,6 +58,35 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
 // head at once).
 int statistics_ctas(int sm_count) { return count_from_env("SAGE_PREPASS_STATS_CTAS", sm_count * 3 / 2); }
 
+// CTAs of the persistent attention kernel: one per SM. SAGE_SM90_CTAS caps
+// them (0 or unset: no cap), and SAGE_SM90_WINDOW_HEADS sets the heads per
+// window of the causal item order (0 or unset: causal_window_heads): the
+// tests run the work-item schedule over few CTAs and other orders, which
+// must give the same bits.
+int persistent_ctas(int sm_count) {
+  const int cap = count_from_env("SAGE_SM90_CTAS", 0);
+  return cap > 0 && cap < sm_count ? cap : sm_count;
+}
+
+// Whether a causal launch claims its items (past each CTA's first two
+// rounds) instead of taking static rounds: where the static rounds leave
+// the busiest CTA more than kCausalClaimsAbove over the mean work in the
+// item model (static_rounds_imbalance), on a persistent grid, in the
+// instances that may (FwdTraits::kMayClaimItems: not the D = 128 ones that
+// quantize Q). H200, GPU time (docs/perf-notes.md, session 24): claims
+// measured -8..-13% of the kernel at D=64 B=2 H=32 (192-row items: static
+// 1.10-1.15 in the model), -18..-22% at D=64 B=1 H=16. SAGE_SM90_CLAIMS=1
+// or 0 forces it where the instance may claim (the tests run both).
+bool claims_items(const QkInt8PvFp8Params& p, const quant::PrepassProblem& pp, int dp, int ctas) {
+  if (pp.nq > kCausalPersistentMaxRows) return false;  // one CTA per item: nothing to claim
+  if (steps_across_items(dp, pp.smooth_q, pp.q_in_attention)) return false;
+  const char* env = std::getenv("SAGE_SM90_CLAIMS");
+  if (env != nullptr && std::strcmp(env, "1") == 0) return true;
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  const int block_q = query_block_rows(dp, pp.smooth_q, pp.q_in_attention);
+  return static_rounds_imbalance(p.batch_heads, pp.nq, pp.nk, block_q, p.causal_shift, ctas) > kCausalClaimsAbove;
+}
+
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
     void* ptr = nullptr;
@@ -245,8 +274,15 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   SAGE_RETURN_IF_ERROR(
       make_tensor_map(&p.tmap_vt, buf.vt, layout.nk_padded, dp, std::uint64_t(pp.batch) * pp.heads_kv, 128, dp));
 
-  const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, pp.q_in_attention, o.causal, pp.bf16, device.sm_count, s)
-                                   : launch_for_dp<128>(p, pp.q_in_attention, o.causal, pp.bf16, device.sm_count, s);
+  const int ctas = persistent_ctas(device.sm_count);
+  p.item_claims = buf.item_claims;
+  p.claims_items = o.causal && claims_items(p, pp, dp, ctas);
+  const int window_env = count_from_env("SAGE_SM90_WINDOW_HEADS", 0);
+  p.window_heads = !p.claims_items ? 1
+                   : window_env > 0 ? std::min(window_env, p.batch_heads)
+                                    : causal_window_heads(p.batch_heads, pp.nq, pp.nk, dp);
+  const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, pp.q_in_attention, o.causal, pp.bf16, ctas, s)
+                                   : launch_for_dp<128>(p, pp.q_in_attention, o.causal, pp.bf16, ctas, s);
   if (err != cudaSuccess) return fwd::cuda_status(err, "sm90 attention kernel launch");
   return Status::ok();
 }

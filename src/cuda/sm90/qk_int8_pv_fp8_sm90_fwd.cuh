@@ -2,7 +2,8 @@
 // warp specialization.
 //
 // Each CTA loops over work items (a tile of kBlockQ queries of one (batch,
-// head); fwd::item_work) in rounds of gridDim.x (fwd::cta_item):
+// head)) that its producer takes and publishes to the other warps
+// (qk_int8_pv_fp8_sm90_scheduler.cuh):
 //   warpgroup 0  producer: one thread issues the TMA loads of the Q tile and
 //                of K / V^T tiles into a kStages-deep ring of shared buffers
 //                (the ring runs on across items). An item's Q tile and its
@@ -59,6 +60,7 @@
 #include "cuda/sm90/ptx_sm90.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_epilogue.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_scheduler.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_softmax.cuh"
 #include "cuda/sm90/wgmma_ops.cuh"
 #include "numerics/formats.h"
@@ -110,7 +112,14 @@ struct FwdTraits {
   // chunk under the exponentials keeps its accumulator live next to S:
   // 800 bytes of spills; D = 128 without kScoresDieEarly: 600.)
   static constexpr bool kSerialSteps = kConsumers == 3 && HeadDimPadded == 128;
-  static constexpr bool kStepsAcrossItems = QuantizeQ && kConsumers == 2;
+  static constexpr bool kStepsAcrossItems = steps_across_items(HeadDimPadded, SmoothQ, QuantizeQ);
+  // Whether a causal launch may claim its items (QkInt8PvFp8Params::claims_items).
+  // Not with steps across items: their consumers take the next item before
+  // they end the current one, and reading it where the producer publishes
+  // it (published_work) made the D = 128 causal kernel 3-11% slower, static
+  // rounds or not; computed as the static rounds give it, as here, +0.1%
+  // (H200, docs/perf-notes.md, session 24).
+  static constexpr bool kMayClaimItems = Causal && !kStepsAcrossItems;
   static constexpr int kQBytes = kBlockQ * kDp;
   static constexpr int kQ16Bytes = kBlockQ * kDp * 2;  // QuantizeQ: the caller's rows (inputs share OutT)
   // The INT8 Q tiles: one per item buffer where they are loaded, one where
@@ -152,11 +161,14 @@ struct FwdSharedStorage {
   alignas(128) uint8_t q16[2][T::kQuantizeQ ? T::kQ16Bytes : 16];  // QuantizeQ: [kBlockQ][kDp] 16-bit
   alignas(1024) uint8_t out_stage[T::kConsumers][OutStage<T::kDp>::kBytes];  // per consumer, epilogue
   ItemFactors<T::kDp> factors[2];
-  // Item buffer b (a ring of two over a CTA's items: ItemSlot): item_full
-  // says its Q tile (or q16) has landed, factors_full its factors, and
-  // item_empty that the consumers are done with both. The factors have a
+  // Item buffer b (a ring of two over a CTA's items: ItemSlot): work_of
+  // the work of the item it holds (kNoWork: the CTA has no more), item_full that it
+  // is published and its Q tile (or q16) has landed, factors_full its
+  // factors, and item_empty that the consumers (and smooth_q's key-offset
+  // warps) are done with them. The factors have a
   // barrier of their own because QuantizeQ's first Q tile is loaded and
   // quantized before the programmatic wait and the factors only after it.
+  fwd::CtaWork work_of[2];
   uint64_t item_full[2];
   uint64_t factors_full[2];
   uint64_t item_empty[2];
@@ -177,36 +189,13 @@ __device__ __forceinline__ int swizzled(int off) {
   return off ^ (((off >> 7) & (Dp / 16 - 1)) << 4);
 }
 
-// Entry `entry` of a ring of kStages buffers guarded by mbarriers: its
-// stage entry % kStages and the parity (entry / kStages) & 1 of the stage's
-// current use, for the producer and every consumer alike. The K/V ring
-// counts key tiles over all of a CTA's items (fwd::for_each_item); the
-// consumers advance it by one per key tile, without the division the
-// entry's index would need (a dozen instructions per tile in their loop).
-template <int kStages>
-struct RingSlot {
-  int stage;
-  uint32_t phase;
-  static __device__ __forceinline__ RingSlot at(int entry) {
-    return {entry % kStages, static_cast<uint32_t>(entry / kStages) & 1u};
-  }
-  __device__ __forceinline__ void advance() {
-    stage = stage + 1 == kStages ? 0 : stage + 1;
-    phase ^= stage == 0 ? 1u : 0u;
-  }
-};
-// The item buffers: a ring of two, entry j for a CTA's item of round j.
-using ItemSlot = RingSlot<2>;
-
 // ---- producer: TMA loads ----------------------------------------------------------
 // Per work item: the Q tile and the channel factors into its item buffer
-// (once the consumers are done with the item before the previous one),
-// then its K / V^T tiles (ring entries it0, it0 + 1, ...).
+// (produce_items: once the consumers are done with the item before the
+// previous one), then its K / V^T tiles (ring entries it0, it0 + 1, ...).
 template <class T>
 __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
-  fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int j, int it0) {
-    const auto [b, use] = ItemSlot::at(j);
-    mbar_wait_idle(&s.item_empty[b], use ^ 1);  // passes at once on a fresh barrier
+  produce_items<T>(p, s, [&](const fwd::CtaWork& w, int j, int it0, int b) {
     mbar_arrive_expect_tx(&s.item_full[b], T::kQLoadBytes);
     if constexpr (T::kQuantizeQ) {
       tma_load_4d(s.q16[b], &p.tmap_q, &s.item_full[b], 0, w.q_tile * T::kBlockQ, w.bh % p.heads_q,
@@ -274,7 +263,9 @@ __device__ __forceinline__ void key_offsets_of_item(const QkInt8PvFp8Params& p, 
 template <class T>
 __device__ void produce_key_offsets(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
   static_assert(T::kBlockQ == kSm90Geometry.cta_q, "q_mean is per smoothing block: one per Q tile");
-  fwd::for_each_item<T>(p, [&](const fwd::CtaWork& w, int, int it0) {
+  for_each_published_item(s, [&](const fwd::CtaWork& w, int j, int it0) {
+    // Read the item (the producer may publish the one after next in its buffer now).
+    mbar_arrive(&s.item_empty[ItemSlot::at(j).stage]);
     named_barrier_sync(kOffsetBarrier, T::kOffsetThreads);  // all done with the previous item's mean
     const int i = threadIdx.x - 32;
     const float* mq = p.q_mean + (static_cast<int64_t>(w.bh) * p.q_tiles + w.q_tile) * T::kDp;
@@ -650,20 +641,21 @@ template <class T>
 __device__ void consume_across_items(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int consumer) {
   ConsumerSteps<T> steps(p, s);
   using Slot = typename ConsumerSteps<T>::Slot;
-  const int items = fwd::work_items<T>(p);
   int j = 0;
-  int item = fwd::cta_item(0);
-  if (item >= items) return;
+  static_assert(!T::kMayClaimItems, "the items of a CTA are its static rounds' (see kMayClaimItems)");
+  const int items = fwd::work_items<T>(p);
+  if (static_item(0) >= items) return;
+  const fwd::CtaWork first = item_work<T>(p, static_item(0));
   steps.start_item();
-  ConsumerItem it = begin_item<T>(p, s, fwd::item_work<T>(p, item), 0, 0, consumer);
+  ConsumerItem it = begin_item<T>(p, s, first, 0, 0, consumer);
   Slot cur = Slot::at(0);  // the current key tile's ring entry
   if (it.w.n_tiles > 0) steps.first_step(it, cur);
   while (true) {
     steps.middle_steps(it, cur);
     const int next_it0 = it.it0 + it.w.n_tiles;
-    item = fwd::cta_item(++j);
-    const bool more = item < items;
-    const fwd::CtaWork next_w = more ? fwd::item_work<T>(p, item) : fwd::CtaWork{};
+    const int next_item = static_item(++j);
+    const bool more = next_item < items;
+    const fwd::CtaWork next_w = more ? item_work<T>(p, next_item) : fwd::CtaWork{};
     if (more && it.w.n_tiles > 0 && next_w.n_tiles > 0) {
       float pv[T::kOAcc];
       int32_t s_acc[T::kSAcc];
@@ -696,8 +688,8 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
   if constexpr (T::kStepsAcrossItems) {
     consume_across_items<T>(p, s, consumer);
   } else {
-    fwd::for_each_item<T>(p,
-                          [&](const fwd::CtaWork& w, int j, int it0) { consume_item<T>(p, s, w, it0, j, consumer); });
+    for_each_published_item(s,
+                            [&](const fwd::CtaWork& w, int j, int it0) { consume_item<T>(p, s, w, it0, j, consumer); });
   }
   wait_output_stores();
 }
@@ -718,7 +710,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
     for (int b = 0; b < 2; ++b) {
       mbar_init(&s.item_full[b], 1);
       mbar_init(&s.factors_full[b], 1);
-      mbar_init(&s.item_empty[b], 128 * T::kConsumers);
+      mbar_init(&s.item_empty[b], 128 * T::kConsumers + (T::kSmoothQ ? T::kOffsetThreads : 0));
     }
     for (int i = 0; i < T::kStages; ++i) {
       mbar_init(&s.k_full[i], 1);

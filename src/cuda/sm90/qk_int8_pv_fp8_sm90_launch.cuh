@@ -12,15 +12,8 @@ namespace sage::sm90 {
 
 // The kernel is persistent: `sm_count` CTAs (one per SM; fewer when there
 // are fewer query tiles) loop over the query tiles of every head
-// (fwd::cta_item). Causal calls with more than kCausalPersistentMaxRows
-// query rows per head get one CTA per query tile instead, longest first,
-// dispatched by the hardware as SMs free up: their tiles differ in work by
-// up to 128x, and the static rounds measured +3.5% there (D=128, N=16384)
-// against -7.7% at N=4096 (docs/perf-notes.md). A limit in rows, not tiles:
-// it was measured with 128-row tiles, and is assumed to hold for the 192-row
-// ones (not timed between 4097 and 6144 rows, which they would otherwise
-// have run persistent).
-inline constexpr int kCausalPersistentMaxRows = 4096;
+// (qk_int8_pv_fp8_sm90_scheduler.cuh), except causal calls past
+// kCausalPersistentMaxRows query rows per head (one CTA per query tile).
 
 template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream) {

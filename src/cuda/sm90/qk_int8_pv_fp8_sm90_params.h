@@ -9,6 +9,7 @@
 #include <cuda.h>
 
 #include "cuda/common/forward_params.h"
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_item_order.h"
 
 namespace sage::sm90 {
 
@@ -28,6 +29,12 @@ namespace sage::sm90 {
 constexpr int consumer_warpgroups(int head_dim_padded, bool smooth_q, bool quantize_q) {
   if (smooth_q) return 2;
   return head_dim_padded == 64 || !quantize_q ? 3 : 2;
+}
+// Whether a consumer's key-tile steps run on across its work items
+// (FwdTraits::kStepsAcrossItems): where the kernel quantizes Q with two
+// consumers (D = 128).
+constexpr bool steps_across_items(int head_dim_padded, bool smooth_q, bool quantize_q) {
+  return quantize_q && consumer_warpgroups(head_dim_padded, smooth_q, quantize_q) == 2;
 }
 // Query rows per CTA tile (the Q tensor map's box).
 constexpr int query_block_rows(int head_dim_padded, bool smooth_q, bool quantize_q) {
@@ -50,6 +57,14 @@ struct QkInt8PvFp8Params : fwd::ForwardParams {
   // rows themselves (fwd::write_output).
   CUtensorMap tmap_out;
   bool out_tma;
+  // Causal launches: items are taken in causal_item order with window_heads
+  // heads per window, and, where claims_items, past a CTA's first two rounds
+  // claimed from item_claims ([0] the next claim, [1] the CTAs done
+  // claiming), two counters in the workspace that the pre-pass zeroes and
+  // the kernel leaves at zero (qk_int8_pv_fp8_sm90_scheduler.cuh).
+  int* item_claims;
+  int window_heads;
+  bool claims_items;
 };
 
 }  // namespace sage::sm90
