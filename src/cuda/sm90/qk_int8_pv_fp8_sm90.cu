@@ -59,10 +59,8 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
 int statistics_ctas(int sm_count) { return count_from_env("SAGE_PREPASS_STATS_CTAS", sm_count * 3 / 2); }
 
 // CTAs of the persistent attention kernel: one per SM. SAGE_SM90_CTAS caps
-// them (0 or unset: no cap), and SAGE_SM90_WINDOW_HEADS sets the heads per
-// window of the causal item order (0 or unset: causal_window_heads): the
-// tests run the work-item schedule over few CTAs and other orders, which
-// must give the same bits.
+// them (0 or unset: no cap): the tests run the work-item schedule over few
+// CTAs, which must give the same bits.
 int persistent_ctas(int sm_count) {
   const int cap = count_from_env("SAGE_SM90_CTAS", 0);
   return cap > 0 && cap < sm_count ? cap : sm_count;
@@ -76,7 +74,10 @@ int persistent_ctas(int sm_count) {
 // quantize Q). H200, GPU time (docs/perf-notes.md, session 24): claims
 // measured -8..-13% of the kernel at D=64 B=2 H=32 (192-row items: static
 // 1.10-1.15 in the model), -18..-22% at D=64 B=1 H=16. SAGE_SM90_CLAIMS=1
-// or 0 forces it where the instance may claim (the tests run both).
+// or 0 forces it where the instance may claim (the tests run both). The
+// model walks every item on the host; past 64 rounds, where the rounds
+// even out (256 heads of 32 tiles, 62 rounds: 1.027x), it is not run and
+// the rounds stay static.
 bool claims_items(const QkInt8PvFp8Params& p, const quant::PrepassProblem& pp, int dp, int ctas) {
   if (pp.nq > kCausalPersistentMaxRows) return false;  // one CTA per item: nothing to claim
   if (steps_across_items(dp, pp.smooth_q, pp.q_in_attention)) return false;
@@ -84,6 +85,8 @@ bool claims_items(const QkInt8PvFp8Params& p, const quant::PrepassProblem& pp, i
   if (env != nullptr && std::strcmp(env, "1") == 0) return true;
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
   const int block_q = query_block_rows(dp, pp.smooth_q, pp.q_in_attention);
+  const long long items = static_cast<long long>((pp.nq + block_q - 1) / block_q) * p.batch_heads;
+  if (items > 64ll * ctas) return false;
   return static_rounds_imbalance(p.batch_heads, pp.nq, pp.nk, block_q, p.causal_shift, ctas) > kCausalClaimsAbove;
 }
 
@@ -277,6 +280,8 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   const int ctas = persistent_ctas(device.sm_count);
   p.item_claims = buf.item_claims;
   p.claims_items = o.causal && claims_items(p, pp, dp, ctas);
+  // SAGE_SM90_WINDOW_HEADS: heads per window of the claimed order (0 or
+  // unset: causal_window_heads; the tests try others).
   const int window_env = count_from_env("SAGE_SM90_WINDOW_HEADS", 0);
   p.window_heads = !p.claims_items ? 1
                    : window_env > 0 ? std::min(window_env, p.batch_heads)

@@ -162,10 +162,10 @@ struct FwdSharedStorage {
   alignas(1024) uint8_t out_stage[T::kConsumers][OutStage<T::kDp>::kBytes];  // per consumer, epilogue
   ItemFactors<T::kDp> factors[2];
   // Item buffer b (a ring of two over a CTA's items: ItemSlot): work_of
-  // the work of the item it holds (kNoWork: the CTA has no more), item_full that it
-  // is published and its Q tile (or q16) has landed, factors_full its
-  // factors, and item_empty that the consumers (and smooth_q's key-offset
-  // warps) are done with them. The factors have a
+  // the work of the item it holds (no_work(): the CTA has no more),
+  // item_full that it is published and its Q tile (or q16) has landed,
+  // factors_full its factors, and item_empty that the consumers (and
+  // smooth_q's key-offset warps) are done with them. The factors have a
   // barrier of their own because QuantizeQ's first Q tile is loaded and
   // quantized before the programmatic wait and the factors only after it.
   fwd::CtaWork work_of[2];
@@ -642,7 +642,9 @@ __device__ void consume_across_items(const QkInt8PvFp8Params& p, FwdSharedStorag
   ConsumerSteps<T> steps(p, s);
   using Slot = typename ConsumerSteps<T>::Slot;
   int j = 0;
-  static_assert(!T::kMayClaimItems, "the items of a CTA are its static rounds' (see kMayClaimItems)");
+  // The next item is needed before this one ends; these consumers take it
+  // from the static rounds, not from work_of (see kMayClaimItems).
+  static_assert(!T::kMayClaimItems, "the items of a CTA are its static rounds'");
   const int items = fwd::work_items<T>(p);
   if (static_item(0) >= items) return;
   const fwd::CtaWork first = item_work<T>(p, static_item(0));

@@ -7,19 +7,21 @@
 // backward, so that causal tiles of unequal work pair up.
 //   - Non-causal items all cost the same: every later round is static too
 //     (round j: item j G + c, or j G + G - 1 - c in odd rounds).
-//   - Causal items cost their key tiles (up to the diagonal) and are
-//     ordered in windows of heads, longest first (causal_item). Past round
-//     1 a CTA claims the next item from a counter in the workspace
+//   - Causal items cost their key tiles (up to the diagonal), longest
+//     first within each head. Where the static rounds would balance them
+//     badly (QkInt8PvFp8Params::claims_items, decided on the host from a
+//     model of the work: up to 1.9x the mean with few heads, 1.10-1.15x
+//     with D = 64's 192-row tiles; docs/perf-notes.md, session 24) they are
+//     ordered in windows of heads, longest first (causal_item), and past
+//     round 1 a CTA claims the next item from a counter in the workspace
 //     (item_claims[0]), so that whichever CTA is ahead takes more items.
-//     Static rounds left the busiest CTA ~3% over the mean work with 64
-//     heads, and up to 1.9x with few heads, where the heads' tile counts
-//     beat against the grid's width (docs/perf-notes.md, session 24).
+//     Elsewhere the rounds stay static and the windows one head wide.
 // The producer thread takes (claims) each item when it starts loading it,
 // one item ahead of the consumers, and publishes its work in the item
 // buffer it loads (FwdSharedStorage::work_of) before that buffer's
 // item_full arrival; the consumers and the key-offset warps read it there
 // once item_full completes (no item decode of their own). Past the CTA's
-// last item it publishes kNoWork. (Except the consumers that run their
+// last item it publishes no_work(). (Except the consumers that run their
 // steps across items, which never claim: they compute their static rounds'
 // items themselves, FwdTraits::kMayClaimItems.)
 // The claim counters must read zero when a launch starts: the pre-pass
@@ -36,7 +38,7 @@
 
 namespace sage::sm90 {
 
-// The work published past a CTA's last item (kNoWork).
+// The work published past a CTA's last item.
 __device__ __forceinline__ fwd::CtaWork no_work() { return {-1, -1, -1, 0}; }
 __device__ __forceinline__ bool is_work(const fwd::CtaWork& w) { return w.bh >= 0; }
 
@@ -114,7 +116,7 @@ __device__ __forceinline__ int take_item(const QkInt8PvFp8Params& p, int round, 
 // items (where its tiles start in the ring of K/V buffers that runs on
 // across items) and b its item buffer, once the consumers are done with the
 // item that used b before (item_empty) and w is published in it; f's loads
-// complete item_full[b]. Then kNoWork in the next buffer.
+// complete item_full[b]. Then no_work() in the next buffer.
 template <class T, class Storage, class F>
 __device__ __forceinline__ void produce_items(const QkInt8PvFp8Params& p, Storage& s, F&& f) {
   const int items = fwd::work_items<T>(p);
@@ -141,7 +143,7 @@ __device__ __forceinline__ void produce_items(const QkInt8PvFp8Params& p, Storag
 }
 
 // The work the producer published for round j (waits for its item buffer:
-// item_full, so its Q tile has landed too); kNoWork past the last item.
+// item_full, so its Q tile has landed too); no_work() past the last item.
 template <class Storage>
 __device__ __forceinline__ fwd::CtaWork published_work(Storage& s, int j) {
   const ItemSlot slot = ItemSlot::at(j);
