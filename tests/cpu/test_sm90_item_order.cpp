@@ -14,7 +14,6 @@ namespace {
 
 using sage::sm90::causal_item;
 using sage::sm90::causal_window_heads;
-using sage::sm90::kCausalPersistentMaxRows;
 using sage::sm90::kCausalWindowBytes;
 
 TEST(Sm90ItemOrder, CausalWindowsVisitEveryTileOnceLongestFirst) {
@@ -53,7 +52,7 @@ TEST(Sm90ItemOrder, WindowIsTheLargestPowerOfTwoInTheBudget) {
     for (const int nk : {1, 100, 1024, 3000, 4096, 65536}) {
       for (const int heads : {1, 3, 16, 64, 1000}) {
         SCOPED_TRACE("dp " + std::to_string(dp) + " nk " + std::to_string(nk) + " heads " + std::to_string(heads));
-        const int w = causal_window_heads(heads, 4096, nk, dp);
+        const int w = causal_window_heads(heads, nk, dp);
         const long long head_bytes = 2ll * dp * nk;
         ASSERT_GE(w, 1);
         ASSERT_LE(w, heads);
@@ -64,14 +63,12 @@ TEST(Sm90ItemOrder, WindowIsTheLargestPowerOfTwoInTheBudget) {
         } else if (heads > 1) {
           EXPECT_LE(heads * head_bytes, kCausalWindowBytes) << "all heads only where they all fit";
         }
-        // Grids of one CTA per query tile (past the persistent limit) keep the head-by-head order.
-        EXPECT_EQ(causal_window_heads(heads, kCausalPersistentMaxRows + 1, nk, dp), 1);
       }
     }
   }
-  EXPECT_EQ(causal_window_heads(64, 4096, 4096, 128), 32);  // 1 MiB of K and V per head
-  EXPECT_EQ(causal_window_heads(64, 1024, 1024, 128), 64);
-  EXPECT_EQ(causal_window_heads(64, 4096, 4096, 64), 64);
+  EXPECT_EQ(causal_window_heads(64, 4096, 128), 32);  // 1 MiB of K and V per head
+  EXPECT_EQ(causal_window_heads(64, 1024, 128), 64);
+  EXPECT_EQ(causal_window_heads(64, 4096, 64), 64);
 }
 
 // The static rounds' model against figures worked by hand and by the

@@ -285,7 +285,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   const int window_env = count_from_env("SAGE_SM90_WINDOW_HEADS", 0);
   p.window_heads = !p.claims_items ? 1
                    : window_env > 0 ? std::min(window_env, p.batch_heads)
-                                    : causal_window_heads(p.batch_heads, pp.nq, pp.nk, dp);
+                                    : causal_window_heads(p.batch_heads, pp.nk, dp);
   const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, pp.q_in_attention, o.causal, pp.bf16, ctas, s)
                                    : launch_for_dp<128>(p, pp.q_in_attention, o.causal, pp.bf16, ctas, s);
   if (err != cudaSuccess) return fwd::cuda_status(err, "sm90 attention kernel launch");

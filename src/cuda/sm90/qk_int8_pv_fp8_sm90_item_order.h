@@ -21,17 +21,15 @@ inline constexpr int kCausalPersistentMaxRows = 4096;
 // window of the item order spreads over the SMs at once.
 inline constexpr long long kCausalWindowBytes = 32ll << 20;
 
-// Heads per window of the causal item order: the most heads, a power of two,
-// whose quantized K and V fit in kCausalWindowBytes (at least one), or all
-// of them where they are fewer. One, the plain head-by-head order, where the
-// launch is not persistent (the hardware's dispatch then runs the grid in
-// that order). (A model of the schedule, item cost = key tiles + 3..6, 132
+// Heads per window of the claimed causal item order (launches that do not
+// claim take windows of one head: the plain head-by-head order): the most
+// heads, a power of two, whose quantized K and V fit in kCausalWindowBytes
+// (at least one), or all of them where they are fewer. (A model of the schedule, item cost = key tiles + 3..6, 132
 // CTAs, 1 to 256 heads of 512 to 4096 keys: the busiest CTA's work 1-2.5%
 // less than with static rounds at 64 to 256 heads of 2K-4K keys, and at
 // most 1.4x the mean where static rounds gave up to 1.9x with fewer heads;
 // 2-5% more in 9 of 357 shapes. docs/perf-notes.md, session 24.)
-constexpr int causal_window_heads(int batch_heads, int nq, int nk, int head_dim_padded) {
-  if (nq > kCausalPersistentMaxRows) return 1;
+constexpr int causal_window_heads(int batch_heads, int nk, int head_dim_padded) {
   const long long head_bytes = 2ll * head_dim_padded * (nk > 0 ? nk : 1);
   int w = 1;
   while (2ll * w * head_bytes <= kCausalWindowBytes) w *= 2;
