@@ -26,6 +26,15 @@ def wall_us(fn, n=2000):
     return (time.perf_counter() - t) / n * 1e6
 
 
+def loaded_cuda_runtime():
+    """The CUDA runtime library this process already loaded (PyTorch's), through ctypes, or None.
+    Not a fresh dlopen by name: that can load a second copy of the runtime (the system's next to
+    the wheel's), and the process then crashed or hung at exit (H200, session 25)."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "libcudart.so" in line}
+    return ctypes.CDLL(sorted(paths)[0]) if paths else None
+
+
 def main():
     q, k, v = [torch.randn(1, 1, 128, 128, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
     out, lse = _ops._new_outputs(q, "HND", False)
@@ -46,12 +55,10 @@ def main():
         "  tensor_spec x4": lambda: (_ops.tensor_spec(q), _ops.tensor_spec(k), _ops.tensor_spec(v),
                                      _ops.tensor_spec(out)),
     }
-    try:  # one of the core's per-tensor pointer checks, through ctypes (its ~0.1 us call cost included)
-        runtime = ctypes.CDLL("libcudart.so.13")
+    runtime = loaded_cuda_runtime()
+    if runtime is not None:  # one of the core's per-tensor pointer checks (its ~0.1 us ctypes call cost included)
         attributes, pointer = ctypes.create_string_buffer(64), ctypes.c_void_p(q.data_ptr())
         pieces["  cudaPointerGetAttributes (one tensor)"] = lambda: runtime.cudaPointerGetAttributes(attributes, pointer)
-    except OSError:
-        pass
     for name, fn in pieces.items():
         print(f"{name:40s} {wall_us(fn):7.1f} us", flush=True)
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):

@@ -134,11 +134,12 @@ Status check_gpu_call(const AttentionArgs& args, const AttentionOptions& options
   return find_kernel(*info, args, options, family);
 }
 
-// Whether the dispatch gives a valid call to the sm90 kernel.
-[[maybe_unused]] bool takes_sm90_kernel(const AttentionArgs& args, const AttentionOptions& options) {
-  cuda::DeviceInfo device;
+// Whether the dispatch gives a valid call to the sm90 kernel; *device: the
+// device it runs on.
+[[maybe_unused]] bool takes_sm90_kernel(const AttentionArgs& args, const AttentionOptions& options,
+                                        cuda::DeviceInfo* device) {
   Family family{};
-  return check_gpu_call(args, options, &device, &family).is_ok() && family == Family::sm90;
+  return check_gpu_call(args, options, device, &family).is_ok() && family == Family::sm90;
 }
 
 // Scratch bytes of the family find_kernel picked (quantized Q/K/V, scales).
@@ -261,10 +262,12 @@ Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& opti
 Sm90Paths gpu_sm90_paths(const AttentionArgs& args, const AttentionOptions& options) {
   Sm90Paths paths;
 #if SAGE_HAS_SM90
-  if (takes_sm90_kernel(args, options)) {
+  cuda::DeviceInfo device;
+  if (takes_sm90_kernel(args, options, &device)) {
     paths.q_in_kernel = sm90::quantizes_q_in_kernel(args, options);
     paths.kv_in_clusters = sm90::quantizes_kv_in_clusters(args, options);
     paths.out_by_tma = sm90::stores_output_by_tma(args, options);
+    paths.claims_items = sm90::claims_work_items(args, options, device.sm_count);
   }
 #else
   (void)args, (void)options;

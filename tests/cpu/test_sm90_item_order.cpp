@@ -92,4 +92,25 @@ TEST(Sm90ItemOrder, StaticRoundsImbalanceModel) {
   EXPECT_DOUBLE_EQ(static_rounds_imbalance(2, 256, 100, 128, 100 - 256, 3), 6.0 / 4.0);
 }
 
+// The claim policy at the shapes it was measured on (H200, 132 CTAs;
+// docs/perf-notes.md, sessions 24-25): D = 64's 192-row items claim at B=2
+// H=32; the D = 128 kernel that quantizes Q (steps across items) claims
+// with 16 heads (model 1.36-1.43, kernel -17%), not with 40 (1.15: +6.6%
+// at 4K) nor 64 (1.031: +8%), which the other D = 128 kernels would; nothing
+// past 64 rounds.
+TEST(Sm90ItemOrder, ClaimsWhereTheyMeasuredFaster) {
+  using sage::sm90::causal_claims_pay;
+  EXPECT_TRUE(causal_claims_pay(64, 4096, 4096, 192, 0, 132, false));
+  EXPECT_TRUE(causal_claims_pay(64, 1024, 1024, 192, 0, 132, false));
+  EXPECT_TRUE(causal_claims_pay(16, 4096, 4096, 128, 0, 132, true));
+  EXPECT_TRUE(causal_claims_pay(16, 2048, 2048, 128, 0, 132, true));
+  EXPECT_FALSE(causal_claims_pay(40, 4096, 4096, 128, 0, 132, true));
+  EXPECT_TRUE(causal_claims_pay(40, 4096, 4096, 128, 0, 132, false));
+  EXPECT_FALSE(causal_claims_pay(64, 4096, 4096, 128, 0, 132, true));
+  EXPECT_FALSE(causal_claims_pay(64, 4096, 4096, 128, 0, 132, false));
+  EXPECT_FALSE(causal_claims_pay(16, 1024, 1024, 128, 0, 132, true));  // 128 items: one round
+  // 16 heads of 16384 rows: 2048 items, past 64 rounds of 30 CTAs.
+  EXPECT_FALSE(causal_claims_pay(16, 16384, 16384, 128, 0, 30, false));
+}
+
 }  // namespace

@@ -556,8 +556,9 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
 // expects out (and the LSE) bit for bit as in `expected`, the run of
 // another schedule (named by `what`).
 void expect_same_bits_from_dirty_workspace(const Case& c, const sage::ref::Inputs& in, int device,
-                                           const GpuResult& expected, const char* what) {
-  GpuResult r;
+                                           const GpuResult& expected, const char* what, GpuResult* ran = nullptr) {
+  GpuResult local;
+  GpuResult& r = ran != nullptr ? *ran : local;
   ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &r, /*repeat=*/true, /*workspace_word=*/1u));
   ASSERT_EQ(r.out.size(), expected.out.size());
   EXPECT_EQ(std::memcmp(r.out.data(), expected.out.data(), r.out.size() * sizeof(float)), 0)
@@ -626,16 +627,20 @@ INSTANTIATE_TEST_SUITE_P(Sm90, Sm90StatsSchedule, ::testing::ValuesIn(stats_sche
 // The persistent kernel's items (qk_int8_pv_fp8_sm90_scheduler.cuh) run
 // over capped grids (SAGE_SM90_CTAS: 1, 3 and 7 CTAs, so that causal calls
 // that claim take most of their items from the workspace counter, and 64,
-// few items per CTA), with claims forced on and off (SAGE_SM90_CLAIMS; the
-// D = 128 instances that quantize Q never claim) and other causal window
+// few items per CTA), with claims forced on and off (SAGE_SM90_CLAIMS; where
+// the D = 128 kernel quantizes Q, its consumers run their steps across items
+// and the switch picks between the build that computes its static rounds and
+// the one that reads claimed items) and other causal window
 // orders (SAGE_SM90_WINDOW_HEADS): each item's arithmetic does not depend
 // on which CTA runs it or when, so every schedule must give the default's
 // bits. The capped runs start from a workspace of 32-bit ones (claim
 // counters that must be zeroed by the pre-pass) and run twice on it.
 // Cases: GQA with bottom-right alignment and Nq != Nk; rows that see no key
-// (Nq > Nk, bottom-right: items of zero key tiles); D = 64 with top-left
-// alignment and LSE; smooth_q (its key-offset warps read the published
-// items too); a non-causal call (static rounds).
+// (Nq > Nk, bottom-right: items of zero key tiles; Q quantized in the
+// kernel, steps across items); D = 64 with top-left alignment and LSE;
+// smooth_q (its key-offset warps read the published items too); D = 128
+// with Q quantized in the kernel over 12 heads (steps across items, every
+// item of more than one key tile); a non-causal call (static rounds).
 std::vector<Case> schedule_cases() {
   using namespace case_table;
   return {
@@ -645,6 +650,8 @@ std::vector<Case> schedule_cases() {
       {.b = 1, .hq = 5, .hkv = 5, .nq = 1531, .nk = 1531, .d = 64, .causal = true, .dtype = FP16},
       {.b = 1, .hq = 3, .hkv = 3, .nq = 1000, .nk = 1000, .d = 128, .causal = true, .return_lse = false,
        .smooth_q = true},
+      {.b = 1, .hq = 12, .hkv = 12, .nq = 1531, .nk = 1531, .d = 128, .causal = true, .dtype = FP16,
+       .return_lse = false},
       {.b = 1, .hq = 3, .hkv = 1, .nq = 2000, .nk = 777, .d = 128, .return_lse = false},
   };
 }
@@ -667,7 +674,10 @@ TEST_P(Sm90WorkSchedule, EveryScheduleGivesTheSameBits) {
         ScopedEnv cap("SAGE_SM90_CTAS", ctas);
         ScopedEnv claim("SAGE_SM90_CLAIMS", claims);
         ScopedEnv order("SAGE_SM90_WINDOW_HEADS", window);
-        expect_same_bits_from_dirty_workspace(c, in, device(), reference, "the default schedule");
+        GpuResult ran;
+        expect_same_bits_from_dirty_workspace(c, in, device(), reference, "the default schedule", &ran);
+        EXPECT_EQ(ran.sm90.claims_items, c.causal && std::strcmp(claims, "1") == 0)
+            << "the call did not take the schedule SAGE_SM90_CLAIMS asked for";
       }
     }
   }
@@ -933,12 +943,18 @@ TEST_F(Sm90Forward, Offsets64BitManyHeads) {
 // The kernel alone (as the benchmark's kernel-only timing runs it, with no
 // pre-pass to zero the claim counters) launched again and again on one
 // workspace: each launch must leave the counters at zero for the next, or
-// the next one's CTAs claim past items they never run (poisoned rows).
-TEST_F(Sm90Forward, KernelAloneRelaunchedClaimsEveryItem) {
-  constexpr std::int64_t B = 1, H = 8, N = 1000, D = 64;
-  DeviceBuffer<std::uint16_t> q{B * H * N * D}, k{B * H * N * D}, v{B * H * N * D}, out{B * H * N * D};
+// the next one's CTAs claim past items they never run (poisoned rows). At
+// D = 64 (192-row items, read where the producer publishes them) and at
+// D = 128 with Q quantized in the kernel (the build whose consumers run
+// their steps across claimed items).
+class Sm90KernelAlone : public Sm90Test, public ::testing::WithParamInterface<int> {};
+
+TEST_P(Sm90KernelAlone, RelaunchedClaimsEveryItem) {
+  const std::int64_t B = 1, H = 8, N = 1000, D = GetParam();
+  const auto elements = static_cast<std::size_t>(B * H * N * D);
+  DeviceBuffer<std::uint16_t> q{elements}, k{elements}, v{elements}, out{elements};
   for (cudaError_t e : {q.status(), k.status(), v.status(), out.status()}) SAGE_CUDA_CHECK(e);
-  std::vector<std::uint16_t> host(static_cast<std::size_t>(B * H * N * D));
+  std::vector<std::uint16_t> host(elements);
   std::uint64_t tensor = 0;
   for (DeviceBuffer<std::uint16_t>* t : {&q, &k, &v}) {
     for (std::size_t i = 0; i < host.size(); ++i) host[i] = sage::num::float_to_bf16(hashed_normal(11, tensor, i));
@@ -952,8 +968,11 @@ TEST_F(Sm90Forward, KernelAloneRelaunchedClaimsEveryItem) {
   args.out = sage::make_contiguous_view(out.data(), DType::bf16, {B, H, N, D}, device());
   AttentionOptions options;
   options.causal = true;
-  ScopedEnv cap("SAGE_SM90_CTAS", "3");  // 48 items of 192 rows: all but 6 claimed
+  ScopedEnv cap("SAGE_SM90_CTAS", "3");  // 48 items of 192 rows (D = 64) or 64 of 128: all but 6 claimed
   ScopedEnv claim("SAGE_SM90_CLAIMS", "1");
+  const sage::detail::Sm90Paths paths = sage::detail::gpu_sm90_paths(args, options);
+  ASSERT_TRUE(paths.claims_items);
+  ASSERT_TRUE(paths.q_in_kernel) << "at D = 128 the call should run the steps-across-items build";
   std::size_t ws_bytes = 0;
   ASSERT_TRUE(sage::attention_workspace_size(args, options, &ws_bytes).is_ok());
   DeviceBuffer<unsigned char> ws(ws_bytes);
@@ -975,6 +994,9 @@ TEST_F(Sm90Forward, KernelAloneRelaunchedClaimsEveryItem) {
     EXPECT_TRUE(again == first) << std::count(again.begin(), again.end(), kPoison16) << " elements left poisoned";
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Sm90, Sm90KernelAlone, ::testing::Values(64, 128),
+                         [](const ::testing::TestParamInfo<int>& info) { return "D" + std::to_string(info.param); });
 
 // ------------------------------------------------------------------ repeatability
 

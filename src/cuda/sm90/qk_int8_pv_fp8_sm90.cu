@@ -21,7 +21,7 @@
 
 namespace sage::sm90 {
 
-template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ>
+template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsAcrossItems>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream);
 
 namespace {
@@ -67,27 +67,22 @@ int persistent_ctas(int sm_count) {
 }
 
 // Whether a causal launch claims its items (past each CTA's first two
-// rounds) instead of taking static rounds: where the static rounds leave
-// the busiest CTA more than kCausalClaimsAbove over the mean work in the
-// item model (static_rounds_imbalance), on a persistent grid, in the
-// instances that may (FwdTraits::kMayClaimItems: not the D = 128 ones that
-// quantize Q). H200, GPU time (docs/perf-notes.md, session 24): claims
-// measured -8..-13% of the kernel at D=64 B=2 H=32 (192-row items: static
-// 1.10-1.15 in the model), -18..-22% at D=64 B=1 H=16. SAGE_SM90_CLAIMS=1
-// or 0 forces it where the instance may claim (the tests run both). The
-// model walks every item on the host; past 64 rounds, where the rounds
-// even out (256 heads of 32 tiles, 62 rounds: 1.027x), it is not run and
-// the rounds stay static.
-bool claims_items(const QkInt8PvFp8Params& p, const quant::PrepassProblem& pp, int dp, int ctas) {
-  if (pp.nq > kCausalPersistentMaxRows) return false;  // one CTA per item: nothing to claim
-  if (steps_across_items(dp, pp.smooth_q, pp.q_in_attention)) return false;
+// rounds) instead of taking static rounds: on a persistent grid, where the
+// model of the static rounds says they balance badly (causal_claims_pay;
+// the D = 128 kernel that quantizes Q has a second build for it, launch_causal).
+// H200, GPU time (docs/perf-notes.md, sessions 24-25): claims measured
+// -8..-13% of the kernel at D=64 B=2 H=32 (192-row items: static 1.10-1.15
+// in the model), -18..-22% at D=64 B=1 H=16, -17% at D=128 B=1 H=16 2K-4K.
+// SAGE_SM90_CLAIMS=1 or 0 forces it (the tests run both).
+bool claims_items(const AttentionOptions& o, const quant::PrepassProblem& pp, int ctas) {
+  if (!o.causal || pp.nq > kCausalPersistentMaxRows) return false;  // (nq: one CTA per item, nothing to claim)
   const char* env = std::getenv("SAGE_SM90_CLAIMS");
   if (env != nullptr && std::strcmp(env, "1") == 0) return true;
   if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-  const int block_q = query_block_rows(dp, pp.smooth_q, pp.q_in_attention);
-  const long long items = static_cast<long long>((pp.nq + block_q - 1) / block_q) * p.batch_heads;
-  if (items > 64ll * ctas) return false;
-  return static_rounds_imbalance(p.batch_heads, pp.nq, pp.nk, block_q, p.causal_shift, ctas) > kCausalClaimsAbove;
+  const int dp = pp.head_dim_padded;
+  const int causal_shift = o.causal_align == CausalAlign::bottom_right ? pp.nk - pp.nq : 0;
+  return causal_claims_pay(pp.batch * pp.heads_q, pp.nq, pp.nk, query_block_rows(dp, pp.smooth_q, pp.q_in_attention),
+                           causal_shift, ctas, steps_across_items(dp, pp.smooth_q, pp.q_in_attention));
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -202,14 +197,25 @@ bool q_quantized_in_kernel(const AttentionArgs& args, const AttentionOptions& o,
   return make_q16_tensor_map(map, pp, fwd::strided(args.q, o.layout)).is_ok();
 }
 
+// The causal instance: where its consumers run their steps across items,
+// the build that reads claimed items if the launch claims, else the one
+// that computes its static rounds (FwdTraits::kMayClaimItems).
+template <int Dp, typename OutT, bool SmoothQ, bool QuantizeQ>
+cudaError_t launch_causal(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t s) {
+  if constexpr (steps_across_items(Dp, SmoothQ, QuantizeQ)) {
+    if (p.claims_items) return launch_qk_int8_pv_fp8_sm90<Dp, true, OutT, SmoothQ, QuantizeQ, true>(p, sm_count, s);
+  }
+  return launch_qk_int8_pv_fp8_sm90<Dp, true, OutT, SmoothQ, QuantizeQ, false>(p, sm_count, s);
+}
+
 template <int Dp, bool SmoothQ, bool QuantizeQ>
 cudaError_t launch_for(const QkInt8PvFp8Params& p, bool causal, bool bf16, int sm_count, cudaStream_t s) {
   if (bf16) {
-    return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __nv_bfloat16, SmoothQ, QuantizeQ>(p, sm_count, s)
-                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ, QuantizeQ>(p, sm_count, s);
+    return causal ? launch_causal<Dp, __nv_bfloat16, SmoothQ, QuantizeQ>(p, sm_count, s)
+                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ, QuantizeQ, false>(p, sm_count, s);
   }
-  return causal ? launch_qk_int8_pv_fp8_sm90<Dp, true, __half, SmoothQ, QuantizeQ>(p, sm_count, s)
-                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half, SmoothQ, QuantizeQ>(p, sm_count, s);
+  return causal ? launch_causal<Dp, __half, SmoothQ, QuantizeQ>(p, sm_count, s)
+                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half, SmoothQ, QuantizeQ, false>(p, sm_count, s);
 }
 
 template <int Dp>
@@ -248,6 +254,13 @@ bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& opt
   return make_out_tensor_map(&map, args, options, prepass_problem(args, options));
 }
 
+bool claims_work_items(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
+  CUtensorMap map;
+  quant::PrepassProblem problem = prepass_problem(args, options);
+  problem.q_in_attention = q_quantized_in_kernel(args, options, problem, &map);
+  return claims_items(options, problem, persistent_ctas(sm_count));
+}
+
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options) {
   return quant::make_prepass_layout(prepass_problem(args, options)).bytes;
 }
@@ -279,7 +292,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
 
   const int ctas = persistent_ctas(device.sm_count);
   p.item_claims = buf.item_claims;
-  p.claims_items = o.causal && claims_items(p, pp, dp, ctas);
+  p.claims_items = claims_items(o, pp, ctas);
   // SAGE_SM90_WINDOW_HEADS: heads per window of the claimed order (0 or
   // unset: causal_window_heads; the tests try others).
   const int window_env = count_from_env("SAGE_SM90_WINDOW_HEADS", 0);

@@ -71,7 +71,8 @@ namespace sage::sm90 {
 inline constexpr int kOffsetBarrier = 1;    // named barrier of the smooth_q key-offset warps
 inline constexpr int kConsumerBarrier = 2;  // + consumer: its four warps (INT8 Q rows written, output staged)
 
-template <int HeadDimPadded, bool Causal, typename OutT, bool SmoothQ = false, bool QuantizeQ = false>
+template <int HeadDimPadded, bool Causal, typename OutT, bool SmoothQ = false, bool QuantizeQ = false,
+          bool ClaimsAcrossItems = false>
 struct FwdTraits {
   static constexpr int kDp = HeadDimPadded;
   static constexpr bool kCausal = Causal;
@@ -114,12 +115,16 @@ struct FwdTraits {
   static constexpr bool kSerialSteps = kConsumers == 3 && HeadDimPadded == 128;
   static constexpr bool kStepsAcrossItems = steps_across_items(HeadDimPadded, SmoothQ, QuantizeQ);
   // Whether a causal launch may claim its items (QkInt8PvFp8Params::claims_items).
-  // Not with steps across items: their consumers take the next item before
-  // they end the current one, and reading it where the producer publishes
-  // it (published_work) made the D = 128 causal kernel 3-11% slower, static
-  // rounds or not; computed as the static rounds give it, as here, +0.1%
-  // (H200, docs/perf-notes.md, session 24).
-  static constexpr bool kMayClaimItems = Causal && !kStepsAcrossItems;
+  // With steps across items only in the instances built for it
+  // (ClaimsAcrossItems): their consumers take the next item before they end
+  // the current one, and reading it where the producer publishes it
+  // (published_work) made the D = 128 causal kernel 3-11% slower, static
+  // rounds or not; computed as the static rounds give it, +0.1% (H200,
+  // docs/perf-notes.md, session 24). So those instances come in two: static
+  // rounds computed by the consumers, taken where the rounds balance well,
+  // and published (claimed) items, taken where they do not (B=1 with 12-16
+  // heads: the kernel 17-29% faster, session 25).
+  static constexpr bool kMayClaimItems = Causal && (!kStepsAcrossItems || ClaimsAcrossItems);
   static constexpr int kQBytes = kBlockQ * kDp;
   static constexpr int kQ16Bytes = kBlockQ * kDp * 2;  // QuantizeQ: the caller's rows (inputs share OutT)
   // The INT8 Q tiles: one per item buffer where they are loaded, one where
@@ -143,6 +148,8 @@ struct FwdTraits {
                 "setmaxnreg split beyond the CTA's launch allocation (deadlock)");
   static_assert(kBlockK == 2 * kOffsetThreads, "two keys per key-offset thread");
   static_assert(!(SmoothQ && QuantizeQ), "smooth_q's Q comes from the pre-pass (its tile means)");
+  static_assert(!ClaimsAcrossItems || (Causal && kStepsAcrossItems),
+                "the second build of an instance is for causal steps across items only");
   static_assert(kConsumerBarrier + kConsumers <= 16, "named barriers");
 };
 
@@ -630,6 +637,27 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   end_item<T>(p, s, it, o, softmax, consumer);
 }
 
+// The work of a consumer's item in round j where its steps run on across
+// items, and whether there is one (the CTA has items left): as the producer
+// published it where the instance may claim, else its static round's,
+// computed here (see FwdTraits::kMayClaimItems).
+struct AcrossItemsWork {
+  fwd::CtaWork w;
+  bool more;
+};
+template <class T>
+__device__ __forceinline__ AcrossItemsWork across_items_work(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
+                                                             int j, int items) {
+  if constexpr (T::kMayClaimItems) {
+    const fwd::CtaWork w = published_work(s, j);
+    return {w, is_work(w)};
+  } else {
+    const int item = static_item(j);
+    const bool more = item < items;
+    return {more ? item_work<T>(p, item) : fwd::CtaWork{}, more};
+  }
+}
+
 // A consumer's items with the steps run on across them (T::kStepsAcrossItems):
 // once an item's last softmax is done, the next item is opened (its Q
 // quantized), the item's last P V^T and the next item's first Q K^T are
@@ -642,12 +670,9 @@ __device__ void consume_across_items(const QkInt8PvFp8Params& p, FwdSharedStorag
   ConsumerSteps<T> steps(p, s);
   using Slot = typename ConsumerSteps<T>::Slot;
   int j = 0;
-  // The next item is needed before this one ends; these consumers take it
-  // from the static rounds, not from work_of (see kMayClaimItems).
-  static_assert(!T::kMayClaimItems, "the items of a CTA are its static rounds'");
   const int items = fwd::work_items<T>(p);
-  if (static_item(0) >= items) return;
-  const fwd::CtaWork first = item_work<T>(p, static_item(0));
+  const auto [first, any] = across_items_work<T>(p, s, 0, items);
+  if (!any) return;
   steps.start_item();
   ConsumerItem it = begin_item<T>(p, s, first, 0, 0, consumer);
   Slot cur = Slot::at(0);  // the current key tile's ring entry
@@ -655,9 +680,7 @@ __device__ void consume_across_items(const QkInt8PvFp8Params& p, FwdSharedStorag
   while (true) {
     steps.middle_steps(it, cur);
     const int next_it0 = it.it0 + it.w.n_tiles;
-    const int next_item = static_item(++j);
-    const bool more = next_item < items;
-    const fwd::CtaWork next_w = more ? item_work<T>(p, next_item) : fwd::CtaWork{};
+    const auto [next_w, more] = across_items_work<T>(p, s, ++j, items);
     if (more && it.w.n_tiles > 0 && next_w.n_tiles > 0) {
       float pv[T::kOAcc];
       int32_t s_acc[T::kSAcc];

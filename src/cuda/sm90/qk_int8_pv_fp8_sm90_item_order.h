@@ -42,7 +42,7 @@ constexpr int causal_window_heads(int batch_heads, int nk, int head_dim_padded) 
 // its key tiles plus 4 (the Q tile, the first and last steps, the epilogue;
 // ~3.6 tile times, docs/perf-notes.md, session 12). Items of 0 key tiles
 // (rows that see no key) cost 1. Where it is above kCausalClaimsAbove, the
-// causal launch claims its items instead (qk_int8_pv_fp8_sm90_scheduler.cuh).
+// causal launch claims its items instead (causal_claims_pay).
 inline constexpr double kCausalClaimsAbove = 1.05;
 inline double static_rounds_imbalance(int batch_heads, int nq, int nk, int block_q, int causal_shift, int ctas) {
   const int q_tiles = (nq + block_q - 1) / block_q;
@@ -67,6 +67,32 @@ inline double static_rounds_imbalance(int batch_heads, int nq, int nk, int block
     }
   }
   return *std::max_element(load.begin(), load.end()) / (total / ctas);
+}
+
+// Where the consumers run their steps across items (the D = 128 kernel that
+// quantizes Q), claims take a second build of the kernel, which reads each
+// item where the producer publishes it; that build measured 3-8% slower
+// than the static one where both balance alike, for reasons not found
+// (docs/perf-notes.md, sessions 24-25), so it pays only where the static
+// rounds balance much worse. H200, kernel GPU time, claims against static
+// rounds (model in parentheses): B=1 H=16 -17.7% at 2K keys (1.361), -16.6%
+// at 4K (1.434); B=1 H=40 -2.4% at 2K (1.155), +6.6% at 4K (1.152); B=2
+// H=32 +3.0% at 1K and +8.0% at 4K (1.031).
+inline constexpr double kCausalClaimsAcrossItemsAbove = 1.3;
+
+// Whether a causal launch on a persistent grid of `ctas` CTAs claims its
+// items (qk_int8_pv_fp8_sm90_scheduler.cuh): where the static rounds'
+// model leaves the busiest CTA over kCausalClaimsAbove the mean, or over
+// kCausalClaimsAcrossItemsAbove in the kernel that runs its consumers'
+// steps across items. Past 64 rounds, where the rounds even out (256 heads
+// of 32 tiles, 62 rounds: 1.027x), the model is not run (it walks every
+// item) and the rounds stay static.
+inline bool causal_claims_pay(int batch_heads, int nq, int nk, int block_q, int causal_shift, int ctas,
+                              bool steps_across_items) {
+  const long long items = static_cast<long long>((nq + block_q - 1) / block_q) * batch_heads;
+  if (items > 64ll * ctas) return false;
+  const double imbalance = static_rounds_imbalance(batch_heads, nq, nk, block_q, causal_shift, ctas);
+  return imbalance > (steps_across_items ? kCausalClaimsAcrossItemsAbove : kCausalClaimsAbove);
 }
 
 // Causal item `item` in window order: the items of windows of `window`

@@ -15,9 +15,9 @@ namespace sage::sm90 {
 // (qk_int8_pv_fp8_sm90_scheduler.cuh), except causal calls past
 // kCausalPersistentMaxRows query rows per head (one CTA per query tile).
 
-template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ>
+template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsAcrossItems>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream) {
-  using T = FwdTraits<Dp, Causal, OutT, SmoothQ, QuantizeQ>;
+  using T = FwdTraits<Dp, Causal, OutT, SmoothQ, QuantizeQ, ClaimsAcrossItems>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
   const int q_tiles = fwd::query_tiles<T>(p);
@@ -30,19 +30,24 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
   return fwd::launch_forward_kernel<T>(qk_int8_pv_fp8_sm90_kernel<T>, p, grid, kSmem, stream, /*programmatic=*/true);
 }
 
-// The twelve instances of one head dim: (causal, output type) x (Q from
-// the pre-pass, smoothed Q from the pre-pass, Q quantized in the kernel).
-#define SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q)                                \
-  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q>(const QkInt8PvFp8Params&, \
-                                                                                         int, cudaStream_t);
-#define SAGE_INSTANTIATE_SM90_FWD_Q(DP, CAUSAL, OUT)           \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, false) \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, true, false)  \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, true)
+// The instances of one head dim: (causal, output type) x (Q from the
+// pre-pass, smoothed Q from the pre-pass, Q quantized in the kernel), and
+// where the latter's steps run on across items (D = 128), its causal
+// instances once more with claimed items (FwdTraits::kMayClaimItems).
+#define SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q, CLAIMS)                  \
+  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q, CLAIMS>( \
+      const QkInt8PvFp8Params&, int, cudaStream_t);
+#define SAGE_INSTANTIATE_SM90_FWD_Q(DP, CAUSAL, OUT)                  \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, false, false) \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, true, false, false)  \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, true, false)
 #define SAGE_INSTANTIATE_SM90_FWD(DP)                    \
   SAGE_INSTANTIATE_SM90_FWD_Q(DP, false, __nv_bfloat16) \
   SAGE_INSTANTIATE_SM90_FWD_Q(DP, true, __nv_bfloat16)  \
   SAGE_INSTANTIATE_SM90_FWD_Q(DP, false, __half)        \
   SAGE_INSTANTIATE_SM90_FWD_Q(DP, true, __half)
+#define SAGE_INSTANTIATE_SM90_FWD_CLAIMS_ACROSS_ITEMS(DP)                     \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __nv_bfloat16, false, true, true) \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, false, true, true)
 
 }  // namespace sage::sm90

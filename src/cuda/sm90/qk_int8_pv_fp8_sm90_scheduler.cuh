@@ -22,8 +22,8 @@
 // item_full arrival; the consumers and the key-offset warps read it there
 // once item_full completes (no item decode of their own). Past the CTA's
 // last item it publishes no_work(). (Except the consumers that run their
-// steps across items, which never claim: they compute their static rounds'
-// items themselves, FwdTraits::kMayClaimItems.)
+// steps across items in the instances that do not claim: they compute their
+// static rounds' items themselves, FwdTraits::kMayClaimItems.)
 // The claim counters must read zero when a launch starts: the pre-pass
 // zeroes them (so a fresh workspace works), and the last CTA to run out of
 // items zeroes them again (so that the kernel alone, as the benchmark's
