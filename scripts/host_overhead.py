@@ -31,7 +31,8 @@ def loaded_cuda_runtime():
     Not a fresh dlopen by name: that can load a second copy of the runtime (the system's next to
     the wheel's), and the process then crashed or hung at exit (H200, session 25)."""
     with open("/proc/self/maps") as maps:
-        paths = {line.split()[-1] for line in maps if "libcudart.so" in line}
+        fields = [line.split() for line in maps]
+        paths = {f[5] for f in fields if len(f) >= 6 and "libcudart.so" in f[5]}  # (field 5: the path)
     return ctypes.CDLL(sorted(paths)[0]) if paths else None
 
 

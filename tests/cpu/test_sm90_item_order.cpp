@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_item_order.h"
@@ -92,25 +93,30 @@ TEST(Sm90ItemOrder, StaticRoundsImbalanceModel) {
   EXPECT_DOUBLE_EQ(static_rounds_imbalance(2, 256, 100, 128, 100 - 256, 3), 6.0 / 4.0);
 }
 
-// The claim policy at the shapes it was measured on (H200, 132 CTAs;
-// docs/perf-notes.md, sessions 24-25): D = 64's 192-row items claim at B=2
-// H=32; the D = 128 kernel that quantizes Q (steps across items) claims
-// with 16 heads (model 1.36-1.43, kernel -17%), not with 40 (1.15: +6.6%
-// at 4K) nor 64 (1.031: +8%), which the other D = 128 kernels would; nothing
-// past 64 rounds.
-TEST(Sm90ItemOrder, ClaimsWhereTheyMeasuredFaster) {
-  using sage::sm90::causal_claims_pay;
-  EXPECT_TRUE(causal_claims_pay(64, 4096, 4096, 192, 0, 132, false));
-  EXPECT_TRUE(causal_claims_pay(64, 1024, 1024, 192, 0, 132, false));
-  EXPECT_TRUE(causal_claims_pay(16, 4096, 4096, 128, 0, 132, true));
-  EXPECT_TRUE(causal_claims_pay(16, 2048, 2048, 128, 0, 132, true));
-  EXPECT_FALSE(causal_claims_pay(40, 4096, 4096, 128, 0, 132, true));
-  EXPECT_TRUE(causal_claims_pay(40, 4096, 4096, 128, 0, 132, false));
-  EXPECT_FALSE(causal_claims_pay(64, 4096, 4096, 128, 0, 132, true));
-  EXPECT_FALSE(causal_claims_pay(64, 4096, 4096, 128, 0, 132, false));
-  EXPECT_FALSE(causal_claims_pay(16, 1024, 1024, 128, 0, 132, true));  // 128 items: one round
+// The schedule policy at the shapes it was measured on (H200, 132 CTAs;
+// docs/perf-notes.md, sessions 24-25): D = 64's 192-row items take windows
+// and claims at B=2 H=32; the D = 128 kernel that quantizes Q (steps across
+// items, 128-row items) claims with 16 heads at 4K keys (model 1.434,
+// kernel -17%), not with 40 (1.152: +6.6%) nor 64 (1.031: +8%), where a
+// kernel without steps across items would claim from 1.05; at most two
+// items per CTA (16 heads of 2K keys: 256 items) take windows in static
+// rounds, nothing left to claim; one round is balanced; past 64 rounds the
+// rounds stay static.
+TEST(Sm90ItemOrder, ScheduleWhereItMeasuredFaster) {
+  using sage::sm90::causal_schedule;
+  auto windows_claims = [](sage::sm90::CausalSchedule s) { return std::pair(s.windows, s.claims); };
+  const auto both = std::pair(true, true), windows = std::pair(true, false), neither = std::pair(false, false);
+  EXPECT_EQ(windows_claims(causal_schedule(64, 4096, 4096, 192, 0, 132, false)), both);
+  EXPECT_EQ(windows_claims(causal_schedule(64, 1024, 1024, 192, 0, 132, false)), both);
+  EXPECT_EQ(windows_claims(causal_schedule(16, 4096, 4096, 128, 0, 132, true)), both);
+  EXPECT_EQ(windows_claims(causal_schedule(40, 4096, 4096, 128, 0, 132, true)), neither);
+  EXPECT_EQ(windows_claims(causal_schedule(40, 4096, 4096, 128, 0, 132, false)), both);
+  EXPECT_EQ(windows_claims(causal_schedule(64, 4096, 4096, 128, 0, 132, true)), neither);
+  EXPECT_EQ(windows_claims(causal_schedule(16, 2048, 2048, 128, 0, 132, true)), windows);
+  EXPECT_EQ(windows_claims(causal_schedule(12, 2048, 2048, 128, 0, 132, true)), windows);
+  EXPECT_EQ(windows_claims(causal_schedule(16, 1024, 1024, 128, 0, 132, true)), neither);  // 128 items: one round
   // 16 heads of 16384 rows: 2048 items, past 64 rounds of 30 CTAs.
-  EXPECT_FALSE(causal_claims_pay(16, 16384, 16384, 128, 0, 30, false));
+  EXPECT_EQ(windows_claims(causal_schedule(16, 16384, 16384, 128, 0, 30, false)), neither);
 }
 
 }  // namespace

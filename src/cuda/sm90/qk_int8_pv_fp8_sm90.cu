@@ -66,23 +66,24 @@ int persistent_ctas(int sm_count) {
   return cap > 0 && cap < sm_count ? cap : sm_count;
 }
 
-// Whether a causal launch claims its items (past each CTA's first two
-// rounds) instead of taking static rounds: on a persistent grid, where the
-// model of the static rounds says they balance badly (causal_claims_pay;
-// the D = 128 kernel that quantizes Q has a second build for it, launch_causal).
-// H200, GPU time (docs/perf-notes.md, sessions 24-25): claims measured
-// -8..-13% of the kernel at D=64 B=2 H=32 (192-row items: static 1.10-1.15
-// in the model), -18..-22% at D=64 B=1 H=16, -17% at D=128 B=1 H=16 2K-4K.
-// SAGE_SM90_CLAIMS=1 or 0 forces it (the tests run both).
-bool claims_items(const AttentionOptions& o, const quant::PrepassProblem& pp, int ctas) {
-  if (!o.causal || pp.nq > kCausalPersistentMaxRows) return false;  // (nq: one CTA per item, nothing to claim)
+// How a causal launch takes its work items (causal_schedule): on a
+// persistent grid, in windows of heads and claimed where the model of the
+// static rounds says they balance badly (the D = 128 kernel that quantizes
+// Q has a second build for claims, launch_causal). H200, GPU time
+// (docs/perf-notes.md, sessions 24-25): -8..-13% of the kernel at D=64 B=2
+// H=32 (192-row items: static 1.10-1.15 in the model), -18..-22% at D=64
+// B=1 H=16, -17..-29% at D=128 B=1 H=12-16 (2K-4K keys).
+// SAGE_SM90_CLAIMS=1 or 0 forces windows and claims, or neither (the tests
+// run both); SAGE_SM90_WINDOW_HEADS (below) sets the windows.
+CausalSchedule causal_schedule_of(const AttentionOptions& o, const quant::PrepassProblem& pp, int ctas) {
+  if (!o.causal || pp.nq > kCausalPersistentMaxRows) return {};  // (nq: one CTA per item, nothing to order)
   const char* env = std::getenv("SAGE_SM90_CLAIMS");
-  if (env != nullptr && std::strcmp(env, "1") == 0) return true;
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  if (env != nullptr && std::strcmp(env, "1") == 0) return {true, true};
+  if (env != nullptr && std::strcmp(env, "0") == 0) return {};
   const int dp = pp.head_dim_padded;
   const int causal_shift = o.causal_align == CausalAlign::bottom_right ? pp.nk - pp.nq : 0;
-  return causal_claims_pay(pp.batch * pp.heads_q, pp.nq, pp.nk, query_block_rows(dp, pp.smooth_q, pp.q_in_attention),
-                           causal_shift, ctas, steps_across_items(dp, pp.smooth_q, pp.q_in_attention));
+  return causal_schedule(pp.batch * pp.heads_q, pp.nq, pp.nk, query_block_rows(dp, pp.smooth_q, pp.q_in_attention),
+                         causal_shift, ctas, steps_across_items(dp, pp.smooth_q, pp.q_in_attention));
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -258,7 +259,7 @@ bool claims_work_items(const AttentionArgs& args, const AttentionOptions& option
   CUtensorMap map;
   quant::PrepassProblem problem = prepass_problem(args, options);
   problem.q_in_attention = q_quantized_in_kernel(args, options, problem, &map);
-  return claims_items(options, problem, persistent_ctas(sm_count));
+  return causal_schedule_of(options, problem, persistent_ctas(sm_count)).claims;
 }
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options) {
@@ -292,13 +293,15 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
 
   const int ctas = persistent_ctas(device.sm_count);
   p.item_claims = buf.item_claims;
-  p.claims_items = claims_items(o, pp, ctas);
-  // SAGE_SM90_WINDOW_HEADS: heads per window of the claimed order (0 or
-  // unset: causal_window_heads; the tests try others).
+  const CausalSchedule schedule = causal_schedule_of(o, pp, ctas);
+  p.claims_items = schedule.claims;
+  // SAGE_SM90_WINDOW_HEADS: heads per window of every causal launch's order
+  // (0 or unset: causal_window_heads where the schedule takes windows, one
+  // head elsewhere; the tests try others, static rounds and claims alike).
   const int window_env = count_from_env("SAGE_SM90_WINDOW_HEADS", 0);
-  p.window_heads = !p.claims_items ? 1
-                   : window_env > 0 ? std::min(window_env, p.batch_heads)
-                                    : causal_window_heads(p.batch_heads, pp.nk, dp);
+  p.window_heads = window_env > 0       ? std::min(window_env, p.batch_heads)
+                   : !schedule.windows ? 1
+                                       : causal_window_heads(p.batch_heads, pp.nk, dp);
   const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, pp.q_in_attention, o.causal, pp.bf16, ctas, s)
                                    : launch_for_dp<128>(p, pp.q_in_attention, o.causal, pp.bf16, ctas, s);
   if (err != cudaSuccess) return fwd::cuda_status(err, "sm90 attention kernel launch");

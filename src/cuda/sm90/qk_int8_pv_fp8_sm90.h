@@ -65,9 +65,10 @@ bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions&
 bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options);
 
 // Whether a causal call on a device of `sm_count` SMs claims its work items
-// from a counter instead of taking static rounds (the rounds would balance
-// badly: static_rounds_imbalance; SAGE_SM90_CLAIMS=1 or 0 forces it; read
-// per call). Tests use it to know which path a call takes.
+// from a counter instead of taking static rounds (causal_schedule: static
+// rounds would balance badly, on a persistent grid of more than two rounds;
+// SAGE_SM90_CLAIMS=1 or 0 forces it; read per call). Tests use it to know
+// which path a call takes.
 bool claims_work_items(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options);

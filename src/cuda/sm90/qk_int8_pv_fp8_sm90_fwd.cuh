@@ -123,7 +123,7 @@ struct FwdTraits {
   // docs/perf-notes.md, session 24). So those instances come in two: static
   // rounds computed by the consumers, taken where the rounds balance well,
   // and published (claimed) items, taken where they do not (B=1 with 12-16
-  // heads: the kernel 17-29% faster, session 25).
+  // heads at 4K keys: the kernel 17-22% faster, session 25).
   static constexpr bool kMayClaimItems = Causal && (!kStepsAcrossItems || ClaimsAcrossItems);
   static constexpr int kQBytes = kBlockQ * kDp;
   static constexpr int kQ16Bytes = kBlockQ * kDp * 2;  // QuantizeQ: the caller's rows (inputs share OutT)

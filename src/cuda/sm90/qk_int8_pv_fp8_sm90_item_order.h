@@ -42,7 +42,7 @@ constexpr int causal_window_heads(int batch_heads, int nk, int head_dim_padded) 
 // its key tiles plus 4 (the Q tile, the first and last steps, the epilogue;
 // ~3.6 tile times, docs/perf-notes.md, session 12). Items of 0 key tiles
 // (rows that see no key) cost 1. Where it is above kCausalClaimsAbove, the
-// causal launch claims its items instead (causal_claims_pay).
+// causal launch orders its items otherwise, and claims them (causal_schedule).
 inline constexpr double kCausalClaimsAbove = 1.05;
 inline double static_rounds_imbalance(int batch_heads, int nq, int nk, int block_q, int causal_shift, int ctas) {
   const int q_tiles = (nq + block_q - 1) / block_q;
@@ -75,24 +75,35 @@ inline double static_rounds_imbalance(int batch_heads, int nq, int nk, int block
 // than the static one where both balance alike, for reasons not found
 // (docs/perf-notes.md, sessions 24-25), so it pays only where the static
 // rounds balance much worse. H200, kernel GPU time, claims against static
-// rounds (model in parentheses): B=1 H=16 -17.7% at 2K keys (1.361), -16.6%
-// at 4K (1.434); B=1 H=40 -2.4% at 2K (1.155), +6.6% at 4K (1.152); B=2
-// H=32 +3.0% at 1K and +8.0% at 4K (1.031).
+// rounds (model in parentheses): B=1 H=16 -16.6% at 4K keys (1.434); B=1
+// H=40 -2.4% at 2K (1.155), +6.6% at 4K (1.152); B=2 H=32 +3.0% at 1K and
+// +8.0% at 4K (1.031).
 inline constexpr double kCausalClaimsAcrossItemsAbove = 1.3;
 
-// Whether a causal launch on a persistent grid of `ctas` CTAs claims its
-// items (qk_int8_pv_fp8_sm90_scheduler.cuh): where the static rounds'
-// model leaves the busiest CTA over kCausalClaimsAbove the mean, or over
-// kCausalClaimsAcrossItemsAbove in the kernel that runs its consumers'
-// steps across items. Past 64 rounds, where the rounds even out (256 heads
-// of 32 tiles, 62 rounds: 1.027x), the model is not run (it walks every
-// item) and the rounds stay static.
-inline bool causal_claims_pay(int batch_heads, int nq, int nk, int block_q, int causal_shift, int ctas,
-                              bool steps_across_items) {
+// How a causal launch on a persistent grid of `ctas` CTAs takes its items
+// (qk_int8_pv_fp8_sm90_scheduler.cuh): in windows of heads, longest first
+// (causal_item; else head by head), and claimed from a counter past each
+// CTA's first two rounds (else static rounds).
+struct CausalSchedule {
+  bool windows = false, claims = false;
+};
+// Windows where the model of head-by-head static rounds leaves the busiest
+// CTA over kCausalClaimsAbove the mean; claims with them, unless every CTA
+// has at most two items (the static rounds' forward and backward round over
+// the windows' longest-first order already pair them up, and there is
+// nothing left to claim), and, where the kernel runs its consumers' steps
+// across items, only over kCausalClaimsAcrossItemsAbove (below it, head by
+// head and static). Past 64 rounds, where the rounds even out (256 heads of
+// 32 tiles, 62 rounds: 1.027x), the model is not run (it walks every item)
+// and the launch takes static rounds head by head.
+inline CausalSchedule causal_schedule(int batch_heads, int nq, int nk, int block_q, int causal_shift, int ctas,
+                                      bool steps_across_items) {
   const long long items = static_cast<long long>((nq + block_q - 1) / block_q) * batch_heads;
-  if (items > 64ll * ctas) return false;
+  if (items > 64ll * ctas) return {};
   const double imbalance = static_rounds_imbalance(batch_heads, nq, nk, block_q, causal_shift, ctas);
-  return imbalance > (steps_across_items ? kCausalClaimsAcrossItemsAbove : kCausalClaimsAbove);
+  if (items <= 2ll * ctas) return {imbalance > kCausalClaimsAbove, false};
+  const bool claims = imbalance > (steps_across_items ? kCausalClaimsAcrossItemsAbove : kCausalClaimsAbove);
+  return {claims, claims};
 }
 
 // Causal item `item` in window order: the items of windows of `window`

@@ -9,13 +9,15 @@
 //     (round j: item j G + c, or j G + G - 1 - c in odd rounds).
 //   - Causal items cost their key tiles (up to the diagonal), longest
 //     first within each head. Where the static rounds would balance them
-//     badly (QkInt8PvFp8Params::claims_items, decided on the host from a
-//     model of the work: up to 1.9x the mean with few heads, 1.10-1.15x
-//     with D = 64's 192-row tiles; docs/perf-notes.md, session 24) they are
-//     ordered in windows of heads, longest first (causal_item), and past
-//     round 1 a CTA claims the next item from a counter in the workspace
-//     (item_claims[0]), so that whichever CTA is ahead takes more items.
-//     Elsewhere the rounds stay static and the windows one head wide.
+//     badly (causal_schedule, decided on the host from a model of the
+//     work: up to 1.9x the mean with few heads, 1.10-1.15x with D = 64's
+//     192-row tiles; docs/perf-notes.md, sessions 24-25) they are ordered
+//     in windows of heads, longest first (QkInt8PvFp8Params::window_heads,
+//     causal_item), and, where CTAs have more than two rounds, past round
+//     1 a CTA claims the next item from a counter in the workspace
+//     (item_claims[0], QkInt8PvFp8Params::claims_items), so that whichever
+//     CTA is ahead takes more items. Elsewhere the rounds stay static and
+//     the windows one head wide.
 // The producer thread takes (claims) each item when it starts loading it,
 // one item ahead of the consumers, and publishes its work in the item
 // buffer it loads (FwdSharedStorage::work_of) before that buffer's
