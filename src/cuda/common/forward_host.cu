@@ -95,7 +95,11 @@ void fill_forward_params(const AttentionArgs& args, const AttentionOptions& o, c
   p->q_groups = layout.q_groups;
   p->k_groups = layout.k_groups;
   p->granularity = o.qk_granularity;
-  p->causal_shift = o.causal && o.causal_align == CausalAlign::bottom_right ? pp.nk - pp.nq : 0;
+  p->causal_shift = causal_shift(o, pp);
+}
+
+int causal_shift(const AttentionOptions& o, const quant::PrepassProblem& pp) {
+  return o.causal && o.causal_align == CausalAlign::bottom_right ? pp.nk - pp.nq : 0;
 }
 
 }  // namespace sage::fwd

@@ -53,6 +53,10 @@ struct Prepass {
 Status start_prepass(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& problem,
                      void* workspace, cudaStream_t stream, bool kernel_only, bool programmatic, Prepass* out);
 
+// The key offset of query row 0's diagonal (ForwardParams::causal_shift):
+// nk - nq where a causal call aligns bottom-right, else 0.
+int causal_shift(const AttentionOptions& o, const quant::PrepassProblem& pp);
+
 // Everything in ForwardParams, from the call and its pre-pass.
 void fill_forward_params(const AttentionArgs& args, const AttentionOptions& o, const Prepass& prepass,
                          ForwardParams* p);

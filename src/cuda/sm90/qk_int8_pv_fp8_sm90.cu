@@ -81,9 +81,8 @@ CausalSchedule causal_schedule_of(const AttentionOptions& o, const quant::Prepas
   if (env != nullptr && std::strcmp(env, "1") == 0) return {true, true};
   if (env != nullptr && std::strcmp(env, "0") == 0) return {};
   const int dp = pp.head_dim_padded;
-  const int causal_shift = o.causal_align == CausalAlign::bottom_right ? pp.nk - pp.nq : 0;
   return causal_schedule(pp.batch * pp.heads_q, pp.nq, pp.nk, query_block_rows(dp, pp.smooth_q, pp.q_in_attention),
-                         causal_shift, ctas, steps_across_items(dp, pp.smooth_q, pp.q_in_attention));
+                         fwd::causal_shift(o, pp), ctas, steps_across_items(dp, pp.smooth_q, pp.q_in_attention));
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
