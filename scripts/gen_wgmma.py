@@ -66,7 +66,8 @@ __device__ __forceinline__ void wgmma_m64n{n}k32_f32_e4m3_rs(float (&d)[{nacc}],
 def main():
     out = [HEADER]
     out.append(ss_int8(128))
-    for n in (64, 128):
+    # P V^T: head dim 64, or 128 plus 8 columns of ones for the row sums.
+    for n in (64, 136):
         out.append(rs_e4m3(n))
     out.append("\n}  // namespace sage::sm90\n")
     print("".join(out), end="")

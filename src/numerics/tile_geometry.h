@@ -34,6 +34,15 @@ struct TileGeometry {
   int cta_q = 128;  // query rows per Q block (its scale groups; the sm90 CTA tile can be 192)
   int cta_k = 128;  // keys per K/V tile
   int warp_q = 16;  // query rows one warp's MMA fragment covers
+  // Not geometry, but as much the kernel family's: past which head dim the
+  // softmax's row sum l adds up P as the PV MMA reads it (the sm90 kernels at
+  // D > 64 make l with that MMA, from FP8 P) rather than the fp32 P~ (the
+  // others; the default: never).
+  int l_sums_pv_operand_past_dim = 1 << 30;
+
+  SAGE_HD constexpr bool l_sums_pv_operand(std::int64_t head_dim) const {
+    return head_dim > l_sums_pv_operand_past_dim;
+  }
 
   // Number of Q scales for nq rows, and the scale index of row `r`.
   SAGE_HD constexpr std::int64_t q_groups(std::int64_t nq, Granularity g) const {
@@ -68,7 +77,7 @@ struct TileGeometry {
 // (two consumer warpgroups of 64 rows) or 192 rows (three consumers:
 // sm90::consumer_warpgroups), which changes no group: each warp's 16 rows
 // still lie inside one 128-row block.
-inline constexpr TileGeometry kSm90Geometry{128, 128, 16};
+inline constexpr TileGeometry kSm90Geometry{128, 128, 16, /*l_sums_pv_operand_past_dim=*/64};
 
 // The geometry of the mma.sync kernels (src/cuda/mma): 8 warps of 16 rows
 // each, 64-key tiles. 64 keys keep the per-thread S accumulator at 32

@@ -13,15 +13,18 @@
 //         (row saw no key yet); a NaN logit's P~ makes l and o NaN
 //       alpha    = exp2(m[r] - m_new)              (0 when m[r] = -inf)
 //       P~[t]    = exp2(s2[r][t] - m_new) for t < n, 0 for masked keys
-//       l[r]     = l[r] * alpha + (sum_t P~[t], fp32, t ascending)
+//       l[r]     = l[r] * alpha + ValueStage::row_sum(P~): sum_t P~[t], fp32,
+//                  t ascending; where TileGeometry::l_sums_pv_operand,
+//                  the same sum over P as the PV stage quantizes it
 //       o[r][:] *= alpha;  m[r] = m_new
-//     ValueStage::accumulate(P~ tile, o)          P~ unquantized in l
+//     ValueStage::accumulate(P~ tile, o)
 //   per row: l == 0 (no visible key) -> out = 0, lse = -inf; else
 //     inv_l = 1 / l;  out = ValueStage::finish_row(o, inv_l)
 //     lse   = (m + log2(l)) * ln(2) + ScoreStage::lse_correction  (fp32)
 // exp2/log2 are the C library's (correctly rounded or nearly); the kernels'
 // ex2.approx differs by a couple of ulp. The kernels' order of the row-sum
-// additions differs too (per-thread partials, then a quad reduction).
+// additions differs too (per-thread partials, then a quad reduction; the
+// sm90 MMA's own order and ~22-bit accumulator where it makes the sums).
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -36,6 +39,12 @@ std::int64_t visible_prefix(const Problem& p, std::int64_t i) {
   if (!p.causal) return p.nk;
   const std::int64_t shift = p.align == CausalAlign::bottom_right ? p.nk - p.nq : 0;
   return std::clamp<std::int64_t>(i + shift + 1, 0, p.nk);
+}
+
+float ValueStage::row_sum(const float* p, std::int64_t n) const {
+  float sum = 0.0f;
+  for (std::int64_t t = 0; t < n; ++t) sum += p[t];
+  return sum;
 }
 
 std::vector<float> channel_mean(const float* x, std::int64_t rows, std::int64_t dim) {
@@ -159,8 +168,8 @@ struct RowState {
 // A NaN logit (from a NaN or infinite input, whose group scale is NaN or
 // inf: num::symmetric_scale) is left out of the maximum, as the kernels'
 // fmaxf leaves it, and its exponential makes the row's l and O NaN.
-void softmax_step(float* s2, std::int64_t visible, std::int64_t cta_k, float& m, float& l, float* o,
-                  std::int64_t dim) {
+void softmax_step(const ValueStage& values, float* s2, std::int64_t visible, std::int64_t cta_k, float& m, float& l,
+                  float* o, std::int64_t dim) {
   float tile_max = -std::numeric_limits<float>::infinity();
   bool nan_logit = false;
   for (std::int64_t t = 0; t < visible; ++t) {
@@ -176,13 +185,9 @@ void softmax_step(float* s2, std::int64_t visible, std::int64_t cta_k, float& m,
     return;
   }
   const float alpha = std::exp2(m - m_new);  // exp2(-inf) = 0 on the first visible tile
-  float row_sum = 0.0f;
-  for (std::int64_t t = 0; t < visible; ++t) {
-    s2[t] = std::exp2(s2[t] - m_new);
-    row_sum += s2[t];
-  }
+  for (std::int64_t t = 0; t < visible; ++t) s2[t] = std::exp2(s2[t] - m_new);
   std::fill(s2 + visible, s2 + cta_k, 0.0f);
-  l = l * alpha + row_sum;
+  l = l * alpha + values.row_sum(s2, visible);
   m = m_new;
   for (std::int64_t d = 0; d < dim; ++d) o[d] *= alpha;
 }
@@ -208,7 +213,7 @@ void run_q_tile(const Setup& s, const ScoreStage& scores, const ValueStage& valu
     scores.tile_logits(bhq, r0, rows, kt, tile.data());
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t n = std::clamp<std::int64_t>(visible[r] - kt * cta_k, 0, cta_k);
-      softmax_step(tile.data() + r * cta_k, n, cta_k, st.m[r], st.l[r], st.o.data() + r * dim, dim);
+      softmax_step(values, tile.data() + r * cta_k, n, cta_k, st.m[r], st.l[r], st.o.data() + r * dim, dim);
     }
     values.accumulate(bhkv, kt, tile.data(), rows, st.o.data());
   }

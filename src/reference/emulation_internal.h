@@ -99,6 +99,10 @@ class ValueStage {
   // One output row from its accumulator: out[d] = o[d] * inv_l, then the
   // stage's per-channel dequantization, then + mean_v[d] (smooth_v).
   virtual void finish_row(std::int64_t bhkv, const float* o, float inv_l, float* out) const = 0;
+  // One row's share of l from its n visible P~ of a tile: by default their
+  // fp32 sum, t ascending. A stage whose kernels sum P as their PV MMA reads
+  // it (TileGeometry::l_sums_pv_operand) sums that instead (in P~'s units).
+  virtual float row_sum(const float* p, std::int64_t n) const;
 };
 
 // sage2 (INT8/INT4, granularity of the options) and sagebwd (INT8, per block).

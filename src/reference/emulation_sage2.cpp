@@ -44,6 +44,9 @@
 //     P: static scale, pcode = fp8(P~ * fmax)        (fp32 multiply, then RNE)
 //     accumulation uses the decoded codes (products are exact in fp32);
 //     epilogue: out[d] = (o[d] * inv_l) * (vscale[d] / fmax) + mean_v[d]
+//     row sum (TileGeometry::l_sums_pv_operand): (sum_t pcode[t], fp32, t
+//     ascending) / fmax, the sum O's weights are made of; the sm90 kernel
+//     sums with its P V MMA (a column of ones) at the accumulator's ~22 bits
 //   fp16 / bf16: P~ and V' rounded (RNE) to the format, no scales;
 //     out[d] = o[d] * inv_l + mean_v[d]
 //   pv_accum = two_level: each K tile's sum_j p[j] * v[j][d] (j ascending)
@@ -214,6 +217,13 @@ class Sage2Values final : public ValueStage {
         add_products(pq.data(), n, h.values.data() + j0 * dim, dim, orow);
       }
     }
+  }
+
+  float row_sum(const float* p, std::int64_t n) const override {
+    if (!s_.geo.l_sums_pv_operand(s_.dim())) return ValueStage::row_sum(p, n);
+    float sum = 0.0f;
+    for (std::int64_t t = 0; t < n; ++t) sum += quantize_p(p[t]);
+    return is_fp8() ? sum / p_scale_ : sum;
   }
 
   void finish_row(std::int64_t bhkv, const float* o, float inv_l, float* out) const override {

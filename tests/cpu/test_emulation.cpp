@@ -583,6 +583,42 @@ TEST(EmulationFaithfulness, Sage2EqualsExactAttentionOnQuantizedInputs) {
       }
 }
 
+// Where the kernel family sums P as its PV MMA reads it (kSm90Geometry past
+// D = 64: TileGeometry::l_sums_pv_operand), O's weights sum to one whatever
+// the FP8 rounding of P: with every key's V row the same, each output row
+// is that row, to fp32 rounding (V's per-channel scale makes each code
+// +-448 or 0, exactly). Summing the fp32 P~ instead (the mma.sync kernels;
+// the sm90 kernels at D = 64) leaves the rows off by P's quantization, which
+// shows that the rule is in effect where it should be and only there.
+TEST(EmulationRowSums, FollowTheKernelFamily) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  for (const std::int64_t dim : {128, 64}) {
+    const Problem p = make_problem(200, 300, dim);  // partial tiles
+    Inputs in = make_inputs(p, Distribution::gaussian, seed);
+    for (std::int64_t j = 1; j < p.nk; ++j)
+      std::copy(in.v.begin(), in.v.begin() + dim, in.v.begin() + j * dim);
+    for (const TileGeometry* geo : {&kSm90Geometry, &kMmaGeometry}) {
+      SCOPED_TRACE("D=" + std::to_string(dim) + (geo == &kSm90Geometry ? " sm90" : " mma"));
+      std::vector<float> out(static_cast<std::size_t>(p.q_elems()));
+      emulate_attention(p, AttentionOptions{}, *geo, in.q.data(), in.k.data(), in.v.data(), out.data(), nullptr);
+      double worst = 0;  // |out - v| relative to the largest |v|
+      float vmax = 0;
+      for (std::int64_t d = 0; d < dim; ++d) vmax = std::max(vmax, std::fabs(in.v[d]));
+      for (std::int64_t r = 0; r < p.nq; ++r)
+        for (std::int64_t d = 0; d < dim; ++d)
+          worst = std::max(worst, std::fabs(double(out[r * dim + d]) - in.v[d]) / vmax);
+      if (geo->l_sums_pv_operand(dim)) {
+        EXPECT_LE(worst, 1e-5);
+      } else {
+        EXPECT_GE(worst, 1e-4) << "fp32 sums of P~ against a quantized P: the rows should be off";
+      }
+    }
+  }
+  EXPECT_TRUE(kSm90Geometry.l_sums_pv_operand(128) && !kSm90Geometry.l_sums_pv_operand(64) &&
+              !kMmaGeometry.l_sums_pv_operand(128));
+}
+
 // ---- shapes: odd sizes, GQA, causal alignments, masked rows ---------------
 
 struct ShapeCase {

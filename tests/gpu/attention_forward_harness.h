@@ -76,6 +76,17 @@ constexpr double kEmuMinCos = 0.9999;
 constexpr double kEmuMinWorstRowCos = 0.995;
 constexpr double kEmuMaxRelL1 = 0.01;
 constexpr double kEmuLseTol = 1e-3;  // |lse - lse_emu| <= kEmuLseTol * (1 + |lse_emu|)
+// Where l sums the FP8 P (TileGeometry::l_sums_pv_operand: the sm90 kernels
+// at D > 64), a P~ * 448 next to an E4M3 rounding midpoint can round to the
+// other neighbour in the kernel than in the emulation (their exp2 and
+// roundings before it differ by a few ulp), which moves that row's l by one
+// E4M3 step of that P: at most 1/8 of the P, and so at most 1/16 of l (l
+// also holds the row maximum's 448), the LSE by at most ln(17/16). Such a
+// flip is rare (~1e-5 of the codes lie that close to a midpoint) and
+// reaches the LSE bound above only through a large P: a few rows per case
+// may take up to that much more.
+constexpr double kEmuLseFlip = 0.0607;                // ln(17 / 16), rounded up
+constexpr std::int64_t kEmuLseFlipRowsPer = 2000;     // rows allowed: 1 + rows / this
 
 // (b), (c) Kernel vs exact float64. These measure the SageAttention2
 // numerics themselves (INT8 Q/K, FP8 P and V), so they were set from the CPU
@@ -684,13 +695,14 @@ void print_metrics(const char* tag, const std::string& what, std::uint64_t seed,
 // Checks an LSE against a reference, row by row:
 //   every row written (not NaN);
 //   rows that see no key: -inf in both;
-//   other rows: finite, and |lse - ref| <= tol(visible keys, ref) when tol >= 0.
+//   other rows: finite, and |lse - ref| <= tol(visible keys, ref) when tol >= 0,
+//   except that up to `slack_rows` rows may exceed it by at most `slack`.
 // Returns the largest error over rows that see a key.
 template <class Tol>
 double check_lse(const char* what, const std::vector<float>& lse, const std::vector<double>& ref,
-                 const std::vector<std::int64_t>& visible, Tol tol) {
+                 const std::vector<std::int64_t>& visible, Tol tol, std::int64_t slack_rows = 0, double slack = 0) {
   double worst = 0;
-  std::int64_t bad = 0, unwritten = 0, empty_bad = 0, nonfinite = 0;
+  std::int64_t bad = 0, unwritten = 0, empty_bad = 0, nonfinite = 0, in_slack = 0;
   std::ostringstream first;
   for (std::size_t r = 0; r < lse.size(); ++r) {
     const double got = lse[r], want = ref[r];
@@ -712,6 +724,10 @@ double check_lse(const char* what, const std::vector<float>& lse, const std::vec
     worst = std::max(worst, err);
     const double t = tol(visible[r], want);
     if (t >= 0 && !(err <= t)) {
+      if (err <= t + slack && in_slack < slack_rows) {
+        ++in_slack;
+        continue;
+      }
       if (bad++ == 0) {
         first << " first bad row " << r << " (" << visible[r] << " visible keys): lse " << got << " vs " << want
               << ", tolerance " << t << ";";
@@ -722,7 +738,8 @@ double check_lse(const char* what, const std::vector<float>& lse, const std::vec
   EXPECT_EQ(empty_bad, 0) << what << ": rows without a visible key must have lse = -inf." << first.str();
   EXPECT_EQ(nonfinite, 0) << what << ": rows that see a key must have a finite lse." << first.str();
   EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << lse.size() << " rows out of tolerance (largest error "
-                    << worst << ")." << first.str();
+                    << worst << "; " << in_slack << " of the " << slack_rows << " rows allowed " << slack
+                    << " more took it)." << first.str();
   return worst;
 }
 
@@ -830,8 +847,11 @@ void run_case(const Case& c, int device, const sage::TileGeometry& geometry, con
   EXPECT_LE(emu_m.rel_l1, kEmuMaxRelL1) << "vs emulation";
   double emu_lse_err = 0;
   if (c.return_lse) {
-    emu_lse_err = check_lse("lse vs emulation", gpu.lse, to_double(emu_lse), visible,
-                            [](std::int64_t, double ref) { return kEmuLseTol * (1.0 + std::fabs(ref)); });
+    const bool fp8_l = geometry.l_sums_pv_operand(p.head_dim);
+    emu_lse_err = check_lse(
+        "lse vs emulation", gpu.lse, to_double(emu_lse), visible,
+        [](std::int64_t, double ref) { return kEmuLseTol * (1.0 + std::fabs(ref)); },
+        fp8_l ? 1 + rows / kEmuLseFlipRowsPer : 0, fp8_l ? kEmuLseFlip : 0.0);
   }
 
   // (b), (c) exact float64.

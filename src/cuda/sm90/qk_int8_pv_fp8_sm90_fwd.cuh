@@ -17,7 +17,10 @@
 //                (int32), the online softmax in fp32 (base 2, scales folded
 //                in), packs P to FP8 in registers and accumulates P V^T into
 //                a fresh fp32 tile accumulator that is added into O
-//                (two-level accumulation).
+//                (two-level accumulation). At D = 128 P V^T has 8 columns
+//                more than the head: P times a constant tile of ones, each
+//                row's sum of its FP8 P, which is the softmax's row sum l
+//                (FwdTraits::kRowSumsFromPv).
 // Each consumer issues P V^T of tile t-1 and Q K^T of tile t back to back,
 // folds P V^T into O while Q K^T runs, then runs the softmax of tile t
 // (where FwdTraits::kStepsAcrossItems, across items too: an item's last
@@ -32,7 +35,8 @@
 // Data flow per key tile (consumer view):
 //   smem K[st] --wgmma s8--> S int32 regs --x q_scale*k_scale, max, exp2-->
 //   P fp32 regs --cvt e4m3 (x448)--> P fp8 regs (A operand) --wgmma e4m3
-//   with smem V^T[st]--> PV fp32 --O = O*alpha + PV--> O regs.
+//   with smem V^T[st] (and its ones rows)--> PV fp32 (and row sums)
+//   --O = O*alpha + PV (l = l*alpha + sums)--> O regs (l).
 // Per item, the epilogue: O regs --/ l, V scales--> 16-bit, stmatrix into
 // the consumer's staging tile --TMA store--> out (where out's start and
 // strides are 16-byte aligned and head_dim a multiple of 8; otherwise
@@ -133,12 +137,28 @@ struct FwdTraits {
   static constexpr int kQLoadBytes = QuantizeQ ? kQ16Bytes : kQBytes;  // per item, by TMA
   static constexpr int kKBytes = kBlockK * kDp;
   static constexpr int kVBytes = kDp * kBlockK;
+  // Whether P V^T makes the softmax's row sums (the contract the emulation
+  // follows: TileGeometry::l_sums_pv_operand). Its columns are then V^T's
+  // kDp channels and 8 rows of FP8 ones (kOnesBytes behind each V^T stage,
+  // written once per CTA), whose 8 result columns all hold the row sums of
+  // P. That takes the sums' ~70 instructions per tile off the consumers'
+  // softmax, which is issue-bound, for 8 / kDp more P V^T work on the tensor
+  // pipe: D = 128 calls 2-4% faster (H200, B=2 H=32, 1K and 4K keys), D = 64
+  // 4-5% slower without a mask (its 160-register consumers spill in the
+  // loop), so not there (docs/perf-notes.md, session 27).
+  static constexpr bool kRowSumsFromPv = kSm90Geometry.l_sums_pv_operand(kDp);
+  static constexpr int kPvN = kDp + (kRowSumsFromPv ? 8 : 0);
+  static constexpr int kOnesBytes = kRowSumsFromPv ? 8 * kBlockK : 0;
+  static constexpr int kVtStageBytes = kVBytes + kOnesBytes;
   static constexpr int kSAcc = kBlockK / 2;  // int32 S accumulators per thread
   static constexpr int kOAcc = kDp / 2;      // fp32 O accumulators per thread
+  static constexpr int kPvAcc = kPvN / 2;    // the P V^T tile's: O's (then 4 of row sums)
 
   static_assert(kDp == 64 || kDp == 128, "head dims are padded to 64 or 128");
   static_assert(127 * 127 * kDp < (1 << 24), "INT8 scores must convert to fp32 exactly");
   static_assert(kBlockK == 128, "V^T rows of 128 FP8 keys fill one 128-byte swizzle row");
+  static_assert(kVBytes % 1024 == 0 && (kOnesBytes == 0 || kOnesBytes == 1024),
+                "the ones rows are V^T's next 8-row core matrix: one 1024-byte swizzle atom behind the channels");
   static_assert(kBlockQ == kConsumers * kRowsPerConsumer && (kConsumers == 2 || kConsumers == 3),
                 "two or three consumer warpgroups");
   static_assert(kSm90Geometry.cta_q % kSm90Geometry.warp_q == 0, "a warp's rows share their Q block");
@@ -164,7 +184,7 @@ template <class T>
 struct FwdSharedStorage {
   alignas(1024) int8_t q[T::kQBuffers][T::kQBytes];
   alignas(1024) int8_t k[T::kStages][T::kKBytes];
-  alignas(1024) uint8_t vt[T::kStages][T::kVBytes];
+  alignas(1024) uint8_t vt[T::kStages][T::kVtStageBytes];  // V^T's kVBytes (then the ones rows)
   alignas(128) uint8_t q16[2][T::kQuantizeQ ? T::kQ16Bytes : 16];  // QuantizeQ: [kBlockQ][kDp] 16-bit
   alignas(1024) uint8_t out_stage[T::kConsumers][OutStage<T::kDp>::kBytes];  // per consumer, epilogue
   ItemFactors<T::kDp> factors[2];
@@ -345,16 +365,17 @@ __device__ __forceinline__ void qk_mma_issue(int32_t (&s_acc)[T::kSAcc], uint64_
 
 // P V^T into a fresh accumulator (the tile's level of the two-level
 // accumulation), issued asynchronously (one commit group); p_frag is read
-// until it completes.
+// until it completes. pv[kOAcc ..] are the row sums (FwdTraits::kRowSumsFromPv).
 template <class T>
-__device__ __forceinline__ void pv_mma_issue(float (&pv)[T::kOAcc], const uint32_t (&p_frag)[T::kBlockK / 32][4],
+__device__ __forceinline__ void pv_mma_issue(float (&pv)[T::kPvAcc], const uint32_t (&p_frag)[T::kBlockK / 32][4],
                                              uint64_t vt) {
   wgmma_fence();
 #pragma unroll
   for (int c = 0; c < T::kBlockK / 32; ++c) {
-    if constexpr (T::kDp == 128) {
-      wgmma_m64n128k32_f32_e4m3_rs(pv, p_frag[c], desc_advance(vt, c * 32), c > 0);
+    if constexpr (T::kPvN == 136) {
+      wgmma_m64n136k32_f32_e4m3_rs(pv, p_frag[c], desc_advance(vt, c * 32), c > 0);
     } else {
+      static_assert(T::kPvN == 64, "the P V^T shapes the sm90 instances use");
       wgmma_m64n64k32_f32_e4m3_rs(pv, p_frag[c], desc_advance(vt, c * 32), c > 0);
     }
   }
@@ -477,7 +498,8 @@ __device__ __forceinline__ void softmax_of_tile(const QkInt8PvFp8Params& p, FwdS
 // rescale factors.
 template <class T>
 struct ConsumerSteps {
-  using Softmax = OnlineSoftmax<T::kSAcc, /*kScaleP448=*/true, /*kScoresDieEarly=*/T::kConsumers == 3>;
+  using Softmax = OnlineSoftmax<T::kSAcc, /*kScaleP448=*/true, /*kScoresDieEarly=*/T::kConsumers == 3,
+                                T::kRowSumsFromPv>;
   using Slot = RingSlot<T::kStages>;
   const QkInt8PvFp8Params& p;
   FwdSharedStorage<T>& s;
@@ -501,15 +523,16 @@ struct ConsumerSteps {
     mbar_wait(&s.k_full[at.stage], at.phase);
     qk_mma_issue<T>(s_acc, it.q_desc, desc_advance(k_desc, at.stage * T::kKBytes));
   }
-  __device__ __forceinline__ void issue_pv(Slot at, float (&pv)[T::kOAcc]) {
+  __device__ __forceinline__ void issue_pv(Slot at, float (&pv)[T::kPvAcc]) {
     mbar_wait(&s.v_full[at.stage], at.phase);
-    pv_mma_issue<T>(pv, p_frag, desc_advance(vt_desc, at.stage * T::kVBytes));
+    pv_mma_issue<T>(pv, p_frag, desc_advance(vt_desc, at.stage * T::kVtStageBytes));
   }
   // Once P V^T of a tile is complete: frees its stage, folds it into O.
-  __device__ __forceinline__ void fold_pv(Slot at, const float (&pv)[T::kOAcc]) {
+  __device__ __forceinline__ void fold_pv(Slot at, const float (&pv)[T::kPvAcc]) {
     mbar_arrive(&s.kv_empty[at.stage]);  // its K and V^T may be overwritten now
 #pragma unroll
     for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
+    if constexpr (T::kRowSumsFromPv) softmax.fold_row_sums(alpha, pv[T::kOAcc], pv[T::kOAcc + 2]);  // rows r, r + 8
   }
   // Once S of tile t (ring entry `at`) is complete: the softmax into p_frag / alpha.
   __device__ __forceinline__ void softmax_tile(const ConsumerItem& it, int t, Slot at, int32_t (&s_acc)[T::kSAcc]) {
@@ -526,7 +549,7 @@ struct ConsumerSteps {
   // leaves at the last tile's.
   __device__ __forceinline__ void middle_steps(const ConsumerItem& it, Slot& cur) {
     for (int t = 1; t < it.w.n_tiles; ++t) {
-      float pv[T::kOAcc];
+      float pv[T::kPvAcc];
       int32_t s_acc[T::kSAcc];
       const Slot prev = cur;
       cur.advance();
@@ -540,7 +563,7 @@ struct ConsumerSteps {
   }
   // The last tile's P V^T, waited for alone.
   __device__ __forceinline__ void last_step(Slot at) {
-    float pv[T::kOAcc];
+    float pv[T::kPvAcc];
     issue_pv(at, pv);
     mma_wait<0>(pv);
     fold_pv(at, pv);
@@ -577,15 +600,16 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
     mbar_wait(&s.k_full[at.stage], at.phase);
     qk_mma_issue<T>(s_acc, it.q_desc, desc_advance(k_desc, at.stage * T::kKBytes));
   };
-  auto issue_pv = [&](Slot at, float(&pv)[T::kOAcc]) {
+  auto issue_pv = [&](Slot at, float(&pv)[T::kPvAcc]) {
     mbar_wait(&s.v_full[at.stage], at.phase);
-    pv_mma_issue<T>(pv, p_frag, desc_advance(vt_desc, at.stage * T::kVBytes));
+    pv_mma_issue<T>(pv, p_frag, desc_advance(vt_desc, at.stage * T::kVtStageBytes));
   };
   // Once P V^T of a tile is complete: frees its stage, folds it into O.
-  auto fold_pv = [&](Slot at, const float(&pv)[T::kOAcc]) {
+  auto fold_pv = [&](Slot at, const float(&pv)[T::kPvAcc]) {
     mbar_arrive(&s.kv_empty[at.stage]);  // its K and V^T may be overwritten now
 #pragma unroll
     for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
+    if constexpr (T::kRowSumsFromPv) softmax.fold_row_sums(alpha, pv[T::kOAcc], pv[T::kOAcc + 2]);  // rows r, r + 8
   };
   // Once S of tile t (ring entry `at`) is complete: the softmax into p_frag / alpha.
   auto softmax_tile = [&](int t, Slot at, int32_t(&s_acc)[T::kSAcc]) {
@@ -602,7 +626,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
         mma_wait<0>(s_acc);
         softmax_tile(t, cur, s_acc);
       }
-      float pv[T::kOAcc];
+      float pv[T::kPvAcc];
       issue_pv(cur, pv);
       mma_wait<0>(pv);
       fold_pv(cur, pv);
@@ -616,7 +640,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
       softmax_tile(0, cur, s_acc);
     }
     for (int t = 1; t < n_tiles; ++t) {
-      float pv[T::kOAcc];
+      float pv[T::kPvAcc];
       int32_t s_acc[T::kSAcc];
       const Slot prev = cur;
       cur.advance();
@@ -628,7 +652,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
       softmax_tile(t, cur, s_acc);
     }
     if (n_tiles > 0) {
-      float pv[T::kOAcc];
+      float pv[T::kPvAcc];
       issue_pv(cur, pv);
       mma_wait<0>(pv);
       fold_pv(cur, pv);
@@ -682,7 +706,7 @@ __device__ void consume_across_items(const QkInt8PvFp8Params& p, FwdSharedStorag
     const int next_it0 = it.it0 + it.w.n_tiles;
     const auto [next_w, more] = across_items_work<T>(p, s, ++j, items);
     if (more && it.w.n_tiles > 0 && next_w.n_tiles > 0) {
-      float pv[T::kOAcc];
+      float pv[T::kPvAcc];
       int32_t s_acc[T::kSAcc];
       const Slot last = cur;
       cur.advance();
@@ -720,6 +744,21 @@ __device__ void consume(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s, int 
 }
 
 // ---- kernel ----------------------------------------------------------------------------
+// The ones rows behind every V^T stage (FwdTraits::kRowSumsFromPv), by all
+// threads, fenced for the wgmma (async proxy) that reads them; the kernel's
+// __syncthreads publishes them. TMA never writes them.
+template <class T>
+__device__ __forceinline__ void write_ones_rows(FwdSharedStorage<T>& s) {
+  if constexpr (T::kRowSumsFromPv) {
+    constexpr uint32_t kOnes = 0x38383838u;  // four E4M3 1.0
+    constexpr int kWords = T::kOnesBytes / 4;
+    for (int i = threadIdx.x; i < T::kStages * kWords; i += T::kThreads) {
+      reinterpret_cast<uint32_t*>(s.vt[i / kWords] + T::kVBytes)[i % kWords] = kOnes;
+    }
+    fence_proxy_async_shared();
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(const __grid_constant__ QkInt8PvFp8Params p) {
   extern __shared__ uint8_t smem_raw[];
@@ -749,6 +788,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
     tma_prefetch_descriptor(&p.tmap_vt);
     if (p.out_tma) tma_prefetch_descriptor(&p.tmap_out);
   }
+  write_ones_rows<T>(s);
   // Launched under the pre-pass's tail (programmatic launch): everything
   // below reads its outputs, except (QuantizeQ) the first item's Q, which
   // the caller wrote before the pre-pass started (its statistics kernel is

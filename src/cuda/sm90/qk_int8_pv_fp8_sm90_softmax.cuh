@@ -13,6 +13,14 @@
 // With kScaleP448 = false (16-bit P, used by the mma.sync family's FP16 PV
 // kernels) P~ is produced unscaled and exponentiate() hands it out in fp32
 // for the caller to pack.
+//
+// Row sums: by default l sums the fp32 P~ (per thread, then across the
+// quad in finish()). With kRowSumsFromPv the caller's P V^T MMA makes them
+// instead (the sm90 kernels: 8 columns of ones next to V^T's channels), so l
+// is the sum of the FP8 P that O itself accumulates, whole rows in every
+// thread, and the softmax only rescales it (fold_row_sums). That takes the
+// sums' additions off the softmax, which is issue-bound (~4% of the sm90
+// kernel at D = 128, 4K keys: docs/perf-notes.md, session 26).
 #pragma once
 
 #include <climits>
@@ -48,12 +56,13 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 // kScoresDieEarly: see exponentiate(); for consumers short of registers.
-template <int NAcc, bool kScaleP448 = true, bool kScoresDieEarly = false>
+template <int NAcc, bool kScaleP448 = true, bool kScoresDieEarly = false, bool kRowSumsFromPv = false>
 struct OnlineSoftmax {
   static_assert(NAcc % 16 == 0, "whole 32-key chunks");
+  static_assert(!kRowSumsFromPv || kScaleP448, "the MMA sums the FP8 P (x448)");
   static constexpr float kLog2PScale = kScaleP448 ? kLog2P8Scale : 0.f;
   float m[2] = {-INFINITY, -INFINITY};  // running row max (base-2 units)
-  float l[2] = {0.f, 0.f};              // this thread's share of the row sum (x448 when kScaleP448)
+  float l[2] = {0.f, 0.f};              // the row sum, or this thread's share of it (x448 when kScaleP448)
 
   // Consumes one tile of scores: updates m and l, returns the factor alpha
   // by which O must be rescaled, and the FP8 A-operand fragments of P for
@@ -133,7 +142,7 @@ struct OnlineSoftmax {
         }
       }
     }
-    add_row_sums(pexp);
+    if constexpr (!kRowSumsFromPv) add_row_sums(pexp);
   }
 
   // P~ = exp2(s * qk_scale - shift) of every score.
@@ -172,7 +181,7 @@ struct OnlineSoftmax {
     for (int r = 0; r < 2; ++r) update_row(r, mine[r], alpha, shift);
 #pragma unroll
     for (int i = 0; i < NAcc; ++i) pexp[i] = fast_exp2(sf[i] - shift[(i / 2) % 2]);
-    add_row_sums(pexp);
+    if constexpr (!kRowSumsFromPv) add_row_sums(pexp);
   }
 
   // Row r's new running max from this thread's largest score of the tile:
@@ -183,13 +192,23 @@ struct OnlineSoftmax {
     alpha[r] = m_new == -INFINITY ? 1.f : fast_exp2(m[r] - m_new);
     shift[r] = (m_new == -INFINITY ? 0.f : m_new) - kLog2PScale;
     m[r] = m_new;
-    l[r] *= alpha[r];
+    if constexpr (!kRowSumsFromPv) l[r] *= alpha[r];
+  }
+
+  // kRowSumsFromPv: once a tile's P V^T is complete, l = l * alpha + that
+  // tile's row sums (its ones columns), with the alpha of the same tile.
+  __device__ __forceinline__ void fold_row_sums(const float (&alpha)[2], float sum0, float sum1) {
+    static_assert(kRowSumsFromPv, "the softmax sums P itself");
+    l[0] = l[0] * alpha[0] + sum0;
+    l[1] = l[1] * alpha[1] + sum1;
   }
 
   // Completes the row sums across the quad.
   __device__ __forceinline__ void finish() {
-    l[0] = quad_sum(l[0]);
-    l[1] = quad_sum(l[1]);
+    if constexpr (!kRowSumsFromPv) {
+      l[0] = quad_sum(l[0]);
+      l[1] = quad_sum(l[1]);
+    }
   }
 
   // Natural-log LSE of the row (before any smoothing correction); -inf for
