@@ -419,6 +419,9 @@ def render(runs, seeds_runs, p, geo, meta, findings, chart_name, chart_dim):
       f"{geo['cta_q']} query rows / {geo['cta_k']} keys; per-warp = per {geo['warp_q']} query rows / "
       f"{geo['cta_k']} keys; per-thread = per 2 query rows (rows g and g+8 of a 16-row warp slice) / "
       f"{geo['cta_k'] // 4} keys (keys with the same (c mod 8) / 2 in a {geo['cta_k']}-key tile).")
+    w("- The same kernel family sets how the softmax's row sum l is made: past D = 64 as the sum of P as the "
+      "P V stage rounds it, the P that O accumulates (FP8; FP16 / BF16 in those rows; the sm90 kernel makes it "
+      "with its P V MMA: `TileGeometry::l_sums_pv_operand`), at D = 64 as the fp32 sum of the unquantized P~.")
     w("- Default recipe, changed one thing at a time: INT8 Q K^T per-warp with smooth K, P and V in FP8 E4M3 "
       "(P with the static 448 scale, V per channel), two-level P V accumulation, no smooth Q or V. "
       "INT4 rows use per-thread scales (the SageAttention2 INT4 recipe) unless the granularity is the thing varied.")

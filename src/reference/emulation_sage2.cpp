@@ -48,7 +48,8 @@
 //     ascending) / fmax, the sum O's weights are made of; the sm90 kernel
 //     sums with its P V MMA (a column of ones) at the accumulator's ~22 bits
 //   fp16 / bf16: P~ and V' rounded (RNE) to the format, no scales;
-//     out[d] = o[d] * inv_l + mean_v[d]
+//     out[d] = o[d] * inv_l + mean_v[d]; row sum (l_sums_pv_operand): the
+//     fp32 sum of the rounded P~
 //   pv_accum = two_level: each K tile's sum_j p[j] * v[j][d] (j ascending)
 //     goes into a fresh fp32 accumulator, which is then added to o[d];
 //   pv_accum = fp32: o[d] += p[j] * v[j][d] directly, j ascending.

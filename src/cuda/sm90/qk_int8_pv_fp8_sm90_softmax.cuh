@@ -16,11 +16,11 @@
 //
 // Row sums: by default l sums the fp32 P~ (per thread, then across the
 // quad in finish()). With kRowSumsFromPv the caller's P V^T MMA makes them
-// instead (the sm90 kernels: 8 columns of ones next to V^T's channels), so l
-// is the sum of the FP8 P that O itself accumulates, whole rows in every
-// thread, and the softmax only rescales it (fold_row_sums). That takes the
-// sums' additions off the softmax, which is issue-bound (~4% of the sm90
-// kernel at D = 128, 4K keys: docs/perf-notes.md, session 26).
+// instead (the sm90 kernels at D = 128: 8 columns of ones next to V^T's
+// channels), so l is the sum of the FP8 P that O itself accumulates, whole
+// rows in every thread, and the softmax only rescales it (fold_row_sums).
+// That takes the sums' additions off the softmax, which is issue-bound (~4%
+// of the sm90 kernel at D = 128, 4K keys: docs/perf-notes.md, session 26).
 #pragma once
 
 #include <climits>
