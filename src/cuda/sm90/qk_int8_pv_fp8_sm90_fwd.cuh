@@ -382,6 +382,17 @@ __device__ __forceinline__ void pv_mma_issue(float (&pv)[T::kPvAcc], const uint3
   wgmma_commit();
 }
 
+// The second level of the two-level accumulation, once a tile's P V^T is
+// complete: O = O * alpha + the tile, and (kRowSumsFromPv) the same for l
+// with the tile's row sums (rows r and r + 8 of the thread).
+template <class T, class Softmax>
+__device__ __forceinline__ void fold_tile(float (&o)[T::kOAcc], Softmax& softmax, const float (&alpha)[2],
+                                          const float (&pv)[T::kPvAcc]) {
+#pragma unroll
+  for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
+  if constexpr (T::kRowSumsFromPv) softmax.fold_row_sums(alpha, pv[T::kOAcc], pv[T::kOAcc + 2]);
+}
+
 // Waits until at most `Pending` commit groups are in flight, then hands the
 // accumulator of the completed one back to the compiler.
 template <int Pending, typename Acc, int N>
@@ -530,9 +541,7 @@ struct ConsumerSteps {
   // Once P V^T of a tile is complete: frees its stage, folds it into O.
   __device__ __forceinline__ void fold_pv(Slot at, const float (&pv)[T::kPvAcc]) {
     mbar_arrive(&s.kv_empty[at.stage]);  // its K and V^T may be overwritten now
-#pragma unroll
-    for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
-    if constexpr (T::kRowSumsFromPv) softmax.fold_row_sums(alpha, pv[T::kOAcc], pv[T::kOAcc + 2]);  // rows r, r + 8
+    fold_tile<T>(o, softmax, alpha, pv);
   }
   // Once S of tile t (ring entry `at`) is complete: the softmax into p_frag / alpha.
   __device__ __forceinline__ void softmax_tile(const ConsumerItem& it, int t, Slot at, int32_t (&s_acc)[T::kSAcc]) {
@@ -607,9 +616,7 @@ __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdShar
   // Once P V^T of a tile is complete: frees its stage, folds it into O.
   auto fold_pv = [&](Slot at, const float(&pv)[T::kPvAcc]) {
     mbar_arrive(&s.kv_empty[at.stage]);  // its K and V^T may be overwritten now
-#pragma unroll
-    for (int i = 0; i < T::kOAcc; ++i) o[i] = o[i] * alpha[(i / 2) % 2] + pv[i];
-    if constexpr (T::kRowSumsFromPv) softmax.fold_row_sums(alpha, pv[T::kOAcc], pv[T::kOAcc + 2]);  // rows r, r + 8
+    fold_tile<T>(o, softmax, alpha, pv);
   };
   // Once S of tile t (ring entry `at`) is complete: the softmax into p_frag / alpha.
   auto softmax_tile = [&](int t, Slot at, int32_t(&s_acc)[T::kSAcc]) {
