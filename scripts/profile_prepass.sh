@@ -2,8 +2,9 @@
 # On a GPU machine, after scripts/device-check.sh built build-dev: one ncu profile of each
 # pre-pass kernel of one end-to-end call (B=2, H=32, D=128, bf16; N from $1, default 4096;
 # is_causal from $2, True or False, default False): its duration, throughput, occupancy, the
-# PC samples by stall reason and per SASS instruction. Output in $OUT; a device call brings
-# back only a few files, so end it with scripts/pack_out.sh.
+# PC samples by stall reason and per SASS instruction (summarized by scripts/sass_counts.py into
+# sass-counts.txt). Output in $OUT; a device call brings back only a few files, so end it with
+# scripts/pack_out.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-device-out}
@@ -28,3 +29,5 @@ ncu --import "$out/prepass.ncu-rep" --page raw 2>/dev/null |
 cat "$out/ncu-prepass-stalls.txt"
 # The samples per SASS instruction (where in the kernel the warps wait).
 ncu --import "$out/prepass.ncu-rep" --page source --csv --print-source sass >"$out/ncu-prepass-sass.csv" 2>&1
+# Instructions per warp and stall samples by SASS line, summarized (scripts/sass_counts.py).
+python3 scripts/sass_counts.py "$out/ncu-prepass-sass.csv" >"$out/sass-counts.txt" 2>&1
