@@ -48,8 +48,8 @@ def main():
     modes = ("0", "1") if args.q_prepass == "both" else (args.q_prepass,)
     for mode in modes:
         os.environ["SAGE_SM90_Q_PREPASS"] = mode
-        # CTA tile rows (sm90::query_block_rows): two consumers only where D = 128 quantizes Q itself.
-        block_q = 128 if args.dim > 64 and mode == "0" else 192  # head dims pad to 64 or 128
+        # CTA tile rows (sm90::query_block_rows): three consumers in every non-causal instance.
+        block_q = 192
         rows, times = [], []
         for n in (1024, 4096):
             q_tiles = n // block_q if n % block_q == 0 else n // block_q + 1

@@ -5,7 +5,7 @@ The consumer loop's schedule moves with edits far from it (register allocation i
 an unlucky schedule costs ~2% (docs/perf-notes.md, sessions 10-11). So a change is shipped per
 instance only where that instance's code is the code an A/B measured. For each kernel instance
 in an object file or library this prints: its traits (head dim, causal, output type, smooth_q,
-Q quantized in the kernel), an md5 of its instruction text (addresses and encodings left out),
+Q quantized in the kernel, claimed items, consumer warpgroups), an md5 of its instruction text (addresses and encodings left out),
 the instructions of its key-tile loop (the innermost loop issuing both MMAs) as executed by a
 tile that needs no mask (the forward branches inside the loop taken), the loop's local-memory
 accesses (spills), and an md5 of the loop's
@@ -26,7 +26,7 @@ import subprocess
 import sys
 
 INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,6})\*/\s+(.*?)\s*;")
-TRAITS = re.compile(r"FwdTraitsILi(\d+)ELb(\d)E(\d+)(\w+?)Lb(\d)ELb(\d)E")
+TRAITS = re.compile(r"FwdTraitsILi(\d+)ELb(\d)E(\d+)(\w+?)Lb(\d)ELb(\d)ELb(\d)ELi(\d)E")
 BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+)$")  # "@!P0 BRA 0x42d0", "@P0 BRA P3, 0xb990"
 
 
@@ -40,8 +40,9 @@ def instances(path, cuobjdump):
             match = TRAITS.search(line)
             name = None
             if match and "qk_int8_pv_fp8_sm90_kernel" in line:
-                d, causal, _, out, smooth_q, quantize_q = match.groups()
-                name = f"D{d} {'causal' if causal == '1' else 'full  '} {out[-8:]:>8} smooth_q={smooth_q} q_in_kernel={quantize_q}"
+                d, causal, _, out, smooth_q, quantize_q, claims, consumers = match.groups()
+                name = (f"D{d} {'causal' if causal == '1' else 'full  '} {out[-8:]:>8} smooth_q={smooth_q} "
+                        f"q_in_kernel={quantize_q} claims={claims} consumers={consumers}")
                 result[name] = []
             continue
         match = INSTRUCTION.search(line)

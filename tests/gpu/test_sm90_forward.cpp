@@ -224,9 +224,10 @@ class Sm90Forward : public Sm90Test {};
 // and its causal limit), over head dims (odd ones too: TMA zero-fills part
 // of a 16-byte chunk), lengths, layouts, storage, dtypes, causal alignments
 // and GQA, and with more work items than an H200 has SMs (persistent CTAs
-// reuse their Q buffers; at D = 128 a consumer's steps run on across its
-// items: the last three cases give it items of 0, 1 and 2 key tiles in a
-// row, items of one tile, and the register-store epilogue). (The small ones
+// reuse their Q buffers; at D = 128 three consumers share one 16-bit Q
+// buffer, and in the short causal calls two consumers run their steps on
+// across items: the last three cases give the kernel items of 0, 1 and 2
+// key tiles in a row, items of one tile, and the register-store epilogue). (The small ones
 // also run under compute-sanitizer.)
 std::vector<Case> q_in_kernel_cases() {
   using namespace case_table;
@@ -237,6 +238,9 @@ std::vector<Case> q_in_kernel_cases() {
        .granularity = G::per_thread, .return_lse = false, .dist = D::outlier_channels},
       {.b = 1, .hq = 4, .hkv = 1, .nq = 1531, .nk = 1000, .d = 128, .causal = true, .align = BR, .dtype = FP16,
        .smooth_v = true, .return_lse = false, .dist = D::heavy_tailed},
+      // (past kMaxKeysTwoConsumersD128Causal: three consumers)
+      {.b = 1, .hq = 4, .hkv = 2, .nq = 1300, .nk = 1300, .d = 128, .causal = true, .align = TL,
+       .return_lse = false},
       {.b = 1, .hq = 2, .hkv = 2, .nq = 300, .nk = 129, .d = 128, .causal = true, .align = BR, .smooth_k = false,
        .return_lse = true, .dist = D::channel_bias},
       {.b = 2, .hq = 4, .hkv = 4, .nq = 129, .nk = 129, .d = 128, .return_lse = false, .storage = Storage::padded,
@@ -412,10 +416,9 @@ TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
       c.causal = true;
       c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128Causal) + 1;
     });
-    // Causal calls keep the in-kernel path to a longer length.
-    add("a causal call within kMaxKeysQInKernelD128Causal keys", true, [](Case& c) {
+    add("a causal call of kMaxKeysQInKernelD128Causal keys", true, [](Case& c) {
       c.causal = true;
-      c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1;
+      c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128Causal);
     });
   });
   expect_paths(variants, device(), &sage::detail::Sm90Paths::q_in_kernel);

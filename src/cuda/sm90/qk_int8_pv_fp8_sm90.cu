@@ -24,7 +24,7 @@
 
 namespace sage::sm90 {
 
-template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsAcrossItems>
+template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsAcrossItems, int Consumers>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream);
 
 namespace {
@@ -69,6 +69,15 @@ int persistent_ctas(int sm_count) {
   return cap > 0 && cap < sm_count ? cap : sm_count;
 }
 
+// Consumer warpgroups of the instance that runs a call whose kernel
+// quantizes Q (quantize_q) or not: consumer_warpgroups, except two for the
+// D = 128 causal calls of at most kMaxKeysTwoConsumersD128Causal keys that
+// quantize Q.
+int kernel_consumers(const AttentionOptions& o, const quant::PrepassProblem& pp, bool quantize_q) {
+  const bool short_causal = o.causal && pp.nk <= kMaxKeysTwoConsumersD128Causal;
+  return quantize_q && pp.head_dim_padded == 128 && short_causal ? 2 : consumer_warpgroups(pp.smooth_q);
+}
+
 // causal_schedule, computed once per shape: its model walks every item (4 us
 // on one core of the development machine at B=2 H=32 with 4K keys, a tenth
 // of a call's host time), for an answer that depends on the arguments alone.
@@ -85,8 +94,8 @@ CausalSchedule remembered_causal_schedule(int batch_heads, int nq, int nk, int b
 
 // How a causal launch takes its work items (causal_schedule): on a
 // persistent grid, in windows of heads and claimed where the model of the
-// static rounds says they balance badly (the D = 128 kernel that quantizes
-// Q has a second build for claims, launch_causal). H200, GPU time
+// static rounds says they balance badly (the D = 128 two-consumer instances
+// that quantize Q have a second build for claims, launch_causal). H200, GPU time
 // (docs/perf-notes.md, sessions 24-25): -8..-13% of the kernel at D=64 B=2
 // H=32 (192-row items: static 1.10-1.15 in the model), -18..-22% at D=64
 // B=1 H=16, -17..-29% at D=128 B=1 H=12-16 (2K-4K keys).
@@ -97,10 +106,9 @@ CausalSchedule causal_schedule_of(const AttentionOptions& o, const quant::Prepas
   const char* env = std::getenv("SAGE_SM90_CLAIMS");
   if (env != nullptr && std::strcmp(env, "1") == 0) return {true, true};
   if (env != nullptr && std::strcmp(env, "0") == 0) return {};
-  const int dp = pp.head_dim_padded;
-  return remembered_causal_schedule(pp.batch * pp.heads_q, pp.nq, pp.nk,
-                                    query_block_rows(dp, pp.smooth_q, pp.q_in_attention), fwd::causal_shift(o, pp),
-                                    ctas, steps_across_items(dp, pp.smooth_q, pp.q_in_attention));
+  const int consumers = kernel_consumers(o, pp, pp.q_in_attention);
+  return remembered_causal_schedule(pp.batch * pp.heads_q, pp.nq, pp.nk, query_block_rows(consumers),
+                                    fwd::causal_shift(o, pp), ctas, steps_across_items(pp.q_in_attention, consumers));
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -169,10 +177,12 @@ Status make_rows16_tensor_map(CUtensorMap* map, const quant::StridedInput& t, st
   return encode_tensor_map(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 4, t.data, dims, strides, box, swizzle);
 }
 
-// Q: boxes of one CTA tile's rows x Dp channels, no swizzle.
-Status make_q16_tensor_map(CUtensorMap* map, const quant::PrepassProblem& pp, const quant::StridedInput& q) {
+// Q: boxes of one CTA tile's rows (those of the instance that quantizes Q)
+// x Dp channels, no swizzle.
+Status make_q16_tensor_map(CUtensorMap* map, const AttentionOptions& o, const quant::PrepassProblem& pp,
+                           const quant::StridedInput& q) {
   return make_rows16_tensor_map(map, q, pp.batch, pp.heads_q, pp.nq, pp.head_dim, cuuint32_t(pp.head_dim_padded),
-                                cuuint32_t(query_block_rows(pp.head_dim_padded, /*smooth_q=*/false, /*quantize_q=*/true)),
+                                cuuint32_t(query_block_rows(kernel_consumers(o, pp, /*quantize_q=*/true))),
                                 CU_TENSOR_MAP_SWIZZLE_NONE);
 }
 
@@ -212,7 +222,7 @@ bool q_quantized_in_kernel(const AttentionArgs& args, const AttentionOptions& o,
   if (!forced_kernel && pp.head_dim_padded == 128 && pp.nk > max_keys) return false;
   if (detail::memory_ranges_overlap(args.q, args.out)) return false;
   if (o.return_lse && detail::memory_ranges_overlap(args.q, args.lse)) return false;
-  return make_q16_tensor_map(map, pp, fwd::strided(args.q, o.layout)).is_ok();
+  return make_q16_tensor_map(map, o, pp, fwd::strided(args.q, o.layout)).is_ok();
 }
 
 // The call's pre-pass problem as run() launches it: whether the kernel
@@ -226,30 +236,44 @@ quant::PrepassProblem call_problem(const AttentionArgs& args, const AttentionOpt
 // The causal instance: where its consumers run their steps across items,
 // the build that reads claimed items if the launch claims, else the one
 // that computes its static rounds (FwdTraits::kMayClaimItems).
-template <int Dp, typename OutT, bool SmoothQ, bool QuantizeQ>
+template <int Dp, typename OutT, bool SmoothQ, bool QuantizeQ, int Consumers>
 cudaError_t launch_causal(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t s) {
-  if constexpr (steps_across_items(Dp, SmoothQ, QuantizeQ)) {
-    if (p.claims_items) return launch_qk_int8_pv_fp8_sm90<Dp, true, OutT, SmoothQ, QuantizeQ, true>(p, sm_count, s);
+  if constexpr (steps_across_items(QuantizeQ, Consumers)) {
+    if (p.claims_items) {
+      return launch_qk_int8_pv_fp8_sm90<Dp, true, OutT, SmoothQ, QuantizeQ, true, Consumers>(p, sm_count, s);
+    }
   }
-  return launch_qk_int8_pv_fp8_sm90<Dp, true, OutT, SmoothQ, QuantizeQ, false>(p, sm_count, s);
+  return launch_qk_int8_pv_fp8_sm90<Dp, true, OutT, SmoothQ, QuantizeQ, false, Consumers>(p, sm_count, s);
 }
 
+// consumers: kernel_consumers of the call (two only where it is causal at
+// D = 128 and quantizes Q).
 template <int Dp, bool SmoothQ, bool QuantizeQ>
-cudaError_t launch_for(const QkInt8PvFp8Params& p, bool causal, bool bf16, int sm_count, cudaStream_t s) {
-  if (bf16) {
-    return causal ? launch_causal<Dp, __nv_bfloat16, SmoothQ, QuantizeQ>(p, sm_count, s)
-                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ, QuantizeQ, false>(p, sm_count, s);
+cudaError_t launch_for(const QkInt8PvFp8Params& p, bool causal, bool bf16, int consumers, int sm_count,
+                       cudaStream_t s) {
+  constexpr int kConsumers = consumer_warpgroups(SmoothQ);
+  if constexpr (Dp == 128 && QuantizeQ) {
+    if (causal && consumers == 2) {
+      return bf16 ? launch_causal<Dp, __nv_bfloat16, SmoothQ, QuantizeQ, 2>(p, sm_count, s)
+                  : launch_causal<Dp, __half, SmoothQ, QuantizeQ, 2>(p, sm_count, s);
+    }
   }
-  return causal ? launch_causal<Dp, __half, SmoothQ, QuantizeQ>(p, sm_count, s)
-                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half, SmoothQ, QuantizeQ, false>(p, sm_count, s);
+  if (bf16) {
+    return causal ? launch_causal<Dp, __nv_bfloat16, SmoothQ, QuantizeQ, kConsumers>(p, sm_count, s)
+                  : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ, QuantizeQ, false, kConsumers>(
+                        p, sm_count, s);
+  }
+  return causal ? launch_causal<Dp, __half, SmoothQ, QuantizeQ, kConsumers>(p, sm_count, s)
+                : launch_qk_int8_pv_fp8_sm90<Dp, false, __half, SmoothQ, QuantizeQ, false, kConsumers>(p, sm_count,
+                                                                                                      s);
 }
 
 template <int Dp>
-cudaError_t launch_for_dp(const QkInt8PvFp8Params& p, bool quantize_q, bool causal, bool bf16, int sm_count,
-                          cudaStream_t s) {
-  if (p.q_mean) return launch_for<Dp, true, false>(p, causal, bf16, sm_count, s);
-  return quantize_q ? launch_for<Dp, false, true>(p, causal, bf16, sm_count, s)
-                    : launch_for<Dp, false, false>(p, causal, bf16, sm_count, s);
+cudaError_t launch_for_dp(const QkInt8PvFp8Params& p, bool quantize_q, bool causal, bool bf16, int consumers,
+                          int sm_count, cudaStream_t s) {
+  if (p.q_mean) return launch_for<Dp, true, false>(p, causal, bf16, consumers, sm_count, s);
+  return quantize_q ? launch_for<Dp, false, true>(p, causal, bf16, consumers, sm_count, s)
+                    : launch_for<Dp, false, false>(p, causal, bf16, consumers, sm_count, s);
 }
 
 }  // namespace
@@ -307,7 +331,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   p.out_tma = make_out_tensor_map(&p.tmap_out, args, o, pp);
   if (!pp.q_in_attention) {
     SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp,
-                                         query_block_rows(dp, pp.smooth_q, /*quantize_q=*/false)));
+                                         query_block_rows(kernel_consumers(o, pp, /*quantize_q=*/false))));
   }
   SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_k, buf.k, dp, pp.nk, std::uint64_t(pp.batch) * pp.heads_kv, dp, 128));
   SAGE_RETURN_IF_ERROR(
@@ -324,8 +348,9 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   p.window_heads = window_env > 0       ? std::min(window_env, p.batch_heads)
                    : !schedule.windows ? 1
                                        : causal_window_heads(p.batch_heads, pp.nk, dp);
-  const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, pp.q_in_attention, o.causal, pp.bf16, ctas, s)
-                                   : launch_for_dp<128>(p, pp.q_in_attention, o.causal, pp.bf16, ctas, s);
+  const int consumers = kernel_consumers(o, pp, pp.q_in_attention);
+  const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, pp.q_in_attention, o.causal, pp.bf16, consumers, ctas, s)
+                                   : launch_for_dp<128>(p, pp.q_in_attention, o.causal, pp.bf16, consumers, ctas, s);
   if (err != cudaSuccess) return fwd::cuda_status(err, "sm90 attention kernel launch");
   return Status::ok();
 }

@@ -29,9 +29,19 @@ std::string unsupported_reason(const AttentionOptions& options, std::int64_t hea
 // item's quantization, last P V^T and first Q K^T together), in-kernel Q
 // gave, non-causal: -3.8% at 2K, +1.2% at 4K, +1.0% at 8K; causal: -0.3% at
 // 2K, +0.2% at 4K, -0.4% at 8K. Against the pre-pass's Q with three
-// consumers (session 18): -7.9% at 2K, causal -11% at 2K.
-inline constexpr std::int64_t kMaxKeysQInKernelD128 = 2048;
+// consumers (session 18): -7.9% at 2K, causal -11% at 2K. With three
+// consumers quantizing Q (session 29), in-kernel against the pre-pass's Q:
+// -2.6% at 4K (non-causal; 8K not measured), so both limits are 4096 keys.
+inline constexpr std::int64_t kMaxKeysQInKernelD128 = 4096;
 inline constexpr std::int64_t kMaxKeysQInKernelD128Causal = 4096;
+
+// The longest key sequences of the D = 128 causal calls whose kernel
+// quantizes Q with two consumers (their steps run on across items) instead
+// of three: GPU time of whole calls, three against two (H200, B=2 H=32,
+// docs/perf-notes.md, session 29): causal +4.4% at 1K keys, -3.9% at 2K,
+// -4.2% at 4K (non-causal -5.3% at 1K, -3.2% at 2K: always three there).
+// Between 1K and 2K not measured.
+inline constexpr std::int64_t kMaxKeysTwoConsumersD128Causal = 1024;
 
 // The longest heads whose K and V the pre-pass's cluster kernel streams
 // (quant::PrepassProblem::kv_stream_max_keys: rows read twice, the second

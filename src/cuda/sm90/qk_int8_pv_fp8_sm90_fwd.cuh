@@ -45,7 +45,10 @@
 // Q (QuantizeQ instances): the caller's 16-bit rows arrive by TMA and each
 // consumer quantizes its own 64 rows to INT8 into the Q buffer at the start
 // of an item, with the pre-pass's arithmetic (quantize_q_rows); otherwise
-// the pre-pass's INT8 rows arrive. This saves the pre-pass its Q jobs and
+// the pre-pass's INT8 rows arrive. (With three consumers at D = 128 the
+// 16-bit tile has one buffer, not one per item buffer: two do not fit; the
+// producer refills it once every consumer has quantized it, q16_empty.)
+// This saves the pre-pass its Q jobs and
 // costs each item its quantization: the dispatch takes it where that paid
 // (sm90::quantizes_q_in_kernel, docs/perf-notes.md).
 // smooth_q (SmoothQ instances): warps 1 and 2 of the producer warpgroup,
@@ -76,7 +79,7 @@ inline constexpr int kOffsetBarrier = 1;    // named barrier of the smooth_q key
 inline constexpr int kConsumerBarrier = 2;  // + consumer: its four warps (INT8 Q rows written, output staged)
 
 template <int HeadDimPadded, bool Causal, typename OutT, bool SmoothQ = false, bool QuantizeQ = false,
-          bool ClaimsAcrossItems = false>
+          bool ClaimsAcrossItems = false, int Consumers = consumer_warpgroups(SmoothQ)>
 struct FwdTraits {
   static constexpr int kDp = HeadDimPadded;
   static constexpr bool kCausal = Causal;
@@ -86,10 +89,10 @@ struct FwdTraits {
   static constexpr int kOffsetThreads = 64;  // producer warps 1, 2: two keys each per tile
   using Out = OutT;
   static constexpr int kRowsPerConsumer = 64;  // wgmma M
-  static constexpr int kConsumers = consumer_warpgroups(HeadDimPadded, SmoothQ, QuantizeQ);
+  static constexpr int kConsumers = Consumers;
   // The quantization groups stay those of kSm90Geometry (128-row blocks,
   // 16-row warps): every warp's 16 rows lie inside one block either way.
-  static constexpr int kBlockQ = query_block_rows(HeadDimPadded, SmoothQ, QuantizeQ);
+  static constexpr int kBlockQ = query_block_rows(Consumers);
   static constexpr int kBlockK = kSm90Geometry.cta_k;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // Three stages: a stage is refilled only once every consumer is done with
@@ -117,7 +120,7 @@ struct FwdTraits {
   // chunk under the exponentials keeps its accumulator live next to S:
   // 800 bytes of spills; D = 128 without kScoresDieEarly: 600.)
   static constexpr bool kSerialSteps = kConsumers == 3 && HeadDimPadded == 128;
-  static constexpr bool kStepsAcrossItems = steps_across_items(HeadDimPadded, SmoothQ, QuantizeQ);
+  static constexpr bool kStepsAcrossItems = steps_across_items(QuantizeQ, Consumers);
   // Whether a causal launch may claim its items (QkInt8PvFp8Params::claims_items).
   // With steps across items only in the instances built for it
   // (ClaimsAcrossItems): their consumers take the next item before they end
@@ -134,6 +137,12 @@ struct FwdTraits {
   // The INT8 Q tiles: one per item buffer where they are loaded, one where
   // the consumers write it (each rewrites its rows only after its last Q K^T).
   static constexpr int kQBuffers = QuantizeQ ? 1 : 2;
+  // The 16-bit Q tiles: one per item buffer, except with three consumers at
+  // D = 128, where two do not fit in shared memory: then one, which the
+  // producer refills for the next item once every consumer has quantized it
+  // (q16_empty; they do so first thing in an item, so the refill lands long
+  // before the next item starts).
+  static constexpr int kQ16Buffers = QuantizeQ && HeadDimPadded == 128 && Consumers == 3 ? 1 : 2;
   static constexpr int kQLoadBytes = QuantizeQ ? kQ16Bytes : kQBytes;  // per item, by TMA
   static constexpr int kKBytes = kBlockK * kDp;
   static constexpr int kVBytes = kDp * kBlockK;
@@ -161,6 +170,8 @@ struct FwdTraits {
                 "the ones rows are V^T's next 8-row core matrix: one 1024-byte swizzle atom behind the channels");
   static_assert(kBlockQ == kConsumers * kRowsPerConsumer && (kConsumers == 2 || kConsumers == 3),
                 "two or three consumer warpgroups");
+  static_assert(Consumers == consumer_warpgroups(SmoothQ) || (QuantizeQ && Causal && HeadDimPadded == 128),
+                "two consumers that quantize Q: the D = 128 short causal instances only");
   static_assert(kSm90Geometry.cta_q % kSm90Geometry.warp_q == 0, "a warp's rows share their Q block");
   static_assert(kSm90Geometry.warp_q == 16, "each warp of a wgmma owns 16 rows");
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // per thread, as ptxas allocates them
@@ -185,7 +196,7 @@ struct FwdSharedStorage {
   alignas(1024) int8_t q[T::kQBuffers][T::kQBytes];
   alignas(1024) int8_t k[T::kStages][T::kKBytes];
   alignas(1024) uint8_t vt[T::kStages][T::kVtStageBytes];  // V^T's kVBytes (then the ones rows)
-  alignas(128) uint8_t q16[2][T::kQuantizeQ ? T::kQ16Bytes : 16];  // QuantizeQ: [kBlockQ][kDp] 16-bit
+  alignas(128) uint8_t q16[T::kQ16Buffers][T::kQuantizeQ ? T::kQ16Bytes : 16];  // QuantizeQ: [kBlockQ][kDp] 16-bit
   alignas(1024) uint8_t out_stage[T::kConsumers][OutStage<T::kDp>::kBytes];  // per consumer, epilogue
   ItemFactors<T::kDp> factors[2];
   // Item buffer b (a ring of two over a CTA's items: ItemSlot): work_of
@@ -206,6 +217,7 @@ struct FwdSharedStorage {
   float q_mean[T::kDp];
   float delta[T::kStages][T::kBlockK];  // base-2 score offset per key
   uint64_t delta_full[T::kStages];
+  uint64_t q16_empty;  // kQ16Buffers == 1: every consumer has quantized the Q tile in q16[0]
 };
 
 // Where byte `off` of a row-major tile of Dp-byte INT8 rows (Q, K) lies once
@@ -225,8 +237,11 @@ __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
   produce_items<T>(p, s, [&](const fwd::CtaWork& w, int j, int it0, int b) {
     mbar_arrive_expect_tx(&s.item_full[b], T::kQLoadBytes);
     if constexpr (T::kQuantizeQ) {
-      tma_load_4d(s.q16[b], &p.tmap_q, &s.item_full[b], 0, w.q_tile * T::kBlockQ, w.bh % p.heads_q,
-                  w.bh / p.heads_q);
+      if constexpr (T::kQ16Buffers == 1) {
+        if (j > 0) mbar_wait_idle(&s.q16_empty, (j - 1) & 1);  // item j - 1's tile quantized
+      }
+      tma_load_4d(s.q16[b % T::kQ16Buffers], &p.tmap_q, &s.item_full[b], 0, w.q_tile * T::kBlockQ,
+                  w.bh % p.heads_q, w.bh / p.heads_q);
       // The caller's Q does not come from the pre-pass: the first one is
       // loaded before the wait for it (see the kernel), the factors, K and V after.
       if (j == 0) pdl::wait_for_prerequisites();
@@ -438,7 +453,11 @@ __device__ __forceinline__ ConsumerItem begin_item(const QkInt8PvFp8Params& p, F
   const int8_t* q_rows = s.q[it.buffer.stage % T::kQBuffers] + consumer * T::kRowsPerConsumer * T::kDp;
   mbar_wait(&s.item_full[it.buffer.stage], it.buffer.phase);
   if constexpr (T::kQuantizeQ) {
-    it.q_scale = quantize_q_rows<T>(p, s, consumer, s.q16[it.buffer.stage]);
+    it.q_scale = quantize_q_rows<T>(p, s, consumer, s.q16[it.buffer.stage % T::kQ16Buffers]);
+    // (quantize_q_rows ends at the consumer's barrier: all its reads of the tile are done.)
+    if constexpr (T::kQ16Buffers == 1) {
+      if (threadIdx.x % 128 == 0) mbar_arrive(&s.q16_empty);
+    }
     if (j == 0) pdl::wait_for_prerequisites();  // the K scales
   } else {
     // A row past nq (the last tile's tail; with 192-row tiles a whole
@@ -783,6 +802,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
       mbar_init(&s.factors_full[b], 1);
       mbar_init(&s.item_empty[b], 128 * T::kConsumers + (T::kSmoothQ ? T::kOffsetThreads : 0));
     }
+    if constexpr (T::kQ16Buffers == 1) mbar_init(&s.q16_empty, T::kConsumers);
     for (int i = 0; i < T::kStages; ++i) {
       mbar_init(&s.k_full[i], 1);
       mbar_init(&s.v_full[i], 1);

@@ -70,8 +70,9 @@ inline double static_rounds_imbalance(int batch_heads, int nq, int nk, int block
 }
 
 // Where the consumers run their steps across items (the D = 128 kernel that
-// quantizes Q), claims take a second build of the kernel, which reads each
-// item where the producer publishes it; that build measured 3-8% slower
+// quantizes Q with two consumers: causal calls of at most 1024 keys), claims
+// take a second build of the kernel, which reads each item where the
+// producer publishes it; that build measured 3-8% slower
 // than the static one where both balance alike, for reasons not found
 // (docs/perf-notes.md, sessions 24-25), so it pays only where the static
 // rounds balance much worse. H200, kernel GPU time, claims against static

@@ -15,9 +15,9 @@ namespace sage::sm90 {
 // (qk_int8_pv_fp8_sm90_scheduler.cuh), except causal calls past
 // kCausalPersistentMaxRows query rows per head (one CTA per query tile).
 
-template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsAcrossItems>
+template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsAcrossItems, int Consumers>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream) {
-  using T = FwdTraits<Dp, Causal, OutT, SmoothQ, QuantizeQ, ClaimsAcrossItems>;
+  using T = FwdTraits<Dp, Causal, OutT, SmoothQ, QuantizeQ, ClaimsAcrossItems, Consumers>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
   const int q_tiles = fwd::query_tiles<T>(p);
@@ -31,23 +31,27 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
 }
 
 // The instances of one head dim: (causal, output type) x (Q from the
-// pre-pass, smoothed Q from the pre-pass, Q quantized in the kernel), and
-// where the latter's steps run on across items (D = 128), its causal
-// instances once more with claimed items (FwdTraits::kMayClaimItems).
-#define SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q, CLAIMS)                  \
-  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q, CLAIMS>( \
+// pre-pass, smoothed Q from the pre-pass, Q quantized in the kernel), each
+// with its consumer_warpgroups; and at D = 128 the short causal calls'
+// instances that quantize Q with two consumers, whose steps run on across
+// items, once with static rounds and once with claimed items
+// (FwdTraits::kMayClaimItems).
+#define SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q, CLAIMS, CONSUMERS)                  \
+  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q, CLAIMS, CONSUMERS>( \
       const QkInt8PvFp8Params&, int, cudaStream_t);
-#define SAGE_INSTANTIATE_SM90_FWD_Q(DP, CAUSAL, OUT)                  \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, false, false) \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, true, false, false)  \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, true, false)
+#define SAGE_INSTANTIATE_SM90_FWD_Q(DP, CAUSAL, OUT)                                              \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, false, false, consumer_warpgroups(false)) \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, true, false, false, consumer_warpgroups(true))   \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, true, false, consumer_warpgroups(false))
 #define SAGE_INSTANTIATE_SM90_FWD(DP)                    \
   SAGE_INSTANTIATE_SM90_FWD_Q(DP, false, __nv_bfloat16) \
   SAGE_INSTANTIATE_SM90_FWD_Q(DP, true, __nv_bfloat16)  \
   SAGE_INSTANTIATE_SM90_FWD_Q(DP, false, __half)        \
   SAGE_INSTANTIATE_SM90_FWD_Q(DP, true, __half)
-#define SAGE_INSTANTIATE_SM90_FWD_CLAIMS_ACROSS_ITEMS(DP)                     \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __nv_bfloat16, false, true, true) \
-  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, false, true, true)
+#define SAGE_INSTANTIATE_SM90_FWD_TWO_CONSUMERS_CAUSAL(DP)                       \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __nv_bfloat16, false, true, false, 2) \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __nv_bfloat16, false, true, true, 2)  \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, false, true, false, 2)        \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, false, true, true, 2)
 
 }  // namespace sage::sm90

@@ -22,24 +22,20 @@ namespace sage::sm90 {
 // 4096, where fewer and longer work items balance worse. At D = 128 they fit
 // only with serial steps (FwdTraits::kSerialSteps); measured against two
 // (GPU time, 3 rounds): kernel -1.5% at N=4096, -3.0% at 16384, causal 16384
-// -5.5% (docs/perf-notes.md, session 18). Where the D = 128 kernel
-// quantizes Q itself it keeps two: its 16-bit Q tiles (two 48 KiB buffers
-// of 192 rows) leave no shared memory for the rest. smooth_q keeps two: its
-// key offsets are per 128-row Q block (the smoothing block of the pre-pass).
-constexpr int consumer_warpgroups(int head_dim_padded, bool smooth_q, bool quantize_q) {
-  if (smooth_q) return 2;
-  return head_dim_padded == 64 || !quantize_q ? 3 : 2;
-}
+// -5.5% (docs/perf-notes.md, session 18); where the kernel quantizes Q, with
+// one 16-bit Q buffer (FwdTraits::kQ16Buffers), whole calls -5.3% at 1K,
+// -3.2% at 2K, causal -3.9% at 2K and -4.2% at 4K, but causal 1K +4.4%
+// (session 29): the short causal calls that quantize Q keep two consumers
+// (kernel_consumers, qk_int8_pv_fp8_sm90.cu), the only instances of two
+// besides smooth_q's, whose key offsets are per 128-row Q block (the
+// smoothing block of the pre-pass).
+constexpr int consumer_warpgroups(bool smooth_q) { return smooth_q ? 2 : 3; }
 // Whether a consumer's key-tile steps run on across its work items
 // (FwdTraits::kStepsAcrossItems): where the kernel quantizes Q with two
-// consumers (D = 128).
-constexpr bool steps_across_items(int head_dim_padded, bool smooth_q, bool quantize_q) {
-  return quantize_q && consumer_warpgroups(head_dim_padded, smooth_q, quantize_q) == 2;
-}
+// consumers (D = 128, short causal calls).
+constexpr bool steps_across_items(bool quantize_q, int consumers) { return quantize_q && consumers == 2; }
 // Query rows per CTA tile (the Q tensor map's box).
-constexpr int query_block_rows(int head_dim_padded, bool smooth_q, bool quantize_q) {
-  return 64 * consumer_warpgroups(head_dim_padded, smooth_q, quantize_q);
-}
+constexpr int query_block_rows(int consumers) { return 64 * consumers; }
 
 // The TMA-store epilogue's box: a consumer's 64 rows x 64 channels (128-byte
 // rows, the widest swizzled row TMA takes); Dp / 64 boxes per consumer.

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Benchmark: sage-attention vs PyTorch SDPA (cuDNN and FlashAttention-2
+backends), in the same run on the same GPU.
+
+Methods (bf16 in, bf16 out):
+  sage         sageattn() end to end: quantization pre-pass + attention kernel
+  sage-kernel  the attention kernel alone, on inputs the pre-pass already quantized
+  sdpa-cudnn   torch SDPA, CUDNN_ATTENTION backend
+  sdpa-flash   torch SDPA, FLASH_ATTENTION backend
+
+Times are medians of CUDA-event timings over rotating input sets whose total
+size exceeds the L2 cache. TOPS = 4*B*H*N*N*D (/2 causal) / time.
+Writes bench/results/<gpu>-<date>.json.
+
+  python3 bench/bench_attention.py [--quick] [--out FILE] [--dims 128] [--sizes 4096,16384] [--causal 0]
+                                   [--methods sage,sage-kernel,sdpa-cudnn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import sage_attention
+from sage_attention import _attention as sage_impl
+
+L2_BYTES = 64 << 20
+
+
+def input_sets(b, h, n, d, dtype, device):
+    """Enough (q, k, v) sets that one pass over them does not fit in L2."""
+    per_set = 3 * b * h * n * d * 2
+    count = max(1, min(8, (4 * L2_BYTES) // per_set + 1))
+    return [tuple(torch.randn(b, h, n, d, dtype=dtype, device=device) for _ in range(3)) for _ in range(count)]
+
+
+def time_ms(fn, sets, warmup=5, iters=30):
+    for i in range(warmup):
+        fn(*sets[i % len(sets)])
+    torch.cuda.synchronize()
+    times = []
+    for i in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        args = sets[i % len(sets)]
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def sdpa(backend, causal):
+    def run(q, k, v):
+        with sdpa_kernel(backend):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return run
+
+
+def sage_end_to_end(causal):
+    return lambda q, k, v: sage_attention.sageattn(q, k, v, tensor_layout="HND", is_causal=causal)
+
+
+def sage_kernel_only(sets, causal):
+    """Runs the pre-pass once per input set, then times only the kernel."""
+    options = {"layout": "HND", "causal": causal, "return_lse": False}
+    prepared = {}
+    for q, k, v in sets:
+        out = torch.empty_like(q)
+        specs = tuple(sage_impl._spec(t) for t in (q, k, v, out)) + (None,)
+        nbytes = sage_attention._C.workspace_size(*specs, options)
+        ws = torch.empty(nbytes, dtype=torch.uint8, device=q.device)
+        stream = torch.cuda.current_stream().cuda_stream
+        sage_attention._C.forward(*specs, options, ws.data_ptr(), nbytes, stream)
+        prepared[id(q)] = (specs, ws, nbytes)
+
+    def run(q, k, v):
+        specs, ws, nbytes = prepared[id(q)]
+        sage_attention._C._attention_kernel_only(*specs, options, ws.data_ptr(), nbytes,
+                                                 torch.cuda.current_stream().cuda_stream)
+    return run
+
+
+def git_commit():
+    # SAGE_COMMIT first: a copy of the tree (the GPU machine's) may carry a
+    # stale .git, so the caller names the commit it copied.
+    if os.environ.get("SAGE_COMMIT"):
+        return os.environ["SAGE_COMMIT"]
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return "unknown"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer sizes (N in 1024, 4096)")
+    ap.add_argument("--out", help="JSON path (default bench/results/<gpu>-<date>.json)")
+    ap.add_argument("--dims", default="64,128", help="head dims (comma-separated)")
+    ap.add_argument("--sizes", default=None, help="sequence lengths (default 1024,4096,16384; --quick 1024,4096)")
+    ap.add_argument("--causal", default="0,1", help="causal settings to run (0, 1 or 0,1)")
+    ap.add_argument("--methods", default="sage,sage-kernel,sdpa-cudnn,sdpa-flash",
+                    help="methods to time (comma-separated; A/B runs of two builds can skip sdpa-flash)")
+    args = ap.parse_args()
+    wanted = args.methods.split(",")
+    known = ("sage", "sage-kernel", "sdpa-cudnn", "sdpa-flash")
+    if not wanted or any(m not in known for m in wanted):
+        sys.exit(f"bench: --methods takes a comma-separated subset of {', '.join(known)}")
+    if not torch.cuda.is_available():
+        sys.exit("bench: no CUDA GPU; the benchmark needs one")
+
+    dev = torch.device("cuda")
+    gpu = torch.cuda.get_device_name(dev)
+    B, H = 2, 32
+    ns = [int(n) for n in args.sizes.split(",")] if args.sizes else [1024, 4096] if args.quick else [1024, 4096, 16384]
+    rows = []
+    print(f"GPU: {gpu}  torch {torch.__version__}  sage-attention {sage_attention.__version__}", flush=True)
+    for d in (int(d) for d in args.dims.split(",")):
+        for causal in (c == "1" for c in args.causal.split(",")):
+            for n in ns:
+                sets = input_sets(B, H, n, d, torch.bfloat16, dev)
+                flops = 4 * B * H * n * n * d / (2 if causal else 1)
+                methods = {
+                    "sage": sage_end_to_end(causal),
+                    "sage-kernel": sage_kernel_only(sets, causal),
+                    "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, causal),
+                    "sdpa-flash": sdpa(SDPBackend.FLASH_ATTENTION, causal),
+                }
+                for name, fn in methods.items():
+                    if name not in wanted:
+                        continue
+                    try:
+                        ms = time_ms(fn, sets)
+                    except Exception as e:  # a backend that cannot run this shape
+                        print(f"  {name}: failed: {e}", file=sys.stderr)
+                        continue
+                    rows.append({"method": name, "B": B, "H": H, "N": n, "D": d, "causal": causal,
+                                 "ms": round(ms, 4), "tops": round(flops / ms / 1e9, 1)})
+                print_rows([r for r in rows if r["N"] == n and r["D"] == d and r["causal"] == causal])
+                del sets
+                torch.cuda.empty_cache()
+
+    result = {"gpu": gpu, "torch": torch.__version__, "commit": git_commit(), "rows": rows}
+    path = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                    f"{gpu.replace(' ', '_')}-{datetime.date.today().isoformat()}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nwrote {path}\n")
+    print_summary(rows)
+
+
+def print_rows(rows):
+    for r in rows:
+        print(f"  D={r['D']:<4} causal={int(r['causal'])} N={r['N']:<6} {r['method']:<12} "
+              f"{r['ms']:9.3f} ms {r['tops']:8.1f} TOPS", flush=True)
+
+
+def print_summary(rows):
+    """TOPS per method and sage's ratios to the SDPA backends."""
+    keys = sorted({(r["D"], r["causal"], r["N"]) for r in rows})
+    print(f"{'D':>4} {'causal':>6} {'N':>6} | {'sage':>7} {'kernel':>7} {'cudnn':>7} {'flash':>7} | "
+          f"{'sage/cudnn':>10} {'sage/flash':>10} {'kern/cudnn':>10}")
+    for d, causal, n in keys:
+        t = {r["method"]: r["tops"] for r in rows if (r["D"], r["causal"], r["N"]) == (d, causal, n)}
+        def ratio(a, b):
+            return f"{t[a] / t[b]:10.2f}" if a in t and b in t else f"{'-':>10}"
+        print(f"{d:>4} {int(causal):>6} {n:>6} | {t.get('sage', 0):7.0f} {t.get('sage-kernel', 0):7.0f} "
+              f"{t.get('sdpa-cudnn', 0):7.0f} {t.get('sdpa-flash', 0):7.0f} | "
+              f"{ratio('sage', 'sdpa-cudnn')} {ratio('sage', 'sdpa-flash')} {ratio('sage-kernel', 'sdpa-cudnn')}")
+
+
+if __name__ == "__main__":
+    main()

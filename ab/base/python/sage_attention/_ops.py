@@ -1,0 +1,386 @@
+"""The `sage_attention` torch.library operators.
+
+    torch.ops.sage_attention.forward(q, k, v, ...) -> (out, lse)
+    torch.ops.sage_attention.merge_state(out_a, lse_a, out_b, lse_b, layout) -> (out, lse)
+    torch.ops.sage_attention.merge_state_inplace(out_a!, lse_a!, out_b, lse_b, layout) -> ()
+
+Each has a CPU kernel (the library's exact emulation of the GPU numerics), a
+CUDA kernel, a fake (meta) implementation for torch.compile / export, and an
+autograd registration whose backward raises NotImplementedError, so training
+code fails loudly rather than silently getting no gradient. The backward
+raises when it runs, not when it is traced: its formula is an operator
+(`forward_backward_unavailable`, `merge_backward_unavailable`) whose kernels
+raise and whose fake gives the gradients' shapes, so torch.compile can trace
+a model whose inputs require grad (eval() without no_grad()) and only an
+actual .backward() fails.
+
+`forward` sits on every attention call, so it is registered through the
+low-level `torch.library.Library` API with a hand-written autograd kernel,
+which dispatches several times faster than the `@torch.library.custom_op`
+decorator (whose generic wrapper goes through pytree and an extra
+autograd.Function on every call; scripts/host_overhead.py times a call's
+pieces). The merge operators run
+once per sequence-parallel step on large tensors, and one of them mutates its
+inputs, so they use `custom_op`, which handles the version counters of
+mutated tensors for us.
+
+Outputs and the workspace are allocated through PyTorch (caching allocator,
+CUDA-graph pools) and the C++ core runs on the current stream of the inputs'
+device; the core sets that device itself, so a tensor on cuda:1 runs on cuda:1
+whatever the current device is.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from . import _C
+
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+
+# forward's arguments after (q, k, v): (name, schema type, default). The
+# quantization defaults are the SageAttention2 recipe.
+_FORWARD_OPTIONS = (
+    ("tensor_layout", "str", "HND"),
+    ("is_causal", "bool", False),
+    ("sm_scale", "float?", None),
+    ("return_lse", "bool", False),
+    ("causal_align", "str", "top_left"),
+    ("qk_format", "str", "int8"),
+    ("qk_granularity", "str", "per_warp"),
+    ("pv_format", "str", "fp8_e4m3"),
+    ("pv_accum", "str", "two_level"),
+    ("smooth_q", "bool", False),
+    ("smooth_k", "bool", True),
+    ("smooth_v", "bool", False),
+)
+_OPTION_DEFAULTS = tuple(default for _, _, default in _FORWARD_OPTIONS)
+# The options sageattn takes as keywords only, in forward's order, and their schema types.
+QUANT_DEFAULTS = {name: default for name, _, default in _FORWARD_OPTIONS[4:]}
+QUANT_KINDS = {name: kind for name, kind, _ in _FORWARD_OPTIONS[4:]}
+
+
+def flag(name: str, value) -> bool:
+    """A bool argument: True, False, 1 or 0 (as the operator's schema takes them); TypeError otherwise."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name}: expected a bool, got {value!r}")
+
+
+def option_value(name: str, value):
+    """A quantization option checked against its schema type (TypeError naming it otherwise); the
+    core checks the value itself."""
+    if QUANT_KINDS[name] == "bool":
+        return flag(name, value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a str, got {value!r}")
+    return value
+
+
+def _schema_literal(value) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+_FORWARD_SCHEMA = "forward(Tensor q, Tensor k, Tensor v, {}) -> (Tensor out, Tensor lse)".format(
+    ", ".join(f"{kind} {name}={_schema_literal(default)}" for name, kind, default in _FORWARD_OPTIONS))
+
+_LIB = torch.library.Library("sage_attention", "DEF")
+_LIB.define(_FORWARD_SCHEMA)
+forward = torch.ops.sage_attention.forward.default
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def tensor_spec(t: torch.Tensor):
+    """(pointer, dtype, shape, strides, device) of a tensor, as the core takes it."""
+    dtype = _DTYPE_NAMES.get(t.dtype)
+    if dtype is None:
+        raise ValueError(f"unsupported dtype {t.dtype} (expected float16, bfloat16 or float32)")
+    return (t.data_ptr(), dtype, t.shape, t.stride(), t.get_device())
+
+
+def current_stream(t: torch.Tensor) -> int:
+    """The raw current CUDA stream of t's device (0 for host tensors)."""
+    return torch._C._cuda_getCurrentRawStream(t.get_device()) if t.is_cuda else 0
+
+
+def check_same_device(**tensors):
+    """ValueError unless every tensor is on the first one's device (the fake kernels' check: the
+    core makes it for real tensors)."""
+    (first_name, first), *rest = tensors.items()
+    for name, t in rest:
+        if t.device != first.device:
+            raise ValueError(f"{name}: on device {t.device}, but {first_name} is on {first.device} "
+                             "(all tensors of a call must be on one device)")
+
+
+def lse_shape(q: torch.Tensor, tensor_layout: str):
+    """[B, Hq, Nq] of a q in `tensor_layout` (the LSE is always head-major)."""
+    if q.dim() != 4:
+        raise ValueError(f"q: expected a 4-D tensor [B, H, N, D] or [B, N, H, D], got shape {tuple(q.shape)}")
+    if tensor_layout == "HND":
+        return q.shape[:3]
+    if tensor_layout == "NHD":
+        return (q.shape[0], q.shape[2], q.shape[1])
+    raise ValueError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
+
+
+def _new_outputs(q: torch.Tensor, tensor_layout: str, return_lse: bool):
+    """out shaped like q (contiguous) and lse, or None without return_lse."""
+    shape = lse_shape(q, tensor_layout)  # (also the check of q's rank and of tensor_layout)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    return out, (q.new_empty(shape, dtype=torch.float32) if return_lse else None)
+
+
+def _with_empty_lse(q, out, lse):
+    """The operator's outputs: its signature is fixed, so a missing lse is an empty tensor."""
+    return out, (q.new_empty(0, dtype=torch.float32) if lse is None else lse)
+
+
+@functools.lru_cache(maxsize=256)
+def _core_options(tensor_layout, is_causal, sm_scale, return_lse, *quant):
+    """The C++ options object for one set of arguments, built once and reused."""
+    options = dict(zip(QUANT_DEFAULTS, quant), layout=tensor_layout, causal=is_causal, return_lse=return_lse)
+    if sm_scale is not None:
+        if not (math.isfinite(sm_scale) and sm_scale > 0):
+            raise ValueError(f"sm_scale: expected a finite positive number, got {sm_scale}")
+        options["sm_scale"] = sm_scale
+    return _C.Options(options)
+
+
+# GPU workspace bytes per (shapes, dtype, device, options). The size depends
+# only on these (the pre-pass layout), so a repeated call skips the size query
+# and its validation pass; the forward call validates everything anyway and
+# rejects a workspace that is too small.
+_workspace_bytes_cache: dict = {}
+
+
+def _workspace_bytes(specs, q, k, v, options, option_args) -> int:
+    key = (q.shape, k.shape, v.shape, q.dtype, q.get_device(), option_args)
+    nbytes = _workspace_bytes_cache.get(key)
+    if nbytes is None:
+        nbytes = _C.workspace_size(*specs, options)
+        if len(_workspace_bytes_cache) >= 1024:
+            _workspace_bytes_cache.clear()
+        _workspace_bytes_cache[key] = nbytes
+    return nbytes
+
+
+# ----------------------------------------------------------------- forward
+
+
+def _with_defaults(options: tuple) -> tuple:
+    """forward's option arguments in full: the dispatcher drops trailing ones equal to their default."""
+    return options + _OPTION_DEFAULTS[len(options):]
+
+
+# The kernels' largest head dim; the CPU emulation would take up to 256, but
+# a call that passes in CPU tests must not fail on the GPU.
+MAX_HEAD_DIM = 128
+
+
+def _empty_result(q, k, v, tensor_layout, out, lse):
+    """The outputs of a call with no query row or no key (B, H or N zero): as SDPA, empty, or with
+    no key zeros (and lse = -inf). The core rejects empty tensors, so the checks of its that still
+    mean something without data are made here."""
+    check_same_device(q=q, k=k, v=v)
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v: dtypes {q.dtype}, {k.dtype}, {v.dtype} must be equal")
+    if k.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: k and v must have one shape, "
+                         f"and q their batch and head dim ({tensor_layout} layout)")
+    heads = 1 if tensor_layout == "HND" else 2
+    heads_q, heads_kv = q.shape[heads], k.shape[heads]
+    if (heads_q or heads_kv) and (heads_kv == 0 or heads_q % heads_kv):
+        raise ValueError(f"q has {heads_q} heads, k and v {heads_kv}: q's must be a multiple of theirs")
+    out.zero_()
+    if lse is not None:
+        lse.fill_(-math.inf)
+    return out, lse
+
+
+def _run_forward(q, k, v, option_args):
+    """One C++ call (quantization pre-pass + attention): (out, lse), lse None without return_lse."""
+    tensor_layout, _, _, return_lse = option_args[:4]
+    out, lse = _new_outputs(q, tensor_layout, return_lse)  # (q is 4-D past here)
+    if q.shape[3] > MAX_HEAD_DIM:
+        raise NotImplementedError(f"q: head dim {q.shape[3]} is not supported (at most {MAX_HEAD_DIM})")
+    if not (q.numel() and k.numel()):
+        return _empty_result(q, k, v, tensor_layout, out, lse)
+    options = _core_options(*option_args)
+    specs = (tensor_spec(q), tensor_spec(k), tensor_spec(v), tensor_spec(out), tensor_spec(lse) if return_lse else None)
+    workspace, nbytes, stream = 0, 0, 0
+    if q.is_cuda:
+        nbytes = _workspace_bytes(specs, q, k, v, options, option_args)
+        if nbytes:
+            buffer = torch.empty(nbytes, dtype=torch.uint8, device=q.device)
+            workspace = buffer.data_ptr()
+        stream = torch._C._cuda_getCurrentRawStream(q.get_device())
+    _C.forward(*specs, options, workspace, nbytes, stream)
+    return out, lse
+
+
+def _forward_kernel(q, k, v, *given_options):
+    """CPU and CUDA kernel of the `forward` operator."""
+    return _with_empty_lse(q, *_run_forward(q, k, v, _with_defaults(given_options)))
+
+
+# The mode queries _plain_eager_call needs are private torch APIs: where a
+# torch version lacks them, every call goes through the dispatcher.
+_function_mode_enabled = getattr(torch._C, "_is_torch_function_mode_enabled", None)
+_dispatch_mode_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
+def _plain_eager_call(q, k, v) -> bool:
+    """True when the `forward` operator would only hand the call to _run_forward.
+
+    That is: plain tensors (no subclass: fake, functional, DTensor...), no
+    torch function or dispatch mode active, not being traced by
+    torch.compile, and no gradient to refuse. Each dispatcher hop of a
+    Python-registered kernel boxes its fifteen arguments; skipping the two
+    hops saves ~30 us per call (scripts/host_overhead.py), a third of the
+    host time of a short attention call.
+    """
+    if _function_mode_enabled is None or _dispatch_mode_depth is None:
+        return False
+    if torch.compiler.is_compiling():  # before the mode queries: Dynamo must not trace them
+        return False
+    if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
+        return False
+    if q.is_meta or k.is_meta or v.is_meta:  # the operator's fake kernel answers those
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    return not (_function_mode_enabled() or _dispatch_mode_depth())
+
+
+def attention(q, k, v, *option_args):
+    """(out, lse or None): the `forward` operator, or its kernel directly when nothing needs the dispatcher.
+
+    option_args are forward's twelve options, all given, in schema order.
+    """
+    if _plain_eager_call(q, k, v):
+        return _run_forward(q, k, v, option_args)
+    out, lse = forward(q, k, v, *option_args)
+    return out, (lse if option_args[3] else None)
+
+
+def _forward_fake(q, k, v, *given_options):
+    check_same_device(q=q, k=k, v=v)
+    tensor_layout, _, _, return_lse = _with_defaults(given_options)[:4]
+    return _with_empty_lse(q, *_new_outputs(q, tensor_layout, return_lse))
+
+
+_NO_BACKWARD = ("sage_attention has no backward pass yet: its attention is inference-only. Run it under "
+                "torch.no_grad() / torch.inference_mode(), or use torch.nn.functional.scaled_dot_product_attention "
+                "where gradients are needed.")
+
+
+@torch.library.custom_op("sage_attention::forward_backward_unavailable", mutates_args=(),
+                         device_types=("cpu", "cuda"))
+def forward_backward_unavailable(grad_out: torch.Tensor, q_shape: list[int], k_shape: list[int],
+                                 v_shape: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradient formula of `forward`: raises when it runs (see the module docstring)."""
+    raise NotImplementedError(_NO_BACKWARD)
+
+
+@forward_backward_unavailable.register_fake
+def _forward_backward_fake(grad_out, q_shape, k_shape, v_shape):
+    return tuple(grad_out.new_empty(shape) for shape in (q_shape, k_shape, v_shape))
+
+
+class _ForwardWithoutBackward(torch.autograd.Function):
+    """Records `forward` on the autograd graph with a backward that refuses to run."""
+
+    @staticmethod
+    def forward(ctx, keyset, q, k, v, *options):
+        with torch._C._AutoDispatchBelowAutograd():
+            out, lse = forward.redispatch(keyset, q, k, v, *options)
+        ctx.mark_non_differentiable(lse)
+        ctx.shapes = (list(q.shape), list(k.shape), list(v.shape))
+        ctx.num_options = len(options)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        grads = forward_backward_unavailable(grad_out, *ctx.shapes)
+        return (None, *grads) + (None,) * ctx.num_options
+
+
+def _forward_autograd(keyset, q, k, v, *args):
+    """Autograd kernel: plain redispatch unless a gradient could be asked for."""
+    below = keyset & torch._C._after_autograd_keyset
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _ForwardWithoutBackward.apply(below, q, k, v, *args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return forward.redispatch(below, q, k, v, *args)
+
+
+_LIB.impl("forward", _forward_kernel, "CPU")
+_LIB.impl("forward", _forward_kernel, "CUDA")
+_LIB.impl("forward", _forward_autograd, "Autograd", with_keyset=True)
+torch.library.register_fake("sage_attention::forward", _forward_fake, lib=_LIB)
+
+
+# ----------------------------------------------------------------- LSE merge
+
+
+def _merge_into(out_a, lse_a, out_b, lse_b, out, lse, tensor_layout):
+    _C.merge_states(tensor_spec(out_a), tensor_spec(lse_a), tensor_spec(out_b), tensor_spec(lse_b),
+                    tensor_spec(out), tensor_spec(lse), tensor_layout, current_stream(out_a))
+
+
+@torch.library.custom_op("sage_attention::merge_state", mutates_args=(), device_types=("cpu", "cuda"))
+def merge_state(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor,
+                tensor_layout: str = "HND") -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty(out_a.shape, dtype=out_a.dtype, device=out_a.device)
+    lse = torch.empty(lse_a.shape, dtype=torch.float32, device=lse_a.device)
+    _merge_into(out_a, lse_a, out_b, lse_b, out, lse, tensor_layout)
+    return out, lse
+
+
+@merge_state.register_fake
+def _merge_state_fake(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
+    check_same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
+    return (torch.empty(out_a.shape, dtype=out_a.dtype, device=out_a.device),
+            torch.empty(lse_a.shape, dtype=torch.float32, device=lse_a.device))
+
+
+@torch.library.custom_op("sage_attention::merge_state_inplace", mutates_args=("out_a", "lse_a"),
+                         device_types=("cpu", "cuda"))
+def merge_state_inplace(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor,
+                        tensor_layout: str = "HND") -> None:
+    _merge_into(out_a, lse_a, out_b, lse_b, out_a, lse_a, tensor_layout)
+
+
+@merge_state_inplace.register_fake
+def _merge_state_inplace_fake(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
+    check_same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
+    return None
+
+
+@torch.library.custom_op("sage_attention::merge_backward_unavailable", mutates_args=(), device_types=("cpu", "cuda"))
+def merge_backward_unavailable(grad_out: torch.Tensor, grad_lse: torch.Tensor) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradient formula of merge_state: raises when it runs (see the module docstring)."""
+    raise NotImplementedError("sage_attention.merge_state has no backward pass yet (inference-only)")
+
+
+@merge_backward_unavailable.register_fake
+def _merge_backward_fake(grad_out, grad_lse):
+    return (torch.empty_like(grad_out), torch.empty_like(grad_lse), torch.empty_like(grad_out),
+            torch.empty_like(grad_lse))
+
+
+def _merge_backward(ctx, grad_out, grad_lse):
+    grad_out_a, grad_lse_a, grad_out_b, grad_lse_b = merge_backward_unavailable(grad_out, grad_lse)
+    return grad_out_a, grad_lse_a, grad_out_b, grad_lse_b, None
+
+
+merge_state.register_autograd(_merge_backward)

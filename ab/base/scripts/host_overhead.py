@@ -1,0 +1,71 @@
+"""Host time of one sageattn call, and where it goes (on a GPU machine).
+
+A tiny problem (B=H=1, N=128, D=128) keeps the GPU idle, so wall time per call
+is host time: Python, the dispatcher, the C++ core (validation, pointer
+checks, TMA descriptors, launches). Each piece is timed alone over many calls.
+"""
+
+import ctypes
+import time
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import sage_attention as s
+from sage_attention import _C, _ops
+
+
+def wall_us(fn, n=2000):
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def loaded_cuda_runtime():
+    """The CUDA runtime library this process already loaded (PyTorch's), through ctypes, or None.
+    Not a fresh dlopen by name: that can load a second copy of the runtime (the system's next to
+    the wheel's), and the process then crashed or hung at exit (H200, session 25)."""
+    with open("/proc/self/maps") as maps:
+        fields = [line.split() for line in maps]
+        paths = {f[5] for f in fields if len(f) >= 6 and "libcudart.so" in f[5]}  # (field 5: the path)
+    return ctypes.CDLL(sorted(paths)[0]) if paths else None
+
+
+def main():
+    q, k, v = [torch.randn(1, 1, 128, 128, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
+    out, lse = _ops._new_outputs(q, "HND", False)
+    args = _ops._with_defaults(())
+    options = _ops._core_options(*args)
+    specs = (_ops.tensor_spec(q), _ops.tensor_spec(k), _ops.tensor_spec(v), _ops.tensor_spec(out), None)
+    nbytes = _C.workspace_size(*specs, options)
+    ws = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    pieces = {
+        "sageattn (whole call)": lambda: s.sageattn(q, k, v),
+        "torch.ops.sage_attention.forward": lambda: _ops.forward(q, k, v),
+        "_forward_kernel (no dispatcher)": lambda: _ops._forward_kernel(q, k, v),
+        "_C.forward (C++ core alone)": lambda: _C.forward(*specs, options, ws.data_ptr(), nbytes, stream),
+        "  _C.workspace_size (checks + dispatch)": lambda: _C.workspace_size(*specs, options),
+        "  outputs + workspace (3 torch.empty)": lambda: (_ops._new_outputs(q, "HND", False),
+                                                          torch.empty(nbytes, dtype=torch.uint8, device="cuda")),
+        "  tensor_spec x4": lambda: (_ops.tensor_spec(q), _ops.tensor_spec(k), _ops.tensor_spec(v),
+                                     _ops.tensor_spec(out)),
+    }
+    runtime = loaded_cuda_runtime()
+    if runtime is not None:  # one of the core's per-tensor pointer checks (its ~0.1 us ctypes call cost included)
+        attributes, pointer = ctypes.create_string_buffer(64), ctypes.c_void_p(q.data_ptr())
+        pieces["  cudaPointerGetAttributes (one tensor)"] = lambda: runtime.cudaPointerGetAttributes(attributes, pointer)
+    for name, fn in pieces.items():
+        print(f"{name:40s} {wall_us(fn):7.1f} us", flush=True)
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        t = wall_us(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    print(f"{'sdpa cudnn (whole call)':40s} {t:7.1f} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Per-instance fingerprints of the sm90 attention kernel's SASS, to compare builds.
+
+The consumer loop's schedule moves with edits far from it (register allocation is global), and
+an unlucky schedule costs ~2% (docs/perf-notes.md, sessions 10-11). So a change is shipped per
+instance only where that instance's code is the code an A/B measured. For each kernel instance
+in an object file or library this prints: its traits (head dim, causal, output type, smooth_q,
+Q quantized in the kernel), an md5 of its instruction text (addresses and encodings left out),
+the instructions of its key-tile loop (the innermost loop issuing both MMAs) as executed by a
+tile that needs no mask (the forward branches inside the loop taken), the loop's local-memory
+accesses (spills), and an md5 of the loop's
+code (branch targets inside it relative to its start, those outside it all alike, so that code
+moving elsewhere in the kernel does not change it). With two files it prints both side by side and marks the instances whose
+code, and whose loop, differ.
+
+  scripts/sass_instances.py build/src/CMakeFiles/sage_sm90.dir/cuda/sm90/qk_int8_pv_fp8_sm90_hdim128.cu.o [OTHER.o]
+
+Needs cuobjdump (the CUDA toolkit's; `--cuobjdump PATH` otherwise).
+"""
+import argparse
+import collections
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+
+INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,6})\*/\s+(.*?)\s*;")
+TRAITS = re.compile(r"FwdTraitsILi(\d+)ELb(\d)E(\d+)(\w+?)Lb(\d)ELb(\d)E")
+BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+)$")  # "@!P0 BRA 0x42d0", "@P0 BRA P3, 0xb990"
+
+
+def instances(path, cuobjdump):
+    """{instance name: [(address, instruction text)]} of the sm90 forward kernels in `path`."""
+    sass = subprocess.run([cuobjdump, "-sass", path], check=True, capture_output=True, text=True).stdout
+    result = collections.OrderedDict()
+    name = None
+    for line in sass.splitlines():
+        if "Function :" in line:
+            match = TRAITS.search(line)
+            name = None
+            if match and "qk_int8_pv_fp8_sm90_kernel" in line:
+                d, causal, _, out, smooth_q, quantize_q = match.groups()
+                name = f"D{d} {'causal' if causal == '1' else 'full  '} {out[-8:]:>8} smooth_q={smooth_q} q_in_kernel={quantize_q}"
+                result[name] = []
+            continue
+        match = INSTRUCTION.search(line)
+        if name and match:
+            result[name].append((int(match.group(1), 16), match.group(2)))
+    return result
+
+
+ADDRESS = re.compile(r"\b0x([0-9a-f]+)\b")
+
+
+def loop_instructions(code):
+    """(instructions of the key-tile loop (the innermost loop that issues both MMAs), its forward
+    branches inside it taken: what a tile that needs no mask executes; an md5 of the loop's code
+    with its code addresses made relative to the loop's start, or "out" outside it; the loop's
+    local-memory accesses (LDL / STL: spills))."""
+    loops = []
+    for address, text in code:
+        match = BRANCH.search(text)
+        if match and int(match.group(1), 16) < address:
+            start = int(match.group(1), 16)
+            body = [t for a, t in code if start <= a <= address]
+            if any("IGMMA" in t for t in body) and any("QGMMA" in t for t in body):
+                loops.append((address - start, start, address))
+    if not loops:
+        return 0, "-", 0
+    _, start, end = min(loops)
+    last = code[-1][0]
+
+    def relative(match):  # a code address: inside the loop relative to its start, else just "out"
+        value = int(match.group(1), 16)
+        if value > last or value % 16 != 0:
+            return match.group(0)
+        return f"L{value - start:+#x}" if start <= value <= end else "out"
+
+    body = "\n".join(ADDRESS.sub(relative, t) for a, t in code if start <= a <= end)
+    skipped = []
+    for address, text in code:
+        match = BRANCH.search(text)
+        if match and start <= address < end and address < int(match.group(1), 16) <= end:
+            skipped.append((address, int(match.group(1), 16)))
+    count = sum(1 for address, _ in code if start <= address <= end and not any(a < address < b for a, b in skipped))
+    local = sum(1 for address, text in code if start <= address <= end and re.search(r"\b(LDL|STL)\b", text))
+    return count, hashlib.md5(body.encode()).hexdigest()[:8], local
+
+
+def fingerprints(path, cuobjdump):
+    rows = collections.OrderedDict()
+    for name, code in instances(path, cuobjdump).items():
+        digest = hashlib.md5("\n".join(text for _, text in code).encode()).hexdigest()[:12]
+        rows[name] = (digest, *loop_instructions(code))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", help="one or two object files or libraries")
+    ap.add_argument("--cuobjdump", default=shutil.which("cuobjdump") or "/usr/local/cuda/bin/cuobjdump")
+    args = ap.parse_args()
+    if len(args.files) > 2:
+        ap.error("one or two files")
+    tables = [fingerprints(f, args.cuobjdump) for f in args.files]
+    if not tables[0]:
+        sys.exit(f"no sm90 forward kernel instances in {args.files[0]}")
+    for name, (digest, loop, loop_digest, local) in tables[0].items():
+        line = f"{name}  {digest}  loop {loop:4d} {loop_digest} ldl/stl {local}"
+        if len(tables) == 2:
+            other = tables[1].get(name)
+            if other is None:
+                line += "  | (absent)"
+            else:
+                verdict = "same" if other[0] == digest else "same loop" if other[2] == loop_digest else "DIFFERS"
+                line += f"  | {other[0]}  loop {other[1]:4d} {other[2]} ldl/stl {other[3]}  {verdict}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+// Entry points for the language bindings (python/src), next to the public
+// C++ API (sage/attention.h).
+#pragma once
+
+#include <cstddef>
+
+#include "sage/attention.h"
+
+namespace sage::detail {
+
+// attention_forward for a binding whose GPU tensors and workspace are a
+// framework's device allocations (PyTorch CUDA tensors): the same
+// validation, without the driver queries of where each pointer lives
+// (PointerOrigin::framework_tensors; ~5 us of a call's host time).
+Status attention_forward_of_framework_tensors(const AttentionArgs& args, const AttentionOptions& options,
+                                              void* workspace, std::size_t workspace_bytes, Stream stream);
+
+}  // namespace sage::detail

@@ -1,0 +1,31 @@
+// The exception boundary of the C++ entry points: whatever is thrown below
+// them (bad_alloc from a large host problem, a bug) comes back as a Status.
+#pragma once
+
+#include <exception>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "sage/status.h"
+
+namespace sage::detail {
+
+// Runs `body` (which returns a Status) and converts any exception into one.
+template <class Body>
+Status guarded(const char* function, Body&& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::out_of_memory, std::string(function) + ": out of host memory");
+  } catch (const std::invalid_argument& e) {
+    return Status::invalid(std::string(function) + ": " + e.what());
+  } catch (const std::exception& e) {
+    return Status(StatusCode::internal,
+                  std::string(function) + ": unexpected error (please report): " + e.what());
+  } catch (...) {
+    return Status(StatusCode::internal, std::string(function) + ": unexpected non-standard exception (please report)");
+  }
+}
+
+}  // namespace sage::detail

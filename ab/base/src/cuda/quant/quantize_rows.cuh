@@ -1,0 +1,150 @@
+// Element- and row-level pieces of INT quantization on the GPU, shared by
+// the pre-pass's quantize kernel (cuda/quant/prepass.cu) and the sm90
+// attention kernel, which quantizes its Q tile itself where it can
+// (sm90/qk_int8_pv_fp8_sm90_fwd.cuh): both run the same arithmetic, so
+// their INT8 rows and scales agree bit for bit.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "numerics/formats.h"
+
+namespace sage::quant {
+
+inline constexpr int kVec = 8;  // 16-bit elements per 16-byte load
+
+// The two 16-bit elements of a 32-bit word as floats (.x the lower-addressed
+// one). Both conversions are exact.
+template <typename T>
+__device__ __forceinline__ float2 to_float2(uint32_t w);
+template <>
+__device__ __forceinline__ float2 to_float2<__nv_bfloat16>(uint32_t w) {
+  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xFFFF0000u));
+}
+template <>
+__device__ __forceinline__ float2 to_float2<__half>(uint32_t w) {
+  __half2 h;
+  memcpy(&h, &w, sizeof(h));
+  return __half22float2(h);
+}
+
+// The 8 elements of a 16-byte chunk as floats.
+template <typename T>
+__device__ __forceinline__ void unpack8(uint4 raw, float (&x)[kVec]) {
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = to_float2<T>(w[i]);
+    x[2 * i] = f.x, x[2 * i + 1] = f.y;
+  }
+}
+
+// max |x| over the 8 elements of a 16-byte chunk, on packed pairs (half the
+// instructions of unpacking to fp32). Exact: the maximum of representable
+// values; NaN if an element is NaN (num::max_nan: the group's scale then
+// makes the results that use it NaN).
+template <typename T>
+__device__ __forceinline__ float abs_max8(uint4 raw) {
+  using Pair = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+  Pair h[4];
+  memcpy(h, &raw, sizeof(raw));
+  const Pair m = __hmax2_nan(__hmax2_nan(__habs2(h[0]), __habs2(h[1])), __hmax2_nan(__habs2(h[2]), __habs2(h[3])));
+  return num::max_nan(__low2float(m), __high2float(m));
+}
+
+// Hardware conversions for the hot loops. numerics/formats.h (what the CPU
+// emulation runs) is portable bit arithmetic, tens of instructions per value;
+// tests/gpu/test_numerics_cvt.cu checks over all 2^32 floats that it equals
+// these instructions bit for bit, so the two paths agree exactly.
+// qmax: 127 (INT8) or 7 (INT4).
+__device__ __forceinline__ int quantize_int(float x, float inv_scale, int qmax) {
+  const int q = __float2int_rn(x * inv_scale);  // cvt.rni.s32.f32: ties to even, NaN -> 0, saturating
+  return q > qmax ? qmax : (q < -qmax ? -qmax : q);
+}
+
+// The INT8 codes of 8 values, 4 per word (element 0 in the lowest byte):
+// quantize_int's result in fewer instructions. Only the lower clamp is
+// explicit; the packing conversions (cvt.pack.sat) saturate at +127, which
+// is quantize_int's upper clamp for qmax = 127.
+__device__ __forceinline__ uint2 quantize_int8x8(const float (&x)[kVec], float inv_scale) {
+  int q[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) q[e] = max(__float2int_rn(x[e] * inv_scale), -127);
+  uint32_t word[2];
+#pragma unroll
+  for (int w = 0; w < 2; ++w) {
+    // cvt.pack.sat.s8.s32.b32 d, a, b, c: d = c << 16 | sat(a) << 8 | sat(b).
+    uint32_t upper;
+    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, 0;\n" : "=r"(upper) : "r"(q[4 * w + 3]), "r"(q[4 * w + 2]));
+    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, %3;\n" : "=r"(word[w]) : "r"(q[4 * w + 1]), "r"(q[4 * w]), "r"(upper));
+  }
+  return make_uint2(word[0], word[1]);
+}
+
+// Which part of a tile of rows a thread takes in the row-wise passes
+// (group maxima, INT rows, fp16 rows): warp w the rows [16 w, 16 w + 16)
+// (inside one warp_q slice), lane l the 8-channel chunk l % kChunkLanes of
+// kRows consecutive rows. A lane thus needs the per-channel constants of 8
+// channels only, and its 16-byte reads of a tile of unpadded rows cover
+// whole rows per quarter warp (no bank conflicts).
+template <int Dp>
+struct RowLanes {
+  static constexpr int kChunkLanes = Dp / kVec;  // lanes per row: 16 (Dp 128) or 8 (Dp 64)
+  static constexpr int kRows = kChunkLanes / 2;  // rows per lane: 8 or 4
+  static_assert(kRows * (32 / kChunkLanes) == 16, "a warp covers its 16 rows once");
+  static __device__ __forceinline__ int chunk() { return threadIdx.x % 32 % kChunkLanes; }
+  // The lane's row j among its warp's 16.
+  static __device__ __forceinline__ int row_in_warp(int j) { return (threadIdx.x % 32 / kChunkLanes) * kRows + j; }
+  // Tile row of the lane's row j (warp w of the CTA takes rows [16 w, 16 w + 16)).
+  static __device__ __forceinline__ int row(int j) { return 16 * (threadIdx.x / 32) + row_in_warp(j); }
+};
+
+// Max-reduces m[j] (row j of this lane, over its own chunk) across the
+// lanes of the warp that hold the other chunks of the same rows, and
+// scatters the rows over them: on return, the lane holds the maximum over
+// the whole row (lane / 2) of the warp's 16 rows. Each step halves the
+// values a lane keeps, so 8 rows take 8 shuffles.
+template <int kRows>
+__device__ __forceinline__ float row_max_scatter(float (&m)[kRows]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int half = kRows / 2; half >= 1; half /= 2) {
+    // Lanes with bit 2 * half set keep the upper half of their rows.
+    const bool upper = lane & (2 * half);
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      const float keep = upper ? m[i + half] : m[i];
+      const float send = upper ? m[i] : m[i + half];
+      m[i] = num::max_nan(keep, __shfl_xor_sync(0xffffffffu, send, 2 * half));
+    }
+  }
+  return num::max_nan(m[0], __shfl_xor_sync(0xffffffffu, m[0], 1));
+}
+
+// After row_max_scatter: merges `amax` over the lanes whose rows lie in the
+// same scale group `slot`. Inside a warp's 16 rows every granularity's group
+// is the set of rows that agree on some bits of the row index (a range of 8
+// or 16 rows, or rows of equal r % 8 or (r % 8) / 2), i.e. of lanes that
+// agree on some lane bits; a butterfly that only merges lanes of the same
+// group thus gives each lane its group's maximum (max is exact in any
+// order). Returns true on the lowest lane of each group.
+__device__ __forceinline__ bool merge_group_max(float& amax, int slot) {
+  const int lane = threadIdx.x % 32;
+  bool lowest = lane % 2 == 0;  // lanes 2r and 2r + 1 both hold row r
+#pragma unroll
+  for (int mask = 2; mask < 32; mask *= 2) {
+    const float other = __shfl_xor_sync(0xffffffffu, amax, mask);
+    if (__shfl_xor_sync(0xffffffffu, slot, mask) == slot) {
+      amax = num::max_nan(amax, other);
+      lowest = lowest && !(lane & mask);
+    }
+  }
+  return lowest;
+}
+
+}  // namespace sage::quant

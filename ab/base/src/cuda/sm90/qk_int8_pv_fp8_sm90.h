@@ -1,0 +1,84 @@
+// Host side of the SageAttention2 Hopper path: which calls it runs, how much
+// workspace it needs, and running one (pre-pass + attention kernel).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "cuda/device_info.h"
+#include "sage/attention.h"
+
+namespace sage::sm90 {
+
+// Empty when the sm90 kernel can run these options and head dim; otherwise
+// the reason (the caller returns it as not_implemented).
+std::string unsupported_reason(const AttentionOptions& options, std::int64_t head_dim);
+
+// The longest key sequences at which the D = 128 kernel quantizes Q itself
+// (non-causal, causal). Each work item then pays for its quantization (its
+// consumers do it before their first Q K^T), which the shorter pre-pass
+// repays where items are short. GPU time of whole calls on an H200 (B=2
+// H=32, docs/perf-notes.md, session 14), in-kernel against pre-pass Q:
+// non-causal -1.3% at 1K keys, +0.7% at 2K, +1.9% at 4K; causal -8.0% at
+// 1K, -4.6% at 2K, -0.2..-0.8% at 4K over two runs (causal items are half
+// as long on average, and the pre-pass weighs twice as much in the call). At D = 64 (half the
+// quantization per item) it paid at every length up to 4K (-2% to -18%)
+// and is even at 16K, so it has no limit there. Since the consumers'
+// steps run on across items where they quantize Q (session 16: the next
+// item's quantization, last P V^T and first Q K^T together), in-kernel Q
+// gave, non-causal: -3.8% at 2K, +1.2% at 4K, +1.0% at 8K; causal: -0.3% at
+// 2K, +0.2% at 4K, -0.4% at 8K. Against the pre-pass's Q with three
+// consumers (session 18): -7.9% at 2K, causal -11% at 2K.
+inline constexpr std::int64_t kMaxKeysQInKernelD128 = 2048;
+inline constexpr std::int64_t kMaxKeysQInKernelD128Causal = 4096;
+
+// The longest heads whose K and V the pre-pass's cluster kernel streams
+// (quant::PrepassProblem::kv_stream_max_keys: rows read twice, the second
+// time meant to come from L2; the heads it holds whole in shared memory reach
+// 2048 keys at D = 128, 4096 at D = 64). H200, GPU time of whole calls against
+// the statistics kernel + K/V jobs (docs/perf-notes.md, session 21): D = 128
+// -0.3..-0.8% at 4K, -0.4..-1.9% at 8K, 0..-0.6% at 16K; D = 64 -0.4..-0.6% at
+// 8K-16K. Past 16384 keys not measured. SAGE_PREPASS_KV_STREAM_KEYS overrides
+// it (read per call; 0: held heads only).
+inline constexpr int kKvStreamMaxKeys = 16384;
+
+// Whether the attention kernel quantizes the call's Q itself (the pre-pass
+// then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
+// correction, Q rows TMA can read and out not sharing Q's memory, D = 64 or
+// at most kMaxKeysQInKernelD128 keys (causal: kMaxKeysQInKernelD128Causal;
+// any length under SAGE_SM90_Q_PREPASS=0), and SAGE_SM90_Q_PREPASS not "1".
+// Tests use it to know which path a call takes.
+bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
+
+// Whether the pre-pass quantizes the call's K and V with its cluster kernel
+// (quant::kv_quantized_in_clusters: each head's rows read by one cluster, no
+// statistics kernel) on the current device, unless SAGE_PREPASS_KV_CLUSTERS
+// is "0" (the two-kernel path everywhere: A/B timing in one build, and the
+// tests' comparison of the paths; read per call). Tests use it to know which
+// path a call takes.
+bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options);
+
+// Whether the kernel's epilogue writes the output by TMA (a 16-byte aligned
+// start and strides, head_dim a multiple of 8) rather than from its
+// threads' registers. Tests use it to know which path a call takes.
+bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options);
+
+// Whether a causal call on a device of `sm_count` SMs claims its work items
+// from a counter instead of taking static rounds (causal_schedule: static
+// rounds would balance badly, on a persistent grid of more than two rounds;
+// SAGE_SM90_CLAIMS=1 or 0 forces it; read per call). Tests use it to know
+// which path a call takes.
+bool claims_work_items(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
+
+std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options);
+
+// Runs a validated, supported call on the current device (`device`: its
+// properties, from the dispatch), asynchronously on `stream`. kernel_only
+// skips the pre-pass (benchmarks: the workspace already holds this call's
+// quantized inputs, from a full call under the same SAGE_SM90_Q_PREPASS; a
+// kernel that quantizes Q itself times that work too).
+Status run(const AttentionArgs& args, const AttentionOptions& options, const cuda::DeviceInfo& device,
+           void* workspace, Stream stream, bool kernel_only = false);
+
+}  // namespace sage::sm90

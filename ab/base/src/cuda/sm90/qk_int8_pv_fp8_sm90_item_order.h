@@ -1,0 +1,125 @@
+// The order of the sm90 forward kernel's work items and the shape policy
+// behind it (qk_int8_pv_fp8_sm90_scheduler.cuh takes them on the GPU):
+// plain C++, so that the CPU tests check it too.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <vector>
+
+namespace sage::sm90 {
+
+// Causal calls with more than kCausalPersistentMaxRows query rows per head
+// get one CTA per query tile instead, longest first, dispatched by the
+// hardware as SMs free up: the static rounds measured +3.5% there (D=128,
+// N=16384) against -7.7% at N=4096 (docs/perf-notes.md). A limit in rows,
+// not tiles: it was measured with 128-row tiles, and is assumed to hold for
+// the 192-row ones (not timed between 4097 and 6144 rows).
+inline constexpr int kCausalPersistentMaxRows = 4096;
+
+// The K and V bytes (INT8 K, FP8 V^T) of the heads whose causal items one
+// window of the item order spreads over the SMs at once.
+inline constexpr long long kCausalWindowBytes = 32ll << 20;
+
+// Heads per window of the claimed causal item order (launches that do not
+// claim take windows of one head: the plain head-by-head order): the most
+// heads, a power of two, whose quantized K and V fit in kCausalWindowBytes
+// (at least one), or all of them where they are fewer. (A model of the schedule, item cost = key tiles + 3..6, 132
+// CTAs, 1 to 256 heads of 512 to 4096 keys: the busiest CTA's work 1-2.5%
+// less than with static rounds at 64 to 256 heads of 2K-4K keys, and at
+// most 1.4x the mean where static rounds gave up to 1.9x with fewer heads;
+// 2-5% more in 9 of 357 shapes. docs/perf-notes.md, session 24.)
+constexpr int causal_window_heads(int batch_heads, int nk, int head_dim_padded) {
+  const long long head_bytes = 2ll * head_dim_padded * (nk > 0 ? nk : 1);
+  int w = 1;
+  while (2ll * w * head_bytes <= kCausalWindowBytes) w *= 2;
+  return w < batch_heads ? w : (batch_heads > 0 ? batch_heads : 1);
+}
+
+// How much more work than the mean the busiest CTA gets from static rounds
+// (CTA c: items c, 2 G - 1 - c, 2 G + c, ...; the causal items head by
+// head, longest first) over `ctas` = G CTAs, in a model where an item costs
+// its key tiles plus 4 (the Q tile, the first and last steps, the epilogue;
+// ~3.6 tile times, docs/perf-notes.md, session 12). Items of 0 key tiles
+// (rows that see no key) cost 1. Where it is above kCausalClaimsAbove, the
+// causal launch orders its items otherwise, and claims them (causal_schedule).
+inline constexpr double kCausalClaimsAbove = 1.05;
+inline double static_rounds_imbalance(int batch_heads, int nq, int nk, int block_q, int causal_shift, int ctas) {
+  const int q_tiles = (nq + block_q - 1) / block_q;
+  const long long items = static_cast<long long>(q_tiles) * batch_heads;
+  if (ctas <= 0 || items <= ctas) return 1.0;
+  const int all_tiles = (nk + 127) / 128;
+  std::vector<double> cost(static_cast<std::size_t>(q_tiles));  // of a head's i-th item (longest first)
+  double total = 0.0;
+  for (int i = 0; i < q_tiles; ++i) {
+    const long long last_key = std::min<long long>((q_tiles - i) * 1ll * block_q, nq) - 1 + causal_shift;
+    const long long tiles = last_key < 0 ? 0 : std::min<long long>(last_key / 128 + 1, all_tiles);
+    cost[static_cast<std::size_t>(i)] = tiles > 0 ? static_cast<double>(tiles) + 4.0 : 1.0;
+    total += cost[static_cast<std::size_t>(i)] * batch_heads;
+  }
+  std::vector<double> load(static_cast<std::size_t>(ctas), 0.0);
+  long long round = 0;
+  int slot = 0;
+  for (int h = 0; h < batch_heads; ++h) {
+    for (int i = 0; i < q_tiles; ++i) {
+      load[static_cast<std::size_t>(round % 2 == 0 ? slot : ctas - 1 - slot)] += cost[static_cast<std::size_t>(i)];
+      if (++slot == ctas) slot = 0, ++round;
+    }
+  }
+  return *std::max_element(load.begin(), load.end()) / (total / ctas);
+}
+
+// Where the consumers run their steps across items (the D = 128 kernel that
+// quantizes Q), claims take a second build of the kernel, which reads each
+// item where the producer publishes it; that build measured 3-8% slower
+// than the static one where both balance alike, for reasons not found
+// (docs/perf-notes.md, sessions 24-25), so it pays only where the static
+// rounds balance much worse. H200, kernel GPU time, claims against static
+// rounds (model in parentheses): B=1 H=16 -16.6% at 4K keys (1.434); B=1
+// H=40 -2.4% at 2K (1.155), +6.6% at 4K (1.152); B=2 H=32 +3.0% at 1K and
+// +8.0% at 4K (1.031).
+inline constexpr double kCausalClaimsAcrossItemsAbove = 1.3;
+
+// How a causal launch on a persistent grid of `ctas` CTAs takes its items
+// (qk_int8_pv_fp8_sm90_scheduler.cuh): in windows of heads, longest first
+// (causal_item; else head by head), and claimed from a counter past each
+// CTA's first two rounds (else static rounds).
+struct CausalSchedule {
+  bool windows = false, claims = false;
+};
+// Windows where the model of head-by-head static rounds leaves the busiest
+// CTA over kCausalClaimsAbove the mean; claims with them, unless every CTA
+// has at most two items (the static rounds' forward and backward round over
+// the windows' longest-first order already pair them up, and there is
+// nothing left to claim), and, where the kernel runs its consumers' steps
+// across items, only over kCausalClaimsAcrossItemsAbove (below it, head by
+// head and static). Past 64 rounds, where the rounds even out (256 heads of
+// 32 tiles, 62 rounds: 1.027x), the model is not run (it walks every item)
+// and the launch takes static rounds head by head.
+inline CausalSchedule causal_schedule(int batch_heads, int nq, int nk, int block_q, int causal_shift, int ctas,
+                                      bool steps_across_items) {
+  const long long items = static_cast<long long>((nq + block_q - 1) / block_q) * batch_heads;
+  if (items > 64ll * ctas) return {};
+  const double imbalance = static_rounds_imbalance(batch_heads, nq, nk, block_q, causal_shift, ctas);
+  if (items <= 2ll * ctas) return {imbalance > kCausalClaimsAbove, false};
+  const bool claims = imbalance > (steps_across_items ? kCausalClaimsAcrossItemsAbove : kCausalClaimsAbove);
+  return {claims, claims};
+}
+
+// Causal item `item` in window order: the items of windows of `window`
+// consecutive (batch, head) pairs, each window's longest query tiles first
+// (its heads' last tiles, then their tiles before the last, ...), so that
+// the rounds of CTAs that take them in turn start on long items and end on
+// short ones over a few heads' K and V. The last window may hold fewer heads.
+struct CausalItem {
+  int head, rank;  // rank 0: the head's last (longest) query tile
+};
+constexpr CausalItem causal_item(int item, int q_tiles, int window, int batch_heads) {
+  const int per_window = window * q_tiles;
+  const int first_head = item / per_window * window;
+  const int heads_here = batch_heads - first_head < window ? batch_heads - first_head : window;
+  const int r = item % per_window;
+  return {first_head + r % heads_here, r / heads_here};
+}
+
+}  // namespace sage::sm90

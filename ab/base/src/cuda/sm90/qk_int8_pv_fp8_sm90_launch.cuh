@@ -1,0 +1,53 @@
+// Launch of one instantiation of the sm90 forward kernel (included by the
+// per-head-dim instantiation files only).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cuda/common/forward_host.h"
+
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_fwd.cuh"
+
+namespace sage::sm90 {
+
+// The kernel is persistent: `sm_count` CTAs (one per SM; fewer when there
+// are fewer query tiles) loop over the query tiles of every head
+// (qk_int8_pv_fp8_sm90_scheduler.cuh), except causal calls past
+// kCausalPersistentMaxRows query rows per head (one CTA per query tile).
+
+template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsAcrossItems>
+cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream) {
+  using T = FwdTraits<Dp, Causal, OutT, SmoothQ, QuantizeQ, ClaimsAcrossItems>;
+  constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
+  static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
+  const int q_tiles = fwd::query_tiles<T>(p);
+  const long long tiles = static_cast<long long>(q_tiles) * p.batch_heads;
+  const bool persistent = !Causal || p.nq <= kCausalPersistentMaxRows;
+  const long long ctas = !persistent || tiles < sm_count ? tiles : sm_count;
+  const dim3 grid(static_cast<unsigned>(ctas));
+  // Programmatic: the kernel's CTAs start under the tail of the pre-pass and
+  // wait for it after their prologue.
+  return fwd::launch_forward_kernel<T>(qk_int8_pv_fp8_sm90_kernel<T>, p, grid, kSmem, stream, /*programmatic=*/true);
+}
+
+// The instances of one head dim: (causal, output type) x (Q from the
+// pre-pass, smoothed Q from the pre-pass, Q quantized in the kernel), and
+// where the latter's steps run on across items (D = 128), its causal
+// instances once more with claimed items (FwdTraits::kMayClaimItems).
+#define SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q, CLAIMS)                  \
+  template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q, CLAIMS>( \
+      const QkInt8PvFp8Params&, int, cudaStream_t);
+#define SAGE_INSTANTIATE_SM90_FWD_Q(DP, CAUSAL, OUT)                  \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, false, false) \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, true, false, false)  \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, false, true, false)
+#define SAGE_INSTANTIATE_SM90_FWD(DP)                    \
+  SAGE_INSTANTIATE_SM90_FWD_Q(DP, false, __nv_bfloat16) \
+  SAGE_INSTANTIATE_SM90_FWD_Q(DP, true, __nv_bfloat16)  \
+  SAGE_INSTANTIATE_SM90_FWD_Q(DP, false, __half)        \
+  SAGE_INSTANTIATE_SM90_FWD_Q(DP, true, __half)
+#define SAGE_INSTANTIATE_SM90_FWD_CLAIMS_ACROSS_ITEMS(DP)                     \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __nv_bfloat16, false, true, true) \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, false, true, true)
+
+}  // namespace sage::sm90

@@ -1,0 +1,66 @@
+// quant::kv_cluster_shape (src/cuda/quant/kv_cluster_shape.h): which heads
+// the pre-pass's cluster kernel takes, and how it spreads their tiles. The
+// GPU tests check the path calls take (Sm90Forward.KvClustersOnlyWhereTheCallFits);
+// here every length up to past the limits, at both padded head dims, with
+// and without streaming.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "cuda/quant/kv_cluster_shape.h"
+
+namespace {
+
+using sage::quant::kKvClusterMaxCtas;
+using sage::quant::kKvClusterMaxTileBytes;
+using sage::quant::kv_cluster_held_tiles;
+using sage::quant::kv_cluster_max_held_tiles;
+using sage::quant::kv_cluster_shape;
+using sage::quant::kv_cluster_tile_bytes;
+
+TEST(KvClusterShape, EveryLengthFitsStreamsOrFallsBack) {
+  for (const int max_stream_keys : {0, 5000, 8192}) {
+    for (const int dp : {64, 128}) {
+      const int max_held = kKvClusterMaxTileBytes / kv_cluster_tile_bytes(dp);
+      ASSERT_EQ(kv_cluster_max_held_tiles(dp), max_held);
+      for (int nk = 0; nk <= 9000; ++nk) {
+        SCOPED_TRACE("dp " + std::to_string(dp) + " nk " + std::to_string(nk) + " max_stream_keys " +
+                     std::to_string(max_stream_keys));
+        const int tiles = (nk + 127) / 128;
+        const auto shape = kv_cluster_shape(nk, dp, max_stream_keys);
+        const bool held = tiles > 0 && tiles <= kKvClusterMaxCtas * max_held;
+        const bool streamed = tiles > 0 && !held && nk <= max_stream_keys;
+        ASSERT_EQ(shape.ctas > 0, held || streamed);
+        if (shape.ctas == 0) continue;
+        EXPECT_LE(shape.ctas, kKvClusterMaxCtas);
+        EXPECT_GE(shape.ctas * shape.tiles_per_cta, tiles) << "every tile has a CTA";
+        EXPECT_LT((shape.ctas - 1) * shape.tiles_per_cta, tiles) << "every CTA has a tile";
+        // The fewest tiles per CTA: one fewer would need more than the cluster's CTAs.
+        if (shape.tiles_per_cta > 1) EXPECT_GT((tiles + shape.tiles_per_cta - 2) / (shape.tiles_per_cta - 1), kKvClusterMaxCtas);
+        // Shared memory: every tile where the head fits, the most a CTA holds where it streams.
+        const int in_smem = kv_cluster_held_tiles(shape, dp);
+        EXPECT_LE(in_smem * kv_cluster_tile_bytes(dp), kKvClusterMaxTileBytes);
+        EXPECT_EQ(in_smem, held ? shape.tiles_per_cta : max_held);
+      }
+    }
+  }
+}
+
+TEST(KvClusterShape, LimitsOfThePath) {
+  EXPECT_EQ(kv_cluster_shape(1024, 128, 0).ctas, 8);
+  EXPECT_EQ(kv_cluster_shape(1024, 128, 0).tiles_per_cta, 1);
+  EXPECT_EQ(kv_cluster_shape(2048, 128, 0).tiles_per_cta, 2);
+  EXPECT_EQ(kv_cluster_shape(2049, 128, 0).ctas, 0);
+  EXPECT_EQ(kv_cluster_shape(2049, 128, 2049).tiles_per_cta, 3);  // streams: one tile read twice
+  EXPECT_EQ(kv_cluster_held_tiles(kv_cluster_shape(2049, 128, 2049), 128), 2);
+  EXPECT_EQ(kv_cluster_shape(4096, 128, 4096).tiles_per_cta, 4);
+  EXPECT_EQ(kv_cluster_shape(4097, 128, 4096).ctas, 0);
+  EXPECT_EQ(kv_cluster_shape(4096, 64, 0).tiles_per_cta, 4);
+  EXPECT_EQ(kv_cluster_shape(4097, 64, 0).ctas, 0);
+  EXPECT_EQ(kv_cluster_shape(4097, 64, 8192).tiles_per_cta, 5);
+  EXPECT_EQ(kv_cluster_shape(300, 128, 0).ctas, 3);  // one CTA per tile below 8 tiles
+  EXPECT_EQ(kv_cluster_held_tiles(kv_cluster_shape(300, 128, 0), 128), 1);
+  EXPECT_EQ(kv_cluster_shape(0, 128, 8192).ctas, 0);
+}
+
+}  // namespace

@@ -1,0 +1,297 @@
+"""sage_attention.calibration: scores, plans, the plan file, the run-time lookup and recordings
+for `sage calibrate` (CPU: the INT4 path runs in the library's emulation)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from conftest import randn, reference_attention
+from sage_attention import sageattn
+from sage_attention.calibration import (Calibrator, Plan, Recorder, active_calibrator, active_plan,
+                                        attention_score, exact_attention)
+
+SHAPE = (1, 2, 64, 64)
+
+
+def gaussian(seed):
+    return tuple(randn(*SHAPE, seed=seed + i).bfloat16() for i in range(3))
+
+
+def outliers(seed):
+    """Three channels of Q and K at +-30 in every token: hostile to INT4's per-thread scales whatever
+    the seed (scaling random values by 30 instead left some draws harmless: over fresh seeds the INT4
+    scores of the two kinds overlapped; these stay below 0.34, Gaussian ones above 0.78)."""
+    q, k, v = gaussian(seed)
+    q, k = q.float(), k.float()
+    q[..., :3] = 30 * torch.sign(q[..., :3])
+    k[..., :3] = 30 * torch.sign(k[..., :3])
+    return q.bfloat16(), k.bfloat16(), v
+
+
+def calibrate_four_layers():
+    """Layers 0, 2 Gaussian, 1, 3 with outliers; timesteps 0 and 10."""
+    calibrator = Calibrator()
+    for layer in range(4):
+        for timestep in (0, 10):
+            inputs = (outliers if layer % 2 else gaussian)(100 * layer + timestep)
+            calibrator.record(*inputs, layer_id=layer, timestep=timestep)
+    return calibrator
+
+
+def with_scores(scores):
+    calibrator = Calibrator()
+    for layer, score in enumerate(scores):
+        calibrator.add_score(layer, None, score)
+    return calibrator
+
+
+def int8_keys(plan):
+    return sum(e.qk_format == "int8" for e in plan.entries)
+
+
+def plan_document(entries, **header):
+    document = {"format": "sage-attention calibration plan", "version": 1, "fraction_int8": 0.3,
+                "int4_granularity": "per_thread", "default_qk_format": "int8", "entries": entries}
+    document.update(header)
+    return json.dumps(document)
+
+
+def entry(layer, timestep, qk_format, score=0.5):
+    return {"layer": layer, "timestep": timestep, "score": score, "calls": 1, "qk_format": qk_format}
+
+
+def test_hostile_layers_get_int8():
+    plan = calibrate_four_layers().make_plan(0.5)
+    for timestep in (0, 10):
+        assert [plan.decide(layer, timestep)[0] for layer in range(4)] == ["int4", "int8", "int4", "int8"]
+    for e in plan.entries:
+        assert e.calls == 1 and -1 < e.score < 1
+        if e.layer % 2 == 0:
+            assert e.score > 0.7
+
+
+def test_score_is_the_metric_of_the_int4_output():
+    q, k, v = gaussian(7)
+    calibrator = Calibrator()
+    score = calibrator.record(q, k, v, layer_id=0, is_causal=True)
+    int4 = sageattn(q, k, v, is_causal=True, qk_format="int4", qk_granularity="per_thread")
+    exact, _ = reference_attention(q, k, v, is_causal=True)  # (conftest's: independent of the module under test)
+    cos = torch.nn.functional.cosine_similarity(int4.double().flatten(), exact.flatten(), dim=0).item()
+    rel_l1 = ((int4.double() - exact).abs().sum() / exact.abs().sum()).item()
+    assert score == pytest.approx(cos * (1 - rel_l1), rel=1e-12)
+    assert calibrator.scores == {(0, None): (score, 1)}
+
+
+def test_score_edge_cases():
+    zeros = torch.zeros(4)
+    assert attention_score(zeros, zeros) == 1.0
+    assert attention_score(zeros, torch.ones(4)) == 0.0  # cos_sim 0, rel_l1 1
+    assert math.isnan(attention_score(torch.tensor([1.0, float("nan")]), torch.ones(2)))
+    assert math.isnan(attention_score(torch.tensor([1.0, float("inf")]), torch.ones(2)))
+
+
+def test_exact_attention_matches_sdpa_with_gqa_and_nhd():
+    q, k, v = randn(1, 4, 32, 16, seed=1), randn(1, 2, 48, 16, seed=2), randn(1, 2, 48, 16, seed=3)
+    out, lse = exact_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), "NHD", True, 0.3,
+                               "bottom_right")
+    mask = torch.ones(32, 48, dtype=torch.bool).tril(48 - 32)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.double(), k.double().repeat_interleave(2, 1), v.double().repeat_interleave(2, 1), attn_mask=mask, scale=0.3)
+    torch.testing.assert_close(out.transpose(1, 2), expected)
+    assert lse.shape == (1, 4, 32)
+
+
+def test_attention_returns_exact_output_while_calibrating():
+    q, k, v = gaussian(3)
+    calibrator = Calibrator()
+    with calibrator:
+        assert active_calibrator() is calibrator
+        out, lse = calibrator.attention(q, k, v, layer_id=2, timestep=5, return_lse=True)
+    assert active_calibrator() is None
+    exact, exact_lse = exact_attention(q, k, v)
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    torch.testing.assert_close(out, exact.bfloat16())
+    torch.testing.assert_close(lse, exact_lse.float())
+    assert list(calibrator.scores) == [(2, 5)]
+
+
+def test_repeated_calls_are_averaged():
+    a, b = gaussian(1), outliers(2)
+    calibrator = Calibrator()
+    score_a = calibrator.record(*a, layer_id=3, timestep=5)
+    score_b = calibrator.record(*b, layer_id=3, timestep=5)
+    assert calibrator.scores[(3, 5)] == (pytest.approx((score_a + score_b) / 2), 2)
+
+
+def test_plan_is_deterministic():
+    assert calibrate_four_layers().make_plan(0.3).to_json() == calibrate_four_layers().make_plan(0.3).to_json()
+
+
+def test_bad_keys_and_fractions():
+    calibrator = with_scores([0.5])
+    with pytest.raises(ValueError, match="layer_id"):
+        calibrator.add_score(-1, None, 0.5)
+    with pytest.raises(ValueError, match="timestep"):
+        calibrator.add_score(0, -1, 0.5)
+    with pytest.raises(ValueError, match="score"):
+        calibrator.add_score(0, None, math.inf)
+    for bad in (-0.1, 1.1, math.nan):
+        with pytest.raises(ValueError, match="fraction_int8"):
+            calibrator.make_plan(bad)
+
+
+def test_fraction_edge_cases():
+    ten = with_scores([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.5, 0.95])
+    assert [int8_keys(ten.make_plan(f)) for f in (0.0, 1.0, 0.3, 0.31, 0.01)] == [0, 10, 3, 4, 1]
+    plan = ten.make_plan(0.3)
+    assert [layer for layer in range(10) if plan.decide(layer)[0] == "int8"] == [1, 3, 5]
+    three = with_scores([0.5, 0.6, 0.7])
+    assert int8_keys(three.make_plan(0.25)) == 1 and int8_keys(three.make_plan(0.5)) == 2
+    assert Calibrator().make_plan().entries == []
+
+
+def test_ties_by_key_order_and_nan_is_worst():
+    ties = with_scores([0.5, 0.5, 0.5]).make_plan(0.34)
+    assert [ties.decide(layer)[0] for layer in range(3)] == ["int8", "int8", "int4"]
+    calibrator = with_scores([0.1, 0.9])
+    calibrator.add_score(2, None, 0.95)
+    calibrator.add_score(2, None, math.nan)
+    plan = calibrator.make_plan(0.34)
+    assert [plan.decide(layer)[0] for layer in range(3)] == ["int8", "int4", "int8"]
+    assert '"score": null' in plan.to_json()
+
+
+def test_runtime_follows_the_plan():
+    plan = calibrate_four_layers().make_plan(0.5)
+    with plan:
+        assert active_plan() is plan
+        assert active_plan().sageattn_kwargs(0, 10) == {"qk_format": "int4", "qk_granularity": "per_thread"}
+        assert active_plan().sageattn_kwargs(1, 0) == {"qk_format": "int8"}
+        assert active_plan().sageattn_kwargs(99, 0) == {"qk_format": "int8"}  # unknown layer: the safe default
+    assert active_plan() is None
+    q, k, v = gaussian(5)
+    out = sageattn(q, k, v, **plan.sageattn_kwargs(0, 0))
+    torch.testing.assert_close(out, sageattn(q, k, v, qk_format="int4", qk_granularity="per_thread"))
+    assert Plan().decide(0) == ("int8", "default")
+
+
+def test_sageattn_layer_id_follows_the_active_plan():
+    plan = calibrate_four_layers().make_plan(0.5)
+    q, k, v = gaussian(7)
+    int4 = sageattn(q, k, v, qk_format="int4", qk_granularity="per_thread")
+    int8 = sageattn(q, k, v, qk_format="int8")
+    assert not torch.equal(int4, int8)  # otherwise the test could not tell the paths apart
+    with plan:
+        assert torch.equal(sageattn(q, k, v, layer_id=0, timestep=0), int4)
+        assert torch.equal(sageattn(q, k, v, layer_id=1, timestep=0), int8)
+        # An explicit keyword wins over the plan; a call without layer_id is not routed.
+        assert torch.equal(sageattn(q, k, v, layer_id=0, timestep=0, qk_format="int8"), int8)
+        assert torch.equal(sageattn(q, k, v), int8)
+        # An INT4 choice brings its calibrated granularity, which replaces the caller's (either spelling);
+        # an INT8 choice keeps the caller's.
+        assert torch.equal(sageattn(q, k, v, layer_id=0, timestep=0, qk_quant_gran="per_block"), int4)
+        assert torch.equal(sageattn(q, k, v, layer_id=0, timestep=0, qk_granularity="per_block"), int4)
+        int8_per_block = sageattn(q, k, v, qk_format="int8", qk_granularity="per_block")
+        assert not torch.equal(int8_per_block, int8)
+        assert torch.equal(sageattn(q, k, v, layer_id=1, timestep=0, qk_quant_gran="per_block"), int8_per_block)
+        assert torch.equal(sageattn(q, k, v, layer_id=1, timestep=0, qk_granularity="per_block"), int8_per_block)
+
+
+def test_sageattn_layer_id_is_measured_by_the_active_calibrator():
+    q, k, v = gaussian(8)
+    calibrator = Calibrator()
+    with calibrator:
+        out = sageattn(q, k, v, layer_id=3, timestep=None, scale=0.1)
+    assert list(calibrator.scores) == [(3, None)]
+    torch.testing.assert_close(out, exact_attention(q, k, v, sm_scale=0.1)[0].to(q.dtype))
+
+
+def test_unseen_timesteps():
+    plan = Plan.from_json(plan_document([
+        entry(0, 0, "int4"), entry(0, 10, "int8"), entry(0, 30, "int4"),
+        entry(1, None, "int4"), entry(1, 5, "int8"), entry(2, 3, "int4")]))
+    assert plan.decide(0, 10) == ("int8", "exact")
+    assert plan.decide(0, 3) == ("int4", "nearest-timestep")
+    assert plan.decide(0, 8) == ("int8", "nearest-timestep")
+    assert plan.decide(0, 20) == ("int8", "nearest-timestep")  # 10 and 30 tie: the safe one
+    assert plan.decide(0, 1000) == ("int4", "nearest-timestep")
+    assert plan.decide(0, None) == ("int8", "layer-worst")
+    assert plan.decide(1, 5) == ("int8", "exact")
+    assert plan.decide(1, 6) == ("int4", "layer")
+    assert plan.decide(2, None) == ("int4", "layer-worst")
+    assert plan.decide(3, 3) == ("int8", "default")
+
+
+def test_round_trip_and_files(tmp_path):
+    calibrator = calibrate_four_layers()
+    calibrator.add_score(7, None, math.nan)
+    plan = calibrator.make_plan(0.3)
+    text = plan.to_json()
+    back = Plan.from_json(text)
+    assert back.to_json() == text
+    assert [(e.layer, e.timestep, e.calls, e.qk_format) for e in back.entries] == \
+        [(e.layer, e.timestep, e.calls, e.qk_format) for e in plan.entries]
+    assert all(a.score == b.score or (math.isnan(a.score) and math.isnan(b.score))
+               for a, b in zip(plan.entries, back.entries))
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    assert Plan.load(path).to_json() == text
+    assert json.loads(text)["version"] == 1
+    path.write_text(text.replace('"version": 1', '"version": 1,,'))
+    with pytest.raises(ValueError, match=f"^{path}: line 3, column 16: Expecting property name"):
+        Plan.load(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "plan: line 1, column 2"),
+    ("[]", "the document: expected an object"),
+    (json.dumps({"format": "x", "version": 1}), "not a calibration plan"),
+    (plan_document([], version=2), "this library reads version 1, got 2"),
+    (json.dumps({"format": "sage-attention calibration plan", "version": 1}), "missing member 'fraction_int8'"),
+    (plan_document([], fraction_int8=1.5), "fraction_int8: must be in"),
+    (plan_document([], int4_granularity="per_lane"), "int4_granularity: expected one of"),
+    (plan_document([entry(0, None, "int16")]), "entries\\[0\\].qk_format: expected one of"),
+    (plan_document([entry(0, None, "int4"), {"layer": "one"}]), "entries\\[1\\].layer: expected an integer"),
+    (plan_document([entry(-1, None, "int4")]), "entries\\[0\\].layer: must be >= 0"),
+    (plan_document([entry(0, -3, "int4")]), "entries\\[0\\].timestep: must be >= 0 or null"),
+    (plan_document([dict(entry(0, None, "int4"), calls=0)]), "entries\\[0\\].calls: must be >= 1"),
+    (plan_document([entry(0, None, "int4"), entry(0, None, "int8")]), "layer 0, timestep null appears twice"),
+])
+def test_malformed_plans_name_the_problem(text, message):
+    with pytest.raises(ValueError, match=message):
+        Plan.from_json(text)
+
+
+def test_unknown_members_are_ignored():
+    plan = Plan.from_json(plan_document([dict(entry(2, None, "int4"), note=1), entry(1, None, "int8")], comment=[1]))
+    assert [e.layer for e in plan.entries] == [1, 2]
+
+
+def _sage_cli():
+    return os.environ.get("SAGE_CLI") or shutil.which("sage")
+
+
+@pytest.mark.skipif(not _sage_cli(), reason="the sage CLI is not on PATH (or in $SAGE_CLI)")
+def test_recording_calibrates_like_python(tmp_path):
+    """A Recorder's directory through `sage calibrate` (the C++ calibrator) gives the same plan."""
+    calibrator = Calibrator()
+    with Recorder(tmp_path / "rec") as recorder:
+        for layer in range(3):
+            inputs = (outliers if layer == 1 else gaussian)(layer)
+            recorder.record(*inputs, layer_id=layer, is_causal=layer == 2, smooth_v=True)
+            calibrator.record(*inputs, layer_id=layer, is_causal=layer == 2, smooth_v=True)
+    result = subprocess.run([_sage_cli(), "calibrate", "--recordings", str(tmp_path / "rec"), "--fraction", "0.3"],
+                            capture_output=True, text=True, check=True)
+    cli_plan = Plan.from_json(result.stdout)
+    python_plan = calibrator.make_plan(0.3)
+    assert [e.qk_format for e in cli_plan.entries] == [e.qk_format for e in python_plan.entries] == \
+        ["int4", "int8", "int4"]
+    for cli_entry, python_entry in zip(cli_plan.entries, python_plan.entries):
+        assert cli_entry.score == pytest.approx(python_entry.score, rel=1e-12)
