@@ -670,7 +670,8 @@ TEST_P(Sm90WorkSchedule, EveryScheduleGivesTheSameBits) {
   ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &reference));
   EXPECT_EQ(count_nonfinite(reference.out), 0);
   if (c.d == 128 && c.causal && !c.return_lse && !c.smooth_q) {
-    ASSERT_TRUE(reference.sm90.q_in_kernel) << "the case should reach the kernel's steps across items";
+    ASSERT_TRUE(reference.sm90.q_in_kernel)
+        << "the case should reach the in-kernel Q path (up to 1024 keys: steps across items)";
   }
   for (const char* ctas : {"1", "3", "7", "64"}) {
     for (const char* claims : {"1", "0"}) {
