@@ -227,8 +227,8 @@ class Sm90Forward : public Sm90Test {};
 // reuse their Q buffers; at D = 128 three consumers share one 16-bit Q
 // buffer, and in the short causal calls two consumers run their steps on
 // across items: the last three cases give the kernel items of 0, 1 and 2
-// key tiles in a row, items of one tile, and the register-store epilogue). (The small ones
-// also run under compute-sanitizer.)
+// key tiles in a row, items of one tile, and the register-store epilogue).
+// (The small ones also run under compute-sanitizer.)
 std::vector<Case> q_in_kernel_cases() {
   using namespace case_table;
   return {

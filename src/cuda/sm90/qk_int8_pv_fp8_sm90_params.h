@@ -26,9 +26,9 @@ namespace sage::sm90 {
 // one 16-bit Q buffer (FwdTraits::kQ16Buffers), whole calls -5.3% at 1K,
 // -3.2% at 2K, causal -3.9% at 2K and -4.2% at 4K, but causal 1K +4.4%
 // (session 29): the short causal calls that quantize Q keep two consumers
-// (kernel_consumers, qk_int8_pv_fp8_sm90.cu), the only instances of two
-// besides smooth_q's, whose key offsets are per 128-row Q block (the
-// smoothing block of the pre-pass).
+// (kernel_consumers, qk_int8_pv_fp8_sm90.cu). smooth_q keeps two
+// everywhere: its key offsets are per 128-row Q block (the smoothing block
+// of the pre-pass).
 constexpr int consumer_warpgroups(bool smooth_q) { return smooth_q ? 2 : 3; }
 // Whether a consumer's key-tile steps run on across its work items
 // (FwdTraits::kStepsAcrossItems): where the kernel quantizes Q with two

@@ -1,6 +1,0 @@
-// mma.sync INT8-QK / FP8-PV (two-level) kernels for head dims padded to 64 (sm_89+).
-#include "cuda/mma/qk_int8_mma_launch.cuh"
-
-namespace sage::mma {
-SAGE_INSTANTIATE_MMA_FWD(64, PvMode::fp8_two_level, 8)
-}
