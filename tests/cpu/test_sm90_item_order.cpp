@@ -95,10 +95,12 @@ TEST(Sm90ItemOrder, StaticRoundsImbalanceModel) {
 
 // The schedule policy at the shapes it was measured on (H200, 132 CTAs;
 // docs/perf-notes.md, sessions 24-25): D = 64's 192-row items take windows
-// and claims at B=2 H=32; the D = 128 kernel that quantizes Q (steps across
-// items, 128-row items) claims with 16 heads at 4K keys (model 1.434,
-// kernel -17%), not with 40 (1.152: +6.6%) nor 64 (1.031: +8%), where a
-// kernel without steps across items would claim from 1.05; at most two
+// and claims at B=2 H=32; the D = 128 kernel that quantizes Q with two
+// consumers (steps across items, 128-row items; since session 29 only the
+// causal calls of up to 1024 keys, the 4K shapes below being where it was
+// measured) claims with 16 heads at 4K keys (model 1.434, kernel -17%), not
+// with 40 (1.152: +6.6%) nor 64 (1.031: +8%), where a kernel without steps
+// across items would claim from 1.05; at most two
 // items per CTA (16 heads of 2K keys: 256 items) take windows in static
 // rounds, nothing left to claim; one round is balanced; past 64 rounds the
 // rounds stay static.

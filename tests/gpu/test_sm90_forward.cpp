@@ -238,8 +238,9 @@ std::vector<Case> q_in_kernel_cases() {
        .granularity = G::per_thread, .return_lse = false, .dist = D::outlier_channels},
       {.b = 1, .hq = 4, .hkv = 1, .nq = 1531, .nk = 1000, .d = 128, .causal = true, .align = BR, .dtype = FP16,
        .smooth_v = true, .return_lse = false, .dist = D::heavy_tailed},
-      // (past kMaxKeysTwoConsumersD128Causal: three consumers)
-      {.b = 1, .hq = 4, .hkv = 2, .nq = 1300, .nk = 1300, .d = 128, .causal = true, .align = TL,
+      // (past kMaxKeysTwoConsumersD128Causal: three consumers; 224 items, so
+      // that CTAs refill their one 16-bit Q buffer)
+      {.b = 2, .hq = 16, .hkv = 4, .nq = 1300, .nk = 1300, .d = 128, .causal = true, .align = TL,
        .return_lse = false},
       {.b = 1, .hq = 2, .hkv = 2, .nq = 300, .nk = 129, .d = 128, .causal = true, .align = BR, .smooth_k = false,
        .return_lse = true, .dist = D::channel_bias},
@@ -317,15 +318,16 @@ TEST_P(Sm90QInKernel, EqualsQuantizedByThePrepass) { expect_q_paths_bit_identica
 
 // SAGE_SM90_Q_PREPASS=0 lifts the dispatch's length limits at D = 128 (A/B
 // timing in one build): the kernel then quantizes Q of long calls too, with
-// the same result. 144 work items (more than an H100/H200 has SMs, so CTAs
-// run later items too) over all keys, 301 past the limit; causal
+// the same result. 192 work items of 192 rows (more than an H100/H200 has
+// SMs, so CTAs run later items too, and refill their one 16-bit Q buffer)
+// over all keys, 301 past the limit; causal
 // bottom-right, so the last query tiles read them all; the LSE without
 // smooth_k (no LSE correction, which would keep Q in the pre-pass).
 TEST_F(Sm90Forward, QInKernelPastTheLengthLimitUnderEnvZero) {
   Case c;
   c.b = 1, c.hq = 48, c.hkv = 8;
   c.d = 128;
-  c.nq = 300;
+  c.nq = 600;
   c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 301;
   c.smooth_k = false;
   c.return_lse = true;
@@ -630,9 +632,10 @@ INSTANTIATE_TEST_SUITE_P(Sm90, Sm90StatsSchedule, ::testing::ValuesIn(stats_sche
 // over capped grids (SAGE_SM90_CTAS: 1, 3 and 7 CTAs, so that causal calls
 // that claim take most of their items from the workspace counter, and 64,
 // few items per CTA), with claims forced on and off (SAGE_SM90_CLAIMS; where
-// the D = 128 kernel quantizes Q, its consumers run their steps across items
-// and the switch picks between the build that computes its static rounds and
-// the one that reads claimed items) and other causal window orders, static
+// the D = 128 kernel quantizes Q with two consumers, causal calls of up to
+// 1024 keys, they run their steps across items and the switch picks between
+// the build that computes its static rounds and the one that reads claimed
+// items) and other causal window orders, static
 // and claimed (SAGE_SM90_WINDOW_HEADS): each item's arithmetic does not depend
 // on which CTA runs it or when, so every schedule must give the default's
 // bits. The capped runs start from a workspace of 32-bit ones (claim
@@ -641,9 +644,11 @@ INSTANTIATE_TEST_SUITE_P(Sm90, Sm90StatsSchedule, ::testing::ValuesIn(stats_sche
 // (Nq > Nk, bottom-right: items of zero key tiles; Q quantized in the
 // kernel, steps across items); D = 64 with top-left alignment and LSE;
 // smooth_q (its key-offset warps read the published items too); D = 128
-// with Q quantized in the kernel over 12 heads (steps across items, every
-// item at least one key tile: the hand-over between items overlapped); a
-// non-causal call (static rounds).
+// with Q quantized in the kernel over 12 heads of 1531 keys (three
+// consumers, one 16-bit Q buffer refilled item after item) and over 16
+// heads of 1000 keys (steps across items, every item at least one key
+// tile: the hand-over between items overlapped); a non-causal call (static
+// rounds).
 std::vector<Case> schedule_cases() {
   using namespace case_table;
   return {
@@ -655,6 +660,7 @@ std::vector<Case> schedule_cases() {
        .smooth_q = true},
       {.b = 1, .hq = 12, .hkv = 12, .nq = 1531, .nk = 1531, .d = 128, .causal = true, .dtype = FP16,
        .return_lse = false},
+      {.b = 1, .hq = 16, .hkv = 8, .nq = 1000, .nk = 1000, .d = 128, .causal = true, .return_lse = false},
       {.b = 1, .hq = 3, .hkv = 1, .nq = 2000, .nk = 777, .d = 128, .return_lse = false},
   };
 }

@@ -12,8 +12,9 @@
 //                the consumers work on this one: past a CTA's first item,
 //                an item's start waits for no load and its end for no
 //                global read;
-//   warpgroups 1.. consumers (two or three, see consumer_warpgroups): each
-//                owns 64 query rows and, for every key tile, runs S = Q K^T
+//   warpgroups 1.. consumers (two or three: consumer_warpgroups, and the
+//                host's kernel_consumers): each owns 64 query rows and,
+//                for every key tile, runs S = Q K^T
 //                (int32), the online softmax in fp32 (base 2, scales folded
 //                in), packs P to FP8 in registers and accumulates P V^T into
 //                a fresh fp32 tile accumulator that is added into O
@@ -113,7 +114,9 @@ struct FwdTraits {
   // H=32, 3 rounds): D = 128 with Q quantized here, non-causal 1K keys
   // -3.1%; causal 1K +0.4% (its kernel -3.3%), 2K -2.3%, 4K -1.9%. Not at
   // D = 64 (its three 160-register consumers spill: 0-6% slower), nor where
-  // Q comes from the pre-pass (2-11% slower: the loop's schedule).
+  // Q comes from the pre-pass (2-11% slower: the loop's schedule). (Measured
+  // when every D = 128 instance that quantized Q had two consumers; since
+  // session 29 only the causal calls of up to 1024 keys run them.)
   // Three consumers at D = 128 have no registers for O, S and the P V^T
   // tile at once (160 each): every step waits for its Q K^T, runs the
   // softmax, then issues P V^T and waits for it. (Streaming P V^T chunk by
@@ -130,7 +133,8 @@ struct FwdTraits {
   // docs/perf-notes.md, session 24). So those instances come in two: static
   // rounds computed by the consumers, taken where the rounds balance well,
   // and published (claimed) items, taken where they do not (B=1 with 12-16
-  // heads at 4K keys: the kernel 17-22% faster, session 25).
+  // heads at 4K keys: the kernel 17-22% faster, session 25, when those
+  // calls still ran two consumers).
   static constexpr bool kMayClaimItems = Causal && (!kStepsAcrossItems || ClaimsAcrossItems);
   static constexpr int kQBytes = kBlockQ * kDp;
   static constexpr int kQ16Bytes = kBlockQ * kDp * 2;  // QuantizeQ: the caller's rows (inputs share OutT)

@@ -78,7 +78,8 @@ inline double static_rounds_imbalance(int batch_heads, int nq, int nk, int block
 // rounds balance much worse. H200, kernel GPU time, claims against static
 // rounds (model in parentheses): B=1 H=16 -16.6% at 4K keys (1.434); B=1
 // H=40 -2.4% at 2K (1.155), +6.6% at 4K (1.152); B=2 H=32 +3.0% at 1K and
-// +8.0% at 4K (1.031).
+// +8.0% at 4K (1.031). (Measured at 2K-4K keys, which since session 29 run
+// three consumers and take the threshold of kCausalClaimsAbove instead.)
 inline constexpr double kCausalClaimsAcrossItemsAbove = 1.3;
 
 // How a causal launch on a persistent grid of `ctas` CTAs takes its items
