@@ -327,11 +327,12 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   const quant::PrepassBuffers& buf = prepass.buffers;
 
   const int dp = layout.head_dim_padded;
+  const int consumers = kernel_consumers(o, pp, pp.q_in_attention);
   fwd::fill_forward_params(args, o, prepass, &p);
   p.out_tma = make_out_tensor_map(&p.tmap_out, args, o, pp);
   if (!pp.q_in_attention) {
     SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_q, buf.q, dp, pp.nq, std::uint64_t(pp.batch) * pp.heads_q, dp,
-                                         query_block_rows(kernel_consumers(o, pp, /*quantize_q=*/false))));
+                                         query_block_rows(consumers)));
   }
   SAGE_RETURN_IF_ERROR(make_tensor_map(&p.tmap_k, buf.k, dp, pp.nk, std::uint64_t(pp.batch) * pp.heads_kv, dp, 128));
   SAGE_RETURN_IF_ERROR(
@@ -348,7 +349,6 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   p.window_heads = window_env > 0       ? std::min(window_env, p.batch_heads)
                    : !schedule.windows ? 1
                                        : causal_window_heads(p.batch_heads, pp.nk, dp);
-  const int consumers = kernel_consumers(o, pp, pp.q_in_attention);
   const cudaError_t err = dp == 64 ? launch_for_dp<64>(p, pp.q_in_attention, o.causal, pp.bf16, consumers, ctas, s)
                                    : launch_for_dp<128>(p, pp.q_in_attention, o.causal, pp.bf16, consumers, ctas, s);
   if (err != cudaSuccess) return fwd::cuda_status(err, "sm90 attention kernel launch");
