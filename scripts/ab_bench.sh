@@ -9,9 +9,9 @@
 #   mkdir -p ab/base && git archive HEAD | tar -x -C ab/base
 # which travels to the GPU machine as an untracked directory) gets one build of the Python
 # package (build-ab-NAME, NAME of its first variant), all built in parallel. A variant's
-# VAR=VALUE is set while it runs: a dispatch switch timed in one build, e.g. Q quantized in the
-# kernel against the dispatch's choice at D=128:
-#   scripts/ab_bench.sh dispatch=. kernel=.,SAGE_SM90_Q_PREPASS=0 -- --dims 128 --sizes 2048,4096
+# VAR=VALUE is set while it runs: a dispatch switch timed in one build, e.g. Q quantized by the
+# pre-pass against the dispatch's choice (the kernel, where it can) at D=128:
+#   scripts/ab_bench.sh dispatch=. prepass=.,SAGE_SM90_Q_PREPASS=1 -- --dims 128 --sizes 2048,4096
 # Then bench/bench_attention.py (of the working tree) runs once per variant and round, the
 # variants alternating (in reverse order in even rounds: a GPU warming up over a round favoured
 # the first one every time at N=16384), ROUNDS rounds (default 2), and scripts/ab_compare.py

@@ -5,7 +5,6 @@ is host time: Python, the dispatcher, the C++ core (validation, pointer
 checks, TMA descriptors, launches). Each piece is timed alone over many calls.
 """
 
-import ctypes
 import time
 
 import torch
@@ -24,16 +23,6 @@ def wall_us(fn, n=2000):
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - t) / n * 1e6
-
-
-def loaded_cuda_runtime():
-    """The CUDA runtime library this process already loaded (PyTorch's), through ctypes, or None.
-    Not a fresh dlopen by name: that can load a second copy of the runtime (the system's next to
-    the wheel's), and the process then crashed or hung at exit (H200, session 25)."""
-    with open("/proc/self/maps") as maps:
-        fields = [line.split() for line in maps]
-        paths = {f[5] for f in fields if len(f) >= 6 and "libcudart.so" in f[5]}  # (field 5: the path)
-    return ctypes.CDLL(sorted(paths)[0]) if paths else None
 
 
 def main():
@@ -56,10 +45,6 @@ def main():
         "  tensor_spec x4": lambda: (_ops.tensor_spec(q), _ops.tensor_spec(k), _ops.tensor_spec(v),
                                      _ops.tensor_spec(out)),
     }
-    runtime = loaded_cuda_runtime()
-    if runtime is not None:  # one of the core's per-tensor pointer checks (its ~0.1 us ctypes call cost included)
-        attributes, pointer = ctypes.create_string_buffer(64), ctypes.c_void_p(q.data_ptr())
-        pieces["  cudaPointerGetAttributes (one tensor)"] = lambda: runtime.cudaPointerGetAttributes(attributes, pointer)
     for name, fn in pieces.items():
         print(f"{name:40s} {wall_us(fn):7.1f} us", flush=True)
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):

@@ -42,7 +42,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--q-prepass", default="both", choices=("0", "1", "both"),
-                    help="SAGE_SM90_Q_PREPASS for the calls (0: Q quantized in the kernel, 1: by the pre-pass)")
+                    help="SAGE_SM90_Q_PREPASS for the calls (0: Q quantized in the kernel where it can, 1: by the pre-pass)")
     args = ap.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     modes = ("0", "1") if args.q_prepass == "both" else (args.q_prepass,)

@@ -220,8 +220,7 @@ class Sm90Forward : public Sm90Test {};
 
 // Calls whose Q the attention kernel quantizes itself (per-warp or
 // per-thread groups, no smooth_q, no LSE correction: return_lse off or
-// smooth_k off, Q rows TMA can read; at D = 128 within kMaxKeysQInKernelD128
-// and its causal limit), over head dims (odd ones too: TMA zero-fills part
+// smooth_k off, Q rows TMA can read), over head dims (odd ones too: TMA zero-fills part
 // of a 16-byte chunk), lengths, layouts, storage, dtypes, causal alignments
 // and GQA, and with more work items than an H200 has SMs (persistent CTAs
 // reuse their Q buffers; at D = 128 three consumers share one 16-bit Q
@@ -274,20 +273,18 @@ std::vector<Case> q_in_kernel_cases() {
   };
 }
 
-// The call c with Q quantized in the kernel (under SAGE_SM90_Q_PREPASS =
-// kernel_env; empty, which means the dispatch's own choice, when null)
-// against itself with Q left to the pre-pass
-// (=1): both paths quantize with the same arithmetic
-// (cuda/quant/quantize_rows.cuh), so out and lse agree bit for bit; the
-// pre-pass path is the one the other cases check against the emulation and
-// float64.
-void expect_q_paths_bit_identical(const Case& c, int device, const char* kernel_env) {
+// The call c with Q quantized in the kernel (the dispatch's own choice)
+// against itself with Q left to the pre-pass (SAGE_SM90_Q_PREPASS=1): both
+// paths quantize with the same arithmetic (cuda/quant/quantize_rows.cuh), so
+// out and lse agree bit for bit; the pre-pass path is the one the other
+// cases check against the emulation and float64.
+void expect_q_paths_bit_identical(const Case& c, int device) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
   const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
   GpuResult in_kernel, by_prepass;
   {
-    ScopedEnv env("SAGE_SM90_Q_PREPASS", kernel_env != nullptr ? kernel_env : "");
+    ScopedEnv env("SAGE_SM90_Q_PREPASS", "");
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &in_kernel));
     ASSERT_TRUE(in_kernel.sm90.q_in_kernel) << "the call does not take the in-kernel Q path";
   }
@@ -314,27 +311,26 @@ void expect_q_paths_bit_identical(const Case& c, int device, const char* kernel_
 
 class Sm90QInKernel : public Sm90Test, public ::testing::WithParamInterface<Case> {};
 
-TEST_P(Sm90QInKernel, EqualsQuantizedByThePrepass) { expect_q_paths_bit_identical(GetParam(), device(), nullptr); }
+TEST_P(Sm90QInKernel, EqualsQuantizedByThePrepass) { expect_q_paths_bit_identical(GetParam(), device()); }
 
-// SAGE_SM90_Q_PREPASS=0 lifts the dispatch's length limits at D = 128 (A/B
-// timing in one build): the kernel then quantizes Q of long calls too, with
-// the same result. 192 work items of 192 rows (more than an H100/H200 has
-// SMs, so CTAs run later items too, and refill their one 16-bit Q buffer)
-// over all keys, 301 past the limit; causal
-// bottom-right, so the last query tiles read them all; the LSE without
-// smooth_k (no LSE correction, which would keep Q in the pre-pass).
-TEST_F(Sm90Forward, QInKernelPastTheLengthLimitUnderEnvZero) {
+// Long key sequences at D = 128, where the kernel quantized Q only under an
+// environment switch before session 30 (4K keys and more): 4397 keys (a
+// partial last key tile), 192 work items of 192 rows (more than an
+// H100/H200 has SMs, so CTAs run later items too, and refill their one
+// 16-bit Q buffer); causal bottom-right, so the last query tiles read them
+// all; the LSE without smooth_k (no LSE correction, which would keep Q in
+// the pre-pass).
+TEST_F(Sm90Forward, QInKernelOverLongKeySequences) {
   Case c;
   c.b = 1, c.hq = 48, c.hkv = 8;
   c.d = 128;
   c.nq = 600;
-  c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 301;
+  c.nk = 4397;
   c.smooth_k = false;
   c.return_lse = true;
-  expect_q_paths_bit_identical(c, device(), "0");
+  expect_q_paths_bit_identical(c, device());
   c.causal = true, c.align = CausalAlign::bottom_right;
-  c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128Causal) + 301;
-  expect_q_paths_bit_identical(c, device(), "0");
+  expect_q_paths_bit_identical(c, device());
 }
 
 INSTANTIATE_TEST_SUITE_P(Sm90, Sm90QInKernel, ::testing::ValuesIn(q_in_kernel_cases()), case_name);
@@ -361,7 +357,6 @@ TEST_F(Sm90Forward, NonFiniteInputsGiveNaNAsTheEmulation) {
     Case in_kernel_q;
     in_kernel_q.nq = in_kernel_q.nk = 130, in_kernel_q.d = d;
     in_kernel_q.return_lse = false;
-    ScopedEnv kernel("SAGE_SM90_Q_PREPASS", "0");
     expect_nonfinite_inputs_give_nan(in_kernel_q, device(), sage::kSm90Geometry, in_kernel);
   }
 }
@@ -401,7 +396,7 @@ std::vector<PathVariant> path_variants(const Case& base, Fill fill) {
 }
 
 // The calls that keep Q in the pre-pass: each condition of the in-kernel
-// path, broken alone.
+// path, broken alone; and long calls, which no longer do.
 TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
   Case base;
   base.nq = base.nk = 64;
@@ -412,15 +407,10 @@ TEST_F(Sm90Forward, QStaysInThePrepassWhereTheKernelCannotTakeIt) {
     add("smooth_q", false, [](Case& c) { c.smooth_q = true; });
     add("LSE with smooth_k (the LSE correction)", false, [](Case& c) { c.return_lse = true; });
     add("rows TMA cannot read (D = 100, dense: 200-byte rows)", false, [](Case& c) { c.d = 100; });
-    add("D = 128 beyond kMaxKeysQInKernelD128 keys", false,
-        [](Case& c) { c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128) + 1; });
-    add("D = 128 causal beyond kMaxKeysQInKernelD128Causal keys", false, [](Case& c) {
+    add("D = 128, 4097 keys (no length limit)", true, [](Case& c) { c.nk = 4097; });
+    add("D = 128 causal, 4097 keys", true, [](Case& c) {
       c.causal = true;
-      c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128Causal) + 1;
-    });
-    add("a causal call of kMaxKeysQInKernelD128Causal keys", true, [](Case& c) {
-      c.causal = true;
-      c.nk = static_cast<std::int64_t>(sage::sm90::kMaxKeysQInKernelD128Causal);
+      c.nk = 4097;
     });
   });
   expect_paths(variants, device(), &sage::detail::Sm90Paths::q_in_kernel);

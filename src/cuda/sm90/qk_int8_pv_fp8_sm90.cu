@@ -202,24 +202,18 @@ bool make_out_tensor_map(CUtensorMap* map, const AttentionArgs& args, const Atte
 // Whether the attention kernel can quantize Q itself, so that the pre-pass
 // skips its Q jobs: its Q scale groups must lie inside a warp's 16 rows
 // (per_warp, per_thread), smooth_q and the LSE correction need the
-// pre-pass's pass over Q, it must pay (kMaxKeysQInKernelD128[Causal]), out
-// and lse must not share memory with Q (the kernel reads Q while other CTAs
+// pre-pass's pass over Q, out and lse must not share memory with Q (the kernel reads Q while other CTAs
 // write them; the pre-pass has read all of it before), and TMA must be able
 // to read the caller's rows (16-byte aligned start and strides; an encoding
 // TMA refuses leaves Q to the pre-pass too). SAGE_SM90_Q_PREPASS=1 keeps Q in
-// the pre-pass, =0 takes the kernel wherever it can, past the length limits: the
-// tests compare both paths and A/B timings switch them in one build (read
-// per call, so a test can switch it between calls). On true, *map reads the
-// caller's Q.
+// the pre-pass: the tests compare both paths and A/B timings switch them in
+// one build (read per call, so a test can switch it between calls). On true,
+// *map reads the caller's Q.
 bool q_quantized_in_kernel(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& pp,
                            CUtensorMap* map) {
   const char* env = std::getenv("SAGE_SM90_Q_PREPASS");
-  const bool forced_prepass = env != nullptr && std::strcmp(env, "1") == 0;
-  const bool forced_kernel = env != nullptr && std::strcmp(env, "0") == 0;
-  if (forced_prepass) return false;
+  if (env != nullptr && std::strcmp(env, "1") == 0) return false;
   if (pp.smooth_q || pp.lse_correction || pp.granularity == Granularity::per_block) return false;
-  const std::int64_t max_keys = o.causal ? kMaxKeysQInKernelD128Causal : kMaxKeysQInKernelD128;
-  if (!forced_kernel && pp.head_dim_padded == 128 && pp.nk > max_keys) return false;
   if (detail::memory_ranges_overlap(args.q, args.out)) return false;
   if (o.return_lse && detail::memory_ranges_overlap(args.q, args.lse)) return false;
   return make_q16_tensor_map(map, o, pp, fwd::strided(args.q, o.layout)).is_ok();

@@ -15,26 +15,6 @@ namespace sage::sm90 {
 // the reason (the caller returns it as not_implemented).
 std::string unsupported_reason(const AttentionOptions& options, std::int64_t head_dim);
 
-// The longest key sequences at which the D = 128 kernel quantizes Q itself
-// (non-causal, causal). Each work item then pays for its quantization (its
-// consumers do it before their first Q K^T), which the shorter pre-pass
-// repays where items are short. GPU time of whole calls on an H200 (B=2
-// H=32, docs/perf-notes.md, session 14), in-kernel against pre-pass Q:
-// non-causal -1.3% at 1K keys, +0.7% at 2K, +1.9% at 4K; causal -8.0% at
-// 1K, -4.6% at 2K, -0.2..-0.8% at 4K over two runs (causal items are half
-// as long on average, and the pre-pass weighs twice as much in the call). At D = 64 (half the
-// quantization per item) it paid at every length up to 4K (-2% to -18%)
-// and is even at 16K, so it has no limit there. Since the consumers'
-// steps run on across items where they quantize Q (session 16: the next
-// item's quantization, last P V^T and first Q K^T together), in-kernel Q
-// gave, non-causal: -3.8% at 2K, +1.2% at 4K, +1.0% at 8K; causal: -0.3% at
-// 2K, +0.2% at 4K, -0.4% at 8K. Against the pre-pass's Q with three
-// consumers (session 18): -7.9% at 2K, causal -11% at 2K. With three
-// consumers quantizing Q (session 29), in-kernel against the pre-pass's Q:
-// -2.6% at 4K (non-causal; 8K not measured), so both limits are 4096 keys.
-inline constexpr std::int64_t kMaxKeysQInKernelD128 = 4096;
-inline constexpr std::int64_t kMaxKeysQInKernelD128Causal = 4096;
-
 // The longest key sequences of the D = 128 causal calls whose kernel
 // quantizes Q with two consumers (their steps run on across items) instead
 // of three: GPU time of whole calls, three against two (H200, B=2 H=32,
@@ -55,9 +35,16 @@ inline constexpr int kKvStreamMaxKeys = 16384;
 
 // Whether the attention kernel quantizes the call's Q itself (the pre-pass
 // then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
-// correction, Q rows TMA can read and out not sharing Q's memory, D = 64 or
-// at most kMaxKeysQInKernelD128 keys (causal: kMaxKeysQInKernelD128Causal;
-// any length under SAGE_SM90_Q_PREPASS=0), and SAGE_SM90_Q_PREPASS not "1".
+// correction, Q rows TMA can read and out not sharing Q's memory, and
+// SAGE_SM90_Q_PREPASS not "1". At any length: each work item pays for
+// quantizing its Q tile, and the pre-pass skips reading the 16-bit Q and
+// writing its codes, both in proportion to the query rows. (At D = 128 this
+// had length limits while two consumers with two 16-bit Q buffers paid more
+// than the pre-pass saved: +1.9% at 4K keys, session 14. With three
+// consumers, H200, B=2 H=32, GPU time of whole calls against the pre-pass's
+// Q, docs/perf-notes.md, sessions 29-30: -2.6% at 4K keys, -1.3% at 8K,
+// -0.7% at 16K, -0.3% at 32K; causal -1.9% at 8K, -0.6% at 16K, -0.4% at
+// 32K; the kernel alone 0.3-2.5% slower.)
 // Tests use it to know which path a call takes.
 bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& options);
 
