@@ -220,13 +220,14 @@ class Sm90Forward : public Sm90Test {};
 
 // Calls whose Q the attention kernel quantizes itself (per-warp or
 // per-thread groups, no smooth_q, no LSE correction: return_lse off or
-// smooth_k off, Q rows TMA can read), over head dims (odd ones too: TMA zero-fills part
-// of a 16-byte chunk), lengths, layouts, storage, dtypes, causal alignments
-// and GQA, and with more work items than an H200 has SMs (persistent CTAs
-// reuse their Q buffers; at D = 128 three consumers share one 16-bit Q
-// buffer, and in the short causal calls two consumers run their steps on
-// across items: the last three cases give the kernel items of 0, 1 and 2
-// key tiles in a row, items of one tile, and the register-store epilogue).
+// smooth_k off, Q rows TMA can read), over head dims (odd ones too: TMA
+// zero-fills part of a 16-byte chunk), lengths, layouts, storage, dtypes,
+// causal alignments and GQA, and with more work items than an H200 has SMs
+// (persistent CTAs reuse their Q buffers; at D = 128 three consumers share
+// one 16-bit Q buffer, and in the short causal calls two consumers run their
+// steps on across items: the last three cases give the kernel items of 0, 1
+// and 2 key tiles in a row, items of one tile, and the register-store
+// epilogue).
 // (The small ones also run under compute-sanitizer.)
 std::vector<Case> q_in_kernel_cases() {
   using namespace case_table;

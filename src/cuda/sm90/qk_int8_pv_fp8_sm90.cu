@@ -202,13 +202,14 @@ bool make_out_tensor_map(CUtensorMap* map, const AttentionArgs& args, const Atte
 // Whether the attention kernel can quantize Q itself, so that the pre-pass
 // skips its Q jobs: its Q scale groups must lie inside a warp's 16 rows
 // (per_warp, per_thread), smooth_q and the LSE correction need the
-// pre-pass's pass over Q, out and lse must not share memory with Q (the kernel reads Q while other CTAs
-// write them; the pre-pass has read all of it before), and TMA must be able
-// to read the caller's rows (16-byte aligned start and strides; an encoding
-// TMA refuses leaves Q to the pre-pass too). SAGE_SM90_Q_PREPASS=1 keeps Q in
-// the pre-pass: the tests compare both paths and A/B timings switch them in
-// one build (read per call, so a test can switch it between calls). On true,
-// *map reads the caller's Q.
+// pre-pass's pass over Q, out and lse must not share memory with Q (the
+// kernel reads Q while other CTAs write them; the pre-pass has read all of
+// it before), and TMA must be able to read the caller's rows (16-byte
+// aligned start and strides; an encoding TMA refuses leaves Q to the
+// pre-pass too). SAGE_SM90_Q_PREPASS=1 keeps Q in the pre-pass: the tests
+// compare both paths and A/B timings switch them in one build (read per
+// call, so a test can switch it between calls). On true, *map reads the
+// caller's Q.
 bool q_quantized_in_kernel(const AttentionArgs& args, const AttentionOptions& o, const quant::PrepassProblem& pp,
                            CUtensorMap* map) {
   const char* env = std::getenv("SAGE_SM90_Q_PREPASS");
