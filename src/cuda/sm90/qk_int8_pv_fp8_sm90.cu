@@ -98,7 +98,8 @@ CausalSchedule remembered_causal_schedule(int batch_heads, int nq, int nk, int b
 // that quantize Q have a second build for claims, launch_causal). H200, GPU time
 // (docs/perf-notes.md, sessions 24-25): -8..-13% of the kernel at D=64 B=2
 // H=32 (192-row items: static 1.10-1.15 in the model), -18..-22% at D=64
-// B=1 H=16, -17..-29% at D=128 B=1 H=12-16 (2K-4K keys, two consumers then).
+// B=1 H=16, -17..-29% at D=128 B=1 H=12-16 (2K-4K keys, two consumers then),
+// -8..-10% at D=128 B=2 H=32 with 2K-4K keys (three consumers, session 30).
 // SAGE_SM90_CLAIMS=1 or 0 forces windows and claims, or neither (the tests
 // run both); SAGE_SM90_WINDOW_HEADS (below) sets the windows.
 CausalSchedule causal_schedule_of(const AttentionOptions& o, const quant::PrepassProblem& pp, int ctas) {
