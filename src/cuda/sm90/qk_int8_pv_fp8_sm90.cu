@@ -101,13 +101,14 @@ CausalSchedule remembered_causal_schedule(int batch_heads, int nq, int nk, int b
 // B=1 H=16, -17..-29% at D=128 B=1 H=12-16 (2K-4K keys, two consumers then),
 // -8..-10% at D=128 B=2 H=32 with 2K-4K keys (three consumers, session 30).
 // SAGE_SM90_CLAIMS=1 or 0 forces windows and claims, or neither (the tests
-// run both); SAGE_SM90_WINDOW_HEADS (below) sets the windows.
-CausalSchedule causal_schedule_of(const AttentionOptions& o, const quant::PrepassProblem& pp, int ctas) {
+// run both); SAGE_SM90_WINDOW_HEADS (below) sets the windows. consumers:
+// kernel_consumers of the call.
+CausalSchedule causal_schedule_of(const AttentionOptions& o, const quant::PrepassProblem& pp, int ctas,
+                                  int consumers) {
   if (!o.causal || pp.nq > kCausalPersistentMaxRows) return {};  // (nq: one CTA per item, nothing to order)
   const char* env = std::getenv("SAGE_SM90_CLAIMS");
   if (env != nullptr && std::strcmp(env, "1") == 0) return {true, true};
   if (env != nullptr && std::strcmp(env, "0") == 0) return {};
-  const int consumers = kernel_consumers(o, pp, pp.q_in_attention);
   return remembered_causal_schedule(pp.batch * pp.heads_q, pp.nq, pp.nk, query_block_rows(consumers),
                                     fwd::causal_shift(o, pp), ctas, steps_across_items(pp.q_in_attention, consumers));
 }
@@ -302,7 +303,10 @@ bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& opt
 
 bool claims_work_items(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
   CUtensorMap map;
-  return causal_schedule_of(options, call_problem(args, options, &map), persistent_ctas(sm_count)).claims;
+  const quant::PrepassProblem problem = call_problem(args, options, &map);
+  return causal_schedule_of(options, problem, persistent_ctas(sm_count),
+                            kernel_consumers(options, problem, problem.q_in_attention))
+      .claims;
 }
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options) {
@@ -336,7 +340,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
 
   const int ctas = persistent_ctas(device.sm_count);
   p.item_claims = buf.item_claims;
-  const CausalSchedule schedule = causal_schedule_of(o, pp, ctas);
+  const CausalSchedule schedule = causal_schedule_of(o, pp, ctas, consumers);
   p.claims_items = schedule.claims;
   // SAGE_SM90_WINDOW_HEADS: heads per window of every causal launch's order
   // (0 or unset: causal_window_heads where the schedule takes windows, one
