@@ -255,6 +255,9 @@ cudaError_t launch_for(const QkInt8PvFp8Params& p, bool causal, bool bf16, int c
                   : launch_causal<Dp, __half, SmoothQ, QuantizeQ, 2>(p, sm_count, s);
     }
   }
+  // Any other count has no instance here: the Q tensor map's box (query_block_rows(consumers))
+  // would not match the kernel's tile, so refuse rather than launch it.
+  if (consumers != kConsumers) return cudaErrorInvalidValue;
   if (bf16) {
     return causal ? launch_causal<Dp, __nv_bfloat16, SmoothQ, QuantizeQ, kConsumers>(p, sm_count, s)
                   : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ, QuantizeQ, false, kConsumers>(
