@@ -14,12 +14,19 @@ moving elsewhere in the kernel does not change it). With two files it prints bot
 code, and whose loop, differ.
 
   scripts/sass_instances.py build/src/CMakeFiles/sage_sm90.dir/cuda/sm90/qk_int8_pv_fp8_sm90_hdim128.cu.o [OTHER.o]
+                            [--opcodes]
 
-Needs cuobjdump (the CUDA toolkit's; `--cuobjdump PATH` otherwise).
+Needs no GPU: on a machine without one, build the object (or a cubin: nvcc -cubin
+-gencode arch=compute_90a,code=sm_90a -O3 -std=c++20 -Isrc -Iinclude --expt-relaxed-constexpr
+src/cuda/sm90/qk_int8_pv_fp8_sm90_hdim128.cu) and read it here. Needs cuobjdump: on PATH, the
+toolkit's, or PyPI's under build-tools/ (python3 -m pip install --target build-tools
+nvidia-cuda-cuobjdump); `--cuobjdump PATH` otherwise.
 """
 import argparse
 import collections
+import glob
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -68,7 +75,7 @@ def loop_instructions(code):
             if any("IGMMA" in t for t in body) and any("QGMMA" in t for t in body):
                 loops.append((address - start, start, address))
     if not loops:
-        return 0, "-", 0
+        return [], "-", 0
     _, start, end = min(loops)
     last = code[-1][0]
 
@@ -79,14 +86,30 @@ def loop_instructions(code):
         return f"L{value - start:+#x}" if start <= value <= end else "out"
 
     body = "\n".join(ADDRESS.sub(relative, t) for a, t in code if start <= a <= end)
-    skipped = []
-    for address, text in code:
-        match = BRANCH.search(text)
-        if match and start <= address < end and address < int(match.group(1), 16) <= end:
-            skipped.append((address, int(match.group(1), 16)))
-    count = sum(1 for address, _ in code if start <= address <= end and not any(a < address < b for a, b in skipped))
     local = sum(1 for address, text in code if start <= address <= end and re.search(r"\b(LDL|STL)\b", text))
-    return count, hashlib.md5(body.encode()).hexdigest()[:8], local
+    return unmasked_path(code, start, end), hashlib.md5(body.encode()).hexdigest()[:8], local
+
+
+def unmasked_path(code, start, end):
+    """The loop's instructions in the order a tile that needs no mask runs them: from its start,
+    forward branches inside it taken where they are unconditional (over the masked tiles' second
+    exponential loop) or the first after a wgmma wait (over the score masks), not taken otherwise
+    (into the masked exponentials); branches out of the loop (barrier retries) not taken."""
+    index = {address: i for i, (address, _) in enumerate(code)}
+    i, path, after_wait = index[start], [], False
+    while code[i][0] <= end:
+        address, text = code[i]
+        path.append(text)
+        match = BRANCH.search(text)
+        target = int(match.group(1), 16) if match else None
+        if target is not None and address < target <= end and (not text.startswith("@") or after_wait):
+            i = index[target]
+        else:
+            i += 1
+        if address == end:
+            break
+        after_wait = text.startswith("WARPGROUP.DEPBAR")
+    return path
 
 
 def fingerprints(path, cuobjdump):
@@ -97,10 +120,24 @@ def fingerprints(path, cuobjdump):
     return rows
 
 
+def opcode_counts(path):
+    return collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for text in path)
+
+
+def default_cuobjdump():
+    """cuobjdump on PATH, the toolkit's, or PyPI's (`pip install --target build-tools nvidia-cuda-cuobjdump`:
+    not every CUDA install has it, the machines without a GPU here included)."""
+    found = [shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump",
+             *sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "build-tools", "nvidia", "*", "bin",
+                                            "cuobjdump")))]
+    return next((f for f in found if f and os.path.exists(f)), "cuobjdump")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("files", nargs="+", help="one or two object files or libraries")
-    ap.add_argument("--cuobjdump", default=shutil.which("cuobjdump") or "/usr/local/cuda/bin/cuobjdump")
+    ap.add_argument("files", nargs="+", help="one or two object files, libraries or cubins")
+    ap.add_argument("--cuobjdump", default=default_cuobjdump())
+    ap.add_argument("--opcodes", action="store_true", help="also the loop's instructions per opcode (and the change)")
     args = ap.parse_args()
     if len(args.files) > 2:
         ap.error("one or two files")
@@ -108,15 +145,21 @@ def main():
     if not tables[0]:
         sys.exit(f"no sm90 forward kernel instances in {args.files[0]}")
     for name, (digest, loop, loop_digest, local) in tables[0].items():
-        line = f"{name}  {digest}  loop {loop:4d} {loop_digest} ldl/stl {local}"
+        line = f"{name}  {digest}  loop {len(loop):4d} {loop_digest} ldl/stl {local}"
+        other = tables[1].get(name) if len(tables) == 2 else None
         if len(tables) == 2:
-            other = tables[1].get(name)
             if other is None:
                 line += "  | (absent)"
             else:
                 verdict = "same" if other[0] == digest else "same loop" if other[2] == loop_digest else "DIFFERS"
-                line += f"  | {other[0]}  loop {other[1]:4d} {other[2]} ldl/stl {other[3]}  {verdict}"
+                line += f"  | {other[0]}  loop {len(other[1]):4d} {other[2]} ldl/stl {other[3]}  {verdict}"
         print(line)
+        if args.opcodes:
+            counts = opcode_counts(loop)
+            print("    " + ", ".join(f"{op} {n}" for op, n in counts.most_common()))
+            if other is not None:
+                was = opcode_counts(other[1])
+                print("    first minus second:", {op: counts[op] - was[op] for op in counts | was if counts[op] != was[op]})
 
 
 if __name__ == "__main__":
