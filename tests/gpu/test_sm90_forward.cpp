@@ -638,8 +638,10 @@ INSTANTIATE_TEST_SUITE_P(Sm90, Sm90StatsSchedule, ::testing::ValuesIn(stats_sche
 // with Q quantized in the kernel over 12 heads of 1531 keys (three
 // consumers, one 16-bit Q buffer refilled item after item) and over 16
 // heads of 1000 keys (steps across items, every item at least one key
-// tile: the hand-over between items overlapped); a non-causal call (static
-// rounds).
+// tile: the hand-over between items overlapped); non-causal calls (static
+// rounds): 2000 rows end in an item of 80 (a consumer idle, the producer
+// arriving for it), 1000 and 600 rows in two short items (noncausal_item's
+// split tail: one of 128 rows and one of 104 or 24).
 std::vector<Case> schedule_cases() {
   using namespace case_table;
   return {
@@ -653,6 +655,8 @@ std::vector<Case> schedule_cases() {
        .return_lse = false},
       {.b = 1, .hq = 16, .hkv = 8, .nq = 1000, .nk = 1000, .d = 128, .causal = true, .return_lse = false},
       {.b = 1, .hq = 3, .hkv = 1, .nq = 2000, .nk = 777, .d = 128, .return_lse = false},
+      {.b = 2, .hq = 6, .hkv = 3, .nq = 1000, .nk = 1000, .d = 128, .return_lse = false},
+      {.b = 1, .hq = 7, .hkv = 7, .nq = 600, .nk = 513, .d = 64, .dtype = FP16},
   };
 }
 

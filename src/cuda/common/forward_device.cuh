@@ -38,15 +38,22 @@ __device__ __forceinline__ int key_tiles_for(const ForwardParams& p, int q_tile)
 }
 
 // One work item: query tile q_tile of (batch, query head) bh, which reads
-// kv head bh_kv (GQA), over n_tiles key tiles.
+// kv head bh_kv (GQA), over n_tiles key tiles; its rows are first_row ..
+// first_row + rows - 1 (the tile's, except in the sm90 kernel's non-causal
+// items, whose rows need not be a tile's: noncausal_item).
 struct CtaWork {
   int q_tile, bh, bh_kv, n_tiles;
+  int first_row, rows;
 };
-template <class T>
-__device__ __forceinline__ CtaWork work_of(const ForwardParams& p, int q_tile, int bh) {
+__device__ __forceinline__ int kv_head_of(const ForwardParams& p, int bh) {
   const int b = bh / p.heads_q;
   const int h = bh % p.heads_q;
-  return {q_tile, bh, b * p.heads_kv + h / (p.heads_q / p.heads_kv), key_tiles_for<T>(p, q_tile)};
+  return b * p.heads_kv + h / (p.heads_q / p.heads_kv);
+}
+template <class T>
+__device__ __forceinline__ CtaWork work_of(const ForwardParams& p, int q_tile, int bh) {
+  const int first_row = q_tile * T::kBlockQ;
+  return {q_tile, bh, kv_head_of(p, bh), key_tiles_for<T>(p, q_tile), first_row, min(T::kBlockQ, p.nq - first_row)};
 }
 
 // One CTA per work item: the grid is (query tiles, B * Hq); causal grids

@@ -322,7 +322,8 @@ __device__ __forceinline__ void softmax_and_pv(Softmax& softmax, float (&o)[T::k
 // ---- kernel ----------------------------------------------------------------------
 template <class T>
 __device__ __forceinline__ void forward_tile(const QkInt8MmaParams& p, FwdSharedStorage<T>& s) {
-  const auto [q_tile, bh, bh_kv, n_tiles] = fwd::cta_work<T>(p);
+  const fwd::CtaWork w = fwd::cta_work<T>(p);
+  const int q_tile = w.q_tile, bh = w.bh, bh_kv = w.bh_kv, n_tiles = w.n_tiles;
 
   // Prologue: group 0 = Q + tile 0, group 1 = tile 1 (possibly empty groups:
   // the wait counts below stay uniform).

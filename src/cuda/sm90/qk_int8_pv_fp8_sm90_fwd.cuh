@@ -124,6 +124,11 @@ struct FwdTraits {
   // 800 bytes of spills; D = 128 without kScoresDieEarly: 600.)
   static constexpr bool kSerialSteps = kConsumers == 3 && HeadDimPadded == 128;
   static constexpr bool kStepsAcrossItems = steps_across_items(QuantizeQ, Consumers);
+  // Whether a consumer with no row in an item (its rows all past the item's:
+  // noncausal_item's short items, a head's last tile) skips it, the producer
+  // arriving on the item's barriers in its stead (idle_consumers). Not where
+  // the steps run on across items: those consumers run every item whole.
+  static constexpr bool kSkipsIdleConsumers = !kStepsAcrossItems;
   // Whether a causal launch may claim its items (QkInt8PvFp8Params::claims_items).
   // With steps across items only in the instances built for it
   // (ClaimsAcrossItems): their consumers take the next item before they end
@@ -233,24 +238,39 @@ __device__ __forceinline__ int swizzled(int off) {
 }
 
 // ---- producer: TMA loads ----------------------------------------------------------
+// The consumers that own no row of item w and skip it (T::kSkipsIdleConsumers).
+template <class T>
+__device__ __forceinline__ int idle_consumers(const fwd::CtaWork& w) {
+  if constexpr (!T::kSkipsIdleConsumers) return 0;
+  return T::kConsumers - (w.rows + T::kRowsPerConsumer - 1) / T::kRowsPerConsumer;
+}
+
 // Per work item: the Q tile and the channel factors into its item buffer
 // (produce_items: once the consumers are done with the item before the
 // previous one), then its K / V^T tiles (ring entries it0, it0 + 1, ...).
+// Idle consumers (idle_consumers) neither wait nor arrive: the producer
+// arrives on their behalf on the item's barriers, item_empty and
+// q16_empty, and on each key tile's kv_empty, each time once the barrier's
+// previous phase is complete (so that the arrivals count toward this
+// item's phase).
 template <class T>
 __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
   produce_items<T>(p, s, [&](const fwd::CtaWork& w, int j, int it0, int b) {
+    const int idle = idle_consumers<T>(w);
+    if (idle > 0) mbar_arrive_count(&s.item_empty[b], 128 * idle);  // (produce_items waited for its previous use)
     mbar_arrive_expect_tx(&s.item_full[b], T::kQLoadBytes);
     if constexpr (T::kQuantizeQ) {
       if constexpr (T::kQ16Buffers == 1) {
         if (j > 0) mbar_wait_idle(&s.q16_empty, (j - 1) & 1);  // item j - 1's tile quantized
+        if (idle > 0) mbar_arrive_count(&s.q16_empty, idle);
       }
-      tma_load_4d(s.q16[b % T::kQ16Buffers], &p.tmap_q, &s.item_full[b], 0, w.q_tile * T::kBlockQ,
+      tma_load_4d(s.q16[b % T::kQ16Buffers], &p.tmap_q, &s.item_full[b], 0, w.first_row,
                   w.bh % p.heads_q, w.bh / p.heads_q);
       // The caller's Q does not come from the pre-pass: the first one is
       // loaded before the wait for it (see the kernel), the factors, K and V after.
       if (j == 0) pdl::wait_for_prerequisites();
     } else {
-      tma_load_3d(s.q[b], &p.tmap_q, &s.item_full[b], 0, w.q_tile * T::kBlockQ, w.bh);
+      tma_load_3d(s.q[b], &p.tmap_q, &s.item_full[b], 0, w.first_row, w.bh);
     }
     const int64_t factors_at = static_cast<int64_t>(w.bh_kv) * T::kDp;
     constexpr uint32_t kRowBytes = sizeof(float) * T::kDp;
@@ -260,6 +280,7 @@ __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
     for (int t = 0; t < w.n_tiles; ++t) {
       const auto [st, phase] = RingSlot<T::kStages>::at(it0 + t);
       mbar_wait_idle(&s.kv_empty[st], phase ^ 1);  // passes at once on a fresh barrier
+      if (idle > 0) mbar_arrive_count(&s.kv_empty[st], 128 * idle);
       mbar_arrive_expect_tx(&s.k_full[st], T::kKBytes);
       tma_load_3d(s.k[st], &p.tmap_k, &s.k_full[st], 0, t * T::kBlockK, w.bh_kv);
       mbar_arrive_expect_tx(&s.v_full[st], T::kVBytes);
@@ -448,7 +469,10 @@ __device__ __forceinline__ ConsumerItem begin_item(const QkInt8PvFp8Params& p, F
   it.w = w;
   it.it0 = it0;
   it.buffer = ItemSlot::at(j);
-  it.first_row = w.q_tile * T::kBlockQ + consumer * T::kRowsPerConsumer;
+  // (Causal items are whole tiles: their first row computed from q_tile,
+  // as before w.first_row existed, leaves those instances' key-tile loops
+  // as they were; from w.first_row ptxas scheduled them otherwise.)
+  it.first_row = (T::kCausal ? w.q_tile * T::kBlockQ : w.first_row) + consumer * T::kRowsPerConsumer;
   it.rows[0] = it.first_row + warp * 16 + lane / 4;
   it.rows[1] = it.rows[0] + 8;
   // Both rows share one Q scale and, per key tile, one K scale at every
@@ -464,9 +488,9 @@ __device__ __forceinline__ ConsumerItem begin_item(const QkInt8PvFp8Params& p, F
     }
     if (j == 0) pdl::wait_for_prerequisites();  // the K scales
   } else {
-    // A row past nq (the last tile's tail; with 192-row tiles a whole
-    // consumer's rows) takes the scale of the head's last row: the scale
-    // groups end there, and its results are never stored.
+    // A row past nq (the last item's tail) takes the scale of the head's
+    // last row: the scale groups end there, and its results are never
+    // stored. (A consumer with no row in the item skips it: consume_item.)
     const int scale_row = min(it.rows[0], p.nq - 1);
     it.q_scale = p.q_scale[static_cast<int64_t>(w.bh) * p.q_groups + geometry.q_group_of(scale_row, p.granularity)];
   }
@@ -617,6 +641,11 @@ struct ConsumerSteps {
 template <class T>
 __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
                                              const fwd::CtaWork& w, int it0, int j, int consumer) {
+  // No row here: the producer arrives for this consumer (idle_consumers).
+  // (The vote tells ptxas the branch is warp-uniform; on a plain compare of
+  // the published rows it moved the loop's wgmma descriptors out of the
+  // uniform registers and spilled 13 words in the key-tile loop.)
+  if (__all_sync(0xffffffffu, consumer * T::kRowsPerConsumer >= w.rows)) return;
   const int quad = threadIdx.x % 4;  // column pair inside each 8-column slice
   const ConsumerItem it = begin_item<T>(p, s, w, it0, j, consumer);
   typename ConsumerSteps<T>::Softmax softmax;

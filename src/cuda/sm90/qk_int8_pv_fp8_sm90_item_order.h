@@ -124,4 +124,41 @@ constexpr CausalItem causal_item(int item, int q_tiles, int window, int batch_he
   return {first_head + r % heads_here, r / heads_here};
 }
 
+// Non-causal item `item`: which rows of which (batch, head) it covers. An
+// item's consumers own 64 rows each, and one with no row in the item skips
+// it (the producer arrives on its barriers: idle_consumers), so an item of
+// fewer rows than the CTA tile costs less: its busy consumers share the SM
+// with fewer warps. The items come head by head (CTAs running at the same
+// time share a head's K and V in L2), every head's full block_q-row items
+// first and its shorter ones (the tail) after all of them, so that the
+// last rounds of the persistent CTAs take the cheap ones. With 192-row
+// tiles a head whose last tile would hold at most 64 rows (4096 = 21 x 192
+// + 64) ends in two items of 128 and 64 + that many rows instead, one
+// consumer idle in each, not a full item and one with a single busy
+// consumer: the rounds' last items are then all short (at 4096 rows, 1280
+// full items and 128 short ones over 132 CTAs, where 1344 full ones put 11
+// on most CTAs). Measured against whole tiles in that order (H200, GPU time
+// of whole calls, B=2 H=32, 3 rounds): D = 128 -3.3% at 1K keys, -4.9% at
+// 2K, -2.2% at 4K, causal 4K -3.6% (its last tile's idle consumers); D = 64
+// -1.7..-3.4% (docs/perf-notes.md, session 34). A consumer's rows never
+// reach into another item's.
+struct NoncausalItem {
+  int head, first_row, rows;
+};
+constexpr NoncausalItem noncausal_item(long long item, int nq, int block_q, int batch_heads) {
+  const int q_tiles = (nq + block_q - 1) / block_q;
+  const int tail = nq - (q_tiles - 1) * block_q;  // rows of the last tile: 1 .. block_q
+  const bool split_tail = block_q == 192 && q_tiles >= 2 && tail <= 64;
+  const int short_items = split_tail ? 2 : (tail < block_q ? 1 : 0);  // per head
+  const int full_items = q_tiles - short_items;                        // per head
+  const long long all_full = static_cast<long long>(full_items) * batch_heads;
+  if (item < all_full) {
+    return {static_cast<int>(item / full_items), static_cast<int>(item % full_items) * block_q, block_q};
+  }
+  const long long k = item - all_full;
+  const int first_row = full_items * block_q + static_cast<int>(k % short_items) * 128;
+  const bool last = k % short_items == short_items - 1;
+  return {static_cast<int>(k / short_items), first_row, last ? nq - first_row : 128};
+}
+
 }  // namespace sage::sm90

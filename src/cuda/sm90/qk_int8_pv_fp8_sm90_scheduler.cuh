@@ -2,11 +2,13 @@
 // takes which, and how the warp roles of a CTA learn them.
 //
 // An item is a tile of kBlockQ query rows of one (batch, query head)
-// (fwd::CtaWork). CTA c takes item c in round 0 and item 2 G - 1 - c in
-// round 1 (G = gridDim.x): the rounds walk the items forward, then
-// backward, so that causal tiles of unequal work pair up.
-//   - Non-causal items all cost the same: every later round is static too
-//     (round j: item j G + c, or j G + G - 1 - c in odd rounds).
+// (fwd::CtaWork), or fewer rows: a head's tail, where a consumer with no
+// row in the item skips it. CTA c takes item c in round 0 and item
+// 2 G - 1 - c in round 1 (G = gridDim.x): the rounds walk the items
+// forward, then backward, so that causal tiles of unequal work pair up.
+//   - Non-causal items: every later round is static too (round j: item
+//     j G + c, or j G + G - 1 - c in odd rounds), over noncausal_item's
+//     order: the full items first, the heads' short tail items last.
 //   - Causal items cost their key tiles (up to the diagonal), longest
 //     first within each head. Where the static rounds would balance them
 //     badly (causal_schedule, decided on the host from a model of the
@@ -75,9 +77,9 @@ __device__ __forceinline__ int static_item(int round) {
   return round * gridDim.x + slot;
 }
 
-// The work of item `item`: non-causal, a head's query tiles in order, head
-// by head (CTAs running at the same time share its K and V in L2); causal,
-// causal_item's window order.
+// The work of item `item`: non-causal, noncausal_item's rows (a head's
+// full query tiles in order, head by head, then the heads' shorter tail
+// items); causal, causal_item's window order.
 template <class T>
 __device__ __forceinline__ fwd::CtaWork item_work(const QkInt8PvFp8Params& p, int item) {
   const int q_tiles = fwd::query_tiles<T>(p);
@@ -85,7 +87,9 @@ __device__ __forceinline__ fwd::CtaWork item_work(const QkInt8PvFp8Params& p, in
     const CausalItem c = causal_item(item, q_tiles, p.window_heads, p.batch_heads);
     return fwd::work_of<T>(p, q_tiles - 1 - c.rank, c.head);
   } else {
-    return fwd::work_of<T>(p, item % q_tiles, item / q_tiles);
+    const NoncausalItem c = noncausal_item(item, p.nq, T::kBlockQ, p.batch_heads);
+    return {c.first_row / T::kBlockQ, c.head, fwd::kv_head_of(p, c.head), fwd::key_tiles_for<T>(p, 0), c.first_row,
+            c.rows};
   }
 }
 
