@@ -88,8 +88,8 @@ __device__ __forceinline__ fwd::CtaWork item_work(const QkInt8PvFp8Params& p, in
     return fwd::work_of<T>(p, q_tiles - 1 - c.rank, c.head);
   } else {
     const NoncausalItem c = noncausal_item(item, p.nq, T::kBlockQ, p.batch_heads);
-    return {c.first_row / T::kBlockQ, c.head, fwd::kv_head_of(p, c.head), fwd::key_tiles_for<T>(p, 0), c.first_row,
-            c.rows};
+    const int q_tile = c.first_row / T::kBlockQ;  // (the tile it starts in; non-causal rows see every key)
+    return {q_tile, c.head, fwd::kv_head_of(p, c.head), fwd::key_tiles_for<T>(p, q_tile), c.first_row, c.rows};
   }
 }
 
