@@ -14,7 +14,9 @@
 namespace {
 
 using sage::sm90::causal_item;
+using sage::sm90::noncausal_full_items;
 using sage::sm90::noncausal_item;
+using sage::sm90::noncausal_items;
 using sage::sm90::causal_window_heads;
 using sage::sm90::kCausalWindowBytes;
 
@@ -122,52 +124,66 @@ TEST(Sm90ItemOrder, ScheduleWhereItMeasuredFaster) {
   EXPECT_EQ(windows_claims(causal_schedule(16, 16384, 16384, 128, 0, 30, false)), neither);
 }
 
-// Non-causal items: every row of every head in exactly one item, in items
-// of at most block_q rows that start on a consumer's 64-row boundary (so no
-// consumer's rows reach into another item), a head's items in row order,
-// all full items before any shorter one; with 192-row tiles, a tail of at
-// most 64 rows makes two items of at most 128 rows instead of one of 192.
+// Non-causal items, for every count of full items a head can have: every
+// row of every head in exactly one item, in items of at most block_q rows
+// that start on a consumer's 64-row boundary (so no consumer's rows reach
+// into another item), a head's items in row order, all full items before
+// any short one, short ones of at most 128 rows.
 TEST(Sm90ItemOrder, NoncausalItemsCoverEveryRowOnceShortOnesLast) {
   for (const int block_q : {128, 192}) {
     for (const int heads : {1, 2, 5, 64}) {
-      for (const int nq : {1, 17, 64, 65, 128, 129, 192, 193, 200, 256, 257, 384, 600, 1000, 1024, 2048, 4096, 4097}) {
-        SCOPED_TRACE("block_q " + std::to_string(block_q) + " heads " + std::to_string(heads) + " nq " +
-                     std::to_string(nq));
-        const int q_tiles = (nq + block_q - 1) / block_q;
-        const int tail = nq - (q_tiles - 1) * block_q;
-        const bool split = block_q == 192 && q_tiles >= 2 && tail <= 64;
-        std::vector<int> covered(static_cast<std::size_t>(heads) * nq, 0);
-        std::vector<int> next_row(static_cast<std::size_t>(heads), 0);
-        bool seen_short = false;
-        int shorts = 0;
-        for (int item = 0; item < q_tiles * heads; ++item) {
-          const auto c = noncausal_item(item, nq, block_q, heads);
-          ASSERT_GE(c.head, 0);
-          ASSERT_LT(c.head, heads);
-          ASSERT_GE(c.rows, 1) << "item " << item;
-          ASSERT_LE(c.rows, block_q) << "item " << item;
-          ASSERT_EQ(c.first_row % 64, 0) << "item " << item;
-          ASSERT_LE(c.first_row + c.rows, nq) << "item " << item;
-          ASSERT_EQ(c.first_row, next_row[static_cast<std::size_t>(c.head)]) << "item " << item << ": rows in order";
-          next_row[static_cast<std::size_t>(c.head)] = c.first_row + c.rows;
-          const bool is_short = c.rows < block_q;
-          if (seen_short) ASSERT_TRUE(is_short) << "item " << item << ": a full item after a short one";
-          seen_short = seen_short || is_short;
-          shorts += is_short ? 1 : 0;
-          if (split && is_short) ASSERT_LE(c.rows, 128) << "item " << item;
-          for (int r = c.first_row; r < c.first_row + c.rows; ++r) ++covered[static_cast<std::size_t>(c.head) * nq + r];
+      for (const int nq : {1, 17, 64, 65, 128, 129, 192, 193, 200, 256, 257, 384, 600, 1000, 1024, 2048, 4097}) {
+        for (int full = 0; full <= nq / block_q; ++full) {
+          SCOPED_TRACE("block_q " + std::to_string(block_q) + " heads " + std::to_string(heads) + " nq " +
+                       std::to_string(nq) + " full " + std::to_string(full));
+          const long long items = noncausal_items(nq, block_q, full, heads);
+          std::vector<int> covered(static_cast<std::size_t>(heads) * nq, 0);
+          std::vector<int> next_row(static_cast<std::size_t>(heads), 0);
+          bool seen_short = false;
+          for (long long item = 0; item < items; ++item) {
+            const auto c = noncausal_item(item, nq, block_q, full, heads);
+            ASSERT_GE(c.head, 0);
+            ASSERT_LT(c.head, heads);
+            ASSERT_GE(c.rows, 1) << "item " << item;
+            ASSERT_LE(c.rows, block_q) << "item " << item;
+            ASSERT_EQ(c.first_row % 64, 0) << "item " << item;
+            ASSERT_LE(c.first_row + c.rows, nq) << "item " << item;
+            ASSERT_EQ(c.first_row, next_row[static_cast<std::size_t>(c.head)]) << "item " << item << ": rows in order";
+            next_row[static_cast<std::size_t>(c.head)] = c.first_row + c.rows;
+            const bool is_short = item >= static_cast<long long>(full) * heads;
+            if (is_short) ASSERT_LE(c.rows, 128) << "item " << item;
+            if (!is_short) ASSERT_EQ(c.rows, block_q) << "item " << item;
+            if (seen_short) ASSERT_TRUE(is_short) << "item " << item << ": a full item after a short one";
+            seen_short = seen_short || is_short;
+            for (int r = c.first_row; r < c.first_row + c.rows; ++r) {
+              ++covered[static_cast<std::size_t>(c.head) * nq + r];
+            }
+          }
+          for (std::size_t i = 0; i < covered.size(); ++i) ASSERT_EQ(covered[i], 1) << "row " << i % nq;
         }
-        for (std::size_t i = 0; i < covered.size(); ++i) ASSERT_EQ(covered[i], 1) << "row " << i % nq;
-        EXPECT_EQ(shorts, heads * (split ? 2 : (tail < block_q ? 1 : 0)));
       }
     }
   }
-  // 4096 rows, 192-row tiles: 20 full items, then 128 + 128 (not 192 + 64).
-  EXPECT_EQ(noncausal_item(19, 4096, 192, 1).rows, 192);
-  EXPECT_EQ(noncausal_item(20, 4096, 192, 1).first_row, 3840);
-  EXPECT_EQ(noncausal_item(20, 4096, 192, 1).rows, 128);
-  EXPECT_EQ(noncausal_item(21, 4096, 192, 1).first_row, 3968);
-  EXPECT_EQ(noncausal_item(21, 4096, 192, 1).rows, 128);
+}
+
+// The host's tiling (noncausal_full_items, 132 CTAs): B=2 H=32 keeps whole
+// tiles but for the tail (4096 rows: 20 full items and two of 128, where 21
+// and one of 64 would put 11 full items on most CTAs; 1024: 4 and two of
+// 128; 16384: 84 and two), takes more short items where the rounds end
+// better (2048: 8 and four of 128 rather than 10 and one), and only short
+// items where few heads leave CTAs idle (8 heads of 1024 rows: 64 items of
+// 128 rows, one round, rather than 48 full ones). Two consumers (128-row
+// tiles): as many full items as fit.
+TEST(Sm90ItemOrder, NoncausalTilingWhereTheRoundsEndSoonest) {
+  EXPECT_EQ(noncausal_full_items(64, 4096, 4096, 192, 132), 20);
+  EXPECT_EQ(noncausal_full_items(64, 1024, 1024, 192, 132), 4);
+  EXPECT_EQ(noncausal_full_items(64, 16384, 16384, 192, 132), 84);
+  EXPECT_EQ(noncausal_full_items(64, 2048, 2048, 192, 132), 8);
+  EXPECT_EQ(noncausal_full_items(8, 1024, 1024, 192, 132), 0);
+  EXPECT_EQ(noncausal_full_items(64, 4096, 4096, 128, 132), 32);
+  EXPECT_EQ(noncausal_full_items(1, 100, 100, 192, 132), 0);
+  // Whole rounds of full items: nothing to gain.
+  EXPECT_EQ(noncausal_full_items(132, 192 * 5, 4096, 192, 132), 5);
 }
 
 }  // namespace

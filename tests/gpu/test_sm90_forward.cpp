@@ -639,9 +639,9 @@ INSTANTIATE_TEST_SUITE_P(Sm90, Sm90StatsSchedule, ::testing::ValuesIn(stats_sche
 // consumers, one 16-bit Q buffer refilled item after item) and over 16
 // heads of 1000 keys (steps across items, every item at least one key
 // tile: the hand-over between items overlapped); non-causal calls (static
-// rounds): 2000 rows end in an item of 80 (a consumer idle, the producer
-// arriving for it), 1000 and 600 rows in two short items (noncausal_item's
-// split tail: one of 128 rows and one of 104 or 24).
+// rounds over noncausal_item's tilings, the model's for each grid and
+// forced ones: short items of 128 rows and fewer, whose idle consumers the
+// producer arrives for) over 2000, 1000 and 600 rows.
 std::vector<Case> schedule_cases() {
   using namespace case_table;
   return {
@@ -686,6 +686,15 @@ TEST_P(Sm90WorkSchedule, EveryScheduleGivesTheSameBits) {
             expect_same_bits_from_dirty_workspace(c, in, device(), reference, "the default schedule"));
       }
     }
+  }
+  if (c.causal) return;
+  // Non-causal tilings (SAGE_SM90_FULL_ITEMS: full items per head, the rest
+  // in short items): none, one, as many as fit.
+  for (const char* full : {"0", "1", "1000000"}) {
+    SCOPED_TRACE(std::string("SAGE_SM90_FULL_ITEMS=") + full);
+    ScopedEnv tiling("SAGE_SM90_FULL_ITEMS", full);
+    ASSERT_NO_FATAL_FAILURE(
+        expect_same_bits_from_dirty_workspace(c, in, device(), reference, "the default schedule"));
   }
 }
 

@@ -66,7 +66,7 @@ __device__ __forceinline__ CtaWork cta_work(const ForwardParams& p) {
 // Work items of the persistent kernels: one per query tile and (batch,
 // query head); their order is the kernel's (sm90: qk_int8_pv_fp8_sm90_scheduler.cuh).
 template <class T>
-__device__ __forceinline__ int work_items(const ForwardParams& p) {
+__host__ __device__ __forceinline__ int work_items(const ForwardParams& p) {
   return query_tiles<T>(p) * p.batch_heads;
 }
 

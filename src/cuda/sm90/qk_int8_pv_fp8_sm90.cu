@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -111,6 +112,26 @@ CausalSchedule causal_schedule_of(const AttentionOptions& o, const quant::Prepas
   if (env != nullptr && std::strcmp(env, "0") == 0) return {};
   return remembered_causal_schedule(pp.batch * pp.heads_q, pp.nq, pp.nk, query_block_rows(consumers),
                                     fwd::causal_shift(o, pp), ctas, steps_across_items(pp.q_in_attention, consumers));
+}
+
+// Full items per head of a non-causal launch (noncausal_full_items, the
+// model's choice, computed once per shape: it walks every candidate tiling,
+// up to a few hundred thousand steps for the longest heads).
+// SAGE_SM90_FULL_ITEMS=N forces N (at most as many as fit): A/B timings of
+// tilings in one build, and the tests, which expect the same bits from
+// every tiling.
+int full_items_of(const quant::PrepassProblem& pp, int ctas, int consumers) {
+  const int block_q = query_block_rows(consumers);
+  const int forced = count_from_env("SAGE_SM90_FULL_ITEMS", -1);
+  if (forced >= 0) return std::min(forced, pp.nq / block_q);
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, int, int, int>, int> known;
+  const int batch_heads = pp.batch * pp.heads_q;
+  const auto key = std::make_tuple(batch_heads, pp.nq, pp.nk, block_q, ctas);
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = known.find(key); it != known.end()) return it->second;
+  if (known.size() >= 1024) known.clear();  // (a bound for callers with ever new shapes)
+  return known[key] = noncausal_full_items(batch_heads, pp.nq, pp.nk, block_q, ctas);
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -342,6 +363,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
       make_tensor_map(&p.tmap_vt, buf.vt, layout.nk_padded, dp, std::uint64_t(pp.batch) * pp.heads_kv, 128, dp));
 
   const int ctas = persistent_ctas(device.sm_count);
+  p.full_items = o.causal ? 0 : full_items_of(pp, ctas, consumers);
   p.item_claims = buf.item_claims;
   const CausalSchedule schedule = causal_schedule_of(o, pp, ctas, consumers);
   p.claims_items = schedule.claims;

@@ -753,7 +753,7 @@ __device__ void consume_across_items(const QkInt8PvFp8Params& p, FwdSharedStorag
   ConsumerSteps<T> steps(p, s);
   using Slot = typename ConsumerSteps<T>::Slot;
   int j = 0;
-  const int items = fwd::work_items<T>(p);
+  const int items = work_items<T>(p);
   const auto [first, any] = across_items_work<T>(p, s, 0, items);
   if (!any) return;
   steps.start_item();

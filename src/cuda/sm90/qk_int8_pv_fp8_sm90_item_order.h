@@ -124,41 +124,79 @@ constexpr CausalItem causal_item(int item, int q_tiles, int window, int batch_he
   return {first_head + r % heads_here, r / heads_here};
 }
 
-// Non-causal item `item`: which rows of which (batch, head) it covers. An
+// Non-causal items: which rows of which (batch, head) each covers. An
 // item's consumers own 64 rows each, and one with no row in the item skips
 // it (the producer arrives on its barriers: idle_consumers), so an item of
 // fewer rows than the CTA tile costs less: its busy consumers share the SM
-// with fewer warps. The items come head by head (CTAs running at the same
-// time share a head's K and V in L2), every head's full block_q-row items
-// first and its shorter ones (the tail) after all of them, so that the
-// last rounds of the persistent CTAs take the cheap ones. With 192-row
-// tiles a head whose last tile would hold at most 64 rows (4096 = 21 x 192
-// + 64) ends in two items of 128 and 64 + that many rows instead, one
-// consumer idle in each, not a full item and one with a single busy
-// consumer: the rounds' last items are then all short (at 4096 rows, 1280
-// full items and 128 short ones over 132 CTAs, where 1344 full ones put 11
-// on most CTAs). Measured against whole tiles in that order (H200, GPU time
-// of whole calls, B=2 H=32, 3 rounds): D = 128 -3.3% at 1K keys, -4.9% at
-// 2K, -2.2% at 4K, causal 4K -3.6% (its last tile's idle consumers); D = 64
-// -1.7..-3.4% (docs/perf-notes.md, session 34). A consumer's rows never
-// reach into another item's.
+// with fewer warps. A head is tiled as `full` items of block_q rows, then
+// short items of 128 rows, the last one taking what is left (at most 128
+// rows; none where full items cover the head). The items come head by head
+// (CTAs running at the same time share a head's K and V in L2), every
+// head's full items first and all heads' short ones after them, so that the
+// last rounds of the persistent CTAs take the cheap ones. How many full
+// items a head gets is the host's choice (noncausal_full_items). A
+// consumer's rows never reach into another item's.
 struct NoncausalItem {
   int head, first_row, rows;
 };
-constexpr NoncausalItem noncausal_item(long long item, int nq, int block_q, int batch_heads) {
-  const int q_tiles = (nq + block_q - 1) / block_q;
-  const int tail = nq - (q_tiles - 1) * block_q;  // rows of the last tile: 1 .. block_q
-  const bool split_tail = block_q == 192 && q_tiles >= 2 && tail <= 64;
-  const int short_items = split_tail ? 2 : (tail < block_q ? 1 : 0);  // per head
-  const int full_items = q_tiles - short_items;                        // per head
-  const long long all_full = static_cast<long long>(full_items) * batch_heads;
+// Short items per head after `full` full ones.
+constexpr int noncausal_short_items(int nq, int block_q, int full) {
+  const int rest = nq - full * block_q;
+  return rest > 0 ? (rest + 127) / 128 : 0;
+}
+constexpr long long noncausal_items(int nq, int block_q, int full, int batch_heads) {
+  return static_cast<long long>(full + noncausal_short_items(nq, block_q, full)) * batch_heads;
+}
+constexpr NoncausalItem noncausal_item(long long item, int nq, int block_q, int full, int batch_heads) {
+  const long long all_full = static_cast<long long>(full) * batch_heads;
   if (item < all_full) {
-    return {static_cast<int>(item / full_items), static_cast<int>(item % full_items) * block_q, block_q};
+    return {static_cast<int>(item / full), static_cast<int>(item % full) * block_q, block_q};
   }
+  const int shorts = noncausal_short_items(nq, block_q, full);
   const long long k = item - all_full;
-  const int first_row = full_items * block_q + static_cast<int>(k % short_items) * 128;
-  const bool last = k % short_items == short_items - 1;
-  return {static_cast<int>(k / short_items), first_row, last ? nq - first_row : 128};
+  const int first_row = full * block_q + static_cast<int>(k % shorts) * 128;
+  const bool last = k % shorts == shorts - 1;
+  return {static_cast<int>(k / shorts), first_row, last ? nq - first_row : 128};
+}
+
+// The host's choice of full items per head: with block_q = 128 (two
+// consumers) as many as fit. With 192-row tiles, of every count from none to
+// as many as fit, the one whose static rounds over `ctas` CTAs (CTA c: items
+// c, 2 G - 1 - c, 2 G + c, ...) give the busiest CTA the least work, in a
+// model of the items' cost measured on an H200 (D = 128, 4K keys, session
+// 34): per key tile 1 for a 192-row item, 0.73 for one of 128 rows or fewer
+// (a consumer idle), plus 2.3 per item; ties go to more full items. So a
+// head of 4096 rows gets 20 full items and two of 128 rows where 64 heads
+// share 132 CTAs (not 21 and one of 64: 1344 full items put 11 on most
+// CTAs), and only items of 128 rows where few heads leave CTAs idle anyway
+// (8 heads of 1024 rows: 64 items instead of 48 full ones, each cheaper).
+inline int noncausal_full_items(int batch_heads, int nq, int nk, int block_q, int ctas) {
+  const int most = nq / block_q;
+  if (block_q != 192 || ctas <= 0 || batch_heads <= 0) return most;
+  const double tiles = (nk + 127) / 128;
+  const double full_cost = tiles + 2.3, short_cost = 0.73 * tiles + 2.3;
+  // Items [0, x) of the static rounds that CTA `slot` takes.
+  auto taken = [ctas](long long x, int slot) {
+    const long long round = x / ctas, left = x % ctas;
+    const int pos = round % 2 == 0 ? slot : ctas - 1 - slot;
+    return round + (pos < left ? 1 : 0);
+  };
+  int best = most;
+  double best_load = 0.0;
+  for (int full = most; full >= 0; --full) {
+    const long long fulls = static_cast<long long>(full) * batch_heads;
+    const long long all = noncausal_items(nq, block_q, full, batch_heads);
+    double load = 0.0;
+    for (int c = 0; c < ctas; ++c) {
+      const long long f = taken(fulls, c);
+      load = std::max(load, f * full_cost + (taken(all, c) - f) * short_cost);
+    }
+    if (full == most || load < best_load) {
+      best = full;
+      best_load = load;
+    }
+  }
+  return best;
 }
 
 }  // namespace sage::sm90

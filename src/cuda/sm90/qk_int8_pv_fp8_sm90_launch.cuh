@@ -20,10 +20,9 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
   using T = FwdTraits<Dp, Causal, OutT, SmoothQ, QuantizeQ, ClaimsAcrossItems, Consumers>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
-  const int q_tiles = fwd::query_tiles<T>(p);
-  const long long tiles = static_cast<long long>(q_tiles) * p.batch_heads;
+  const long long items = work_items<T>(p);
   const bool persistent = !Causal || p.nq <= kCausalPersistentMaxRows;
-  const long long ctas = !persistent || tiles < sm_count ? tiles : sm_count;
+  const long long ctas = !persistent || items < sm_count ? items : sm_count;
   const dim3 grid(static_cast<unsigned>(ctas));
   // Programmatic: the kernel's CTAs start under the tail of the pre-pass and
   // wait for it after their prologue.

@@ -61,6 +61,9 @@ struct QkInt8PvFp8Params : fwd::ForwardParams {
   int* item_claims;
   int window_heads;
   bool claims_items;
+  // Non-causal launches: full (kBlockQ-row) items per head, the rest of a
+  // head's rows in short items (noncausal_item, noncausal_full_items).
+  int full_items;
 };
 
 }  // namespace sage::sm90

@@ -77,9 +77,17 @@ __device__ __forceinline__ int static_item(int round) {
   return round * gridDim.x + slot;
 }
 
+// The launch's work items: causal, one per query tile and (batch, query
+// head); non-causal, noncausal_items of the host's tiling.
+template <class T>
+__host__ __device__ __forceinline__ int work_items(const QkInt8PvFp8Params& p) {
+  if constexpr (T::kCausal) return fwd::work_items<T>(p);
+  return static_cast<int>(noncausal_items(p.nq, T::kBlockQ, p.full_items, p.batch_heads));
+}
+
 // The work of item `item`: non-causal, noncausal_item's rows (a head's
-// full query tiles in order, head by head, then the heads' shorter tail
-// items); causal, causal_item's window order.
+// full items in order, head by head, then all heads' short items); causal,
+// causal_item's window order.
 template <class T>
 __device__ __forceinline__ fwd::CtaWork item_work(const QkInt8PvFp8Params& p, int item) {
   const int q_tiles = fwd::query_tiles<T>(p);
@@ -87,7 +95,7 @@ __device__ __forceinline__ fwd::CtaWork item_work(const QkInt8PvFp8Params& p, in
     const CausalItem c = causal_item(item, q_tiles, p.window_heads, p.batch_heads);
     return fwd::work_of<T>(p, q_tiles - 1 - c.rank, c.head);
   } else {
-    const NoncausalItem c = noncausal_item(item, p.nq, T::kBlockQ, p.batch_heads);
+    const NoncausalItem c = noncausal_item(item, p.nq, T::kBlockQ, p.full_items, p.batch_heads);
     const int q_tile = c.first_row / T::kBlockQ;  // (the tile it starts in; non-causal rows see every key)
     return {q_tile, c.head, fwd::kv_head_of(p, c.head), fwd::key_tiles_for<T>(p, q_tile), c.first_row, c.rows};
   }
@@ -125,7 +133,7 @@ __device__ __forceinline__ int take_item(const QkInt8PvFp8Params& p, int round, 
 // complete item_full[b]. Then no_work() in the next buffer.
 template <class T, class Storage, class F>
 __device__ __forceinline__ void produce_items(const QkInt8PvFp8Params& p, Storage& s, F&& f) {
-  const int items = fwd::work_items<T>(p);
+  const int items = work_items<T>(p);
   int it0 = 0;
   int item = take_item<T>(p, 0, items);
   for (int j = 0;; ++j) {
