@@ -170,6 +170,10 @@ constexpr NoncausalItem noncausal_item(long long item, int nq, int block_q, int 
 // share 132 CTAs (not 21 and one of 64: 1344 full items put 11 on most
 // CTAs), and only items of 128 rows where few heads leave CTAs idle anyway
 // (8 heads of 1024 rows: 64 items instead of 48 full ones, each cheaper).
+// Measured against the fixed rule it replaced (whole tiles, a tail of at
+// most 64 rows as 128 + the rest; H200, D = 128, GPU time of whole calls):
+// B=2 H=32 2K keys -1.8%, B=1 H=16 1K -10%, 2K -14%, 4K -5%, B=1 H=8 4K -16%,
+// B=1 H=8 and 12 1K -8..-9% (docs/perf-notes.md, session 34).
 inline int noncausal_full_items(int batch_heads, int nq, int nk, int block_q, int ctas) {
   const int most = nq / block_q;
   if (block_q != 192 || ctas <= 0 || batch_heads <= 0) return most;
