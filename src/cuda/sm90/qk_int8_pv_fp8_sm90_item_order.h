@@ -173,7 +173,7 @@ constexpr NoncausalItem noncausal_item(long long item, int nq, int block_q, int 
 // Measured against the fixed rule it replaced (whole tiles, a tail of at
 // most 64 rows as 128 + the rest; H200, D = 128, GPU time of whole calls):
 // B=2 H=32 2K keys -1.8%, B=1 H=16 1K -10%, 2K -14%, 4K -5%, B=1 H=8 4K -16%,
-// B=1 H=8 and 12 1K -8..-9% (docs/perf-notes.md, session 34).
+// B=1 H=8 and 12 1K -8% (docs/perf-notes.md, session 34).
 inline int noncausal_full_items(int batch_heads, int nq, int nk, int block_q, int ctas) {
   const int most = nq / block_q;
   if (block_q != 192 || ctas <= 0 || batch_heads <= 0) return most;
