@@ -640,8 +640,8 @@ INSTANTIATE_TEST_SUITE_P(Sm90, Sm90StatsSchedule, ::testing::ValuesIn(stats_sche
 // heads of 1000 keys (steps across items, every item at least one key
 // tile: the hand-over between items overlapped); non-causal calls (static
 // rounds over noncausal_item's tilings, the model's for each grid and
-// forced ones: short items of 128 rows and fewer, whose idle consumers the
-// producer arrives for) over 2000, 1000 and 600 rows.
+// forced ones, over the capped grids too: short items of 128 rows and fewer,
+// whose idle consumers only keep the barriers) over 2000, 1000 and 600 rows.
 std::vector<Case> schedule_cases() {
   using namespace case_table;
   return {
@@ -689,12 +689,16 @@ TEST_P(Sm90WorkSchedule, EveryScheduleGivesTheSameBits) {
   }
   if (c.causal) return;
   // Non-causal tilings (SAGE_SM90_FULL_ITEMS: full items per head, the rest
-  // in short items): none, one, as many as fit.
+  // in short items): none, one, as many as fit, each over a few CTAs (so
+  // that idle consumers walk several items in a row) and the whole grid.
   for (const char* full : {"0", "1", "1000000"}) {
-    SCOPED_TRACE(std::string("SAGE_SM90_FULL_ITEMS=") + full);
-    ScopedEnv tiling("SAGE_SM90_FULL_ITEMS", full);
-    ASSERT_NO_FATAL_FAILURE(
-        expect_same_bits_from_dirty_workspace(c, in, device(), reference, "the default schedule"));
+    for (const char* ctas : {"1", "3", "7", ""}) {
+      SCOPED_TRACE(std::string("SAGE_SM90_FULL_ITEMS=") + full + " SAGE_SM90_CTAS=" + ctas);
+      ScopedEnv tiling("SAGE_SM90_FULL_ITEMS", full);
+      ScopedEnv cap("SAGE_SM90_CTAS", ctas);
+      ASSERT_NO_FATAL_FAILURE(
+          expect_same_bits_from_dirty_workspace(c, in, device(), reference, "the default schedule"));
+    }
   }
 }
 

@@ -124,11 +124,6 @@ struct FwdTraits {
   // 800 bytes of spills; D = 128 without kScoresDieEarly: 600.)
   static constexpr bool kSerialSteps = kConsumers == 3 && HeadDimPadded == 128;
   static constexpr bool kStepsAcrossItems = steps_across_items(QuantizeQ, Consumers);
-  // Whether a consumer with no row in an item (its rows all past the item's:
-  // noncausal_item's short items, a head's last tile) skips it, the producer
-  // arriving on the item's barriers in its stead (idle_consumers). Not where
-  // the steps run on across items: those consumers run every item whole.
-  static constexpr bool kSkipsIdleConsumers = !kStepsAcrossItems;
   // Whether a causal launch may claim its items (QkInt8PvFp8Params::claims_items).
   // With steps across items only in the instances built for it
   // (ClaimsAcrossItems): their consumers take the next item before they end
@@ -238,31 +233,16 @@ __device__ __forceinline__ int swizzled(int off) {
 }
 
 // ---- producer: TMA loads ----------------------------------------------------------
-// The consumers that own no row of item w and skip it (T::kSkipsIdleConsumers).
-template <class T>
-__device__ __forceinline__ int idle_consumers(const fwd::CtaWork& w) {
-  if constexpr (!T::kSkipsIdleConsumers) return 0;
-  return T::kConsumers - (w.rows + T::kRowsPerConsumer - 1) / T::kRowsPerConsumer;
-}
-
 // Per work item: the Q tile and the channel factors into its item buffer
 // (produce_items: once the consumers are done with the item before the
 // previous one), then its K / V^T tiles (ring entries it0, it0 + 1, ...).
-// Idle consumers (idle_consumers) neither wait nor arrive: the producer
-// arrives on their behalf on the item's barriers, item_empty and
-// q16_empty, and on each key tile's kv_empty, each time once the barrier's
-// previous phase is complete (so that the arrivals count toward this
-// item's phase).
 template <class T>
 __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
   produce_items<T>(p, s, [&](const fwd::CtaWork& w, int j, int it0, int b) {
-    const int idle = idle_consumers<T>(w);
-    if (idle > 0) mbar_arrive_count(&s.item_empty[b], 128 * idle);  // (produce_items waited for its previous use)
     mbar_arrive_expect_tx(&s.item_full[b], T::kQLoadBytes);
     if constexpr (T::kQuantizeQ) {
       if constexpr (T::kQ16Buffers == 1) {
         if (j > 0) mbar_wait_idle(&s.q16_empty, (j - 1) & 1);  // item j - 1's tile quantized
-        if (idle > 0) mbar_arrive_count(&s.q16_empty, idle);
       }
       tma_load_4d(s.q16[b % T::kQ16Buffers], &p.tmap_q, &s.item_full[b], 0, w.first_row,
                   w.bh % p.heads_q, w.bh / p.heads_q);
@@ -280,7 +260,6 @@ __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
     for (int t = 0; t < w.n_tiles; ++t) {
       const auto [st, phase] = RingSlot<T::kStages>::at(it0 + t);
       mbar_wait_idle(&s.kv_empty[st], phase ^ 1);  // passes at once on a fresh barrier
-      if (idle > 0) mbar_arrive_count(&s.kv_empty[st], 128 * idle);
       mbar_arrive_expect_tx(&s.k_full[st], T::kKBytes);
       tma_load_3d(s.k[st], &p.tmap_k, &s.k_full[st], 0, t * T::kBlockK, w.bh_kv);
       mbar_arrive_expect_tx(&s.v_full[st], T::kVBytes);
@@ -626,6 +605,36 @@ struct ConsumerSteps {
   }
 };
 
+// An item in which this consumer owns no row (the item's rows end before
+// its 64: noncausal_item's short items, a head's last tile): it keeps every
+// barrier of the item as a busy consumer does, without the work. It waits
+// for each key tile's K and V^T, as the busy ones do before their MMAs, and
+// then releases the stage: an mbarrier's parity wait cannot tell a phase
+// from the one two uses later, so a consumer must see every phase of the
+// ring's barriers (one that skipped them could pass its next item's waits
+// on a stage's previous, still-loading use), and the ring must not run more
+// than a use ahead of it (kv_empty counts its threads). Then, as end_item,
+// the item buffer; as quantize_q_rows with one 16-bit Q buffer, q16_empty;
+// and in a CTA's first item the programmatic wait, before its later items
+// read the pre-pass's outputs.
+template <class T>
+__device__ __forceinline__ void skip_item(FwdSharedStorage<T>& s, const fwd::CtaWork& w, int it0, int j) {
+  if constexpr (T::kQuantizeQ) {
+    if constexpr (T::kQ16Buffers == 1) {
+      if (threadIdx.x % 128 == 0) mbar_arrive(&s.q16_empty);
+    }
+    if (j == 0) pdl::wait_for_prerequisites();
+  }
+  RingSlot<T::kStages> cur = RingSlot<T::kStages>::at(it0);
+  for (int t = 0; t < w.n_tiles; ++t) {
+    mbar_wait(&s.k_full[cur.stage], cur.phase);
+    mbar_wait(&s.v_full[cur.stage], cur.phase);
+    mbar_arrive(&s.kv_empty[cur.stage]);
+    cur.advance();
+  }
+  mbar_arrive(&s.item_empty[ItemSlot::at(j).stage]);
+}
+
 // One work item of a consumer: step t issues P V^T of tile t-1 (if any) and
 // Q K^T of tile t (if any) back to back, folds P V^T into O under the
 // running Q K^T, then runs the softmax of tile t. P and alpha carry from
@@ -641,11 +650,13 @@ struct ConsumerSteps {
 template <class T>
 __device__ __forceinline__ void consume_item(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s,
                                              const fwd::CtaWork& w, int it0, int j, int consumer) {
-  // No row here: the producer arrives for this consumer (idle_consumers).
   // (The vote tells ptxas the branch is warp-uniform; on a plain compare of
   // the published rows it moved the loop's wgmma descriptors out of the
   // uniform registers and spilled 13 words in the key-tile loop.)
-  if (__all_sync(0xffffffffu, consumer * T::kRowsPerConsumer >= w.rows)) return;
+  if (__all_sync(0xffffffffu, consumer * T::kRowsPerConsumer >= w.rows)) {
+    skip_item<T>(s, w, it0, j);
+    return;
+  }
   const int quad = threadIdx.x % 4;  // column pair inside each 8-column slice
   const ConsumerItem it = begin_item<T>(p, s, w, it0, j, consumer);
   typename ConsumerSteps<T>::Softmax softmax;

@@ -126,7 +126,7 @@ constexpr CausalItem causal_item(int item, int q_tiles, int window, int batch_he
 
 // Non-causal items: which rows of which (batch, head) each covers. An
 // item's consumers own 64 rows each, and one with no row in the item skips
-// it (the producer arrives on its barriers: idle_consumers), so an item of
+// it (keeping only its barriers: skip_item), so an item of
 // fewer rows than the CTA tile costs less: its busy consumers share the SM
 // with fewer warps. A head is tiled as `full` items of block_q rows, then
 // short items of 128 rows, the last one taking what is left (at most 128
