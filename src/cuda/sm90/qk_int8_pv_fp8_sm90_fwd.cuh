@@ -1,8 +1,9 @@
 // Hopper forward kernel: INT8 Q K^T and FP8 (E4M3) P V with wgmma, TMA loads,
 // warp specialization.
 //
-// Each CTA loops over work items (a tile of kBlockQ queries of one (batch,
-// head)) that its producer takes and publishes to the other warps
+// Each CTA loops over work items (up to kBlockQ query rows of one (batch,
+// head); a consumer with no row in an item skips it: skip_item) that its
+// producer takes and publishes to the other warps
 // (qk_int8_pv_fp8_sm90_scheduler.cuh):
 //   warpgroup 0  producer: one thread issues the TMA loads of the Q tile and
 //                of K / V^T tiles into a kStages-deep ring of shared buffers

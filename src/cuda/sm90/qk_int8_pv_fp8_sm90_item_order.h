@@ -167,9 +167,10 @@ constexpr NoncausalItem noncausal_item(long long item, int nq, int block_q, int 
 // 34): per key tile 1 for a 192-row item, 0.73 for one of 128 rows or fewer
 // (a consumer idle), plus 2.3 per item; ties go to more full items. So a
 // head of 4096 rows gets 20 full items and two of 128 rows where 64 heads
-// share 132 CTAs (not 21 and one of 64: 1344 full items put 11 on most
-// CTAs), and only items of 128 rows where few heads leave CTAs idle anyway
-// (8 heads of 1024 rows: 64 items instead of 48 full ones, each cheaper).
+// share 132 CTAs (not 21 and one of 64: 1344 full items put 11 on 24 CTAs,
+// and the round they end takes as long as a full one), and only items of
+// 128 rows where few heads leave CTAs idle anyway (8 heads of 1024 rows: 64
+// items in one round instead of 48, 40 of them full, each cheaper).
 // Measured against the fixed rule it replaced (whole tiles, a tail of at
 // most 64 rows as 128 + the rest; H200, D = 128, GPU time of whole calls):
 // B=2 H=32 2K keys -1.8%, B=1 H=16 1K -10%, 2K -14%, 4K -5%, B=1 H=8 4K -16%,

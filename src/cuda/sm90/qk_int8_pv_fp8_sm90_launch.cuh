@@ -11,8 +11,8 @@
 namespace sage::sm90 {
 
 // The kernel is persistent: `sm_count` CTAs (one per SM; fewer when there
-// are fewer query tiles) loop over the query tiles of every head
-// (qk_int8_pv_fp8_sm90_scheduler.cuh), except causal calls past
+// are fewer work items) loop over the work items of every head
+// (qk_int8_pv_fp8_sm90_scheduler.cuh: work_items), except causal calls past
 // kCausalPersistentMaxRows query rows per head (one CTA per query tile).
 
 template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsAcrossItems, int Consumers>

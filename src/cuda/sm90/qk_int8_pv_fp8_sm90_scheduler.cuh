@@ -2,13 +2,14 @@
 // takes which, and how the warp roles of a CTA learn them.
 //
 // An item is a tile of kBlockQ query rows of one (batch, query head)
-// (fwd::CtaWork), or fewer rows: a head's tail, where a consumer with no
-// row in the item skips it. CTA c takes item c in round 0 and item
+// (fwd::CtaWork), or fewer rows (a causal head's last tile, a non-causal
+// item of at most 128 rows), where a consumer with no row in the item
+// skips it. CTA c takes item c in round 0 and item
 // 2 G - 1 - c in round 1 (G = gridDim.x): the rounds walk the items
 // forward, then backward, so that causal tiles of unequal work pair up.
 //   - Non-causal items: every later round is static too (round j: item
 //     j G + c, or j G + G - 1 - c in odd rounds), over noncausal_item's
-//     order: the full items first, the heads' short tail items last.
+//     order: the full items first, all heads' short items last.
 //   - Causal items cost their key tiles (up to the diagonal), longest
 //     first within each head. Where the static rounds would balance them
 //     badly (causal_schedule, decided on the host from a model of the
