@@ -63,13 +63,6 @@ __device__ __forceinline__ CtaWork cta_work(const ForwardParams& p) {
   return work_of<T>(p, T::kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x, blockIdx.y);
 }
 
-// One work item per query tile and (batch, query head): the sm90 kernel's
-// causal items (its non-causal ones follow the host's tiling: sm90::work_items).
-template <class T>
-__host__ __device__ __forceinline__ int work_items(const ForwardParams& p) {
-  return query_tiles<T>(p) * p.batch_heads;
-}
-
 template <typename OutT>
 struct OutputConvert;
 template <>

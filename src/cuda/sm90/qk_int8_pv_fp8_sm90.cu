@@ -79,18 +79,19 @@ int kernel_consumers(const AttentionOptions& o, const quant::PrepassProblem& pp,
   return quantize_q && pp.head_dim_padded == 128 && short_causal ? 2 : consumer_warpgroups(pp.smooth_q);
 }
 
-// causal_schedule, computed once per shape: its model walks every item (4 us
-// on one core of the development machine at B=2 H=32 with 4K keys, a tenth
-// of a call's host time), for an answer that depends on the arguments alone.
-CausalSchedule remembered_causal_schedule(int batch_heads, int nq, int nk, int block_q, int causal_shift, int ctas,
-                                          bool steps_across_items) {
+// compute(), run once per key: the schedule models below walk every item or
+// candidate tiling (causal_schedule 4 us on one core of the development
+// machine at B=2 H=32 with 4K keys, a tenth of a call's host time), for an
+// answer that depends on the shape alone. One cache per call site (each
+// passes a lambda of its own type).
+template <class Key, class Compute>
+auto remembered(const Key& key, Compute&& compute) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, int, int, int, int, int, bool>, CausalSchedule> known;
-  const auto key = std::make_tuple(batch_heads, nq, nk, block_q, causal_shift, ctas, steps_across_items);
+  static std::map<Key, decltype(compute())> known;
   const std::lock_guard<std::mutex> lock(mutex);
   if (const auto it = known.find(key); it != known.end()) return it->second;
   if (known.size() >= 1024) known.clear();  // (a bound for callers with ever new shapes)
-  return known[key] = causal_schedule(batch_heads, nq, nk, block_q, causal_shift, ctas, steps_across_items);
+  return known[key] = compute();
 }
 
 // How a causal launch takes its work items (causal_schedule): on a
@@ -110,8 +111,11 @@ CausalSchedule causal_schedule_of(const AttentionOptions& o, const quant::Prepas
   const char* env = std::getenv("SAGE_SM90_CLAIMS");
   if (env != nullptr && std::strcmp(env, "1") == 0) return {true, true};
   if (env != nullptr && std::strcmp(env, "0") == 0) return {};
-  return remembered_causal_schedule(pp.batch * pp.heads_q, pp.nq, pp.nk, query_block_rows(consumers),
-                                    fwd::causal_shift(o, pp), ctas, steps_across_items(pp.q_in_attention, consumers));
+  const int batch_heads = pp.batch * pp.heads_q, block_q = query_block_rows(consumers);
+  const int shift = fwd::causal_shift(o, pp);
+  const bool across = steps_across_items(pp.q_in_attention, consumers);
+  return remembered(std::make_tuple(batch_heads, pp.nq, pp.nk, block_q, shift, ctas, across),
+                    [&] { return causal_schedule(batch_heads, pp.nq, pp.nk, block_q, shift, ctas, across); });
 }
 
 // Full items per head of a non-causal launch (noncausal_full_items, the
@@ -124,14 +128,9 @@ int full_items_of(const quant::PrepassProblem& pp, int ctas, int consumers) {
   const int block_q = query_block_rows(consumers);
   const int forced = count_from_env("SAGE_SM90_FULL_ITEMS", -1);
   if (forced >= 0) return std::min(forced, pp.nq / block_q);
-  static std::mutex mutex;
-  static std::map<std::tuple<int, int, int, int, int>, int> known;
   const int batch_heads = pp.batch * pp.heads_q;
-  const auto key = std::make_tuple(batch_heads, pp.nq, pp.nk, block_q, ctas);
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = known.find(key); it != known.end()) return it->second;
-  if (known.size() >= 1024) known.clear();  // (a bound for callers with ever new shapes)
-  return known[key] = noncausal_full_items(batch_heads, pp.nq, pp.nk, block_q, ctas);
+  return remembered(std::make_tuple(batch_heads, pp.nq, pp.nk, block_q, ctas),
+                    [&] { return noncausal_full_items(batch_heads, pp.nq, pp.nk, block_q, ctas); });
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {

@@ -82,7 +82,7 @@ __device__ __forceinline__ int static_item(int round) {
 // head); non-causal, noncausal_items of the host's tiling.
 template <class T>
 __host__ __device__ __forceinline__ int work_items(const QkInt8PvFp8Params& p) {
-  if constexpr (T::kCausal) return fwd::work_items<T>(p);
+  if constexpr (T::kCausal) return fwd::query_tiles<T>(p) * p.batch_heads;
   return static_cast<int>(noncausal_items(p.nq, T::kBlockQ, p.full_items, p.batch_heads));
 }
 
