@@ -20,6 +20,8 @@ using sage::sm90::noncausal_full_items;
 using sage::sm90::noncausal_item;
 using sage::sm90::noncausal_items;
 using sage::sm90::causal_window_heads;
+using sage::sm90::static_round_cta;
+using sage::sm90::static_round_items;
 using sage::sm90::kCausalWindowBytes;
 
 TEST(Sm90ItemOrder, CausalWindowsVisitEveryTileOnceLongestFirst) {
@@ -124,6 +126,27 @@ TEST(Sm90ItemOrder, ScheduleWhereItMeasuredFaster) {
   EXPECT_EQ(windows_claims(causal_schedule(16, 1024, 1024, 128, 0, 132, true)), neither);  // 128 items: one round
   // 16 heads of 16384 rows: 2048 items, past 64 rounds of 30 CTAs.
   EXPECT_EQ(windows_claims(causal_schedule(16, 16384, 16384, 128, 0, 30, false)), neither);
+}
+
+// The static rounds: every round gives each CTA one item, forward in even
+// rounds and backward in odd ones, and the closed-form count of a CTA's
+// items among the first x agrees with walking them one by one.
+TEST(Sm90ItemOrder, StaticRoundsSnakeAndTheirCounts) {
+  EXPECT_EQ(static_round_cta(0, 5), 0);
+  EXPECT_EQ(static_round_cta(4, 5), 4);
+  EXPECT_EQ(static_round_cta(5, 5), 4);
+  EXPECT_EQ(static_round_cta(9, 5), 0);
+  EXPECT_EQ(static_round_cta(10, 5), 0);
+  for (const int ctas : {1, 2, 5, 132}) {
+    std::vector<long long> walked(static_cast<std::size_t>(ctas), 0);
+    for (long long x = 0; x <= 4 * ctas + 3; ++x) {
+      for (int c = 0; c < ctas; ++c) {
+        ASSERT_EQ(static_round_items(x, ctas, c), walked[static_cast<std::size_t>(c)])
+            << "ctas " << ctas << " x " << x << " cta " << c;
+      }
+      ++walked[static_cast<std::size_t>(static_round_cta(x, ctas))];
+    }
+  }
 }
 
 // Non-causal items, for every count of full items a head can have: every

@@ -69,13 +69,9 @@ struct RingSlot {
 // The item buffers: a ring of two, entry j for a CTA's item of round j.
 using ItemSlot = RingSlot<2>;
 
-// The static item of this CTA in round `round` (forward in even rounds,
-// backward in odd ones: with a plain round robin, CTA c of a 132-CTA grid
-// met only the query tiles of one residue class c mod 4 of every head at
-// N=4096, 20% more work for some).
+// The static item of this CTA in round `round` (static_round_position).
 __device__ __forceinline__ int static_item(int round) {
-  const int slot = round % 2 == 0 ? blockIdx.x : gridDim.x - 1 - blockIdx.x;
-  return round * gridDim.x + slot;
+  return round * gridDim.x + static_round_position(round, gridDim.x, blockIdx.x);
 }
 
 // The launch's work items: causal, one per query tile and (batch, query
