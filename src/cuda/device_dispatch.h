@@ -36,6 +36,7 @@ Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& opti
 struct Sm90Paths {
   bool q_in_kernel = false;     // Q quantized inside the attention kernel (sm90::quantizes_q_in_kernel)
   bool kv_in_clusters = false;  // K and V by the pre-pass's cluster kernel (sm90::quantizes_kv_in_clusters)
+  bool kv_head_jobs = false;    // K and V by the pre-pass's head-jobs kernel (sm90::quantizes_kv_by_head_jobs)
   bool out_by_tma = false;      // the output stored by TMA from shared memory (sm90::stores_output_by_tma)
   bool claims_items = false;    // causal work items claimed from a counter (sm90::claims_work_items)
 };

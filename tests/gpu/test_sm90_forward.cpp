@@ -545,6 +545,103 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
   expect_paths({{"SAGE_PREPASS_KV_CLUSTERS=0", base, false}}, device(), &sage::detail::Sm90Paths::kv_in_clusters);
 }
 
+// ------------------------------------------------------------------ K and V by head jobs
+
+// Calls whose K and V the pre-pass's head-jobs kernel quantizes (one CTA job
+// per head and tensor, where there are jobs for about every SM: 2 * B * Hkv
+// at least 3/4 of the SMs; sm90::quantizes_kv_by_head_jobs), taken here
+// with SAGE_PREPASS_KV_HEAD_JOBS_KEYS: single keys and partial last tiles,
+// head dims padded inside the rows, GQA, both layouts and dtypes, padded and
+// packed storage, causal, and Q from the pre-pass's Q-only grid ahead of the
+// jobs (smooth_q). Each call runs again on the two-kernel path
+// (SAGE_PREPASS_KV_CLUSTERS=0): without smooth_k no sum enters (the V
+// scales come from extremes), so the bits must agree; with it mean_k is
+// summed in another order (kv_head_jobs.cu), and only a rare code flips.
+std::vector<Case> kv_head_job_cases() {
+  using namespace case_table;
+  return {
+      {.small = true, .b = 2, .hq = 32, .hkv = 32, .nq = 1, .nk = 1, .d = 128, .smooth_k = false, .return_lse = false},
+      {.small = true, .b = 1, .hq = 64, .hkv = 64, .nq = 17, .nk = 300, .d = 128, .return_lse = false,
+       .dist = D::channel_bias},
+      {.b = 2, .hq = 64, .hkv = 32, .nq = 127, .nk = 1531, .d = 120, .layout = NHD, .dtype = FP16, .smooth_k = false,
+       .return_lse = true},
+      {.b = 4, .hq = 16, .hkv = 16, .nq = 200, .nk = 1024, .d = 128, .causal = true, .align = BR, .return_lse = false,
+       .dist = D::outlier_channels, .storage = Storage::padded},
+      {.b = 2, .hq = 32, .hkv = 32, .nq = 100, .nk = 2049, .d = 128, .return_lse = false, .dist = D::heavy_tailed,
+       .smooth_q = true},
+      {.b = 2, .hq = 32, .hkv = 32, .nq = 2048, .nk = 2048, .d = 96, .smooth_k = false, .return_lse = false,
+       .storage = Storage::packed_qkv},
+  };
+}
+
+class Sm90KvHeadJobs : public Sm90Test, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(Sm90KvHeadJobs, AgreeWithTheTwoKernelPath) {
+  const Case& c = GetParam();
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
+  const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
+  GpuResult jobs, two_kernels;
+  {
+    ScopedEnv on("SAGE_PREPASS_KV_HEAD_JOBS_KEYS", "1000000");
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &jobs, /*repeat=*/true, /*workspace_word=*/1u));
+    ASSERT_TRUE(jobs.sm90.kv_head_jobs) << "the call does not take the head-jobs path";
+    ASSERT_FALSE(jobs.sm90.kv_in_clusters);
+  }
+  {
+    ScopedEnv off("SAGE_PREPASS_KV_CLUSTERS", "0");
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &two_kernels));
+    ASSERT_FALSE(two_kernels.sm90.kv_head_jobs);
+  }
+  EXPECT_EQ(count_nonfinite(jobs.out), 0);
+  ASSERT_EQ(jobs.out.size(), two_kernels.out.size());
+  if (!c.smooth_k) {
+    EXPECT_EQ(std::memcmp(jobs.out.data(), two_kernels.out.data(), jobs.out.size() * sizeof(float)), 0)
+        << "out differs between the paths";
+    EXPECT_EQ(std::memcmp(jobs.lse.data(), two_kernels.lse.data(), jobs.lse.size() * sizeof(float)), 0)
+        << "lse differs between the paths";
+    return;
+  }
+  const std::int64_t rows = c.b * c.hq * c.nq;
+  std::vector<double> ref(two_kernels.out.begin(), two_kernels.out.end());
+  const Metrics m = sage::ref::compare(ref.data(), jobs.out.data(), rows, c.d);
+  EXPECT_GE(m.cos_sim, 0.99999) << "out of the head-jobs path vs the two-kernel path";
+  EXPECT_GE(m.worst_row_cos_sim, 0.9999);
+  EXPECT_LE(m.rel_l1, 1e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sm90, Sm90KvHeadJobs, ::testing::ValuesIn(kv_head_job_cases()), case_name);
+
+// The calls that keep the head-jobs kernel off: each of its conditions
+// broken alone (kv_head_jobs_path).
+TEST_F(Sm90Forward, KvHeadJobsOnlyWhereTheCallFits) {
+  Case base;
+  base.b = 2, base.hq = base.hkv = 32, base.nq = base.nk = 256;
+  base.return_lse = false;
+  {
+    ScopedEnv on("SAGE_PREPASS_KV_HEAD_JOBS_KEYS", "4096");
+    const auto variants = path_variants(base, [](auto add) {
+      add("the plain call", true, [](Case&) {});
+      add("4096 keys", true, [](Case& c) { c.nk = 4096; });
+      add("past SAGE_PREPASS_KV_HEAD_JOBS_KEYS", false, [](Case& c) { c.nk = 4097; });
+      add("few heads (a job for 8 of the SMs)", false, [](Case& c) { c.b = 1, c.hq = c.hkv = 4; });
+      add("D = 64", false, [](Case& c) { c.d = 64; });
+      add("smooth_v", false, [](Case& c) { c.smooth_v = true; });
+      add("per-thread groups", false, [](Case& c) { c.granularity = Granularity::per_thread; });
+      add("LSE with smooth_k (the LSE correction)", false, [](Case& c) { c.return_lse = true; });
+      add("rows cp.async cannot read (D = 100, dense: 200-byte rows)", false, [](Case& c) { c.d = 100; });
+    });
+    expect_paths(variants, device(), &sage::detail::Sm90Paths::kv_head_jobs);
+    ScopedEnv off("SAGE_PREPASS_KV_CLUSTERS", "0");
+    expect_paths({{"SAGE_PREPASS_KV_CLUSTERS=0", base, false}}, device(), &sage::detail::Sm90Paths::kv_head_jobs);
+  }
+  Case longer = base;
+  longer.nk = sage::sm90::kKvHeadJobsMaxKeys + 1;
+  expect_paths({{"the default limit (kKvHeadJobsMaxKeys)", base, sage::sm90::kKvHeadJobsMaxKeys >= base.nk},
+                {"past the default limit", longer, false}},
+               device(), &sage::detail::Sm90Paths::kv_head_jobs);
+}
+
 // ------------------------------------------------------------------ statistics schedule
 
 // Runs call c twice on a workspace of 32-bit ones (which reads as set flags

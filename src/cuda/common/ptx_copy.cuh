@@ -45,6 +45,15 @@ __device__ __forceinline__ void cp_async_16_hinted(void* dst, const void* src, u
                "l"(l2_policy)
                : "memory");
 }
+// 16 bytes of read-only global memory into registers, with an L2 eviction
+// policy for the lines it reads (l2_policy_evict_last / _first).
+__device__ __forceinline__ uint4 ld_global_nc_16_hinted(const void* src, uint64_t l2_policy) {
+  uint4 r;
+  asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(src), "l"(l2_policy));
+  return r;
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N>

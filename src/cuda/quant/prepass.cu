@@ -81,18 +81,6 @@ using ptx::cp_async_16_hinted;
 using ptx::cp_async_commit;
 using ptx::cp_async_wait;
 
-// E4M3 codes of two values in one conversion: lo in the low byte, hi in the
-// next (the conversion is per element, so a pair gives each value's code).
-__device__ __forceinline__ uint32_t fp8x2_e4m3_code(float lo, float hi) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  uint16_t pair;
-  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(pair) : "f"(hi), "f"(lo));
-  return pair;
-#else
-  return num::fp8_e4m3_from_float(lo) | num::fp8_e4m3_from_float(hi) << 8;
-#endif
-}
-
 __device__ __forceinline__ void atomic_max_nonneg(float* slot, float v) {
   // Non-negative floats order like their bit patterns, and a positive NaN
   // (fabsf, max_nan) above them all: a group maximum stays NaN.
@@ -1147,6 +1135,21 @@ cudaError_t launch_kv_clusters(const PrepassProblem& p, const PrepassLayout& lay
   return cudaLaunchKernelEx(&config, kv_cluster_kernel<T, Dp>, p, layout, out, k, v, shape);
 }
 
+// The head-jobs path: the Q jobs (if any) in a quantize grid of their own,
+// first, then the head-jobs kernel under its tail (as launch_kv_clusters).
+template <typename T, int Dp>
+cudaError_t launch_kv_head_job_path(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                                    StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream,
+                                    bool programmatic) {
+  const int q_jobs = quantize_jobs(p).q;
+  if (q_jobs > 0) {
+    quantize_kernel<T, true, Dp><<<q_jobs, kThreads, 0, stream>>>(p, layout, out, q, k, v);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return launch_kv_head_jobs(p, layout, out, k, v, 0, stream, programmatic && q_jobs > 0);
+}
+
 // Asks for the largest shared-memory carveout for `kernel` (once per kernel
 // and device). An SM holds CTAs of one carveout at a time: with the carveouts
 // the driver picked for each kernel's own needs, the quantize grid, launched
@@ -1172,6 +1175,7 @@ cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, c
     prefer_max_shared_carveout(reinterpret_cast<const void*>(quantize_kernel<T, Vec, Dp>));
   }
   if constexpr (Vec) {
+    if (kv_head_jobs_path(p, true)) return launch_kv_head_job_path<T, Dp>(p, layout, out, q, k, v, stream, programmatic);
     const KvClusterShape shape = kv_cluster_path<T, Dp>(p, true);
     if (shape.ctas > 0) return launch_kv_clusters<T, Dp>(p, layout, out, q, k, v, shape, stream, programmatic);
   }
@@ -1295,7 +1299,12 @@ PrepassBuffers PrepassLayout::carve(void* workspace) const {
 
 bool kv_quantized_in_clusters(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v) {
   const bool vec = vec_rows(p, q, k, v);
+  if (kv_head_jobs_path(p, vec)) return false;
   return p.bf16 ? kv_in_clusters_for_type<__nv_bfloat16>(p, vec) : kv_in_clusters_for_type<__half>(p, vec);
+}
+
+bool kv_quantized_by_head_jobs(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v) {
+  return kv_head_jobs_path(p, vec_rows(p, q, k, v));
 }
 
 cudaError_t launch_prepass(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,

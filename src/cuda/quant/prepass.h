@@ -20,6 +20,9 @@
 //      The Q and K groups follow PrepassProblem::geometry, the tile geometry
 //      of the attention kernel that reads the output (kSm90Geometry or
 //      kMmaGeometry); a 128-row job tile always covers whole groups.
+// Or, on sm_90 for calls of many short heads (kv_head_jobs_path): the Q
+// jobs alone in the quantize grid, then one CTA job per (batch * kv head, K
+// or V) that reads the head's rows twice (statistics, then codes).
 // Or, on sm_90 where a head's rows fit in a thread-block cluster's shared
 // memory, or stream through it (allow_kv_clusters, kv_stream_max_keys,
 // kv_quantized_in_clusters): the Q jobs alone in the quantize grid, then one
@@ -88,6 +91,10 @@ struct PrepassProblem {
   // and the K and V jobs of a finished head run while the later heads are
   // read (kv_stats_kernel).
   int stats_ctas = 0;
+  // The longest heads (in keys) that the head-jobs kernel may take (0: it
+  // takes none): one CTA job per head's K or V, for calls of many short
+  // heads (kv_head_jobs_path).
+  int kv_head_jobs_max_keys = 0;
 };
 
 struct PrepassBuffers {
@@ -149,6 +156,29 @@ static_assert(prepass_supports_geometry(kSm90Geometry) && prepass_supports_geome
 // kernel (on the current device) rather than with the statistics kernel and
 // the quantize kernel's K and V jobs; tests use it to know the path.
 bool kv_quantized_in_clusters(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v);
+
+// Whether launch_prepass quantizes this call's K and V with the head-jobs
+// kernel (cuda/quant/kv_head_jobs.cu; before the cluster kernel in its
+// order of preference), on the current device.
+bool kv_quantized_by_head_jobs(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v);
+
+// The head-jobs kernel's conditions for a call whose rows are Vec (16-byte
+// aligned): heads of at most kv_head_jobs_max_keys keys, Dp = kKvHeadJobsDp,
+// INT8 K per 128-key group (per_warp at cta_k 128), FP8 V^T without
+// smooth_v, no LSE correction, and at least 3/4 as many jobs (two per
+// batch * kv head) as the device has SMs.
+inline constexpr int kKvHeadJobsDp = 128;
+bool kv_head_jobs_path(const PrepassProblem& p, bool vec);
+
+// Launches the head-jobs kernel alone, on `ctas` CTAs (0: one per job up to
+// the SM count; each takes an SM, and loops over jobs ctas apart): the
+// pre-pass's K and V for a call that kv_head_jobs_path admits. It zeroes the
+// attention kernel's claim counters. `programmatic`: launched under the
+// stream's previous kernel (the Q-only quantize grid), for which it waits
+// before it completes. (The device probe bench/probes/kv_prepass_probe.cu
+// runs it on a few SMs.)
+cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                                StridedInput k, StridedInput v, int ctas, cudaStream_t stream, bool programmatic);
 
 // Enqueues both pre-pass kernels on `stream`. `programmatic` (sm_90+
 // devices): the quantize kernel starts under the statistics kernel (its Q

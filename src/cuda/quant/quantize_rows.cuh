@@ -86,6 +86,18 @@ __device__ __forceinline__ uint2 quantize_int8x8(const float (&x)[kVec], float i
   return make_uint2(word[0], word[1]);
 }
 
+// E4M3 codes of two values in one conversion: lo in the low byte, hi in the
+// next (the conversion is per element, so a pair gives each value's code).
+__device__ __forceinline__ uint32_t fp8x2_e4m3_code(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint16_t pair;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(pair) : "f"(hi), "f"(lo));
+  return pair;
+#else
+  return num::fp8_e4m3_from_float(lo) | num::fp8_e4m3_from_float(hi) << 8;
+#endif
+}
+
 // Which part of a tile of rows a thread takes in the row-wise passes
 // (group maxima, INT rows, fp16 rows): warp w the rows [16 w, 16 w + 16)
 // (inside one warp_q slice), lane l the 8-channel chunk l % kChunkLanes of

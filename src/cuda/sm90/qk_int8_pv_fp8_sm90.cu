@@ -48,6 +48,9 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
   const char* env = std::getenv("SAGE_PREPASS_KV_CLUSTERS");
   p.allow_kv_clusters = env == nullptr || std::strcmp(env, "0") != 0;
   p.kv_stream_max_keys = count_from_env("SAGE_PREPASS_KV_STREAM_KEYS", kKvStreamMaxKeys);
+  // (SAGE_PREPASS_KV_CLUSTERS=0: the two-kernel path everywhere, this one included.)
+  p.kv_head_jobs_max_keys =
+      p.allow_kv_clusters ? count_from_env("SAGE_PREPASS_KV_HEAD_JOBS_KEYS", kKvHeadJobsMaxKeys) : 0;
   return p;
 }
 
@@ -317,6 +320,11 @@ bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& op
 bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options) {
   return quant::kv_quantized_in_clusters(prepass_problem(args, options), fwd::strided(args.q, options.layout),
                                          fwd::strided(args.k, options.layout), fwd::strided(args.v, options.layout));
+}
+
+bool quantizes_kv_by_head_jobs(const AttentionArgs& args, const AttentionOptions& options) {
+  return quant::kv_quantized_by_head_jobs(prepass_problem(args, options), fwd::strided(args.q, options.layout),
+                                          fwd::strided(args.k, options.layout), fwd::strided(args.v, options.layout));
 }
 
 bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options) {

@@ -32,6 +32,17 @@ inline constexpr std::int64_t kMaxKeysTwoConsumersD128Causal = 1024;
 // 8K-16K. Past 16384 keys not measured. SAGE_PREPASS_KV_STREAM_KEYS overrides
 // it (read per call; 0: held heads only).
 inline constexpr int kKvStreamMaxKeys = 16384;
+// The longest heads whose K and V the pre-pass's head-jobs kernel takes
+// (quant::kv_head_jobs_path: one CTA job per head's K or V, where there are
+// jobs for about every SM) instead of the cluster kernel. H200, GPU time of
+// whole calls against the cluster kernel, D = 128, B=2 H=32, 3 interleaved
+// rounds (docs/perf-notes.md, session 36): 1K keys -2.8%, causal -7.3%; 2K
+// -1.7%, causal -1.5%; 4K -0.6%, causal -0.4% (every round lower): the gain
+// shrinks with the heads' length (the second read of a head, meant to hit
+// L2, competes with a whole wave of heads: 128 MB of rows at 4K keys). Past
+// 4K not measured.
+// SAGE_PREPASS_KV_HEAD_JOBS_KEYS overrides it (read per call; 0: never).
+inline constexpr int kKvHeadJobsMaxKeys = 4096;
 
 // Whether the attention kernel quantizes the call's Q itself (the pre-pass
 // then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
@@ -55,6 +66,10 @@ bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& op
 // tests' comparison of the paths; read per call). Tests use it to know which
 // path a call takes.
 bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options);
+
+// Whether the call's K and V are quantized by the pre-pass's head-jobs
+// kernel (kKvHeadJobsMaxKeys; it comes before the cluster kernel).
+bool quantizes_kv_by_head_jobs(const AttentionArgs& args, const AttentionOptions& options);
 
 // Whether the kernel's epilogue writes the output by TMA (a 16-byte aligned
 // start and strides, head_dim a multiple of 8) rather than from its

@@ -1,0 +1,362 @@
+// The pre-pass's head-jobs kernel: K and V with one CTA job per (batch * kv
+// head, K or V), for calls of many short heads (see prepass.h for what it
+// produces, and kv_head_jobs_path for where it runs).
+//
+// A job reads its head's rows twice, straight into registers: first for the
+// head's statistics (K: channel sums for mean_k; V: channel max and min for
+// the V scales), then, 128-row tile by tile, for the codes (the second read
+// meant to hit L2, where the first left the rows). So a CTA needs no other
+// CTA (no cluster exchange, no flags), and it has its next tile's loads in
+// flight while it quantizes the current one.
+//
+// Why a third path beside the cluster kernel (docs/perf-notes.md, session
+// 36): at D = 128 and 1K keys the cluster kernel's 1024 CTAs of one tile run
+// in ~1.55 waves, each CTA paying a cluster exchange for its 16K elements;
+// one wave of 128 head jobs (B=2 H=32) takes 12% less time alone (H200:
+// 26.9 against 30.6 us), and whole calls 3-7% less. At 2K keys the two
+// kernels are even alone (the calls still 1.5-1.7% faster), at 4K this one
+// is 1.5% slower alone (the calls 0.4-0.6% faster); with fewer jobs than
+// about the SMs (few heads) it would leave SMs idle.
+//
+// The arithmetic of every element is the other paths' (quantize_rows.cuh,
+// formats.h: the V codes and scales agree bit for bit); the channel sums of
+// K are added in another fixed order (per thread over rows r, r + 32, ...,
+// then the 32 row lanes in order), so mean_k, and with it a K code next to a
+// rounding boundary, can differ in its last bit from the other paths'.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <type_traits>
+
+#include "cuda/common/kernel_attributes.h"
+#include "cuda/common/programmatic_launch.cuh"
+#include "cuda/common/ptx_copy.cuh"
+#include "cuda/quant/prepass.h"
+#include "cuda/quant/quantize_rows.cuh"
+#include "numerics/formats.h"
+
+namespace sage::quant {
+namespace {
+
+constexpr int kDp = kKvHeadJobsDp;
+constexpr int kThreads = 512;
+constexpr int kChunks = kDp / kVec;            // 16-byte chunks of a row: 16
+constexpr int kRowLanes = kThreads / kChunks;  // rows a CTA reads side by side: 32
+constexpr int kTileRows = 128;                 // a tile: one K scale group (per_warp at cta_k 128), one V^T tile
+constexpr int kRowsPerThread = kTileRows / kRowLanes;  // rows of a tile per thread: 4
+constexpr int kStatsUnroll = 16;               // rows in flight per thread in the first read
+constexpr float kE4m3Max = 448.f;
+// More than half of an SM's shared memory: one CTA per SM, so that a grid of
+// P CTAs takes P SMs (the device probe times it on a few).
+constexpr int kSmemFloor = 120 << 10;
+static_assert(kRowsPerThread * kRowLanes == kTileRows && kRowLanes == 32, "a tile is 4 rows per thread");
+static_assert(vt_key_of_position(4) == 2 && vt_key_of_position(6) == 10 && vt_key_of_position(16) == 16,
+              "V^T positions 4q .. 4q + 3 of a 16-key half hold its keys 2q, 2q + 1, 2q + 8, 2q + 9");
+
+template <typename T>
+using Pair = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
+
+struct HeadJobShared {
+  float lanes[2][kRowLanes][kDp];  // the row lanes' partial statistics (K: sums; V: max, min)
+  float per_channel[kDp];          // K: mean_k; V: 1 / v_scale
+  float group_max[2][kThreads / 32];                  // K: the warps' |k - mean| maxima, by tile parity
+  alignas(16) std::uint8_t vt[2][kDp][kTileRows];     // V^T tiles by parity, 16-byte blocks swizzled (vt_block)
+};
+
+// Where 16-byte block `block` of V^T row `channel` sits in the staging tile:
+// blocks XOR the channel's chunk (mod 8), so that the 16 lanes of a store
+// (16 chunks, one position) fall into 8 banks, not one.
+__device__ __forceinline__ int vt_block(int channel, int block) { return block ^ ((channel / kVec) % 8); }
+
+// 16 bytes of row `row`, chunk c8 of a head (zeros past its rows and past
+// head_dim: Vec rows, so a chunk is in or out whole), with an L2 policy.
+template <typename T>
+struct HeadRows {
+  const T* base;
+  std::int64_t stride_n;
+  int n, head_dim;
+  __device__ __forceinline__ uint4 load(int row, int c8, uint64_t policy) const {
+    if (row >= n || kVec * c8 >= head_dim) return make_uint4(0, 0, 0, 0);
+    return ptx::ld_global_nc_16_hinted(base + row * stride_n + kVec * c8, policy);
+  }
+};
+
+// First read: this thread's share of the head's statistics, then the
+// head's in s.per_channel (K: mean_k; V: 1 / v_scale, and v_scale, v_mean
+// written out).
+template <typename T>
+__device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& out, const HeadRows<T>& rows, int bh,
+                                bool v_job, HeadJobShared& s) {
+  const int c8 = threadIdx.x % kChunks, lane_row = threadIdx.x / kChunks;
+  const uint64_t keep = ptx::l2_policy_evict_last();  // read again in the second pass
+  float sum[kVec] = {};
+  Pair<T> hi[kVec / 2], lo[kVec / 2];
+  for (int i = 0; i < kVec / 2; ++i) {
+    if constexpr (std::is_same_v<T, __half>) {
+      hi[i] = __float2half2_rn(-INFINITY), lo[i] = __float2half2_rn(INFINITY);
+    } else {
+      hi[i] = __float2bfloat162_rn(-INFINITY), lo[i] = __float2bfloat162_rn(INFINITY);
+    }
+  }
+  for (int r0 = lane_row; r0 < rows.n; r0 += kRowLanes * kStatsUnroll) {
+    uint4 w[kStatsUnroll];
+#pragma unroll
+    for (int u = 0; u < kStatsUnroll; ++u) w[u] = rows.load(r0 + u * kRowLanes, c8, keep);
+#pragma unroll
+    for (int u = 0; u < kStatsUnroll; ++u) {
+      const uint32_t words[4] = {w[u].x, w[u].y, w[u].z, w[u].w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if (r0 + u * kRowLanes >= rows.n) continue;
+        if (v_job) {
+          // The extremes on packed pairs (exact; NaN skipped as fmaxf does,
+          // the other paths' rule).
+          Pair<T> x;
+          memcpy(&x, &words[i], sizeof(x));
+          hi[i] = __hmax2(hi[i], x), lo[i] = __hmin2(lo[i], x);
+        } else {
+          const float2 f = to_float2<T>(words[i]);
+          sum[2 * i] += f.x, sum[2 * i + 1] += f.y;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kVec / 2; ++i) {
+    uint32_t hb, lb;
+    memcpy(&hb, &hi[i], 4);
+    memcpy(&lb, &lo[i], 4);
+    const float2 h = to_float2<T>(hb), l = to_float2<T>(lb);
+    const int c = kVec * c8 + 2 * i;
+    s.lanes[0][lane_row][c] = v_job ? h.x : sum[2 * i];
+    s.lanes[0][lane_row][c + 1] = v_job ? h.y : sum[2 * i + 1];
+    s.lanes[1][lane_row][c] = l.x;
+    s.lanes[1][lane_row][c + 1] = l.y;
+  }
+  __syncthreads();
+  if (threadIdx.x < kDp) {
+    const int c = threadIdx.x;
+    if (v_job) {
+      float mx = -INFINITY, mn = INFINITY;
+      for (int r = 0; r < kRowLanes; ++r) mx = fmaxf(mx, s.lanes[0][r][c]), mn = fminf(mn, s.lanes[1][r][c]);
+      // (As the other paths' set_v_channel, without smooth_v: mean 0.)
+      const float mean = 0.f;
+      const float amax = fmaxf(fabsf(mx - mean), fabsf(mn - mean));
+      const float scale = num::symmetric_scale(amax, static_cast<int>(kE4m3Max));
+      s.per_channel[c] = num::reciprocal_rn(scale);
+      out.v_scale[static_cast<std::int64_t>(bh) * kDp + c] = scale;
+      out.v_mean[static_cast<std::int64_t>(bh) * kDp + c] = mean;
+    } else {
+      float total = 0.f;
+      for (int r = 0; r < kRowLanes; ++r) total += s.lanes[0][r][c];
+      s.per_channel[c] = p.smooth_k ? total / static_cast<float>(p.nk) : 0.f;
+    }
+  }
+  __syncthreads();
+}
+
+// Second read, K: per 128-row tile (one scale group), max |k - mean| over
+// its rows, then their INT8 codes. A thread takes chunk c8 of rows
+// lane_row + 32 i; the next tile's loads are issued before this tile's work.
+template <typename T>
+__device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                        const HeadRows<T>& rows, int bh, HeadJobShared& s) {
+  const int c8 = threadIdx.x % kChunks, lane_row = threadIdx.x / kChunks;
+  const uint64_t drop = ptx::l2_policy_evict_first();  // the rows' last read
+  float mean[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) mean[e] = s.per_channel[kVec * c8 + e];
+  std::int8_t* codes = out.k + static_cast<std::int64_t>(bh) * p.nk * kDp;
+  float* scales = out.k_scale + static_cast<std::int64_t>(bh) * layout.k_groups;
+  uint4 w[kRowsPerThread];
+  auto load_tile = [&](int row0) {
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) w[i] = rows.load(row0 + lane_row + kRowLanes * i, c8, drop);
+  };
+  load_tile(0);
+  int parity = 0;
+  for (int row0 = 0; row0 < rows.n; row0 += kTileRows, parity ^= 1) {
+    float x[kRowsPerThread][kVec];
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) unpack8<T>(w[i], x[i]);
+    if (row0 + kTileRows < rows.n) load_tile(row0 + kTileRows);
+    float m = 0.f;
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) x[i][e] -= mean[e];
+      if (row0 + lane_row + kRowLanes * i >= rows.n) continue;  // rows past n are in no group's maximum
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) m = num::max_nan(m, fabsf(x[i][e]));
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) m = num::max_nan(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if (threadIdx.x % 32 == 0) s.group_max[parity][threadIdx.x / 32] = m;
+    // One barrier per tile: the maxima of the other parity were read before it.
+    __syncthreads();
+    float amax = 0.f;
+#pragma unroll
+    for (int warp = 0; warp < kThreads / 32; ++warp) amax = num::max_nan(amax, s.group_max[parity][warp]);
+    const float scale = num::symmetric_scale(amax, 127);
+    const float inv = num::reciprocal_rn(scale);
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int row = row0 + lane_row + kRowLanes * i;
+      if (row < rows.n) {
+        *reinterpret_cast<uint2*>(codes + static_cast<std::int64_t>(row) * kDp + kVec * c8) =
+            quantize_int8x8(x[i], inv);
+      }
+    }
+    if (threadIdx.x == 0) scales[row0 / kTileRows] = scale;
+  }
+}
+
+// Second read, V: per 128-key tile, V / v_scale in E4M3, transposed through
+// shared memory into V^T rows whose 32-key chunks hold their keys in the
+// kernel's P order (vt_key_of_position). A thread takes chunk c8 of the four
+// keys 2q, 2q + 1, 2q + 8, 2q + 9 of 16-key half hg: one 32-bit word of V^T
+// per channel.
+template <typename T>
+__device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, const HeadRows<T>& rows, int bh,
+                        HeadJobShared& s) {
+  const int c8 = threadIdx.x % kChunks, quad_of_tile = threadIdx.x / kChunks;
+  const int hg = quad_of_tile / 4, q = quad_of_tile % 4;
+  const int keys[kRowsPerThread] = {16 * hg + 2 * q, 16 * hg + 2 * q + 1, 16 * hg + 2 * q + 8, 16 * hg + 2 * q + 9};
+  const uint64_t drop = ptx::l2_policy_evict_first();
+  float inv[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) inv[e] = s.per_channel[kVec * c8 + e];
+  std::uint8_t* vt = out.vt + static_cast<std::int64_t>(bh) * kDp * layout.nk_padded;
+  uint4 w[kRowsPerThread];
+  auto load_tile = [&](int key0) {
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) w[i] = rows.load(key0 + keys[i], c8, drop);
+  };
+  load_tile(0);
+  int parity = 0;
+  for (int key0 = 0; key0 < rows.n; key0 += kTileRows, parity ^= 1) {
+    float x[kRowsPerThread][kVec];
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) unpack8<T>(w[i], x[i]);
+    if (key0 + kTileRows < rows.n) load_tile(key0 + kTileRows);
+    // Keys past n are zeros: code 0, as on the other paths.
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) {
+      const int c = kVec * c8 + e;
+      const uint32_t word = fp8x2_e4m3_code(x[0][e] * inv[e], x[1][e] * inv[e]) |
+                            fp8x2_e4m3_code(x[2][e] * inv[e], x[3][e] * inv[e]) << 16;
+      *reinterpret_cast<uint32_t*>(&s.vt[parity][c][16 * vt_block(c, hg) + 4 * q]) = word;
+    }
+    // One barrier per tile: the other parity's tile was stored out before it.
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kDp * (kTileRows / 16) / kThreads; ++j) {
+      const int block_job = threadIdx.x + j * kThreads;  // (channel, 16-key block)
+      const int c = block_job / (kTileRows / 16), block = block_job % (kTileRows / 16);
+      const std::int64_t at = key0 + 16 * block;
+      if (at < layout.nk_padded) {  // nk_padded is a multiple of 16: a block is in or out whole
+        *reinterpret_cast<uint4*>(vt + c * static_cast<std::int64_t>(layout.nk_padded) + at) =
+            *reinterpret_cast<const uint4*>(&s.vt[parity][c][16 * vt_block(c, block)]);
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1)
+    kv_head_jobs_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out, StridedInput k_in,
+                        StridedInput v_in) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // The attention kernel (which quantizes Q before it waits for this grid)
+  // may start on SMs this grid leaves.
+  pdl::allow_dependent_launch();
+  if (blockIdx.x == 0 && threadIdx.x == 0) out.item_claims[0] = out.item_claims[1] = 0;  // (zero_item_claims)
+  extern __shared__ uint4 head_jobs_smem[];
+  HeadJobShared& s = *reinterpret_cast<HeadJobShared*>(head_jobs_smem);
+  const int jobs = 2 * p.batch * p.heads_kv;
+  // Job j: head j / 2, K (even) or V (odd): a head's two jobs side by side,
+  // the heads in order.
+  for (int job = blockIdx.x; job < jobs; job += gridDim.x) {
+    const int bh = job / 2;
+    const bool v_job = job % 2 == 1;
+    const auto [b, h] = layout.heads_kv_div.divmod(bh);
+    const StridedInput& in = v_job ? v_in : k_in;
+    const HeadRows<T> rows{static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h, in.stride_n, p.nk,
+                           p.head_dim};
+    head_statistics<T>(p, out, rows, bh, v_job, s);
+    if (v_job) {
+      v_codes<T>(layout, out, rows, bh, s);
+    } else {
+      k_codes<T>(p, layout, out, rows, bh, s);
+    }
+    __syncthreads();  // the next job rewrites s
+  }
+  // When launched under a Q-only quantize grid (launch_kv_head_jobs_path),
+  // this grid's completion must imply that one's: the attention kernel waits
+  // for this one only.
+  pdl::wait_for_prerequisites();
+#endif
+}
+
+std::size_t head_jobs_smem_bytes() { return std::max<std::size_t>(sizeof(HeadJobShared), kSmemFloor); }
+
+// The current device's SM count, asked of the runtime once per device (0
+// where it refuses).
+int device_sm_count() {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  static std::mutex mutex;
+  static std::map<int, int> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = known.find(device); it != known.end()) return it->second;
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  known[device] = sms;
+  return sms;
+}
+
+template <typename T>
+cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                         StridedInput k, StridedInput v, int ctas, cudaStream_t stream, bool programmatic) {
+  const void* kernel = reinterpret_cast<const void*>(kv_head_jobs_kernel<T>);
+  const int smem = static_cast<int>(head_jobs_smem_bytes());
+  if (const cudaError_t e = cuda::set_kernel_attribute_once(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      e != cudaSuccess) {
+    return e;
+  }
+  return pdl::launch(programmatic, kv_head_jobs_kernel<T>, dim3(ctas), dim3(kThreads), smem, stream, p, layout, out,
+                     k, v);
+}
+
+}  // namespace
+
+bool kv_head_jobs_path(const PrepassProblem& p, bool vec) {
+  if (p.kv_head_jobs_max_keys <= 0 || p.nk <= 0 || p.nk > p.kv_head_jobs_max_keys || !vec) return false;
+  if (p.head_dim_padded != kDp || p.qk_bits != 8 || p.granularity != Granularity::per_warp ||
+      p.geometry.cta_k != kTileRows || p.v_format != VFormat::fp8_e4m3_transposed || p.smooth_v ||
+      p.lse_correction) {
+    return false;
+  }
+  // Enough jobs to fill about the GPU: with fewer, the cluster kernel
+  // spreads each head over up to 8 CTAs.
+  const int sms = device_sm_count();
+  return sms > 0 && 4 * 2 * p.batch * p.heads_kv >= 3 * sms;
+}
+
+cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                                StridedInput k, StridedInput v, int ctas, cudaStream_t stream, bool programmatic) {
+  if (ctas <= 0) ctas = std::min(2 * p.batch * p.heads_kv, std::max(device_sm_count(), 1));
+  return p.bf16 ? launch_typed<__nv_bfloat16>(p, layout, out, k, v, ctas, stream, programmatic)
+                : launch_typed<__half>(p, layout, out, k, v, ctas, stream, programmatic);
+}
+
+}  // namespace sage::quant
