@@ -47,8 +47,6 @@ constexpr int kChunks = kDp / kVec;            // 16-byte chunks of a row: 16
 constexpr int kRowLanes = kThreads / kChunks;  // rows a CTA reads side by side: 32
 constexpr int kTileRows = 128;                 // a tile: one K scale group (per_warp at cta_k 128), one V^T tile
 constexpr int kRowsPerThread = kTileRows / kRowLanes;  // rows of a tile per thread: 4
-constexpr int kStatsUnroll = 16;               // rows in flight per thread in the first read
-constexpr float kE4m3Max = 448.f;
 // More than half of an SM's shared memory: one CTA per SM, so that a grid of
 // P CTAs takes P SMs (the device probe times it on a few).
 constexpr int kSmemFloor = 120 << 10;
@@ -63,13 +61,8 @@ struct HeadJobShared {
   float lanes[2][kRowLanes][kDp];  // the row lanes' partial statistics (K: sums; V: max, min)
   float per_channel[kDp];          // K: mean_k; V: 1 / v_scale
   float group_max[2][kThreads / 32];                  // K: the warps' |k - mean| maxima, by tile parity
-  alignas(16) std::uint8_t vt[2][kDp][kTileRows];     // V^T tiles by parity, 16-byte blocks swizzled (vt_block)
+  alignas(16) std::uint8_t vt[2][kDp][kTileRows];     // V^T tiles by parity, 16-byte blocks swizzled (v_codes)
 };
-
-// Where 16-byte block `block` of V^T row `channel` sits in the staging tile:
-// blocks XOR the channel's chunk (mod 8), so that the 16 lanes of a store
-// (16 chunks, one position) fall into 8 banks, not one.
-__device__ __forceinline__ int vt_block(int channel, int block) { return block ^ ((channel / kVec) % 8); }
 
 // 16 bytes of row `row`, chunk c8 of a head (zeros past its rows and past
 // head_dim: Vec rows, so a chunk is in or out whole), with an L2 policy.
@@ -90,6 +83,7 @@ struct HeadRows {
 template <typename T>
 __device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& out, const HeadRows<T>& rows, int bh,
                                 bool v_job, HeadJobShared& s) {
+  constexpr int kStatsUnroll = 16;  // rows in flight per thread
   const int c8 = threadIdx.x % kChunks, lane_row = threadIdx.x / kChunks;
   const uint64_t keep = ptx::l2_policy_evict_last();  // read again in the second pass
   float sum[kVec] = {};
@@ -145,7 +139,7 @@ __device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& o
       // (As the other paths' set_v_channel, without smooth_v: mean 0.)
       const float mean = 0.f;
       const float amax = fmaxf(fabsf(mx - mean), fabsf(mn - mean));
-      const float scale = num::symmetric_scale(amax, static_cast<int>(kE4m3Max));
+      const float scale = num::symmetric_scale(amax, 448);  // E4M3's largest finite
       s.per_channel[c] = num::reciprocal_rn(scale);
       out.v_scale[static_cast<std::int64_t>(bh) * kDp + c] = scale;
       out.v_mean[static_cast<std::int64_t>(bh) * kDp + c] = mean;
@@ -230,6 +224,10 @@ __device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, 
 #pragma unroll
   for (int e = 0; e < kVec; ++e) inv[e] = s.per_channel[kVec * c8 + e];
   std::uint8_t* vt = out.vt + static_cast<std::int64_t>(bh) * kDp * layout.nk_padded;
+  // Where 16-byte block `block` of V^T row `channel` sits in a staging
+  // tile: blocks XOR the channel's chunk (mod 8), so that the 16 lanes of a
+  // store (16 chunks, one position) fall into 8 banks, not one.
+  auto vt_block = [](int channel, int block) { return block ^ ((channel / kVec) % 8); };
   uint4 w[kRowsPerThread];
   auto load_tile = [&](int key0) {
 #pragma unroll
