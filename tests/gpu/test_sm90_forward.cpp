@@ -478,6 +478,29 @@ std::vector<Case> kv_cluster_cases() {
   };
 }
 
+// A call's result on one of the sm_90 pre-pass's paths for K and V (`path`)
+// against the two-kernel path's: without smoothing of K or V no channel
+// sum enters the quantization (V's extremes do not depend on their order),
+// so the bits must agree; with it the means are summed in another order,
+// and only the rare INT8 or FP8 code that flips with them may differ.
+void expect_matches_two_kernel_path(const Case& c, const GpuResult& path, const GpuResult& two_kernels) {
+  EXPECT_EQ(count_nonfinite(path.out), 0);
+  ASSERT_EQ(path.out.size(), two_kernels.out.size());
+  if (!c.smooth_k && !c.smooth_v) {
+    EXPECT_EQ(std::memcmp(path.out.data(), two_kernels.out.data(), path.out.size() * sizeof(float)), 0)
+        << "out differs between the paths";
+    EXPECT_EQ(std::memcmp(path.lse.data(), two_kernels.lse.data(), path.lse.size() * sizeof(float)), 0)
+        << "lse differs between the paths";
+    return;
+  }
+  const std::int64_t rows = c.b * c.hq * c.nq;
+  std::vector<double> ref(two_kernels.out.begin(), two_kernels.out.end());
+  const Metrics m = sage::ref::compare(ref.data(), path.out.data(), rows, c.d);
+  EXPECT_GE(m.cos_sim, 0.99999) << "out of the path vs the two-kernel path";
+  EXPECT_GE(m.worst_row_cos_sim, 0.9999);
+  EXPECT_LE(m.rel_l1, 1e-3);
+}
+
 class Sm90KvClusters : public Sm90Test, public ::testing::WithParamInterface<Case> {};
 
 TEST_P(Sm90KvClusters, AgreeWithTheTwoKernelPath) {
@@ -493,21 +516,7 @@ TEST_P(Sm90KvClusters, AgreeWithTheTwoKernelPath) {
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &two_kernels));
     ASSERT_FALSE(two_kernels.sm90.kv_in_clusters);
   }
-  EXPECT_EQ(count_nonfinite(clusters.out), 0);
-  ASSERT_EQ(clusters.out.size(), two_kernels.out.size());
-  if (!c.smooth_k && !c.smooth_v) {
-    EXPECT_EQ(std::memcmp(clusters.out.data(), two_kernels.out.data(), clusters.out.size() * sizeof(float)), 0)
-        << "out differs between the paths";
-    EXPECT_EQ(std::memcmp(clusters.lse.data(), two_kernels.lse.data(), clusters.lse.size() * sizeof(float)), 0)
-        << "lse differs between the paths";
-    return;
-  }
-  const std::int64_t rows = c.b * c.hq * c.nq;
-  std::vector<double> ref(two_kernels.out.begin(), two_kernels.out.end());
-  const Metrics m = sage::ref::compare(ref.data(), clusters.out.data(), rows, c.d);
-  EXPECT_GE(m.cos_sim, 0.99999) << "out of the cluster path vs the two-kernel path";
-  EXPECT_GE(m.worst_row_cos_sim, 0.9999);
-  EXPECT_LE(m.rel_l1, 1e-3);
+  expect_matches_two_kernel_path(c, clusters, two_kernels);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sm90, Sm90KvClusters, ::testing::ValuesIn(kv_cluster_cases()), case_name);
@@ -553,10 +562,10 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
 // with SAGE_PREPASS_KV_HEAD_JOBS_KEYS: single keys and partial last tiles,
 // head dims padded inside the rows, GQA, both layouts and dtypes, padded and
 // packed storage, causal, and Q from the pre-pass's Q-only grid ahead of the
-// jobs (smooth_q). Each call runs again on the two-kernel path
-// (SAGE_PREPASS_KV_CLUSTERS=0): without smooth_k no sum enters (the V
-// scales come from extremes), so the bits must agree; with it mean_k is
-// summed in another order (kv_head_jobs.cu), and only a rare code flips.
+// jobs (smooth_q), on a workspace of 32-bit ones (the kernel must reset the
+// claim counters it hands on). Each call runs again on the two-kernel path
+// (SAGE_PREPASS_KV_CLUSTERS=0: expect_matches_two_kernel_path; mean_k is
+// summed in another order here, kv_head_jobs.cu).
 std::vector<Case> kv_head_job_cases() {
   using namespace case_table;
   return {
@@ -593,21 +602,7 @@ TEST_P(Sm90KvHeadJobs, AgreeWithTheTwoKernelPath) {
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &two_kernels));
     ASSERT_FALSE(two_kernels.sm90.kv_head_jobs);
   }
-  EXPECT_EQ(count_nonfinite(jobs.out), 0);
-  ASSERT_EQ(jobs.out.size(), two_kernels.out.size());
-  if (!c.smooth_k) {
-    EXPECT_EQ(std::memcmp(jobs.out.data(), two_kernels.out.data(), jobs.out.size() * sizeof(float)), 0)
-        << "out differs between the paths";
-    EXPECT_EQ(std::memcmp(jobs.lse.data(), two_kernels.lse.data(), jobs.lse.size() * sizeof(float)), 0)
-        << "lse differs between the paths";
-    return;
-  }
-  const std::int64_t rows = c.b * c.hq * c.nq;
-  std::vector<double> ref(two_kernels.out.begin(), two_kernels.out.end());
-  const Metrics m = sage::ref::compare(ref.data(), jobs.out.data(), rows, c.d);
-  EXPECT_GE(m.cos_sim, 0.99999) << "out of the head-jobs path vs the two-kernel path";
-  EXPECT_GE(m.worst_row_cos_sim, 0.9999);
-  EXPECT_LE(m.rel_l1, 1e-3);
+  expect_matches_two_kernel_path(c, jobs, two_kernels);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sm90, Sm90KvHeadJobs, ::testing::ValuesIn(kv_head_job_cases()), case_name);

@@ -152,23 +152,18 @@ __device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& o
   __syncthreads();
 }
 
-// Second read, K: per 128-row tile (one scale group), max |k - mean| over
-// its rows, then their INT8 codes. A thread takes chunk c8 of rows
-// lane_row + 32 i; the next tile's loads are issued before this tile's work.
-template <typename T>
-__device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                        const HeadRows<T>& rows, int bh, HeadJobShared& s) {
-  const int c8 = threadIdx.x % kChunks, lane_row = threadIdx.x / kChunks;
+// The second read: for each 128-row tile, work(row0, parity, x) with x the
+// thread's rows row0 + offsets[i] of chunk c8 as floats (zeros past n), the
+// next tile's loads issued before the work; parity alternates by tile (the
+// work's double-buffered shared memory).
+template <typename T, class Work>
+__device__ __forceinline__ void for_each_tile(const HeadRows<T>& rows, const int (&offsets)[kRowsPerThread], int c8,
+                                              Work&& work) {
   const uint64_t drop = ptx::l2_policy_evict_first();  // the rows' last read
-  float mean[kVec];
-#pragma unroll
-  for (int e = 0; e < kVec; ++e) mean[e] = s.per_channel[kVec * c8 + e];
-  std::int8_t* codes = out.k + static_cast<std::int64_t>(bh) * p.nk * kDp;
-  float* scales = out.k_scale + static_cast<std::int64_t>(bh) * layout.k_groups;
   uint4 w[kRowsPerThread];
   auto load_tile = [&](int row0) {
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) w[i] = rows.load(row0 + lane_row + kRowLanes * i, c8, drop);
+    for (int i = 0; i < kRowsPerThread; ++i) w[i] = rows.load(row0 + offsets[i], c8, drop);
   };
   load_tile(0);
   int parity = 0;
@@ -177,12 +172,32 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) unpack8<T>(w[i], x[i]);
     if (row0 + kTileRows < rows.n) load_tile(row0 + kTileRows);
+    work(row0, parity, x);
+  }
+}
+
+// Second read, K: per 128-row tile (one scale group), max |k - mean| over
+// its rows, then their INT8 codes. A thread takes chunk c8 of rows
+// lane_row + 32 i.
+template <typename T>
+__device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                        const HeadRows<T>& rows, int bh, HeadJobShared& s) {
+  const int c8 = threadIdx.x % kChunks, lane_row = threadIdx.x / kChunks;
+  float mean[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) mean[e] = s.per_channel[kVec * c8 + e];
+  std::int8_t* codes = out.k + static_cast<std::int64_t>(bh) * p.nk * kDp;
+  float* scales = out.k_scale + static_cast<std::int64_t>(bh) * layout.k_groups;
+  int offsets[kRowsPerThread];
+#pragma unroll
+  for (int i = 0; i < kRowsPerThread; ++i) offsets[i] = lane_row + kRowLanes * i;
+  for_each_tile(rows, offsets, c8, [&](int row0, int parity, float (&x)[kRowsPerThread][kVec]) {
     float m = 0.f;
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
 #pragma unroll
       for (int e = 0; e < kVec; ++e) x[i][e] -= mean[e];
-      if (row0 + lane_row + kRowLanes * i >= rows.n) continue;  // rows past n are in no group's maximum
+      if (row0 + offsets[i] >= rows.n) continue;  // rows past n are in no group's maximum
 #pragma unroll
       for (int e = 0; e < kVec; ++e) m = num::max_nan(m, fabsf(x[i][e]));
     }
@@ -198,14 +213,14 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
     const float inv = num::reciprocal_rn(scale);
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
-      const int row = row0 + lane_row + kRowLanes * i;
+      const int row = row0 + offsets[i];
       if (row < rows.n) {
         *reinterpret_cast<uint2*>(codes + static_cast<std::int64_t>(row) * kDp + kVec * c8) =
             quantize_int8x8(x[i], inv);
       }
     }
     if (threadIdx.x == 0) scales[row0 / kTileRows] = scale;
-  }
+  });
 }
 
 // Second read, V: per 128-key tile, V / v_scale in E4M3, transposed through
@@ -219,7 +234,6 @@ __device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, 
   const int c8 = threadIdx.x % kChunks, quad_of_tile = threadIdx.x / kChunks;
   const int hg = quad_of_tile / 4, q = quad_of_tile % 4;
   const int keys[kRowsPerThread] = {16 * hg + 2 * q, 16 * hg + 2 * q + 1, 16 * hg + 2 * q + 8, 16 * hg + 2 * q + 9};
-  const uint64_t drop = ptx::l2_policy_evict_first();
   float inv[kVec];
 #pragma unroll
   for (int e = 0; e < kVec; ++e) inv[e] = s.per_channel[kVec * c8 + e];
@@ -228,18 +242,7 @@ __device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, 
   // tile: blocks XOR the channel's chunk (mod 8), so that the 16 lanes of a
   // store (16 chunks, one position) fall into 8 banks, not one.
   auto vt_block = [](int channel, int block) { return block ^ ((channel / kVec) % 8); };
-  uint4 w[kRowsPerThread];
-  auto load_tile = [&](int key0) {
-#pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) w[i] = rows.load(key0 + keys[i], c8, drop);
-  };
-  load_tile(0);
-  int parity = 0;
-  for (int key0 = 0; key0 < rows.n; key0 += kTileRows, parity ^= 1) {
-    float x[kRowsPerThread][kVec];
-#pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) unpack8<T>(w[i], x[i]);
-    if (key0 + kTileRows < rows.n) load_tile(key0 + kTileRows);
+  for_each_tile(rows, keys, c8, [&](int key0, int parity, float (&x)[kRowsPerThread][kVec]) {
     // Keys past n are zeros: code 0, as on the other paths.
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
@@ -260,7 +263,7 @@ __device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, 
             *reinterpret_cast<const uint4*>(&s.vt[parity][c][16 * vt_block(c, block)]);
       }
     }
-  }
+  });
 }
 
 template <typename T>
