@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cuda/quant/kv_cluster_shape.h"
+#include "cuda/quant/kv_head_jobs_fit.h"
 
 namespace {
 
@@ -61,6 +62,27 @@ TEST(KvClusterShape, LimitsOfThePath) {
   EXPECT_EQ(kv_cluster_shape(300, 128, 0).ctas, 3);  // one CTA per tile below 8 tiles
   EXPECT_EQ(kv_cluster_held_tiles(kv_cluster_shape(300, 128, 0), 128), 1);
   EXPECT_EQ(kv_cluster_shape(0, 128, 8192).ctas, 0);
+}
+
+// quant::kv_head_jobs_fit: the head-jobs kernel takes a call whose jobs
+// (two per batch * kv head) fill one wave of CTAs, one per SM, to at least
+// 3/4 (the GPU tests check the path calls take:
+// Sm90Forward.KvHeadJobsOnlyWhereTheCallFits).
+TEST(KvHeadJobsFit, OneWaveAtLeastThreeQuartersFull) {
+  using sage::quant::kv_head_jobs_fit;
+  for (const int sms : {114, 132, 144}) {
+    SCOPED_TRACE("sms " + std::to_string(sms));
+    const int least = (3 * sms + 3) / 4;
+    for (int jobs = 0; jobs <= 2 * sms; ++jobs) {
+      EXPECT_EQ(kv_head_jobs_fit(jobs, sms), jobs >= least && jobs <= sms) << "jobs " << jobs;
+    }
+  }
+  EXPECT_TRUE(kv_head_jobs_fit(128, 132));    // B=2 H=32 on an H100 SXM / H200 (the timed shape)
+  EXPECT_FALSE(kv_head_jobs_fit(98, 132));    // 49 heads
+  EXPECT_TRUE(kv_head_jobs_fit(99, 132));     // 3/4 of the SMs
+  EXPECT_FALSE(kv_head_jobs_fit(256, 132));   // B=4 H=32: CTAs would loop over jobs
+  EXPECT_FALSE(kv_head_jobs_fit(1LL << 40, 132));
+  EXPECT_FALSE(kv_head_jobs_fit(0, 0));       // no device
 }
 
 }  // namespace

@@ -620,6 +620,7 @@ TEST_F(Sm90Forward, KvHeadJobsOnlyWhereTheCallFits) {
       add("4096 keys", true, [](Case& c) { c.nk = 4096; });
       add("past SAGE_PREPASS_KV_HEAD_JOBS_KEYS", false, [](Case& c) { c.nk = 4097; });
       add("few heads (a job for 8 of the SMs)", false, [](Case& c) { c.b = 1, c.hq = c.hkv = 4; });
+      add("more jobs than SMs (320)", false, [](Case& c) { c.b = 2, c.hq = c.hkv = 80; });
       add("D = 64", false, [](Case& c) { c.d = 64; });
       add("smooth_v", false, [](Case& c) { c.smooth_v = true; });
       add("per-thread groups", false, [](Case& c) { c.granularity = Granularity::per_thread; });

@@ -16,7 +16,7 @@
 // 26.9 against 30.6 us), and whole calls 3-7% less. At 2K keys the two
 // kernels are even alone (the calls still 1.5-1.7% faster), at 4K this one
 // is 1.5% slower alone (the calls 0.4-0.6% faster); with fewer jobs than
-// about the SMs (few heads) it would leave SMs idle.
+// about the SMs (few heads) it would leave SMs idle (kv_head_jobs_fit).
 //
 // The arithmetic of every element is the other paths' (quantize_rows.cuh,
 // formats.h: the V codes and scales agree bit for bit); the channel sums of
@@ -34,6 +34,7 @@
 #include "cuda/common/kernel_attributes.h"
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
+#include "cuda/quant/kv_head_jobs_fit.h"
 #include "cuda/quant/prepass.h"
 #include "cuda/quant/quantize_rows.cuh"
 #include "numerics/formats.h"
@@ -295,7 +296,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();  // the next job rewrites s
   }
-  // When launched under a Q-only quantize grid (launch_kv_head_jobs_path),
+  // When launched under a Q-only quantize grid (launch_kv_head_job_path),
   // this grid's completion must imply that one's: the attention kernel waits
   // for this one only.
   pdl::wait_for_prerequisites();
@@ -347,10 +348,7 @@ bool kv_head_jobs_path(const PrepassProblem& p, bool vec) {
       p.lse_correction) {
     return false;
   }
-  // Enough jobs to fill about the GPU: with fewer, the cluster kernel
-  // spreads each head over up to 8 CTAs.
-  const int sms = device_sm_count();
-  return sms > 0 && 4 * 2 * p.batch * p.heads_kv >= 3 * sms;
+  return kv_head_jobs_fit(2LL * p.batch * p.heads_kv, device_sm_count());
 }
 
 cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,

@@ -165,8 +165,8 @@ bool kv_quantized_by_head_jobs(const PrepassProblem& p, StridedInput q, StridedI
 // The head-jobs kernel's conditions for a call whose rows are Vec (16-byte
 // aligned): heads of at most kv_head_jobs_max_keys keys, Dp = kKvHeadJobsDp,
 // INT8 K per 128-key group (per_warp at cta_k 128), FP8 V^T without
-// smooth_v, no LSE correction, and at least 3/4 as many jobs (two per
-// batch * kv head) as the device has SMs.
+// smooth_v, no LSE correction, and between 3/4 of and as many jobs (two per
+// batch * kv head) as the device has SMs (kv_head_jobs_fit).
 inline constexpr int kKvHeadJobsDp = 128;
 bool kv_head_jobs_path(const PrepassProblem& p, bool vec);
 
