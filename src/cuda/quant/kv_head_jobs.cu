@@ -27,8 +27,6 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <map>
-#include <mutex>
 #include <type_traits>
 
 #include "cuda/common/kernel_attributes.h"
@@ -305,27 +303,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 std::size_t head_jobs_smem_bytes() { return std::max<std::size_t>(sizeof(HeadJobShared), kSmemFloor); }
 
-// The current device's SM count, asked of the runtime once per device (0
-// where it refuses).
-int device_sm_count() {
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  static std::mutex mutex;
-  static std::map<int, int> known;
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = known.find(device); it != known.end()) return it->second;
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  known[device] = sms;
-  return sms;
-}
-
 template <typename T>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                          StridedInput k, StridedInput v, int ctas, cudaStream_t stream, bool programmatic) {
@@ -348,12 +325,12 @@ bool kv_head_jobs_path(const PrepassProblem& p, bool vec) {
       p.lse_correction) {
     return false;
   }
-  return kv_head_jobs_fit(2LL * p.batch * p.heads_kv, device_sm_count());
+  return kv_head_jobs_fit(2LL * p.batch * p.heads_kv, p.sm_count);
 }
 
 cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                 StridedInput k, StridedInput v, int ctas, cudaStream_t stream, bool programmatic) {
-  if (ctas <= 0) ctas = std::min(2 * p.batch * p.heads_kv, std::max(device_sm_count(), 1));
+  if (ctas <= 0) ctas = 2 * p.batch * p.heads_kv;
   return p.bf16 ? launch_typed<__nv_bfloat16>(p, layout, out, k, v, ctas, stream, programmatic)
                 : launch_typed<__half>(p, layout, out, k, v, ctas, stream, programmatic);
 }

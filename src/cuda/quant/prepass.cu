@@ -1114,40 +1114,45 @@ KvClusterShape kv_cluster_path(const PrepassProblem& p, bool vec) {
   return shape.ctas > 0 && kv_clusters_fit<T, Dp>(shape) ? shape : KvClusterShape{};
 }
 
-// The cluster path: the Q jobs (if any) in a quantize grid of their own,
-// first, then the clusters under its tail (programmatic; they read nothing
-// it writes, and wait for it before they exit).
+// The first launch of the cluster and head-jobs paths: the Q jobs (if any)
+// in a quantize grid of their own, an ordinary launch (see launch_typed).
+// The K / V kernel that follows may run under its tail (programmatic where
+// *q_grid: it reads nothing the grid writes, and waits for it before it exits).
+template <typename T, int Dp>
+cudaError_t launch_q_only_grid(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                               StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream, bool* q_grid) {
+  const int q_jobs = quantize_jobs(p).q;
+  *q_grid = q_jobs > 0;
+  if (!*q_grid) return cudaSuccess;
+  quantize_kernel<T, true, Dp><<<q_jobs, kThreads, 0, stream>>>(p, layout, out, q, k, v);
+  return cudaGetLastError();
+}
+
+// The cluster path: the Q-only grid, then the clusters.
 template <typename T, int Dp>
 cudaError_t launch_kv_clusters(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                StridedInput q, StridedInput k, StridedInput v, const KvClusterShape& shape,
                                cudaStream_t stream, bool programmatic) {
-  const int q_jobs = quantize_jobs(p).q;
-  if (q_jobs > 0) {
-    // An ordinary launch: see launch_typed.
-    quantize_kernel<T, true, Dp><<<q_jobs, kThreads, 0, stream>>>(p, layout, out, q, k, v);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
+  bool q_grid = false;
+  if (const cudaError_t err = launch_q_only_grid<T, Dp>(p, layout, out, q, k, v, stream, &q_grid); err != cudaSuccess) {
+    return err;
   }
   cudaLaunchAttribute attributes[2];
-  // (The first launch of a call is an ordinary one.)
   const cudaLaunchConfig_t config =
-      kv_cluster_config<Dp>(shape, p.batch * p.heads_kv, stream, programmatic && q_jobs > 0, attributes);
+      kv_cluster_config<Dp>(shape, p.batch * p.heads_kv, stream, programmatic && q_grid, attributes);
   return cudaLaunchKernelEx(&config, kv_cluster_kernel<T, Dp>, p, layout, out, k, v, shape);
 }
 
-// The head-jobs path: the Q jobs (if any) in a quantize grid of their own,
-// first, then the head-jobs kernel under its tail (as launch_kv_clusters).
+// The head-jobs path: the Q-only grid, then one CTA per head job.
 template <typename T, int Dp>
 cudaError_t launch_kv_head_job_path(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                     StridedInput q, StridedInput k, StridedInput v, cudaStream_t stream,
                                     bool programmatic) {
-  const int q_jobs = quantize_jobs(p).q;
-  if (q_jobs > 0) {
-    quantize_kernel<T, true, Dp><<<q_jobs, kThreads, 0, stream>>>(p, layout, out, q, k, v);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
+  bool q_grid = false;
+  if (const cudaError_t err = launch_q_only_grid<T, Dp>(p, layout, out, q, k, v, stream, &q_grid); err != cudaSuccess) {
+    return err;
   }
-  return launch_kv_head_jobs(p, layout, out, k, v, 0, stream, programmatic && q_jobs > 0);
+  return launch_kv_head_jobs(p, layout, out, k, v, 0, stream, programmatic && q_grid);
 }
 
 // Asks for the largest shared-memory carveout for `kernel` (once per kernel

@@ -93,8 +93,10 @@ struct PrepassProblem {
   int stats_ctas = 0;
   // The longest heads (in keys) that the head-jobs kernel may take (0: it
   // takes none): one CTA job per head's K or V, for calls of many short
-  // heads (kv_head_jobs_path).
+  // heads (kv_head_jobs_path), on a device of sm_count SMs (0: unknown, and
+  // the kernel takes none).
   int kv_head_jobs_max_keys = 0;
+  int sm_count = 0;
 };
 
 struct PrepassBuffers {
@@ -166,12 +168,12 @@ bool kv_quantized_by_head_jobs(const PrepassProblem& p, StridedInput q, StridedI
 // aligned): heads of at most kv_head_jobs_max_keys keys, Dp = kKvHeadJobsDp,
 // INT8 K per 128-key group (per_warp at cta_k 128), FP8 V^T without
 // smooth_v, no LSE correction, and between 3/4 of and as many jobs (two per
-// batch * kv head) as the device has SMs (kv_head_jobs_fit).
+// batch * kv head) as the device has SMs (sm_count, kv_head_jobs_fit).
 inline constexpr int kKvHeadJobsDp = 128;
 bool kv_head_jobs_path(const PrepassProblem& p, bool vec);
 
-// Launches the head-jobs kernel alone, on `ctas` CTAs (0: one per job up to
-// the SM count; each takes an SM, and loops over jobs ctas apart): the
+// Launches the head-jobs kernel alone, on `ctas` CTAs (0: one per job; each
+// takes an SM, and loops over jobs ctas apart): the
 // pre-pass's K and V for a call that kv_head_jobs_path admits. It zeroes the
 // attention kernel's claim counters. `programmatic`: launched under the
 // stream's previous kernel (the Q-only quantize grid), for which it waits

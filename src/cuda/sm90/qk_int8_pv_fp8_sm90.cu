@@ -317,14 +317,18 @@ bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& op
   return call_problem(args, options, &map).q_in_attention;
 }
 
-bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options) {
-  return quant::kv_quantized_in_clusters(prepass_problem(args, options), fwd::strided(args.q, options.layout),
-                                         fwd::strided(args.k, options.layout), fwd::strided(args.v, options.layout));
+bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
+  quant::PrepassProblem p = prepass_problem(args, options);
+  p.sm_count = sm_count;
+  return quant::kv_quantized_in_clusters(p, fwd::strided(args.q, options.layout), fwd::strided(args.k, options.layout),
+                                         fwd::strided(args.v, options.layout));
 }
 
-bool quantizes_kv_by_head_jobs(const AttentionArgs& args, const AttentionOptions& options) {
-  return quant::kv_quantized_by_head_jobs(prepass_problem(args, options), fwd::strided(args.q, options.layout),
-                                          fwd::strided(args.k, options.layout), fwd::strided(args.v, options.layout));
+bool quantizes_kv_by_head_jobs(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
+  quant::PrepassProblem p = prepass_problem(args, options);
+  p.sm_count = sm_count;
+  return quant::kv_quantized_by_head_jobs(p, fwd::strided(args.q, options.layout), fwd::strided(args.k, options.layout),
+                                          fwd::strided(args.v, options.layout));
 }
 
 bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options) {
@@ -350,6 +354,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   QkInt8PvFp8Params p{};
   quant::PrepassProblem problem = call_problem(args, o, &p.tmap_q);
   problem.stats_ctas = statistics_ctas(device.sm_count);
+  problem.sm_count = device.sm_count;
   fwd::Prepass prepass;
   SAGE_RETURN_IF_ERROR(
       fwd::start_prepass(args, o, problem, workspace, s, kernel_only, /*programmatic=*/true, &prepass));

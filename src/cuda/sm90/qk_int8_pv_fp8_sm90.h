@@ -64,12 +64,13 @@ bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& op
 // statistics kernel) on the current device, unless SAGE_PREPASS_KV_CLUSTERS
 // is "0" (the two-kernel path everywhere: A/B timing in one build, and the
 // tests' comparison of the paths; read per call). Tests use it to know which
-// path a call takes.
-bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options);
+// path a call takes. sm_count: the device's.
+bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
 
 // Whether the call's K and V are quantized by the pre-pass's head-jobs
-// kernel (kKvHeadJobsMaxKeys; it comes before the cluster kernel).
-bool quantizes_kv_by_head_jobs(const AttentionArgs& args, const AttentionOptions& options);
+// kernel (kKvHeadJobsMaxKeys; it comes before the cluster kernel) on a
+// device of sm_count SMs.
+bool quantizes_kv_by_head_jobs(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
 
 // Whether the kernel's epilogue writes the output by TMA (a 16-byte aligned
 // start and strides, head_dim a multiple of 8) rather than from its
