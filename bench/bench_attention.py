@@ -4,6 +4,8 @@ backends), in the same run on the same GPU.
 
 Methods (bf16 in, bf16 out):
   sage         sageattn() end to end: quantization pre-pass + attention kernel
+  sage-portable  the same through the package's portable binding (not by default: it shows the
+               host time that sage_attention._torch_calls saves)
   sage-kernel  the attention kernel alone, on inputs the pre-pass already quantized
   sdpa-cudnn   torch SDPA, CUDNN_ATTENTION backend
   sdpa-flash   torch SDPA, FLASH_ATTENTION backend
@@ -69,6 +71,21 @@ def sage_end_to_end(causal):
     return lambda q, k, v: sage_attention.sageattn(q, k, v, tensor_layout="HND", is_causal=causal)
 
 
+def sage_portable_binding(causal):
+    """`sage` through the package's portable binding (_C with tensor tuples) instead of
+    _torch_calls: the same GPU work, the host time of a package built without it."""
+    from sage_attention import _ops
+    fast = _ops._torch_calls
+
+    def run(q, k, v):
+        _ops._torch_calls = None
+        try:
+            return sage_attention.sageattn(q, k, v, tensor_layout="HND", is_causal=causal)
+        finally:
+            _ops._torch_calls = fast
+    return run
+
+
 def sage_kernel_only(sets, causal):
     """Runs the pre-pass once per input set, then times only the kernel."""
     options = {"layout": "HND", "causal": causal, "return_lse": False}
@@ -95,10 +112,13 @@ def git_commit():
     if os.environ.get("SAGE_COMMIT"):
         return os.environ["SAGE_COMMIT"]
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL).strip()
+        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                         stderr=subprocess.DEVNULL).strip()
+        changed = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], text=True,
+                                          stderr=subprocess.DEVNULL).strip()
     except Exception:
         return "unknown"
+    return commit + ("+uncommitted" if changed else "")
 
 
 def main():
@@ -109,10 +129,11 @@ def main():
     ap.add_argument("--sizes", default=None, help="sequence lengths (default 1024,4096,16384; --quick 1024,4096)")
     ap.add_argument("--causal", default="0,1", help="causal settings to run (0, 1 or 0,1)")
     ap.add_argument("--methods", default="sage,sage-kernel,sdpa-cudnn,sdpa-flash",
-                    help="methods to time (comma-separated; A/B runs of two builds can skip sdpa-flash)")
+                    help="methods to time (comma-separated; A/B runs of two builds can skip sdpa-flash; "
+                         "sage-portable: sage through the portable binding)")
     args = ap.parse_args()
     wanted = args.methods.split(",")
-    known = ("sage", "sage-kernel", "sdpa-cudnn", "sdpa-flash")
+    known = ("sage", "sage-portable", "sage-kernel", "sdpa-cudnn", "sdpa-flash")
     if not wanted or any(m not in known for m in wanted):
         sys.exit(f"bench: --methods takes a comma-separated subset of {', '.join(known)}")
     if not torch.cuda.is_available():
@@ -131,6 +152,7 @@ def main():
                 flops = 4 * B * H * n * n * d / (2 if causal else 1)
                 methods = {
                     "sage": sage_end_to_end(causal),
+                    "sage-portable": sage_portable_binding(causal),
                     "sage-kernel": sage_kernel_only(sets, causal),
                     "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, causal),
                     "sdpa-flash": sdpa(SDPBackend.FLASH_ATTENTION, causal),
@@ -169,14 +191,15 @@ def print_summary(rows):
     """TOPS per method and sage's ratios to the SDPA backends."""
     keys = sorted({(r["D"], r["causal"], r["N"]) for r in rows})
     print(f"{'D':>4} {'causal':>6} {'N':>6} | {'sage':>7} {'kernel':>7} {'cudnn':>7} {'flash':>7} | "
-          f"{'sage/cudnn':>10} {'sage/flash':>10} {'kern/cudnn':>10}")
+          f"{'sage/cudnn':>10} {'sage/flash':>10} {'kern/cudnn':>10} {'port/cudnn':>10}")
     for d, causal, n in keys:
         t = {r["method"]: r["tops"] for r in rows if (r["D"], r["causal"], r["N"]) == (d, causal, n)}
         def ratio(a, b):
             return f"{t[a] / t[b]:10.2f}" if a in t and b in t else f"{'-':>10}"
         print(f"{d:>4} {int(causal):>6} {n:>6} | {t.get('sage', 0):7.0f} {t.get('sage-kernel', 0):7.0f} "
               f"{t.get('sdpa-cudnn', 0):7.0f} {t.get('sdpa-flash', 0):7.0f} | "
-              f"{ratio('sage', 'sdpa-cudnn')} {ratio('sage', 'sdpa-flash')} {ratio('sage-kernel', 'sdpa-cudnn')}")
+              f"{ratio('sage', 'sdpa-cudnn')} {ratio('sage', 'sdpa-flash')} {ratio('sage-kernel', 'sdpa-cudnn')} "
+              f"{ratio('sage-portable', 'sdpa-cudnn')}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ def main():
         "sageattn (whole call)": lambda: s.sageattn(q, k, v),
         "torch.ops.sage_attention.forward": lambda: _ops.forward(q, k, v),
         "_forward_kernel (no dispatcher)": lambda: _ops._forward_kernel(q, k, v),
+        "_torch_calls.forward (torch tensors in C++)": (
+            (lambda: _ops._torch_calls.forward(q, k, v, options._address, _ops.MAX_HEAD_DIM))
+            if _ops._torch_calls is not None else None),
         "_C.forward (C++ core alone)": lambda: _C.forward(*specs, options, ws.data_ptr(), nbytes, stream),
         "  _C.workspace_size (checks + dispatch)": lambda: _C.workspace_size(*specs, options),
         "  outputs + workspace (3 torch.empty)": lambda: (_ops._new_outputs(q, "HND", False),
@@ -46,7 +49,13 @@ def main():
                                      _ops.tensor_spec(out)),
     }
     for name, fn in pieces.items():
+        if fn is None:
+            print(f"{name:40s} (not built)")
+            continue
         print(f"{name:40s} {wall_us(fn):7.1f} us", flush=True)
+    _ops._torch_calls, fast = None, _ops._torch_calls
+    print(f"{'sageattn, portable binding':40s} {wall_us(lambda: s.sageattn(q, k, v)):7.1f} us")
+    _ops._torch_calls = fast
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         t = wall_us(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
     print(f"{'sdpa cudnn (whole call)':40s} {t:7.1f} us")

@@ -7,14 +7,17 @@ import sys
 
 import torch
 
-from . import _C, __version__
+from . import _C, __version__, _ops
 
 
 def build_facts() -> list[str]:
+    calls = ("torch tensors in C++ (_torch_calls)" if _ops._torch_calls is not None
+             else "portable binding (_torch_calls not built for this torch, or SAGE_TORCH_CALLS=0)")
     return [f"sage-attention {__version__}",
             f"  CUDA architectures compiled: {_C.cuda_archs}",
             f"  torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
-            f"  extension: {_C.__file__}"]
+            f"  extension: {_C.__file__}",
+            f"  GPU calls: {calls}"]
 
 
 def gpu_facts() -> list[str]:

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import warnings
 
 import torch
 
@@ -205,8 +207,38 @@ def _empty_result(q, k, v, tensor_layout, out, lse):
     return out, lse
 
 
+def _load_torch_calls():
+    """sage_attention._torch_calls where it was built against the running torch, else None.
+
+    The module (python/src/torch_calls.cpp) makes the CUDA calls with torch's tensor objects, ~15 us
+    less host time per call than the portable path; it links against the libtorch of its build, so it
+    must not load under another. SAGE_TORCH_CALLS=0 turns it off (the tests compare both paths).
+    """
+    if os.environ.get("SAGE_TORCH_CALLS", "1") == "0":
+        return None
+    try:
+        from . import _torch_build
+    except ImportError:  # built without it (no CUDA torch where the package was built)
+        return None
+    if _torch_build.TORCH_VERSION != torch.__version__:
+        warnings.warn(f"sage_attention was built against torch {_torch_build.TORCH_VERSION} but runs with "
+                      f"{torch.__version__}: it uses its portable binding, with ~15 us more host time per call "
+                      "(rebuild the package to get it back)", RuntimeWarning, stacklevel=2)
+        return None
+    from . import _torch_calls
+    return _torch_calls
+
+
+_torch_calls = _load_torch_calls()
+
+
 def _run_forward(q, k, v, option_args):
     """One C++ call (quantization pre-pass + attention): (out, lse), lse None without return_lse."""
+    if _torch_calls is not None and q.is_cuda:
+        # None where the call is not that path's (rank, empty tensors, head dim, dtype): below.
+        result = _torch_calls.forward(q, k, v, _core_options(*option_args)._address, MAX_HEAD_DIM)
+        if result is not None:
+            return result
     tensor_layout, _, _, return_lse = option_args[:4]
     out, lse = _new_outputs(q, tensor_layout, return_lse)  # (q is 4-D past here)
     if q.shape[3] > MAX_HEAD_DIM:

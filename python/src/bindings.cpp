@@ -13,12 +13,12 @@
 
 #include <cstdint>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "api/binding_entry.h"
 #include "cuda/device_dispatch.h"
+#include "python_errors.h"
 #include "sage/sage.h"
 
 namespace nb = nanobind;
@@ -51,17 +51,8 @@ sage::TensorView to_view(const TensorSpec& spec) {
 
 void raise_on_error(const sage::Status& st) {
   if (st.is_ok()) return;
-  switch (st.code()) {
-    case sage::StatusCode::invalid_argument: throw nb::value_error(st.message().c_str());
-    case sage::StatusCode::not_implemented:
-      // NotImplementedError derives from RuntimeError: callers catching the latter still do.
-      PyErr_SetString(PyExc_NotImplementedError, ("not implemented: " + st.message()).c_str());
-      throw nb::python_error();
-    case sage::StatusCode::out_of_memory:
-      PyErr_SetString(PyExc_MemoryError, st.message().c_str());
-      throw nb::python_error();
-    default: throw std::runtime_error(std::string(sage::status_code_name(st.code())) + ": " + st.message());
-  }
+  set_python_error(st);
+  throw nb::python_error();
 }
 
 template <class Enum>
@@ -162,7 +153,10 @@ NB_MODULE(_C, m) {
   // make_options). A dict passed where Options is expected converts itself.
   nb::class_<sage::AttentionOptions>(m, "Options")
       .def("__init__", [](sage::AttentionOptions* self, const nb::dict& d) { new (self) sage::AttentionOptions(make_options(d)); },
-           nb::arg("options"));
+           nb::arg("options"))
+      // Where the object lives, for sage_attention._torch_calls (a C module
+      // outside nanobind): valid while the Options object is referenced.
+      .def_prop_ro("_address", [](const sage::AttentionOptions& o) { return reinterpret_cast<std::uintptr_t>(&o); });
   nb::implicitly_convertible<nb::dict, sage::AttentionOptions>();
 
   m.def(

@@ -45,4 +45,13 @@ Status detail::attention_forward_of_framework_tensors(const AttentionArgs& args,
   return forward(args, options, workspace, workspace_bytes, stream, detail::PointerOrigin::framework_tensors);
 }
 
+Status detail::attention_forward_of_framework_tensors(const AttentionArgs& args, const AttentionOptions& options,
+                                                      const WorkspaceAllocator& allocator, Stream stream) {
+  return detail::guarded("attention_forward", [&]() -> Status {
+    SAGE_RETURN_IF_ERROR(validate_attention_args(args, options));
+    if (args.q.on_host()) return detail::host_attention_forward(args, options);
+    return detail::gpu_attention_forward_allocating(args, options, allocator, stream);
+  });
+}
+
 }  // namespace sage

@@ -174,13 +174,23 @@ Status launch_kernel(Family family, const cuda::DeviceInfo& device, const Attent
   return Status(StatusCode::internal, "find_kernel accepted a call whose family has no launcher in this build");
 }
 
-// Everything up to the launch, shared by the two entry points below.
+// Everything up to the launch, shared by the entry points below. With an
+// allocator, the workspace comes from it, sized by the call.
 Status checked_launch(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
-                      std::size_t workspace_bytes, Stream stream, bool kernel_only, PointerOrigin origin) {
+                      std::size_t workspace_bytes, const WorkspaceAllocator* allocator, Stream stream,
+                      bool kernel_only, PointerOrigin origin) {
   cuda::DeviceInfo device;
   Family family{};
   SAGE_RETURN_IF_ERROR(check_gpu_call(args, options, &device, &family, origin));
   const std::size_t needed = kernel_workspace_bytes(family, args, options);
+  if (allocator != nullptr && needed > 0) {
+    workspace = allocator->allocate(needed, allocator->context);
+    if (workspace == nullptr) {
+      return Status(StatusCode::out_of_memory,
+                    "workspace: the allocator could not provide " + std::to_string(needed) + " bytes");
+    }
+    workspace_bytes = needed;
+  }
   if (workspace_bytes < needed) {
     return Status::invalid("workspace: " + std::to_string(workspace_bytes) + " bytes given, " +
                            std::to_string(needed) + " needed (see attention_workspace_size)");
@@ -286,13 +296,18 @@ Status gpu_workspace_size(const AttentionArgs& args, const AttentionOptions& opt
 
 Status gpu_attention_forward(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
                              std::size_t workspace_bytes, Stream stream, PointerOrigin origin) {
-  return checked_launch(args, options, workspace, workspace_bytes, stream, false, origin);
+  return checked_launch(args, options, workspace, workspace_bytes, nullptr, stream, false, origin);
+}
+
+Status gpu_attention_forward_allocating(const AttentionArgs& args, const AttentionOptions& options,
+                                        const WorkspaceAllocator& allocator, Stream stream) {
+  return checked_launch(args, options, nullptr, 0, &allocator, stream, false, PointerOrigin::framework_tensors);
 }
 
 Status gpu_attention_kernel_only(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
                                  std::size_t workspace_bytes, Stream stream) {
   SAGE_RETURN_IF_ERROR(validate_attention_args(args, options));
-  return checked_launch(args, options, workspace, workspace_bytes, stream, true, PointerOrigin::caller);
+  return checked_launch(args, options, workspace, workspace_bytes, nullptr, stream, true, PointerOrigin::caller);
 }
 
 }  // namespace sage::detail

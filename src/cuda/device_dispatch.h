@@ -61,6 +61,24 @@ Status gpu_attention_forward(const AttentionArgs& args, const AttentionOptions& 
                              std::size_t workspace_bytes, Stream stream,
                              PointerOrigin origin = PointerOrigin::caller);
 
+// A framework's device allocator, for callers that would otherwise ask
+// for the workspace size first and validate the call twice: `allocate`
+// returns `bytes` of device memory on the call's device (16-byte aligned,
+// usable by work on the call's stream), or nullptr when it cannot. The
+// memory must stay valid until the call has returned (a stream-ordered
+// allocator, as PyTorch's caching allocator, may then reuse it for later
+// work on the same stream).
+struct WorkspaceAllocator {
+  void* (*allocate)(std::size_t bytes, void* context) = nullptr;
+  void* context = nullptr;
+};
+
+// gpu_attention_forward with a workspace of exactly the size the call
+// needs, taken from `allocator` once the call is known to be valid (pointer
+// origin: framework tensors).
+Status gpu_attention_forward_allocating(const AttentionArgs& args, const AttentionOptions& options,
+                                        const WorkspaceAllocator& allocator, Stream stream);
+
 // Benchmarks only: runs the attention kernel of a call whose pre-pass
 // already filled `workspace` (the same arguments as the previous
 // gpu_attention_forward on it), so the kernel can be timed alone.

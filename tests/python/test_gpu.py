@@ -147,3 +147,88 @@ def test_second_gpu_runs_on_its_device_and_current_stream():
         out = sageattn(late_q, k1, v1, is_causal=True)
     stream.synchronize()  # only this stream: a kernel on any other one would have read zeros
     assert torch.equal(out.cpu(), want)
+
+
+def _both_bindings(monkeypatch, call):
+    """call() through sage_attention._torch_calls (asserting that it took the call) and through the
+    portable binding."""
+    from sage_attention import _ops
+    if _ops._torch_calls is None:
+        pytest.skip("the package was built without sage_attention._torch_calls")
+    fast = _ops._torch_calls
+    taken = []
+
+    def recording_forward(*args):
+        taken.append(True)  # taken, unless it declines (None); an error it raises is its answer
+        result = fast.forward(*args)
+        taken[-1] = result is not None
+        return result
+    monkeypatch.setattr(_ops, "_torch_calls", type("Recorder", (), {"forward": staticmethod(recording_forward)}))
+    got = call()
+    monkeypatch.setattr(_ops, "_torch_calls", None)
+    want = call()
+    monkeypatch.setattr(_ops, "_torch_calls", fast)
+    return got, want, taken
+
+
+@pytest.mark.parametrize("case", ["hnd_gqa_causal_lse", "nhd_strided_fp16", "odd_dim_tails_bottom_right",
+                                  "d64_nq_ne_nk"])
+def test_torch_calls_give_the_portable_binding_results(monkeypatch, case):
+    """Same kernels, same inputs: bit-identical outputs (and LSE) through either binding."""
+    if case == "hnd_gqa_causal_lse":
+        q, k, v = qkv(n=333)
+        kwargs = dict(is_causal=True, return_lse=True)
+    elif case == "nhd_strided_fp16":
+        big = randn(2, 300, 8, 256, seed=4, dtype=torch.float16, device="cuda")
+        q, k, v = big[..., :128], big[:, :, :2, 128:], big[:, :, 2:4, 128:]
+        kwargs = dict(tensor_layout="NHD", return_lse=True, smooth_v=True)
+    elif case == "odd_dim_tails_bottom_right":
+        q, k, v = (t[..., :80].contiguous() for t in qkv(n=131))
+        q = q[:, :, :17]
+        kwargs = dict(is_causal=True, causal_align="bottom_right", qk_granularity="per_thread")
+    else:
+        q, k, v = qkv(d=64, n=200)
+        k, v = (torch.cat([t, t[:, :, :77]], dim=2) for t in (k, v))
+        kwargs = dict(sm_scale=0.1)
+    got, want, taken = _both_bindings(monkeypatch, lambda: sageattn(q, k, v, **kwargs))
+    assert taken == [True]
+    got, want = (r if isinstance(r, tuple) else (r,) for r in (got, want))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype and g.is_contiguous()
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("case", ["host_k", "dtype_mismatch", "head_dim_256", "empty_queries", "int_tensors",
+                                  "bad_scale", "gqa_heads"])
+def test_torch_calls_fail_and_decline_as_the_portable_binding(monkeypatch, case):
+    """Errors: the same exception and message through either binding (the core's own checks, or the
+    portable path where _torch_calls declines the call); empty calls answered alike."""
+    q, k, v = qkv(n=64)
+    kwargs = {}
+    if case == "host_k":
+        k = k.cpu()
+    elif case == "dtype_mismatch":
+        v = v.half()
+    elif case == "head_dim_256":
+        q, k, v = (torch.cat([t, t], dim=-1) for t in (q, k, v))
+    elif case == "empty_queries":
+        q = q[:, :, :0]
+    elif case == "int_tensors":
+        q = q.to(torch.int32)
+    elif case == "bad_scale":
+        kwargs = dict(sm_scale=-1.0)
+    else:
+        k, v = k[:, :1].expand(2, 3, 64, 128), v[:, :1].expand(2, 3, 64, 128)
+
+    def call():
+        try:
+            return sageattn(q, k, v, **kwargs)
+        except Exception as error:  # noqa: BLE001 (compared below)
+            return error
+    got, want, taken = _both_bindings(monkeypatch, call)
+    if isinstance(want, torch.Tensor):
+        assert case == "empty_queries" and torch.equal(got, want)
+    else:
+        assert type(got) is type(want) and str(got) == str(want)
+    assert taken == ([] if case == "bad_scale" else [case not in ("head_dim_256", "empty_queries", "int_tensors")])

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import sage_attention
@@ -47,3 +48,37 @@ def test_info_command():
     assert f"CUDA architectures compiled: {sage_attention.cuda_archs}" in result.stdout
     assert f"torch {torch.__version__}" in result.stdout
     assert "GPUs:" in result.stdout
+
+
+def test_torch_calls_module_is_built_against_this_torch_and_loaded():
+    """With a CUDA build of torch where the package was built (CI and the GPU machine), the CUDA calls
+    take sage_attention._torch_calls; it declines what is not its call (host tensors) and checks its
+    arguments."""
+    from sage_attention import _ops
+    if torch.version.cuda is None:
+        assert _ops._torch_calls is None
+        return
+    from sage_attention import _torch_build
+    assert _torch_build.TORCH_VERSION == torch.__version__
+    assert _ops._torch_calls is not None
+    q = torch.zeros(1, 1, 4, 64)
+    options = _ops._core_options(*_ops._with_defaults(()))
+    assert _ops._torch_calls.forward(q, q, q, options._address, _ops.MAX_HEAD_DIM) is None
+    assert _ops._torch_calls.forward("q", q, q, options._address, _ops.MAX_HEAD_DIM) is None
+    with pytest.raises(TypeError, match="5 arguments"):
+        _ops._torch_calls.forward(q, q, q)
+
+
+def test_torch_calls_module_is_not_loaded_under_another_torch_or_when_turned_off(monkeypatch):
+    from sage_attention import _ops
+    if _ops._torch_calls is None:
+        pytest.skip("the package was built without sage_attention._torch_calls (no CUDA torch at build time)")
+    from sage_attention import _torch_build
+    monkeypatch.setattr(_torch_build, "TORCH_VERSION", "0.0.1")
+    with pytest.warns(RuntimeWarning, match="built against torch 0.0.1"):
+        assert _ops._load_torch_calls() is None
+    monkeypatch.undo()
+    monkeypatch.setenv("SAGE_TORCH_CALLS", "0")
+    assert _ops._load_torch_calls() is None
+    monkeypatch.delenv("SAGE_TORCH_CALLS")
+    assert _ops._load_torch_calls() is _ops._torch_calls
