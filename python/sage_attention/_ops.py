@@ -122,20 +122,22 @@ def check_same_device(**tensors):
                              "(all tensors of a call must be on one device)")
 
 
+def _check_layout(tensor_layout: str):
+    if tensor_layout not in ("HND", "NHD"):
+        raise ValueError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
+
+
 def lse_shape(q: torch.Tensor, tensor_layout: str):
     """[B, Hq, Nq] of a q in `tensor_layout` (the LSE is always head-major)."""
+    _check_layout(tensor_layout)
     if q.dim() != 4:
         raise ValueError(f"q: expected a 4-D tensor [B, H, N, D] or [B, N, H, D], got shape {tuple(q.shape)}")
-    if tensor_layout == "HND":
-        return q.shape[:3]
-    if tensor_layout == "NHD":
-        return (q.shape[0], q.shape[2], q.shape[1])
-    raise ValueError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
+    return q.shape[:3] if tensor_layout == "HND" else (q.shape[0], q.shape[2], q.shape[1])
 
 
 def _new_outputs(q: torch.Tensor, tensor_layout: str, return_lse: bool):
     """out shaped like q (contiguous) and lse, or None without return_lse."""
-    shape = lse_shape(q, tensor_layout)  # (also the check of q's rank and of tensor_layout)
+    shape = lse_shape(q, tensor_layout)  # (also the check of q's rank)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     return out, (q.new_empty(shape, dtype=torch.float32) if return_lse else None)
 
@@ -148,6 +150,7 @@ def _with_empty_lse(q, out, lse):
 @functools.lru_cache(maxsize=256)
 def _core_options(tensor_layout, is_causal, sm_scale, return_lse, *quant):
     """The C++ options object for one set of arguments, built once and reused."""
+    _check_layout(tensor_layout)
     options = dict(zip(QUANT_DEFAULTS, quant), layout=tensor_layout, causal=is_causal, return_lse=return_lse)
     if sm_scale is not None:
         if not (math.isfinite(sm_scale) and sm_scale > 0):
@@ -210,7 +213,7 @@ def _empty_result(q, k, v, tensor_layout, out, lse):
 def _load_torch_calls():
     """sage_attention._torch_calls where it was built against the running torch, else None.
 
-    The module (python/src/torch_calls.cpp) makes the CUDA calls with torch's tensor objects, ~15 us
+    The module (python/src/torch_calls.cpp) makes the CUDA calls with torch's tensor objects, 8-17 us
     less host time per call than the portable path; it links against the libtorch of its build, so it
     must not load under another. SAGE_TORCH_CALLS=0 turns it off (the tests compare both paths).
     """
@@ -220,32 +223,41 @@ def _load_torch_calls():
         from . import _torch_build
     except ImportError:  # built without it (no CUDA torch where the package was built)
         return None
-    if _torch_build.TORCH_VERSION != torch.__version__:
-        warnings.warn(f"sage_attention was built against torch {_torch_build.TORCH_VERSION} but runs with "
-                      f"{torch.__version__}: it uses its portable binding, with ~15 us more host time per call "
-                      "(rebuild the package to get it back)", RuntimeWarning, stacklevel=2)
-        return None
-    from . import _torch_calls
-    return _torch_calls
+    built = (_torch_build.TORCH_VERSION, _torch_build.TORCH_CUDA)
+    running = (torch.__version__, torch.version.cuda)
+    problem = None
+    if built != running:
+        problem = f"was built against torch {built[0]} (CUDA {built[1]}) but runs with {running[0]} (CUDA {running[1]})"
+    else:
+        try:
+            from . import _torch_calls
+            return _torch_calls
+        except (ImportError, OSError) as e:
+            problem = f"cannot load its module for torch {running[0]} ({e})"
+    warnings.warn(f"sage_attention {problem}: it uses its portable binding, with 8-17 us more host time per "
+                  "call (rebuild the package to get it back)", RuntimeWarning, stacklevel=2)
+    return None
 
 
 _torch_calls = _load_torch_calls()
 
 
 def _run_forward(q, k, v, option_args):
-    """One C++ call (quantization pre-pass + attention): (out, lse), lse None without return_lse."""
+    """One C++ call (quantization pre-pass + attention): (out, lse), lse None without return_lse.
+
+    Both paths check the options first, then the tensors (the same errors in the same order)."""
+    tensor_layout, _, _, return_lse = option_args[:4]
+    options = _core_options(*option_args)  # (held: the core reads it until the call returns)
     if _torch_calls is not None and q.is_cuda:
         # None where the call is not that path's (rank, empty tensors, head dim, dtype): below.
-        result = _torch_calls.forward(q, k, v, _core_options(*option_args)._address, MAX_HEAD_DIM)
+        result = _torch_calls.forward(q, k, v, options._address, MAX_HEAD_DIM)
         if result is not None:
             return result
-    tensor_layout, _, _, return_lse = option_args[:4]
     out, lse = _new_outputs(q, tensor_layout, return_lse)  # (q is 4-D past here)
     if q.shape[3] > MAX_HEAD_DIM:
         raise NotImplementedError(f"q: head dim {q.shape[3]} is not supported (at most {MAX_HEAD_DIM})")
     if not (q.numel() and k.numel()):
         return _empty_result(q, k, v, tensor_layout, out, lse)
-    options = _core_options(*option_args)
     specs = (tensor_spec(q), tensor_spec(k), tensor_spec(v), tensor_spec(out), tensor_spec(lse) if return_lse else None)
     workspace, nbytes, stream = 0, 0, 0
     if q.is_cuda:

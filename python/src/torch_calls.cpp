@@ -20,12 +20,13 @@
 // None: not a call for this path (a host tensor, not 4-D, no query row or
 // key, a head dim above max_head_dim, a dtype the core does not take):
 // the caller then runs the portable path, which answers or raises for it.
-// options_address is a live sage_attention._C.Options' `_address`.
+// options_address is the `_address` of a sage_attention._C.Options the caller holds until the call returns.
 #include <Python.h>
 
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/csrc/Exceptions.h>
+#include <torch/csrc/utils/object_ptr.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <array>
@@ -125,12 +126,12 @@ PyObject* forward(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs)
     set_python_error(st);
     return nullptr;
   }
-  PyObject* result = PyTuple_New(2);
-  if (result == nullptr) return nullptr;
-  PyTuple_SET_ITEM(result, 0, THPVariable_Wrap(std::move(out)));
+  THPObjectPtr py_out(THPVariable_Wrap(std::move(out)));
+  if (!py_out) return nullptr;
   if (!lse) Py_INCREF(Py_None);
-  PyTuple_SET_ITEM(result, 1, lse ? THPVariable_Wrap(std::move(*lse)) : Py_None);
-  return result;
+  THPObjectPtr py_lse(lse ? THPVariable_Wrap(std::move(*lse)) : Py_None);
+  if (!py_lse) return nullptr;
+  return PyTuple_Pack(2, py_out.get(), py_lse.get());
   END_HANDLE_TH_ERRORS
 }
 

@@ -23,13 +23,14 @@ Status attention_workspace_size(const AttentionArgs& args, const AttentionOption
 
 namespace {
 
-Status forward(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
-               std::size_t workspace_bytes, Stream stream, detail::PointerOrigin origin) {
+// Validation, then the host emulation (synchronous: no workspace, no
+// stream) or `gpu_forward` for device tensors.
+template <class GpuForward>
+Status forward(const AttentionArgs& args, const AttentionOptions& options, const GpuForward& gpu_forward) {
   return detail::guarded("attention_forward", [&]() -> Status {
     SAGE_RETURN_IF_ERROR(validate_attention_args(args, options));
-    // Host tensors run synchronously; workspace and stream are not used.
     if (args.q.on_host()) return detail::host_attention_forward(args, options);
-    return detail::gpu_attention_forward(args, options, workspace, workspace_bytes, stream, origin);
+    return gpu_forward();
   });
 }
 
@@ -37,21 +38,22 @@ Status forward(const AttentionArgs& args, const AttentionOptions& options, void*
 
 Status attention_forward(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
                          std::size_t workspace_bytes, Stream stream) {
-  return forward(args, options, workspace, workspace_bytes, stream, detail::PointerOrigin::caller);
+  return forward(args, options, [&] {
+    return detail::gpu_attention_forward(args, options, workspace, workspace_bytes, stream);
+  });
 }
 
 Status detail::attention_forward_of_framework_tensors(const AttentionArgs& args, const AttentionOptions& options,
                                                       void* workspace, std::size_t workspace_bytes, Stream stream) {
-  return forward(args, options, workspace, workspace_bytes, stream, detail::PointerOrigin::framework_tensors);
+  return forward(args, options, [&] {
+    return detail::gpu_attention_forward(args, options, workspace, workspace_bytes, stream,
+                                         detail::PointerOrigin::framework_tensors);
+  });
 }
 
 Status detail::attention_forward_of_framework_tensors(const AttentionArgs& args, const AttentionOptions& options,
                                                       const WorkspaceAllocator& allocator, Stream stream) {
-  return detail::guarded("attention_forward", [&]() -> Status {
-    SAGE_RETURN_IF_ERROR(validate_attention_args(args, options));
-    if (args.q.on_host()) return detail::host_attention_forward(args, options);
-    return detail::gpu_attention_forward_allocating(args, options, allocator, stream);
-  });
+  return forward(args, options, [&] { return detail::gpu_attention_forward_allocating(args, options, allocator, stream); });
 }
 
 }  // namespace sage

@@ -12,6 +12,18 @@ from sage_attention import merge_state, sageattn, scaled_dot_product_attention
 pytestmark = requires_gpu
 
 
+@pytest.fixture(params=["torch_calls", "portable"])
+def binding(request, monkeypatch):
+    """Runs a test through either of the package's GPU bindings: sage_attention._torch_calls, and the
+    portable one (the path of a package built without it, or under another torch)."""
+    from sage_attention import _ops
+    if request.param == "portable":
+        monkeypatch.setattr(_ops, "_torch_calls", None)
+    elif _ops._torch_calls is None:
+        pytest.skip("the package was built without sage_attention._torch_calls")
+    return request.param
+
+
 def qkv(device="cuda", b=2, hq=8, hkv=2, n=512, d=128, dtype=torch.bfloat16):
     return (randn(b, hq, n, d, seed=1, dtype=dtype, device=device),
             randn(b, hkv, n, d, seed=2, dtype=dtype, device=device),
@@ -60,6 +72,7 @@ def _block(x, wq, k, v):
 
 
 @pytest.mark.parametrize("backend", ["inductor", "aot_eager"])
+@pytest.mark.usefixtures("binding")
 def test_compile_fullgraph_matches_eager(backend):
     torch._dynamo.reset()
     x = randn(2, 512, 1024, device="cuda", dtype=torch.bfloat16)
@@ -72,6 +85,7 @@ def test_compile_fullgraph_matches_eager(backend):
     assert cosine(got, eager) > 0.9999
 
 
+@pytest.mark.usefixtures("binding")
 def test_cuda_graph_replay_matches_eager():
     q, k, v = qkv()
     static_q = q.clone()
@@ -92,6 +106,7 @@ def test_cuda_graph_replay_matches_eager():
         assert torch.equal(static_out, want) and torch.equal(static_lse, want_lse)
 
 
+@pytest.mark.usefixtures("binding")
 def test_runs_on_the_current_stream():
     """Inputs written on a side stream after a long sleep: a kernel on any other stream would read
     them too early."""
@@ -125,6 +140,7 @@ def test_backward_raises():
 
 
 @requires_two_gpus
+@pytest.mark.usefixtures("binding")
 def test_second_gpu_runs_on_its_device_and_current_stream():
     """cuda:1 tensors run on cuda:1 while cuda:0 is the current device (the core's device guard),
     and on cuda:1's current non-default stream; results equal cuda:0's (same kernel, same inputs)."""
@@ -200,7 +216,7 @@ def test_torch_calls_give_the_portable_binding_results(monkeypatch, case):
 
 
 @pytest.mark.parametrize("case", ["host_k", "dtype_mismatch", "head_dim_256", "empty_queries", "int_tensors",
-                                  "bad_scale", "gqa_heads"])
+                                  "gqa_heads", "bad_layout", "empty_queries_bad_scale"])
 def test_torch_calls_fail_and_decline_as_the_portable_binding(monkeypatch, case):
     """Errors: the same exception and message through either binding (the core's own checks, or the
     portable path where _torch_calls declines the call); empty calls answered alike."""
@@ -216,10 +232,12 @@ def test_torch_calls_fail_and_decline_as_the_portable_binding(monkeypatch, case)
         q = q[:, :, :0]
     elif case == "int_tensors":
         q = q.to(torch.int32)
-    elif case == "bad_scale":
-        kwargs = dict(sm_scale=-1.0)
-    else:
+    elif case == "gqa_heads":
         k, v = k[:, :1].expand(2, 3, 64, 128), v[:, :1].expand(2, 3, 64, 128)
+    elif case == "bad_layout":
+        kwargs = dict(tensor_layout="HDN")
+    else:  # the options are checked before the tensors, on either path
+        q, kwargs = q[:, :, :0], dict(sm_scale=-1.0)
 
     def call():
         try:
@@ -231,4 +249,5 @@ def test_torch_calls_fail_and_decline_as_the_portable_binding(monkeypatch, case)
         assert case == "empty_queries" and torch.equal(got, want)
     else:
         assert type(got) is type(want) and str(got) == str(want)
-    assert taken == ([] if case == "bad_scale" else [case not in ("head_dim_256", "empty_queries", "int_tensors")])
+    declined = ("head_dim_256", "empty_queries", "int_tensors")
+    assert taken == ([] if case in ("bad_layout", "empty_queries_bad_scale") else [case not in declined])

@@ -50,16 +50,21 @@ def test_info_command():
     assert "GPUs:" in result.stdout
 
 
+def _skip_unless_torch_calls_expected():
+    """The build tree's CTest run says whether it built sage_attention._torch_calls (it does where
+    the configuring torch is a CUDA build: CI and the GPU machine); other runs skip."""
+    if os.environ.get("SAGE_TORCH_CALLS") == "0":
+        pytest.skip("SAGE_TORCH_CALLS=0 turns sage_attention._torch_calls off")
+    if os.environ.get("SAGE_EXPECT_TORCH_CALLS") != "1":
+        pytest.skip("not run by a build tree that built sage_attention._torch_calls")
+
+
 def test_torch_calls_module_is_built_against_this_torch_and_loaded():
-    """With a CUDA build of torch where the package was built (CI and the GPU machine), the CUDA calls
-    take sage_attention._torch_calls; it declines what is not its call (host tensors) and checks its
-    arguments."""
-    from sage_attention import _ops
-    if torch.version.cuda is None:
-        assert _ops._torch_calls is None
-        return
-    from sage_attention import _torch_build
-    assert _torch_build.TORCH_VERSION == torch.__version__
+    """The CUDA calls take sage_attention._torch_calls; it declines what is not its call (host
+    tensors, non-tensors) and checks its arguments."""
+    _skip_unless_torch_calls_expected()
+    from sage_attention import _ops, _torch_build
+    assert (_torch_build.TORCH_VERSION, _torch_build.TORCH_CUDA) == (torch.__version__, torch.version.cuda)
     assert _ops._torch_calls is not None
     q = torch.zeros(1, 1, 4, 64)
     options = _ops._core_options(*_ops._with_defaults(()))
@@ -70,12 +75,21 @@ def test_torch_calls_module_is_built_against_this_torch_and_loaded():
 
 
 def test_torch_calls_module_is_not_loaded_under_another_torch_or_when_turned_off(monkeypatch):
-    from sage_attention import _ops
-    if _ops._torch_calls is None:
-        pytest.skip("the package was built without sage_attention._torch_calls (no CUDA torch at build time)")
-    from sage_attention import _torch_build
+    _skip_unless_torch_calls_expected()
+    import sage_attention
+    from sage_attention import _ops, _torch_build
     monkeypatch.setattr(_torch_build, "TORCH_VERSION", "0.0.1")
-    with pytest.warns(RuntimeWarning, match="built against torch 0.0.1"):
+    with pytest.warns(RuntimeWarning, match=r"built against torch 0\.0\.1 \(CUDA .*\) but runs with"):
+        assert _ops._load_torch_calls() is None
+    monkeypatch.undo()
+    monkeypatch.setattr(_torch_build, "TORCH_CUDA", "9.9")
+    with pytest.warns(RuntimeWarning, match=r"\(CUDA 9\.9\) but runs with"):
+        assert _ops._load_torch_calls() is None
+    monkeypatch.undo()
+    # A module that does not load (a missing libtorch symbol, say): a warning, not a failed import.
+    monkeypatch.delattr(sage_attention, "_torch_calls")
+    monkeypatch.setitem(sys.modules, "sage_attention._torch_calls", None)
+    with pytest.warns(RuntimeWarning, match="cannot load its module"):
         assert _ops._load_torch_calls() is None
     monkeypatch.undo()
     monkeypatch.setenv("SAGE_TORCH_CALLS", "0")
