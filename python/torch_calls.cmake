@@ -10,7 +10,7 @@ execute_process(
   OUTPUT_VARIABLE torch_info OUTPUT_STRIP_TRAILING_WHITESPACE
   ERROR_VARIABLE torch_error ERROR_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE torch_rc)
 if(NOT torch_rc EQUAL 0)
-  string(REGEX MATCH "[^\n]*$" torch_error "${torch_error}")  # the exception's line
+  string(REGEX REPLACE ".*\n" "" torch_error "${torch_error}")  # the exception's line (may be empty)
   message(STATUS "sage_attention._torch_calls: not built (torch does not import in ${Python_EXECUTABLE}: ${torch_error})")
   return()
 endif()
@@ -24,12 +24,15 @@ if(SAGE_TORCH_CUDA STREQUAL "None" OR NOT EXISTS "${torch_include}/torch/csrc/au
                  "or has no C++ headers)")
   return()
 endif()
-# The module hands std::string-carrying types (sage::Status) to
-# sage_internal, which is built with the compiler's default ABI: a torch of
-# the old ABI would need two builds of the core.
-if(NOT torch_cxx11_abi EQUAL 1)
-  message(STATUS "sage_attention._torch_calls: not built (torch ${SAGE_TORCH_VERSION} uses the pre-C++11 "
-                 "std::string ABI; the core does not)")
+# The module speaks torch's C++ API and passes std::string-carrying types
+# (sage::Status) to _C's core, which is built with the compiler's default
+# std::string ABI: torch's must be that one.
+include(CheckCXXSourceCompiles)
+check_cxx_source_compiles("#include <string>\n#if _GLIBCXX_USE_CXX11_ABI != ${torch_cxx11_abi}\n#error\n#endif\nint main() {}"
+                          SAGE_CXX_ABI_IS_TORCHS_${torch_cxx11_abi})
+if(NOT SAGE_CXX_ABI_IS_TORCHS_${torch_cxx11_abi})
+  message(STATUS "sage_attention._torch_calls: not built (torch ${SAGE_TORCH_VERSION} uses another std::string "
+                 "ABI than this compiler's default, _GLIBCXX_USE_CXX11_ABI=${torch_cxx11_abi})")
   return()
 endif()
 set(torch_libraries "")
@@ -45,7 +48,12 @@ message(STATUS "sage_attention._torch_calls: built against torch ${SAGE_TORCH_VE
 
 Python_add_library(_torch_calls MODULE WITH_SOABI src/torch_calls.cpp)
 target_include_directories(_torch_calls SYSTEM PRIVATE "${torch_include}" "${CUDAToolkit_INCLUDE_DIRS}")
-target_link_libraries(_torch_calls PRIVATE sage_internal ${torch_libraries})
+# The core's headers only: its code is _C's, reached through a capsule
+# (src/framework_entries.h).
+target_include_directories(_torch_calls PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include
+                                                ${PROJECT_BINARY_DIR}/generated)
+target_compile_features(_torch_calls PRIVATE cxx_std_20)
+target_link_libraries(_torch_calls PRIVATE ${torch_libraries})
 # The libraries are loaded by `import torch` before the package loads the
 # module; the run paths are for a stray direct import (build tree: this
 # torch; installed: the torch next to the package in site-packages).

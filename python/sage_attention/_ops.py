@@ -223,7 +223,7 @@ def _load_torch_calls():
         from . import _torch_build
     except ImportError:  # built without it (no CUDA torch where the package was built)
         return None
-    built = (_torch_build.TORCH_VERSION, _torch_build.TORCH_CUDA)
+    built = (_torch_build.TORCH_VERSION, getattr(_torch_build, "TORCH_CUDA", None))
     running = (torch.__version__, torch.version.cuda)
     problem = None
     if built != running:
@@ -245,7 +245,8 @@ _torch_calls = _load_torch_calls()
 def _run_forward(q, k, v, option_args):
     """One C++ call (quantization pre-pass + attention): (out, lse), lse None without return_lse.
 
-    Both paths check the options first, then the tensors (the same errors in the same order)."""
+    Both paths check the options' values first, then the tensors, then whether the GPU runs that
+    combination: the same errors in the same order."""
     tensor_layout, _, _, return_lse = option_args[:4]
     options = _core_options(*option_args)  # (held: the core reads it until the call returns)
     if _torch_calls is not None and q.is_cuda:
@@ -316,8 +317,10 @@ def attention(q, k, v, *option_args):
 
 
 def _forward_fake(q, k, v, *given_options):
+    option_args = _with_defaults(given_options)
+    _core_options(*option_args)  # the options' checks first, as the kernels make them
     check_same_device(q=q, k=k, v=v)
-    tensor_layout, _, _, return_lse = _with_defaults(given_options)[:4]
+    tensor_layout, _, _, return_lse = option_args[:4]
     return _with_empty_lse(q, *_new_outputs(q, tensor_layout, return_lse))
 
 

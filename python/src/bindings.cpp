@@ -18,6 +18,7 @@
 
 #include "api/binding_entry.h"
 #include "cuda/device_dispatch.h"
+#include "framework_entries.h"
 #include "python_errors.h"
 #include "sage/sage.h"
 
@@ -158,6 +159,10 @@ NB_MODULE(_C, m) {
       // outside nanobind): valid while the Options object is referenced.
       .def_prop_ro("_address", [](const sage::AttentionOptions& o) { return reinterpret_cast<std::uintptr_t>(&o); });
   nb::implicitly_convertible<nb::dict, sage::AttentionOptions>();
+
+  static constexpr FrameworkEntries framework_entries{&sage::detail::attention_forward_of_framework_tensors,
+                                                      &set_python_error};
+  m.attr("_framework_entries") = nb::capsule(&framework_entries, SAGE_FRAMEWORK_ENTRIES_CAPSULE);
 
   m.def(
       "workspace_size",

@@ -1,5 +1,5 @@
-// The Python exception a failed sage::Status raises, shared by the two
-// extension modules (_C and _torch_calls), so a call fails the same way
+// The Python exception a failed sage::Status raises: _C's, which it hands
+// _torch_calls too (framework_entries.h), so a call fails the same way
 // through either.
 #pragma once
 

@@ -8,12 +8,13 @@
 // H200's host before the first kernel starts, against ~40-80 us of GPU
 // work at 1K tokens. Here one C call reads the tensors' fields in C++,
 // allocates through ATen (the same caching allocator, on the same current
-// stream) and launches.
+// stream) and launches, through the core that _C carries
+// (framework_entries.h): this module links none of its own.
 //
 // It links against the libtorch it was built with, so the package loads it
-// only when the running torch is that version (sage_attention/_ops.py,
-// _torch_build.py); any other torch takes the portable path, with the same
-// results and errors.
+// only when the running torch and its CUDA are those versions
+// (sage_attention/_ops.py, _torch_build.py); any other torch takes the
+// portable path, with the same results and errors.
 //
 //   forward(q, k, v, options_address, max_head_dim) -> (out, lse or None), or None
 //
@@ -34,13 +35,16 @@
 #include <exception>
 #include <optional>
 
-#include "api/binding_entry.h"
-#include "python_errors.h"
+#include "framework_entries.h"
 
 namespace {
 
-// `t` as the core's view; false for a dtype or rank the core does not take.
+// The core's entry points, from sage_attention._C (set by the module's init).
+const FrameworkEntries* core = nullptr;
+
+// `t` as the core's view; false for a layout, dtype or rank the core does not take.
 bool view_of(const at::Tensor& t, sage::TensorView* view) {
+  if (t.layout() != at::kStrided) return false;  // (sparse and other layouts: the portable path's error)
   switch (t.scalar_type()) {
     case at::kFloat: view->dtype = sage::DType::f32; break;
     case at::kHalf: view->dtype = sage::DType::f16; break;
@@ -119,11 +123,11 @@ PyObject* forward(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs)
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(q.get_device()).stream();
   sage::Status st;
   Py_BEGIN_ALLOW_THREADS
-  st = sage::detail::attention_forward_of_framework_tensors(call, *options, allocator, stream);
+  st = core->forward(call, *options, allocator, stream);
   Py_END_ALLOW_THREADS
   if (workspace.error) std::rethrow_exception(workspace.error);
   if (!st.is_ok()) {
-    set_python_error(st);
+    core->set_python_error(st);
     return nullptr;
   }
   THPObjectPtr py_out(THPVariable_Wrap(std::move(out)));
@@ -147,4 +151,17 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_torch_calls",
 
 }  // namespace
 
-PyMODINIT_FUNC PyInit__torch_calls() { return PyModule_Create(&module_def); }
+// The entry points come from _C's capsule; an ImportError where that
+// module is missing or from another build.
+PyMODINIT_FUNC PyInit__torch_calls() {
+  THPObjectPtr portable(PyImport_ImportModule("sage_attention._C"));
+  THPObjectPtr capsule(portable ? PyObject_GetAttrString(portable.get(), "_framework_entries") : nullptr);
+  if (capsule) core = static_cast<const FrameworkEntries*>(PyCapsule_GetPointer(capsule.get(), SAGE_FRAMEWORK_ENTRIES_CAPSULE));
+  if (core == nullptr) {
+    PyErr_Clear();
+    PyErr_SetString(PyExc_ImportError, "sage_attention._torch_calls: sage_attention._C of the same build "
+                                       "(capsule " SAGE_FRAMEWORK_ENTRIES_CAPSULE ") is missing");
+    return nullptr;
+  }
+  return PyModule_Create(&module_def);
+}

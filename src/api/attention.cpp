@@ -39,7 +39,8 @@ Status forward(const AttentionArgs& args, const AttentionOptions& options, const
 Status attention_forward(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
                          std::size_t workspace_bytes, Stream stream) {
   return forward(args, options, [&] {
-    return detail::gpu_attention_forward(args, options, workspace, workspace_bytes, stream);
+    return detail::gpu_attention_forward(args, options, workspace, workspace_bytes, stream,
+                                         detail::PointerOrigin::caller);
   });
 }
 
@@ -53,7 +54,8 @@ Status detail::attention_forward_of_framework_tensors(const AttentionArgs& args,
 
 Status detail::attention_forward_of_framework_tensors(const AttentionArgs& args, const AttentionOptions& options,
                                                       const WorkspaceAllocator& allocator, Stream stream) {
-  return forward(args, options, [&] { return detail::gpu_attention_forward_allocating(args, options, allocator, stream); });
+  return forward(args, options,
+                 [&] { return detail::gpu_attention_forward_allocating(args, options, allocator, stream); });
 }
 
 }  // namespace sage

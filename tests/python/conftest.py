@@ -27,6 +27,20 @@ requires_two_gpus = pytest.mark.skipif(
     reason=GPU_SKIP_REASON or f"needs 2 GPUs, found {torch.cuda.device_count()}")
 
 
+def torch_calls_module():
+    """sage_attention._torch_calls as the package loaded it. Skips where SAGE_TORCH_CALLS=0 turns it
+    off or the package was built without it; fails where the build tree running the tests made it
+    (SAGE_EXPECT_TORCH_CALLS=1, set by CTest and the device script) and the package did not load it."""
+    from sage_attention import _ops
+    if os.environ.get("SAGE_TORCH_CALLS") == "0":
+        pytest.skip("SAGE_TORCH_CALLS=0 turns sage_attention._torch_calls off")
+    if _ops._torch_calls is None:
+        if os.environ.get("SAGE_EXPECT_TORCH_CALLS") == "1":
+            pytest.fail("the build made sage_attention._torch_calls, but the package did not load it")
+        pytest.skip("the package was built without sage_attention._torch_calls")
+    return _ops._torch_calls
+
+
 def reference_attention(q, k, v, is_causal=False, scale=None, causal_align="top_left"):
     """Exact float64 attention and its LSE, [B, H, N, D] inputs (GQA by repetition)."""
     q, k, v = (t.double() for t in (q, k, v))

@@ -6,22 +6,40 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import cosine, randn, reference_attention, requires_gpu, requires_two_gpus
+from conftest import cosine, randn, reference_attention, requires_gpu, requires_two_gpus, torch_calls_module
 from sage_attention import merge_state, sageattn, scaled_dot_product_attention
 
 pytestmark = requires_gpu
 
 
+class _RecordingTorchCalls:
+    """Stands in for sage_attention._torch_calls and records whether each call was taken (a result)
+    or declined (None); an error raised by the module is its answer, so it counts as taken."""
+
+    def __init__(self, module):
+        self.module, self.taken = module, []
+
+    def forward(self, *args):
+        self.taken.append(True)
+        result = self.module.forward(*args)
+        self.taken[-1] = result is not None
+        return result
+
+
 @pytest.fixture(params=["torch_calls", "portable"])
 def binding(request, monkeypatch):
-    """Runs a test through either of the package's GPU bindings: sage_attention._torch_calls, and the
-    portable one (the path of a package built without it, or under another torch)."""
+    """Runs a test through either of the package's GPU bindings: sage_attention._torch_calls (which
+    must then take at least one of the test's calls), and the portable one (the path of a package
+    built without it, or under another torch)."""
     from sage_attention import _ops
     if request.param == "portable":
         monkeypatch.setattr(_ops, "_torch_calls", None)
-    elif _ops._torch_calls is None:
-        pytest.skip("the package was built without sage_attention._torch_calls")
-    return request.param
+        yield request.param
+        return
+    recorder = _RecordingTorchCalls(torch_calls_module())
+    monkeypatch.setattr(_ops, "_torch_calls", recorder)
+    yield request.param
+    assert any(recorder.taken), "sage_attention._torch_calls declined every call of the test"
 
 
 def qkv(device="cuda", b=2, hq=8, hkv=2, n=512, d=128, dtype=torch.bfloat16):
@@ -166,25 +184,16 @@ def test_second_gpu_runs_on_its_device_and_current_stream():
 
 
 def _both_bindings(monkeypatch, call):
-    """call() through sage_attention._torch_calls (asserting that it took the call) and through the
-    portable binding."""
+    """call() through sage_attention._torch_calls and through the portable binding: both results,
+    and whether _torch_calls took each of its calls."""
     from sage_attention import _ops
-    if _ops._torch_calls is None:
-        pytest.skip("the package was built without sage_attention._torch_calls")
-    fast = _ops._torch_calls
-    taken = []
-
-    def recording_forward(*args):
-        taken.append(True)  # taken, unless it declines (None); an error it raises is its answer
-        result = fast.forward(*args)
-        taken[-1] = result is not None
-        return result
-    monkeypatch.setattr(_ops, "_torch_calls", type("Recorder", (), {"forward": staticmethod(recording_forward)}))
+    recorder = _RecordingTorchCalls(torch_calls_module())
+    monkeypatch.setattr(_ops, "_torch_calls", recorder)
     got = call()
     monkeypatch.setattr(_ops, "_torch_calls", None)
     want = call()
-    monkeypatch.setattr(_ops, "_torch_calls", fast)
-    return got, want, taken
+    monkeypatch.setattr(_ops, "_torch_calls", recorder.module)
+    return got, want, recorder.taken
 
 
 @pytest.mark.parametrize("case", ["hnd_gqa_causal_lse", "nhd_strided_fp16", "odd_dim_tails_bottom_right",
@@ -202,10 +211,12 @@ def test_torch_calls_give_the_portable_binding_results(monkeypatch, case):
         q, k, v = (t[..., :80].contiguous() for t in qkv(n=131))
         q = q[:, :, :17]
         kwargs = dict(is_causal=True, causal_align="bottom_right", qk_granularity="per_thread")
-    else:
+    elif case == "d64_nq_ne_nk":
         q, k, v = qkv(d=64, n=200)
         k, v = (torch.cat([t, t[:, :, :77]], dim=2) for t in (k, v))
         kwargs = dict(sm_scale=0.1)
+    else:
+        raise AssertionError(case)
     got, want, taken = _both_bindings(monkeypatch, lambda: sageattn(q, k, v, **kwargs))
     assert taken == [True]
     got, want = (r if isinstance(r, tuple) else (r,) for r in (got, want))
@@ -216,7 +227,7 @@ def test_torch_calls_give_the_portable_binding_results(monkeypatch, case):
 
 
 @pytest.mark.parametrize("case", ["host_k", "dtype_mismatch", "head_dim_256", "empty_queries", "int_tensors",
-                                  "gqa_heads", "bad_layout", "empty_queries_bad_scale"])
+                                  "sparse_q", "gqa_heads", "bad_layout", "empty_queries_bad_scale"])
 def test_torch_calls_fail_and_decline_as_the_portable_binding(monkeypatch, case):
     """Errors: the same exception and message through either binding (the core's own checks, or the
     portable path where _torch_calls declines the call); empty calls answered alike."""
@@ -232,12 +243,16 @@ def test_torch_calls_fail_and_decline_as_the_portable_binding(monkeypatch, case)
         q = q[:, :, :0]
     elif case == "int_tensors":
         q = q.to(torch.int32)
+    elif case == "sparse_q":
+        q = q.to_sparse()
     elif case == "gqa_heads":
         k, v = k[:, :1].expand(2, 3, 64, 128), v[:, :1].expand(2, 3, 64, 128)
     elif case == "bad_layout":
         kwargs = dict(tensor_layout="HDN")
-    else:  # the options are checked before the tensors, on either path
+    elif case == "empty_queries_bad_scale":  # the options are checked before the tensors, on either path
         q, kwargs = q[:, :, :0], dict(sm_scale=-1.0)
+    else:
+        raise AssertionError(case)
 
     def call():
         try:
@@ -249,5 +264,5 @@ def test_torch_calls_fail_and_decline_as_the_portable_binding(monkeypatch, case)
         assert case == "empty_queries" and torch.equal(got, want)
     else:
         assert type(got) is type(want) and str(got) == str(want)
-    declined = ("head_dim_256", "empty_queries", "int_tensors")
+    declined = ("head_dim_256", "empty_queries", "int_tensors", "sparse_q")
     assert taken == ([] if case in ("bad_layout", "empty_queries_bad_scale") else [case not in declined])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import sage_attention
+from conftest import torch_calls_module
 
 
 def _declared_version(file_name, pattern):
@@ -50,22 +51,12 @@ def test_info_command():
     assert "GPUs:" in result.stdout
 
 
-def _skip_unless_torch_calls_expected():
-    """The build tree's CTest run says whether it built sage_attention._torch_calls (it does where
-    the configuring torch is a CUDA build: CI and the GPU machine); other runs skip."""
-    if os.environ.get("SAGE_TORCH_CALLS") == "0":
-        pytest.skip("SAGE_TORCH_CALLS=0 turns sage_attention._torch_calls off")
-    if os.environ.get("SAGE_EXPECT_TORCH_CALLS") != "1":
-        pytest.skip("not run by a build tree that built sage_attention._torch_calls")
-
-
 def test_torch_calls_module_is_built_against_this_torch_and_loaded():
     """The CUDA calls take sage_attention._torch_calls; it declines what is not its call (host
     tensors, non-tensors) and checks its arguments."""
-    _skip_unless_torch_calls_expected()
+    torch_calls_module()
     from sage_attention import _ops, _torch_build
     assert (_torch_build.TORCH_VERSION, _torch_build.TORCH_CUDA) == (torch.__version__, torch.version.cuda)
-    assert _ops._torch_calls is not None
     q = torch.zeros(1, 1, 4, 64)
     options = _ops._core_options(*_ops._with_defaults(()))
     assert _ops._torch_calls.forward(q, q, q, options._address, _ops.MAX_HEAD_DIM) is None
@@ -74,8 +65,28 @@ def test_torch_calls_module_is_built_against_this_torch_and_loaded():
         _ops._torch_calls.forward(q, q, q)
 
 
+def test_torch_calls_module_runs_the_core_of_its_build():
+    """_torch_calls carries no core of its own: it takes _C's entry points from a capsule named with
+    the version, and without them its import fails (an ImportError the package turns into a warning)."""
+    torch_calls_module()
+    code = ("import sage_attention._C as C\n"
+            "entries, C._framework_entries = C._framework_entries, None\n"
+            "try:\n"
+            "    import sage_attention._torch_calls\n"
+            "except ImportError as e:\n"
+            "    print('refused:', e)\n"
+            "C._framework_entries = entries\n"
+            "import sage_attention._torch_calls as T\n"
+            "print('loaded:', callable(T.forward))\n")
+    env = dict(os.environ, SAGE_TORCH_CALLS="0")  # (the package then leaves the module alone)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert f"refused: sage_attention._torch_calls: sage_attention._C of the same build (capsule " \
+           f"sage_attention._C._framework_entries-{sage_attention.__version__}) is missing" in result.stdout
+    assert "loaded: True" in result.stdout
+
+
 def test_torch_calls_module_is_not_loaded_under_another_torch_or_when_turned_off(monkeypatch):
-    _skip_unless_torch_calls_expected()
+    torch_calls_module()
     import sage_attention
     from sage_attention import _ops, _torch_build
     monkeypatch.setattr(_torch_build, "TORCH_VERSION", "0.0.1")
