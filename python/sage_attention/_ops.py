@@ -122,14 +122,9 @@ def check_same_device(**tensors):
                              "(all tensors of a call must be on one device)")
 
 
-def _check_layout(tensor_layout: str):
-    if tensor_layout not in ("HND", "NHD"):
-        raise ValueError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
-
-
 def lse_shape(q: torch.Tensor, tensor_layout: str):
-    """[B, Hq, Nq] of a q in `tensor_layout` (the LSE is always head-major)."""
-    _check_layout(tensor_layout)
+    """[B, Hq, Nq] of a q in `tensor_layout`, 'HND' or 'NHD' (_core_options checks it before any call
+    gets here): the LSE is always head-major."""
     if q.dim() != 4:
         raise ValueError(f"q: expected a 4-D tensor [B, H, N, D] or [B, N, H, D], got shape {tuple(q.shape)}")
     return q.shape[:3] if tensor_layout == "HND" else (q.shape[0], q.shape[2], q.shape[1])
@@ -150,7 +145,8 @@ def _with_empty_lse(q, out, lse):
 @functools.lru_cache(maxsize=256)
 def _core_options(tensor_layout, is_causal, sm_scale, return_lse, *quant):
     """The C++ options object for one set of arguments, built once and reused."""
-    _check_layout(tensor_layout)
+    if tensor_layout not in ("HND", "NHD"):
+        raise ValueError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
     options = dict(zip(QUANT_DEFAULTS, quant), layout=tensor_layout, causal=is_causal, return_lse=return_lse)
     if sm_scale is not None:
         if not (math.isfinite(sm_scale) and sm_scale > 0):

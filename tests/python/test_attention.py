@@ -99,6 +99,9 @@ def test_scale_given_twice_is_an_error():
     # The kernels' limit holds on CPU too: what passes in CPU tests runs on the GPU.
     (lambda q: sageattn(*(q.repeat(1, 1, 1, 9),) * 3), NotImplementedError, "head dim 144"),
     (lambda q: sageattn(q[:0], q[:0, :, :, :8], q[:0]), ValueError, "k and v must have one shape"),
+    # The operator's fake kernel (meta tensors, torch.compile's tracing) checks the options as the kernels do.
+    (lambda q: torch.ops.sage_attention.forward(*(q.to("meta"),) * 3, "BHND"), ValueError, "tensor_layout"),
+    (lambda q: torch.ops.sage_attention.forward(*(q.to("meta"),) * 3, "HND", False, -1.0), ValueError, "sm_scale"),
 ])
 def test_bad_arguments_raise_naming_the_argument(call, error, message):
     with pytest.raises(error, match=message):
