@@ -485,6 +485,84 @@ inline constexpr auto BR = CausalAlign::bottom_right;
 inline constexpr auto FP16 = DType::f16;
 }  // namespace case_table
 
+// The quick subset both kernel families run (also under compute-sanitizer):
+// single keys, tails of every tile size, GQA, both layouts, alignments and
+// dtypes, every granularity, odd head dims, padded, packed and strided storage.
+std::vector<Case> shared_small_cases() {
+  using namespace case_table;
+  return {
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 64},
+      {.small = true, .b = 2, .hq = 2, .hkv = 2, .nq = 17, .nk = 17, .d = 128, .layout = NHD, .causal = true,
+       .align = TL, .dtype = FP16, .granularity = G::per_thread},
+      {.small = true, .b = 1, .hq = 8, .hkv = 2, .nq = 127, .nk = 127, .d = 64, .causal = true, .align = BR,
+       .granularity = G::per_block, .dist = D::heavy_tailed},
+      {.small = true, .b = 1, .hq = 4, .hkv = 1, .nq = 17, .nk = 300, .d = 128, .causal = true, .align = BR,
+       .smooth_v = true, .dist = D::channel_bias},
+      // Nq > Nk bottom-right: rows 0..199 see no key.
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 300, .nk = 100, .d = 64, .layout = NHD, .causal = true,
+       .align = BR, .dtype = FP16},
+      {.small = true, .b = 2, .hq = 2, .hkv = 2, .nq = 129, .nk = 129, .d = 100, .storage = Storage::padded,
+       .strided_out = true},
+      {.small = true, .b = 1, .hq = 4, .hkv = 4, .nq = 200, .nk = 200, .d = 64, .layout = NHD, .causal = true,
+       .storage = Storage::packed_qkv},
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 65, .nk = 65, .d = 32, .return_lse = false,
+       .dist = D::outlier_channels},
+      {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 257, .nk = 190, .d = 80, .layout = NHD, .causal = true,
+       .align = TL, .dtype = FP16, .dist = D::sharp},
+      {.small = true, .b = 1, .hq = 3, .hkv = 1, .nq = 33, .nk = 33, .d = 127, .granularity = G::per_thread,
+       .storage = Storage::padded, .strided_out = true},
+  };
+}
+
+// The cases both kernel families run after their own quick subset: the main
+// matrix (head dims 64 and 128 x N in {1, 17, 127, 1531, 3000}, the options
+// rotated), Nq != Nk both ways with both alignments, and decoding against a
+// KV cache.
+std::vector<Case> shared_forward_cases() {
+  using namespace case_table;
+  return {
+      // ---- main matrix: D in {64, 128} x N in {1, 17, 127, 1531, 3000}, options rotated
+      {.b = 3, .hq = 4, .hkv = 4, .nq = 1, .nk = 1, .d = 64, .causal = true, .align = TL},
+      {.b = 1, .hq = 8, .hkv = 2, .nq = 1, .nk = 1, .d = 128, .layout = NHD, .causal = true, .align = BR,
+       .dtype = FP16},
+      {.b = 2, .hq = 4, .hkv = 2, .nq = 17, .nk = 17, .d = 64, .layout = NHD, .granularity = G::per_thread,
+       .smooth_v = true, .dist = D::outlier_channels},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 17, .nk = 17, .d = 128, .causal = true, .align = TL, .dtype = FP16,
+       .granularity = G::per_block, .dist = D::heavy_tailed},
+      {.b = 2, .hq = 8, .hkv = 1, .nq = 127, .nk = 127, .d = 64, .causal = true, .align = BR, .dtype = FP16,
+       .dist = D::sharp},
+      {.b = 1, .hq = 4, .hkv = 4, .nq = 127, .nk = 127, .d = 128, .layout = NHD, .smooth_v = true,
+       .return_lse = false, .dist = D::channel_bias},
+      {.b = 2, .hq = 4, .hkv = 2, .nq = 1531, .nk = 1531, .d = 64, .layout = NHD, .causal = true, .align = TL,
+       .granularity = G::per_thread},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 1531, .nk = 1531, .d = 128, .dtype = FP16, .smooth_k = false},
+      {.b = 1, .hq = 4, .hkv = 4, .nq = 3000, .nk = 3000, .d = 64, .causal = true, .align = BR,
+       .granularity = G::per_block, .dist = D::heavy_tailed},
+      {.b = 1, .hq = 2, .hkv = 1, .nq = 3000, .nk = 3000, .d = 128, .layout = NHD, .dtype = FP16, .smooth_v = true,
+       .dist = D::outlier_channels},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 1531, .nk = 1531, .d = 128, .granularity = G::per_thread, .smooth_v = true,
+       .dist = D::channel_bias},
+      {.b = 1, .hq = 4, .hkv = 2, .nq = 1531, .nk = 1531, .d = 64, .dtype = FP16, .dist = D::sharp},
+
+      // ---- Nq != Nk, both ways, both alignments
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 300, .nk = 1000, .d = 128, .causal = true, .align = TL},
+      {.b = 1, .hq = 8, .hkv = 2, .nq = 300, .nk = 1000, .d = 64, .layout = NHD, .causal = true, .align = BR,
+       .dtype = FP16},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 1000, .nk = 300, .d = 128, .layout = NHD, .causal = true, .align = TL},
+      // rows 0..699 see no key
+      {.b = 2, .hq = 2, .hkv = 2, .nq = 1000, .nk = 300, .d = 64, .causal = true, .align = BR,
+       .granularity = G::per_thread},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 300, .nk = 1000, .d = 128, .layout = NHD, .granularity = G::per_block,
+       .dist = D::heavy_tailed},
+      // decoding against a KV cache
+      {.b = 2, .hq = 8, .hkv = 1, .nq = 1, .nk = 3000, .d = 128, .causal = true, .align = BR},
+      {.b = 2, .hq = 8, .hkv = 2, .nq = 17, .nk = 1531, .d = 64, .layout = NHD, .causal = true, .align = BR,
+       .dtype = FP16, .granularity = G::per_thread},
+      // rows 0..2982 see no key
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 3000, .nk = 17, .d = 64, .causal = true, .align = BR},
+  };
+}
+
 // gtest prints a parameter on failure; make it readable.
 void PrintTo(const Case& c, std::ostream* os) { *os << c.describe(); }
 
