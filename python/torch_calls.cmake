@@ -48,10 +48,10 @@ message(STATUS "sage_attention._torch_calls: built against torch ${SAGE_TORCH_VE
 
 Python_add_library(_torch_calls MODULE WITH_SOABI src/torch_calls.cpp)
 target_include_directories(_torch_calls SYSTEM PRIVATE "${torch_include}" "${CUDAToolkit_INCLUDE_DIRS}")
-# The core's headers only: its code is _C's, reached through a capsule
-# (src/framework_entries.h).
-target_include_directories(_torch_calls PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include
-                                                ${PROJECT_BINARY_DIR}/generated)
+# The core's headers only (those sage_internal and sage_attention export): its
+# code is _C's, reached through a capsule (src/framework_entries.h).
+target_include_directories(_torch_calls PRIVATE $<TARGET_PROPERTY:sage_internal,INTERFACE_INCLUDE_DIRECTORIES>
+                                                $<TARGET_PROPERTY:sage_attention,INTERFACE_INCLUDE_DIRECTORIES>)
 target_compile_features(_torch_calls PRIVATE cxx_std_20)
 target_link_libraries(_torch_calls PRIVATE ${torch_libraries})
 # The libraries are loaded by `import torch` before the package loads the
