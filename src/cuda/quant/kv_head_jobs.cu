@@ -70,9 +70,14 @@ struct HeadRows {
   const T* base;
   std::int64_t stride_n;
   int n, head_dim;
-  __device__ __forceinline__ uint4 load(int row, int c8, uint64_t policy) const {
-    if (row >= n || kVec * c8 >= head_dim) return make_uint4(0, 0, 0, 0);
+  __device__ __forceinline__ bool chunk_in(int c8) const { return kVec * c8 < head_dim; }
+  // The same for a row below n and a chunk below head_dim (no checks).
+  __device__ __forceinline__ uint4 load_inside(int row, int c8, uint64_t policy) const {
     return ptx::ld_global_nc_16_hinted(base + row * stride_n + kVec * c8, policy);
+  }
+  __device__ __forceinline__ uint4 load(int row, int c8, uint64_t policy) const {
+    if (row >= n || !chunk_in(c8)) return make_uint4(0, 0, 0, 0);
+    return load_inside(row, c8, policy);
   }
 };
 
@@ -87,14 +92,30 @@ template <int kBankRows, typename T, class Add>
 __device__ __forceinline__ void for_each_statistics_row(const HeadRows<T>& rows, int lane_row, int c8,
                                                         uint64_t policy, Add&& add) {
   constexpr int kBankStep = kRowLanes * kBankRows;  // the rows of a bank, over the CTA
+  // A bank whose rows are all below n (every bank but the last) takes no
+  // per-row checks: in the sm_90a SASS its loads and sums take ~40% fewer
+  // instructions for K, its extremes ~65% fewer for V (docs/perf-notes.md,
+  // session 40).
+  auto whole = [&](int r0) { return r0 + (kBankRows - 1) * kRowLanes < rows.n; };
+  const bool chunk_in = rows.chunk_in(c8);
   auto load = [&](uint4 (&bank)[kBankRows], int r0) {
+    if (whole(r0) && chunk_in) {
 #pragma unroll
-    for (int u = 0; u < kBankRows; ++u) bank[u] = rows.load(r0 + u * kRowLanes, c8, policy);  // (zeros past n)
+      for (int u = 0; u < kBankRows; ++u) bank[u] = rows.load_inside(r0 + u * kRowLanes, c8, policy);
+    } else {
+#pragma unroll
+      for (int u = 0; u < kBankRows; ++u) bank[u] = rows.load(r0 + u * kRowLanes, c8, policy);  // (zeros past n)
+    }
   };
   auto add_bank = [&](const uint4 (&bank)[kBankRows], int r0) {
+    if (whole(r0)) {
 #pragma unroll
-    for (int u = 0; u < kBankRows; ++u) {
-      if (r0 + u * kRowLanes < rows.n) add(bank[u]);
+      for (int u = 0; u < kBankRows; ++u) add(bank[u]);
+    } else {
+#pragma unroll
+      for (int u = 0; u < kBankRows; ++u) {
+        if (r0 + u * kRowLanes < rows.n) add(bank[u]);
+      }
     }
   };
   uint4 a[kBankRows], b[kBankRows];
@@ -207,7 +228,11 @@ __device__ __forceinline__ void for_each_tile(const HeadRows<T>& rows, const int
 
 // Second read, K: per 128-row tile (one scale group), max |k - mean| over
 // its rows, then their INT8 codes. A thread takes chunk c8 of rows
-// lane_row + 32 i.
+// lane_row + 32 i. The K jobs are the kernel's longer half (alone at 4K
+// keys: K jobs 84 us, V jobs 57 us, both 99 us under ncu, session 40), so
+// their instruction count is what this loop is written for: the values are
+// subtracted once, and their codes need no clamp (quantize_int8x8_own_group;
+// the conversions pack in pairs, F2IP).
 template <typename T>
 __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                         const HeadRows<T>& rows, int bh, HeadJobShared& s) {
@@ -224,11 +249,17 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
     float m = 0.f;
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
+      float row_max = 0.f;
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) x[i][e] -= mean[e];
-      if (row0 + offsets[i] >= rows.n) continue;  // rows past n are in no group's maximum
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) m = num::max_nan(m, fabsf(x[i][e]));
+      for (int e = 0; e < kVec; ++e) {
+        x[i][e] -= mean[e];
+        // Held in a register until the codes below: otherwise the compiler
+        // unpacks and subtracts again after the barrier (64 instructions
+        // per tile and thread, SASS of sm_90a).
+        asm volatile("" : "+f"(x[i][e]));
+        row_max = num::max_nan(row_max, fabsf(x[i][e]));
+      }
+      if (row0 + offsets[i] < rows.n) m = num::max_nan(m, row_max);  // rows past n are in no group's maximum
     }
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) m = num::max_nan(m, __shfl_xor_sync(0xffffffffu, m, off));
@@ -245,7 +276,7 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
       const int row = row0 + offsets[i];
       if (row < rows.n) {
         *reinterpret_cast<uint2*>(codes + static_cast<std::int64_t>(row) * kDp + kVec * c8) =
-            quantize_int8x8(x[i], inv);
+            quantize_int8x8_own_group(x[i], inv);
       }
     }
     if (threadIdx.x == 0) scales[row0 / kTileRows] = scale;
