@@ -67,44 +67,36 @@ __device__ __forceinline__ int quantize_int(float x, float inv_scale, int qmax) 
   return q > qmax ? qmax : (q < -qmax ? -qmax : q);
 }
 
-// Packs 8 ints in [-127, 127] into INT8 codes, 4 per word (element 0 in the
-// lowest byte). cvt.pack.sat.s8.s32.b32 d, a, b, c: d = c << 16 | sat(a) << 8
-// | sat(b), so it also clamps at +127.
-__device__ __forceinline__ uint2 pack_int8x8(const int (&q)[kVec]) {
+// The INT8 codes of 8 values, 4 per word (element 0 in the lowest byte):
+// quantize_int's result in fewer instructions. The packing conversions
+// (cvt.pack.sat) saturate at +127, quantize_int's upper clamp for
+// qmax = 127; the lower one, -127, is explicit unless kOwnGroupScale.
+// kOwnGroupScale: the values are those of the group whose largest |x| set
+// the scale (inv_scale = reciprocal_rn(symmetric_scale(amax, 127)), amax the
+// group's max_nan of |x|), where the lower clamp cannot act: for finite amax,
+// amax / scale <= 127 (1 + u) (the division's rounding; the smallest-normal
+// floor only lowers it), and inv_scale and the product add a rounding each,
+// so |x * inv_scale| <= 127 (1 + 3u) < 127.5, which rounds into [-127, 127];
+// for non-finite amax the scale is NaN or +inf, inv_scale NaN or 0, and the
+// product 0 or NaN: code 0 either way. Without the clamp the conversions fuse
+// into packed pairs (F2IP on sm_90a).
+template <bool kOwnGroupScale = false>
+__device__ __forceinline__ uint2 quantize_int8x8(const float (&x)[kVec], float inv_scale) {
+  int q[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) {
+    q[e] = __float2int_rn(x[e] * inv_scale);
+    if constexpr (!kOwnGroupScale) q[e] = max(q[e], -127);
+  }
   uint32_t word[2];
 #pragma unroll
   for (int w = 0; w < 2; ++w) {
+    // cvt.pack.sat.s8.s32.b32 d, a, b, c: d = c << 16 | sat(a) << 8 | sat(b).
     uint32_t upper;
     asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, 0;\n" : "=r"(upper) : "r"(q[4 * w + 3]), "r"(q[4 * w + 2]));
     asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, %3;\n" : "=r"(word[w]) : "r"(q[4 * w + 1]), "r"(q[4 * w]), "r"(upper));
   }
   return make_uint2(word[0], word[1]);
-}
-
-// The INT8 codes of 8 values, 4 per word (element 0 in the lowest byte):
-// quantize_int's result in fewer instructions. Only the lower clamp is
-// explicit; the packing saturates at +127, which is quantize_int's upper
-// clamp for qmax = 127.
-__device__ __forceinline__ uint2 quantize_int8x8(const float (&x)[kVec], float inv_scale) {
-  int q[kVec];
-#pragma unroll
-  for (int e = 0; e < kVec; ++e) q[e] = max(__float2int_rn(x[e] * inv_scale), -127);
-  return pack_int8x8(q);
-}
-
-// quantize_int8x8 for values of the group whose largest |x| set the scale
-// (inv_scale = reciprocal_rn(symmetric_scale(amax, 127)), amax the group's
-// max_nan of |x|): the same codes without the lower clamp, which cannot act
-// there. For finite amax, amax / scale <= 127 (1 + u) (the division's
-// rounding; the smallest-normal floor only lowers it) and inv_scale and the
-// product add a rounding each, so |x * inv_scale| <= 127 (1 + 3u) < 127.5,
-// which rounds into [-127, 127]. For non-finite amax the scale is NaN or
-// +inf, inv_scale NaN or 0, and the product 0 or NaN: code 0 both ways.
-__device__ __forceinline__ uint2 quantize_int8x8_own_group(const float (&x)[kVec], float inv_scale) {
-  int q[kVec];
-#pragma unroll
-  for (int e = 0; e < kVec; ++e) q[e] = __float2int_rn(x[e] * inv_scale);
-  return pack_int8x8(q);
 }
 
 // E4M3 codes of two values in one conversion: lo in the low byte, hi in the
