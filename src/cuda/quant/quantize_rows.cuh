@@ -44,17 +44,35 @@ __device__ __forceinline__ void unpack8(uint4 raw, float (&x)[kVec]) {
   }
 }
 
-// max |x| over the 8 elements of a 16-byte chunk, on packed pairs (half the
-// instructions of unpacking to fp32). Exact: the maximum of representable
-// values; NaN if an element is NaN (num::max_nan: the group's scale then
-// makes the results that use it NaN).
+// max |x| over the 8 elements of each of N 16-byte chunks, on packed pairs
+// (half the instructions of unpacking to fp32). Exact: the maximum of
+// representable values; NaN if an element is NaN (num::max_nan: the
+// group's scale then makes the results that use it NaN).
+template <typename T>
+using PairOf = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+template <typename T>
+__device__ __forceinline__ PairOf<T> abs_max_pair(uint4 raw) {
+  PairOf<T> h[4];
+  memcpy(h, &raw, sizeof(raw));
+  return __hmax2_nan(__hmax2_nan(__habs2(h[0]), __habs2(h[1])), __hmax2_nan(__habs2(h[2]), __habs2(h[3])));
+}
+template <typename T, int N>
+__device__ __forceinline__ float abs_max8(const uint4 (&raw)[N]) {
+  static_assert((N & (N - 1)) == 0, "a tree of maxima over a power of two of chunks");
+  PairOf<T> m[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) m[i] = abs_max_pair<T>(raw[i]);
+#pragma unroll
+  for (int width = N; width > 1; width /= 2) {
+#pragma unroll
+    for (int i = 0; i < width / 2; ++i) m[i] = __hmax2_nan(m[i], m[i + width / 2]);
+  }
+  return num::max_nan(__low2float(m[0]), __high2float(m[0]));
+}
 template <typename T>
 __device__ __forceinline__ float abs_max8(uint4 raw) {
-  using Pair = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
-  Pair h[4];
-  memcpy(h, &raw, sizeof(raw));
-  const Pair m = __hmax2_nan(__hmax2_nan(__habs2(h[0]), __habs2(h[1])), __hmax2_nan(__habs2(h[2]), __habs2(h[3])));
-  return num::max_nan(__low2float(m), __high2float(m));
+  const uint4 one[1] = {raw};
+  return abs_max8<T>(one);
 }
 
 // Hardware conversions for the hot loops. numerics/formats.h (what the CPU
@@ -149,6 +167,13 @@ __device__ __forceinline__ float row_max_scatter(float (&m)[kRows]) {
     }
   }
   return num::max_nan(m[0], __shfl_xor_sync(0xffffffffu, m[0], 1));
+}
+
+// The largest `x` of the warp's lanes, in every lane.
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int mask = 16; mask >= 1; mask /= 2) x = num::max_nan(x, __shfl_xor_sync(0xffffffffu, x, mask));
+  return x;
 }
 
 // After row_max_scatter: merges `amax` over the lanes whose rows lie in the

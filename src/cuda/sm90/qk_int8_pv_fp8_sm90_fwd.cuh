@@ -346,16 +346,33 @@ __device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, Fwd
   // registers. (Per item, no O, S or P is live yet; across items O and P
   // are, and ptxas spills 8-12 bytes around this, outside the key-tile loop.)
   uint4 raw[L::kRows];
-  float m[L::kRows];
 #pragma unroll
-  for (int j = 0; j < L::kRows; ++j) {
-    raw[j] = rows16[L::row_in_warp(j) * L::kChunkLanes + L::chunk()];
-    m[j] = quant::abs_max8<typename T::Out>(raw[j]);
+  for (int j = 0; j < L::kRows; ++j) raw[j] = rows16[L::row_in_warp(j) * L::kChunkLanes + L::chunk()];
+  // Per-warp granularity: one group, all the warp's rows, so one maximum and
+  // no per-row exchange. Otherwise the lane gets its row lane / 2's group's.
+  static_assert(geometry.warp_q == 16, "a warp's 16 rows are one per-warp group");
+  const bool warp_group = p.granularity == Granularity::per_warp;
+  float amax;
+  if (warp_group) {
+    amax = quant::warp_max(quant::abs_max8<typename T::Out>(raw));
+  } else {
+    float m[L::kRows];
+#pragma unroll
+    for (int j = 0; j < L::kRows; ++j) m[j] = quant::abs_max8<typename T::Out>(raw[j]);
+    amax = quant::row_max_scatter(m);
+    quant::merge_group_max(amax, static_cast<int>(geometry.q_group_of(lane / 2, p.granularity)));
   }
-  float amax = quant::row_max_scatter(m);  // of row lane / 2
-  quant::merge_group_max(amax, static_cast<int>(geometry.q_group_of(lane / 2, p.granularity)));
   const float scale = num::symmetric_scale(amax, 127);
   const float inv_own = num::reciprocal_rn(scale);
+  float inv[L::kRows];  // 1 / scale of the group of the lane's row j
+  float q_scale = scale;  // the scale of the thread's fragment rows, lane / 4 and lane / 4 + 8
+#pragma unroll
+  for (int j = 0; j < L::kRows; ++j) inv[j] = inv_own;
+  if (!warp_group) {
+#pragma unroll
+    for (int j = 0; j < L::kRows; ++j) inv[j] = __shfl_sync(0xffffffffu, inv_own, 2 * L::row_in_warp(j));
+    q_scale = __shfl_sync(0xffffffffu, scale, 2 * (lane / 4));
+  }
 #pragma unroll
   for (int j = 0; j < L::kRows; ++j) {
     const int r = L::row_in_warp(j);
@@ -363,11 +380,11 @@ __device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, Fwd
     quant::unpack8<typename T::Out>(raw[j], x);
     const int off = (first_row + r) * T::kDp + quant::kVec * L::chunk();
     *reinterpret_cast<uint2*>(s.q[0] + swizzled<T::kDp>(off)) =
-        quant::quantize_int8x8(x, __shfl_sync(0xffffffffu, inv_own, 2 * r));
+        quant::quantize_int8x8</*kOwnGroupScale=*/true>(x, inv[j]);
   }
   fence_proxy_async_shared();  // the stores above, for the wgmma that reads them
   named_barrier_sync(kConsumerBarrier + consumer, 128);
-  return __shfl_sync(0xffffffffu, scale, 2 * (lane / 4)) * p.scale_log2;
+  return q_scale * p.scale_log2;
 }
 
 // S = Q K^T, issued asynchronously (one commit group): s_acc is written
