@@ -53,9 +53,6 @@ static_assert(kRowsPerThread * kRowLanes == kTileRows && kRowLanes == 32, "a til
 static_assert(vt_key_of_position(4) == 2 && vt_key_of_position(6) == 10 && vt_key_of_position(16) == 16,
               "V^T positions 4q .. 4q + 3 of a 16-key half hold its keys 2q, 2q + 1, 2q + 8, 2q + 9");
 
-template <typename T>
-using Pair = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
-
 struct HeadJobShared {
   float lanes[2][kRowLanes][kDp];  // the row lanes' partial statistics (K: sums; V: max, min)
   float per_channel[kDp];          // K: mean_k; V: 1 / v_scale
@@ -138,7 +135,7 @@ __device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& o
   const int c8 = threadIdx.x % kChunks, lane_row = threadIdx.x / kChunks;
   const uint64_t keep = ptx::l2_policy_evict_last();  // read again in the second pass
   float sum[kVec] = {};
-  Pair<T> hi[kVec / 2], lo[kVec / 2];
+  PairOf<T> hi[kVec / 2], lo[kVec / 2];
   for (int i = 0; i < kVec / 2; ++i) {
     if constexpr (std::is_same_v<T, __half>) {
       hi[i] = __float2half2_rn(-INFINITY), lo[i] = __float2half2_rn(INFINITY);
@@ -153,7 +150,7 @@ __device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& o
       const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        Pair<T> x;
+        PairOf<T> x;
         memcpy(&x, &words[i], sizeof(x));
         hi[i] = __hmax2(hi[i], x), lo[i] = __hmin2(lo[i], x);
       }
@@ -261,8 +258,7 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
       }
       if (row0 + offsets[i] < rows.n) m = num::max_nan(m, row_max);  // rows past n are in no group's maximum
     }
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) m = num::max_nan(m, __shfl_xor_sync(0xffffffffu, m, off));
+    m = warp_max(m);
     if (threadIdx.x % 32 == 0) s.group_max[parity][threadIdx.x / 32] = m;
     // One barrier per tile: the maxima of the other parity were read before it.
     __syncthreads();

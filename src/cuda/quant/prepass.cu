@@ -855,11 +855,9 @@ __device__ __forceinline__ float load_from_rank(const float* local, int rank) {
 }
 #endif
 
-// Two 16-bit elements of T as one packed value, and both halves set to v.
+// Both halves of T's packed pair (quantize_rows.cuh: PairOf) set to v.
 template <typename T>
-using Pair16 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
-template <typename T>
-__device__ __forceinline__ Pair16<T> pair_of(float v) {
+__device__ __forceinline__ PairOf<T> pair_of(float v) {
   if constexpr (std::is_same<T, __half>::value) {
     return __float2half2_rn(v);
   } else {
@@ -892,7 +890,7 @@ class PartialStats {
         // The extremes on the packed pairs (exact), skipping NaN as fmaxf
         // does (the statistics kernel's rule: a NaN in V reaches the output
         // through its own code, not through the scale).
-        Pair16<T> x;
+        PairOf<T> x;
         memcpy(&x, &w, sizeof(x));
         hi_ = __hmax2(hi_, x), lo_ = __hmin2(lo_, x);
       }
@@ -926,7 +924,7 @@ class PartialStats {
 
   bool sums_, extremes_;
   float2 sum_ = make_float2(0.f, 0.f);
-  Pair16<T> hi_, lo_;
+  PairOf<T> hi_, lo_;
 };
 
 #ifndef SAGE_KV_CLUSTER_MIN_BLOCKS

@@ -44,12 +44,14 @@ __device__ __forceinline__ void unpack8(uint4 raw, float (&x)[kVec]) {
   }
 }
 
+// Two 16-bit elements of T as one packed value.
+template <typename T>
+using PairOf = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+
 // max |x| over the 8 elements of each of N 16-byte chunks, on packed pairs
 // (half the instructions of unpacking to fp32). Exact: the maximum of
 // representable values; NaN if an element is NaN (num::max_nan: the
 // group's scale then makes the results that use it NaN).
-template <typename T>
-using PairOf = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
 template <typename T>
 __device__ __forceinline__ PairOf<T> abs_max_pair(uint4 raw) {
   PairOf<T> h[4];
