@@ -136,13 +136,7 @@ __device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& o
   const uint64_t keep = ptx::l2_policy_evict_last();  // read again in the second pass
   float sum[kVec] = {};
   PairOf<T> hi[kVec / 2], lo[kVec / 2];
-  for (int i = 0; i < kVec / 2; ++i) {
-    if constexpr (std::is_same_v<T, __half>) {
-      hi[i] = __float2half2_rn(-INFINITY), lo[i] = __float2half2_rn(INFINITY);
-    } else {
-      hi[i] = __float2bfloat162_rn(-INFINITY), lo[i] = __float2bfloat162_rn(INFINITY);
-    }
-  }
+  for (int i = 0; i < kVec / 2; ++i) hi[i] = pair_of<T>(-INFINITY), lo[i] = pair_of<T>(INFINITY);
   if (v_job) {
     // The extremes on packed pairs (exact; NaN skipped as fmaxf does, the
     // other paths' rule).

@@ -855,16 +855,6 @@ __device__ __forceinline__ float load_from_rank(const float* local, int rank) {
 }
 #endif
 
-// Both halves of T's packed pair (quantize_rows.cuh: PairOf) set to v.
-template <typename T>
-__device__ __forceinline__ PairOf<T> pair_of(float v) {
-  if constexpr (std::is_same<T, __half>::value) {
-    return __float2half2_rn(v);
-  } else {
-    return __float2bfloat162_rn(v);
-  }
-}
-
 // Step 1: a thread's share of its CTA's statistics, tile by tile (add_tile
 // in tile order), then the CTA's (publish): partial[0] (the sum, if `sums`),
 // partial[1] and partial[2] (max and min, if `extremes`).

@@ -48,6 +48,16 @@ __device__ __forceinline__ void unpack8(uint4 raw, float (&x)[kVec]) {
 template <typename T>
 using PairOf = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
 
+// Both halves of a packed pair set to v.
+template <typename T>
+__device__ __forceinline__ PairOf<T> pair_of(float v) {
+  if constexpr (std::is_same<T, __half>::value) {
+    return __float2half2_rn(v);
+  } else {
+    return __float2bfloat162_rn(v);
+  }
+}
+
 // max |x| over the 8 elements of each of N 16-byte chunks, on packed pairs
 // (half the instructions of unpacking to fp32). Exact: the maximum of
 // representable values; NaN if an element is NaN (num::max_nan: the
