@@ -27,7 +27,6 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <type_traits>
 
 #include "cuda/common/kernel_attributes.h"
 #include "cuda/common/programmatic_launch.cuh"
