@@ -221,8 +221,8 @@ __device__ __forceinline__ void for_each_tile(const HeadRows<T>& rows, const int
 // lane_row + 32 i. The K jobs are the kernel's longer half (alone at 4K
 // keys: K jobs 84 us, V jobs 57 us, both 99 us under ncu, session 40), so
 // their instruction count is what this loop is written for: the values are
-// subtracted once, and their codes need no clamp (quantize_int8x8's
-// kOwnGroupScale; the conversions pack in pairs, F2IP).
+// subtracted once, and their codes need no clamp (their group's own scale:
+// quantize_int8x8; the conversions pack in pairs, F2IP).
 template <typename T>
 __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                         const HeadRows<T>& rows, int bh, HeadJobShared& s) {
@@ -265,7 +265,7 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
       const int row = row0 + offsets[i];
       if (row < rows.n) {
         *reinterpret_cast<uint2*>(codes + static_cast<std::int64_t>(row) * kDp + kVec * c8) =
-            quantize_int8x8</*kOwnGroupScale=*/true>(x[i], inv);
+            quantize_int8x8(x[i], inv);
       }
     }
     if (threadIdx.x == 0) scales[row0 / kTileRows] = scale;

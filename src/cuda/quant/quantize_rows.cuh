@@ -98,26 +98,22 @@ __device__ __forceinline__ int quantize_int(float x, float inv_scale, int qmax) 
 }
 
 // The INT8 codes of 8 values, 4 per word (element 0 in the lowest byte):
-// quantize_int's result in fewer instructions. The packing conversions
-// (cvt.pack.sat) saturate at +127, quantize_int's upper clamp for
-// qmax = 127; the lower one, -127, is explicit unless kOwnGroupScale.
-// kOwnGroupScale: the values are those of the group whose largest |x| set
-// the scale (inv_scale = reciprocal_rn(symmetric_scale(amax, 127)), amax the
-// group's max_nan of |x|), where the lower clamp cannot act: for finite amax,
-// amax / scale <= 127 (1 + u) (the division's rounding; the smallest-normal
-// floor only lowers it), and inv_scale and the product add a rounding each,
-// so |x * inv_scale| <= 127 (1 + 3u) < 127.5, which rounds into [-127, 127];
+// quantize_int's result for qmax = 127 in fewer instructions, for values of
+// the group whose largest |x| set the scale (inv_scale =
+// reciprocal_rn(symmetric_scale(amax, 127)), amax the group's max_nan of
+// |x|), which is how every caller quantizes. The packing conversions
+// (cvt.pack.sat) saturate at +127, quantize_int's upper clamp; its lower
+// one, -127, cannot act on such values: for finite amax, amax / scale <=
+// 127 (1 + u) (the division's rounding; the smallest-normal floor only
+// lowers it), and inv_scale and the product add a rounding each, so
+// |x * inv_scale| <= 127 (1 + 3u) < 127.5, which rounds into [-127, 127];
 // for non-finite amax the scale is NaN or +inf, inv_scale NaN or 0, and the
-// product 0 or NaN: code 0 either way. Without the clamp the conversions fuse
-// into packed pairs (F2IP on sm_90a).
-template <bool kOwnGroupScale = false>
+// product 0 or NaN: code 0 either way. Without the clamp the conversions
+// fuse into packed pairs (F2IP on sm_90a).
 __device__ __forceinline__ uint2 quantize_int8x8(const float (&x)[kVec], float inv_scale) {
   int q[kVec];
 #pragma unroll
-  for (int e = 0; e < kVec; ++e) {
-    q[e] = __float2int_rn(x[e] * inv_scale);
-    if constexpr (!kOwnGroupScale) q[e] = max(q[e], -127);
-  }
+  for (int e = 0; e < kVec; ++e) q[e] = __float2int_rn(x[e] * inv_scale);
   uint32_t word[2];
 #pragma unroll
   for (int w = 0; w < 2; ++w) {

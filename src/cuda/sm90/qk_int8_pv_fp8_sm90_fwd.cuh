@@ -380,7 +380,7 @@ __device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, Fwd
     quant::unpack8<typename T::Out>(raw[j], x);
     const int off = (first_row + r) * T::kDp + quant::kVec * L::chunk();
     *reinterpret_cast<uint2*>(s.q[0] + swizzled<T::kDp>(off)) =
-        quant::quantize_int8x8</*kOwnGroupScale=*/true>(x, inv[j]);
+        quant::quantize_int8x8(x, inv[j]);
   }
   fence_proxy_async_shared();  // the stores above, for the wgmma that reads them
   named_barrier_sync(kConsumerBarrier + consumer, 128);
