@@ -33,6 +33,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import sage_attention
 from sage_attention import _attention as sage_impl
+from sage_attention import _ops
 
 L2_BYTES = 64 << 20
 
@@ -74,7 +75,6 @@ def sage_end_to_end(causal):
 def sage_portable_binding(causal):
     """`sage` through the package's portable binding (_C with tensor tuples) instead of
     _torch_calls: the same GPU work, the host time of a package built without it."""
-    from sage_attention import _ops
     fast = _ops._torch_calls
 
     def run(q, k, v):
@@ -144,7 +144,11 @@ def main():
     B, H = 2, 32
     ns = [int(n) for n in args.sizes.split(",")] if args.sizes else [1024, 4096] if args.quick else [1024, 4096, 16384]
     rows = []
-    print(f"GPU: {gpu}  torch {torch.__version__}  sage-attention {sage_attention.__version__}", flush=True)
+    # Which binding "sage" goes through: a package staged without its _torch_calls module (or
+    # under another torch) pays 8-17 us more host time per call, which the 1K cells show.
+    binding = "torch_calls" if _ops._torch_calls is not None else "portable"
+    print(f"GPU: {gpu}  torch {torch.__version__}  sage-attention {sage_attention.__version__}  "
+          f"binding {binding}", flush=True)
     for d in (int(d) for d in args.dims.split(",")):
         for causal in (c == "1" for c in args.causal.split(",")):
             for n in ns:
@@ -171,7 +175,7 @@ def main():
                 del sets
                 torch.cuda.empty_cache()
 
-    result = {"gpu": gpu, "torch": torch.__version__, "commit": git_commit(), "rows": rows}
+    result = {"gpu": gpu, "torch": torch.__version__, "commit": git_commit(), "binding": binding, "rows": rows}
     path = args.out or os.path.join(os.path.dirname(__file__), "results",
                                     f"{gpu.replace(' ', '_')}-{datetime.date.today().isoformat()}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)

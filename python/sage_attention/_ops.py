@@ -33,6 +33,7 @@ whatever the current device is.
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import math
 import os
 import warnings
@@ -206,6 +207,14 @@ def _empty_result(q, k, v, tensor_layout, out, lse):
     return out, lse
 
 
+def _torch_calls_file_present():
+    """Whether the package directory holds a _torch_calls extension file (the configure step writes
+    _torch_build.py; the module itself is its own build target)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return any(os.path.exists(os.path.join(here, "_torch_calls" + suffix))
+               for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
 def _load_torch_calls():
     """sage_attention._torch_calls where it was built against the running torch, else None.
 
@@ -229,7 +238,10 @@ def _load_torch_calls():
             from . import _torch_calls
             return _torch_calls
         except (ImportError, OSError) as e:
-            problem = f"cannot load its module for torch {running[0]} ({e})"
+            if not _torch_calls_file_present():
+                problem = f"was configured for torch {running[0]}, but its _torch_calls module is missing (not built)"
+            else:
+                problem = f"cannot load its module for torch {running[0]} ({e})"
     warnings.warn(f"sage_attention {problem}: it uses its portable binding, with 8-17 us more host time per "
                   "call (rebuild the package to get it back)", RuntimeWarning, stacklevel=2)
     return None
