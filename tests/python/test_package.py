@@ -103,6 +103,7 @@ def test_torch_calls_module_is_not_loaded_under_another_torch_or_when_turned_off
     with pytest.warns(RuntimeWarning, match="cannot load its module"):
         assert _ops._load_torch_calls() is None
     # A package staged without the module (configured for it, the target not built): said so.
+    assert _ops._torch_calls_file_present()  # (this one has it: torch_calls_module above)
     monkeypatch.setattr(_ops, "_torch_calls_file_present", lambda: False)
     with pytest.warns(RuntimeWarning, match=r"its _torch_calls module is missing \(not built\)"):
         assert _ops._load_torch_calls() is None
