@@ -8,7 +8,7 @@
 # Each DIR (the working tree ".", or a copy such as one made here with
 #   mkdir -p ab/base && git archive HEAD | tar -x -C ab/base
 # which travels to the GPU machine as an untracked directory) gets one build of the Python
-# package (build-ab-NAME, NAME of its first variant; the whole build without the tests, so that
+# package (build-ab-NAME, NAME of its first variant; the whole build without the tests and the CLI, so that
 # the package has its _torch_calls module whatever the copy's targets say: without it its calls
 # pay the portable binding's host time), all built in parallel. A variant's
 # VAR=VALUE is set while it runs: a dispatch switch timed in one build, e.g. Q quantized by the
@@ -62,7 +62,7 @@ start=$(date +%s)
 for dir in "${!build_of[@]}"; do
   build=${build_of[$dir]}
   (cmake -S "$dir" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAGE_CUDA_ARCHS=90a \
-     -DSAGE_BUILD_PYTHON=ON -DSAGE_BUILD_TESTS=OFF "-DPython_EXECUTABLE=$py" >"$out/configure-${build#build-ab-}.log" 2>&1 &&
+     -DSAGE_BUILD_PYTHON=ON -DSAGE_BUILD_TESTS=OFF -DSAGE_BUILD_TOOLS=OFF "-DPython_EXECUTABLE=$py" >"$out/configure-${build#build-ab-}.log" 2>&1 &&
    cmake --build "$build" -j"$jobs" >"$out/build-${build#build-ab-}.log" 2>&1
    echo "build $build ($dir): rc=$?") &
 done

@@ -492,8 +492,7 @@ __device__ void quantize_int_tile(QuantShared<Dp>& sh, const uint4* tile, const 
     read_row<T, Dp, kSub>(tile, j, mu, x);
     const std::int64_t row = row0 + L::row(j);
     if (bits == 8) {  // one byte per element, rows of Dp bytes (x as the maxima read it: no clamp can act)
-      *reinterpret_cast<uint2*>(rows_out + row * Dp + kVec * L::chunk()) =
-          quantize_int8x8(x, inv[j]);
+      *reinterpret_cast<uint2*>(rows_out + row * Dp + kVec * L::chunk()) = quantize_int8x8(x, inv[j]);
     } else {  // two's-complement nibbles, the lower-indexed element in the low nibble (mma.sync .s4)
       uint32_t packed = 0;
 #pragma unroll

@@ -58,16 +58,17 @@ __device__ __forceinline__ PairOf<T> pair_of(float v) {
   }
 }
 
-// max |x| over the 8 elements of each of N 16-byte chunks, on packed pairs
-// (half the instructions of unpacking to fp32). Exact: the maximum of
-// representable values; NaN if an element is NaN (num::max_nan: the
-// group's scale then makes the results that use it NaN).
+// max |x| of a 16-byte chunk's even and odd elements, as one packed pair.
 template <typename T>
 __device__ __forceinline__ PairOf<T> abs_max_pair(uint4 raw) {
   PairOf<T> h[4];
   memcpy(h, &raw, sizeof(raw));
   return __hmax2_nan(__hmax2_nan(__habs2(h[0]), __habs2(h[1])), __hmax2_nan(__habs2(h[2]), __habs2(h[3])));
 }
+// max |x| over the 8 elements of each of N 16-byte chunks, on packed pairs
+// (half the instructions of unpacking to fp32). Exact: the maximum of
+// representable values; NaN if an element is NaN (num::max_nan: the
+// group's scale then makes the results that use it NaN).
 template <typename T, int N>
 __device__ __forceinline__ float abs_max8(const uint4 (&raw)[N]) {
   static_assert((N & (N - 1)) == 0, "a tree of maxima over a power of two of chunks");
