@@ -4,10 +4,11 @@
 Model (docs/perf-notes.md, sessions 34 and 44; H200, D = 128, 4K keys): a 192-row item costs its key
 tiles plus 2.3 tile times, an item of 128 rows (one consumer idle) 0.73 per tile plus 2.3. A head of
 N rows gets `full` items of 192 rows (static rounds over the CTAs, forward then backward, as the
-kernel takes them) and short items of 128 rows for the rest. Printed per length: the busiest CTA's
-work today (the host's choice of full items), and with the short items' keys split
-  - in equal pieces (2-4), each piece paying the fixed 2.3 and a merge, assigned greedily to the
-    least loaded CTA (LPT: better than any static rule could do);
+kernel takes them) and short items of 128 rows for the rest (a head's last one counted whole,
+as the host's choice of full items counts it, sm90 noncausal_full_items). Printed per length: the
+busiest CTA's work today (that choice), and with the short items' keys split
+  - in equal pieces (2-4), each piece paying the fixed 2.3 and a merge, assigned greedily, longest
+    first, to the least loaded CTA (a rule the kernel's static rounds could at best match);
   - stream-K style: after the full items, the short items' key tiles laid end to end and cut into
     one run per CTA sized to even out the loads (a run that crosses items pays 2.3 and a merge per
     piece).
