@@ -8,9 +8,9 @@
 # Each DIR (the working tree ".", or a copy such as one made here with
 #   mkdir -p ab/base && git archive HEAD | tar -x -C ab/base
 # which travels to the GPU machine as an untracked directory) gets one build of the Python
-# package (build-ab-NAME, NAME of its first variant; the whole build without the tests and the CLI, so that
-# the package has its _torch_calls module whatever the copy's targets say: without it its calls
-# pay the portable binding's host time), all built in parallel. A variant's
+# package (build-ab-NAME, NAME of its first variant; the whole build without the tests and the
+# CLI, so that the package has its _torch_calls module whatever the copy's targets say: without it
+# its calls pay the portable binding's host time), all built in parallel. A variant's
 # VAR=VALUE is set while it runs: a dispatch switch timed in one build, e.g. Q quantized by the
 # pre-pass against the dispatch's choice (the kernel, where it can) at D=128:
 #   scripts/ab_bench.sh dispatch=. prepass=.,SAGE_SM90_Q_PREPASS=1 -- --dims 128 --sizes 2048,4096
@@ -22,8 +22,9 @@
 # the arguments after -- are its own); its 1K figures do not carry the host's noise.
 # Default benchmark arguments: --methods sage,sage-kernel,sdpa-cudnn (cuDNN as the yardstick of
 # each run). Before any timing, each variant's build must agree with the CPU emulation on a few
-# calls (scripts/ab_smoke.py); one that does not is left out (SMOKE=0: no check). Output (JSON and logs) in $OUT (or ./ab-out); a device call brings back only a few
-# files, so end it with scripts/pack_out.sh (one archive of $OUT).
+# calls (scripts/ab_smoke.py); one that does not is left out (SMOKE=0: no check). Output (JSON
+# and logs) in $OUT (or ./ab-out); a device call brings back only a few files, so end it with
+# scripts/pack_out.sh (one archive of $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/cuda/bin:$PATH"
