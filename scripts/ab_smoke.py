@@ -5,8 +5,9 @@ The GPU output of a few calls against the CPU emulation of the same pipeline (th
 path): shapes that give the persistent CTAs several work items each (the consumer's walk across
 items), odd lengths, causal alignments whose first query tiles see no key, GQA, both layouts,
 fp16 and bf16, head dims 64, 128 and padded ones (96, 40; 36, whose rows no 16-byte store can
-reach), the LSE. Exits 1 on the first mismatch, saying which case. Not a test suite: the GPU
-tests (tests/gpu, tests/python/test_gpu.py) are; this keeps a broken variant from being timed.
+reach), the LSE, K and V by the pre-pass's head jobs. Exits 1 on the first mismatch, saying which
+case. Not a test suite: the GPU tests (tests/gpu, tests/python/test_gpu.py) are; this keeps a
+broken variant from being timed.
 
   PYTHONPATH=build-ab-NAME/python/pkg python3 scripts/ab_smoke.py
 """
@@ -26,6 +27,8 @@ CASES = [  # (B, Hq, Hkv, Nq, Nk, D, causal, causal_align, layout, dtype, granul
     (1, 150, 150, 300, 333, 96, True, "bottom_right", "NHD", torch.float16, "per_warp", True),
     (2, 80, 80, 257, 257, 40, False, "top_left", "NHD", torch.bfloat16, "per_warp", False),
     (1, 140, 140, 260, 260, 36, True, "top_left", "HND", torch.bfloat16, "per_warp", True),
+    # K and V by the pre-pass's head jobs (128 jobs: about one per SM of an H100 / H200).
+    (1, 64, 64, 128, 2500, 128, False, "top_left", "HND", torch.bfloat16, "per_warp", False),
 ]
 
 
