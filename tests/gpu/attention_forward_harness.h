@@ -835,6 +835,24 @@ void expect_exact_bounds(const Metrics& m, const ExactBounds& b, const char* wha
   EXPECT_LE(m.rel_l1, b.max_rel_l1) << what;
 }
 
+// The same call twice on the same workspace gives the same bits (run_on_gpu's
+// repeat: no races, no dependence on what the workspace held, no device
+// memory taken), and every output element is written and finite. The call:
+// GQA, Nq != Nk with partial tiles, causal bottom-right, per-thread groups,
+// smooth V; fresh inputs.
+void expect_small_call_repeatable(int device) {
+  Case c;
+  c.b = 2, c.hq = 4, c.hkv = 2, c.nq = 700, c.nk = 500, c.d = 128;
+  c.causal = true, c.align = CausalAlign::bottom_right;
+  c.granularity = Granularity::per_thread, c.smooth_v = true;
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
+  const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
+  GpuResult gpu;
+  ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device, &gpu, /*repeat=*/true));
+  EXPECT_EQ(count_nonfinite(gpu.out), 0);
+}
+
 // A NaN or an infinity in Q, K or V (tests/nonfinite_inputs.h; head 0 of
 // batch 0, row / key 37, channel 5): every output element is non-finite
 // exactly where the emulation's is (whose non-finite outputs cover those of

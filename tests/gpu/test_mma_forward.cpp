@@ -185,20 +185,9 @@ TEST_F(MmaForward, NonFiniteInputsGiveNaNAsTheEmulation) {
   expect_nonfinite_inputs_give_nan(c, device(), sage::kMmaGeometry);
 }
 
-// The same call twice on the same workspace gives the same bits (no races,
-// no dependence on what the workspace held).
 TEST_F(MmaForward, SmallRepeatable) {
   if (sm() < 89) GTEST_SKIP() << "FP8 PV needs compute capability 8.9 or newer";
-  Case c;
-  c.b = 2, c.hq = 4, c.hkv = 2, c.nq = 700, c.nk = 500, c.d = 128;
-  c.causal = true, c.align = CausalAlign::bottom_right;
-  c.granularity = Granularity::per_thread, c.smooth_v = true;
-  const std::uint64_t seed = fresh_seed();
-  SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
-  const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
-  GpuResult gpu;
-  ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &gpu, /*repeat=*/true));
-  EXPECT_EQ(count_nonfinite(gpu.out), 0);
+  expect_small_call_repeatable(device());
 }
 
 // Options the mma.sync family cannot run yet are refused with a message that
