@@ -53,6 +53,14 @@ class Rng {
 
 enum class Tensor : std::uint64_t { q = 1, k = 2, v = 3, layout = 4 };
 
+// Standard deviations of the per-channel offsets (add_channel_bias). Q's is
+// smaller than K's: an offset b of Q adds b . k_j * sm_scale to the scores
+// of its head's rows, which varies over the keys with standard deviation
+// |b| * sm_scale ~ 2 (|b| ~ 2 sqrt(D) for Gaussian keys), where K's offset
+// adds a constant per row, which the softmax ignores; at 5 the rows would
+// be nearly one-hot, the `sharp` inputs again.
+constexpr double kKvBias = 5.0, kQBias = 2.0;
+
 Rng stream(std::uint64_t seed, Tensor which) {
   Rng mixer(seed ^ (static_cast<std::uint64_t>(which) * 0xD1B54A32D192ED03ull));
   return Rng(mixer.next_u64());
@@ -90,15 +98,15 @@ std::vector<float> student_t(const Shape& s, Rng& rng) {
   return x;
 }
 
-// Adds a per-(batch, head, channel) offset ~ N(0, 5^2), shared by all tokens:
-// the structured bias real K (and V) activations show, which makes
-// per-block INT8 scales wasteful and K smoothing worthwhile.
-void add_channel_bias(std::vector<float>& x, const Shape& s, Rng& rng) {
+// Adds a per-(batch, head, channel) offset ~ N(0, sigma^2), shared by all
+// tokens: the structured bias real Q, K and V activations show, which makes
+// per-block INT8 scales wasteful and smoothing worthwhile.
+void add_channel_bias(std::vector<float>& x, const Shape& s, double sigma, Rng& rng) {
   for (std::int64_t b = 0; b < s.batch; ++b)
     for (std::int64_t h = 0; h < s.heads; ++h) {
       float* head = x.data() + s.head_offset(b, h);
       for (std::int64_t d = 0; d < s.dim; ++d) {
-        const float bias = static_cast<float>(5.0 * rng.normal());
+        const float bias = static_cast<float>(sigma * rng.normal());
         for (std::int64_t t = 0; t < s.tokens; ++t) head[t * s.dim + d] += bias;
       }
     }
@@ -152,6 +160,7 @@ const char* distribution_name(Distribution d) {
     case Distribution::outlier_channels: return "outliers";
     case Distribution::heavy_tailed: return "heavy-tailed";
     case Distribution::sharp: return "sharp";
+    case Distribution::qk_bias: return "qk-bias";
   }
   return "unknown";
 }
@@ -168,7 +177,7 @@ bool parse_distribution(const std::string& name, Distribution* out) {
 
 std::vector<Distribution> all_distributions() {
   return {Distribution::gaussian, Distribution::channel_bias, Distribution::outlier_channels,
-          Distribution::heavy_tailed, Distribution::sharp};
+          Distribution::heavy_tailed, Distribution::sharp, Distribution::qk_bias};
 }
 
 Inputs make_inputs(const Problem& p, Distribution d, std::uint64_t seed, DType round_to) {
@@ -190,8 +199,14 @@ Inputs make_inputs(const Problem& p, Distribution d, std::uint64_t seed, DType r
     case Distribution::gaussian:
     case Distribution::heavy_tailed: break;
     case Distribution::channel_bias:
-      add_channel_bias(in.k, ks, rlayout);
-      add_channel_bias(in.v, ks, rlayout);
+      add_channel_bias(in.k, ks, kKvBias, rlayout);
+      add_channel_bias(in.v, ks, kKvBias, rlayout);
+      break;
+    case Distribution::qk_bias:
+      // V plain, so that V's offsets do not dominate every output row (as
+      // in channel-bias) and the relative errors show what Q K^T loses.
+      add_channel_bias(in.q, qs, kQBias, rlayout);
+      add_channel_bias(in.k, ks, kKvBias, rlayout);
       break;
     case Distribution::outlier_channels: scale_outlier_channels(in.q, qs, in.k, ks, rlayout); break;
     case Distribution::sharp: {

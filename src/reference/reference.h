@@ -81,6 +81,7 @@ enum class Distribution {
   outlier_channels,  // a few channels of Q and K are 10-50x larger
   heavy_tailed,      // Student-t (3 degrees of freedom)
   sharp,             // large-scale Q.K: near one-hot attention rows
+  qk_bias,           // Q and K get per-channel offsets shared by all tokens (Q's smaller), V does not
 };
 const char* distribution_name(Distribution d);
 bool parse_distribution(const std::string& name, Distribution* out);

@@ -139,7 +139,7 @@ struct Bounds {
 struct Pipeline {
   const char* name;
   AttentionOptions options;
-  Bounds bounds[5];  // in the order of all_distributions()
+  Bounds bounds[6];  // in the order of all_distributions()
   double lse_tol;    // max |lse - exact| on gaussian and channel-bias inputs
   // The same on causal rows that see a handful of keys: there the LSE is
   // about the top score itself, whose rounding error does not average out
@@ -165,24 +165,25 @@ std::vector<Pipeline> pipelines() {
   s3.smooth_q = true;
   AttentionOptions bwd;
   bwd.method = Method::sagebwd;
-  // Bounds per distribution (gaussian, channel bias, outliers, heavy-tailed, sharp): the worst
-  // cos-sim and rel-L1 over 558 fresh seeds (N=1024, D=128), with 50% more room for 1 - cos and
-  // 25% for rel-L1, and never tighter than the first (8-seed) bounds.
+  // Bounds per distribution (gaussian, channel bias, outliers, heavy-tailed, sharp, qk-bias): the
+  // worst cos-sim and rel-L1 over 558 fresh seeds (N=1024, D=128; qk-bias: 300 seeds), with 50%
+  // more room for 1 - cos and 25% for rel-L1 (qk-bias's INT4 and NVFP4, whose tails are long,
+  // rounded out further), and never tighter than the first (8-seed) bounds.
   // LSE tolerances: measured max over 8 seeds 5e-3 (INT8), 9e-2 (INT4), 6e-2 (NVFP4). INT4
   // without K smoothing has a long tail: 0.213 once in 2400 seeds (gaussian, 512 x 384 keys,
   // D=128), so its bound is 0.3; a missing smoothing correction is off by several units.
   return {
       {"sage2-int8-fp8", AttentionOptions{},
-       {{.9987, .051}, {.99999, .003}, {.97, .086}, {.952, .16}, {.998, .055}}, 0.02, 0.08},
+       {{.9987, .051}, {.99999, .003}, {.97, .086}, {.952, .16}, {.998, .055}, {.9982, .061}}, 0.02, 0.08},
       {"sage2-int8-e5m2", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::fp8_e5m2),
-       {{.9952, .099}, {.99995, .0076}, {.969, .11}, {.951, .18}, {.9964, .078}}, 0.02, 0.08},
+       {{.9952, .099}, {.99995, .0076}, {.969, .11}, {.951, .18}, {.9964, .078}, {.996, .09}}, 0.02, 0.08},
       {"sage2-int8-fp16", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::fp16),
-       {{.9998, .018}, {.99999, .0003}, {.971, .062}, {.952, .14}, {.9985, .04}}, 0.02, 0.08},
+       {{.9998, .018}, {.99999, .0003}, {.971, .062}, {.952, .14}, {.9985, .04}, {.9988, .05}}, 0.02, 0.08},
       {"sage2-int8-bf16", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::bf16),
-       {{.9998, .018}, {.99999, .0003}, {.971, .062}, {.952, .14}, {.9985, .04}}, 0.02, 0.08},
-      {"sage2-int4-fp8", int4, {{.963, .28}, {.99995, .005}, {.52, .62}, {.63, .72}, {.73, .61}}, 0.3, 1.5},
-      {"sage3-nvfp4", s3, {{.968, .26}, {.999, .028}, {.59, .58}, {.932, .31}, {.86, .46}}, 0.15, 1.2},
-      {"sagebwd-int8", bwd, {{.9995, .029}, {.99999, .0013}, {.966, .079}, {.89, .39}, {.998, .047}}, 0.02, 0.08},
+       {{.9998, .018}, {.99999, .0003}, {.971, .062}, {.952, .14}, {.9985, .04}, {.9988, .05}}, 0.02, 0.08},
+      {"sage2-int4-fp8", int4, {{.963, .28}, {.99995, .005}, {.52, .62}, {.63, .72}, {.73, .61}, {.84, .70}}, 0.3, 1.5},
+      {"sage3-nvfp4", s3, {{.968, .26}, {.999, .028}, {.59, .58}, {.932, .31}, {.86, .46}, {.90, .50}}, 0.15, 1.2},
+      {"sagebwd-int8", bwd, {{.9995, .029}, {.99999, .0013}, {.966, .079}, {.89, .39}, {.998, .047}, {.9986, .055}}, 0.02, 0.08},
   };
 }
 

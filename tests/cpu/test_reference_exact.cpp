@@ -307,7 +307,7 @@ double channel_mean_spread(const std::vector<float>& x, std::int64_t tokens, std
 }
 
 TEST(ReferenceInputs, NamesRoundTrip) {
-  EXPECT_EQ(5u, all_distributions().size());
+  EXPECT_EQ(6u, all_distributions().size());
   for (Distribution d : all_distributions()) {
     Distribution parsed{};
     ASSERT_TRUE(parse_distribution(distribution_name(d), &parsed)) << distribution_name(d);
@@ -351,6 +351,12 @@ TEST(ReferenceInputs, DistributionsHaveTheirShape) {
   EXPECT_GT(channel_mean_spread(cb.k, p.nk, p.head_dim), 2.5);
   EXPECT_GT(channel_mean_spread(cb.v, p.nk, p.head_dim), 2.5);
   EXPECT_LT(channel_mean_spread(cb.q, p.nq, p.head_dim), 0.5);
+  // Q and K bias: Q's channel means ~N(0, 4), K's ~N(0, 25), V's ~N(0, 1/nk).
+  const Inputs qk = make_inputs(p, Distribution::qk_bias, 5, DType::f32);
+  EXPECT_GT(channel_mean_spread(qk.q, p.nq, p.head_dim), 1.0);
+  EXPECT_LT(channel_mean_spread(qk.q, p.nq, p.head_dim), 3.5);
+  EXPECT_GT(channel_mean_spread(qk.k, p.nk, p.head_dim), 2.5);
+  EXPECT_LT(channel_mean_spread(qk.v, p.nk, p.head_dim), 0.5);
 
   // Outliers: some channels of Q and K are >= 10x larger than the rest.
   const Inputs o = make_inputs(p, Distribution::outlier_channels, 5, DType::f32);
