@@ -43,7 +43,7 @@ DIST_TEXT = {
     "heavy-tailed": "Student-t with 3 degrees of freedom in Q, K and V",
     "sharp": "Gaussian with Q scaled so that the logits have standard deviation 8: near one-hot rows",
     "qk-bias": "Gaussian plus a per-channel offset shared by all tokens, ~ N(0, 2²) in Q and ~ N(0, 5²) in K "
-               "(not in V); Q's offset makes the logits vary over the keys with standard deviation ~2 more",
+               "(not in V); Q's offset adds to a head's logits a per-key term of standard deviation ~2",
 }
 METRICS = [("cos_sim", "cos-sim"), ("rel_l1", "rel-L1"), ("rmse", "RMSE"), ("worst_row_cos_sim", "worst-row cos")]
 

@@ -314,7 +314,8 @@ bool settle_device(DeviceChoice* device, const ProblemSize& size) {
 void declare_accuracy(ArgParser& parser) {
   add_device_flag(parser);
   parser.add_option("--dist", "", "NAME",
-                    "input distribution: gaussian|channel-bias|outliers|\nheavy-tailed|sharp|qk-bias|all (default gaussian)");
+                    "input distribution: gaussian|channel-bias|outliers|\n"
+                    "heavy-tailed|sharp|qk-bias|all (default gaussian)");
   add_problem_flags(parser, ProblemSize{});
   parser.add_option("--ablation", "", "NAME",
                     "instead of the method table, the SageAttention2 ablations:\n"
