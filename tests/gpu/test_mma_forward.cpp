@@ -119,7 +119,8 @@ std::vector<Case> all_cases() {
        .dist = D::heavy_tailed, .pv_format = F16, .qk_format = I4},
   };
   cases.insert(cases.end(), int4.begin(), int4.end());
-  // ---- smooth_q (per-tile Q mean + in-kernel key offsets) with every Q/K and PV format
+  // ---- smooth_q (per-tile Q mean + in-kernel key offsets) with every Q/K and PV format,
+  // and Q with channel offsets (qk-bias: tile means far from zero)
   const std::vector<Case> smooth_q = {
       {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 64, .smooth_q = true},
       {.small = true, .b = 2, .hq = 4, .hkv = 2, .nq = 129, .nk = 65, .d = 128, .layout = NHD, .causal = true,
@@ -137,6 +138,8 @@ std::vector<Case> all_cases() {
        .return_lse = false, .dist = D::heavy_tailed, .pv_format = F16, .pv_accum = ACC32, .smooth_q = true},
       {.b = 1, .hq = 2, .hkv = 1, .nq = 1531, .nk = 1531, .d = 128, .causal = true, .align = BR,
        .granularity = G::per_thread, .pv_format = F16, .pv_accum = ACC32, .qk_format = I4, .smooth_q = true},
+      {.b = 1, .hq = 2, .hkv = 2, .nq = 700, .nk = 900, .d = 128, .granularity = G::per_thread, .dist = D::qk_bias,
+       .qk_format = I4, .smooth_q = true},
   };
   cases.insert(cases.end(), smooth_q.begin(), smooth_q.end());
   return cases;

@@ -117,7 +117,8 @@ std::vector<Case> all_cases() {
   };
   cases.insert(cases.end(), more.begin(), more.end());
   // ---- smooth_q (per-tile Q mean + the producer's key offsets): tails of
-  // Q and K tiles, GQA, both layouts and alignments, every granularity.
+  // Q and K tiles, GQA, both layouts and alignments, every granularity, and
+  // Q with channel offsets (qk-bias: tile means far from zero).
   const std::vector<Case> smooth_q = {
       {.small = true, .b = 1, .hq = 2, .hkv = 2, .nq = 1, .nk = 1, .d = 64, .smooth_q = true},
       {.small = true, .b = 2, .hq = 4, .hkv = 2, .nq = 129, .nk = 130, .d = 128, .layout = NHD, .causal = true,
@@ -130,6 +131,7 @@ std::vector<Case> all_cases() {
        .dist = D::channel_bias, .smooth_q = true},
       {.b = 1, .hq = 2, .hkv = 2, .nq = 3000, .nk = 1531, .d = 128, .dtype = FP16, .smooth_k = false,
        .return_lse = false, .dist = D::heavy_tailed, .smooth_q = true},
+      {.b = 1, .hq = 4, .hkv = 2, .nq = 1000, .nk = 1531, .d = 128, .dist = D::qk_bias, .smooth_q = true},
   };
   cases.insert(cases.end(), smooth_q.begin(), smooth_q.end());
   // ---- persistent CTAs (at most one per SM, each looping over query tiles):
