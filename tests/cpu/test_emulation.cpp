@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <random>
@@ -206,6 +207,8 @@ TEST(EmulationAccuracy, EveryPipelineWithinBoundsOnEveryDistribution) {
   const Problem p = make_problem(1024, 1024, 128);
   const std::vector<Pipeline> all = pipelines();
   const std::vector<Distribution> dists = all_distributions();
+  // A distribution added without its bounds would read past each pipeline's array.
+  ASSERT_EQ(dists.size(), std::size(all.front().bounds)) << "bounds per pipeline vs all_distributions()";
   std::ostringstream table;
   table << "emulation vs exact, N=1024 D=128, " << seed_note(seed) << "\n";
   for (std::size_t di = 0; di < dists.size(); ++di) {
