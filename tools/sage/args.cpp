@@ -84,9 +84,13 @@ std::string match_choice(const std::string& flag, const std::string& value, cons
   for (const std::string& choice : choices) {
     if (dashed(value) == dashed(choice)) return choice;
   }
+  throw UsageError(flag + ": '" + value + "' is not one of " + choice_list(choices));
+}
+
+std::string choice_list(const std::vector<std::string>& choices) {
   std::string list;
   for (const std::string& choice : choices) list += (list.empty() ? "" : "|") + choice;
-  throw UsageError(flag + ": '" + value + "' is not one of " + list);
+  return list;
 }
 
 void check_output_file(const std::string& flag, const std::string& path) {

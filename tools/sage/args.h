@@ -26,6 +26,9 @@ struct UsageError : std::runtime_error {
 // choices otherwise.
 std::string match_choice(const std::string& flag, const std::string& value, const std::vector<std::string>& choices);
 
+// The choices as the help and the errors spell them: "a|b|c".
+std::string choice_list(const std::vector<std::string>& choices);
+
 // UsageError naming `flag` unless a file can be written at `path`: checked
 // before the work, so that a typo in an output path does not cost a run.
 void check_output_file(const std::string& flag, const std::string& path);

@@ -173,10 +173,15 @@ struct ResultRow {
   double seconds = 0;
 };
 
-std::vector<Distribution> chosen_distributions(const ArgParser& parser) {
+// --dist's values: every distribution's name, and "all".
+std::vector<std::string> distribution_choices() {
   std::vector<std::string> choices = distribution_names();
   choices.push_back("all");
-  const std::string name = parser.get_choice("--dist", "gaussian", choices);
+  return choices;
+}
+
+std::vector<Distribution> chosen_distributions(const ArgParser& parser) {
+  const std::string name = parser.get_choice("--dist", "gaussian", distribution_choices());
   if (name == "all") return sage::ref::all_distributions();
   Distribution d{};
   sage::ref::parse_distribution(name, &d);
@@ -314,8 +319,7 @@ bool settle_device(DeviceChoice* device, const ProblemSize& size) {
 void declare_accuracy(ArgParser& parser) {
   add_device_flag(parser);
   parser.add_option("--dist", "", "NAME",
-                    "input distribution: gaussian|channel-bias|outliers|\n"
-                    "heavy-tailed|sharp|qk-bias|all (default gaussian)");
+                    "input distribution (default gaussian):\n" + choice_list(distribution_choices()));
   add_problem_flags(parser, ProblemSize{});
   parser.add_option("--ablation", "", "NAME",
                     "instead of the method table, the SageAttention2 ablations:\n"
