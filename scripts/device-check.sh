@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine: build, run the GPU tests (plus compute-sanitizer: memcheck
-# of the small ones, racecheck and synccheck of the small cluster cases),
+# of the small ones, racecheck and synccheck of the small cluster and
+# head-job cluster cases),
 # check the SASS for the tensor-core instructions, run
 # the Python tests (tests/python, GPU ones included) and the transformers
 # example, build the Python package and run the benchmark. Logs and JSON go to $OUT (or
@@ -46,11 +47,12 @@ if [[ $mode == gtests || $mode == tests || $mode == all ]]; then
   summary+=("memcheck (Small tests): rc=$? $(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)")
   # Shared-memory races and barrier misuse in the kernels with the most
   # hand-written synchronization: the pre-pass's cluster kernel (held and
-  # streamed heads, its ring refilled) and the attention kernel behind it.
+  # streamed heads, its ring refilled) and the attention kernel behind it,
+  # and the head-jobs kernel split over clusters (its statistics exchange).
   for tool in racecheck synccheck; do
     timeout 90 compute-sanitizer --tool $tool --error-exitcode 9 build-dev/tests/sage_gpu_tests \
-      --gtest_filter='*KvClusters*Small*' >"$out/$tool.log" 2>&1
-    summary+=("$tool (Small cluster tests): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.log" | tail -1)")
+      --gtest_filter='*KvClusters*Small*:*KvHeadJobBuffers*Small*' >"$out/$tool.log" 2>&1
+    summary+=("$tool (Small cluster and head-job tests): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.log" | tail -1)")
   done
   sass=$(cuobjdump --dump-sass build-dev/src/libsage_attention.a 2>/dev/null)
   summary+=("SASS: IGMMA=$(grep -c IGMMA <<<"$sass") QGMMA=$(grep -c QGMMA <<<"$sass") LDL/STL=$(grep -cE 'LDL|STL' <<<"$sass")")

@@ -5,6 +5,7 @@
 // and without streaming.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "cuda/quant/kv_cluster_shape.h"
@@ -83,6 +84,41 @@ TEST(KvHeadJobsFit, OneWaveAtLeastThreeQuartersFull) {
   EXPECT_FALSE(kv_head_jobs_fit(256, 132));   // B=4 H=32: CTAs would loop over jobs
   EXPECT_FALSE(kv_head_jobs_fit(1LL << 40, 132));
   EXPECT_FALSE(kv_head_jobs_fit(0, 0));       // no device
+}
+
+// quant::kv_head_job_split: the fewest of 1, 2 and 4 CTAs per head job
+// whose first wave (one CTA per SM) reads at most kKvHeadJobWaveBytes of
+// rows before any of them is read again.
+TEST(KvHeadJobSplit, FewestCtasWhoseFirstWaveFitsTheBytes) {
+  using sage::quant::kKvHeadJobWaveBytes;
+  using sage::quant::kv_head_job_split;
+  constexpr int kRow = 256;  // D = 128, 16-bit
+  // B=2 H=32 on an H100 SXM / H200: 128 jobs of 32 MiB a wave at 1K keys;
+  // at 2K, 2 CTAs per job (132 of 264 CTAs of 1K rows); at 4K, 4.
+  EXPECT_EQ(kv_head_job_split(128, 1024, 132, kRow), 1);
+  EXPECT_EQ(kv_head_job_split(128, 2048, 132, kRow), 2);
+  EXPECT_EQ(kv_head_job_split(128, 4096, 132, kRow), 4);
+  EXPECT_EQ(kv_head_job_split(128, 1, 132, kRow), 1);
+  // Past what 4 CTAs bring under the bytes: still 4, the most the rule takes.
+  EXPECT_EQ(kv_head_job_split(128, 16384, 132, kRow), 4);
+  // The bound itself: a wave of exactly kKvHeadJobWaveBytes fits.
+  const long long rows_at_bound = kKvHeadJobWaveBytes / (100LL * kRow);
+  EXPECT_EQ(kv_head_job_split(100, rows_at_bound, 132, kRow), 1);
+  EXPECT_EQ(kv_head_job_split(100, rows_at_bound + 1, 132, kRow), 2);
+  // Against the wave it models, for every length up to 8K keys: the answer
+  // fits (or is 4), and one fewer power of two would not.
+  auto wave_bytes = [&](long long jobs, long long nk, int sms, int ctas) {
+    return std::min<long long>(jobs * ctas, sms) * ((nk + ctas - 1) / ctas) * kRow;
+  };
+  for (const int sms : {114, 132}) {
+    for (long long nk = 1; nk <= 8192; nk += 37) {
+      const int ctas = kv_head_job_split(99, nk, sms, kRow);
+      SCOPED_TRACE("sms " + std::to_string(sms) + " nk " + std::to_string(nk));
+      ASSERT_TRUE(ctas == 1 || ctas == 2 || ctas == 4);
+      if (ctas < 4) EXPECT_LE(wave_bytes(99, nk, sms, ctas), kKvHeadJobWaveBytes);
+      if (ctas > 1) EXPECT_GT(wave_bytes(99, nk, sms, ctas / 2), kKvHeadJobWaveBytes);
+    }
+  }
 }
 
 }  // namespace

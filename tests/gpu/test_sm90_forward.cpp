@@ -27,12 +27,15 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "cuda/quant/kv_head_jobs_fit.h"
+#include "cuda/quant/prepass.h"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90.h"
 #include "gpu/attention_forward_harness.h"
 #include "gpu/gpu_test_util.h"
@@ -515,7 +518,8 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
 // head dims padded inside the rows, GQA, both layouts and dtypes, padded and
 // packed storage, causal, and Q from the pre-pass's Q-only grid ahead of the
 // jobs (smooth_q), on a workspace of 32-bit ones (the kernel must reset the
-// claim counters it hands on). Each call runs again on the two-kernel path
+// claim counters it hands on). Each call runs at every split of its jobs
+// over CTAs that kHeadJobSplits names, and on the two-kernel path
 // (SAGE_PREPASS_KV_CLUSTERS=0: expect_matches_two_kernel_path; mean_k is
 // summed in another order here, kv_head_jobs.cu). Each table has 128 jobs;
 // on a device with fewer SMs the case runs with fewer heads
@@ -549,6 +553,21 @@ Case with_head_jobs_for(Case c, int sms) {
   return c;
 }
 
+// The CTAs per head job the cases run at (SAGE_PREPASS_KV_HEAD_JOB_SPLIT):
+// unset (one CTA per job, the default until the split is timed), clusters
+// of 2 to 8 (3: runs of tiles that are not a power of two; 8 at 300 keys:
+// ranks without rows), and 0, the rule (quant::kv_head_job_split).
+constexpr const char* kHeadJobSplits[] = {nullptr, "2", "3", "4", "8", "0"};
+
+// The CTAs per job a split of kHeadJobSplits asks for, for case c on a
+// device of `sms` SMs.
+int head_job_ctas_asked(const char* split, const Case& c, int sms) {
+  if (split == nullptr) return 1;
+  const int n = std::atoi(split);
+  constexpr int kRowBytes = sage::quant::kKvHeadJobsDp * 2;  // 16-bit rows, padded
+  return n > 0 ? n : sage::quant::kv_head_job_split(2LL * c.b * c.hkv, c.nk, sms, kRowBytes);
+}
+
 class Sm90KvHeadJobs : public Sm90Test, public ::testing::WithParamInterface<Case> {};
 
 TEST_P(Sm90KvHeadJobs, AgreeWithTheTwoKernelPath) {
@@ -556,19 +575,26 @@ TEST_P(Sm90KvHeadJobs, AgreeWithTheTwoKernelPath) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
   const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
-  GpuResult jobs, two_kernels;
-  {
-    ScopedEnv on("SAGE_PREPASS_KV_HEAD_JOBS_KEYS", "1000000");
-    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &jobs, /*repeat=*/true, /*workspace_word=*/1u));
-    ASSERT_TRUE(jobs.sm90.kv_head_jobs) << "the call does not take the head-jobs path";
-    ASSERT_FALSE(jobs.sm90.kv_in_clusters);
-  }
+  GpuResult two_kernels;
   {
     ScopedEnv off("SAGE_PREPASS_KV_CLUSTERS", "0");
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &two_kernels));
     ASSERT_FALSE(two_kernels.sm90.kv_head_jobs);
   }
-  expect_matches_two_kernel_path(c, jobs, two_kernels);
+  ScopedEnv on("SAGE_PREPASS_KV_HEAD_JOBS_KEYS", "1000000");
+  for (const char* split : kHeadJobSplits) {
+    SCOPED_TRACE(std::string("SAGE_PREPASS_KV_HEAD_JOB_SPLIT=") + (split ? split : "(unset)"));
+    std::optional<ScopedEnv> ctas;
+    if (split != nullptr) ctas.emplace("SAGE_PREPASS_KV_HEAD_JOB_SPLIT", split);
+    GpuResult jobs;
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &jobs, /*repeat=*/true, /*workspace_word=*/1u));
+    ASSERT_TRUE(jobs.sm90.kv_head_jobs) << "the call does not take the head-jobs path";
+    ASSERT_FALSE(jobs.sm90.kv_in_clusters);
+    // (An H100 / H200 places clusters of up to 8 of these CTAs: a shape
+    // the device refused must not pass here as a split.)
+    ASSERT_EQ(jobs.sm90.kv_head_job_ctas, head_job_ctas_asked(split, c, sm_count()));
+    expect_matches_two_kernel_path(c, jobs, two_kernels);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Sm90, Sm90KvHeadJobs, ::testing::ValuesIn(kv_head_job_cases()), case_name);

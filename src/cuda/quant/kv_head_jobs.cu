@@ -1,13 +1,23 @@
-// The pre-pass's head-jobs kernel: K and V with one CTA job per (batch * kv
+// The pre-pass's head-jobs kernel: K and V with one job per (batch * kv
 // head, K or V), for calls of many short heads (see prepass.h for what it
 // produces, and kv_head_jobs_path for where it runs).
 //
 // A job reads its head's rows twice, straight into registers: first for the
 // head's statistics (K: channel sums for mean_k; V: channel max and min for
 // the V scales), then, 128-row tile by tile, for the codes (the second read
-// meant to hit L2, where the first left the rows). So a CTA needs no other
-// CTA (no cluster exchange, no flags), and it has its next tile's loads in
-// flight while it quantizes the current one.
+// meant to hit L2, where the first left the rows). It has its next tile's
+// loads in flight while it quantizes the current one.
+//
+// A job runs on one CTA, or split over a thread-block cluster of `ctas`
+// CTAs (kv_head_job_ctas_fitting): CTA r then reads the r-th run of the
+// head's 128-row tiles, twice, and the CTAs exchange their partial
+// statistics through distributed shared memory (in rank order, as the
+// cluster kernel of prepass.cu does). Why split: with one CTA per job, 128
+// jobs of 4K keys read 128 MiB of rows before any job reads its own again,
+// more than the L2 holds, so both reads come from DRAM; split 4 ways, the
+// first wave reads ~33 MiB (kv_head_job_split). It also spreads the longer
+// K jobs over more SMs. Not yet timed on a GPU: the dispatch splits only
+// when asked (SAGE_PREPASS_KV_HEAD_JOB_SPLIT; docs/perf-notes.md, session 50).
 //
 // Why a third path beside the cluster kernel (docs/perf-notes.md, session
 // 36): at D = 128 and 1K keys the cluster kernel's 1024 CTAs of one tile run
@@ -22,12 +32,18 @@
 // formats.h: the V codes and scales agree bit for bit); the channel sums of
 // K are added in another fixed order (per thread over rows r, r + 32, ...,
 // then the 32 row lanes in order), so mean_k, and with it a K code next to a
-// rounding boundary, can differ in its last bit from the other paths'.
+// rounding boundary, can differ in its last bit from the other paths'; split
+// over a cluster, each CTA sums its own rows so, then the CTAs' sums are
+// added in rank order (the same float in every CTA of the cluster).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
 
+#include "cuda/common/cluster.cuh"
 #include "cuda/common/kernel_attributes.h"
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
@@ -54,18 +70,21 @@ static_assert(vt_key_of_position(4) == 2 && vt_key_of_position(6) == 10 && vt_ke
 
 struct HeadJobShared {
   float lanes[2][kRowLanes][kDp];  // the row lanes' partial statistics (K: sums; V: max, min)
+  float partial[2][kDp];           // this CTA's (K: sums; V: max, min), read by the whole cluster
   float per_channel[kDp];          // K: mean_k; V: 1 / v_scale
   float group_max[2][kThreads / 32];                  // K: the warps' |k - mean| maxima, by tile parity
   alignas(16) std::uint8_t vt[2][kDp][kTileRows];     // V^T tiles by parity, 16-byte blocks swizzled (v_codes)
 };
 
-// 16 bytes of row `row`, chunk c8 of a head (zeros past its rows and past
-// head_dim: Vec rows, so a chunk is in or out whole), with an L2 policy.
+// The rows [first, first + n) of a head: those of one CTA of its job. Rows
+// are counted from `first` (base points at it); 16 bytes of row `row`,
+// chunk c8 (zeros past the n rows and past head_dim: Vec rows, so a chunk
+// is in or out whole), with an L2 policy.
 template <typename T>
 struct HeadRows {
   const T* base;
   std::int64_t stride_n;
-  int n, head_dim;
+  int first, n, head_dim;
   __device__ __forceinline__ bool chunk_in(int c8) const { return kVec * c8 < head_dim; }
   // The same for a row below n and a chunk below head_dim (no checks).
   __device__ __forceinline__ uint4 load_inside(int row, int c8, uint64_t policy) const {
@@ -124,12 +143,48 @@ __device__ __forceinline__ void for_each_statistics_row(const HeadRows<T>& rows,
   }
 }
 
-// First read: this thread's share of the head's statistics, then the
-// head's in s.per_channel (K: mean_k; V: 1 / v_scale, and v_scale, v_mean
-// written out).
+// The CTAs of one job: `ctas` of them in a cluster (1: a CTA alone), this
+// one of rank `rank`, reading the rank-th run of `run_rows` rows of the
+// head (a multiple of 128: no tile straddles two CTAs). The two cluster
+// barriers of a job (cluster.cuh): partials_written (arrive and wait), then
+// peers_read (arrive) and, once the CTA's tiles are quantized,
+// partials_free (wait), which every CTA of the cluster passes once per job,
+// empty ranks included.
+struct JobCtas {
+  int ctas, rank, run_rows;
+  __device__ void partials_written() const {
+    if (ctas > 1) {
+      cluster::arrive();
+      cluster::wait();
+    } else {
+      __syncthreads();
+    }
+  }
+  // Row `which` of rank r's partials, channel c.
+  __device__ float partial(const HeadJobShared& s, int which, int c, int r) const {
+    return ctas > 1 ? cluster::load_from_rank(&s.partial[which][c], r) : s.partial[which][c];
+  }
+  __device__ void peers_read() const {
+    if (ctas > 1) cluster::arrive();
+  }
+  __device__ void partials_free() const {
+    if (ctas > 1) cluster::wait();
+  }
+  // This CTA's rows of a head of `nk` rows at `head` (row 0).
+  template <typename T>
+  __device__ HeadRows<T> rows_of(const T* head, std::int64_t stride_n, int nk, int head_dim) const {
+    const int first = min(rank * run_rows, nk);
+    return HeadRows<T>{head + first * stride_n, stride_n, first, min(run_rows, nk - first), head_dim};
+  }
+};
+
+// First read: this thread's share of its CTA's statistics, then the CTA's
+// (s.partial), then the head's from every CTA's in rank order, in
+// s.per_channel (K: mean_k; V: 1 / v_scale, and v_scale, v_mean written out
+// by rank 0).
 template <typename T>
 __device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& out, const HeadRows<T>& rows, int bh,
-                                bool v_job, HeadJobShared& s) {
+                                bool v_job, const JobCtas& job, HeadJobShared& s) {
   constexpr int kBankRows = 8;  // rows per bank: 8 to 16 in flight per thread
   const int c8 = threadIdx.x % kChunks, lane_row = threadIdx.x / kChunks;
   const uint64_t keep = ptx::l2_policy_evict_last();  // read again in the second pass
@@ -176,26 +231,45 @@ __device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& o
     if (v_job) {
       float mx = -INFINITY, mn = INFINITY;
       for (int r = 0; r < kRowLanes; ++r) mx = fmaxf(mx, s.lanes[0][r][c]), mn = fminf(mn, s.lanes[1][r][c]);
+      s.partial[0][c] = mx, s.partial[1][c] = mn;
+    } else {
+      float total = 0.f;
+      for (int r = 0; r < kRowLanes; ++r) total += s.lanes[0][r][c];
+      s.partial[0][c] = total;
+    }
+  }
+  job.partials_written();
+  if (threadIdx.x < kDp) {
+    const int c = threadIdx.x;
+    if (v_job) {
+      float mx = -INFINITY, mn = INFINITY;
+      for (int r = 0; r < job.ctas; ++r) {
+        mx = fmaxf(mx, job.partial(s, 0, c, r));
+        mn = fminf(mn, job.partial(s, 1, c, r));
+      }
       // (As the other paths' set_v_channel, without smooth_v: mean 0.)
       const float mean = 0.f;
       const float amax = fmaxf(fabsf(mx - mean), fabsf(mn - mean));
       const float scale = num::symmetric_scale(amax, 448);  // E4M3's largest finite
       s.per_channel[c] = num::reciprocal_rn(scale);
-      out.v_scale[static_cast<std::int64_t>(bh) * kDp + c] = scale;
-      out.v_mean[static_cast<std::int64_t>(bh) * kDp + c] = mean;
+      if (job.rank == 0) {
+        out.v_scale[static_cast<std::int64_t>(bh) * kDp + c] = scale;
+        out.v_mean[static_cast<std::int64_t>(bh) * kDp + c] = mean;
+      }
     } else {
       float total = 0.f;
-      for (int r = 0; r < kRowLanes; ++r) total += s.lanes[0][r][c];
+      for (int r = 0; r < job.ctas; ++r) total += job.partial(s, 0, c, r);
       s.per_channel[c] = p.smooth_k ? total / static_cast<float>(p.nk) : 0.f;
     }
   }
+  job.peers_read();
   __syncthreads();
 }
 
-// The second read: for each 128-row tile, work(row0, parity, x) with x the
-// thread's rows row0 + offsets[i] of chunk c8 as floats (zeros past n), the
-// next tile's loads issued before the work; parity alternates by tile (the
-// work's double-buffered shared memory).
+// The second read: for each 128-row tile of `rows`, work(row0, parity, x)
+// with x the thread's rows row0 + offsets[i] of chunk c8 as floats (zeros
+// past n), the next tile's loads issued before the work; parity alternates
+// by tile (the work's double-buffered shared memory).
 template <typename T, class Work>
 __device__ __forceinline__ void for_each_tile(const HeadRows<T>& rows, const int (&offsets)[kRowsPerThread], int c8,
                                               Work&& work) {
@@ -264,11 +338,11 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
     for (int i = 0; i < kRowsPerThread; ++i) {
       const int row = row0 + offsets[i];
       if (row < rows.n) {
-        *reinterpret_cast<uint2*>(codes + static_cast<std::int64_t>(row) * kDp + kVec * c8) =
+        *reinterpret_cast<uint2*>(codes + static_cast<std::int64_t>(rows.first + row) * kDp + kVec * c8) =
             quantize_int8x8(x[i], inv);
       }
     }
-    if (threadIdx.x == 0) scales[row0 / kTileRows] = scale;
+    if (threadIdx.x == 0) scales[(rows.first + row0) / kTileRows] = scale;
   });
 }
 
@@ -306,7 +380,7 @@ __device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, 
     for (int j = 0; j < kDp * (kTileRows / 16) / kThreads; ++j) {
       const int block_job = threadIdx.x + j * kThreads;  // (channel, 16-key block)
       const int c = block_job / (kTileRows / 16), block = block_job % (kTileRows / 16);
-      const std::int64_t at = key0 + 16 * block;
+      const std::int64_t at = rows.first + key0 + 16 * block;
       if (at < layout.nk_padded) {  // nk_padded is a multiple of 16: a block is in or out whole
         *reinterpret_cast<uint4*>(vt + c * static_cast<std::int64_t>(layout.nk_padded) + at) =
             *reinterpret_cast<const uint4*>(&s.vt[parity][c][16 * vt_block(c, block)]);
@@ -315,10 +389,12 @@ __device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, 
   });
 }
 
+// The grid: clusters of `ctas` CTAs (1: plain CTAs), cluster j taking jobs
+// j, j + clusters, ... (clusters = gridDim.x / ctas).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)
     kv_head_jobs_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out, StridedInput k_in,
-                        StridedInput v_in) {
+                        StridedInput v_in, int ctas) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // The attention kernel (which quantizes Q before it waits for this grid)
   // may start on SMs this grid leaves.
@@ -327,21 +403,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ uint4 head_jobs_smem[];
   HeadJobShared& s = *reinterpret_cast<HeadJobShared*>(head_jobs_smem);
   const int jobs = 2 * p.batch * p.heads_kv;
+  const int tiles = (p.nk + kTileRows - 1) / kTileRows;
+  const JobCtas job_ctas{ctas, ctas > 1 ? cluster::rank() : 0, (tiles + ctas - 1) / ctas * kTileRows};
   // Job j: head j / 2, K (even) or V (odd): a head's two jobs side by side,
-  // the heads in order.
-  for (int job = blockIdx.x; job < jobs; job += gridDim.x) {
+  // the heads in order. Every CTA of a cluster takes the same jobs.
+  for (int job = blockIdx.x / ctas; job < jobs; job += gridDim.x / ctas) {
     const int bh = job / 2;
     const bool v_job = job % 2 == 1;
     const auto [b, h] = layout.heads_kv_div.divmod(bh);
     const StridedInput& in = v_job ? v_in : k_in;
-    const HeadRows<T> rows{static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h, in.stride_n, p.nk,
-                           p.head_dim};
-    head_statistics<T>(p, out, rows, bh, v_job, s);
+    const HeadRows<T> rows = job_ctas.rows_of(static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h,
+                                              in.stride_n, p.nk, p.head_dim);
+    head_statistics<T>(p, out, rows, bh, v_job, job_ctas, s);
     if (v_job) {
       v_codes<T>(layout, out, rows, bh, s);
     } else {
       k_codes<T>(p, layout, out, rows, bh, s);
     }
+    job_ctas.partials_free();
     __syncthreads();  // the next job rewrites s
   }
   // When launched under a Q-only quantize grid (launch_kv_head_job_path),
@@ -353,17 +432,88 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 std::size_t head_jobs_smem_bytes() { return std::max<std::size_t>(sizeof(HeadJobShared), kSmemFloor); }
 
+// The launch of `clusters` clusters of `ctas` CTAs each (1: plain CTAs),
+// programmatic (PDL) if asked; the attributes live in `attributes`.
+cudaLaunchConfig_t head_jobs_config(int clusters, int ctas, cudaStream_t stream, bool programmatic,
+                                    cudaLaunchAttribute (&attributes)[2]) {
+  int used = 0;
+  if (ctas > 1) {
+    attributes[used] = cudaLaunchAttribute{};
+    attributes[used].id = cudaLaunchAttributeClusterDimension;
+    attributes[used].val.clusterDim.x = static_cast<unsigned>(ctas);
+    attributes[used].val.clusterDim.y = attributes[used].val.clusterDim.z = 1;
+    ++used;
+  }
+  if (programmatic) {
+    attributes[used] = cudaLaunchAttribute{};
+    attributes[used].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[used].val.programmaticStreamSerializationAllowed = 1;
+    ++used;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(clusters * ctas);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = head_jobs_smem_bytes();
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = used;
+  return config;
+}
+
+template <typename T>
+cudaError_t allow_head_jobs_smem() {
+  return cuda::set_kernel_attribute_once(reinterpret_cast<const void*>(kv_head_jobs_kernel<T>),
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(head_jobs_smem_bytes()));
+}
+
+// Whether the current device places clusters of `ctas` head-job CTAs (one
+// per SM each). An answer of the driver is remembered per kernel, device
+// and size (host time counts on short calls); a failed query is not, and
+// answers "no" for this call only (one CTA per job), its error cleared so
+// that the launch checks that follow do not report it.
+template <typename T>
+bool head_job_clusters_fit(int ctas) {
+  const void* kernel = reinterpret_cast<const void*>(kv_head_jobs_kernel<T>);
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int>, bool> known;  // (kernel, device, ctas)
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(kernel, device, ctas);
+  if (const auto it = known.find(key); it != known.end()) return it->second;
+  int clusters = 0;
+  cudaLaunchAttribute attributes[2];
+  const cudaLaunchConfig_t config = head_jobs_config(1, ctas, nullptr, false, attributes);
+  if (allow_head_jobs_smem<T>() != cudaSuccess ||
+      cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  known[key] = clusters > 0;
+  return clusters > 0;
+}
+
+template <typename T>
+int head_job_ctas_fitting(const PrepassProblem& p) {
+  const long long jobs = 2LL * p.batch * p.heads_kv;
+  const int asked = p.kv_head_job_split > 0
+                        ? std::min(p.kv_head_job_split, kKvHeadJobMaxCtas)
+                        : kv_head_job_split(jobs, p.nk, p.sm_count, kDp * static_cast<int>(sizeof(T)));
+  return asked > 1 && head_job_clusters_fit<T>(asked) ? asked : 1;
+}
+
 template <typename T>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                         StridedInput k, StridedInput v, int ctas, cudaStream_t stream, bool programmatic) {
-  const void* kernel = reinterpret_cast<const void*>(kv_head_jobs_kernel<T>);
-  const int smem = static_cast<int>(head_jobs_smem_bytes());
-  if (const cudaError_t e = cuda::set_kernel_attribute_once(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-      e != cudaSuccess) {
-    return e;
-  }
-  return pdl::launch(programmatic, kv_head_jobs_kernel<T>, dim3(ctas), dim3(kThreads), smem, stream, p, layout, out,
-                     k, v);
+                         StridedInput k, StridedInput v, int jobs_at_once, cudaStream_t stream, bool programmatic) {
+  if (const cudaError_t e = allow_head_jobs_smem<T>(); e != cudaSuccess) return e;
+  const int ctas = head_job_ctas_fitting<T>(p);
+  cudaLaunchAttribute attributes[2];
+  const cudaLaunchConfig_t config = head_jobs_config(jobs_at_once, ctas, stream, programmatic, attributes);
+  return cudaLaunchKernelEx(&config, kv_head_jobs_kernel<T>, p, layout, out, k, v, ctas);
 }
 
 }  // namespace
@@ -379,10 +529,16 @@ bool kv_head_jobs_path(const PrepassProblem& p, bool vec) {
 }
 
 cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                StridedInput k, StridedInput v, int ctas, cudaStream_t stream, bool programmatic) {
-  if (ctas <= 0) ctas = 2 * p.batch * p.heads_kv;
-  return p.bf16 ? launch_typed<__nv_bfloat16>(p, layout, out, k, v, ctas, stream, programmatic)
-                : launch_typed<__half>(p, layout, out, k, v, ctas, stream, programmatic);
+                                StridedInput k, StridedInput v, int jobs_at_once, cudaStream_t stream,
+                                bool programmatic) {
+  const int jobs = 2 * p.batch * p.heads_kv;
+  jobs_at_once = jobs_at_once > 0 ? std::min(jobs_at_once, jobs) : jobs;
+  return p.bf16 ? launch_typed<__nv_bfloat16>(p, layout, out, k, v, jobs_at_once, stream, programmatic)
+                : launch_typed<__half>(p, layout, out, k, v, jobs_at_once, stream, programmatic);
+}
+
+int kv_head_job_ctas_fitting(const PrepassProblem& p) {
+  return p.bf16 ? head_job_ctas_fitting<__nv_bfloat16>(p) : head_job_ctas_fitting<__half>(p);
 }
 
 }  // namespace sage::quant

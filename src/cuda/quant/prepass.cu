@@ -26,6 +26,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "cuda/common/cluster.cuh"
 #include "cuda/common/kernel_attributes.h"
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
@@ -835,25 +836,6 @@ std::size_t kv_cluster_smem_bytes(const KvClusterShape& shape) {
   return sizeof(KvClusterShared<Dp>) + static_cast<std::size_t>(kv_cluster_held_tiles(shape, Dp)) * sizeof(JobTile<Dp>);
 }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ int cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return static_cast<int>(r);
-}
-// The float at `local` (this CTA's shared memory) in the CTA of rank `rank`.
-__device__ __forceinline__ float load_from_rank(const float* local, int rank) {
-  const uint32_t mine = static_cast<uint32_t>(__cvta_generic_to_shared(local));
-  uint32_t remote;
-  float v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(mine), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
-  return v;
-}
-#endif
-
 // Step 1: a thread's share of its CTA's statistics, tile by tile (add_tile
 // in tile order), then the CTA's (publish): partial[0] (the sum, if `sums`),
 // partial[1] and partial[2] (max and min, if `extremes`).
@@ -939,7 +921,7 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
   constexpr int kMaxHeld = kv_cluster_max_held_tiles(Dp);
 
   const bool v_job = static_cast<int>(blockIdx.x) >= shape.ctas;
-  const int rank = cluster_rank();
+  const int rank = cluster::rank();
   const int bh_kv = blockIdx.y;
   const auto [b, h] = layout.heads_kv_div.divmod(bh_kv);
   const int first_tile = rank * shape.tiles_per_cta;
@@ -981,8 +963,8 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
   stats.publish(s);
 
   // 2. the head's statistics, from every CTA's partials in rank order.
-  cluster_arrive();
-  cluster_wait();
+  cluster::arrive();
+  cluster::wait();
   for (int c = threadIdx.x; c < Dp; c += kThreads) {
     float sum = 0.f, mx = -INFINITY, mn = INFINITY;
     // Four ranks' loads in flight at a time: fully unrolled, the D = 64
@@ -990,10 +972,10 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
 #pragma unroll 4
     for (int r = 0; r < kKvClusterMaxCtas; ++r) {
       if (r >= shape.ctas) break;
-      if (sums) sum += load_from_rank(&s.partial[0][c], r);
+      if (sums) sum += cluster::load_from_rank(&s.partial[0][c], r);
       if (v_job) {
-        mx = fmaxf(mx, load_from_rank(&s.partial[1][c], r));
-        mn = fminf(mn, load_from_rank(&s.partial[2][c], r));
+        mx = fmaxf(mx, cluster::load_from_rank(&s.partial[1][c], r));
+        mn = fminf(mn, cluster::load_from_rank(&s.partial[2][c], r));
       }
     }
     if (v_job) {
@@ -1002,7 +984,7 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
       set_k_channel(p, c, sum, s.sh);
     }
   }
-  cluster_arrive();  // done with the other CTAs' shared memory
+  cluster::arrive();  // done with the other CTAs' shared memory
   __syncthreads();
 
   // 3. its tiles, quantized from the last to the first; tile t's slot then
@@ -1019,7 +1001,7 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
     fetch(t - held, L2Hint::drop);
   }
   // 4.
-  cluster_wait();
+  cluster::wait();
   // When launched under a Q-only quantize grid (launch_typed), this grid's
   // completion must imply that one's: the attention kernel waits for this one only.
   pdl::wait_for_prerequisites();
@@ -1296,8 +1278,8 @@ bool kv_quantized_in_clusters(const PrepassProblem& p, StridedInput q, StridedIn
   return p.bf16 ? kv_in_clusters_for_type<__nv_bfloat16>(p, vec) : kv_in_clusters_for_type<__half>(p, vec);
 }
 
-bool kv_quantized_by_head_jobs(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v) {
-  return kv_head_jobs_path(p, vec_rows(p, q, k, v));
+int kv_head_job_ctas(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v) {
+  return kv_head_jobs_path(p, vec_rows(p, q, k, v)) ? kv_head_job_ctas_fitting(p) : 0;
 }
 
 cudaError_t launch_prepass(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,

@@ -21,8 +21,9 @@
 //      of the attention kernel that reads the output (kSm90Geometry or
 //      kMmaGeometry); a 128-row job tile always covers whole groups.
 // Or, on sm_90 for calls of many short heads (kv_head_jobs_path): the Q
-// jobs alone in the quantize grid, then one CTA job per (batch * kv head, K
-// or V) that reads the head's rows twice (statistics, then codes).
+// jobs alone in the quantize grid, then one job per (batch * kv head, K or
+// V), on one CTA or split over a cluster's (kv_head_job_split), that reads
+// the head's rows twice (statistics, then codes).
 // Or, on sm_90 where a head's rows fit in a thread-block cluster's shared
 // memory, or stream through it (allow_kv_clusters, kv_stream_max_keys,
 // kv_quantized_in_clusters): the Q jobs alone in the quantize grid, then one
@@ -97,6 +98,12 @@ struct PrepassProblem {
   // the kernel takes none).
   int kv_head_jobs_max_keys = 0;
   int sm_count = 0;
+  // CTAs (a thread-block cluster) per head job, at most kKvHeadJobMaxCtas:
+  // each reads a run of the head's 128-row tiles, and the CTAs exchange
+  // their statistics through distributed shared memory; 0: the rule
+  // kv_head_job_split (kv_head_jobs_fit.h). Where the device cannot place
+  // such clusters, one CTA per job (kv_head_job_ctas_fitting).
+  int kv_head_job_split = 1;
 };
 
 struct PrepassBuffers {
@@ -159,10 +166,11 @@ static_assert(prepass_supports_geometry(kSm90Geometry) && prepass_supports_geome
 // the quantize kernel's K and V jobs; tests use it to know the path.
 bool kv_quantized_in_clusters(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v);
 
-// Whether launch_prepass quantizes this call's K and V with the head-jobs
-// kernel (cuda/quant/kv_head_jobs.cu; before the cluster kernel in its
-// order of preference), on the current device.
-bool kv_quantized_by_head_jobs(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v);
+// The CTAs per job with which launch_prepass quantizes this call's K and V
+// in the head-jobs kernel (cuda/quant/kv_head_jobs.cu; before the cluster
+// kernel in its order of preference) on the current device, or 0 where it
+// takes another path.
+int kv_head_job_ctas(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v);
 
 // The head-jobs kernel's conditions for a call whose rows are Vec (16-byte
 // aligned): heads of at most kv_head_jobs_max_keys keys, Dp = kKvHeadJobsDp,
@@ -172,15 +180,22 @@ bool kv_quantized_by_head_jobs(const PrepassProblem& p, StridedInput q, StridedI
 inline constexpr int kKvHeadJobsDp = 128;
 bool kv_head_jobs_path(const PrepassProblem& p, bool vec);
 
-// Launches the head-jobs kernel alone, on `ctas` CTAs (0: one per job; each
-// takes an SM, and loops over jobs ctas apart): the
-// pre-pass's K and V for a call that kv_head_jobs_path admits. It zeroes the
-// attention kernel's claim counters. `programmatic`: launched under the
+// Launches the head-jobs kernel alone, `jobs_at_once` jobs side by side (0:
+// every job; each job takes kv_head_job_ctas_fitting(p) CTAs, one per SM,
+// and loops over jobs jobs_at_once apart): the pre-pass's K and V for a
+// call that kv_head_jobs_path admits. It zeroes the attention kernel's
+// claim counters. `programmatic`: launched under the
 // stream's previous kernel (the Q-only quantize grid), for which it waits
 // before it completes. (The device probe bench/probes/kv_prepass_probe.cu
 // runs it on a few SMs.)
 cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
-                                StridedInput k, StridedInput v, int ctas, cudaStream_t stream, bool programmatic);
+                                StridedInput k, StridedInput v, int jobs_at_once, cudaStream_t stream,
+                                bool programmatic);
+
+// The CTAs per job of launch_kv_head_jobs for `p` on the current device:
+// p.kv_head_job_split (the rule where 0), clamped to [1, kKvHeadJobMaxCtas],
+// or 1 where the device cannot place clusters of that many of its CTAs.
+int kv_head_job_ctas_fitting(const PrepassProblem& p);
 
 // Enqueues both pre-pass kernels on `stream`. `programmatic` (sm_90+
 // devices): the quantize kernel starts under the statistics kernel (its Q

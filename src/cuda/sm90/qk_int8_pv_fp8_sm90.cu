@@ -51,6 +51,10 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
   // (SAGE_PREPASS_KV_CLUSTERS=0: the two-kernel path everywhere, this one included.)
   p.kv_head_jobs_max_keys =
       p.allow_kv_clusters ? count_from_env("SAGE_PREPASS_KV_HEAD_JOBS_KEYS", kKvHeadJobsMaxKeys) : 0;
+  // One CTA per head job until the split over clusters is timed
+  // (kv_head_jobs.cu); SAGE_PREPASS_KV_HEAD_JOB_SPLIT=N asks for N CTAs per
+  // job (at most 8), =0 for the rule (quant::kv_head_job_split).
+  p.kv_head_job_split = count_from_env("SAGE_PREPASS_KV_HEAD_JOB_SPLIT", 1);
   return p;
 }
 
@@ -324,10 +328,10 @@ bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions&
                                          fwd::strided(args.v, options.layout));
 }
 
-bool quantizes_kv_by_head_jobs(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
+int kv_head_job_ctas(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
   quant::PrepassProblem p = prepass_problem(args, options);
   p.sm_count = sm_count;
-  return quant::kv_quantized_by_head_jobs(p, fwd::strided(args.q, options.layout), fwd::strided(args.k, options.layout),
+  return quant::kv_head_job_ctas(p, fwd::strided(args.q, options.layout), fwd::strided(args.k, options.layout),
                                           fwd::strided(args.v, options.layout));
 }
 
