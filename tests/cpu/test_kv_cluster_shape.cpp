@@ -101,10 +101,11 @@ TEST(KvHeadJobSplit, FewestCtasWhoseFirstWaveFitsTheBytes) {
   EXPECT_EQ(kv_head_job_split(128, 1, 132, kRow), 1);
   // Past what 4 CTAs bring under the bytes: still 4, the most the rule takes.
   EXPECT_EQ(kv_head_job_split(128, 16384, 132, kRow), 4);
-  // The bound itself: a wave of exactly kKvHeadJobWaveBytes fits.
-  const long long rows_at_bound = kKvHeadJobWaveBytes / (100LL * kRow);
-  EXPECT_EQ(kv_head_job_split(100, rows_at_bound, 132, kRow), 1);
-  EXPECT_EQ(kv_head_job_split(100, rows_at_bound + 1, 132, kRow), 2);
+  // The bound itself: a wave of exactly kKvHeadJobWaveBytes (128 jobs of
+  // 1280 rows) fits, one row more does not.
+  static_assert(128LL * 1280 * kRow == kKvHeadJobWaveBytes);
+  EXPECT_EQ(kv_head_job_split(128, 1280, 132, kRow), 1);
+  EXPECT_EQ(kv_head_job_split(128, 1281, 132, kRow), 2);
   // Against the wave it models, for every length up to 8K keys: the answer
   // fits (or is 4), and one fewer power of two would not.
   auto wave_bytes = [&](long long jobs, long long nk, int sms, int ctas) {

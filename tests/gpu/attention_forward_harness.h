@@ -189,13 +189,18 @@ constexpr std::uint32_t kPoison32 = 0xFFFFFFFFu;  // NaN in fp32
 
 // Sets an environment variable that the library reads per call (such as
 // SAGE_FORCE_KERNEL, the dispatch's family filter, see
-// src/cuda/device_dispatch.cu) for the object's lifetime and restores the
-// previous value: the tests of all paths share one process.
+// src/cuda/device_dispatch.cu) for the object's lifetime, or unsets it
+// (value null), and restores the previous value: the tests of all paths
+// share one process.
 class ScopedEnv {
  public:
   ScopedEnv(const char* name, const char* value) : name_(name) {
     if (const char* old = std::getenv(name)) previous_ = old, had_previous_ = true;
-    setenv(name, value, 1);
+    if (value != nullptr) {
+      setenv(name, value, 1);
+    } else {
+      unsetenv(name);
+    }
   }
   ~ScopedEnv() {
     if (had_previous_) {

@@ -2,7 +2,7 @@
 // (quant::launch_kv_head_jobs with PrepassProblem::kv_head_job_split: each
 // CTA of a job's cluster reads a run of the head's 128-row tiles, and the
 // CTAs exchange their statistics through distributed shared memory),
-// against one CTA per job on the same inputs:
+// against one CTA per job on the same inputs (splits 2 to 8):
 //   * V's codes, scales and means bit for bit at every split (its channel
 //     extremes are exact in any order);
 //   * K's codes and scales bit for bit where K is not smoothed (no sums);
@@ -43,9 +43,10 @@ struct JobsCase {
   int jobs_at_once;  // 0: every job at once; fewer: clusters loop over jobs
 };
 
-// The splits every case runs: pairs, a run of tiles that is not a power of
-// two, and clusters wider than short heads have tiles (ranks without rows).
-constexpr int kSplits[] = {2, 3, 5, 8};
+// The splits every case runs: the rule's 2 and 4, runs of tiles that are
+// not a power of two, and clusters wider than short heads have tiles
+// (ranks without rows).
+constexpr int kSplits[] = {2, 3, 4, 5, 8};
 
 // The bytes of the kernel's outputs in a workspace, in one host copy each.
 struct Outputs {
@@ -189,7 +190,8 @@ TEST_P(KvHeadJobBuffers, SplitsMatchOneCtaPerJob) {
     EXPECT_EQ(count_differing(first.v_mean, one.v_mean), 0u) << "V means";
     expect_k_agrees(c, first, one);
     EXPECT_EQ(count_differing(again.k, first.k) + count_differing(again.k_scale, first.k_scale) +
-                  count_differing(again.vt, first.vt) + count_differing(again.v_scale, first.v_scale),
+                  count_differing(again.vt, first.vt) + count_differing(again.v_scale, first.v_scale) +
+                  count_differing(again.v_mean, first.v_mean),
               0u)
         << "a second run of the split gave other bytes";
   }

@@ -29,7 +29,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -513,7 +512,7 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
 
 // Calls whose K and V the pre-pass's head-jobs kernel quantizes (one CTA job
 // per head and tensor, where there are jobs for about every SM: 2 * B * Hkv
-// at least 3/4 of the SMs; sm90::quantizes_kv_by_head_jobs), taken here
+// at least 3/4 of the SMs; sm90::kv_head_job_ctas), taken here
 // with SAGE_PREPASS_KV_HEAD_JOBS_KEYS: single keys and partial last tiles,
 // head dims padded inside the rows, GQA, both layouts and dtypes, padded and
 // packed storage, causal, and Q from the pre-pass's Q-only grid ahead of the
@@ -584,8 +583,7 @@ TEST_P(Sm90KvHeadJobs, AgreeWithTheTwoKernelPath) {
   ScopedEnv on("SAGE_PREPASS_KV_HEAD_JOBS_KEYS", "1000000");
   for (const char* split : kHeadJobSplits) {
     SCOPED_TRACE(std::string("SAGE_PREPASS_KV_HEAD_JOB_SPLIT=") + (split ? split : "(unset)"));
-    std::optional<ScopedEnv> ctas;
-    if (split != nullptr) ctas.emplace("SAGE_PREPASS_KV_HEAD_JOB_SPLIT", split);
+    ScopedEnv ctas("SAGE_PREPASS_KV_HEAD_JOB_SPLIT", split);
     GpuResult jobs;
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &jobs, /*repeat=*/true, /*workspace_word=*/1u));
     ASSERT_TRUE(jobs.sm90.kv_head_jobs) << "the call does not take the head-jobs path";

@@ -8,8 +8,8 @@
 // own partials or exits (a peer may still be reading them). Every thread of
 // every CTA of the cluster must take part in each barrier (.aligned: all
 // threads of a warp execute it together). Below sm_90, where no kernel is
-// launched in clusters, a CTA is a cluster of one: the barriers do nothing
-// and rank 0 is the CTA itself.
+// launched in clusters, a CTA is a cluster of one: the barrier is the CTA's
+// (__syncthreads at the wait), and rank 0, the only one, is the CTA itself.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +24,8 @@ __device__ __forceinline__ void arrive() {
 __device__ __forceinline__ void wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+  __syncthreads();
 #endif
 }
 __device__ __forceinline__ int rank() {
@@ -43,7 +45,7 @@ __device__ __forceinline__ float load_from_rank(const float* local, int rank) {
   asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
   return v;
 #else
-  (void)rank;
+  (void)rank;  // (0)
   return *local;
 #endif
 }
