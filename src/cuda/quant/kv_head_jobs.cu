@@ -39,11 +39,9 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <map>
-#include <mutex>
-#include <tuple>
 
 #include "cuda/common/cluster.cuh"
+#include "cuda/common/cluster_launch.h"
 #include "cuda/common/kernel_attributes.h"
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
@@ -436,27 +434,14 @@ std::size_t head_jobs_smem_bytes() { return std::max<std::size_t>(sizeof(HeadJob
 // programmatic (PDL) if asked; the attributes live in `attributes`.
 cudaLaunchConfig_t head_jobs_config(int clusters, int ctas, cudaStream_t stream, bool programmatic,
                                     cudaLaunchAttribute (&attributes)[2]) {
-  int used = 0;
-  if (ctas > 1) {
-    attributes[used] = cudaLaunchAttribute{};
-    attributes[used].id = cudaLaunchAttributeClusterDimension;
-    attributes[used].val.clusterDim.x = static_cast<unsigned>(ctas);
-    attributes[used].val.clusterDim.y = attributes[used].val.clusterDim.z = 1;
-    ++used;
-  }
-  if (programmatic) {
-    attributes[used] = cudaLaunchAttribute{};
-    attributes[used].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[used].val.programmaticStreamSerializationAllowed = 1;
-    ++used;
-  }
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(clusters * ctas);
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = head_jobs_smem_bytes();
   config.stream = stream;
   config.attrs = attributes;
-  config.numAttrs = used;
+  const int cluster_ctas = ctas > 1 ? ctas : 0;  // (one CTA per job: no clusters)
+  config.numAttrs = static_cast<unsigned>(cuda::cluster_launch_attributes(cluster_ctas, programmatic, attributes));
   return config;
 }
 
@@ -468,33 +453,16 @@ cudaError_t allow_head_jobs_smem() {
 }
 
 // Whether the current device places clusters of `ctas` head-job CTAs (one
-// per SM each). An answer of the driver is remembered per kernel, device
-// and size (host time counts on short calls); a failed query is not, and
-// answers "no" for this call only (one CTA per job), its error cleared so
-// that the launch checks that follow do not report it.
+// per SM each: cuda::clusters_placeable); "no" runs one CTA per job.
 template <typename T>
 bool head_job_clusters_fit(int ctas) {
-  const void* kernel = reinterpret_cast<const void*>(kv_head_jobs_kernel<T>);
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) {
-    cudaGetLastError();
+  if (allow_head_jobs_smem<T>() != cudaSuccess) {
+    cudaGetLastError();  // (an answer, not an error of the call)
     return false;
   }
-  static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, int>, bool> known;  // (kernel, device, ctas)
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_tuple(kernel, device, ctas);
-  if (const auto it = known.find(key); it != known.end()) return it->second;
-  int clusters = 0;
   cudaLaunchAttribute attributes[2];
-  const cudaLaunchConfig_t config = head_jobs_config(1, ctas, nullptr, false, attributes);
-  if (allow_head_jobs_smem<T>() != cudaSuccess ||
-      cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  known[key] = clusters > 0;
-  return clusters > 0;
+  return cuda::clusters_placeable(reinterpret_cast<const void*>(kv_head_jobs_kernel<T>),
+                                  head_jobs_config(1, ctas, nullptr, false, attributes));
 }
 
 template <typename T>

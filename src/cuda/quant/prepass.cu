@@ -21,12 +21,10 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
-#include <mutex>
-#include <tuple>
 #include <type_traits>
 
 #include "cuda/common/cluster.cuh"
+#include "cuda/common/cluster_launch.h"
 #include "cuda/common/kernel_attributes.h"
 #include "cuda/common/programmatic_launch.cuh"
 #include "cuda/common/ptx_copy.cuh"
@@ -1014,60 +1012,32 @@ __global__ void __launch_bounds__(kThreads, SAGE_KV_CLUSTER_MIN_BLOCKS)
 template <int Dp>
 cudaLaunchConfig_t kv_cluster_config(const KvClusterShape& shape, int rows, cudaStream_t stream, bool programmatic,
                                      cudaLaunchAttribute (&attributes)[2]) {
-  attributes[0] = cudaLaunchAttribute{};
-  attributes[0].id = cudaLaunchAttributeClusterDimension;
-  attributes[0].val.clusterDim.x = static_cast<unsigned>(shape.ctas);
-  attributes[0].val.clusterDim.y = attributes[0].val.clusterDim.z = 1;
-  attributes[1] = cudaLaunchAttribute{};
-  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attributes[1].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(2 * shape.ctas, rows);
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = kv_cluster_smem_bytes<Dp>(shape);
   config.stream = stream;
   config.attrs = attributes;
-  config.numAttrs = programmatic ? 2 : 1;
+  config.numAttrs = static_cast<unsigned>(cuda::cluster_launch_attributes(shape.ctas, programmatic, attributes));
   return config;
 }
 
-// Whether clusters of `shape` can run on the current device: the kernel
-// built for sm_90 (its body is empty for older targets), its shared memory
-// and cluster size allowed, and at least one such cluster placeable. Asked of
-// the driver once per kernel, device and shape (host time counts on short calls).
+// Whether clusters of `shape` can run on the current device (its shared
+// memory and cluster size allowed, at least one such cluster placeable:
+// cuda::clusters_placeable); "no" gives the call the two-kernel path.
 template <typename T, int Dp>
 bool kv_clusters_fit(const KvClusterShape& shape) {
   const void* kernel = reinterpret_cast<const void*>(kv_cluster_kernel<T, Dp>);
-  const int smem = static_cast<int>(kv_cluster_smem_bytes<Dp>(shape));
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, int, int>, bool> known;  // (kernel, device, ctas, smem)
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_tuple(kernel, device, shape.ctas, smem);
-  if (const auto it = known.find(key); it != known.end()) return it->second;
   // The kernel's limit is set to the largest shape's (an attribute set for
-  // a smaller shape later would fail a larger one cached as fitting).
+  // a smaller shape later would fail a larger one remembered as fitting).
   const KvClusterShape largest{kKvClusterMaxCtas, kv_cluster_max_held_tiles(Dp)};
-  cudaFuncAttributes function{};
-  bool refused = cudaFuncGetAttributes(&function, kernel) != cudaSuccess;
-  const bool built = !refused && function.binaryVersion >= 90;
-  if (built) {
-    refused = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(kv_cluster_smem_bytes<Dp>(largest))) != cudaSuccess;
+  if (cuda::set_kernel_attribute_once(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(kv_cluster_smem_bytes<Dp>(largest))) != cudaSuccess) {
+    cudaGetLastError();  // (an answer, not an error of the call)
+    return false;
   }
-  int clusters = 0;
-  if (built && !refused) {
-    cudaLaunchAttribute attributes[2];
-    const cudaLaunchConfig_t config = kv_cluster_config<Dp>(shape, 1, nullptr, false, attributes);
-    refused = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess;
-  }
-  const bool fits = built && !refused && clusters > 0;
-  // A refusal above is an answer (the two-kernel path), not an error of the
-  // call: it must not show in the launch checks that follow.
-  if (refused) cudaGetLastError();
-  known[key] = fits;
-  return fits;
+  cudaLaunchAttribute attributes[2];
+  return cuda::clusters_placeable(kernel, kv_cluster_config<Dp>(shape, 1, nullptr, false, attributes));
 }
 
 // The cluster shape the call's K and V take, or ctas 0 for the two-kernel
