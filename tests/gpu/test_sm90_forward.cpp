@@ -553,16 +553,15 @@ Case with_head_jobs_for(Case c, int sms) {
 }
 
 // The CTAs per head job the cases run at (SAGE_PREPASS_KV_HEAD_JOB_SPLIT):
-// unset (one CTA per job, the default until the split is timed), clusters
-// of 2 to 8 (3: runs of tiles that are not a power of two; 8 at 300 keys:
-// ranks without rows), and 0, the rule (quant::kv_head_job_split).
-constexpr const char* kHeadJobSplits[] = {nullptr, "2", "3", "4", "8", "0"};
+// unset (the default: the rule, quant::kv_head_job_split), one CTA per job,
+// and clusters of 2 to 8 (3: runs of tiles that are not a power of two; 8
+// at 300 keys: ranks without rows).
+constexpr const char* kHeadJobSplits[] = {nullptr, "1", "2", "3", "4", "8"};
 
 // The CTAs per job a split of kHeadJobSplits asks for, for case c on a
 // device of `sms` SMs.
 int head_job_ctas_asked(const char* split, const Case& c, int sms) {
-  if (split == nullptr) return 1;
-  const int n = std::atoi(split);
+  const int n = split == nullptr ? 0 : std::atoi(split);
   constexpr int kRowBytes = sage::quant::kKvHeadJobsDp * 2;  // 16-bit rows, padded
   return n > 0 ? n : sage::quant::kv_head_job_split(2LL * c.b * c.hkv, c.nk, sms, kRowBytes);
 }

@@ -16,8 +16,8 @@
 // jobs of 4K keys read 128 MiB of rows before any job reads its own again,
 // more than the L2 holds, so both reads come from DRAM; split 4 ways, the
 // first wave reads ~33 MiB (kv_head_job_split). It also spreads the longer
-// K jobs over more SMs. Not yet timed on a GPU: the dispatch splits only
-// when asked (SAGE_PREPASS_KV_HEAD_JOB_SPLIT; docs/perf-notes.md, session 50).
+// K jobs over more SMs. Measured (H200, whole calls, docs/perf-notes.md,
+// session 51): the bytes' share of the time is small, -0.7% at 4K keys.
 //
 // Why a third path beside the cluster kernel (docs/perf-notes.md, session
 // 36): at D = 128 and 1K keys the cluster kernel's 1024 CTAs of one tile run

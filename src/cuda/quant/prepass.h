@@ -102,7 +102,8 @@ struct PrepassProblem {
   // each reads a run of the head's 128-row tiles, and the CTAs exchange
   // their statistics through distributed shared memory; 0: the rule
   // kv_head_job_split (kv_head_jobs_fit.h). Where the device cannot place
-  // such clusters, one CTA per job (kv_head_job_ctas_fitting).
+  // such clusters, one CTA per job (kv_head_job_ctas_fitting). (The sm90
+  // dispatch sets 0 unless SAGE_PREPASS_KV_HEAD_JOB_SPLIT says otherwise.)
   int kv_head_job_split = 1;
 };
 

@@ -51,10 +51,13 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
   // (SAGE_PREPASS_KV_CLUSTERS=0: the two-kernel path everywhere, this one included.)
   p.kv_head_jobs_max_keys =
       p.allow_kv_clusters ? count_from_env("SAGE_PREPASS_KV_HEAD_JOBS_KEYS", kKvHeadJobsMaxKeys) : 0;
-  // One CTA per head job until the split over clusters is timed
-  // (kv_head_jobs.cu); SAGE_PREPASS_KV_HEAD_JOB_SPLIT=N asks for N CTAs per
-  // job (at most 8), =0 for the rule (quant::kv_head_job_split).
-  p.kv_head_job_split = count_from_env("SAGE_PREPASS_KV_HEAD_JOB_SPLIT", 1);
+  // The head jobs split over clusters by the rule (quant::kv_head_job_split:
+  // B=2 H=32 D=128, 1 CTA per job at 1K, 2 at 2K, 4 at 4K). H200, GPU time of
+  // whole calls against one CTA per job (docs/perf-notes.md, session 51):
+  // -0.7% at 4K, -0.8% causal 4K, 2K within noise.
+  // SAGE_PREPASS_KV_HEAD_JOB_SPLIT=N asks for N CTAs per job (at most 8; 1:
+  // no split), =0 for the rule.
+  p.kv_head_job_split = count_from_env("SAGE_PREPASS_KV_HEAD_JOB_SPLIT", 0);
   return p;
 }
 
