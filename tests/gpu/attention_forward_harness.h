@@ -87,6 +87,14 @@ constexpr double kEmuLseTol = 1e-3;  // |lse - lse_emu| <= kEmuLseTol * (1 + |ls
 // may take up to that much more.
 constexpr double kEmuLseFlip = 0.0607;                // ln(17 / 16), rounded up
 constexpr std::int64_t kEmuLseFlipRowsPer = 2000;     // rows allowed: 1 + rows / this
+// With smooth_q, flips are ~10x as frequent where Q has large channel
+// offsets (qk-bias): the score offset mean_q . k_j is then large, and the
+// kernel's (mean_q from a shuffle tree, the dot in two FMA chains) and the
+// emulation's (emulation_sage2.cpp) differ in their last bits, i.e. by
+// ~1e-6 of P rather than exp2's ~2e-7, while the rows are peaked, so more
+// of their P are large enough to move the LSE past the bound above (H200:
+// 7 of 4000 rows in one qk-bias case at 1531 keys, the largest 0.0029).
+constexpr std::int64_t kEmuLseFlipRowsPerSmoothQ = 200;
 
 // (b), (c) Kernel vs exact float64. These measure the SageAttention2
 // numerics themselves (INT8 Q/K, FP8 P and V), so they were set from the CPU
@@ -792,7 +800,8 @@ void print_metrics(const char* tag, const std::string& what, std::uint64_t seed,
 // Returns the largest error over rows that see a key.
 template <class Tol>
 double check_lse(const char* what, const std::vector<float>& lse, const std::vector<double>& ref,
-                 const std::vector<std::int64_t>& visible, Tol tol, std::int64_t slack_rows = 0, double slack = 0) {
+                 const std::vector<std::int64_t>& visible, Tol tol, std::int64_t slack_rows = 0, double slack = 0,
+                 std::int64_t* rows_past_tol = nullptr) {
   double worst = 0;
   std::int64_t bad = 0, unwritten = 0, empty_bad = 0, nonfinite = 0, in_slack = 0;
   std::ostringstream first;
@@ -832,6 +841,7 @@ double check_lse(const char* what, const std::vector<float>& lse, const std::vec
   EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << lse.size() << " rows out of tolerance (largest error "
                     << worst << "; " << in_slack << " of the " << slack_rows << " rows allowed " << slack
                     << " more took it)." << first.str();
+  if (rows_past_tol) *rows_past_tol = bad + in_slack;
   return worst;
 }
 
@@ -956,12 +966,14 @@ void run_case(const Case& c, int device, const sage::TileGeometry& geometry, con
   EXPECT_GE(emu_m.worst_row_cos_sim, kEmuMinWorstRowCos) << "vs emulation";
   EXPECT_LE(emu_m.rel_l1, kEmuMaxRelL1) << "vs emulation";
   double emu_lse_err = 0;
+  std::int64_t flip_rows = 0, past_tol = 0;  // rows allowed past the LSE tolerance, rows past it
   if (c.return_lse) {
-    const bool fp8_l = geometry.l_sums_pv_operand(p.head_dim);
+    if (geometry.l_sums_pv_operand(p.head_dim))
+      flip_rows = 1 + rows / (c.smooth_q ? kEmuLseFlipRowsPerSmoothQ : kEmuLseFlipRowsPer);
     emu_lse_err = check_lse(
         "lse vs emulation", gpu.lse, to_double(emu_lse), visible,
-        [](std::int64_t, double ref) { return kEmuLseTol * (1.0 + std::fabs(ref)); },
-        fp8_l ? 1 + rows / kEmuLseFlipRowsPer : 0, fp8_l ? kEmuLseFlip : 0.0);
+        [](std::int64_t, double ref) { return kEmuLseTol * (1.0 + std::fabs(ref)); }, flip_rows,
+        flip_rows > 0 ? kEmuLseFlip : 0.0, &past_tol);
   }
 
   // (b), (c) exact float64.
@@ -977,6 +989,11 @@ void run_case(const Case& c, int device, const sage::TileGeometry& geometry, con
   if (c.return_lse) ex_lse_err = check_lse("lse vs exact", gpu.lse, ex_lse, visible, exact_lse_tol(bounds));
 
   print_metrics(tag, what, seed, &emu_m, ex_m, emu_lse_err, ex_lse_err);
+  if (past_tol > 0) {
+    std::printf("    lse vs emulation: %lld of %lld rows past %.0e * (1 + |lse|) (%lld allowed for FP8 flips)\n",
+                static_cast<long long>(past_tol), static_cast<long long>(rows), kEmuLseTol,
+                static_cast<long long>(flip_rows));
+  }
 }
 
 }  // namespace
