@@ -16,8 +16,10 @@
 // jobs of 4K keys read 128 MiB of rows before any job reads its own again,
 // more than the L2 holds, so both reads come from DRAM; split 4 ways, the
 // first wave reads ~33 MiB (kv_head_job_split). It also spreads the longer
-// K jobs over more SMs. Measured (H200, whole calls, docs/perf-notes.md,
-// session 51): the bytes' share of the time is small, -0.7% at 4K keys.
+// K jobs over more SMs. Measured (H200, docs/perf-notes.md, session 51): at
+// 4K keys the split reads 141 MB from DRAM instead of 257, yet the kernel
+// alone takes as long (ncu: 92 against 89 us) and the calls' pre-pass share
+// moves by 0 to -4 us: the kernel is not bound by its DRAM reads.
 //
 // Why a third path beside the cluster kernel (docs/perf-notes.md, session
 // 36): at D = 128 and 1K keys the cluster kernel's 1024 CTAs of one tile run

@@ -52,9 +52,11 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
   p.kv_head_jobs_max_keys =
       p.allow_kv_clusters ? count_from_env("SAGE_PREPASS_KV_HEAD_JOBS_KEYS", kKvHeadJobsMaxKeys) : 0;
   // The head jobs split over clusters by the rule (quant::kv_head_job_split:
-  // B=2 H=32 D=128, 1 CTA per job at 1K, 2 at 2K, 4 at 4K). H200, GPU time of
-  // whole calls against one CTA per job (docs/perf-notes.md, session 51):
-  // -0.7% at 4K, -0.8% causal 4K, 2K within noise.
+  // B=2 H=32 D=128, 1 CTA per job at 1K, 2 at 2K, 4 at 4K). H200, the
+  // pre-pass's share of whole calls (GPU time of the call less the kernel
+  // alone, docs/perf-notes.md, session 51) against one CTA per job: 2K
+  // 40.1 -> 38.3 us, causal 2K 42.5 -> 40.8, 4K 78.6 -> 78.7, causal 4K
+  // 87.3 -> 83.4; 8 CTAs per job at 1K: +28 us.
   // SAGE_PREPASS_KV_HEAD_JOB_SPLIT=N asks for N CTAs per job (at most 8; 1:
   // no split), =0 for the rule.
   p.kv_head_job_split = count_from_env("SAGE_PREPASS_KV_HEAD_JOB_SPLIT", 0);
