@@ -28,9 +28,10 @@ inline constexpr long long kKvHeadJobWaveBytes = 40LL << 20;
 // reads its rows twice, for the statistics and then for the codes; with one
 // CTA per job, 128 jobs of 4K keys read 128 MiB before the first job reads
 // its rows again, so both reads come from DRAM. Split 4 ways, a wave reads
-// ~33 MiB, and the second read can hit L2 (B=2 H=32 D=128 16-bit: 1K keys
-// 1, 2K 2, 4K 4). Not yet timed on a GPU (docs/perf-notes.md, session 50):
-// the dispatch takes one CTA per job unless asked for the rule.
+// ~33 MiB, and the second read hits L2 (B=2 H=32 D=128 16-bit: 1K keys 1,
+// 2K 2, 4K 4). The sm90 dispatch takes this rule; what it saves is small
+// (H200: the pre-pass's share of a call 0 to 4 us lower at 2K-4K, since
+// the kernel is not bound by its DRAM reads; docs/perf-notes.md, session 51).
 constexpr int kv_head_job_split(long long jobs, long long nk, int sms, int row_bytes) {
   for (int ctas = 1; ctas < 4; ctas *= 2) {
     const long long wave = jobs * ctas < sms ? jobs * ctas : sms;

@@ -93,7 +93,7 @@ struct PrepassProblem {
   // read (kv_stats_kernel).
   int stats_ctas = 0;
   // The longest heads (in keys) that the head-jobs kernel may take (0: it
-  // takes none): one CTA job per head's K or V, for calls of many short
+  // takes none): one job per head's K or V, for calls of many short
   // heads (kv_head_jobs_path), on a device of sm_count SMs (0: unknown, and
   // the kernel takes none).
   int kv_head_jobs_max_keys = 0;

@@ -33,7 +33,7 @@ inline constexpr std::int64_t kMaxKeysTwoConsumersD128Causal = 1024;
 // it (read per call; 0: held heads only).
 inline constexpr int kKvStreamMaxKeys = 16384;
 // The longest heads whose K and V the pre-pass's head-jobs kernel takes
-// (quant::kv_head_jobs_path: one CTA job per head's K or V, where there are
+// (quant::kv_head_jobs_path: one job per head's K or V, where there are
 // jobs for about every SM) instead of the cluster kernel. H200, GPU time of
 // whole calls against the cluster kernel, D = 128, B=2 H=32, 3 interleaved
 // rounds (docs/perf-notes.md, session 36): 1K keys -2.8%, causal -7.3%; 2K
