@@ -276,7 +276,9 @@ Sm90Paths gpu_sm90_paths(const AttentionArgs& args, const AttentionOptions& opti
   if (takes_sm90_kernel(args, options, &device)) {
     paths.q_in_kernel = sm90::quantizes_q_in_kernel(args, options);
     paths.kv_in_clusters = sm90::quantizes_kv_in_clusters(args, options, device.sm_count);
-    paths.kv_head_job_ctas = sm90::kv_head_job_ctas(args, options, device.sm_count);
+    const quant::KvHeadJobShape head_jobs = sm90::kv_head_job_shape(args, options, device.sm_count);
+    paths.kv_head_job_ctas = head_jobs.ctas;
+    paths.kv_head_jobs_per_sm = head_jobs.per_sm;
     paths.kv_head_jobs = paths.kv_head_job_ctas > 0;
     paths.out_by_tma = sm90::stores_output_by_tma(args, options);
     paths.claims_items = sm90::claims_work_items(args, options, device.sm_count);

@@ -36,8 +36,9 @@ Status gpu_kernel_family(const AttentionArgs& args, const AttentionOptions& opti
 struct Sm90Paths {
   bool q_in_kernel = false;     // Q quantized inside the attention kernel (sm90::quantizes_q_in_kernel)
   bool kv_in_clusters = false;  // K and V by the pre-pass's cluster kernel (sm90::quantizes_kv_in_clusters)
-  bool kv_head_jobs = false;    // K and V by the pre-pass's head-jobs kernel (sm90::kv_head_job_ctas > 0)
+  bool kv_head_jobs = false;    // K and V by the pre-pass's head-jobs kernel (sm90::kv_head_job_shape)
   int kv_head_job_ctas = 0;     // and over how many CTAs (a cluster) each of its jobs runs
+  int kv_head_jobs_per_sm = 0;  // and how many of its CTAs an SM holds
   bool out_by_tma = false;      // the output stored by TMA from shared memory (sm90::stores_output_by_tma)
   bool claims_items = false;    // causal work items claimed from a counter (sm90::claims_work_items)
 };

@@ -122,4 +122,42 @@ TEST(KvHeadJobSplit, FewestCtasWhoseFirstWaveFitsTheBytes) {
   }
 }
 
+// The same rule with two CTAs per SM: a wave of twice the SMs' CTAs, and up
+// to 8 CTAs per job; and quant::kv_head_job_ctas_per_sm, which takes two
+// where one CTA per SM needs 4 per job (the longest heads), and
+// kv_head_job_shape, the two together.
+TEST(KvHeadJobSplit, TwoPerSmForTheLongestHeads) {
+  using sage::quant::kKvHeadJobWaveBytes;
+  using sage::quant::kv_head_job_ctas_per_sm;
+  using sage::quant::kv_head_job_shape;
+  using sage::quant::kv_head_job_split;
+  constexpr int kRow = 256;  // D = 128, 16-bit
+  // B=2 H=32 on an H100 SXM / H200 at two per SM: 1K keys 1 (128 CTAs),
+  // 2K 4 (264 CTAs of 512 rows), 4K 8; 8 is the most.
+  EXPECT_EQ(kv_head_job_split(128, 1024, 132, kRow, 2), 1);
+  EXPECT_EQ(kv_head_job_split(128, 2048, 132, kRow, 2), 4);
+  EXPECT_EQ(kv_head_job_split(128, 4096, 132, kRow, 2), 8);
+  EXPECT_EQ(kv_head_job_split(128, 16384, 132, kRow, 2), 8);
+  // One per SM unless one per SM would split 4 ways.
+  EXPECT_EQ(kv_head_job_ctas_per_sm(128, 1024, 132, kRow), 1);
+  EXPECT_EQ(kv_head_job_ctas_per_sm(128, 2048, 132, kRow), 1);
+  EXPECT_EQ(kv_head_job_ctas_per_sm(128, 2049, 132, kRow), 1);  // 2 CTAs of 1025 rows: 33.0 MiB a wave
+  EXPECT_EQ(kv_head_job_ctas_per_sm(128, 2561, 132, kRow), 2);  // 2 of 1281: past 40 MiB
+  EXPECT_EQ(kv_head_job_ctas_per_sm(128, 4096, 132, kRow), 2);
+  for (const int sms : {114, 132}) {
+    for (long long nk = 1; nk <= 8192; nk += 37) {
+      SCOPED_TRACE("sms " + std::to_string(sms) + " nk " + std::to_string(nk));
+      const auto shape = kv_head_job_shape(99, nk, sms, kRow);
+      EXPECT_EQ(shape.per_sm, kv_head_job_split(99, nk, sms, kRow) == 4 ? 2 : 1);
+      EXPECT_EQ(shape.ctas, kv_head_job_split(99, nk, sms, kRow, shape.per_sm));
+      const int ctas = kv_head_job_split(99, nk, sms, kRow, 2);
+      ASSERT_TRUE(ctas == 1 || ctas == 2 || ctas == 4 || ctas == 8);
+      const long long wave = std::min<long long>(99LL * ctas, 2LL * sms) * ((nk + ctas - 1) / ctas) * kRow;
+      if (ctas < 8) EXPECT_LE(wave, kKvHeadJobWaveBytes);
+    }
+  }
+  constexpr auto four_k = kv_head_job_shape(128, 4096, 132, kRow);
+  static_assert(four_k.ctas == 8 && four_k.per_sm == 2, "B=2 H=32 D=128 at 4K keys: two per SM over 8-CTA clusters");
+}
+
 }  // namespace

@@ -2,7 +2,9 @@
 // (quant::launch_kv_head_jobs with PrepassProblem::kv_head_job_split: each
 // CTA of a job's cluster reads a run of the head's 128-row tiles, and the
 // CTAs exchange their statistics through distributed shared memory),
-// against one CTA per job on the same inputs (splits 2 to 8):
+// against one CTA per job on the same inputs (splits 2 to 8, each with one
+// and with two CTAs per SM, PrepassProblem::kv_head_jobs_per_sm; and one CTA
+// per job at two per SM):
 //   * V's codes, scales and means bit for bit at every split (its channel
 //     extremes are exact in any order);
 //   * K's codes and scales bit for bit where K is not smoothed (no sums);
@@ -43,10 +45,14 @@ struct JobsCase {
   int jobs_at_once;  // 0: every job at once; fewer: clusters loop over jobs
 };
 
-// The splits every case runs: the rule's 2 and 4, runs of tiles that are
-// not a power of two, and clusters wider than short heads have tiles
-// (ranks without rows).
-constexpr int kSplits[] = {2, 3, 4, 5, 8};
+// The splits every case runs (CTAs per job, CTAs per SM): the rules' 2 and
+// 4 at one per SM and 8 at two, runs of tiles that are not a power of two,
+// and clusters wider than short heads have tiles (ranks without rows); at
+// two per SM the kernel instance with the shallower reads, alone too.
+struct Shape {
+  int split, per_sm;
+};
+constexpr Shape kShapes[] = {{2, 1}, {3, 1}, {4, 1}, {5, 1}, {8, 1}, {1, 2}, {3, 2}, {4, 2}, {8, 2}};
 
 // The bytes of the kernel's outputs in a workspace, in one host copy each.
 struct Outputs {
@@ -172,14 +178,16 @@ TEST_P(KvHeadJobBuffers, SplitsMatchOneCtaPerJob) {
   ASSERT_EQ(ws.status(), cudaSuccess);
 
   Outputs one;
-  p.kv_head_job_split = 1;
-  ASSERT_EQ(sage::quant::kv_head_job_ctas_fitting(p), 1);
+  p.kv_head_job_split = 1, p.kv_head_jobs_per_sm = 1;
+  ASSERT_EQ(sage::quant::kv_head_job_shape_fitting(p).ctas, 1);
   ASSERT_NO_FATAL_FAILURE(run_jobs(c, p, layout, ws.data(), 0x00, k, v, &one));
-  for (const int split : kSplits) {
-    SCOPED_TRACE("split " + std::to_string(split));
-    p.kv_head_job_split = split;
+  for (const auto [split, per_sm] : kShapes) {
+    SCOPED_TRACE("split " + std::to_string(split) + ", " + std::to_string(per_sm) + " per SM");
+    p.kv_head_job_split = split, p.kv_head_jobs_per_sm = per_sm;
     // (An H100 / H200 places clusters of up to 8 of these CTAs.)
-    ASSERT_EQ(sage::quant::kv_head_job_ctas_fitting(p), split) << "the device did not take the clusters";
+    const sage::quant::KvHeadJobShape shape = sage::quant::kv_head_job_shape_fitting(p);
+    ASSERT_EQ(shape.ctas, split) << "the device did not take the clusters";
+    ASSERT_EQ(shape.per_sm, per_sm);
     Outputs first, again;
     ASSERT_NO_FATAL_FAILURE(run_jobs(c, p, layout, ws.data(), 0xA5, k, v, &first));
     ASSERT_NO_FATAL_FAILURE(run_jobs(c, p, layout, ws.data(), 0x5A, k, v, &again));

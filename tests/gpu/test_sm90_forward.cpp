@@ -512,13 +512,14 @@ TEST_F(Sm90Forward, KvClustersOnlyWhereTheCallFits) {
 
 // Calls whose K and V the pre-pass's head-jobs kernel quantizes (one CTA job
 // per head and tensor, where there are jobs for about every SM: 2 * B * Hkv
-// at least 3/4 of the SMs; sm90::kv_head_job_ctas), taken here
+// at least 3/4 of the SMs; sm90::kv_head_job_shape), taken here
 // with SAGE_PREPASS_KV_HEAD_JOBS_KEYS: single keys and partial last tiles,
 // head dims padded inside the rows, GQA, both layouts and dtypes, padded and
 // packed storage, causal, and Q from the pre-pass's Q-only grid ahead of the
 // jobs (smooth_q), on a workspace of 32-bit ones (the kernel must reset the
 // claim counters it hands on). Each call runs at every split of its jobs
-// over CTAs that kHeadJobSplits names, and on the two-kernel path
+// over CTAs that kHeadJobSplits names and at the CTAs per SM that
+// kHeadJobsPerSm names, and on the two-kernel path
 // (SAGE_PREPASS_KV_CLUSTERS=0: expect_matches_two_kernel_path; mean_k is
 // summed in another order here, kv_head_jobs.cu). Each table has 128 jobs;
 // on a device with fewer SMs the case runs with fewer heads
@@ -558,12 +559,21 @@ Case with_head_jobs_for(Case c, int sms) {
 // at 300 keys: ranks without rows).
 constexpr const char* kHeadJobSplits[] = {nullptr, "1", "2", "3", "4", "8"};
 
-// The CTAs per job a split of kHeadJobSplits asks for, for case c on a
-// device of `sms` SMs.
-int head_job_ctas_asked(const char* split, const Case& c, int sms) {
-  const int n = split == nullptr ? 0 : std::atoi(split);
+// And the CTAs per SM (SAGE_PREPASS_KV_HEAD_JOBS_PER_SM) each case also runs
+// at with the split unset, one and two (the rule is the unset row above).
+constexpr const char* kHeadJobsPerSm[] = {"1", "2"};
+
+// The shape (CTAs per job and per SM) that a split and a per-SM count of
+// the tables above ask for, for case c on a device of `sms` SMs.
+sage::quant::KvHeadJobShape head_job_shape_asked(const char* split, const char* per_sm, const Case& c, int sms) {
+  const long long jobs = 2LL * c.b * c.hkv;
   constexpr int kRowBytes = sage::quant::kKvHeadJobsDp * 2;  // 16-bit rows, padded
-  return n > 0 ? n : sage::quant::kv_head_job_split(2LL * c.b * c.hkv, c.nk, sms, kRowBytes);
+  const int n = split == nullptr ? 0 : std::atoi(split);
+  const int m = per_sm == nullptr ? 0 : std::atoi(per_sm);
+  sage::quant::KvHeadJobShape shape;
+  shape.per_sm = m > 0 ? m : sage::quant::kv_head_job_ctas_per_sm(jobs, c.nk, sms, kRowBytes);
+  shape.ctas = n > 0 ? n : sage::quant::kv_head_job_split(jobs, c.nk, sms, kRowBytes, shape.per_sm);
+  return shape;
 }
 
 class Sm90KvHeadJobs : public Sm90Test, public ::testing::WithParamInterface<Case> {};
@@ -580,18 +590,24 @@ TEST_P(Sm90KvHeadJobs, AgreeWithTheTwoKernelPath) {
     ASSERT_FALSE(two_kernels.sm90.kv_head_jobs);
   }
   ScopedEnv on("SAGE_PREPASS_KV_HEAD_JOBS_KEYS", "1000000");
-  for (const char* split : kHeadJobSplits) {
-    SCOPED_TRACE(std::string("SAGE_PREPASS_KV_HEAD_JOB_SPLIT=") + (split ? split : "(unset)"));
+  auto run_at = [&](const char* split, const char* per_sm) {
+    SCOPED_TRACE(std::string("SAGE_PREPASS_KV_HEAD_JOB_SPLIT=") + (split ? split : "(unset)") +
+                 " SAGE_PREPASS_KV_HEAD_JOBS_PER_SM=" + (per_sm ? per_sm : "(unset)"));
     ScopedEnv ctas("SAGE_PREPASS_KV_HEAD_JOB_SPLIT", split);
+    ScopedEnv resident("SAGE_PREPASS_KV_HEAD_JOBS_PER_SM", per_sm);
     GpuResult jobs;
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &jobs, /*repeat=*/true, /*workspace_word=*/1u));
     ASSERT_TRUE(jobs.sm90.kv_head_jobs) << "the call does not take the head-jobs path";
     ASSERT_FALSE(jobs.sm90.kv_in_clusters);
     // (An H100 / H200 places clusters of up to 8 of these CTAs: a shape
     // the device refused must not pass here as a split.)
-    ASSERT_EQ(jobs.sm90.kv_head_job_ctas, head_job_ctas_asked(split, c, sm_count()));
+    const sage::quant::KvHeadJobShape asked = head_job_shape_asked(split, per_sm, c, sm_count());
+    ASSERT_EQ(jobs.sm90.kv_head_job_ctas, asked.ctas);
+    ASSERT_EQ(jobs.sm90.kv_head_jobs_per_sm, asked.per_sm);
     expect_matches_two_kernel_path(c, jobs, two_kernels);
-  }
+  };
+  for (const char* split : kHeadJobSplits) ASSERT_NO_FATAL_FAILURE(run_at(split, nullptr));
+  for (const char* per_sm : kHeadJobsPerSm) ASSERT_NO_FATAL_FAILURE(run_at(nullptr, per_sm));
 }
 
 INSTANTIATE_TEST_SUITE_P(Sm90, Sm90KvHeadJobs, ::testing::ValuesIn(kv_head_job_cases()), case_name);

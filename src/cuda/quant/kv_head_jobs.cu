@@ -12,7 +12,15 @@
 // CTAs (kv_head_job_ctas_fitting): CTA r then reads the r-th run of the
 // head's 128-row tiles, twice, and the CTAs exchange their partial
 // statistics through distributed shared memory (in rank order, as the
-// cluster kernel of prepass.cu does). Why split: with one CTA per job, 128
+// cluster kernel of prepass.cu does).
+//
+// An SM holds one CTA (123 registers a thread; the statistics read keeps 8
+// to 16 rows in flight per thread, the codes read one tile ahead) or two
+// (kPerSm: 64 registers; 4 to 8 rows, and no tile ahead: the other CTA's
+// warps hide the latencies). With one, the kernel waits on its own loads,
+// barriers and dependent instructions (ncu at 4K keys: 25% of the warp
+// slots active, issue 46% busy); two per SM take ~5% off it there
+// (kv_head_job_ctas_per_sm). Why split: with one CTA per job, 128
 // jobs of 4K keys read 128 MiB of rows before any job reads its own again,
 // more than the L2 holds, so both reads come from DRAM; split 4 ways, the
 // first wave reads ~33 MiB (kv_head_job_split). It also spreads the longer
@@ -61,8 +69,10 @@ constexpr int kChunks = kDp / kVec;            // 16-byte chunks of a row: 16
 constexpr int kRowLanes = kThreads / kChunks;  // rows a CTA reads side by side: 32
 constexpr int kTileRows = 128;                 // a tile: one K scale group (per_warp at cta_k 128), one V^T tile
 constexpr int kRowsPerThread = kTileRows / kRowLanes;  // rows of a tile per thread: 4
-// More than half of an SM's shared memory: one CTA per SM, so that a grid of
-// P CTAs takes P SMs (the device probe times it on a few).
+// With one CTA per SM, more than half of an SM's shared memory (its
+// registers alone would let a second one in beside a smaller kernel's
+// CTAs): so that a grid of P CTAs takes P SMs (the device probe times it on
+// a few).
 constexpr int kSmemFloor = 120 << 10;
 static_assert(kRowsPerThread * kRowLanes == kTileRows && kRowLanes == 32, "a tile is 4 rows per thread");
 static_assert(vt_key_of_position(4) == 2 && vt_key_of_position(6) == 10 && vt_key_of_position(16) == 16,
@@ -182,10 +192,10 @@ struct JobCtas {
 // (s.partial), then the head's from every CTA's in rank order, in
 // s.per_channel (K: mean_k; V: 1 / v_scale, and v_scale, v_mean written out
 // by rank 0).
-template <typename T>
+template <int kPerSm, typename T>
 __device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& out, const HeadRows<T>& rows, int bh,
                                 bool v_job, const JobCtas& job, HeadJobShared& s) {
-  constexpr int kBankRows = 8;  // rows per bank: 8 to 16 in flight per thread
+  constexpr int kBankRows = 8 / kPerSm;  // rows per bank: 8 to 16 in flight per thread, half that at two CTAs per SM
   const int c8 = threadIdx.x % kChunks, lane_row = threadIdx.x / kChunks;
   const uint64_t keep = ptx::l2_policy_evict_last();  // read again in the second pass
   float sum[kVec] = {};
@@ -268,9 +278,10 @@ __device__ void head_statistics(const PrepassProblem& p, const PrepassBuffers& o
 
 // The second read: for each 128-row tile of `rows`, work(row0, parity, x)
 // with x the thread's rows row0 + offsets[i] of chunk c8 as floats (zeros
-// past n), the next tile's loads issued before the work; parity alternates
-// by tile (the work's double-buffered shared memory).
-template <typename T, class Work>
+// past n); parity alternates by tile (the work's double-buffered shared
+// memory). kAhead: the next tile's loads are issued before the work (with
+// two CTAs per SM its 16 registers would spill: not there).
+template <bool kAhead, typename T, class Work>
 __device__ __forceinline__ void for_each_tile(const HeadRows<T>& rows, const int (&offsets)[kRowsPerThread], int c8,
                                               Work&& work) {
   const uint64_t drop = ptx::l2_policy_evict_first();  // the rows' last read
@@ -279,13 +290,16 @@ __device__ __forceinline__ void for_each_tile(const HeadRows<T>& rows, const int
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) w[i] = rows.load(row0 + offsets[i], c8, drop);
   };
-  load_tile(0);
+  if constexpr (kAhead) load_tile(0);
   int parity = 0;
   for (int row0 = 0; row0 < rows.n; row0 += kTileRows, parity ^= 1) {
+    if constexpr (!kAhead) load_tile(row0);
     float x[kRowsPerThread][kVec];
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) unpack8<T>(w[i], x[i]);
-    if (row0 + kTileRows < rows.n) load_tile(row0 + kTileRows);
+    if constexpr (kAhead) {
+      if (row0 + kTileRows < rows.n) load_tile(row0 + kTileRows);
+    }
     work(row0, parity, x);
   }
 }
@@ -297,7 +311,7 @@ __device__ __forceinline__ void for_each_tile(const HeadRows<T>& rows, const int
 // their instruction count is what this loop is written for: the values are
 // subtracted once, and their codes need no clamp (their group's own scale:
 // quantize_int8x8; the conversions pack in pairs, F2IP).
-template <typename T>
+template <bool kAhead, typename T>
 __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                         const HeadRows<T>& rows, int bh, HeadJobShared& s) {
   const int c8 = threadIdx.x % kChunks, lane_row = threadIdx.x / kChunks;
@@ -309,7 +323,7 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
   int offsets[kRowsPerThread];
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) offsets[i] = lane_row + kRowLanes * i;
-  for_each_tile(rows, offsets, c8, [&](int row0, int parity, float (&x)[kRowsPerThread][kVec]) {
+  for_each_tile<kAhead>(rows, offsets, c8, [&](int row0, int parity, float (&x)[kRowsPerThread][kVec]) {
     float m = 0.f;
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) {
@@ -351,7 +365,7 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
 // kernel's P order (vt_key_of_position). A thread takes chunk c8 of the four
 // keys 2q, 2q + 1, 2q + 8, 2q + 9 of 16-key half hg: one 32-bit word of V^T
 // per channel.
-template <typename T>
+template <bool kAhead, typename T>
 __device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, const HeadRows<T>& rows, int bh,
                         HeadJobShared& s) {
   const int c8 = threadIdx.x % kChunks, quad_of_tile = threadIdx.x / kChunks;
@@ -365,7 +379,7 @@ __device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, 
   // tile: blocks XOR the channel's chunk (mod 8), so that the 16 lanes of a
   // store (16 chunks, one position) fall into 8 banks, not one.
   auto vt_block = [](int channel, int block) { return block ^ ((channel / kVec) % 8); };
-  for_each_tile(rows, keys, c8, [&](int key0, int parity, float (&x)[kRowsPerThread][kVec]) {
+  for_each_tile<kAhead>(rows, keys, c8, [&](int key0, int parity, float (&x)[kRowsPerThread][kVec]) {
     // Keys past n are zeros: code 0, as on the other paths.
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
@@ -390,9 +404,9 @@ __device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, 
 }
 
 // The grid: clusters of `ctas` CTAs (1: plain CTAs), cluster j taking jobs
-// j, j + clusters, ... (clusters = gridDim.x / ctas).
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 1)
+// j, j + clusters, ... (clusters = gridDim.x / ctas); kPerSm CTAs per SM.
+template <typename T, int kPerSm>
+__global__ void __launch_bounds__(kThreads, kPerSm)
     kv_head_jobs_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out, StridedInput k_in,
                         StridedInput v_in, int ctas) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -414,11 +428,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     const StridedInput& in = v_job ? v_in : k_in;
     const HeadRows<T> rows = job_ctas.rows_of(static_cast<const T*>(in.data) + b * in.stride_b + h * in.stride_h,
                                               in.stride_n, p.nk, p.head_dim);
-    head_statistics<T>(p, out, rows, bh, v_job, job_ctas, s);
+    head_statistics<kPerSm, T>(p, out, rows, bh, v_job, job_ctas, s);
     if (v_job) {
-      v_codes<T>(layout, out, rows, bh, s);
+      v_codes<kPerSm == 1, T>(layout, out, rows, bh, s);
     } else {
-      k_codes<T>(p, layout, out, rows, bh, s);
+      k_codes<kPerSm == 1, T>(p, layout, out, rows, bh, s);
     }
     job_ctas.partials_free();
     __syncthreads();  // the next job rewrites s
@@ -430,60 +444,73 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-std::size_t head_jobs_smem_bytes() { return std::max<std::size_t>(sizeof(HeadJobShared), kSmemFloor); }
+std::size_t head_jobs_smem_bytes(int per_sm) {
+  return per_sm == 1 ? std::max<std::size_t>(sizeof(HeadJobShared), kSmemFloor) : sizeof(HeadJobShared);
+}
 
-// The launch of `clusters` clusters of `ctas` CTAs each (1: plain CTAs),
-// programmatic (PDL) if asked; the attributes live in `attributes`.
-cudaLaunchConfig_t head_jobs_config(int clusters, int ctas, cudaStream_t stream, bool programmatic,
+template <typename T>
+const void* head_jobs_kernel(int per_sm) {
+  return per_sm == 1 ? reinterpret_cast<const void*>(kv_head_jobs_kernel<T, 1>)
+                     : reinterpret_cast<const void*>(kv_head_jobs_kernel<T, 2>);
+}
+
+// The launch of `clusters` clusters of shape.ctas CTAs each (1: plain
+// CTAs), programmatic (PDL) if asked; the attributes live in `attributes`.
+cudaLaunchConfig_t head_jobs_config(int clusters, KvHeadJobShape shape, cudaStream_t stream, bool programmatic,
                                     cudaLaunchAttribute (&attributes)[2]) {
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(clusters * ctas);
+  config.gridDim = dim3(clusters * shape.ctas);
   config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = head_jobs_smem_bytes();
+  config.dynamicSmemBytes = head_jobs_smem_bytes(shape.per_sm);
   config.stream = stream;
   config.attrs = attributes;
-  const int cluster_ctas = ctas > 1 ? ctas : 0;  // (one CTA per job: no clusters)
+  const int cluster_ctas = shape.ctas > 1 ? shape.ctas : 0;  // (one CTA per job: no clusters)
   config.numAttrs = static_cast<unsigned>(cuda::cluster_launch_attributes(cluster_ctas, programmatic, attributes));
   return config;
 }
 
 template <typename T>
-cudaError_t allow_head_jobs_smem() {
-  return cuda::set_kernel_attribute_once(reinterpret_cast<const void*>(kv_head_jobs_kernel<T>),
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(head_jobs_smem_bytes()));
+cudaError_t allow_head_jobs_smem(int per_sm) {
+  return cuda::set_kernel_attribute_once(head_jobs_kernel<T>(per_sm), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(head_jobs_smem_bytes(per_sm)));
 }
 
-// Whether the current device places clusters of `ctas` head-job CTAs (one
-// per SM each: cuda::clusters_placeable); "no" runs one CTA per job.
+// Whether the current device places clusters of shape.ctas head-job CTAs
+// (cuda::clusters_placeable); "no" runs one CTA per job.
 template <typename T>
-bool head_job_clusters_fit(int ctas) {
-  if (allow_head_jobs_smem<T>() != cudaSuccess) {
+bool head_job_clusters_fit(KvHeadJobShape shape) {
+  if (allow_head_jobs_smem<T>(shape.per_sm) != cudaSuccess) {
     cudaGetLastError();  // (an answer, not an error of the call)
     return false;
   }
   cudaLaunchAttribute attributes[2];
-  return cuda::clusters_placeable(reinterpret_cast<const void*>(kv_head_jobs_kernel<T>),
-                                  head_jobs_config(1, ctas, nullptr, false, attributes));
+  return cuda::clusters_placeable(head_jobs_kernel<T>(shape.per_sm),
+                                  head_jobs_config(1, shape, nullptr, false, attributes));
 }
 
 template <typename T>
-int head_job_ctas_fitting(const PrepassProblem& p) {
+KvHeadJobShape head_job_shape_fitting(const PrepassProblem& p) {
   const long long jobs = 2LL * p.batch * p.heads_kv;
-  const int asked = p.kv_head_job_split > 0
-                        ? std::min(p.kv_head_job_split, kKvHeadJobMaxCtas)
-                        : kv_head_job_split(jobs, p.nk, p.sm_count, kDp * static_cast<int>(sizeof(T)));
-  return asked > 1 && head_job_clusters_fit<T>(asked) ? asked : 1;
+  constexpr int kRowBytes = kDp * static_cast<int>(sizeof(T));
+  KvHeadJobShape shape;
+  shape.per_sm = p.kv_head_jobs_per_sm > 0 ? std::min(p.kv_head_jobs_per_sm, 2)
+                                           : kv_head_job_ctas_per_sm(jobs, p.nk, p.sm_count, kRowBytes);
+  shape.ctas = p.kv_head_job_split > 0 ? std::min(p.kv_head_job_split, kKvHeadJobMaxCtas)
+                                       : kv_head_job_split(jobs, p.nk, p.sm_count, kRowBytes, shape.per_sm);
+  if (shape.ctas > 1 && !head_job_clusters_fit<T>(shape)) shape.ctas = 1;
+  return shape;
 }
 
 template <typename T>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                          StridedInput k, StridedInput v, int jobs_at_once, cudaStream_t stream, bool programmatic) {
-  if (const cudaError_t e = allow_head_jobs_smem<T>(); e != cudaSuccess) return e;
-  const int ctas = head_job_ctas_fitting<T>(p);
+  const KvHeadJobShape shape = head_job_shape_fitting<T>(p);
+  if (const cudaError_t e = allow_head_jobs_smem<T>(shape.per_sm); e != cudaSuccess) return e;
   cudaLaunchAttribute attributes[2];
-  const cudaLaunchConfig_t config = head_jobs_config(jobs_at_once, ctas, stream, programmatic, attributes);
-  return cudaLaunchKernelEx(&config, kv_head_jobs_kernel<T>, p, layout, out, k, v, ctas);
+  const cudaLaunchConfig_t config = head_jobs_config(jobs_at_once, shape, stream, programmatic, attributes);
+  return shape.per_sm == 1
+             ? cudaLaunchKernelEx(&config, kv_head_jobs_kernel<T, 1>, p, layout, out, k, v, shape.ctas)
+             : cudaLaunchKernelEx(&config, kv_head_jobs_kernel<T, 2>, p, layout, out, k, v, shape.ctas);
 }
 
 }  // namespace
@@ -507,8 +534,8 @@ cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& la
                 : launch_typed<__half>(p, layout, out, k, v, jobs_at_once, stream, programmatic);
 }
 
-int kv_head_job_ctas_fitting(const PrepassProblem& p) {
-  return p.bf16 ? head_job_ctas_fitting<__nv_bfloat16>(p) : head_job_ctas_fitting<__half>(p);
+KvHeadJobShape kv_head_job_shape_fitting(const PrepassProblem& p) {
+  return p.bf16 ? head_job_shape_fitting<__nv_bfloat16>(p) : head_job_shape_fitting<__half>(p);
 }
 
 }  // namespace sage::quant

@@ -1248,8 +1248,8 @@ bool kv_quantized_in_clusters(const PrepassProblem& p, StridedInput q, StridedIn
   return p.bf16 ? kv_in_clusters_for_type<__nv_bfloat16>(p, vec) : kv_in_clusters_for_type<__half>(p, vec);
 }
 
-int kv_head_job_ctas(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v) {
-  return kv_head_jobs_path(p, vec_rows(p, q, k, v)) ? kv_head_job_ctas_fitting(p) : 0;
+KvHeadJobShape kv_head_job_shape(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v) {
+  return kv_head_jobs_path(p, vec_rows(p, q, k, v)) ? kv_head_job_shape_fitting(p) : KvHeadJobShape{};
 }
 
 cudaError_t launch_prepass(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,

@@ -40,6 +40,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/quant/kv_head_jobs_fit.h"
 #include "numerics/fast_divisor.h"
 #include "numerics/tile_geometry.h"
 #include "sage/options.h"
@@ -102,9 +103,16 @@ struct PrepassProblem {
   // each reads a run of the head's 128-row tiles, and the CTAs exchange
   // their statistics through distributed shared memory; 0: the rule
   // kv_head_job_split (kv_head_jobs_fit.h). Where the device cannot place
-  // such clusters, one CTA per job (kv_head_job_ctas_fitting). (The sm90
+  // such clusters, one CTA per job (kv_head_job_shape_fitting). (The sm90
   // dispatch sets 0 unless SAGE_PREPASS_KV_HEAD_JOB_SPLIT says otherwise.)
   int kv_head_job_split = 1;
+  // Head-job CTAs per SM: 1 (123 registers each) or 2 (64 each, the
+  // statistics read half as deep and the codes read without a tile in
+  // flight ahead); 0: the rule kv_head_job_ctas_per_sm, and then the split
+  // rule for that many. (The sm90 dispatch sets 0 unless
+  // SAGE_PREPASS_KV_HEAD_JOBS_PER_SM says otherwise; the device probe keeps
+  // 1: a grid of P CTAs on P SMs.)
+  int kv_head_jobs_per_sm = 1;
 };
 
 struct PrepassBuffers {
@@ -167,11 +175,11 @@ static_assert(prepass_supports_geometry(kSm90Geometry) && prepass_supports_geome
 // the quantize kernel's K and V jobs; tests use it to know the path.
 bool kv_quantized_in_clusters(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v);
 
-// The CTAs per job with which launch_prepass quantizes this call's K and V
-// in the head-jobs kernel (cuda/quant/kv_head_jobs.cu; before the cluster
-// kernel in its order of preference) on the current device, or 0 where it
-// takes another path.
-int kv_head_job_ctas(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v);
+// The shape (CTAs per job and per SM) with which launch_prepass quantizes
+// this call's K and V in the head-jobs kernel (cuda/quant/kv_head_jobs.cu;
+// before the cluster kernel in its order of preference) on the current
+// device, or {0, 0} where it takes another path.
+KvHeadJobShape kv_head_job_shape(const PrepassProblem& p, StridedInput q, StridedInput k, StridedInput v);
 
 // The head-jobs kernel's conditions for a call whose rows are Vec (16-byte
 // aligned): heads of at most kv_head_jobs_max_keys keys, Dp = kKvHeadJobsDp,
@@ -182,8 +190,9 @@ inline constexpr int kKvHeadJobsDp = 128;
 bool kv_head_jobs_path(const PrepassProblem& p, bool vec);
 
 // Launches the head-jobs kernel alone, `jobs_at_once` jobs side by side (0:
-// every job; each job takes kv_head_job_ctas_fitting(p) CTAs, one per SM,
-// and loops over jobs jobs_at_once apart): the pre-pass's K and V for a
+// every job; each job takes kv_head_job_shape_fitting(p).ctas CTAs, one or two
+// per SM (PrepassProblem::kv_head_jobs_per_sm), and loops over jobs
+// jobs_at_once apart): the pre-pass's K and V for a
 // call that kv_head_jobs_path admits. It zeroes the attention kernel's
 // claim counters. `programmatic`: launched under the
 // stream's previous kernel (the Q-only quantize grid), for which it waits
@@ -193,10 +202,12 @@ cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& la
                                 StridedInput k, StridedInput v, int jobs_at_once, cudaStream_t stream,
                                 bool programmatic);
 
-// The CTAs per job of launch_kv_head_jobs for `p` on the current device:
-// p.kv_head_job_split (the rule where 0), clamped to [1, kKvHeadJobMaxCtas],
-// or 1 where the device cannot place clusters of that many of its CTAs.
-int kv_head_job_ctas_fitting(const PrepassProblem& p);
+// How launch_kv_head_jobs runs `p`'s jobs on the current device: its CTAs
+// per SM (p.kv_head_jobs_per_sm, the rule where 0) and per job
+// (p.kv_head_job_split, the rule for that many per SM where 0, clamped to
+// [1, kKvHeadJobMaxCtas]; 1 where the device cannot place clusters of that
+// many of its CTAs).
+KvHeadJobShape kv_head_job_shape_fitting(const PrepassProblem& p);
 
 // Enqueues both pre-pass kernels on `stream`. `programmatic` (sm_90+
 // devices): the quantize kernel starts under the statistics kernel (its Q

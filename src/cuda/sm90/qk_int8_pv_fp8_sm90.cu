@@ -60,6 +60,12 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
   // SAGE_PREPASS_KV_HEAD_JOB_SPLIT=N asks for N CTAs per job (at most 8; 1:
   // no split), =0 for the rule.
   p.kv_head_job_split = count_from_env("SAGE_PREPASS_KV_HEAD_JOB_SPLIT", 0);
+  // And two head-job CTAs per SM for the longest heads
+  // (quant::kv_head_job_ctas_per_sm: B=2 H=32 D=128 at 4K keys, over 8-CTA
+  // clusters; the pre-pass's share of the call 79.7 -> 73.0 us, H200,
+  // docs/perf-notes.md, session 52). SAGE_PREPASS_KV_HEAD_JOBS_PER_SM=1 or 2
+  // asks for that many, =0 for the rule.
+  p.kv_head_jobs_per_sm = count_from_env("SAGE_PREPASS_KV_HEAD_JOBS_PER_SM", 0);
   return p;
 }
 
@@ -333,11 +339,11 @@ bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions&
                                          fwd::strided(args.v, options.layout));
 }
 
-int kv_head_job_ctas(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
+quant::KvHeadJobShape kv_head_job_shape(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
   quant::PrepassProblem p = prepass_problem(args, options);
   p.sm_count = sm_count;
-  return quant::kv_head_job_ctas(p, fwd::strided(args.q, options.layout), fwd::strided(args.k, options.layout),
-                                          fwd::strided(args.v, options.layout));
+  return quant::kv_head_job_shape(p, fwd::strided(args.q, options.layout), fwd::strided(args.k, options.layout),
+                                  fwd::strided(args.v, options.layout));
 }
 
 bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& options) {

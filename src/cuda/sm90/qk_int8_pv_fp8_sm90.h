@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cuda/device_info.h"
+#include "cuda/quant/kv_head_jobs_fit.h"
 #include "sage/attention.h"
 
 namespace sage::sm90 {
@@ -67,11 +68,12 @@ bool quantizes_q_in_kernel(const AttentionArgs& args, const AttentionOptions& op
 // path a call takes. sm_count: the device's.
 bool quantizes_kv_in_clusters(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
 
-// The CTAs per job with which the pre-pass's head-jobs kernel quantizes the
-// call's K and V (kKvHeadJobsMaxKeys; it comes before the cluster kernel;
-// SAGE_PREPASS_KV_HEAD_JOB_SPLIT) on the current device of sm_count SMs, or
-// 0 where another path does.
-int kv_head_job_ctas(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
+// The CTAs per job and per SM with which the pre-pass's head-jobs kernel
+// quantizes the call's K and V (kKvHeadJobsMaxKeys; it comes before the
+// cluster kernel; SAGE_PREPASS_KV_HEAD_JOB_SPLIT,
+// SAGE_PREPASS_KV_HEAD_JOBS_PER_SM) on the current device of sm_count SMs,
+// or {0, 0} where another path does.
+quant::KvHeadJobShape kv_head_job_shape(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
 
 // Whether the kernel's epilogue writes the output by TMA (a 16-byte aligned
 // start and strides, head_dim a multiple of 8) rather than from its
