@@ -19,8 +19,8 @@
 // (kPerSm: 64 registers; 4 to 8 rows, and no tile ahead: the other CTA's
 // warps hide the latencies). With one, the kernel waits on its own loads,
 // barriers and dependent instructions (ncu at 4K keys: 25% of the warp
-// slots active, issue 46% busy); two per SM take ~5% off it there
-// (kv_head_job_ctas_per_sm). Why split: with one CTA per job, 128
+// slots active, issue 46% busy); two per SM take ~5% off it there, ~1% of
+// the call (kv_head_job_ctas_per_sm). Why split: with one CTA per job, 128
 // jobs of 4K keys read 128 MiB of rows before any job reads its own again,
 // more than the L2 holds, so both reads come from DRAM; split 4 ways, the
 // first wave reads ~33 MiB (kv_head_job_split). It also spreads the longer

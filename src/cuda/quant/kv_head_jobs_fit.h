@@ -50,10 +50,11 @@ constexpr int kv_head_job_split(long long jobs, long long nk, int sms, int row_b
 // the statistics read 8-16 rows deep per thread). The kernel is bound by its
 // own latencies, loads and barriers, with 16 warps per SM (docs/perf-notes.md,
 // session 52). H200, GPU time of whole calls (B=2 H=32 D=128, interleaved
-// rounds): 4K keys, two per SM over 8-CTA clusters against one per SM over
-// 4: the pre-pass's share 79.7 -> 73.0 us (ncu, the kernel alone: 91.5 ->
-// 87.2 us); two per SM at 1K and 2K keys: calls -1.4% to +1.1% (+11.8% at
-// 1K over 8-CTA clusters), so not there.
+// rounds, two A/B runs): 4K keys, two per SM over 8-CTA clusters against
+// one per SM over 4, calls -1.1% and -1.0% (the pre-pass's share 79.7 ->
+// 73.0 us and 85.4 -> 84.1), causal -1.0% (86.9 -> 80.3); ncu, the kernel
+// alone: 91.5 -> 87.2 us. Two per SM at 1K and 2K keys: calls -1.4% to
+// +1.1% (+11.8% at 1K over 8-CTA clusters), so not there.
 constexpr int kv_head_job_ctas_per_sm(long long jobs, long long nk, int sms, int row_bytes) {
   return kv_head_job_split(jobs, nk, sms, row_bytes, 1) == 4 ? 2 : 1;
 }

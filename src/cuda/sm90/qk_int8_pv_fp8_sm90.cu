@@ -62,7 +62,7 @@ quant::PrepassProblem prepass_problem(const AttentionArgs& args, const Attention
   p.kv_head_job_split = count_from_env("SAGE_PREPASS_KV_HEAD_JOB_SPLIT", 0);
   // And two head-job CTAs per SM for the longest heads
   // (quant::kv_head_job_ctas_per_sm: B=2 H=32 D=128 at 4K keys, over 8-CTA
-  // clusters; the pre-pass's share of the call 79.7 -> 73.0 us, H200,
+  // clusters; whole calls -1.0% non-causal and causal, H200,
   // docs/perf-notes.md, session 52). SAGE_PREPASS_KV_HEAD_JOBS_PER_SM=1 or 2
   // asks for that many, =0 for the rule.
   p.kv_head_jobs_per_sm = count_from_env("SAGE_PREPASS_KV_HEAD_JOBS_PER_SM", 0);
