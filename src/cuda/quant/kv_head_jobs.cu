@@ -9,7 +9,7 @@
 // loads in flight while it quantizes the current one.
 //
 // A job runs on one CTA, or split over a thread-block cluster of `ctas`
-// CTAs (kv_head_job_ctas_fitting): CTA r then reads the r-th run of the
+// CTAs (kv_head_job_shape_fitting): CTA r then reads the r-th run of the
 // head's 128-row tiles, twice, and the CTAs exchange their partial
 // statistics through distributed shared memory (in rank order, as the
 // cluster kernel of prepass.cu does).
@@ -69,10 +69,8 @@ constexpr int kChunks = kDp / kVec;            // 16-byte chunks of a row: 16
 constexpr int kRowLanes = kThreads / kChunks;  // rows a CTA reads side by side: 32
 constexpr int kTileRows = 128;                 // a tile: one K scale group (per_warp at cta_k 128), one V^T tile
 constexpr int kRowsPerThread = kTileRows / kRowLanes;  // rows of a tile per thread: 4
-// With one CTA per SM, more than half of an SM's shared memory (its
-// registers alone would let a second one in beside a smaller kernel's
-// CTAs): so that a grid of P CTAs takes P SMs (the device probe times it on
-// a few).
+// With one CTA per SM: more than half of an SM's shared memory, so that a
+// grid of P CTAs takes P SMs (the device probe times it on a few).
 constexpr int kSmemFloor = 120 << 10;
 static_assert(kRowsPerThread * kRowLanes == kTileRows && kRowLanes == 32, "a tile is 4 rows per thread");
 static_assert(vt_key_of_position(4) == 2 && vt_key_of_position(6) == 10 && vt_key_of_position(16) == 16,

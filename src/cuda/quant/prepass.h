@@ -190,10 +190,9 @@ inline constexpr int kKvHeadJobsDp = 128;
 bool kv_head_jobs_path(const PrepassProblem& p, bool vec);
 
 // Launches the head-jobs kernel alone, `jobs_at_once` jobs side by side (0:
-// every job; each job takes kv_head_job_shape_fitting(p).ctas CTAs, one or two
-// per SM (PrepassProblem::kv_head_jobs_per_sm), and loops over jobs
-// jobs_at_once apart): the pre-pass's K and V for a
-// call that kv_head_jobs_path admits. It zeroes the attention kernel's
+// every job; each job takes kv_head_job_shape_fitting(p).ctas CTAs, one or
+// two per SM, and loops over jobs jobs_at_once apart): the pre-pass's K
+// and V for a call that kv_head_jobs_path admits. It zeroes the attention kernel's
 // claim counters. `programmatic`: launched under the
 // stream's previous kernel (the Q-only quantize grid), for which it waits
 // before it completes. (The device probe bench/probes/kv_prepass_probe.cu
