@@ -158,6 +158,17 @@ TEST(KvHeadJobSplit, TwoPerSmForTheLongestHeads) {
   }
   constexpr auto four_k = kv_head_job_shape(128, 4096, 132, kRow);
   static_assert(four_k.ctas == 8 && four_k.per_sm == 2, "B=2 H=32 D=128 at 4K keys: two per SM over 8-CTA clusters");
+  // What a call asks for instead (SAGE_PREPASS_KV_HEAD_JOB_SPLIT,
+  // SAGE_PREPASS_KV_HEAD_JOBS_PER_SM): taken as asked up to 8 CTAs per job
+  // and 2 per SM; one per SM alone gets the one-per-SM split.
+  EXPECT_EQ(kv_head_job_shape(128, 4096, 132, kRow, 0, 1).ctas, 4);
+  EXPECT_EQ(kv_head_job_shape(128, 4096, 132, kRow, 0, 1).per_sm, 1);
+  EXPECT_EQ(kv_head_job_shape(128, 1024, 132, kRow, 0, 2).ctas, 1);
+  EXPECT_EQ(kv_head_job_shape(128, 1024, 132, kRow, 0, 2).per_sm, 2);
+  EXPECT_EQ(kv_head_job_shape(128, 4096, 132, kRow, 3, 0).ctas, 3);
+  EXPECT_EQ(kv_head_job_shape(128, 4096, 132, kRow, 3, 0).per_sm, 2);
+  EXPECT_EQ(kv_head_job_shape(128, 1024, 132, kRow, 16, 5).ctas, 8);
+  EXPECT_EQ(kv_head_job_shape(128, 1024, 132, kRow, 16, 5).per_sm, 2);
 }
 
 }  // namespace

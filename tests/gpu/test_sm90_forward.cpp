@@ -566,14 +566,9 @@ constexpr const char* kHeadJobsPerSm[] = {"1", "2"};
 // The shape (CTAs per job and per SM) that a split and a per-SM count of
 // the tables above ask for, for case c on a device of `sms` SMs.
 sage::quant::KvHeadJobShape head_job_shape_asked(const char* split, const char* per_sm, const Case& c, int sms) {
-  const long long jobs = 2LL * c.b * c.hkv;
   constexpr int kRowBytes = sage::quant::kKvHeadJobsDp * 2;  // 16-bit rows, padded
-  const int n = split == nullptr ? 0 : std::atoi(split);
-  const int m = per_sm == nullptr ? 0 : std::atoi(per_sm);
-  sage::quant::KvHeadJobShape shape;
-  shape.per_sm = m > 0 ? m : sage::quant::kv_head_job_ctas_per_sm(jobs, c.nk, sms, kRowBytes);
-  shape.ctas = n > 0 ? n : sage::quant::kv_head_job_split(jobs, c.nk, sms, kRowBytes, shape.per_sm);
-  return shape;
+  return sage::quant::kv_head_job_shape(2LL * c.b * c.hkv, c.nk, sms, kRowBytes, split ? std::atoi(split) : 0,
+                                        per_sm ? std::atoi(per_sm) : 0);
 }
 
 class Sm90KvHeadJobs : public Sm90Test, public ::testing::WithParamInterface<Case> {};

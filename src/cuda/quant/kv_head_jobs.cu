@@ -488,13 +488,9 @@ bool head_job_clusters_fit(KvHeadJobShape shape) {
 
 template <typename T>
 KvHeadJobShape head_job_shape_fitting(const PrepassProblem& p) {
-  const long long jobs = 2LL * p.batch * p.heads_kv;
   constexpr int kRowBytes = kDp * static_cast<int>(sizeof(T));
-  KvHeadJobShape shape;
-  shape.per_sm = p.kv_head_jobs_per_sm > 0 ? std::min(p.kv_head_jobs_per_sm, 2)
-                                           : kv_head_job_ctas_per_sm(jobs, p.nk, p.sm_count, kRowBytes);
-  shape.ctas = p.kv_head_job_split > 0 ? std::min(p.kv_head_job_split, kKvHeadJobMaxCtas)
-                                       : kv_head_job_split(jobs, p.nk, p.sm_count, kRowBytes, shape.per_sm);
+  KvHeadJobShape shape = kv_head_job_shape(2LL * p.batch * p.heads_kv, p.nk, p.sm_count, kRowBytes,
+                                           p.kv_head_job_split, p.kv_head_jobs_per_sm);
   if (shape.ctas > 1 && !head_job_clusters_fit<T>(shape)) shape.ctas = 1;
   return shape;
 }

@@ -46,7 +46,7 @@ constexpr int kv_head_job_split(long long jobs, long long nk, int sms, int row_b
 
 // The rule for the head-job CTAs per SM: 2 (64 registers each, twice the
 // warps per SM) for the longest heads, those that one CTA per SM splits 4
-// ways (2049 to 4096 keys at D = 128 for B=2 H=32), else 1 (123 registers,
+// ways (2483 to 4096 keys at D = 128 for B=2 H=32), else 1 (123 registers,
 // the statistics read 8-16 rows deep per thread). The kernel is bound by its
 // own latencies, loads and barriers, with 16 warps per SM (docs/perf-notes.md,
 // session 52). H200, GPU time of whole calls (B=2 H=32 D=128, interleaved
@@ -66,10 +66,17 @@ struct KvHeadJobShape {
   int per_sm = 0;
 };
 
-// The rules' shape for `jobs` jobs of `nk` rows of `row_bytes` on `sms` SMs.
-constexpr KvHeadJobShape kv_head_job_shape(long long jobs, long long nk, int sms, int row_bytes) {
-  const int per_sm = kv_head_job_ctas_per_sm(jobs, nk, sms, row_bytes);
-  return {kv_head_job_split(jobs, nk, sms, row_bytes, per_sm), per_sm};
+// The shape asked for `jobs` jobs of `nk` rows of `row_bytes` on `sms` SMs:
+// `per_sm` CTAs per SM (at most 2; 0: kv_head_job_ctas_per_sm) and `split`
+// CTAs per job (at most kKvHeadJobMaxCtas; 0: kv_head_job_split for that
+// many per SM). (Whether the device places such clusters is the launch's
+// question: kv_head_job_shape_fitting, prepass.h.)
+constexpr KvHeadJobShape kv_head_job_shape(long long jobs, long long nk, int sms, int row_bytes, int split = 0,
+                                           int per_sm = 0) {
+  const int resident = per_sm > 0 ? (per_sm < 2 ? per_sm : 2) : kv_head_job_ctas_per_sm(jobs, nk, sms, row_bytes);
+  const int ctas = split > 0 ? (split < kKvHeadJobMaxCtas ? split : kKvHeadJobMaxCtas)
+                             : kv_head_job_split(jobs, nk, sms, row_bytes, resident);
+  return {ctas, resident};
 }
 
 }  // namespace sage::quant
