@@ -20,7 +20,8 @@ Needs no GPU: on a machine without one, build the object (or a cubin: nvcc -cubi
 -gencode arch=compute_90a,code=sm_90a -O3 -std=c++20 -Isrc -Iinclude --expt-relaxed-constexpr
 src/cuda/sm90/qk_int8_pv_fp8_sm90_hdim128.cu) and read it here. Needs cuobjdump: on PATH, the
 toolkit's, or PyPI's under build-tools/ (python3 -m pip install --target build-tools
-nvidia-cuda-cuobjdump); `--cuobjdump PATH` otherwise.
+nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm: cuobjdump -sass runs nvdisasm); `--cuobjdump PATH`
+otherwise.
 """
 import argparse
 import collections
