@@ -38,25 +38,49 @@ TRAITS = re.compile(r"FwdTraitsILi(\d+)ELb(\d)E(\d+)(\w+?)Lb(\d)ELb(\d)ELb(\d)EL
 BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+)$")  # "@!P0 BRA 0x42d0", "@P0 BRA P3, 0xb990"
 
 
-def instances(path, cuobjdump):
-    """{instance name: [(address, instruction text)]} of the sm90 forward kernels in `path`."""
+def kernels(path, cuobjdump):
+    """{mangled kernel name: [(address, instruction text)]} of every kernel in `path`, in file order
+    (scripts/sass_loops.py reads any kernel through this too)."""
     sass = subprocess.run([cuobjdump, "-sass", path], check=True, capture_output=True, text=True).stdout
     result = collections.OrderedDict()
-    name = None
+    code = None
     for line in sass.splitlines():
         if "Function :" in line:
-            match = TRAITS.search(line)
-            name = None
-            if match and "qk_int8_pv_fp8_sm90_kernel" in line:
-                d, causal, _, out, smooth_q, quantize_q, claims, consumers = match.groups()
-                name = (f"D{d} {'causal' if causal == '1' else 'full  '} {out[-8:]:>8} smooth_q={smooth_q} "
-                        f"q_in_kernel={quantize_q} claims={claims} consumers={consumers}")
-                result[name] = []
+            code = result.setdefault(line.split("Function :", 1)[1].strip(), [])
             continue
         match = INSTRUCTION.search(line)
-        if name and match:
-            result[name].append((int(match.group(1), 16), match.group(2)))
+        if code is not None and match:
+            code.append((int(match.group(1), 16), match.group(2)))
     return result
+
+
+def instances(path, cuobjdump):
+    """{instance name: [(address, instruction text)]} of the sm90 forward kernels in `path`."""
+    result = collections.OrderedDict()
+    for mangled, code in kernels(path, cuobjdump).items():
+        match = TRAITS.search(mangled)
+        if match and "qk_int8_pv_fp8_sm90_kernel" in mangled:
+            d, causal, _, out, smooth_q, quantize_q, claims, consumers = match.groups()
+            name = (f"D{d} {'causal' if causal == '1' else 'full  '} {out[-8:]:>8} smooth_q={smooth_q} "
+                    f"q_in_kernel={quantize_q} claims={claims} consumers={consumers}")
+            result[name] = code
+    return result
+
+
+def loops(code):
+    """[(start address, end address)] of every backward branch inside `code`, in its order."""
+    addresses = {address for address, _ in code}
+    found = []
+    for address, text in code:
+        match = BRANCH.search(text)
+        if match and int(match.group(1), 16) < address and int(match.group(1), 16) in addresses:
+            found.append((int(match.group(1), 16), address))
+    return found
+
+
+def opcode(text):
+    """The opcode of an instruction with its modifiers (ISETP.GE.AND), its predicate left out."""
+    return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0]
 
 
 ADDRESS = re.compile(r"\b0x([0-9a-f]+)\b")
@@ -67,17 +91,14 @@ def loop_instructions(code):
     branches inside it taken: what a tile that needs no mask executes; an md5 of the loop's code
     with its code addresses made relative to the loop's start, or "out" outside it; the loop's
     local-memory accesses (LDL / STL: spills))."""
-    loops = []
-    for address, text in code:
-        match = BRANCH.search(text)
-        if match and int(match.group(1), 16) < address:
-            start = int(match.group(1), 16)
-            body = [t for a, t in code if start <= a <= address]
-            if any("IGMMA" in t for t in body) and any("QGMMA" in t for t in body):
-                loops.append((address - start, start, address))
-    if not loops:
+    candidates = []
+    for start, end in loops(code):
+        body = [t for a, t in code if start <= a <= end]
+        if any("IGMMA" in t for t in body) and any("QGMMA" in t for t in body):
+            candidates.append((end - start, start, end))
+    if not candidates:
         return [], "-", 0
-    _, start, end = min(loops)
+    _, start, end = min(candidates)
     last = code[-1][0]
 
     def relative(match):  # a code address: inside the loop relative to its start, else just "out"
@@ -122,7 +143,7 @@ def fingerprints(path, cuobjdump):
 
 
 def opcode_counts(path):
-    return collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for text in path)
+    return collections.Counter(opcode(text).split(".")[0] for text in path)
 
 
 def default_cuobjdump():

@@ -21,40 +21,13 @@ import argparse
 import collections
 import os
 import re
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sass_instances import BRANCH, INSTRUCTION, default_cuobjdump  # noqa: E402
+from sass_instances import default_cuobjdump, kernels, loops, opcode  # noqa: E402
 
 # Opcode prefixes worth a column (a prefix counts every variant, e.g. LDG.E.128.CONSTANT).
 KINDS = ("LDG", "STG", "LDS", "STS", "LDL", "STL", "BAR", "SHFL", "F2I", "F2FP", "MUFU", "HGMMA", "IGMMA", "QGMMA")
-
-
-def kernels(sass_text):
-    """{mangled name: [(address, instruction text)]} in file order."""
-    found = {}
-    for part in re.split(r"\n\s*Function : ", sass_text)[1:]:
-        name, _, body = part.partition("\n")
-        found[name.strip()] = [(int(m.group(1), 16), m.group(2)) for m in map(INSTRUCTION.search, body.split("\n")) if m]
-    return found
-
-
-def opcode(text):
-    words = text.split()
-    return words[1] if words[0].startswith("@") else words[0]
-
-
-def loops(instructions):
-    """[(start address, end address, body)] of every backward branch, in address order."""
-    index = {address: i for i, (address, _) in enumerate(instructions)}
-    found = []
-    for i, (address, text) in enumerate(instructions):
-        m = BRANCH.search(text)
-        if m and int(m.group(1), 16) < address and int(m.group(1), 16) in index:
-            start = index[int(m.group(1), 16)]
-            found.append((instructions[start][0], address, instructions[start:i + 1]))
-    return sorted(found)
 
 
 def kind_counts(body):
@@ -69,8 +42,7 @@ def main():
     parser.add_argument("--cuobjdump", default=default_cuobjdump())
     parser.add_argument("--dump", help="LO-HI: print the instructions at these addresses (hex)")
     args = parser.parse_args()
-    sass = subprocess.run([args.cuobjdump, "-sass", args.object], check=True, capture_output=True, text=True).stdout
-    matched = {name: body for name, body in kernels(sass).items() if re.search(args.kernel, name)}
+    matched = {name: code for name, code in kernels(args.object, args.cuobjdump).items() if re.search(args.kernel, name)}
     if not matched:
         sys.exit(f"sass_loops: no kernel in {args.object} matches {args.kernel!r}")
     for name, instructions in matched.items():
@@ -81,7 +53,8 @@ def main():
                 if lo <= address <= hi:
                     print(f"  {address:#07x} {text}")
             continue
-        for start, end, body in loops(instructions):
+        for start, end in sorted(loops(instructions)):
+            body = [(a, t) for a, t in instructions if start <= a <= end]
             counts = " ".join(f"{kind}={n}" for kind, n in kind_counts(body).items() if n)
             print(f"  loop {start:#07x}-{end:#07x}: {len(body):5d} instructions  {counts}")
 
