@@ -36,6 +36,7 @@ import functools
 import importlib.machinery
 import math
 import os
+import struct
 import warnings
 
 import torch
@@ -123,6 +124,79 @@ def check_same_device(**tensors):
                              "(all tensors of a call must be on one device)")
 
 
+def check_dense(**tensors):
+    """TypeError / ValueError unless every argument is a dense (strided, not nested) tensor, naming it."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.is_nested or t.layout != torch.strided:
+            kind = "a nested tensor" if t.is_nested else f"layout {t.layout}"
+            raise ValueError(f"{name}: expected a dense (strided) tensor, got {kind}")
+
+
+def _check_rows_contiguous(name: str, t: torch.Tensor):
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got stride {t.stride(-1)} "
+                         f"(strides {tuple(t.stride())})")
+
+
+def check_attention_tensors(q, k, v, tensor_layout: str):
+    """The core's checks of q, k and v that need no data, in Python, for the calls that do not reach
+    the core: the fake kernel (meta and fake tensors: torch.compile, export) and the empty problems
+    (which the core rejects). The messages follow the core's (src/api/validate.cpp)."""
+    check_dense(q=q, k=k, v=v)
+    doc = "[B, H, N, D]" if tensor_layout == "HND" else "[B, N, H, D]"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D tensor {doc}, got shape {tuple(t.shape)}")
+        if t.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"{name}: unsupported dtype {t.dtype} (expected float16, bfloat16 or float32)")
+        _check_rows_contiguous(name, t)
+    check_same_device(q=q, k=k, v=v)
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v: dtypes {q.dtype}, {k.dtype}, {v.dtype} must be equal")
+    if q.dtype == torch.float32 and q.device.type not in ("cpu", "meta"):
+        raise ValueError("q: dtype float32 is only supported for host tensors (the GPU kernels take float16 or "
+                         "bfloat16)")
+    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: k and v must have one shape, "
+                         f"and q their batch and head dim ({tensor_layout} layout)")
+    if q.shape[3] > MAX_HEAD_DIM:
+        raise NotImplementedError(f"q: head dim {q.shape[3]} is not supported (at most {MAX_HEAD_DIM})")
+    heads = 1 if tensor_layout == "HND" else 2
+    heads_q, heads_kv = q.shape[heads], k.shape[heads]
+    if (heads_q or heads_kv) and (heads_kv == 0 or heads_q % heads_kv):
+        raise ValueError(f"q has {heads_q} heads, k and v {heads_kv}: q's must be a multiple of theirs")
+
+
+def check_merge_tensors(out_a, lse_a, out_b, lse_b, tensor_layout: str):
+    """The core's checks of merge_state's arguments that need no data (src/api/merge.cpp), for its fake
+    kernels."""
+    if tensor_layout not in ("HND", "NHD"):
+        raise ValueError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
+    check_dense(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
+    doc = "[B, H, N, D]" if tensor_layout == "HND" else "[B, N, H, D]"
+    for name, t in (("out_a", out_a), ("out_b", out_b)):
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D tensor {doc}, got shape {tuple(t.shape)}")
+        _check_rows_contiguous(name, t)
+    for name, t in (("lse_a", lse_a), ("lse_b", lse_b)):
+        if t.dtype != torch.float32:
+            raise ValueError(f"{name}: dtype must be float32, got {t.dtype}")
+    check_same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
+    if out_a.dtype not in _DTYPE_NAMES:
+        raise ValueError(f"out_a: dtype {out_a.dtype} is not supported (expected float16, bfloat16 or float32)")
+    if out_b.dtype != out_a.dtype:
+        raise ValueError(f"out_b: dtype {out_b.dtype} must equal out_a's dtype {out_a.dtype}")
+    if out_b.shape != out_a.shape:
+        raise ValueError(f"out_b: shape {tuple(out_b.shape)} must equal out_a's shape {tuple(out_a.shape)} ({doc})")
+    expected = tuple(lse_shape(out_a, tensor_layout))
+    for name, t in (("lse_a", lse_a), ("lse_b", lse_b)):
+        if tuple(t.shape) != expected:
+            raise ValueError(f"{name}: shape {tuple(t.shape)} must be [B, H, N] = {list(expected)} (the same in both "
+                             "layouts)")
+
+
 def lse_shape(q: torch.Tensor, tensor_layout: str):
     """[B, Hq, Nq] of a q in `tensor_layout`, 'HND' or 'NHD' (_core_options checks it before any call
     gets here): the LSE is always head-major."""
@@ -152,8 +226,35 @@ def _core_options(tensor_layout, is_causal, sm_scale, return_lse, *quant):
     if sm_scale is not None:
         if not (math.isfinite(sm_scale) and sm_scale > 0):
             raise ValueError(f"sm_scale: expected a finite positive number, got {sm_scale}")
+        check_float32_scale("sm_scale", sm_scale)
         options["sm_scale"] = sm_scale
     return _C.Options(options)
+
+
+def check_float32_scale(name: str, value: float):
+    """ValueError naming the argument where a positive finite scale is 0 or infinite in float32: the
+    core takes a float32, in which 0 means "the default", so such a value would silently become
+    1/sqrt(D), or an error about an infinity the caller never passed."""
+    try:
+        as_float32 = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        as_float32 = math.inf
+    if as_float32 == 0 or math.isinf(as_float32):
+        raise ValueError(f"{name}: {value} is {as_float32} in float32, the kernels' type (expected a positive "
+                         "number within float32's range, about 1.4e-45 to 3.4e38)")
+
+
+def scale_value(name: str, value) -> float:
+    """A scale argument as a float: TypeError for what is not a real number, ValueError for an integer
+    too large for a float (both naming the argument); the range is _core_options' check."""
+    if isinstance(value, (str, bytes)):  # (float() would parse them)
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: {value} is too large for a float") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {value!r}") from None
 
 
 # GPU workspace bytes per (shapes, dtype, device, options). The size depends
@@ -189,18 +290,9 @@ MAX_HEAD_DIM = 128
 
 def _empty_result(q, k, v, tensor_layout, out, lse):
     """The outputs of a call with no query row or no key (B, H or N zero): as SDPA, empty, or with
-    no key zeros (and lse = -inf). The core rejects empty tensors, so the checks of its that still
-    mean something without data are made here."""
-    check_same_device(q=q, k=k, v=v)
-    if not q.dtype == k.dtype == v.dtype:
-        raise ValueError(f"q, k, v: dtypes {q.dtype}, {k.dtype}, {v.dtype} must be equal")
-    if k.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: k and v must have one shape, "
-                         f"and q their batch and head dim ({tensor_layout} layout)")
-    heads = 1 if tensor_layout == "HND" else 2
-    heads_q, heads_kv = q.shape[heads], k.shape[heads]
-    if (heads_q or heads_kv) and (heads_kv == 0 or heads_q % heads_kv):
-        raise ValueError(f"q has {heads_q} heads, k and v {heads_kv}: q's must be a multiple of theirs")
+    no key zeros (and lse = -inf). The core rejects empty tensors, so its checks that still mean
+    something without data are made here."""
+    check_attention_tensors(q, k, v, tensor_layout)
     out.zero_()
     if lse is not None:
         lse.fill_(-math.inf)
@@ -262,6 +354,7 @@ def _run_forward(q, k, v, option_args):
         result = _torch_calls.forward(q, k, v, options._address, MAX_HEAD_DIM)
         if result is not None:
             return result
+    check_dense(q=q, k=k, v=v)
     out, lse = _new_outputs(q, tensor_layout, return_lse)  # (q is 4-D past here)
     if q.shape[3] > MAX_HEAD_DIM:
         raise NotImplementedError(f"q: head dim {q.shape[3]} is not supported (at most {MAX_HEAD_DIM})")
@@ -320,6 +413,7 @@ def attention(q, k, v, *option_args):
     """
     if _plain_eager_call(q, k, v):
         return _run_forward(q, k, v, option_args)
+    check_dense(q=q, k=k, v=v)  # (the dispatcher's own errors for these do not name the argument)
     out, lse = forward(q, k, v, *option_args)
     return out, (lse if option_args[3] else None)
 
@@ -327,8 +421,8 @@ def attention(q, k, v, *option_args):
 def _forward_fake(q, k, v, *given_options):
     option_args = _with_defaults(given_options)
     _core_options(*option_args)  # the options' checks first, as the kernels make them
-    check_same_device(q=q, k=k, v=v)
     tensor_layout, _, _, return_lse = option_args[:4]
+    check_attention_tensors(q, k, v, tensor_layout)
     return _with_empty_lse(q, *_new_outputs(q, tensor_layout, return_lse))
 
 
@@ -402,7 +496,7 @@ def merge_state(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, l
 
 @merge_state.register_fake
 def _merge_state_fake(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
-    check_same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
+    check_merge_tensors(out_a, lse_a, out_b, lse_b, tensor_layout)
     return (torch.empty(out_a.shape, dtype=out_a.dtype, device=out_a.device),
             torch.empty(lse_a.shape, dtype=torch.float32, device=lse_a.device))
 
@@ -416,7 +510,7 @@ def merge_state_inplace(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.T
 
 @merge_state_inplace.register_fake
 def _merge_state_inplace_fake(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
-    check_same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
+    check_merge_tensors(out_a, lse_a, out_b, lse_b, tensor_layout)
     return None
 
 

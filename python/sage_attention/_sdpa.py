@@ -31,7 +31,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     Unsupported dtypes and devices get the core's ValueError. The results differ from SDPA's by the
     quantization error (cosine similarity ~0.999 on typical activations).
     """
-    _reject_unsupported(query, key, value, attn_mask, dropout_p, scale)
+    scale = _reject_unsupported(query, key, value, attn_mask, dropout_p, scale)
     is_causal = _ops.flag("is_causal", is_causal)
     heads_q, heads_kv = query.shape[-3], key.shape[-3]
     if heads_q != heads_kv and not enable_gqa:
@@ -48,13 +48,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise ValueError(f"batch dimensions do not broadcast: query {tuple(query.shape)}, key {tuple(key.shape)}, "
                          f"value {tuple(value.shape)}") from None
     query, key, value = (t.expand(*batch, *t.shape[-3:]) for t in (query, key, value))
-    out, _ = _ops.attention(_as_bhld(query), _as_bhld(key), _as_bhld(value), "HND", is_causal,
-                            None if scale is None else float(scale), False, *_ops.QUANT_DEFAULTS.values())
+    out, _ = _ops.attention(_as_bhld(query), _as_bhld(key), _as_bhld(value), "HND", is_causal, scale, False,
+                            *_ops.QUANT_DEFAULTS.values())
     return out.view(query.shape)
 
 
 def _reject_unsupported(query, key, value, attn_mask, dropout_p, scale):
-    """Raise for every argument this implementation would otherwise have to ignore."""
+    """Raise for every argument this implementation would otherwise have to ignore; the scale as a
+    float (or None)."""
     if attn_mask is not None:
         raise NotImplementedError("sage_attention.scaled_dot_product_attention: attn_mask is not supported (only "
                                   "is_causal); use torch's scaled_dot_product_attention for masked attention")
@@ -62,6 +63,11 @@ def _reject_unsupported(query, key, value, attn_mask, dropout_p, scale):
         raise NotImplementedError(f"sage_attention.scaled_dot_product_attention: dropout_p={dropout_p} is not "
                                   "supported (inference only; pass dropout_p=0.0)")
     for name, t in (("query", query), ("key", key), ("value", value)):
+        if isinstance(t, torch.Tensor) and t.is_nested:
+            raise NotImplementedError(f"sage_attention.scaled_dot_product_attention: {name} is a nested tensor, "
+                                      "which is not supported (pad the sequences, or use torch's "
+                                      "scaled_dot_product_attention)")
+        _ops.check_dense(**{name: t})
         if t.dim() < 3:
             raise ValueError(f"{name}: expected at least 3 dimensions [..., H, L, E], got shape {tuple(t.shape)}")
     head_dim, value_dim = query.shape[-1], value.shape[-1]
@@ -69,8 +75,13 @@ def _reject_unsupported(query, key, value, attn_mask, dropout_p, scale):
         raise NotImplementedError(f"value head dim {value_dim} != query/key head dim {head_dim} is not supported")
     if head_dim > _ops.MAX_HEAD_DIM:
         raise NotImplementedError(f"head dim {head_dim} is not supported (at most {_ops.MAX_HEAD_DIM})")
-    if scale is not None and not (math.isfinite(scale) and scale > 0):
+    if scale is None:
+        return None
+    scale = _ops.scale_value("scale", scale)
+    if not (math.isfinite(scale) and scale > 0):
         raise NotImplementedError(f"scale={scale} is not supported (a finite positive number, or None)")
+    _ops.check_float32_scale("scale", scale)
+    return scale
 
 
 def _as_bhld(t: torch.Tensor) -> torch.Tensor:

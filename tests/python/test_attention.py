@@ -102,7 +102,26 @@ def test_scale_given_twice_is_an_error():
     # The operator's fake kernel (meta tensors, torch.compile's tracing) checks the options as the kernels do.
     (lambda q: torch.ops.sage_attention.forward(*(q.to("meta"),) * 3, "BHND"), ValueError, "tensor_layout"),
     (lambda q: torch.ops.sage_attention.forward(*(q.to("meta"),) * 3, "HND", False, -1.0), ValueError, "sm_scale"),
+    # ... and the tensors, so that torch.compile fails when it traces a call that cannot run.
+    (lambda q: sageattn(*(q.repeat(1, 1, 1, 16).to("meta"),) * 3), NotImplementedError, "head dim 256"),
+    (lambda q: sageattn(*(q.double().to("meta"),) * 3), ValueError, "q: unsupported dtype torch.float64"),
+    (lambda q: sageattn(q.to("meta"), *(q.repeat(1, 2, 1, 1)[:, :3].to("meta"),) * 2), ValueError, "multiple"),
+    (lambda q: sageattn(*(torch.empty(*q.shape[:3], 32, device="meta")[..., ::2],) * 3), ValueError, "stride 1"),
+    # A positive scale the core's float32 cannot hold is an error, not the default (0) or infinity.
+    (lambda q: sageattn(q, q, q, sm_scale=1e-46), ValueError, "sm_scale: 1e-46 is 0.0 in float32"),
+    (lambda q: sageattn(q, q, q, sm_scale=1e39), ValueError, "sm_scale: 1e.39 is inf in float32"),
+    (lambda q: sageattn(q, q, q, sm_scale=10**400), ValueError, "sm_scale: .* too large for a float"),
+    (lambda q: sageattn(q, q, q, sm_scale="0.1"), TypeError, "sm_scale: expected a number"),
+    (lambda q: sageattn(q, None, q), TypeError, "k: expected a torch.Tensor, got NoneType"),
+    (lambda q: sageattn(q, q, q, tensor_layout=["HND"]), TypeError, "tensor_layout"),
+    (lambda q: sageattn(q.to_sparse(), q, q), ValueError, "q: expected a dense .* layout torch.sparse_coo"),
+    (lambda q: sageattn(torch.nested.nested_tensor([q[0], q[0, :, :5]]), q, q), ValueError, "q: .* a nested tensor"),
+    # Calls with no key or no query row check what needs no data, as the core does for the others.
+    (lambda q: sageattn(q.int(), q[:, :, :0].int(), q[:, :, :0].int()), ValueError, "unsupported dtype torch.int32"),
+    (lambda q: sageattn(q.repeat(1, 1, 1, 2)[..., ::2], q[:, :, :0], q[:, :, :0]), ValueError,
+     "q: the last dimension must be contiguous"),
 ])
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_bad_arguments_raise_naming_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call(randn(1, 2, 8, 16))

@@ -65,6 +65,20 @@ def test_merge_rejects_mismatched_shapes():
         merge_state(out_a, lse_a, out_b[:, :, :5], lse_b[:, :, :5])
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda t: (t[0], t[1], t[2][:, :, :5], t[3]), "out_b: shape .* must equal out_a's shape"),
+    (lambda t: (t[0], t[1], t[2], t[3][:, :, :5]), "lse_b: shape .* must be \\[B, H, N\\]"),
+    (lambda t: (t[0], t[1].half(), t[2], t[3]), "lse_a: dtype must be float32"),
+    (lambda t: (t[0], t[1], t[2].double(), t[3]), "out_b: dtype torch.float64 must equal"),
+])
+def test_merge_fake_checks_the_shapes_as_the_core_does(change, message):
+    """On meta tensors (torch.compile's tracing) a merge that cannot run fails when traced."""
+    out_a, lse_a, out_b, lse_b = change([t.to("meta") for t in states()])
+    for merge in (merge_state, torch.ops.sage_attention.merge_state_inplace):
+        with pytest.raises(ValueError, match=message):
+            merge(out_a, lse_a, out_b, lse_b)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_over_both_halves_equals_merge_of_halves(causal):
     """Ring-attention style: keys split in two; with causal masking the second half is aligned

@@ -39,11 +39,23 @@ def test_non_contiguous_head_dim_is_handled():
     ({"attn_mask": torch.ones(16, 16, dtype=torch.bool)}, NotImplementedError, "attn_mask"),
     ({"dropout_p": 0.1}, NotImplementedError, "dropout_p"),
     ({"scale": 0.0}, NotImplementedError, "scale"),
+    ({"scale": 1e-46}, ValueError, "scale: 1e-46 is 0.0 in float32"),
+    ({"scale": 10**400}, ValueError, "scale: .* too large for a float"),
 ])
 def test_unsupported_arguments_raise(kwargs, error, message):
     q = randn(1, 2, 16, 32)
     with pytest.raises(error, match=message):
         sage_sdpa(q, q, q, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("layout", [torch.strided, torch.jagged])
+def test_nested_tensors_are_refused(layout):
+    """Unpadded (nested) batches are an SDPA feature this implementation does not have: refused, naming
+    the argument, rather than failing somewhere inside."""
+    q = torch.nested.nested_tensor([randn(5, 2, 32), randn(7, 2, 32)], layout=layout).transpose(1, 2)
+    with pytest.raises(NotImplementedError, match="query is a nested tensor"):
+        sage_sdpa(q, q, q)
 
 
 def test_head_count_mismatch_needs_enable_gqa():
