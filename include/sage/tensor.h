@@ -39,9 +39,20 @@ struct TensorView {
   std::int64_t stride[kMaxRank] = {};  // in elements
   int device = kHostDevice;            // CUDA device ordinal, or kHostDevice
 
+  // The element count of the stored dimensions. For views validation
+  // rejects it is defined too: a rank past kMaxRank counts its first
+  // kMaxRank dimensions, a negative size gives -1 and a count past int64
+  // INT64_MAX.
   std::int64_t numel() const {
+    const int dims = rank < kMaxRank ? rank : kMaxRank;
+    for (int i = 0; i < dims; ++i) {
+      if (shape[i] <= 0) return shape[i] == 0 ? 0 : -1;
+    }
     std::int64_t n = 1;
-    for (int i = 0; i < rank; ++i) n *= shape[i];
+    for (int i = 0; i < dims; ++i) {
+      if (n > INT64_MAX / shape[i]) return INT64_MAX;
+      n *= shape[i];
+    }
     return n;
   }
   bool on_host() const { return device == kHostDevice; }

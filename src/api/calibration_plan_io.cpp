@@ -3,6 +3,7 @@
 // writes the same one.
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -155,6 +156,11 @@ Status Plan::save(const std::string& path) const {
 
 Status Plan::load(const std::string& path, Plan* plan) {
   return detail::guarded("Plan::load", [&]() -> Status {
+    // (A directory opens as a stream and reads as an empty document.)
+    std::error_code error;
+    if (std::filesystem::is_directory(path, error)) {
+      return Status::invalid("Plan::load: '" + path + "' is a directory, not a plan file");
+    }
     std::ifstream file(path, std::ios::binary);
     if (!file) return Status::invalid("Plan::load: cannot read '" + path + "'");
     std::ostringstream text;

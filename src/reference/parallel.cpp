@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -77,7 +78,16 @@ void parallel_for(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
 
   std::vector<std::thread> threads;
   threads.reserve(static_cast<std::size_t>(workers - 1));
-  for (int t = 1; t < workers; ++t) threads.emplace_back(work);
+  for (int t = 1; t < workers; ++t) {
+    // A thread the system will not start (a process or memory limit) leaves
+    // its share to the others: the work is done, on fewer cores. Letting the
+    // exception out would destroy running threads, which terminates.
+    try {
+      threads.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;
+    }
+  }
   work();  // the calling thread is worker 0
   for (std::thread& thread : threads) thread.join();
   if (first_error) std::rethrow_exception(first_error);

@@ -15,7 +15,8 @@ namespace sage::ref {
 
 // Number of worker threads parallel_for uses: the environment variable
 // SAGE_NUM_THREADS when set to a positive number, else
-// std::thread::hardware_concurrency() (at least 1).
+// std::thread::hardware_concurrency() (at least 1). Where the system refuses
+// to start some of them, the ones it started (and the caller) do the work.
 int parallel_threads();
 
 // Calls fn(i) once for every i in [0, n), in no particular order and from

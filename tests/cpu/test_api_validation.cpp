@@ -444,5 +444,18 @@ TEST_F(ApiValidation, GpuDispatchReportsMissingDeviceOrKernel) {
   EXPECT_EQ(missing.message().rfind("no CUDA device 1000", 0), 0u) << missing.message();
 }
 
+// numel() is defined for every view, the ones validation rejects too: no
+// read past the stored dimensions, no signed overflow.
+TEST(TensorView, NumelOfViewsValidationRejects) {
+  EXPECT_EQ(make_contiguous_view(nullptr, DType::f32, {2, 3, 4, 5}).numel(), 120);
+  EXPECT_EQ(make_contiguous_view(nullptr, DType::f32, {}).numel(), 1);
+  // Rank 5 (make_contiguous_view records it, stores four sizes): the stored four.
+  EXPECT_EQ(make_contiguous_view(nullptr, DType::f32, {2, 3, 4, 5, 6}).numel(), 120);
+  EXPECT_EQ(make_contiguous_view(nullptr, DType::f32, {1LL << 32, 1LL << 32, 4, 1}).numel(),
+            std::numeric_limits<std::int64_t>::max());
+  EXPECT_EQ(make_contiguous_view(nullptr, DType::f32, {1LL << 40, 0, 1LL << 40, 1}).numel(), 0);
+  EXPECT_EQ(make_contiguous_view(nullptr, DType::f32, {2, -3, 4, 5}).numel(), -1);
+}
+
 }  // namespace
 }  // namespace sage

@@ -390,6 +390,13 @@ TEST(CalibrationPlanFile, SaveAndLoad) {
   const Status missing = Plan::load(path, &loaded);
   EXPECT_EQ(missing.code(), StatusCode::invalid_argument);
   EXPECT_NE(missing.message().find(path), std::string::npos) << missing.message();
+
+  // A directory opens as a stream on Linux; it is named as what it is, not parsed as an empty document.
+  const std::string directory = std::filesystem::path(path).parent_path().string();
+  const Status not_a_file = Plan::load(directory, &loaded);
+  EXPECT_EQ(not_a_file.code(), StatusCode::invalid_argument);
+  EXPECT_NE(not_a_file.message().find("'" + directory + "' is a directory"), std::string::npos)
+      << not_a_file.message();
 }
 
 TEST(CalibrationPlanFile, HandWrittenOrderAndUnknownMembersAreFine) {

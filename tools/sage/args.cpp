@@ -95,6 +95,7 @@ std::string choice_list(const std::vector<std::string>& choices) {
 
 void check_output_file(const std::string& flag, const std::string& path) {
   namespace fs = std::filesystem;
+  if (path.empty()) throw UsageError(flag + ": expected a file name, got ''");
   const fs::path file(path);
   const fs::path directory = file.has_parent_path() ? file.parent_path() : fs::path(".");
   std::error_code error;
@@ -106,6 +107,21 @@ void check_output_file(const std::string& flag, const std::string& path) {
   const fs::path& target = fs::exists(file, error) ? file : directory;
   if (::access(target.c_str(), W_OK) != 0) {
     throw UsageError(flag + ": cannot write '" + path + "': " + std::strerror(errno));
+  }
+}
+
+void make_output_directory(const std::string& flag, const std::string& path) {
+  namespace fs = std::filesystem;
+  if (path.empty()) throw UsageError(flag + ": expected a directory name, got ''");
+  const fs::path directory(path);
+  std::error_code error;
+  fs::create_directories(directory, error);
+  if (error) throw UsageError(flag + ": cannot create directory '" + path + "': " + error.message());
+  if (!fs::is_directory(directory, error)) {
+    throw UsageError(flag + ": cannot write into '" + path + "': it is not a directory");
+  }
+  if (::access(directory.c_str(), W_OK | X_OK) != 0) {
+    throw UsageError(flag + ": cannot write into '" + path + "': " + std::strerror(errno));
   }
 }
 

@@ -32,6 +32,9 @@ std::string choice_list(const std::vector<std::string>& choices);
 // UsageError naming `flag` unless a file can be written at `path`: checked
 // before the work, so that a typo in an output path does not cost a run.
 void check_output_file(const std::string& flag, const std::string& path);
+// Creates the directory `path` (and its parents) for `flag`'s output up front,
+// or throws UsageError saying why it cannot be written, before any work.
+void make_output_directory(const std::string& flag, const std::string& path);
 
 class ArgParser {
  public:

@@ -151,6 +151,7 @@ int run_record(const ArgParser& parser) {
   const std::vector<sage::ref::Distribution> distributions =
       parse_distributions(parser.get("--dist", "gaussian,outliers"));
   check_recording_memory(size, layers * std::max<std::int64_t>(timesteps, 1));
+  make_output_directory("--out", parser.get("--out", ""));  // (the flags read, before the work)
   const sage::ref::Problem problem = to_ref_problem(size);
   sage::AttentionOptions options;
   options.causal = size.causal;

@@ -97,8 +97,10 @@ void declare_quantization_flags(ArgParser& parser) {
 // used. Returns false when --device gpu was asked for but cannot run.
 bool settle_device(const ArgParser& parser, DeviceChoice* device, ProblemSize* size,
                    const sage::AttentionOptions& options) {
-  const ProblemSize cpu_size = read_problem_flags(parser, cpu_default());
+  // The flags are read against the defaults of where the problem runs (a
+  // --kv-heads that divides the GPU's 32 heads need not divide the CPU's 2).
   if (!device->gpu) {
+    const ProblemSize cpu_size = read_problem_flags(parser, cpu_default());
     *size = cpu_size;
     check_host_memory(*size, Reference::whole);
     if (device->automatic) {
@@ -118,6 +120,7 @@ bool settle_device(const ArgParser& parser, DeviceChoice* device, ProblemSize* s
     std::cerr << "sage run: " << sage::status_code_name(probe.code()) << ": " << probe.message() << "\n";
     return false;
   }
+  const ProblemSize cpu_size = read_problem_flags(parser, cpu_default());
   check_host_memory(cpu_size, Reference::whole);
   std::cout << device->gpu_label << " found, but the GPU path cannot run yet: " << probe.message() << "\n"
             << "running the CPU reference on a small problem (" << describe_short(cpu_size) << ") instead\n";

@@ -92,6 +92,12 @@ int main(int argc, char** argv) {
   }
   const std::string& first = words.front();
   if (first == "--help" || first == "-h" || first == "help") {
+    // `sage help run` is `sage run --help`.
+    if (first == "help" && words.size() > 1) {
+      if (const Command* command = find_command(words[1])) return run_command(*command, {"--help"});
+      std::cerr << "sage help: error: unknown command '" << words[1] << "'\n\n" << main_usage();
+      return 2;
+    }
     std::cout << main_usage();
     return 0;
   }

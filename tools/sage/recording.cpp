@@ -125,14 +125,16 @@ std::string read_file(const std::filesystem::path& path) {
 HostTensor load_tensor(const std::filesystem::path& directory, const RecordingIndex::Entry::Tensor& t,
                        sage::DType dtype) {
   const std::vector<std::int64_t>& s = t.shape;
-  HostTensor tensor = make_host_tensor(sage::make_contiguous_view(nullptr, dtype, {s[0], s[1], s[2], s[3]}));
+  const sage::TensorView layout = sage::make_contiguous_view(nullptr, dtype, {s[0], s[1], s[2], s[3]});
   const std::filesystem::path path = directory / t.file;
   const std::string bytes = read_file(path);
-  if (bytes.size() != tensor.storage.size()) {
+  // (The size before any allocation: a corrupt shape must not ask for exabytes.)
+  const std::size_t needed = dense_bytes(layout);
+  if (bytes.size() != needed) {
     throw std::runtime_error("'" + path.string() + "' holds " + std::to_string(bytes.size()) +
-                             " bytes, its shape and " + sage::dtype_name(dtype) + " need " +
-                             std::to_string(tensor.storage.size()));
+                             " bytes, its shape and " + sage::dtype_name(dtype) + " need " + std::to_string(needed));
   }
+  HostTensor tensor = make_host_tensor(layout);
   std::copy(bytes.begin(), bytes.end(), reinterpret_cast<char*>(tensor.storage.data()));
   return tensor;
 }
