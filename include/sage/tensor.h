@@ -39,14 +39,17 @@ struct TensorView {
   std::int64_t stride[kMaxRank] = {};  // in elements
   int device = kHostDevice;            // CUDA device ordinal, or kHostDevice
 
-  // The element count of the stored dimensions. For views validation
-  // rejects it is defined too: a rank past kMaxRank counts its first
-  // kMaxRank dimensions, a negative size gives -1 and a count past int64
-  // INT64_MAX.
+  // The element count of the stored dimensions. It is defined for the views
+  // validation rejects too: a rank past kMaxRank counts its first kMaxRank
+  // dimensions, any negative size gives -1, and a count that overflows int64
+  // gives INT64_MAX.
   std::int64_t numel() const {
     const int dims = rank < kMaxRank ? rank : kMaxRank;
     for (int i = 0; i < dims; ++i) {
-      if (shape[i] <= 0) return shape[i] == 0 ? 0 : -1;
+      if (shape[i] < 0) return -1;
+    }
+    for (int i = 0; i < dims; ++i) {
+      if (shape[i] == 0) return 0;
     }
     std::int64_t n = 1;
     for (int i = 0; i < dims; ++i) {

@@ -69,8 +69,7 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
         sm_scale, quant = _parse_keywords(sm_scale, kwargs)
     if sm_scale is not None:
         sm_scale = _ops.scale_value("sm_scale", sm_scale)
-    if type(tensor_layout) is not str:  # (the options' cache would fail on an unhashable one first)
-        raise TypeError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
+    _ops.check_layout(tensor_layout)  # (before the options' cache, which fails on an unhashable one)
     out, lse = _ops.attention(q, k, v, tensor_layout, _ops.flag("is_causal", is_causal), sm_scale,
                               _ops.flag("return_lse", return_lse), *quant)
     return (out, lse) if return_lse else out

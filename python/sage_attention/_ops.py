@@ -101,11 +101,11 @@ forward = torch.ops.sage_attention.forward.default
 # ----------------------------------------------------------------- helpers
 
 
-def tensor_spec(t: torch.Tensor):
+def tensor_spec(t: torch.Tensor, name: str = "tensor"):
     """(pointer, dtype, shape, strides, device) of a tensor, as the core takes it."""
     dtype = _DTYPE_NAMES.get(t.dtype)
     if dtype is None:
-        raise ValueError(f"unsupported dtype {t.dtype} (expected float16, bfloat16 or float32)")
+        check_dtype(name, t)
     return (t.data_ptr(), dtype, t.shape, t.stride(), t.get_device())
 
 
@@ -134,8 +134,51 @@ def check_dense(**tensors):
             raise ValueError(f"{name}: expected a dense (strided) tensor, got {kind}")
 
 
+_LAYOUT_DOCS = {"HND": "[B, H, N, D]", "NHD": "[B, N, H, D]"}
+
+
+def check_layout(tensor_layout):
+    """TypeError / ValueError naming tensor_layout unless it is 'HND' or 'NHD' (a str subclass too)."""
+    if not isinstance(tensor_layout, str):
+        raise TypeError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
+    if tensor_layout not in _LAYOUT_DOCS:
+        raise ValueError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
+
+
+def check_dtype(name: str, t: torch.Tensor):
+    if t.dtype not in _DTYPE_NAMES:
+        raise ValueError(f"{name}: unsupported dtype {t.dtype} (expected float16, bfloat16 or float32)")
+
+
+# The kernels' largest head dim; the CPU emulation would take up to 256, but
+# a call that passes in CPU tests must not fail on the GPU.
+MAX_HEAD_DIM = 128
+
+
+def check_head_dim(name: str, head_dim):
+    if _surely(head_dim > MAX_HEAD_DIM):
+        raise NotImplementedError(f"{name}: head dim {head_dim} is not supported (at most {MAX_HEAD_DIM})")
+
+
+def _surely(condition) -> bool:
+    """The condition where it is decided. The size checks here also run in the fake kernels, on
+    symbolic sizes (torch.compile): one that cannot be decided there (a size known only at run time,
+    e.g. from .item()) is False, so nothing is raised, and the core checks it when the call runs."""
+    if isinstance(condition, bool):
+        return condition
+    # (Only symbolic sizes get here, while tracing has loaded the module: not imported up front, where
+    # it would add ~0.3 s, sympy, to every import of the package.)
+    from torch.fx.experimental.symbolic_shapes import guard_or_false
+    return guard_or_false(condition)
+
+
+def _differ(shape_a, shape_b) -> bool:
+    return len(shape_a) != len(shape_b) or any(_surely(a != b) for a, b in zip(shape_a, shape_b))
+
+
 def _check_rows_contiguous(name: str, t: torch.Tensor):
-    if t.shape[-1] > 1 and t.stride(-1) != 1:
+    """The core reads rows as runs of memory (an empty tensor is never read)."""
+    if _surely(t.numel() != 0) and _surely(t.shape[-1] > 1) and _surely(t.stride(-1) != 1):
         raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got stride {t.stride(-1)} "
                          f"(strides {tuple(t.stride())})")
 
@@ -145,12 +188,10 @@ def check_attention_tensors(q, k, v, tensor_layout: str):
     the core: the fake kernel (meta and fake tensors: torch.compile, export) and the empty problems
     (which the core rejects). The messages follow the core's (src/api/validate.cpp)."""
     check_dense(q=q, k=k, v=v)
-    doc = "[B, H, N, D]" if tensor_layout == "HND" else "[B, N, H, D]"
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
-            raise ValueError(f"{name}: expected a 4-D tensor {doc}, got shape {tuple(t.shape)}")
-        if t.dtype not in _DTYPE_NAMES:
-            raise ValueError(f"{name}: unsupported dtype {t.dtype} (expected float16, bfloat16 or float32)")
+            raise ValueError(f"{name}: expected a 4-D tensor {_LAYOUT_DOCS[tensor_layout]}, got shape {tuple(t.shape)}")
+        check_dtype(name, t)
         _check_rows_contiguous(name, t)
     check_same_device(q=q, k=k, v=v)
     if not q.dtype == k.dtype == v.dtype:
@@ -158,41 +199,39 @@ def check_attention_tensors(q, k, v, tensor_layout: str):
     if q.dtype == torch.float32 and q.device.type not in ("cpu", "meta"):
         raise ValueError("q: dtype float32 is only supported for host tensors (the GPU kernels take float16 or "
                          "bfloat16)")
-    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+    if _differ(k.shape, v.shape) or _differ((q.shape[0], q.shape[3]), (k.shape[0], k.shape[3])):
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: k and v must have one shape, "
                          f"and q their batch and head dim ({tensor_layout} layout)")
-    if q.shape[3] > MAX_HEAD_DIM:
-        raise NotImplementedError(f"q: head dim {q.shape[3]} is not supported (at most {MAX_HEAD_DIM})")
+    check_head_dim("q", q.shape[3])
     heads = 1 if tensor_layout == "HND" else 2
     heads_q, heads_kv = q.shape[heads], k.shape[heads]
-    if (heads_q or heads_kv) and (heads_kv == 0 or heads_q % heads_kv):
+    no_kv_heads = _surely(heads_kv == 0)
+    if (no_kv_heads and _surely(heads_q != 0)) or (not no_kv_heads and _surely(heads_q % heads_kv != 0)):
         raise ValueError(f"q has {heads_q} heads, k and v {heads_kv}: q's must be a multiple of theirs")
 
 
 def check_merge_tensors(out_a, lse_a, out_b, lse_b, tensor_layout: str):
     """The core's checks of merge_state's arguments that need no data (src/api/merge.cpp), for its fake
     kernels."""
-    if tensor_layout not in ("HND", "NHD"):
-        raise ValueError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
+    check_layout(tensor_layout)
     check_dense(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
-    doc = "[B, H, N, D]" if tensor_layout == "HND" else "[B, N, H, D]"
     for name, t in (("out_a", out_a), ("out_b", out_b)):
         if t.dim() != 4:
-            raise ValueError(f"{name}: expected a 4-D tensor {doc}, got shape {tuple(t.shape)}")
+            raise ValueError(f"{name}: expected a 4-D tensor {_LAYOUT_DOCS[tensor_layout]}, got shape {tuple(t.shape)}")
         _check_rows_contiguous(name, t)
     for name, t in (("lse_a", lse_a), ("lse_b", lse_b)):
         if t.dtype != torch.float32:
             raise ValueError(f"{name}: dtype must be float32, got {t.dtype}")
     check_same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
-    if out_a.dtype not in _DTYPE_NAMES:
-        raise ValueError(f"out_a: dtype {out_a.dtype} is not supported (expected float16, bfloat16 or float32)")
+    check_dtype("out_a", out_a)
     if out_b.dtype != out_a.dtype:
         raise ValueError(f"out_b: dtype {out_b.dtype} must equal out_a's dtype {out_a.dtype}")
-    if out_b.shape != out_a.shape:
-        raise ValueError(f"out_b: shape {tuple(out_b.shape)} must equal out_a's shape {tuple(out_a.shape)} ({doc})")
+    if _differ(out_b.shape, out_a.shape):
+        raise ValueError(f"out_b: shape {tuple(out_b.shape)} must equal out_a's shape {tuple(out_a.shape)} "
+                         f"({_LAYOUT_DOCS[tensor_layout]})")
     expected = tuple(lse_shape(out_a, tensor_layout))
     for name, t in (("lse_a", lse_a), ("lse_b", lse_b)):
-        if tuple(t.shape) != expected:
+        if _differ(t.shape, expected):
             raise ValueError(f"{name}: shape {tuple(t.shape)} must be [B, H, N] = {list(expected)} (the same in both "
                              "layouts)")
 
@@ -220,8 +259,7 @@ def _with_empty_lse(q, out, lse):
 @functools.lru_cache(maxsize=256)
 def _core_options(tensor_layout, is_causal, sm_scale, return_lse, *quant):
     """The C++ options object for one set of arguments, built once and reused."""
-    if tensor_layout not in ("HND", "NHD"):
-        raise ValueError(f"tensor_layout: expected 'HND' or 'NHD', got {tensor_layout!r}")
+    check_layout(tensor_layout)
     options = dict(zip(QUANT_DEFAULTS, quant), layout=tensor_layout, causal=is_causal, return_lse=return_lse)
     if sm_scale is not None:
         if not (math.isfinite(sm_scale) and sm_scale > 0):
@@ -281,11 +319,6 @@ def _workspace_bytes(specs, q, k, v, options, option_args) -> int:
 def _with_defaults(options: tuple) -> tuple:
     """forward's option arguments in full: the dispatcher drops trailing ones equal to their default."""
     return options + _OPTION_DEFAULTS[len(options):]
-
-
-# The kernels' largest head dim; the CPU emulation would take up to 256, but
-# a call that passes in CPU tests must not fail on the GPU.
-MAX_HEAD_DIM = 128
 
 
 def _empty_result(q, k, v, tensor_layout, out, lse):
@@ -356,11 +389,11 @@ def _run_forward(q, k, v, option_args):
             return result
     check_dense(q=q, k=k, v=v)
     out, lse = _new_outputs(q, tensor_layout, return_lse)  # (q is 4-D past here)
-    if q.shape[3] > MAX_HEAD_DIM:
-        raise NotImplementedError(f"q: head dim {q.shape[3]} is not supported (at most {MAX_HEAD_DIM})")
+    check_head_dim("q", q.shape[3])
     if not (q.numel() and k.numel()):
         return _empty_result(q, k, v, tensor_layout, out, lse)
-    specs = (tensor_spec(q), tensor_spec(k), tensor_spec(v), tensor_spec(out), tensor_spec(lse) if return_lse else None)
+    specs = (tensor_spec(q, "q"), tensor_spec(k, "k"), tensor_spec(v, "v"), tensor_spec(out),
+             tensor_spec(lse) if return_lse else None)
     workspace, nbytes, stream = 0, 0, 0
     if q.is_cuda:
         nbytes = _workspace_bytes(specs, q, k, v, options, option_args)
@@ -481,7 +514,8 @@ torch.library.register_fake("sage_attention::forward", _forward_fake, lib=_LIB)
 
 
 def _merge_into(out_a, lse_a, out_b, lse_b, out, lse, tensor_layout):
-    _C.merge_states(tensor_spec(out_a), tensor_spec(lse_a), tensor_spec(out_b), tensor_spec(lse_b),
+    _C.merge_states(tensor_spec(out_a, "out_a"), tensor_spec(lse_a, "lse_a"), tensor_spec(out_b, "out_b"),
+                    tensor_spec(lse_b, "lse_b"),
                     tensor_spec(out), tensor_spec(lse), tensor_layout, current_stream(out_a))
 
 

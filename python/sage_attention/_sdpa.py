@@ -73,8 +73,7 @@ def _reject_unsupported(query, key, value, attn_mask, dropout_p, scale):
     head_dim, value_dim = query.shape[-1], value.shape[-1]
     if value_dim != head_dim:
         raise NotImplementedError(f"value head dim {value_dim} != query/key head dim {head_dim} is not supported")
-    if head_dim > _ops.MAX_HEAD_DIM:
-        raise NotImplementedError(f"head dim {head_dim} is not supported (at most {_ops.MAX_HEAD_DIM})")
+    _ops.check_head_dim("query", head_dim)
     if scale is None:
         return None
     scale = _ops.scale_value("scale", scale)

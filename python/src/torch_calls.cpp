@@ -44,7 +44,8 @@ const FrameworkEntries* core = nullptr;
 
 // `t` as the core's view; false for a layout, dtype or rank the core does not take.
 bool view_of(const at::Tensor& t, sage::TensorView* view) {
-  if (t.layout() != at::kStrided) return false;  // (sparse and other layouts: the portable path's error)
+  // (Sparse and other layouts, nested tensors: the portable path's error.)
+  if (t.layout() != at::kStrided || t.is_nested()) return false;
   switch (t.scalar_type()) {
     case at::kFloat: view->dtype = sage::DType::f32; break;
     case at::kHalf: view->dtype = sage::DType::f16; break;
@@ -62,7 +63,9 @@ bool view_of(const at::Tensor& t, sage::TensorView* view) {
 // Whether the call is this path's: what the portable path checks in Python
 // before the core (rank, empty tensors, head dim) holds, and q is on a GPU.
 bool takes_call(const at::Tensor& q, const at::Tensor& k, std::int64_t max_head_dim) {
-  return q.is_cuda() && q.dim() == 4 && q.numel() > 0 && k.numel() > 0 && q.size(3) <= max_head_dim;
+  // (A nested q's sizes may be irregular: nothing is asked of it here.)
+  return q.is_cuda() && !q.is_nested() && !k.is_nested() && q.dim() == 4 && q.numel() > 0 && k.numel() > 0 &&
+         q.size(3) <= max_head_dim;
 }
 
 // [B, Hq, Nq] of q in `layout`: the LSE is head-major whatever q's layout.

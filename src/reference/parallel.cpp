@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <exception>
 #include <mutex>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -84,7 +83,7 @@ void parallel_for(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
     // exception out would destroy running threads, which terminates.
     try {
       threads.emplace_back(work);
-    } catch (const std::system_error&) {
+    } catch (...) {  // std::system_error, or std::bad_alloc for the thread's state
       break;
     }
   }

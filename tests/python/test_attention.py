@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 import pytest
 import torch
 
@@ -125,6 +127,14 @@ def test_scale_given_twice_is_an_error():
 def test_bad_arguments_raise_naming_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call(randn(1, 2, 8, 16))
+
+
+def test_tensor_layout_may_be_a_str_subclass():
+    class Layout(str, enum.Enum):
+        NHD = "NHD"
+
+    q, k, v = randn(1, 8, 2, 16, seed=1), randn(1, 8, 2, 16, seed=2), randn(1, 8, 2, 16, seed=3)
+    assert torch.equal(sageattn(q, k, v, tensor_layout=Layout.NHD), sageattn(q, k, v, tensor_layout="NHD"))
 
 
 def test_flags_take_bools_and_their_integers():

@@ -202,6 +202,23 @@ def test_compile_fullgraph_matches_eager(backend):
     torch.testing.assert_close(compiled(q, k, v), _block(q, k, v), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", [1, 3])
+def test_compile_with_sizes_known_at_run_time(dim):
+    """The fake kernel's checks leave sizes that only the run decides (heads or head dim from .item())
+    to the core, rather than failing the trace."""
+    torch._dynamo.reset()
+
+    def block(q, k, v, n):
+        keep = n.item()
+        return sageattn(*(t.narrow(dim, 0, keep) for t in (q, k, v)))
+
+    q, k, v = qkv(hq=4, hkv=4)
+    n = torch.tensor(2 if dim == 1 else 16)
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(q, k, v, n), block(q, k, v, n), rtol=0, atol=0)
+
+
 def test_compile_merge_inplace_fullgraph():
     torch._dynamo.reset()
 

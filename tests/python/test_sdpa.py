@@ -104,6 +104,12 @@ def test_empty_inputs_as_torch_sdpa(shape_q, shape_kv):
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v), rtol=0, atol=0)
 
 
+def test_empty_key_views_need_no_contiguous_head_dim():
+    """No key: nothing is read, so a strided empty view is as good as any (torch's SDPA takes it)."""
+    q, kv = randn(1, 2, 16, 32), randn(1, 2, 0, 64)[..., ::2]
+    assert torch.equal(sage_sdpa(q, kv, kv), torch.zeros_like(q))
+
+
 def test_no_heads_gives_an_empty_output():
     q = randn(1, 0, 8, 16)  # (torch's own SDPA dies with SIGFPE here)
     assert sage_sdpa(q, q, q).shape == q.shape

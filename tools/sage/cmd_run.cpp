@@ -120,7 +120,13 @@ bool settle_device(const ArgParser& parser, DeviceChoice* device, ProblemSize* s
     std::cerr << "sage run: " << sage::status_code_name(probe.code()) << ": " << probe.message() << "\n";
     return false;
   }
-  const ProblemSize cpu_size = read_problem_flags(parser, cpu_default());
+  ProblemSize cpu_size;
+  try {
+    cpu_size = read_problem_flags(parser, cpu_default());
+  } catch (const UsageError& e) {
+    throw UsageError(device->gpu_label + " found, but the GPU path cannot run yet (" + probe.message() +
+                     "), and the flags do not fit the CPU fallback's problem: " + e.what());
+  }
   check_host_memory(cpu_size, Reference::whole);
   std::cout << device->gpu_label << " found, but the GPU path cannot run yet: " << probe.message() << "\n"
             << "running the CPU reference on a small problem (" << describe_short(cpu_size) << ") instead\n";

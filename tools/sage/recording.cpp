@@ -129,7 +129,12 @@ HostTensor load_tensor(const std::filesystem::path& directory, const RecordingIn
   const std::filesystem::path path = directory / t.file;
   const std::string bytes = read_file(path);
   // (The size before any allocation: a corrupt shape must not ask for exabytes.)
-  const std::size_t needed = dense_bytes(layout);
+  std::size_t needed = 0;
+  try {
+    needed = dense_bytes(layout);
+  } catch (const std::length_error& e) {
+    throw std::runtime_error("'" + path.string() + "': " + e.what());
+  }
   if (bytes.size() != needed) {
     throw std::runtime_error("'" + path.string() + "' holds " + std::to_string(bytes.size()) +
                              " bytes, its shape and " + sage::dtype_name(dtype) + " need " + std::to_string(needed));
