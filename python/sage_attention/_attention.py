@@ -7,12 +7,9 @@ from ._ops import tensor_spec as _spec  # noqa: F401  (bench/bench_attention.py 
 
 # Spellings accepted for sm_scale (FlashAttention's, SDPA's).
 _SCALE_ALIASES = ("scale", "softmax_scale")
-# Alternative spellings of quantization options (the SageAttention package's).
-_OPTION_ALIASES = {"qk_quant_gran": "qk_granularity"}
-_GRANULARITY_SPELLINGS = ("qk_granularity", *(alias for alias, name in _OPTION_ALIASES.items()
-                                               if name == "qk_granularity"))
 _NAMED_PARAMETERS = ("tensor_layout", "is_causal", "sm_scale", "return_lse", "layer_id", "timestep")
-_VALID_KEYWORDS = ", ".join(_NAMED_PARAMETERS + _SCALE_ALIASES + tuple(sorted((*_ops.QUANT_DEFAULTS, *_OPTION_ALIASES))))
+_VALID_KEYWORDS = ", ".join(_NAMED_PARAMETERS + _SCALE_ALIASES +
+                            tuple(sorted((*_ops.QUANT_DEFAULTS, *_ops.OPTION_ALIASES))))
 _DEFAULT_QUANT = tuple(_ops.QUANT_DEFAULTS.values())
 
 
@@ -59,11 +56,14 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
     INT4 choice also its calibrated granularity.
     """
     if layer_id is not None:
+        layer_id, timestep = calibration.checked_key(layer_id, timestep)
         sm_scale = _resolve_scale_alias(sm_scale, kwargs)
         routed = _route_by_calibration(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, layer_id, timestep,
                                        kwargs)
         if routed is not None:
             return routed
+    elif timestep is not None:
+        raise TypeError("sageattn: timestep names a call together with a layer_id; got a timestep without one")
     quant = _DEFAULT_QUANT
     if kwargs:
         sm_scale, quant = _parse_keywords(sm_scale, kwargs)
@@ -80,7 +80,7 @@ def _parse_keywords(sm_scale, kwargs):
     sm_scale = _resolve_scale_alias(sm_scale, kwargs)
     options = dict(_ops.QUANT_DEFAULTS)
     for key, value in kwargs.items():
-        name = _OPTION_ALIASES.get(key, key)
+        name = _ops.OPTION_ALIASES.get(key, key)
         if name not in options:
             raise TypeError(f"sageattn: unexpected keyword argument {key!r} (valid: {_VALID_KEYWORDS})")
         if name != key and name in kwargs:
@@ -105,7 +105,7 @@ def _route_by_calibration(q, k, v, tensor_layout, is_causal, sm_scale, return_ls
     if plan is not None and "qk_format" not in kwargs:
         planned = plan.sageattn_kwargs(layer_id, timestep)
         if "qk_granularity" in planned:
-            for spelling in _GRANULARITY_SPELLINGS:
+            for spelling in _ops.GRANULARITY_SPELLINGS:
                 kwargs.pop(spelling, None)
         kwargs.update(planned)
     return None

@@ -65,6 +65,10 @@ _OPTION_DEFAULTS = tuple(default for _, _, default in _FORWARD_OPTIONS)
 # The options sageattn takes as keywords only, in forward's order, and their schema types.
 QUANT_DEFAULTS = {name: default for name, _, default in _FORWARD_OPTIONS[4:]}
 QUANT_KINDS = {name: kind for name, kind, _ in _FORWARD_OPTIONS[4:]}
+# Alternative spellings of quantization options (the SageAttention package's).
+OPTION_ALIASES = {"qk_quant_gran": "qk_granularity"}
+GRANULARITY_SPELLINGS = ("qk_granularity", *(alias for alias, name in OPTION_ALIASES.items()
+                                             if name == "qk_granularity"))
 
 
 def flag(name: str, value) -> bool:

@@ -35,10 +35,15 @@ from __future__ import annotations
 import contextvars
 import json
 import math
+import operator
 import os
+import threading
+import warnings
 from dataclasses import dataclass
 
 import torch
+
+from . import _ops
 
 __all__ = ["Calibrator", "Plan", "PlanEntry", "Recorder", "active_calibrator", "active_plan"]
 
@@ -57,10 +62,17 @@ _FRACTION_TOLERANCE = 1e-9
 # thread and asyncio task (context variables) in eager code. torch.compile
 # cannot trace ContextVar.get, so traced code reads a process-wide mirror of
 # the same activations instead (a model compiled with attn_implementation=
-# "sage" passes layer ids, and sageattn looks here on every call).
+# "sage" passes layer ids, and sageattn looks here on every call): the most
+# recently entered block of each kind that is still open in any thread or
+# task (_open_blocks), None once all are closed.
 _active_calibrator = contextvars.ContextVar("sage_attention_calibrator", default=None)
 _active_plan = contextvars.ContextVar("sage_attention_plan", default=None)
 _compiled_view = {"calibrator": None, "plan": None}
+# The open blocks of this thread or task, innermost last: (object, token of its context variable, state
+# at entry); a block entered and exited in different contexts is refused by ContextVar.reset.
+_context_blocks = contextvars.ContextVar("sage_attention_blocks", default=())
+_open_blocks = {"calibrator": [], "plan": []}  # process-wide, in entry order: [(object, block id)]
+_open_blocks_lock = threading.Lock()
 
 
 def active_calibrator() -> "Calibrator | None":
@@ -78,31 +90,63 @@ def active_plan() -> "Plan | None":
 
 
 class _Activation:
-    """`with obj:` makes obj the active calibrator or plan (`_slot`) for the block."""
+    """`with obj:` makes obj the active calibrator or plan (`_slot`) for the block: in its own
+    thread or asyncio task, so that one object may be active in several at once."""
 
     _slot: str
 
     def _variable(self) -> contextvars.ContextVar:
         return _active_calibrator if self._slot == "calibrator" else _active_plan
 
+    def _block_state(self):
+        """What __exit__ gets back as `state` (subclasses: to check the block's work)."""
+        return None
+
+    def _block_done(self, state):
+        """Called at the end of a block with what _block_state gave at its start."""
+
     def __enter__(self):
+        block_id = object()
         token = self._variable().set(self)
-        self._outer = getattr(self, "_outer", []) + [(token, _compiled_view[self._slot])]
-        _compiled_view[self._slot] = self
+        _context_blocks.set(_context_blocks.get() + ((self, token, block_id, self._block_state()),))
+        with _open_blocks_lock:
+            _open_blocks[self._slot].append((self, block_id))
+            _compiled_view[self._slot] = self
         return self
 
     def __exit__(self, *exc_info):
-        token, outer = self._outer.pop()
+        blocks = _context_blocks.get()
+        if not blocks or blocks[-1][0] is not self:
+            raise RuntimeError(f"sage_attention: a `with` block of this {type(self).__name__} ends in another thread "
+                               "or task than it began, or out of order")
+        _, token, block_id, state = blocks[-1]
+        _context_blocks.set(blocks[:-1])
         self._variable().reset(token)
-        _compiled_view[self._slot] = outer
+        with _open_blocks_lock:
+            still_open = _open_blocks[self._slot]
+            still_open[:] = [entry for entry in still_open if entry[1] is not block_id]
+            _compiled_view[self._slot] = still_open[-1][0] if still_open else None
+        if exc_info[0] is None:
+            self._block_done(state)
         return False
 
 
-def _check_key(layer_id, timestep):
-    if isinstance(layer_id, bool) or not isinstance(layer_id, int) or layer_id < 0:
-        raise ValueError(f"layer_id: must be an int >= 0, got {layer_id!r}")
-    if timestep is not None and (isinstance(timestep, bool) or not isinstance(timestep, int) or timestep < 0):
-        raise ValueError(f"timestep: must be None or an int >= 0, got {timestep!r}")
+def checked_key(layer_id, timestep):
+    """(layer_id, timestep) as ints (any integer type: numpy's too), timestep None or >= 0; TypeError
+    or ValueError naming the argument otherwise (a bool is not a layer id)."""
+    return _key_part("layer_id", layer_id), None if timestep is None else _key_part("timestep", timestep)
+
+
+def _key_part(name, value):
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected an int >= 0, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int >= 0, got {value!r}") from None
+    if value < 0:
+        raise ValueError(f"{name}: must be >= 0, got {value}")
+    return value
 
 
 def _sort_key(key):
@@ -165,6 +209,12 @@ def attention_score(test, reference) -> float:
 
 # ---- calibration ----
 
+_NOTHING_MEASURED = (
+    "sage_attention.calibration: {where}. Calls are measured only with a layer_id: sageattn(..., "
+    "layer_id=i), or a transformers model with attn_implementation='sage' whose attention modules have a "
+    "layer_idx (else call sage_attention.integrations.transformers.assign_layer_ids(model) first); the "
+    "SDPA override and the diffusers integration pass none.")
+
 
 class Calibrator(_Activation):
     """Scores the INT4 path per (layer_id, timestep) and turns the scores into a `Plan`.
@@ -174,7 +224,7 @@ class Calibrator(_Activation):
     library's emulation (bit-faithful, slow); "cuda" runs the GPU's INT4 kernels (the mma.sync
     family; on Hopper correct but not fast). attention: the function that runs the INT4 path
     (default `sageattn`).
-    Not thread-safe.
+    One calibrator may be active in several threads at once; its scores are then added from each.
     """
 
     _slot = "calibrator"
@@ -210,8 +260,9 @@ class Calibrator(_Activation):
         return (out, lse.float()) if return_lse else out
 
     def _measure(self, q, k, v, layer_id, timestep, tensor_layout, is_causal, sm_scale, causal_align, options):
-        _check_key(layer_id, timestep)
-        options = {name: value for name, value in options.items() if name not in ("qk_format", "qk_granularity")}
+        layer_id, timestep = checked_key(layer_id, timestep)
+        options = {name: value for name, value in options.items()
+                   if name != "qk_format" and name not in _ops.GRANULARITY_SPELLINGS}
         device = self.measure_device
         int4_out = self._int4_attention(q.to(device), k.to(device), v.to(device), tensor_layout=tensor_layout,
                                         is_causal=is_causal, sm_scale=sm_scale, causal_align=causal_align,
@@ -223,12 +274,23 @@ class Calibrator(_Activation):
 
     def add_score(self, layer_id, timestep, score):
         """Adds a score measured elsewhere (same definition); a NaN makes the key the worst."""
-        _check_key(layer_id, timestep)
+        layer_id, timestep = checked_key(layer_id, timestep)
         if math.isinf(score):
             raise ValueError(f"score: must be finite or NaN, got {score!r}")
         entry = self._sums.setdefault((layer_id, timestep), [0.0, 0])
         entry[0] += score
         entry[1] += 1
+
+    def _calls_measured(self) -> int:
+        return sum(calls for _, calls in self._sums.values())
+
+    def _block_state(self):
+        return self._calls_measured()
+
+    def _block_done(self, calls_before):
+        if self._calls_measured() == calls_before:
+            warnings.warn(_NOTHING_MEASURED.format(where="the `with calibrator:` block ended, and no call was "
+                                                   "measured in it"), RuntimeWarning, stacklevel=3)
 
     @property
     def scores(self):
@@ -241,6 +303,9 @@ class Calibrator(_Activation):
         order) get INT8, the others INT4. Deterministic."""
         if not (isinstance(fraction_int8, (int, float)) and 0.0 <= fraction_int8 <= 1.0):
             raise ValueError(f"fraction_int8: must be in [0, 1], got {fraction_int8!r}")
+        if not self._sums:
+            warnings.warn(_NOTHING_MEASURED.format(where="make_plan: no call was measured, so the plan is empty "
+                                                   "(every call gets INT8)"), RuntimeWarning, stacklevel=2)
         entries = [PlanEntry(layer, timestep, score, calls, "int4")
                    for (layer, timestep), (score, calls) in self.scores.items()]
         worst_first = sorted(entries, key=lambda e: (not math.isnan(e.score), 0.0 if math.isnan(e.score) else e.score,
@@ -276,6 +341,13 @@ class Plan(_Activation):
     _slot = "plan"
 
     def __init__(self, entries=(), fraction_int8=0.3, int4_granularity="per_thread", default_qk_format="int8"):
+        if int4_granularity not in _GRANULARITIES:
+            raise ValueError(f"int4_granularity: expected one of {_GRANULARITIES}, got {int4_granularity!r}")
+        if default_qk_format not in _QK_FORMATS:
+            raise ValueError(f"default_qk_format: expected one of {_QK_FORMATS}, got {default_qk_format!r}")
+        if isinstance(fraction_int8, bool) or not (isinstance(fraction_int8, (int, float))
+                                                   and 0.0 <= fraction_int8 <= 1.0):
+            raise ValueError(f"fraction_int8: must be in [0, 1], got {fraction_int8!r}")
         self.entries = sorted(entries, key=lambda e: _sort_key((e.layer, e.timestep)))
         self.fraction_int8 = fraction_int8
         self.int4_granularity = int4_granularity
@@ -428,7 +500,7 @@ class Recorder:
 
     def record(self, q, k, v, *, layer_id, timestep=None, tensor_layout="HND", is_causal=False, sm_scale=None,
                causal_align="top_left", **options):
-        _check_key(layer_id, timestep)
+        layer_id, timestep = checked_key(layer_id, timestep)
         unknown = set(options) - set(self._OPTIONS) - {"qk_format", "qk_granularity"}
         if unknown:
             raise TypeError(f"Recorder.record: unexpected keyword arguments {sorted(unknown)}")

@@ -3,17 +3,20 @@ for `sage calibrate` (CPU: the INT4 path runs in the library's emulation)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import shutil
 import subprocess
+import threading
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import randn, reference_attention
-from sage_attention import sageattn
+from sage_attention import calibration, sageattn
 from sage_attention.calibration import (Calibrator, Plan, Recorder, active_calibrator, active_plan,
                                         attention_score, exact_attention)
 
@@ -154,7 +157,8 @@ def test_fraction_edge_cases():
     assert [layer for layer in range(10) if plan.decide(layer)[0] == "int8"] == [1, 3, 5]
     three = with_scores([0.5, 0.6, 0.7])
     assert int8_keys(three.make_plan(0.25)) == 1 and int8_keys(three.make_plan(0.5)) == 2
-    assert Calibrator().make_plan().entries == []
+    with pytest.warns(RuntimeWarning, match="no call was measured, so the plan is empty"):
+        assert Calibrator().make_plan().entries == []
 
 
 def test_ties_by_key_order_and_nan_is_worst():
@@ -211,6 +215,84 @@ def test_sageattn_layer_id_is_measured_by_the_active_calibrator():
         out = sageattn(q, k, v, layer_id=3, timestep=None, scale=0.1)
     assert list(calibrator.scores) == [(3, None)]
     torch.testing.assert_close(out, exact_attention(q, k, v, sm_scale=0.1)[0].to(q.dtype))
+
+
+def test_calls_keys_are_checked_where_they_are_routed():
+    q, k, v = gaussian(9)
+    plan = Plan([], default_qk_format="int4")
+    with plan:
+        # numpy integers and integer scalar tensors name a call as their int does
+        int4 = sageattn(q, k, v, layer_id=2)
+        assert torch.equal(sageattn(q, k, v, layer_id=np.int64(2)), int4)
+        assert torch.equal(sageattn(q, k, v, layer_id=torch.tensor(2)), int4)
+        for layer_id, error in (("0", TypeError), (True, TypeError), (-1, ValueError), (1.0, TypeError)):
+            with pytest.raises(error, match="layer_id"):
+                sageattn(q, k, v, layer_id=layer_id)
+        with pytest.raises(ValueError, match="timestep: must be >= 0"):
+            sageattn(q, k, v, layer_id=0, timestep=-3)
+    with pytest.raises(TypeError, match="timestep without one"):
+        sageattn(q, k, v, timestep=5)  # (would go unmeasured and unplanned)
+    with pytest.raises(TypeError, match="layer_id"):
+        sageattn(q, k, v, layer_id="0")  # also with no plan or calibrator active
+    calibrator = Calibrator()
+    with calibrator:
+        sageattn(q, k, v, layer_id=np.int64(1), qk_quant_gran="per_warp")  # the alias is INT4's to replace too
+    assert list(calibrator.scores) == [(1, None)]
+
+
+def test_a_calibrator_block_that_measures_nothing_warns():
+    q, k, v = gaussian(10)
+    calibrator = Calibrator()
+    with pytest.warns(RuntimeWarning, match="no call was measured in it.*layer_id"):
+        with calibrator:
+            sageattn(q, k, v)  # no layer id: not measured
+    with calibrator:
+        sageattn(q, k, v, layer_id=0)
+    assert calibrator.scores[(0, None)][1] == 1
+
+
+def test_plan_arguments_are_checked():
+    for kwargs, message in (({"default_qk_format": "INT4"}, "default_qk_format"),
+                            ({"int4_granularity": "per_row"}, "int4_granularity"),
+                            ({"fraction_int8": 2.0}, "fraction_int8")):
+        with pytest.raises(ValueError, match=message):
+            Plan([], **kwargs)
+
+
+def test_one_plan_active_in_concurrent_tasks_and_threads():
+    """A block belongs to its thread or task: the same plan may be open in several, and blocks that
+    close out of order leave nothing active behind (eager or compiled view)."""
+    first, second = Plan([], default_qk_format="int4"), Plan([], default_qk_format="int8")
+
+    async def hold(plan, seconds, seen):
+        with plan:
+            await asyncio.sleep(seconds)
+            seen.append(active_plan() is plan)
+
+    async def both():
+        seen = []
+        await asyncio.gather(hold(first, 0.05, seen), hold(first, 0.1, seen), hold(second, 0.02, seen))
+        return seen
+
+    assert asyncio.run(both()) == [True, True, True]
+    assert active_plan() is None and calibration._compiled_view["plan"] is None
+
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_in_thread():
+        with first:
+            entered.set()
+            release.wait()
+
+    thread = threading.Thread(target=hold_in_thread)
+    thread.start()
+    entered.wait()
+    with second:
+        assert active_plan() is second and calibration._compiled_view["plan"] is second
+    assert active_plan() is None and calibration._compiled_view["plan"] is first  # still open in the thread
+    release.set()
+    thread.join()
+    assert calibration._compiled_view["plan"] is None
 
 
 def test_unseen_timesteps():

@@ -100,6 +100,17 @@ def test_compiled_model_fullgraph_matches_eager():
     torch.testing.assert_close(got, eager)
 
 
+def test_compiled_model_without_a_cache_says_why_it_has_a_mask():
+    """Traced without a KV cache, transformers cannot rule out packed sequences and builds a mask,
+    which is refused (not ignored), with what to do about it."""
+    torch._dynamo.reset()
+    model, input_ids = tiny_model(), tokens(1, 32)
+    model.set_attn_implementation("sage")
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.inference_mode(), pytest.raises(NotImplementedError, match="without a KV cache"):
+        compiled(input_ids, use_cache=False)
+
+
 def test_compiled_model_follows_an_active_plan():
     """Under torch.compile(fullgraph=True) the layer ids still reach the active plan: a plan
     that puts layer 0 in INT4 and layer 1 in INT8 gives the eager planned logits, which differ
@@ -145,6 +156,26 @@ def test_repeated_layer_idx_is_refused_while_calibrating():
         for module in (*model.encoder, *model.decoder):
             call(module)
     assert list(calibrator.scores) == [(layer, None) for layer in range(4)]
+
+
+def test_attention_modules_without_layer_idx_are_named_by_assign_layer_ids():
+    """ViT and CLIP attention modules have no layer_idx: their calls are unnamed (a calibrator block
+    warns that it measured nothing) until assign_layer_ids numbers them."""
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.is_causal = False
+
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([Attention(), Attention()])
+    q = torch.randn(1, 2, 8, 16, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(RuntimeWarning, match="no call was measured"), Calibrator():
+        sage_transformers.sage_attention_forward(model.layers[0], q, q, q, None)
+    assert sage_transformers.assign_layer_ids(model) == {"layers.0": 0, "layers.1": 1}
+    with Calibrator() as calibrator:
+        for module in model.layers:
+            sage_transformers.sage_attention_forward(module, q, q, q, None)
+    assert list(calibrator.scores) == [(0, None), (1, None)]
 
 
 def test_padding_mask_is_refused_not_ignored():

@@ -16,14 +16,18 @@ holds while torch.compile traces the model. Any other pattern (padding,
 sliding windows, packed sequences, static caches with unused slots) gets
 transformers' SDPA mask, which the attention function refuses with a clear
 error rather than ignoring it. Attention that needs logit soft-capping,
-sinks, a position bias or dropout raises too.
+sinks, a position bias or dropout raises too. So does a model configured with a
+sliding window (Mistral's default config, Gemma 2/3, Qwen2 with sliding windows),
+even on prompts shorter than the window. Under torch.compile, transformers cannot
+read the inputs and builds a mask for any call with an attention_mask or without a
+KV cache: compile calls with the (default) cache and without an attention_mask.
 """
 
 from __future__ import annotations
 
 import weakref
 
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import (AttentionMaskInterface, bidirectional_mask_function, causal_mask_function,
                                         prepare_padding_mask, sdpa_mask)
 from transformers.utils.import_utils import is_tracing
@@ -59,12 +63,15 @@ def assign_layer_ids(model) -> dict:
     measured inside `with calibrator:`, its Q/K format picked inside `with plan:`). That index is
     unique in decoder-only models but repeats across the stacks of encoder-decoder models (BART,
     T5, Whisper: encoder layer i, decoder self- and cross-attention i), where calibrating would
-    merge different attentions into one key; calibrating such a model without this raises. The
+    merge different attentions into one key; calibrating such a model without this raises. Some
+    models have no layer_idx at all (ViT, CLIP): their calls are named only after this. The
     ids follow `named_modules()` order, so the same architecture gets the same ids in the
     calibration run and at run time."""
     ids = {}
     for name, module in model.named_modules():
-        if hasattr(module, "layer_idx") and hasattr(module, "is_causal"):  # an attention module
+        # An attention module (transformers 5 gives every one an is_causal, not every one a layer_idx:
+        # ViT and CLIP have none).
+        if hasattr(module, "is_causal") and not isinstance(module, PreTrainedModel):
             module.sage_layer_id = ids[name] = len(ids)
     return ids
 
@@ -87,8 +94,9 @@ def _layer_id(module):
         if first is not None and first is not module:
             raise ValueError(
                 f"sage attention: layer_idx {layer_idx} belongs to two attention modules ({type(first).__name__} "
-                f"and {type(module).__name__}; encoder and decoder stacks repeat it), so calibration would merge "
-                "them: call sage_attention.integrations.transformers.assign_layer_ids(model) first")
+                f"and {type(module).__name__}: encoder and decoder stacks repeat it, and so do two models run "
+                "under one calibrator), so calibration would merge them: call "
+                "sage_attention.integrations.transformers.assign_layer_ids(model) first")
     return layer_idx
 
 
@@ -122,10 +130,15 @@ def _has_padding(attention_mask, kv_length, kv_offset) -> bool:
 def _reject_unsupported(module, attention_mask, dropout, kwargs):
     where = f"sage attention ({type(module).__name__})"
     if attention_mask is not None:
+        # (While tracing, transformers cannot read the inputs, so it cannot rule out padding or
+        # packed sequences and builds a mask it would skip eagerly. The eager rerun of a frame that
+        # broke the graph raises here too, no longer compiling: so the hint is always given.)
         raise NotImplementedError(
             f"{where}: got an attention mask of shape {tuple(attention_mask.shape)}; sage supports causal or full "
             "attention only, not padding, sliding-window or packed-sequence masks. Run unpadded batches "
-            "(e.g. batch size 1 or equal lengths without an attention_mask), or use attn_implementation='sdpa'.")
+            "(e.g. batch size 1 or equal lengths without an attention_mask), or use attn_implementation='sdpa'. "
+            "Under torch.compile, transformers builds such a mask for every call with an attention_mask or "
+            "without a KV cache (use_cache=False): compile calls that pass neither.")
     if dropout:
         raise NotImplementedError(f"{where}: attention dropout {dropout} is not supported (inference only; "
                                   "call model.eval())")
