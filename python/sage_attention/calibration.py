@@ -72,7 +72,8 @@ _compiled_view = {"calibrator": None, "plan": None}
 # at entry); a block entered and exited in different contexts is refused by ContextVar.reset.
 _context_blocks = contextvars.ContextVar("sage_attention_blocks", default=())
 _open_blocks = {"calibrator": [], "plan": []}  # process-wide, in entry order: [(object, block id)]
-_open_blocks_lock = threading.Lock()
+# (Reentrant: a finalizer that garbage collection runs inside the locked section may open a block.)
+_open_blocks_lock = threading.RLock()
 
 
 def active_calibrator() -> "Calibrator | None":
@@ -106,9 +107,9 @@ class _Activation:
         """Called at the end of a block with what _block_state gave at its start."""
 
     def __enter__(self):
-        block_id = object()
+        block_id, state = object(), self._block_state()
         token = self._variable().set(self)
-        _context_blocks.set(_context_blocks.get() + ((self, token, block_id, self._block_state()),))
+        _context_blocks.set(_context_blocks.get() + ((self, token, block_id, state),))
         with _open_blocks_lock:
             _open_blocks[self._slot].append((self, block_id))
             _compiled_view[self._slot] = self
@@ -116,19 +117,41 @@ class _Activation:
 
     def __exit__(self, *exc_info):
         blocks = _context_blocks.get()
-        if not blocks or blocks[-1][0] is not self:
-            raise RuntimeError(f"sage_attention: a `with` block of this {type(self).__name__} ends in another thread "
-                               "or task than it began, or out of order")
-        _, token, block_id, state = blocks[-1]
-        _context_blocks.set(blocks[:-1])
-        self._variable().reset(token)
+        index = next((i for i in reversed(range(len(blocks))) if blocks[i][0] is self), None)
+        block_id = None if index is None else blocks[index][2]
+        try:
+            if index != len(blocks) - 1:
+                raise RuntimeError(f"sage_attention: a `with` block of this {type(self).__name__} ends in another "
+                                   "thread or task than it began, or before a block opened inside it")
+            _, token, _, state = blocks[index]
+            _context_blocks.set(blocks[:index])
+            try:
+                self._variable().reset(token)
+            except ValueError:  # (a task that inherited the block from the one that opened it)
+                raise RuntimeError(f"sage_attention: a `with` block of this {type(self).__name__} ends in another "
+                                   "task than it began") from None
+        finally:  # (even when refused: no block left behind in the process-wide view)
+            self._close_open_block(block_id)
+        if exc_info[0] is None and not any(block[0] is self for block in blocks[:index]):
+            self._block_done(state)  # (the outermost block of this object in its thread or task)
+        return False
+
+    def _close_open_block(self, block_id):
+        """Drops the process-wide entry of block `block_id` (None: this object's newest) and updates the
+        compiled view."""
         with _open_blocks_lock:
             still_open = _open_blocks[self._slot]
-            still_open[:] = [entry for entry in still_open if entry[1] is not block_id]
+            for i in reversed(range(len(still_open))):
+                if still_open[i][1] is block_id or (block_id is None and still_open[i][0] is self):
+                    del still_open[i]
+                    break
             _compiled_view[self._slot] = still_open[-1][0] if still_open else None
-        if exc_info[0] is None:
-            self._block_done(state)
-        return False
+
+
+def _check_fraction(fraction_int8):
+    if isinstance(fraction_int8, bool) or not (isinstance(fraction_int8, (int, float)) and
+                                               0.0 <= fraction_int8 <= 1.0):
+        raise ValueError(f"fraction_int8: must be in [0, 1], got {fraction_int8!r}")
 
 
 def checked_key(layer_id, timestep):
@@ -236,6 +259,8 @@ class Calibrator(_Activation):
         self.measure_device = torch.device(measure_device)
         self._attention = attention
         self._sums = {}  # (layer_id, timestep) -> [score sum, calls]
+        self._calls = 0
+        self._sums_lock = threading.Lock()  # (calls measured in several threads at once)
 
     def _int4_attention(self, *args, **kwargs):
         if self._attention is None:
@@ -277,32 +302,32 @@ class Calibrator(_Activation):
         layer_id, timestep = checked_key(layer_id, timestep)
         if math.isinf(score):
             raise ValueError(f"score: must be finite or NaN, got {score!r}")
-        entry = self._sums.setdefault((layer_id, timestep), [0.0, 0])
-        entry[0] += score
-        entry[1] += 1
-
-    def _calls_measured(self) -> int:
-        return sum(calls for _, calls in self._sums.values())
+        with self._sums_lock:
+            entry = self._sums.setdefault((layer_id, timestep), [0.0, 0])
+            entry[0] += score
+            entry[1] += 1
+            self._calls += 1
 
     def _block_state(self):
-        return self._calls_measured()
+        return self._calls
 
     def _block_done(self, calls_before):
-        if self._calls_measured() == calls_before:
+        if self._calls == calls_before:
             warnings.warn(_NOTHING_MEASURED.format(where="the `with calibrator:` block ended, and no call was "
                                                    "measured in it"), RuntimeWarning, stacklevel=3)
 
     @property
     def scores(self):
         """{(layer_id, timestep): (mean score, calls)} in key order."""
-        ordered = sorted(self._sums.items(), key=lambda item: _sort_key(item[0]))
+        with self._sums_lock:
+            items = [(key, tuple(entry)) for key, entry in self._sums.items()]
+        ordered = sorted(items, key=lambda item: _sort_key(item[0]))
         return {key: (total / calls, calls) for key, (total, calls) in ordered}
 
     def make_plan(self, fraction_int8=0.3) -> "Plan":
         """The ceil(fraction_int8 * keys) worst keys (lowest mean score, NaN first, ties by key
         order) get INT8, the others INT4. Deterministic."""
-        if not (isinstance(fraction_int8, (int, float)) and 0.0 <= fraction_int8 <= 1.0):
-            raise ValueError(f"fraction_int8: must be in [0, 1], got {fraction_int8!r}")
+        _check_fraction(fraction_int8)
         if not self._sums:
             warnings.warn(_NOTHING_MEASURED.format(where="make_plan: no call was measured, so the plan is empty "
                                                    "(every call gets INT8)"), RuntimeWarning, stacklevel=2)
@@ -345,9 +370,7 @@ class Plan(_Activation):
             raise ValueError(f"int4_granularity: expected one of {_GRANULARITIES}, got {int4_granularity!r}")
         if default_qk_format not in _QK_FORMATS:
             raise ValueError(f"default_qk_format: expected one of {_QK_FORMATS}, got {default_qk_format!r}")
-        if isinstance(fraction_int8, bool) or not (isinstance(fraction_int8, (int, float))
-                                                   and 0.0 <= fraction_int8 <= 1.0):
-            raise ValueError(f"fraction_int8: must be in [0, 1], got {fraction_int8!r}")
+        _check_fraction(fraction_int8)
         self.entries = sorted(entries, key=lambda e: _sort_key((e.layer, e.timestep)))
         self.fraction_int8 = fraction_int8
         self.int4_granularity = int4_granularity
@@ -501,7 +524,7 @@ class Recorder:
     def record(self, q, k, v, *, layer_id, timestep=None, tensor_layout="HND", is_causal=False, sm_scale=None,
                causal_align="top_left", **options):
         layer_id, timestep = checked_key(layer_id, timestep)
-        unknown = set(options) - set(self._OPTIONS) - {"qk_format", "qk_granularity"}
+        unknown = set(options) - set(self._OPTIONS) - {"qk_format", *_ops.GRANULARITY_SPELLINGS}
         if unknown:
             raise TypeError(f"Recorder.record: unexpected keyword arguments {sorted(unknown)}")
         if q.dtype not in self._DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:

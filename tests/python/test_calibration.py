@@ -4,6 +4,7 @@ for `sage calibrate` (CPU: the INT4 path runs in the library's emulation)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import os
@@ -293,6 +294,66 @@ def test_one_plan_active_in_concurrent_tasks_and_threads():
     release.set()
     thread.join()
     assert calibration._compiled_view["plan"] is None
+
+
+def test_a_block_ended_in_another_task_is_refused_and_leaves_nothing_open():
+    plan = Plan([])
+
+    async def end():
+        plan.__exit__(None, None, None)
+
+    async def main():
+        plan.__enter__()
+        with pytest.raises(RuntimeError, match="ends in another task"):
+            await asyncio.create_task(end())
+
+    asyncio.run(main())
+    assert calibration._open_blocks["plan"] == [] and calibration._compiled_view["plan"] is None
+
+
+def test_a_finalizer_may_open_a_block_while_the_lock_is_held():
+    """Garbage collection can run a finalizer inside the process-wide bookkeeping's locked section."""
+    plan = Plan([])
+
+    class Finalized:
+        def __del__(self):
+            with plan:
+                pass
+
+    def collect_under_the_lock():
+        cycle = Finalized()
+        cycle.self = cycle
+        del cycle
+        with calibration._open_blocks_lock:
+            gc.collect()
+
+    worker = threading.Thread(target=collect_under_the_lock, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "deadlock"
+    assert calibration._open_blocks["plan"] == []
+
+
+def test_one_calibrator_measures_from_several_threads():
+    calibrator = Calibrator()
+    errors = []
+
+    def measure(layer):
+        try:
+            with calibrator:
+                for i in range(500):
+                    calibrator.add_score(layer * 1000 + i % 50, None, 0.5)
+                    calibrator.scores  # (read while others write)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=measure, args=(layer,)) for layer in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(calls for _, calls in calibrator.scores.values()) == 2000
 
 
 def test_unseen_timesteps():

@@ -171,11 +171,16 @@ def test_attention_modules_without_layer_idx_are_named_by_assign_layer_ids():
     q = torch.randn(1, 2, 8, 16, generator=torch.Generator().manual_seed(4))
     with pytest.warns(RuntimeWarning, match="no call was measured"), Calibrator():
         sage_transformers.sage_attention_forward(model.layers[0], q, q, q, None)
-    assert sage_transformers.assign_layer_ids(model) == {"layers.0": 0, "layers.1": 1}
+    # Modules with a layer_idx keep the ids they had before unindexed ones were numbered (plans made
+    # then stay valid), whatever their place in the model.
+    model.decoder = torch.nn.ModuleList([Attention(), Attention()])
+    for i, module in enumerate(model.decoder):
+        module.layer_idx = i
+    assert sage_transformers.assign_layer_ids(model) == {"decoder.0": 0, "decoder.1": 1, "layers.0": 2, "layers.1": 3}
     with Calibrator() as calibrator:
         for module in model.layers:
             sage_transformers.sage_attention_forward(module, q, q, q, None)
-    assert list(calibrator.scores) == [(0, None), (1, None)]
+    assert list(calibrator.scores) == [(2, None), (3, None)]
 
 
 def test_padding_mask_is_refused_not_ignored():

@@ -62,17 +62,19 @@ def assign_layer_ids(model) -> dict:
     sage attention names each call by its module's `layer_idx` (sage_attention.calibration:
     measured inside `with calibrator:`, its Q/K format picked inside `with plan:`). That index is
     unique in decoder-only models but repeats across the stacks of encoder-decoder models (BART,
-    T5, Whisper: encoder layer i, decoder self- and cross-attention i), where calibrating would
+    Whisper: encoder layer i, decoder self- and cross-attention i), where calibrating would
     merge different attentions into one key; calibrating such a model without this raises. Some
-    models have no layer_idx at all (ViT, CLIP): their calls are named only after this. The
-    ids follow `named_modules()` order, so the same architecture gets the same ids in the
-    calibration run and at run time."""
+    attention modules have no layer_idx at all (ViT, CLIP, the vision tower of LLaVA): their
+    calls are named only after this. The ids follow `named_modules()` order, the modules with a
+    layer_idx first (as before those without one were numbered, so that plans made then keep
+    their ids), so the same architecture gets the same ids in the calibration run and at run
+    time."""
+    # An attention module: transformers 5 gives every one an is_causal, not every one a layer_idx.
+    attention = [(name, module) for name, module in model.named_modules()
+                 if hasattr(module, "is_causal") and not isinstance(module, PreTrainedModel)]
     ids = {}
-    for name, module in model.named_modules():
-        # An attention module (transformers 5 gives every one an is_causal, not every one a layer_idx:
-        # ViT and CLIP have none).
-        if hasattr(module, "is_causal") and not isinstance(module, PreTrainedModel):
-            module.sage_layer_id = ids[name] = len(ids)
+    for name, module in sorted(attention, key=lambda item: not hasattr(item[1], "layer_idx")):  # (stable)
+        module.sage_layer_id = ids[name] = len(ids)
     return ids
 
 
