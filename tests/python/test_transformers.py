@@ -195,6 +195,27 @@ def test_padding_mask_is_refused_not_ignored():
         model(input_ids, attention_mask=torch.ones_like(input_ids))
 
 
+def test_sliding_window_needs_no_mask_until_the_keys_pass_it():
+    """Mistral-style sliding windows: while every key lies inside the window it changes nothing (the
+    output matches SDPA's, a cache included); past it the mask is refused, not ignored."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=128, sliding_window=40)
+    torch.manual_seed(5)
+    model = MistralForCausalLM(config).eval()
+    short, long = tokens(1, 32, vocab=128), tokens(1, 48, vocab=128)
+    with torch.inference_mode():
+        model.set_attn_implementation("sdpa")
+        want, want_tokens = model(short).logits, model.generate(short, max_new_tokens=4, do_sample=False)
+        model.set_attn_implementation("sage")
+        got = model(short).logits
+        assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.999
+        assert torch.equal(model.generate(short, max_new_tokens=4, do_sample=False), want_tokens)
+        with pytest.raises(NotImplementedError, match="attention mask"):
+            model(long)
+
+
 def test_dropout_in_training_mode_is_refused():
     model = example.build_model({**example.TINY, "attention_dropout": 0.1}, "cpu", torch.float32).train()
     model.set_attn_implementation("sage")

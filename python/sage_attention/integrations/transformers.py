@@ -16,11 +16,12 @@ holds while torch.compile traces the model. Any other pattern (padding,
 sliding windows, packed sequences, static caches with unused slots) gets
 transformers' SDPA mask, which the attention function refuses with a clear
 error rather than ignoring it. Attention that needs logit soft-capping,
-sinks, a position bias or dropout raises too. So does a model configured with a
-sliding window (Mistral's default config, Gemma 2/3, Qwen2 with sliding windows),
-even on prompts shorter than the window. Under torch.compile, transformers cannot
-read the inputs and builds a mask for any call with an attention_mask or without a
-KV cache: compile calls with the (default) cache and without an attention_mask.
+sinks, a position bias or dropout raises too. A sliding window or an attention
+chunk (Mistral, Gemma 2/3, Qwen2 with sliding windows, Llama 4) needs no mask
+while every key lies inside it, and raises once the keys reach past it. Under
+torch.compile, transformers cannot read the inputs and builds a mask for any call
+with an attention_mask or without a KV cache: compile calls with the (default)
+cache and without an attention_mask.
 """
 
 from __future__ import annotations
@@ -107,10 +108,17 @@ def sage_mask(q_length, kv_length, q_offset=0, kv_offset=0, mask_function=causal
               **kwargs):
     """transformers mask builder for "sage": None when the kernel's own masking is exact, else the
     materialized SDPA mask (which sage_attention_forward refuses)."""
-    plain = local_size is None and kv_offset == 0 and not _has_padding(attention_mask, kv_length, kv_offset)
+    # A sliding window or attention chunk (local_size) changes nothing while every key lies inside
+    # it: the keys are positions 0 .. kv_length - 1 here (kv_offset 0), so below local_size.
+    window_is_moot = local_size is None or (isinstance(kv_length, int) and kv_length < local_size)
+    plain = window_is_moot and kv_offset == 0 and not _has_padding(attention_mask, kv_length, kv_offset)
     # Keys = the cache's past tokens followed by this step's: causal is bottom-right aligned.
     cache_is_exactly_past_and_present = isinstance(q_offset, int) and kv_length == q_offset + q_length
-    if plain and allow_is_causal_skip and mask_function is causal_mask_function and cache_is_exactly_past_and_present:
+    # Causal: the causal function, or (a window given while the causal skip is allowed) transformers'
+    # sliding-window or chunked causal mask, the only callers that pass both; its own SDPA path
+    # skips those masks on the same condition.
+    causal = mask_function is causal_mask_function or local_size is not None
+    if plain and allow_is_causal_skip and causal and cache_is_exactly_past_and_present:
         return None
     if plain and allow_is_bidirectional_skip and mask_function is bidirectional_mask_function:
         return None
