@@ -170,22 +170,26 @@ std::vector<Pipeline> pipelines() {
   // worst cos-sim and rel-L1 over 558 fresh seeds (N=1024, D=128; qk-bias: 300 seeds), with 50%
   // more room for 1 - cos and 25% for rel-L1 (qk-bias's INT4 and NVFP4, whose tails are long,
   // rounded out further), and never tighter than the first (8-seed) bounds.
-  // LSE tolerances: measured max over 8 seeds 5e-3 (INT8), 9e-2 (INT4), 6e-2 (NVFP4). INT4
-  // without K smoothing has a long tail: 0.213 once in 2400 seeds (gaussian, 512 x 384 keys,
-  // D=128), so its bound is 0.3; a missing smoothing correction is off by several units.
+  // LSE tolerances (EmulationLse: 512 x 384 keys, D=128, gaussian and channel-bias, smooth K on
+  // and off): the largest over 300 fresh seeds was 0.016 for INT8 with FP8 E4M3, FP16 or BF16 P V,
+  // 0.023 with E5M2 P (two mantissa bits: the row sums of its P are that coarse), 0.16 for INT4 and
+  // 0.14 for NVFP4, so the bounds leave ~50% more (the first bounds, from 8 seeds, failed E5M2 and
+  // NVFP4 runs now and then). INT4 without K smoothing has a long tail: 0.213 once in 2400 seeds,
+  // so its bound is 0.3. A missing smoothing correction is off by several units. Short causal rows
+  // (EmulationShapes, 300 seeds): largest 0.051 for INT8 (E5M2: 0.067), 0.70 for INT4, 0.72 for NVFP4.
   return {
       {"sage2-int8-fp8", AttentionOptions{},
-       {{.9987, .051}, {.99999, .003}, {.97, .086}, {.952, .16}, {.998, .055}, {.9982, .061}}, 0.02, 0.08},
+       {{.9987, .051}, {.99999, .003}, {.97, .086}, {.952, .16}, {.998, .055}, {.9982, .061}}, 0.025, 0.08},
       {"sage2-int8-e5m2", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::fp8_e5m2),
-       {{.9952, .099}, {.99995, .0076}, {.969, .11}, {.951, .18}, {.9964, .078}, {.996, .09}}, 0.02, 0.08},
+       {{.9952, .099}, {.99995, .0076}, {.969, .11}, {.951, .18}, {.9964, .078}, {.996, .09}}, 0.035, 0.1},
       {"sage2-int8-fp16", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::fp16),
-       {{.9998, .018}, {.99999, .0003}, {.971, .062}, {.952, .14}, {.9985, .04}, {.9988, .05}}, 0.02, 0.08},
+       {{.9998, .018}, {.99999, .0003}, {.971, .062}, {.952, .14}, {.9985, .04}, {.9988, .05}}, 0.025, 0.08},
       {"sage2-int8-bf16", sage2(QKFormat::int8, Granularity::per_warp, PVFormat::bf16),
-       {{.9998, .018}, {.99999, .0003}, {.971, .062}, {.952, .14}, {.9985, .04}, {.9988, .05}}, 0.02, 0.08},
+       {{.9998, .018}, {.99999, .0003}, {.971, .062}, {.952, .14}, {.9985, .04}, {.9988, .05}}, 0.025, 0.08},
       {"sage2-int4-fp8", int4, {{.963, .28}, {.99995, .005}, {.52, .62}, {.63, .72}, {.73, .61}, {.84, .70}}, 0.3, 1.5},
-      {"sage3-nvfp4", s3, {{.968, .26}, {.999, .028}, {.59, .58}, {.932, .31}, {.86, .46}, {.90, .50}}, 0.15, 1.2},
+      {"sage3-nvfp4", s3, {{.968, .26}, {.999, .028}, {.59, .58}, {.932, .31}, {.86, .46}, {.90, .50}}, 0.22, 1.2},
       {"sagebwd-int8", bwd,
-       {{.9995, .029}, {.99999, .0013}, {.966, .079}, {.89, .39}, {.998, .047}, {.9986, .055}}, 0.02, 0.08},
+       {{.9995, .029}, {.99999, .0013}, {.966, .079}, {.89, .39}, {.998, .047}, {.9986, .055}}, 0.025, 0.08},
   };
 }
 
