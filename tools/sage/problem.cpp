@@ -222,9 +222,7 @@ sage::TensorView kv_layout(const ProblemSize& s) {
 std::size_t dense_bytes(const sage::TensorView& view) {
   const std::int64_t n = view.numel(), bits = sage::dtype_bits(view.dtype);
   if (n < 0 || n > INT64_MAX / bits) {
-    std::string shape;
-    for (int d = 0; d < view.rank && d < sage::kMaxRank; ++d) shape += (d ? ", " : "") + std::to_string(view.shape[d]);
-    throw std::length_error("a tensor of shape [" + shape + "] has no valid size in bytes");
+    throw std::length_error("a tensor of shape " + sage::detail::shape_string(view) + " has no valid size in bytes");
   }
   return static_cast<std::size_t>(n * bits / 8);
 }
