@@ -27,11 +27,14 @@
 // PV (Nvfp4Values): V' = V - mean_v (smooth_v); per channel, blocks of 16
 // consecutive keys (tile-aligned; keys past nk count as 0). Per row and K
 // tile, two-level quantization of P~:
-//   pmax = max_t P~[t] (0: the row has nothing in this tile, skipped)
+//   pmax = max_t P~[t]
 //   s1   = pmax / (448 * 6)                    fp32
 //   x[t] = P~[t] * (1 / s1)                    maps pmax to ~2688 = 448 * 6,
 //                                              so the block scales use E4M3's range
 //   x quantized in 1x16 blocks along the keys (rule above) -> p[t]
+//   (pmax = 0, a row that sees no key of the tile or whose P~ all underflow:
+//   every p[t] = 0, which still carries a NaN block of V into o, as 0 * V
+//   does in float attention)
 //   part_b[d] = sum_{t in block b} p[t] * v[t][d]   exact in fp32
 //   tile[d]   = sum_b part_b[d]                      fp32, b ascending
 //   o[d]     += tile[d] * s1
@@ -200,11 +203,14 @@ class Nvfp4Values final : public ValueStage {
     for (std::int64_t r = 0; r < rows; ++r) {
       const float* pr = p + r * cta_k;
       const float pmax = *std::max_element(pr, pr + cta_k);
-      if (pmax == 0.0f) continue;
       const float s1 = pmax / (448.0f * 6.0f);
-      const float inv_s1 = 1.0f / s1;
-      for (std::int64_t t = 0; t < cta_k; ++t) x[t] = pr[t] * inv_s1;
-      for (std::int64_t b = 0; b < cta_k; b += kBlock) nvfp4_block(x.data() + b, kBlock, 1, pq.data() + b);
+      if (s1 == 0.0f) {
+        std::fill(pq.begin(), pq.end(), 0.0f);
+      } else {
+        const float inv_s1 = 1.0f / s1;
+        for (std::int64_t t = 0; t < cta_k; ++t) x[t] = pr[t] * inv_s1;
+        for (std::int64_t b = 0; b < cta_k; b += kBlock) nvfp4_block(x.data() + b, kBlock, 1, pq.data() + b);
+      }
 
       std::fill(tile.begin(), tile.end(), 0.0f);
       for (std::int64_t b = 0; b < cta_k; b += kBlock) {

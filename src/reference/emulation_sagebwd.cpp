@@ -10,8 +10,11 @@
 //                tile is then NaN, as the INT8 codes cannot carry them)
 //   vcode      = num::quantize_symmetric(V', reciprocal_rn(vscale[kt]), 127)
 // P (per row and K tile, "per token"):
-//   pmax   = max_t P~[t] (0: nothing visible in this tile, skipped)
-//   pscale = num::symmetric_scale(pmax, 127)
+//   pmax   = max_t P~[t]
+//   pscale = num::symmetric_scale(pmax, 127)  (1 where pmax = 0: a row that
+//            sees no key of the tile or whose P~ all underflow gets codes 0,
+//            and o still takes 0 * a NaN or infinite vscale, as 0 * V does
+//            in float attention)
 //   pcode  = num::quantize_symmetric(P~[t], reciprocal_rn(pscale), 127)  in [0, 127]
 // Per row and tile:
 //   acc[d]  = sum_t pcode[t] * vcode[t][d]           exact int32
@@ -43,7 +46,6 @@ class Int8Values final : public ValueStage {
     for (std::int64_t r = 0; r < rows; ++r) {
       const float* pr = p + r * cta_k;
       const float pmax = *std::max_element(pr, pr + n);
-      if (pmax == 0.0f) continue;
       const float pscale = num::symmetric_scale(pmax, 127);
       const float inv = num::reciprocal_rn(pscale);
       for (std::int64_t t = 0; t < n; ++t) pcode[t] = num::quantize_symmetric(pr[t], inv, 127);

@@ -783,6 +783,41 @@ TEST(EmulationSpecialValues, NonFiniteInputsGiveNaNWhereExactAttentionDoes) {
   }
 }
 
+// The same where the row's P~ underflows to 0 in the value's key tile: key 0
+// dominates (a logit 2^8 above the others, base 2), so every P~ of the second
+// tile is 0 in fp32, while exact attention (float64) still gives the
+// poisoned key a weight of ~2^-288 and so a non-finite output. The quantized P of such a tile is all
+// zeros, which must still carry a NaN or infinite V into O (0 * V), as float
+// attention does: SageBwd and SageAttention3 once skipped that tile.
+TEST(EmulationSpecialValues, NonFiniteVReachesRowsWhoseProbabilitiesUnderflow) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed_note(seed));
+  constexpr std::int64_t kDim = 64, kKeys = 256, kPoisonKey = 200, kChannel = 5;
+  Case c{make_problem(1, kKeys, kDim), {}, {}, {}};
+  c.p.sm_scale = 1.0;
+  const Inputs clean = make_inputs(c.p, Distribution::gaussian, seed);
+  for (const test::NonFiniteInput& poison : test::kNonFiniteInputs) {
+    if (poison.tensor != 'v') continue;
+    c.in = clean;
+    std::fill(c.in.q.begin(), c.in.q.end(), 0.0f);
+    std::fill(c.in.k.begin(), c.in.k.end(), 0.0f);
+    c.in.q[0] = 1.0f;
+    c.in.k[0] = 200.0f;  // logit 200 (288 in base 2) for key 0, 0 for every other key
+    c.in.v[kPoisonKey * kDim + kChannel] = poison.value;
+    compute_exact(c);
+    ASSERT_FALSE(std::isfinite(c.out[kChannel])) << "the exact reference must see the value";
+    for (const Pipeline& pl : pipelines()) {
+      for (const bool smooth_k : {true, false}) {
+        SCOPED_TRACE(std::string(poison.what) + ", " + pl.name + (smooth_k ? ", smooth K" : ""));
+        AttentionOptions o = pl.options;
+        o.smooth_k = smooth_k;
+        const Result r = run(c, o);
+        EXPECT_FALSE(std::isfinite(r.out[kChannel])) << "out[" << kChannel << "] = " << r.out[kChannel];
+      }
+    }
+  }
+}
+
 TEST(EmulationDeterminism, SameBitsEveryRunAndThreadCount) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(seed_note(seed));
