@@ -46,6 +46,7 @@ DIST_TEXT = {
                "(not in V); Q's offset adds to a head's logits a per-key term of standard deviation ~2",
 }
 METRICS = [("cos_sim", "cos-sim"), ("rel_l1", "rel-L1"), ("rmse", "RMSE"), ("worst_row_cos_sim", "worst-row cos")]
+MMA_MARK = " †"  # rows emulated at kMmaGeometry (the mma.sync kernels run their formats)
 
 
 def supports_ablation(sage):
@@ -250,9 +251,10 @@ class Findings:
             f"{max(f16)[0]:.2f}x ({max(f16)[1]}, D={max(f16)[2]}) the rel-L1 of FP8 E4M3. On Gaussian inputs "
             "the FP8 P V stage is most of the default recipe's error: "
             + "; ".join(f"D={d}: {fmt_sci(a)} with E4M3, {fmt_sci(b)} with FP16" for d, (a, b) in g.items())
-            + " (what is left with FP16 is mostly the INT8 Q K^T). BF16 P and V match FP16 within "
-            + f"{self.max_rel_diff('pv-format', 'pv bf16, fp32 accum', 'pv fp16, fp32 accum'):.1f}% "
-            "(V is already bf16 here, so only P's rounding differs).")
+            + " (what is left with FP16 is mostly the INT8 Q K^T). BF16 P and V come within "
+            + f"{self.max_rel_diff('pv-format', 'pv bf16, fp32 accum', 'pv fp16, fp32 accum'):.1f}% of FP16 "
+            f"(V is already bf16 here; besides P's rounding the two rows differ in their K groups and row sum, "
+            f"FP16 being emulated at the mma.sync kernels' geometry ({MMA_MARK.strip()}, see Setup)).")
         acc = max(self.max_rel_diff("pv-format", f"pv {f}, fp32 accum", f"pv {f}, two-level")
                   for f in ("fp8-e4m3", "fp8-e5m2", "fp16", "bf16"))
         lines.append(
@@ -348,7 +350,7 @@ def draw_chart(runs, problem, path, head_dim):
         ax.set_ylabel("relative L1 error (log)")
         ax.grid(axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=7.5, loc="upper left", ncol=2)
-    fig.suptitle(f"SageAttention2 ablations, CPU emulation (kSm90Geometry) vs float64: relative L1, "
+    fig.suptitle(f"SageAttention2 ablations, CPU emulation vs float64: relative L1, "
                  f"D={head_dim}, N={problem['nq']}, H={problem['heads_q']}, lower is better",
                  fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
@@ -375,7 +377,8 @@ def table(runs, ablation, dist, dims):
                 cells += ["n/a"] * len(METRICS)
                 continue
             cells += [fmt_metric(k, row.get(k)) for k, _ in METRICS]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        mma = any(runs[d].get((ablation, dist, m), {}).get("geometry") == "kMmaGeometry" for d in dims)
+        lines.append(f"| {m}{MMA_MARK if mma else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -418,14 +421,20 @@ def render(runs, seeds_runs, p, geo, meta, findings, chart_name, chart_dim):
       f"{'causal' if p['causal'] else 'non-causal'}, sm_scale = 1/sqrt(D), seed {p['seed']}"
       + (f" (the smoothing ablation also with seeds {', '.join(str(s) for s in sorted(seeds_runs) if s != p['seed'])} "
          f"at D={dims[-1]}, to see what is noise)" if seeds_runs else "") + ".")
-    w(f"- Tile geometry: `{geo['name']}` (the sm90 kernel's: cta_q={geo['cta_q']}, cta_k={geo['cta_k']}, "
-      f"warp_q={geo['warp_q']}), which sets the quantization groups of Q and K: per-block = one scale per "
-      f"{geo['cta_q']} query rows / {geo['cta_k']} keys; per-warp = per {geo['warp_q']} query rows / "
-      f"{geo['cta_k']} keys; per-thread = per 2 query rows (rows g and g+8 of a 16-row warp slice) / "
-      f"{geo['cta_k'] // 4} keys (keys with the same (c mod 8) / 2 in a {geo['cta_k']}-key tile).")
-    w("- The same kernel family sets how the softmax's row sum l is made: past D = 64 as the sum of P as the "
-      "P V stage rounds it, the P that O accumulates (FP8; FP16 / BF16 in those rows; the sm90 kernel makes it "
-      "with its P V MMA: `TileGeometry::l_sums_pv_operand`), at D = 64 as the fp32 sum of the unquantized P~.")
+    sm90, mma = geo["kSm90Geometry"], geo["kMmaGeometry"]
+    w(f"- Tile geometry: each row is emulated at the geometry of the kernel a Hopper GPU runs for its formats: "
+      f"`kSm90Geometry` (the sm90 kernel's: cta_q={sm90['cta_q']}, cta_k={sm90['cta_k']}, "
+      f"warp_q={sm90['warp_q']}) for INT8 Q K^T with FP8 E4M3 P V and two-level accumulation, and for the formats "
+      f"no GPU kernel runs yet (FP8 E5M2 or BF16 P V, FP8 with fp32 accumulation); `kMmaGeometry` (the mma.sync "
+      f"kernels': cta_q={mma['cta_q']}, cta_k={mma['cta_k']}, warp_q={mma['warp_q']}) for the rows marked "
+      f"{MMA_MARK.strip()} (INT4 Q K^T, FP16 P V). The geometry sets the quantization groups of Q and K: per-block = one "
+      "scale per cta_q query rows / cta_k keys; per-warp = per warp_q query rows / cta_k keys; per-thread = per 2 "
+      "query rows (rows g and g+8 of a 16-row warp slice) / cta_k / 4 keys (keys with the same (c mod 8) / 2 in a "
+      "cta_k-key tile).")
+    w("- The same kernel family sets how the softmax's row sum l is made: in the sm90 geometry's rows past "
+      "D = 64 as the sum of P as the P V stage rounds it, the P that O accumulates (FP8, or BF16; the sm90 kernel "
+      "makes it with its P V MMA: `TileGeometry::l_sums_pv_operand`); at D = 64 and in the rows marked "
+      f"{MMA_MARK.strip()} as the fp32 sum of the unquantized P~.")
     w("- Default recipe, changed one thing at a time: INT8 Q K^T per-warp with smooth K, P and V in FP8 E4M3 "
       "(P with the static 448 scale, V per channel), two-level P V accumulation, no smooth Q or V. "
       "INT4 rows use per-thread scales (the SageAttention2 INT4 recipe) unless the granularity is the thing varied.")
@@ -518,7 +527,7 @@ def main():
                            os.path.join(json_dir, f"accuracy_d{d}.json"), args.reuse_json)
             runs[d] = index_results(data)
             problems[d] = data["problem"]
-            geometries[d] = data.get("geometry")
+            geometries[d] = data.get("geometries")
         seeds_runs = {}
         if extra_seeds:
             dmax = max(dims)

@@ -6,8 +6,12 @@
 //   q   [B, Hq,  Nq, D]     k, v [B, Hkv, Nk, D]     out [B, Hq, Nq, D]
 //   lse [B, Hq, Nq] fp32, natural log (only when options.return_lse)
 // Hq must be a multiple of Hkv (GQA/MQA). Tensors on a GPU run the CUDA
-// kernels; tensors on the host run the CPU emulation of the same numerics
-// (slow, for tests and for machines without a GPU).
+// kernels; tensors on the host run the CPU emulation of the kernel a Hopper
+// GPU runs for the same options, bit for bit (slow, for tests and for
+// machines without a GPU): the sm90 kernel, or the mma.sync kernels for INT4
+// Q K^T or FP16 P V, whose K scale groups span 64 keys instead of 128. (On
+// sm_80-sm_89 GPUs the mma.sync kernels run INT8 Q K^T with FP8 P V too,
+// with their 64-key groups: there those bits differ from the host's.)
 #pragma once
 
 #include <cstddef>

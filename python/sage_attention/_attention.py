@@ -23,7 +23,8 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
     CUDA tensors run the GPU kernels (Hopper's wgmma kernel for the default
     options, the mma.sync family for INT4 or FP16 P V and on sm_80/89/120
     builds); CPU tensors (float32 too) run the
-    library's exact emulation of the same numerics (slow; for tests). Strided
+    library's exact emulation of the kernel a Hopper GPU runs for the same
+    options (slow; for tests). Strided
     views are fine as long as the head dimension is contiguous.
 
     Returns out shaped like q (contiguous), and with return_lse=True also

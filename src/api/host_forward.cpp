@@ -8,6 +8,8 @@
 #include <utility>
 
 #include "api/validate.h"
+#include "cuda/mma/mma_forward.h"
+#include "cuda/sm90/qk_int8_pv_fp8_sm90.h"
 #include "numerics/formats.h"
 #include "numerics/tile_geometry.h"
 #include "reference/reference.h"
@@ -118,6 +120,14 @@ void scatter_bhnd(const float* dense, const TensorView& t, TensorLayout layout) 
   for_each_element(as_bhnd(t, layout), [&](std::byte* p, std::int64_t i) { store_element(p, dtype, dense[i]); });
 }
 
+const TileGeometry& emulated_geometry(const AttentionOptions& options) {
+  mma::MmaCapabilities hopper;
+  hopper.fp8_mma = true;
+  const bool mma_only = !sm90::unsupported_format_reason(options).empty() &&
+                        mma::unsupported_format_reason(options, hopper).empty();
+  return mma_only ? kMmaGeometry : kSm90Geometry;
+}
+
 Status host_attention_forward(const AttentionArgs& args, const AttentionOptions& options) {
   const ref::Problem problem = reference_problem(attention_dims(args, options.layout), options);
   const std::vector<float> q = gather_bhnd(args.q, options.layout);
@@ -126,7 +136,7 @@ Status host_attention_forward(const AttentionArgs& args, const AttentionOptions&
   std::vector<float> out(static_cast<std::size_t>(problem.q_elems()));
   std::vector<float> lse(options.return_lse ? static_cast<std::size_t>(problem.lse_elems()) : 0);
 
-  ref::emulate_attention(problem, options, kSm90Geometry, q.data(), k.data(), v.data(), out.data(),
+  ref::emulate_attention(problem, options, emulated_geometry(options), q.data(), k.data(), v.data(), out.data(),
                          options.return_lse ? lse.data() : nullptr);
 
   scatter_bhnd(out.data(), args.out, options.layout);

@@ -7,10 +7,21 @@
 #include <vector>
 
 #include "api/validate.h"
+#include "numerics/tile_geometry.h"
 #include "reference/reference.h"
 #include "sage/attention.h"
 
 namespace sage::detail {
+
+// The tile geometry whose numerics the host path emulates: that of the
+// kernel a Hopper GPU runs for these options. kMmaGeometry (64-key K groups)
+// for the formats only the mma.sync kernels run (INT4 Q K^T with FP8 E4M3 or
+// FP16 P V, INT8 with FP16 P V); kSm90Geometry for the rest: the sm90 kernel's
+// formats, and those no GPU kernel runs yet (E5M2 or BF16 P V, FP8 with fp32
+// accumulation, sage3, sagebwd). On sm_80-sm_89 GPUs the mma.sync kernels run
+// INT8 Q K^T with FP8 P V too, at kMmaGeometry: there the K groups differ
+// from the host's.
+const TileGeometry& emulated_geometry(const AttentionOptions& options);
 
 // Runs a call that validate_attention_args accepted and whose tensors are
 // on the host. Synchronous. Throws std::bad_alloc when the dense copies do

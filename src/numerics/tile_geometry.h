@@ -87,4 +87,13 @@ inline constexpr TileGeometry kSm90Geometry{128, 128, 16, /*l_sums_pv_operand_pa
 // only the K groups differ (64 keys instead of 128).
 inline constexpr TileGeometry kMmaGeometry{128, 64, 16};
 
+// "kSm90Geometry" or "kMmaGeometry" (reports, JSON), "custom" for another.
+inline const char* geometry_name(const TileGeometry& g) {
+  const auto same = [&g](const TileGeometry& o) {
+    return g.cta_q == o.cta_q && g.cta_k == o.cta_k && g.warp_q == o.warp_q &&
+           g.l_sums_pv_operand_past_dim == o.l_sums_pv_operand_past_dim;
+  };
+  return same(kSm90Geometry) ? "kSm90Geometry" : same(kMmaGeometry) ? "kMmaGeometry" : "custom";
+}
+
 }  // namespace sage

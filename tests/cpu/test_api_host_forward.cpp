@@ -9,8 +9,10 @@
 #include <limits>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "api/host_forward.h"
 #include "api_test_helpers.h"
 #include "numerics/tile_geometry.h"
 #include "reference/reference.h"
@@ -100,7 +102,47 @@ void expect_view_written_and_padding_untouched(const StridedTensor& t, const cha
   EXPECT_EQ(touched, 0) << name << ": padding outside the view was written";
 }
 
-class ApiHostForward : public ::testing::TestWithParam<DType> {};
+class ApiHostForward : public ::testing::TestWithParam<DType> {
+ protected:
+  void expect_host_path_equals_emulation(const AttentionOptions& formats, const TileGeometry& geometry, const Sizes& s,
+                                         std::uint64_t seed) {
+    Call c = make_call(GetParam(), TensorLayout::NHD, s, seed);
+    c.options.qk_format = formats.qk_format;
+    c.options.qk_granularity = formats.qk_granularity;
+    c.options.pv_format = formats.pv_format;
+    c.options.causal = true;
+    ASSERT_TRUE(attention_forward(c.args(), c.options, nullptr, 0, nullptr).is_ok());
+
+    const ref::Problem p = problem_of(s, c.options);
+    const auto to_float = [](const std::vector<double>& d) { return std::vector<float>(d.begin(), d.end()); };
+    const std::vector<float> q = to_float(test::dense_bhnd(c.q.view, TensorLayout::NHD));
+    const std::vector<float> k = to_float(test::dense_bhnd(c.k.view, TensorLayout::NHD));
+    const std::vector<float> v = to_float(test::dense_bhnd(c.v.view, TensorLayout::NHD));
+    std::vector<float> emulated(q.size()), emulated_lse(static_cast<std::size_t>(p.lse_elems()));
+    ref::emulate_attention(p, c.options, geometry, q.data(), k.data(), v.data(), emulated.data(),
+                           emulated_lse.data());
+
+    std::size_t i = 0;
+    std::int64_t mismatches = 0;
+    for (std::int64_t b = 0; b < s.batch; ++b)
+      for (std::int64_t h = 0; h < s.heads_q; ++h)
+        for (std::int64_t n = 0; n < s.nq; ++n)
+          for (std::int64_t d = 0; d < s.head_dim; ++d, ++i) {
+            const test::Index4 index = test::layout_index(TensorLayout::NHD, b, h, n, d);
+            const float expected = test::load(
+                [&] {
+                  static thread_local unsigned char converted[4];
+                  test::store(converted, GetParam(), emulated[i]);  // RNE into out's dtype
+                  return converted;
+                }(),
+                GetParam());
+            if (test::get(c.out.view, index.data()) != expected) ++mismatches;
+          }
+    EXPECT_EQ(mismatches, 0);
+    const std::vector<double> lse = dense_lse(c.lse.view);
+    for (std::size_t r = 0; r < lse.size(); ++r) ASSERT_EQ(static_cast<float>(lse[r]), emulated_lse[r]) << r;
+  }
+};
 
 // The acceptance test of the host path: NHD strided views, GQA, Nq != Nk,
 // causal bottom-right, LSE, against float64.
@@ -136,45 +178,69 @@ TEST_P(ApiHostForward, StridedNhdGqaCausalBottomRightMatchesExact) {
   for (std::size_t i = 0; i < lse.size(); ++i) ASSERT_NEAR(lse[i], exact_lse[i], 0.05) << "lse row " << i;
 }
 
-// The host path is the emulation plus layout handling and the output
-// conversion (round to nearest even into out's dtype): bit for bit.
+// The host path is the emulation at the geometry of the kernel a Hopper GPU
+// runs for the options, plus layout handling and the output conversion
+// (round to nearest even into out's dtype): bit for bit. For the default
+// formats (the sm90 kernel's) and two that only the mma.sync kernels run
+// (72 keys: one 128-key tile there, two 64-key ones here).
 TEST_P(ApiHostForward, EqualsEmulationBitForBit) {
   const Sizes s;
   const std::uint64_t seed = test::fresh_seed();
   SCOPED_TRACE(test::seed_note(seed));
-  Call c = make_call(GetParam(), TensorLayout::NHD, s, seed);
-  c.options.causal = true;
-  ASSERT_TRUE(attention_forward(c.args(), c.options, nullptr, 0, nullptr).is_ok());
-
-  const ref::Problem p = problem_of(s, c.options);
-  const auto to_float = [](const std::vector<double>& d) { return std::vector<float>(d.begin(), d.end()); };
-  const std::vector<float> q = to_float(test::dense_bhnd(c.q.view, TensorLayout::NHD));
-  const std::vector<float> k = to_float(test::dense_bhnd(c.k.view, TensorLayout::NHD));
-  const std::vector<float> v = to_float(test::dense_bhnd(c.v.view, TensorLayout::NHD));
-  std::vector<float> emulated(q.size()), emulated_lse(static_cast<std::size_t>(p.lse_elems()));
-  ref::emulate_attention(p, c.options, kSm90Geometry, q.data(), k.data(), v.data(), emulated.data(),
-                         emulated_lse.data());
-
-  std::size_t i = 0;
-  std::int64_t mismatches = 0;
-  for (std::int64_t b = 0; b < s.batch; ++b)
-    for (std::int64_t h = 0; h < s.heads_q; ++h)
-      for (std::int64_t n = 0; n < s.nq; ++n)
-        for (std::int64_t d = 0; d < s.head_dim; ++d, ++i) {
-          const test::Index4 index = test::layout_index(TensorLayout::NHD, b, h, n, d);
-          const float expected = test::load(
-              [&] {
-                static thread_local unsigned char converted[4];
-                test::store(converted, GetParam(), emulated[i]);  // RNE into out's dtype
-                return converted;
-              }(),
-              GetParam());
-          if (test::get(c.out.view, index.data()) != expected) ++mismatches;
-        }
-  EXPECT_EQ(mismatches, 0);
-  const std::vector<double> lse = dense_lse(c.lse.view);
-  for (std::size_t r = 0; r < lse.size(); ++r) ASSERT_EQ(static_cast<float>(lse[r]), emulated_lse[r]) << r;
+  AttentionOptions int4, fp16_pv;
+  int4.qk_format = QKFormat::int4;
+  int4.qk_granularity = Granularity::per_thread;
+  fp16_pv.pv_format = PVFormat::fp16;
+  for (const auto& [formats, geometry] : {std::pair{AttentionOptions{}, kSm90Geometry}, std::pair{int4, kMmaGeometry},
+                                           std::pair{fp16_pv, kMmaGeometry}}) {
+    SCOPED_TRACE(std::string("qk ") + qk_format_name(formats.qk_format) + ", pv " + pv_format_name(formats.pv_format));
+    expect_host_path_equals_emulation(formats, geometry, s, seed);
+  }
 }
+
+// Which geometry the host path emulates: the kernel's that a Hopper GPU runs
+// for the formats (src/cuda/mma: kMmaGeometry; src/cuda/sm90: kSm90Geometry),
+// and kSm90Geometry where no GPU kernel runs them yet.
+TEST(ApiHostForwardGeometry, IsTheHopperKernelsForTheFormats) {
+  const auto with = [](auto&& change) {
+    AttentionOptions o;
+    change(o);
+    return o;
+  };
+  struct Row {
+    const char* what;
+    AttentionOptions options;
+    const char* geometry;
+  } rows[] = {
+      {"default (sm90)", {}, "kSm90Geometry"},
+      {"per-block INT8, smooth Q and V (sm90)", with([](AttentionOptions& o) {
+         o.qk_granularity = Granularity::per_block;
+         o.smooth_q = o.smooth_v = true;
+       }),
+       "kSm90Geometry"},
+      {"INT4, FP8 (mma)", with([](AttentionOptions& o) { o.qk_format = QKFormat::int4; }), "kMmaGeometry"},
+      {"INT8, FP16 two-level (mma)", with([](AttentionOptions& o) { o.pv_format = PVFormat::fp16; }), "kMmaGeometry"},
+      {"INT4, FP16 fp32 accumulation (mma)", with([](AttentionOptions& o) {
+         o.qk_format = QKFormat::int4;
+         o.pv_format = PVFormat::fp16;
+         o.pv_accum = PVAccum::fp32;
+       }),
+       "kMmaGeometry"},
+      {"FP8 with fp32 accumulation (no kernel)", with([](AttentionOptions& o) { o.pv_accum = PVAccum::fp32; }),
+       "kSm90Geometry"},
+      {"E5M2 (no kernel)", with([](AttentionOptions& o) { o.pv_format = PVFormat::fp8_e5m2; }), "kSm90Geometry"},
+      {"BF16 P V (no kernel)", with([](AttentionOptions& o) { o.pv_format = PVFormat::bf16; }), "kSm90Geometry"},
+      {"INT4, E5M2 (no kernel)", with([](AttentionOptions& o) {
+         o.qk_format = QKFormat::int4;
+         o.pv_format = PVFormat::fp8_e5m2;
+       }),
+       "kSm90Geometry"},
+      {"sage3 (no kernel)", with([](AttentionOptions& o) { o.method = Method::sage3; }), "kSm90Geometry"},
+      {"sagebwd (no kernel)", with([](AttentionOptions& o) { o.method = Method::sagebwd; }), "kSm90Geometry"},
+  };
+  for (const Row& r : rows) EXPECT_STREQ(geometry_name(detail::emulated_geometry(r.options)), r.geometry) << r.what;
+}
+
 
 // The same logical data in HND and NHD gives the same bits.
 TEST_P(ApiHostForward, HndAndNhdAgree) {

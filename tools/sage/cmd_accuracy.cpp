@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "api/host_forward.h"
 #include "commands.h"
 #include "device.h"
 #include "problem.h"
@@ -270,10 +271,15 @@ void write_json(const std::string& path, const ProblemSize& size, const std::str
        << ", \"head_dim\": " << size.head_dim << ", \"dtype\": " << json_string(sage::dtype_name(size.dtype))
        << ", \"causal\": " << (size.causal ? "true" : "false") << ", \"seed\": " << size.seed << "},\n"
        << "  \"device\": " << json_string(device) << ",\n";
-  if (emulation) {
-    const sage::TileGeometry& g = sage::kSm90Geometry;
-    file << "  \"geometry\": {\"name\": \"kSm90Geometry\", \"cta_q\": " << g.cta_q << ", \"cta_k\": " << g.cta_k
-         << ", \"warp_q\": " << g.warp_q << "},\n";
+  if (emulation) {  // each row names its own (sage::detail::emulated_geometry)
+    file << "  \"geometries\": {";
+    const char* sep = "";
+    for (const sage::TileGeometry* g : {&sage::kSm90Geometry, &sage::kMmaGeometry}) {
+      file << sep << json_string(sage::geometry_name(*g)) << ": {\"cta_q\": " << g->cta_q
+           << ", \"cta_k\": " << g->cta_k << ", \"warp_q\": " << g->warp_q << "}";
+      sep = ", ";
+    }
+    file << "},\n";
   }
   file << "  \"reference\": \"exact attention in float64\",\n  \"results\": [";
   for (std::size_t i = 0; i < rows.size(); ++i) {
@@ -282,6 +288,9 @@ void write_json(const std::string& path, const ProblemSize& size, const std::str
     if (!r.group.empty()) file << ", \"ablation\": " << json_string(r.group);
     file << ", \"method\": " << json_string(r.method) << ", \"options\": " << json_options(r.options);
     if (!r.reused_from.empty()) file << ", \"same_as\": " << json_string(r.reused_from);
+    if (emulation) {
+      file << ", \"geometry\": " << json_string(sage::geometry_name(sage::detail::emulated_geometry(r.options)));
+    }
     if (r.ok) {
       const Metrics& m = r.metrics;
       file << ", \"cos_sim\": " << json_number(m.cos_sim) << ", \"rel_l1\": " << json_number(m.rel_l1)
@@ -344,7 +353,9 @@ int run_accuracy(const ArgParser& parser) {
   DeviceChoice device = choose_device(parser);
   if (!settle_device(&device, size)) return 1;
   const std::string device_text =
-      device.gpu ? device.gpu_label : "cpu (emulation of the kernels, tile geometry kSm90Geometry)";
+      device.gpu ? device.gpu_label
+                 : "cpu (emulation of the kernels a Hopper GPU runs: tile geometry kSm90Geometry, kMmaGeometry for "
+                   "the formats only the mma.sync kernels run)";
 
   const sage::ref::Problem problem = to_ref_problem(size);
   const int total = static_cast<int>(distributions.size() * methods.size());

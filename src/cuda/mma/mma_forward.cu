@@ -67,21 +67,8 @@ cudaError_t launch_for_dp(const QkInt8MmaParams& p, PvMode pv, int qk_bits, bool
 }  // namespace
 
 std::string unsupported_reason(const AttentionOptions& o, std::int64_t head_dim, const MmaCapabilities& caps) {
-  if (o.method != Method::sage2) return std::string("method ") + method_name(o.method) + " has no mma.sync kernel yet";
-  switch (o.pv_format) {
-    case PVFormat::fp8_e4m3:
-      if (!caps.fp8_mma) {
-        return "pv_format fp8-e4m3 needs FP8 mma.sync: compute capability 8.9 or newer and this build compiled "
-               "for sm_89 or newer (add 89 to SAGE_CUDA_ARCHS); sm_80/sm_86 have no FP8 tensor cores, use "
-               "pv_format fp16 there";
-      }
-      if (o.pv_accum != PVAccum::two_level) return "pv_accum fp32 with FP8 PV has no mma.sync kernel (use two_level)";
-      break;
-    case PVFormat::fp16: break;  // fp32 and two_level accumulation
-    default:
-      return std::string("pv_format ") + pv_format_name(o.pv_format) +
-             " has no mma.sync kernel yet (fp8-e4m3 and fp16 so far)";
-  }
+  std::string reason = unsupported_format_reason(o, caps);
+  if (!reason.empty()) return reason;
   if (head_dim > 128) return "head_dim " + std::to_string(head_dim) + " > 128 has no mma.sync kernel yet";
   return {};
 }

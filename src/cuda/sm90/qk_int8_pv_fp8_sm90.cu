@@ -317,12 +317,8 @@ cudaError_t launch_for_dp(const QkInt8PvFp8Params& p, bool quantize_q, bool caus
 }  // namespace
 
 std::string unsupported_reason(const AttentionOptions& o, std::int64_t head_dim) {
-  if (o.method != Method::sage2) return std::string("method ") + method_name(o.method) + " has no sm90 kernel yet";
-  if (o.qk_format != QKFormat::int8) return "qk_format int4 runs on the mma.sync kernels (wgmma has no INT4)";
-  if (o.pv_format != PVFormat::fp8_e4m3) {
-    return std::string("pv_format ") + pv_format_name(o.pv_format) + " has no sm90 kernel yet (use fp8-e4m3)";
-  }
-  if (o.pv_accum != PVAccum::two_level) return "pv_accum fp32 has no sm90 kernel (FP8 MMAs use two_level)";
+  std::string reason = unsupported_format_reason(o);
+  if (!reason.empty()) return reason;
   if (head_dim > 128) return "head_dim " + std::to_string(head_dim) + " > 128 has no sm90 kernel yet";
   return {};
 }

@@ -12,6 +12,21 @@
 
 namespace sage::sm90 {
 
+// Empty when the sm90 kernel runs these options' method and formats:
+// SageAttention2 with INT8 Q K^T, FP8 E4M3 P V and two-level accumulation
+// (its other formats run on the mma.sync kernels); otherwise the reason.
+// Inline: the host path picks the geometry it emulates by the same rule in
+// builds without sm90 code (detail::emulated_geometry).
+inline std::string unsupported_format_reason(const AttentionOptions& o) {
+  if (o.method != Method::sage2) return std::string("method ") + method_name(o.method) + " has no sm90 kernel yet";
+  if (o.qk_format != QKFormat::int8) return "qk_format int4 runs on the mma.sync kernels (wgmma has no INT4)";
+  if (o.pv_format != PVFormat::fp8_e4m3) {
+    return std::string("pv_format ") + pv_format_name(o.pv_format) + " has no sm90 kernel yet (use fp8-e4m3)";
+  }
+  if (o.pv_accum != PVAccum::two_level) return "pv_accum fp32 has no sm90 kernel (FP8 MMAs use two_level)";
+  return {};
+}
+
 // Empty when the sm90 kernel can run these options and head dim; otherwise
 // the reason (the caller returns it as not_implemented).
 std::string unsupported_reason(const AttentionOptions& options, std::int64_t head_dim);
