@@ -106,16 +106,27 @@ def sage_kernel_only(sets, causal):
     return run
 
 
+# The methods in the order they are timed: each makes the function to time from (input sets, causal).
+METHODS = {
+    "sage": lambda sets, causal: sage_end_to_end(causal),
+    "sage-portable": lambda sets, causal: sage_portable_binding(causal),
+    "sage-kernel": sage_kernel_only,
+    "sdpa-cudnn": lambda sets, causal: sdpa(SDPBackend.CUDNN_ATTENTION, causal),
+    "sdpa-flash": lambda sets, causal: sdpa(SDPBackend.FLASH_ATTENTION, causal),
+}
+
+
 def git_commit():
     # SAGE_COMMIT first: a copy of the tree (the GPU machine's) may carry a
     # stale .git, so the caller names the commit it copied.
     if os.environ.get("SAGE_COMMIT"):
         return os.environ["SAGE_COMMIT"]
     try:
-        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+        tree = os.path.dirname(os.path.abspath(__file__))  # this checkout's, wherever the run starts
+        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, cwd=tree,
                                          stderr=subprocess.DEVNULL).strip()
         changed = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], text=True,
-                                          stderr=subprocess.DEVNULL).strip()
+                                          cwd=tree, stderr=subprocess.DEVNULL).strip()
     except Exception:
         return "unknown"
     return commit + ("+uncommitted" if changed else "")
@@ -133,56 +144,69 @@ def main():
                          "sage-portable: sage through the portable binding)")
     args = ap.parse_args()
     wanted = args.methods.split(",")
-    known = ("sage", "sage-portable", "sage-kernel", "sdpa-cudnn", "sdpa-flash")
-    if not wanted or any(m not in known for m in wanted):
-        sys.exit(f"bench: --methods takes a comma-separated subset of {', '.join(known)}")
+    if not wanted or any(m not in METHODS for m in wanted):
+        ap.error(f"--methods takes a comma-separated subset of {', '.join(METHODS)}")
+    dims = positive_ints(ap, "--dims", args.dims)
+    ns = (positive_ints(ap, "--sizes", args.sizes) if args.sizes
+          else [1024, 4096] if args.quick else [1024, 4096, 16384])
+    causal_settings = args.causal.split(",")
+    if not causal_settings or any(c not in ("0", "1") for c in causal_settings):
+        ap.error(f"--causal takes 0, 1 or 0,1, not {args.causal!r}")
     if not torch.cuda.is_available():
         sys.exit("bench: no CUDA GPU; the benchmark needs one")
 
     dev = torch.device("cuda")
     gpu = torch.cuda.get_device_name(dev)
     B, H = 2, 32
-    ns = [int(n) for n in args.sizes.split(",")] if args.sizes else [1024, 4096] if args.quick else [1024, 4096, 16384]
+    path = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                    f"{gpu.replace(' ', '_')}-{datetime.date.today().isoformat()}.json")
     rows = []
     # Which binding "sage" goes through: a package staged without its _torch_calls module (or
     # under another torch) pays 8-17 us more host time per call, which the 1K cells show.
     binding = "torch_calls" if _ops._torch_calls is not None else "portable"
     print(f"GPU: {gpu}  torch {torch.__version__}  sage-attention {sage_attention.__version__}  "
           f"binding {binding}", flush=True)
-    for d in (int(d) for d in args.dims.split(",")):
-        for causal in (c == "1" for c in args.causal.split(",")):
+    result = {"gpu": gpu, "torch": torch.__version__, "commit": git_commit(), "binding": binding, "rows": rows}
+    for d in dims:
+        for causal in (c == "1" for c in causal_settings):
             for n in ns:
-                sets = input_sets(B, H, n, d, torch.bfloat16, dev)
+                try:
+                    sets = input_sets(B, H, n, d, torch.bfloat16, dev)
+                except torch.cuda.OutOfMemoryError as e:
+                    print(f"  D={d} causal={int(causal)} N={n}: skipped, inputs do not fit: {e}", file=sys.stderr)
+                    continue
                 flops = 4 * B * H * n * n * d / (2 if causal else 1)
-                methods = {
-                    "sage": sage_end_to_end(causal),
-                    "sage-portable": sage_portable_binding(causal),
-                    "sage-kernel": sage_kernel_only(sets, causal),
-                    "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, causal),
-                    "sdpa-flash": sdpa(SDPBackend.FLASH_ATTENTION, causal),
-                }
-                for name, fn in methods.items():
-                    if name not in wanted:
-                        continue
-                    try:
-                        ms = time_ms(fn, sets)
-                    except Exception as e:  # a backend that cannot run this shape
+                for name in (m for m in METHODS if m in wanted):
+                    try:  # a method that cannot run this shape fails alone
+                        ms = time_ms(METHODS[name](sets, causal), sets)
+                    except Exception as e:
                         print(f"  {name}: failed: {e}", file=sys.stderr)
                         continue
                     rows.append({"method": name, "B": B, "H": H, "N": n, "D": d, "causal": causal,
                                  "ms": round(ms, 4), "tops": round(flops / ms / 1e9, 1)})
                 print_rows([r for r in rows if r["N"] == n and r["D"] == d and r["causal"] == causal])
+                write_result(path, result)  # after every shape: an interrupted run keeps what it measured
                 del sets
                 torch.cuda.empty_cache()
 
-    result = {"gpu": gpu, "torch": torch.__version__, "commit": git_commit(), "binding": binding, "rows": rows}
-    path = args.out or os.path.join(os.path.dirname(__file__), "results",
-                                    f"{gpu.replace(' ', '_')}-{datetime.date.today().isoformat()}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
     print(f"\nwrote {path}\n")
     print_summary(rows)
+
+
+def positive_ints(ap, flag, text):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        ap.error(f"{flag} takes comma-separated positive integers, not {text!r}")
+    if any(v <= 0 for v in values):
+        ap.error(f"{flag} takes comma-separated positive integers, not {text!r}")
+    return values
+
+
+def write_result(path, result):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
 
 
 def print_rows(rows):
