@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 1024, tiny 64)")
     parser.add_argument("--plan", default=None, help="also save the plan here (JSON)")
     args = parser.parse_args()
+    llama.note_cpu_run(args.device, args.tiny)
     sizes, seq = (llama.TINY, 64) if args.tiny else (llama.REALISTIC, 1024)
     seq = args.seq or seq
     dtype = torch.bfloat16 if args.device != "cpu" else torch.float32
