@@ -92,10 +92,16 @@ def _as_bhld(t: torch.Tensor) -> torch.Tensor:
 
 
 class SageSDPAMode(TorchFunctionMode):
-    """Sends torch.nn.functional.scaled_dot_product_attention calls to the sage version."""
+    """Sends torch.nn.functional.scaled_dot_product_attention calls to the sage version; `calls`
+    counts them (so that a caller can tell code that never reached SDPA)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is F.scaled_dot_product_attention:
+            self.calls += 1
             return scaled_dot_product_attention(*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+import warnings
+
 import pytest
 import torch
 
 pytest.importorskip("diffusers", reason="diffusers is not installed (pip install diffusers)")
 from diffusers import FluxTransformer2DModel  # noqa: E402
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0  # noqa: E402
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0  # noqa: E402
 
 from conftest import cosine, randn, requires_gpu  # noqa: E402
-from sage_attention.integrations.diffusers import apply_sage_attention, sage_processor  # noqa: E402
+from sage_attention.integrations.diffusers import (apply_sage_attention, is_sage_processor,  # noqa: E402
+                                                   remove_sage_attention, sage_processor)
 
 
 def flux(device="cpu", dtype=torch.float32, heads=2, head_dim=16, layers=1):
@@ -66,3 +71,46 @@ def test_flux_bf16_on_gpu():
     inputs = flux_inputs(tokens=1024, text=128, device="cuda", dtype=torch.bfloat16)
     sage, reference = run_both(model, inputs)
     assert cosine(sage, reference) > 0.99
+
+
+def test_apply_twice_changes_nothing_and_remove_restores_diffusers_processors():
+    model = flux()
+    originals = {name: type(p) for name, p in model.attn_processors.items()}
+    apply_sage_attention(model)
+    applied = dict(model.attn_processors)
+    apply_sage_attention(model)
+    assert all(model.attn_processors[name] is p for name, p in applied.items())
+    remove_sage_attention(model)
+    assert {name: type(p) for name, p in model.attn_processors.items()} == originals
+    with torch.no_grad():  # diffusers' own processors again: SDPA's exact result
+        inputs = flux_inputs()
+        assert torch.equal(model(**inputs).sample, flux()(**inputs).sample)
+
+
+def test_sage_processors_pickle_and_deepcopy():
+    model = flux()
+    apply_sage_attention(model)
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert all(is_sage_processor(p) for p in clone.attn_processors.values())
+        with torch.no_grad():
+            inputs = flux_inputs()
+            assert torch.equal(clone(**inputs).sample, model(**inputs).sample)
+
+
+def test_processor_that_never_calls_sdpa_warns():
+    # The classic AttnProcessor computes attention with baddbmm, not SDPA: sage cannot reach it.
+    attention = Attention(query_dim=64, heads=4, dim_head=16, processor=sage_processor(AttnProcessor()))
+    with torch.no_grad(), pytest.warns(UserWarning, match="AttnProcessor made no scaled_dot_product_attention call"):
+        attention(randn(1, 8, 64))
+
+
+def test_processor_that_calls_sdpa_does_not_warn():
+    attention = Attention(query_dim=64, heads=4, dim_head=16, processor=sage_processor(AttnProcessor2_0()))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attention(randn(1, 8, 64))
+
+
+def test_model_without_processors_is_refused_with_a_way_out():
+    with pytest.raises(TypeError, match="override_sdpa"):
+        apply_sage_attention(torch.nn.Linear(4, 4))

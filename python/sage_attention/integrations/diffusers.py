@@ -1,14 +1,27 @@
 """diffusers integration: run a model's attention processors with SDPA routed to sage.
 
-    from sage_attention.integrations.diffusers import apply_sage_attention
+    from sage_attention.integrations.diffusers import apply_sage_attention, remove_sage_attention
     apply_sage_attention(pipe.transformer)   # or pipe.unet
+    remove_sage_attention(pipe.transformer)  # back to diffusers' own processors
 
-Every attention processor of the model (AttnProcessor2_0, the Flux/SD3/...
-processors, and the attention dispatcher's native backend: all of them end
-in torch's scaled_dot_product_attention) is swapped for a subclass that runs
-the original under `sage_attention.override_sdpa()`. The projections,
-normalizations and RoPE stay diffusers' own code; only the attention math
-changes. A call sage cannot honour (an attention mask, dropout) raises.
+Every attention processor of the model is swapped for a subclass that runs
+the original under `sage_attention.override_sdpa()`, so that its call to
+torch's scaled_dot_product_attention (AttnProcessor2_0, and the Flux/SD3/Wan/...
+processors through the attention dispatcher's default "native" backend)
+computes with sage. The projections, normalizations and RoPE stay diffusers'
+own code; only the attention math changes. A call sage cannot honour (an
+attention mask, dropout) raises.
+
+A processor that makes no SDPA call runs without sage, and its first such
+call warns (once per processor class): attention slicing
+(`enable_attention_slicing`), the classic AttnProcessor, linear-attention
+processors (Sana), and any diffusers attention backend other than "native"
+(`set_attention_backend`, `attention_backend(...)`, DIFFUSERS_ATTN_BACKEND).
+
+torch.compile: compile with the default fullgraph=False. Dynamo cannot trace
+some tensor methods (the Flux processors' `unflatten`) under the
+TorchFunctionMode the processors run in, so fullgraph=True fails there; with
+fullgraph=False the graph breaks around those calls and the rest compiles.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import warnings
 
 from .._sdpa import override_sdpa
 
@@ -26,22 +40,64 @@ def _sage_processor_class(processor_class: type) -> type:
     diffusers passes a processor only the keyword arguments its __call__ declares."""
 
     def __call__(self, *args, **kwargs):
-        with override_sdpa():
-            return processor_class.__call__(self, *args, **kwargs)
+        mode = override_sdpa()
+        with mode:
+            out = processor_class.__call__(self, *args, **kwargs)
+        if mode.calls == 0:
+            warnings.warn(f"sage_attention: {processor_class.__name__} made no scaled_dot_product_attention call, so "
+                          "its attention ran without sage (attention slicing, a processor that does not call torch's "
+                          "SDPA, or a diffusers attention backend other than 'native')", stacklevel=2)
+        return out
+
+    def __reduce__(self):  # the class is made here, not importable by name: pickle the original, then wrap it
+        return sage_processor, (original_processor(self),)
 
     __call__.__signature__ = inspect.signature(processor_class.__call__)
     return type(f"Sage{processor_class.__name__}", (processor_class,),
-                {"__call__": __call__, "__doc__": f"{processor_class.__name__} with SDPA computed by sage_attention."})
+                {"__call__": __call__, "__reduce__": __reduce__, "_sage_original_class": processor_class,
+                 "__doc__": f"{processor_class.__name__} with SDPA computed by sage_attention."})
+
+
+def is_sage_processor(processor) -> bool:
+    """Whether `processor` is one that sage_processor made."""
+    return "_sage_original_class" in type(processor).__dict__
 
 
 def sage_processor(processor):
-    """A copy of a diffusers attention processor that computes its attention with sage."""
+    """A copy of a diffusers attention processor that computes its attention with sage (the
+    processor itself if it already does)."""
+    if is_sage_processor(processor):
+        return processor
     sage = copy.copy(processor)
     sage.__class__ = _sage_processor_class(type(processor))
     return sage
 
 
+def original_processor(processor):
+    """The diffusers processor a sage processor was made from (a copy), or `processor` itself."""
+    if not is_sage_processor(processor):
+        return processor
+    original_class = type(processor)._sage_original_class
+    original = original_class.__new__(original_class)  # (copy.copy would go through __reduce__, back here)
+    original.__dict__.update(processor.__dict__)
+    return original
+
+
 def apply_sage_attention(model) -> None:
     """Swap every attention processor of a diffusers model (anything with `attn_processors` /
-    `set_attn_processor`) for its sage version."""
+    `set_attn_processor`) for its sage version. Applying it twice changes nothing."""
+    _check_has_processors(model)
     model.set_attn_processor({name: sage_processor(p) for name, p in model.attn_processors.items()})
+
+
+def remove_sage_attention(model) -> None:
+    """Undo apply_sage_attention: every sage processor of the model back to its diffusers original."""
+    _check_has_processors(model)
+    model.set_attn_processor({name: original_processor(p) for name, p in model.attn_processors.items()})
+
+
+def _check_has_processors(model) -> None:
+    if not (hasattr(model, "attn_processors") and hasattr(model, "set_attn_processor")):
+        raise TypeError(f"{type(model).__name__} has no attn_processors / set_attn_processor (not a diffusers model "
+                        "with attention processors); to route its SDPA calls to sage, run it under "
+                        "`with sage_attention.override_sdpa():` instead")
