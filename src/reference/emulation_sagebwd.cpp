@@ -6,8 +6,9 @@
 // V (per (batch, kv head)): V' = V - mean_v if smooth_v, else V. One scale
 // per K tile (cta_k keys x all channels):
 //   vscale[kt] = num::symmetric_scale(amax over the tile, 127)  (NaN / +inf if
-//                the tile holds a NaN / an infinity: every row that sees the
-//                tile is then NaN, as the INT8 codes cannot carry them)
+//                the tile holds a NaN / an infinity: every row of a Q tile
+//                that reaches the K tile is then NaN, as the INT8 codes
+//                cannot carry them)
 //   vcode      = num::quantize_symmetric(V', reciprocal_rn(vscale[kt]), 127)
 // P (per row and K tile, "per token"):
 //   pmax   = max_t P~[t]

@@ -738,7 +738,8 @@ TEST(EmulationSpecialValues, NaNInputNeverPasses) {
 // rows: 16 per-warp, 2 per-thread, 128 per-block or with smooth Q; keys: a
 // key tile, or with smooth K the whole head through the channel mean; V:
 // with FP8 P V the channel of an infinity, in every row; with SageBwd's INT8
-// V the rows that see the value's key tile; NVFP4: the value's block of 16),
+// V the rows of every Q tile that reaches the value's key tile; NVFP4: the
+// value's block of 16, in those rows),
 // never to another head. For every pipeline (sage2, sagebwd, sage3), both
 // smooth-K settings, non-causal and causal.
 TEST(EmulationSpecialValues, NonFiniteInputsGiveNaNWhereExactAttentionDoes) {
