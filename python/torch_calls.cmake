@@ -64,5 +64,5 @@ file(WRITE ${torch_build_file}
      "# Written by CMake (python/torch_calls.cmake): the torch that _torch_calls was built against.\n"
      "TORCH_VERSION = \"${SAGE_TORCH_VERSION}\"\n"
      "TORCH_CUDA = \"${SAGE_TORCH_CUDA}\"\n")
-install(TARGETS _torch_calls LIBRARY DESTINATION sage_attention COMPONENT python)
-install(FILES ${torch_build_file} DESTINATION sage_attention COMPONENT python)
+install(TARGETS _torch_calls LIBRARY DESTINATION sage_attention COMPONENT python EXCLUDE_FROM_ALL)
+install(FILES ${torch_build_file} DESTINATION sage_attention COMPONENT python EXCLUDE_FROM_ALL)

@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build}
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 [ -f "$build/CMakeCache.txt" ] && gen=()
-cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DSAGE_BUILD_TOOLS=ON >/dev/null
 cmake --build "$build" -j "${JOBS:-$(nproc)}" --target sage
 "$build/tools/sage/sage" run "$@"

@@ -17,4 +17,8 @@ if python3 -c "import torch, nanobind, pytest" 2>/dev/null; then
 fi
 cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DSAGE_BUILD_TESTS=ON "${python[@]}" "$@"
 cmake --build "$build" -j "$jobs"
+if [ ! -x "$build/tests/sage_cpu_tests" ]; then  # CMake only warns, so that the library builds without it
+  echo "test.sh: the GoogleTest suites were not built: GoogleTest was not found (apt-get install libgtest-dev)" >&2
+  exit 1
+fi
 ctest --test-dir "$build" -j "$jobs" --output-on-failure --no-tests=error

@@ -9,10 +9,12 @@
         model(inputs)
 
 CUDA tensors run the GPU kernels (Hopper: INT8 QK^T + FP8 PV); CPU tensors
-run the library's exact emulation of the same numerics (slow; for tests).
+run the library's exact emulation of the kernels (slow; for tests).
 The operators are torch.ops.sage_attention.*; the extension is compiled at
 install time, never on import.
 """
+
+import torch  # noqa: F401  (first: it loads the CUDA runtime _C links to, where only torch's wheels have it)
 
 from ._C import __version__, cuda_archs
 from . import _ops  # registers torch.ops.sage_attention.*
