@@ -172,7 +172,10 @@ def _surely(condition) -> bool:
         return condition
     # (Only symbolic sizes get here, while tracing has loaded the module: not imported up front, where
     # it would add ~0.3 s, sympy, to every import of the package.)
-    from torch.fx.experimental.symbolic_shapes import guard_or_false
+    try:
+        from torch.fx.experimental.symbolic_shapes import guard_or_false
+    except ImportError:  # an older torch: only what needs no guard (fewer checks at trace time, none wrong)
+        from torch.fx.experimental.symbolic_shapes import statically_known_true as guard_or_false
     return guard_or_false(condition)
 
 
