@@ -189,6 +189,8 @@ def main():
                 del sets
                 torch.cuda.empty_cache()
 
+    if not rows:
+        sys.exit("bench: nothing ran (every method failed or every shape was skipped; see above)")
     print(f"\nwrote {path}\n")
     print_summary(rows)
 

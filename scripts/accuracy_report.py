@@ -244,17 +244,18 @@ class Findings:
             f"({min(e5)[1]}, D={min(e5)[2]}) to {max(e5)[0]:.2f}x ({max(e5)[1]}, D={max(e5)[2]}): E5M2's 2 "
             "mantissa bits cost more than its range gains, P being in [0, 1] with a static scale and V scaled "
             "per channel.")
+        # BF16 P V is the 16-bit row at the default rows' geometry: the clean comparison with FP8.
         g = {d: (self.get(d, "pv-format", "gaussian", "pv fp8-e4m3, two-level"),
-                 self.get(d, "pv-format", "gaussian", "pv fp16, fp32 accum")) for d in self.dims}
+                 self.get(d, "pv-format", "gaussian", "pv bf16, fp32 accum")) for d in self.dims}
         lines.append(
-            f"**FP16 P and V** gives {min(f16)[0]:.2f}x ({min(f16)[1]}, D={min(f16)[2]}) to "
-            f"{max(f16)[0]:.2f}x ({max(f16)[1]}, D={max(f16)[2]}) the rel-L1 of FP8 E4M3. On Gaussian inputs "
-            "the FP8 P V stage is most of the default recipe's error: "
-            + "; ".join(f"D={d}: {fmt_sci(a)} with E4M3, {fmt_sci(b)} with FP16" for d, (a, b) in g.items())
-            + " (what is left with FP16 is mostly the INT8 Q K^T). BF16 P and V come within "
+            f"**FP16 P and V** {MMA_MARK.strip()} gives {min(f16)[0]:.2f}x ({min(f16)[1]}, D={min(f16)[2]}) to "
+            f"{max(f16)[0]:.2f}x ({max(f16)[1]}, D={max(f16)[2]}) the rel-L1 of FP8 E4M3 (with the mma.sync "
+            "kernels' K groups and row sum as well, see Setup). On Gaussian inputs the FP8 P V stage is most of "
+            "the default recipe's error, by BF16 P and V at the same geometry: "
+            + "; ".join(f"D={d}: {fmt_sci(a)} with E4M3, {fmt_sci(b)} with BF16" for d, (a, b) in g.items())
+            + " (what is left with BF16 is mostly the INT8 Q K^T). BF16 P and V come within "
             + f"{self.max_rel_diff('pv-format', 'pv bf16, fp32 accum', 'pv fp16, fp32 accum'):.1f}% of FP16 "
-            f"(V is already bf16 here; besides P's rounding the two rows differ in their K groups and row sum, "
-            f"FP16 being emulated at the mma.sync kernels' geometry ({MMA_MARK.strip()}, see Setup)).")
+            "(V is already bf16 here; besides P's rounding the two rows differ in their K groups and row sum).")
         acc = max(self.max_rel_diff("pv-format", f"pv {f}, fp32 accum", f"pv {f}, two-level")
                   for f in ("fp8-e4m3", "fp8-e5m2", "fp16", "bf16"))
         lines.append(
@@ -284,8 +285,8 @@ class Findings:
         negative_at = sorted({(dist, d) for w_, _, dist, d in int8 if w_ < 0}, key=lambda x: (x[1], x[0]))
         if negative:
             lowest_cos = min(c for w_, c, dist, _ in int8 if dist in negative)
-            fp16_low = sorted({dist for d in self.dims for dist in negative
-                               if (self.get(d, "pv-format", dist, "pv fp16, fp32 accum", "worst_row_cos_sim") or 1)
+            bf16_low = sorted({dist for d in self.dims for dist in negative
+                               if (self.get(d, "pv-format", dist, "pv bf16, fp32 accum", "worst_row_cos_sim") or 1)
                                < 0.5})
             per_thread = [(self.get(d, "granularity", dist, "int8 per-thread", "worst_row_cos_sim"),
                            self.get(d, "granularity", dist, "int8 per-block", "worst_row_cos_sim"), dist, d)
@@ -296,8 +297,8 @@ class Findings:
                 "These distributions make many rows nearly one-hot (outlier channels or heavy tails give some "
                 "logits a scale of tens), so a small score error can pick a different top key and the row turns "
                 "into another V row (our reading; the report does not check it row by row). The Q K^T side "
-                f"causes it, not P V: with FP16 P and V the worst row stays below 0.5 on "
-                f"{', '.join(fp16_low) if fp16_low else 'none of them'}. INT8 per-thread vs per-block worst row: "
+                f"causes it, not P V: with BF16 P and V the worst row stays below 0.5 on "
+                f"{', '.join(bf16_low) if bf16_low else 'none of them'}. INT8 per-thread vs per-block worst row: "
                 + "; ".join(f"{dist} D={d}: {fmt_cos(b)} → {fmt_cos(a)}" for a, b, dist, d in per_thread) + ".")
         return lines
 
@@ -437,7 +438,8 @@ def render(runs, seeds_runs, p, geo, meta, findings, chart_name, chart_dim):
       f"{MMA_MARK.strip()} as the fp32 sum of the unquantized P~.")
     w("- Default recipe, changed one thing at a time: INT8 Q K^T per-warp with smooth K, P and V in FP8 E4M3 "
       "(P with the static 448 scale, V per channel), two-level P V accumulation, no smooth Q or V. "
-      "INT4 rows use per-thread scales (the SageAttention2 INT4 recipe) unless the granularity is the thing varied.")
+      "INT4 rows use per-thread scales (the SageAttention2 INT4 recipe) unless the granularity is the thing varied. "
+      f"The rows marked {MMA_MARK.strip()} change the geometry too (the K groups, and the row sum past D = 64).")
     w("- Distributions (`src/reference/inputs.cpp`):")
     for dist in DISTRIBUTIONS:
         w(f"  - `{dist}`: {DIST_TEXT[dist]}.")

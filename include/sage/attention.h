@@ -10,8 +10,9 @@
 // GPU runs for the same options, bit for bit (slow, for tests and for
 // machines without a GPU): the sm90 kernel, or the mma.sync kernels for INT4
 // Q K^T or FP16 P V, whose K scale groups span 64 keys instead of 128. (On
-// sm_80-sm_89 GPUs the mma.sync kernels run INT8 Q K^T with FP8 P V too,
-// with their 64-key groups: there those bits differ from the host's.)
+// other GPUs, or Hopper without 90a code, the mma.sync kernels run INT8 Q K^T
+// with FP8 P V too, with their 64-key groups: there those bits differ from
+// the host's.)
 #pragma once
 
 #include <cstddef>

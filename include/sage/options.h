@@ -31,8 +31,9 @@ enum class Granularity { per_block, per_warp, per_thread };
 
 // P and V's format in the P V product. The FP8 formats give V per-channel
 // scales, so any finite V fits; fp16 and bf16 round V as it is: with fp16, a
-// bf16 or f32 value past FP16's range (|v| > 65504) becomes infinite, and so
-// do the outputs that use it (as in the kernels; use fp8_e4m3 or bf16 there).
+// bf16 or f32 value that rounds past FP16's largest (|v| >= 65520) becomes
+// infinite, and so do the outputs that use it (as in the kernels; use
+// fp8_e4m3 or bf16 there).
 enum class PVFormat { fp8_e4m3, fp8_e5m2, fp16, bf16 };
 
 // fp32: accumulate P V straight into fp32 registers. two_level: accumulate

@@ -49,8 +49,9 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
     kernels run fp8_e4m3 (two_level) and fp16 P V; fp8_e5m2, bf16 and fp32
     accumulation of FP8 are emulated on the CPU only (a CUDA call with them
     raises NotImplementedError). fp16 P V rounds V to float16 unscaled: a
-    bfloat16/float32 value of V past +-65504 becomes inf, and so do the outputs
-    that use it. Unknown keywords raise TypeError.
+    bfloat16/float32 value of V that rounds past float16's largest
+    (|v| >= 65520) becomes inf, and so do the outputs that use it. Unknown
+    keywords raise TypeError.
 
     Adaptive 4/8-bit (sage_attention.calibration): `layer_id` (and, for
     diffusion models, `timestep`) name the call. Inside `with calibrator:` the

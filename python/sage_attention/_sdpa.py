@@ -7,7 +7,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 from . import _ops
 
@@ -93,17 +93,35 @@ def _as_bhld(t: torch.Tensor) -> torch.Tensor:
 
 class SageSDPAMode(TorchFunctionMode):
     """Sends torch.nn.functional.scaled_dot_product_attention calls to the sage version; `calls`
-    counts them (so that a caller can tell code that never reached SDPA)."""
+    counts them (so that a caller can tell code that never reached SDPA).
+
+    Where another torch function mode was entered before this one (diffusers' attention-score
+    skipping for perturbed-attention guidance, say), SDPA goes to that mode instead, as it would
+    without sage: such a mode may compute something else than attention, and sage computing first
+    would take that from it. `deferred_to` names those modes. (torch's own device context, which
+    `torch.device(...)` and `set_default_device` enter, is not one of them.)"""
 
     def __init__(self):
         super().__init__()
         self.calls = 0
+        self.deferred_to = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is F.scaled_dot_product_attention:
+            outer = _outer_modes()
+            if outer:
+                self.deferred_to.update(type(m).__name__ for m in outer)
+                return func(*args, **(kwargs or {}))
             self.calls += 1
             return scaled_dot_product_attention(*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
+
+
+def _outer_modes() -> list:
+    """The torch function modes active below the one handling a call (it is off the stack meanwhile),
+    other than sage's own and torch's device context."""
+    return [m for m in _get_current_function_mode_stack()
+            if not isinstance(m, SageSDPAMode) and type(m).__name__ != "DeviceContext"]
 
 
 def override_sdpa() -> SageSDPAMode:

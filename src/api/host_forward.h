@@ -18,9 +18,9 @@ namespace sage::detail {
 // for the formats only the mma.sync kernels run (INT4 Q K^T with FP8 E4M3 or
 // FP16 P V, INT8 with FP16 P V); kSm90Geometry for the rest: the sm90 kernel's
 // formats, and those no GPU kernel runs yet (E5M2 or BF16 P V, FP8 with fp32
-// accumulation, sage3, sagebwd). On sm_80-sm_89 GPUs the mma.sync kernels run
-// INT8 Q K^T with FP8 P V too, at kMmaGeometry: there the K groups differ
-// from the host's.
+// accumulation, sage3, sagebwd). On other GPUs (sm_89, sm_100, sm_120), or
+// Hopper without 90a code, the mma.sync kernels run INT8 Q K^T with FP8 P V
+// too, at kMmaGeometry: there the K groups differ from the host's.
 const TileGeometry& emulated_geometry(const AttentionOptions& options);
 
 // Runs a call that validate_attention_args accepted and whose tensors are

@@ -100,7 +100,7 @@ def test_sage_processors_pickle_and_deepcopy():
 def test_processor_that_never_calls_sdpa_warns():
     # The classic AttnProcessor computes attention with baddbmm, not SDPA: sage cannot reach it.
     attention = Attention(query_dim=64, heads=4, dim_head=16, processor=sage_processor(AttnProcessor()))
-    with torch.no_grad(), pytest.warns(UserWarning, match="AttnProcessor made no scaled_dot_product_attention call"):
+    with torch.no_grad(), pytest.warns(UserWarning, match="AttnProcessor ran without sage"):
         attention(randn(1, 8, 64))
 
 
@@ -114,3 +114,16 @@ def test_processor_that_calls_sdpa_does_not_warn():
 def test_model_without_processors_is_refused_with_a_way_out():
     with pytest.raises(TypeError, match="override_sdpa"):
         apply_sage_attention(torch.nn.Linear(4, 4))
+
+
+def test_attention_score_skipping_still_skips():
+    # Perturbed-attention guidance: diffusers' mode replaces the attention with V; sage must not take the call.
+    from diffusers.hooks.layer_skip import AttentionScoreSkipFunctionMode
+    attention = Attention(query_dim=64, heads=4, dim_head=16, processor=AttnProcessor2_0())
+    x = randn(1, 8, 64)
+    with torch.no_grad():
+        with AttentionScoreSkipFunctionMode():
+            skipped = attention(x)
+        attention.set_processor(sage_processor(attention.processor))
+        with AttentionScoreSkipFunctionMode(), pytest.warns(UserWarning, match="AttentionScoreSkipFunctionMode"):
+            assert torch.equal(attention(x), skipped)

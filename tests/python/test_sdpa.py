@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from conftest import cosine, randn
 from sage_attention import override_sdpa, scaled_dot_product_attention as sage_sdpa
@@ -157,6 +158,22 @@ def test_override_sdpa_routes_a_model():
             got = model(x)
     assert not torch.equal(got, want), "the quantized path was not taken"
     assert cosine(got, want) > 0.995
+
+
+def test_override_sdpa_leaves_sdpa_to_a_mode_entered_before_it():
+    class ValueInsteadOfAttention(TorchFunctionMode):  # what diffusers' attention-score skipping does
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.nn.functional.scaled_dot_product_attention:
+                return args[2]
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = randn(1, 2, 8, 16, seed=1), randn(1, 2, 8, 16, seed=2), randn(1, 2, 8, 16, seed=3)
+    with ValueInsteadOfAttention(), override_sdpa() as mode:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert out is v and mode.calls == 0 and mode.deferred_to == {"ValueInsteadOfAttention"}
+    with torch.device("cpu"), override_sdpa() as mode:  # torch's device context is not such a mode
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert mode.calls == 1 and not mode.deferred_to
 
 
 def test_override_sdpa_refuses_a_mask():

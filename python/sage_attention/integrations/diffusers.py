@@ -12,11 +12,18 @@ computes with sage. The projections, normalizations and RoPE stay diffusers'
 own code; only the attention math changes. A call sage cannot honour (an
 attention mask, dropout) raises.
 
-A processor that makes no SDPA call runs without sage, and its first such
-call warns (once per processor class): attention slicing
-(`enable_attention_slicing`), the classic AttnProcessor, linear-attention
-processors (Sana), and any diffusers attention backend other than "native"
-(`set_attention_backend`, `attention_backend(...)`, DIFFUSERS_ATTN_BACKEND).
+A processor that makes no SDPA call runs without sage and warns (Python's
+warning filters show it once per place by default): the classic
+AttnProcessor, linear-attention processors (Sana), attention slicing enabled
+before apply_sage_attention, and diffusers attention backends that do not call
+torch's SDPA (`set_attention_backend`, `attention_backend(...)`,
+DIFFUSERS_ATTN_BACKEND: flash, flex, xformers, ...; "native" and the
+"_native_*" ones call it, so sage computes for them). So does one whose SDPA
+calls a torch function mode entered before it takes (diffusers'
+attention-score skipping for perturbed-attention guidance): sage leaves them
+to that mode. Processors that diffusers installs after apply_sage_attention
+(`enable_attention_slicing()`, loading an IP-Adapter) are its own again:
+apply it once more after them.
 
 torch.compile: compile with the default fullgraph=False. Dynamo cannot trace
 some tensor methods (the Flux processors' `unflatten`) under the
@@ -44,9 +51,10 @@ def _sage_processor_class(processor_class: type) -> type:
         with mode:
             out = processor_class.__call__(self, *args, **kwargs)
         if mode.calls == 0:
-            warnings.warn(f"sage_attention: {processor_class.__name__} made no scaled_dot_product_attention call, so "
-                          "its attention ran without sage (attention slicing, a processor that does not call torch's "
-                          "SDPA, or a diffusers attention backend other than 'native')", stacklevel=2)
+            why = (f"another torch function mode took its SDPA calls ({', '.join(sorted(mode.deferred_to))})"
+                   if mode.deferred_to else "attention slicing, a processor that does not call torch's SDPA, or a "
+                   "diffusers attention backend that does not")
+            warnings.warn(f"sage_attention: {processor_class.__name__} ran without sage: {why}", stacklevel=2)
         return out
 
     def __reduce__(self):  # the class is made here, not importable by name: pickle the original, then wrap it
