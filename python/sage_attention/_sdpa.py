@@ -133,6 +133,8 @@ def override_sdpa() -> SageSDPAMode:
 
     Works for any model that calls SDPA (no code change in the model). A call
     with arguments sage cannot honour (an attention mask, dropout) raises,
-    rather than silently computing something else.
+    rather than silently computing something else. Another torch function
+    mode entered before this one gets the SDPA calls first, as without sage
+    (they then run on torch's SDPA): see SageSDPAMode.
     """
     return SageSDPAMode()
