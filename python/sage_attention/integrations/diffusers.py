@@ -33,7 +33,6 @@ fullgraph=False the graph breaks around those calls and the rest compiles.
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import warnings
@@ -76,19 +75,22 @@ def sage_processor(processor):
     processor itself if it already does)."""
     if is_sage_processor(processor):
         return processor
-    sage = copy.copy(processor)
-    sage.__class__ = _sage_processor_class(type(processor))
-    return sage
+    return _copy_as(processor, _sage_processor_class(type(processor)))
 
 
 def original_processor(processor):
     """The diffusers processor a sage processor was made from (a copy), or `processor` itself."""
     if not is_sage_processor(processor):
         return processor
-    original_class = type(processor)._sage_original_class
-    original = original_class.__new__(original_class)  # (copy.copy would go through __reduce__, back here)
-    original.__dict__.update(processor.__dict__)
-    return original
+    return _copy_as(processor, type(processor)._sage_original_class)
+
+
+def _copy_as(processor, cls):
+    """A shallow copy of `processor` as an instance of `cls` (not copy.copy: a sage processor's
+    __reduce__ would bring it back here)."""
+    copied = cls.__new__(cls)
+    copied.__dict__.update(processor.__dict__)
+    return copied
 
 
 def apply_sage_attention(model) -> None:
