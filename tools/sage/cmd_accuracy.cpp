@@ -12,9 +12,9 @@
 // scripts/accuracy_report.py renders docs/accuracy.md from the --json output.
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <iostream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -264,8 +264,7 @@ std::string json_options(const sage::AttentionOptions& o) {
 
 void write_json(const std::string& path, const ProblemSize& size, const std::string& device, bool emulation,
                 const std::vector<ResultRow>& rows) {
-  std::ofstream file(path);
-  if (!file) throw std::runtime_error("--json: cannot write '" + path + "'");
+  std::ostringstream file;
   file << "{\n  \"problem\": {\"batch\": " << size.batch << ", \"heads_q\": " << size.heads_q
        << ", \"heads_kv\": " << size.heads_kv << ", \"nq\": " << size.nq << ", \"nk\": " << size.nk
        << ", \"head_dim\": " << size.head_dim << ", \"dtype\": " << json_string(sage::dtype_name(size.dtype))
@@ -303,6 +302,8 @@ void write_json(const std::string& path, const ProblemSize& size, const std::str
     file << "}";
   }
   file << "\n  ]\n}\n";
+  const std::string text = file.str();
+  write_file(path, text.data(), text.size());
 }
 
 // GPU chosen automatically but unable to run: say why and use the CPU.

@@ -8,7 +8,9 @@
 //
 // Exit status: 0 success, 1 the work failed (the library's status message
 // is printed), 2 bad usage.
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <iostream>
 #include <string>
@@ -51,7 +53,7 @@ std::string main_usage() {
                      ": quantized attention kernels (SageAttention2/3, SageBwd).\n\ncommands:\n";
   for (const Command& command : kCommands) {
     const std::string name = command.name;
-    text += "  " + name + std::string(10 - name.size(), ' ') + command.brief + "\n";
+    text += "  " + name + std::string(name.size() < 11 ? 12 - name.size() : 1, ' ') + command.brief + "\n";
   }
   text += "\nRun 'sage <command> --help' for the flags of a command.\n";
   return text;
@@ -64,15 +66,31 @@ const Command* find_command(const std::string& name) {
   return nullptr;
 }
 
+// Flushes stdout (both C and C++ streams write to it); false, with a message
+// on stderr, when the output was lost (a full disk, a closed pipe): a plan
+// printed to stdout must not end in a successful exit if it never arrived.
+bool stdout_written(const Command& command) {
+  std::cout.flush();
+  errno = 0;
+  const bool flushed = std::fflush(stdout) == 0;
+  const int error = errno;
+  if (flushed && std::cout && !std::ferror(stdout)) return true;
+  std::cerr << "sage " << command.name << ": error: cannot write standard output"
+            << (!flushed && error != 0 ? std::string(": ") + std::strerror(error) : std::string()) << "\n";
+  return false;
+}
+
 int run_command(const Command& command, const std::vector<std::string>& args) {
   ArgParser parser(command.name, command.summary);
   command.declare(parser);
   try {
-    if (!parser.parse(args)) {
+    int rc = 0;
+    if (parser.parse(args)) {
+      rc = command.run(parser);
+    } else {
       std::cout << parser.usage();
-      return 0;
     }
-    return command.run(parser);
+    return stdout_written(command) ? rc : 1;
   } catch (const sage_cli::UsageError& e) {
     std::cerr << "sage " << command.name << ": error: " << e.what() << "\n\n" << parser.usage();
     return 2;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <sstream>
 #include <stdexcept>
 
@@ -333,6 +334,13 @@ std::string format_seconds(double seconds) {
 
 std::string plural(std::int64_t count, const std::string& noun) {
   return std::to_string(count) + " " + noun + (count == 1 ? "" : "s");
+}
+
+void write_file(const std::string& path, const char* data, std::size_t size) {
+  std::ofstream file(path, std::ios::binary);
+  file.write(data, static_cast<std::streamsize>(size));
+  file.close();
+  if (!file) throw std::runtime_error("cannot write '" + path + "'");
 }
 
 }  // namespace sage_cli

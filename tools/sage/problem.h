@@ -102,6 +102,11 @@ enum class CpuWork { emulation, exact_reference };
 // no progress of its own.
 std::string cpu_time_estimate(const sage::ref::Problem& problem, CpuWork work);
 
+// Writes `size` bytes to `path`, replacing the file; throws naming the path
+// when any write fails, a full disk included (the stream is closed before it
+// is checked: a short write can sit in its buffer until then).
+void write_file(const std::string& path, const char* data, std::size_t size);
+
 // "1.23 s", "45.6 ms"
 std::string format_seconds(double seconds);
 // "1 thread", "2 threads"

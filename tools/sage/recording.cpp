@@ -171,9 +171,7 @@ std::string call_json(const RecordedCall& call, const std::string& stem) {
 }
 
 void write_bytes(const std::filesystem::path& path, const HostTensor& tensor) {
-  std::ofstream file(path, std::ios::binary);
-  file.write(reinterpret_cast<const char*>(tensor.storage.data()), static_cast<std::streamsize>(tensor.storage.size()));
-  if (!file) throw std::runtime_error("cannot write '" + path.string() + "'");
+  write_file(path.string(), reinterpret_cast<const char*>(tensor.storage.data()), tensor.storage.size());
 }
 
 }  // namespace
@@ -228,9 +226,8 @@ void write_recording(const std::string& directory, const std::vector<RecordedCal
     index << (i ? ",\n    " : "\n    ") << call_json(calls[i], stem);
   }
   index << (calls.empty() ? "]\n}\n" : "\n  ]\n}\n");
-  std::ofstream file(dir / "index.json", std::ios::binary);
-  file << index.str();
-  if (!file) throw std::runtime_error("cannot write '" + (dir / "index.json").string() + "'");
+  const std::string text = index.str();
+  write_file((dir / "index.json").string(), text.data(), text.size());
 }
 
 }  // namespace sage_cli
