@@ -3,7 +3,7 @@
  * Every function but sage_plan_free, sage_last_error and
  * sage_version_string returns a sage_status_t; on failure, sage_last_error()
  * returns a readable message for the calling thread (valid until the next
- * call into the library from that thread). No function throws or aborts.
+ * failed call from that thread). No function throws or aborts.
  * The semantics are those of include/sage/attention.h and include/sage/merge.h.
  */
 #ifndef SAGE_C_API_H_
@@ -16,7 +16,14 @@
 extern "C" {
 #endif
 
-typedef enum sage_status_t {
+/* The enumerations name the values; every struct field, argument and result
+ * that holds one is an int32_t (the *_t typedefs below), because the size of
+ * a C enum depends on the compiler and its flags (-fshort-enums, the default
+ * of some ARM ABIs) and the structs' layout must not. The layout of
+ * sage_tensor_t and sage_options_t is fixed for a SONAME (libsage_attention.so.0.1);
+ * fields are only ever added in a new one. */
+
+enum sage_status {
   SAGE_OK = 0,
   SAGE_ERROR_INVALID_ARGUMENT = 1,
   SAGE_ERROR_NOT_IMPLEMENTED = 2,
@@ -24,9 +31,10 @@ typedef enum sage_status_t {
   SAGE_ERROR_CUDA = 4,
   SAGE_ERROR_INTERNAL = 5,
   SAGE_ERROR_OUT_OF_MEMORY = 6
-} sage_status_t;
+};
+typedef int32_t sage_status_t;
 
-typedef enum sage_dtype_t {
+enum sage_dtype {
   SAGE_DTYPE_F32 = 0,
   SAGE_DTYPE_F16 = 1,
   SAGE_DTYPE_BF16 = 2,
@@ -36,7 +44,8 @@ typedef enum sage_dtype_t {
   SAGE_DTYPE_I4X2 = 6,
   SAGE_DTYPE_FP4_E2M1X2 = 7,
   SAGE_DTYPE_UE4M3 = 8
-} sage_dtype_t;
+};
+typedef int32_t sage_dtype_t;
 
 #define SAGE_MAX_RANK 4
 #define SAGE_HOST_DEVICE (-1)
@@ -50,22 +59,29 @@ typedef struct sage_tensor_t {
   int32_t device;                /* CUDA ordinal or SAGE_HOST_DEVICE */
 } sage_tensor_t;
 
-typedef enum sage_layout_t { SAGE_LAYOUT_HND = 0, SAGE_LAYOUT_NHD = 1 } sage_layout_t;
-typedef enum sage_causal_align_t { SAGE_CAUSAL_TOP_LEFT = 0, SAGE_CAUSAL_BOTTOM_RIGHT = 1 } sage_causal_align_t;
-typedef enum sage_method_t { SAGE_METHOD_SAGE2 = 0, SAGE_METHOD_SAGE3 = 1, SAGE_METHOD_SAGEBWD = 2 } sage_method_t;
-typedef enum sage_qk_format_t { SAGE_QK_INT8 = 0, SAGE_QK_INT4 = 1 } sage_qk_format_t;
-typedef enum sage_granularity_t {
+enum sage_layout { SAGE_LAYOUT_HND = 0, SAGE_LAYOUT_NHD = 1 };
+typedef int32_t sage_layout_t;
+enum sage_causal_align { SAGE_CAUSAL_TOP_LEFT = 0, SAGE_CAUSAL_BOTTOM_RIGHT = 1 };
+typedef int32_t sage_causal_align_t;
+enum sage_method { SAGE_METHOD_SAGE2 = 0, SAGE_METHOD_SAGE3 = 1, SAGE_METHOD_SAGEBWD = 2 };
+typedef int32_t sage_method_t;
+enum sage_qk_format { SAGE_QK_INT8 = 0, SAGE_QK_INT4 = 1 };
+typedef int32_t sage_qk_format_t;
+enum sage_granularity {
   SAGE_GRANULARITY_PER_BLOCK = 0,
   SAGE_GRANULARITY_PER_WARP = 1,
   SAGE_GRANULARITY_PER_THREAD = 2
-} sage_granularity_t;
-typedef enum sage_pv_format_t {
+};
+typedef int32_t sage_granularity_t;
+enum sage_pv_format {
   SAGE_PV_FP8_E4M3 = 0,
   SAGE_PV_FP8_E5M2 = 1,
   SAGE_PV_FP16 = 2,
   SAGE_PV_BF16 = 3
-} sage_pv_format_t;
-typedef enum sage_pv_accum_t { SAGE_PV_ACCUM_FP32 = 0, SAGE_PV_ACCUM_TWO_LEVEL = 1 } sage_pv_accum_t;
+};
+typedef int32_t sage_pv_format_t;
+enum sage_pv_accum { SAGE_PV_ACCUM_FP32 = 0, SAGE_PV_ACCUM_TWO_LEVEL = 1 };
+typedef int32_t sage_pv_accum_t;
 
 typedef struct sage_options_t {
   sage_method_t method;
@@ -86,7 +102,9 @@ typedef struct sage_options_t {
 /* Fills *options with the library defaults (the C++ AttentionOptions{}). */
 sage_status_t sage_default_options(sage_options_t* options);
 
-/* `lse` may be NULL unless options->return_lse is set. */
+/* `lse` [B, Hq, Nq] float32 is required when options->return_lse is set and
+ * must be NULL when it is not (a given lse that would stay unwritten is an
+ * error, SAGE_ERROR_INVALID_ARGUMENT, for both functions). */
 sage_status_t sage_attention_workspace_size(const sage_tensor_t* q, const sage_tensor_t* k,
                                             const sage_tensor_t* v, const sage_tensor_t* out,
                                             const sage_tensor_t* lse, const sage_options_t* options,
@@ -123,6 +141,7 @@ sage_status_t sage_plan_load(const char* path, sage_plan_t** plan);
 
 /* *options = *base with qk_format as the plan decides for (layer, timestep);
  * INT4 also takes the plan's INT4 granularity. `options` may be `base`.
+ * A plan decides for sage2 calls: base->method must be SAGE_METHOD_SAGE2.
  * layer must be >= 0 and timestep >= 0 or SAGE_NO_TIMESTEP
  * (SAGE_ERROR_INVALID_ARGUMENT otherwise). */
 sage_status_t sage_plan_options_for(const sage_plan_t* plan, int64_t layer, int64_t timestep,

@@ -4,11 +4,11 @@
 // catch-all.
 #include "sage/c_api.h"
 
-#include <cstring>
+#include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <memory>
 #include <string>
-#include <type_traits>
 
 #include "sage/attention.h"
 #include "sage/calibration.h"
@@ -67,24 +67,35 @@ sage_status_t c_boundary(const char* function, Body&& body) noexcept {
   return SAGE_ERROR_INTERNAL;
 }
 
-// A C enum can hold any int its caller stored, and converting an
-// out-of-range value to a C++ enum is undefined, so enum fields are read as
-// their raw integer and range-checked before any conversion.
-template <class CEnum>
-long long raw_value(const CEnum& field) {
-  // Signed, so that a stored -1 reads as -1 (GCC gives C enums with only
-  // non-negative values an unsigned underlying type).
-  std::make_signed_t<std::underlying_type_t<CEnum>> raw;
-  std::memcpy(&raw, &field, sizeof raw);
-  return static_cast<long long>(raw);
+// The C values are the C++ enumerators' positions: conversions are casts
+// after a range check.
+template <class CppEnum>
+constexpr bool same_value(int c_value, CppEnum value) {
+  return c_value == static_cast<int>(value);
 }
+static_assert(same_value(SAGE_DTYPE_F32, sage::DType::f32) && same_value(SAGE_DTYPE_UE4M3, sage::DType::ue4m3) &&
+              same_value(SAGE_DTYPE_FP8_E4M3, sage::DType::fp8_e4m3) && same_value(SAGE_DTYPE_I4X2, sage::DType::i4x2));
+static_assert(same_value(SAGE_LAYOUT_NHD, sage::TensorLayout::NHD) &&
+              same_value(SAGE_CAUSAL_BOTTOM_RIGHT, sage::CausalAlign::bottom_right) &&
+              same_value(SAGE_METHOD_SAGE3, sage::Method::sage3) &&
+              same_value(SAGE_METHOD_SAGEBWD, sage::Method::sagebwd) && same_value(SAGE_QK_INT4, sage::QKFormat::int4) &&
+              same_value(SAGE_GRANULARITY_PER_THREAD, sage::Granularity::per_thread) &&
+              same_value(SAGE_PV_FP16, sage::PVFormat::fp16) && same_value(SAGE_PV_BF16, sage::PVFormat::bf16) &&
+              same_value(SAGE_PV_ACCUM_TWO_LEVEL, sage::PVAccum::two_level));
+// The structs' layout is part of the ABI (c_api.h): every field a fixed-width
+// type, no padding but the tail of sage_tensor_t on 64-bit targets.
+static_assert(sizeof(sage_options_t) == 13 * 4, "sage_options_t changed: a new SONAME");
+static_assert(offsetof(sage_tensor_t, dtype) == sizeof(void*) && offsetof(sage_tensor_t, rank) == sizeof(void*) + 4 &&
+                  offsetof(sage_tensor_t, shape) == sizeof(void*) + 8 &&
+                  offsetof(sage_tensor_t, device) == sizeof(void*) + 8 + 2 * 8 * SAGE_MAX_RANK,
+              "sage_tensor_t changed: a new SONAME");
 
-template <class CppEnum, class CEnum>
-Status convert_enum(const char* name, const CEnum& field, int count, const char* expected, CppEnum* out) {
-  const long long raw = raw_value(field);
+// A C caller can store any int32 in an enum-valued field: range-checked
+// before the conversion (an out-of-range C++ enum value is undefined).
+template <class CppEnum>
+Status convert_enum(const std::string& name, std::int32_t raw, int count, const char* expected, CppEnum* out) {
   if (raw < 0 || raw >= count) {
-    return Status::invalid(std::string(name) + ": invalid value " + std::to_string(raw) + " (expected " + expected +
-                           ")");
+    return Status::invalid(name + ": invalid value " + std::to_string(raw) + " (expected " + expected + ")");
   }
   *out = static_cast<CppEnum>(raw);
   return Status::ok();
@@ -98,7 +109,7 @@ Status convert_enum(const char* name, const CEnum& field, int count, const char*
 
 Status convert_tensor(const char* name, const sage_tensor_t* c, sage::TensorView* out) {
   if (c == nullptr) return Status::invalid(std::string(name) + " is NULL");
-  SAGE_C_RETURN_IF_ERROR(convert_enum((std::string(name) + ".dtype").c_str(), c->dtype, 9,
+  SAGE_C_RETURN_IF_ERROR(convert_enum(std::string(name) + ".dtype", c->dtype, 9,
                                       "a SAGE_DTYPE_* value, 0..8", &out->dtype));
   out->data = c->data;
   out->rank = c->rank;  // the C++ validation reports a wrong rank
@@ -110,17 +121,19 @@ Status convert_tensor(const char* name, const sage_tensor_t* c, sage::TensorView
   return Status::ok();
 }
 
-Status convert_options(const sage_options_t* c, sage::AttentionOptions* out) {
-  if (c == nullptr) return Status::invalid("options is NULL (fill one with sage_default_options)");
-  SAGE_C_RETURN_IF_ERROR(convert_enum("options.method", c->method, 3, "SAGE_METHOD_*: 0..2", &out->method));
-  SAGE_C_RETURN_IF_ERROR(convert_enum("options.layout", c->layout, 2, "SAGE_LAYOUT_*: 0..1", &out->layout));
+// `name` is the argument's name in the C function ("options", "base").
+Status convert_options(const std::string& name, const sage_options_t* c, sage::AttentionOptions* out) {
+  if (c == nullptr) return Status::invalid(name + " is NULL (fill one with sage_default_options)");
+  const std::string field = name + ".";
+  SAGE_C_RETURN_IF_ERROR(convert_enum(field + "method", c->method, 3, "SAGE_METHOD_*: 0..2", &out->method));
+  SAGE_C_RETURN_IF_ERROR(convert_enum(field + "layout", c->layout, 2, "SAGE_LAYOUT_*: 0..1", &out->layout));
   SAGE_C_RETURN_IF_ERROR(
-      convert_enum("options.causal_align", c->causal_align, 2, "SAGE_CAUSAL_*: 0..1", &out->causal_align));
-  SAGE_C_RETURN_IF_ERROR(convert_enum("options.qk_format", c->qk_format, 2, "SAGE_QK_*: 0..1", &out->qk_format));
-  SAGE_C_RETURN_IF_ERROR(convert_enum("options.qk_granularity", c->qk_granularity, 3, "SAGE_GRANULARITY_*: 0..2",
+      convert_enum(field + "causal_align", c->causal_align, 2, "SAGE_CAUSAL_*: 0..1", &out->causal_align));
+  SAGE_C_RETURN_IF_ERROR(convert_enum(field + "qk_format", c->qk_format, 2, "SAGE_QK_*: 0..1", &out->qk_format));
+  SAGE_C_RETURN_IF_ERROR(convert_enum(field + "qk_granularity", c->qk_granularity, 3, "SAGE_GRANULARITY_*: 0..2",
                                       &out->qk_granularity));
-  SAGE_C_RETURN_IF_ERROR(convert_enum("options.pv_format", c->pv_format, 4, "SAGE_PV_*: 0..3", &out->pv_format));
-  SAGE_C_RETURN_IF_ERROR(convert_enum("options.pv_accum", c->pv_accum, 2, "SAGE_PV_ACCUM_*: 0..1", &out->pv_accum));
+  SAGE_C_RETURN_IF_ERROR(convert_enum(field + "pv_format", c->pv_format, 4, "SAGE_PV_*: 0..3", &out->pv_format));
+  SAGE_C_RETURN_IF_ERROR(convert_enum(field + "pv_accum", c->pv_accum, 2, "SAGE_PV_ACCUM_*: 0..1", &out->pv_accum));
   out->causal = c->causal != 0;
   out->sm_scale = c->sm_scale;
   out->smooth_q = c->smooth_q != 0;
@@ -142,17 +155,20 @@ Status convert_call(const sage_tensor_t* q, const sage_tensor_t* k, const sage_t
   SAGE_C_RETURN_IF_ERROR(convert_tensor("k", k, &call->args.k));
   SAGE_C_RETURN_IF_ERROR(convert_tensor("v", v, &call->args.v));
   SAGE_C_RETURN_IF_ERROR(convert_tensor("out", out, &call->args.out));
-  SAGE_C_RETURN_IF_ERROR(convert_options(options, &call->options));
+  SAGE_C_RETURN_IF_ERROR(convert_options("options", options, &call->options));
   if (call->options.return_lse) {
     if (lse == nullptr) return Status::invalid("lse is NULL but options->return_lse is set");
     SAGE_C_RETURN_IF_ERROR(convert_tensor("lse", lse, &call->args.lse));
+  } else if (lse != nullptr) {
+    // A caller that passes lse expects it written; the call would leave it as it was.
+    return Status::invalid("lse is given but options->return_lse is 0 (set it to have lse written, or pass NULL)");
   }
   return Status::ok();
 }
 
 Status convert_merge_call(const sage_tensor_t* out_a, const sage_tensor_t* lse_a, const sage_tensor_t* out_b,
                           const sage_tensor_t* lse_b, const sage_tensor_t* out, const sage_tensor_t* lse,
-                          const sage_layout_t& layout, sage::MergeArgs* args, sage::TensorLayout* cpp_layout) {
+                          sage_layout_t layout, sage::MergeArgs* args, sage::TensorLayout* cpp_layout) {
   SAGE_C_RETURN_IF_ERROR(convert_tensor("out_a", out_a, &args->out_a));
   SAGE_C_RETURN_IF_ERROR(convert_tensor("lse_a", lse_a, &args->lse_a));
   SAGE_C_RETURN_IF_ERROR(convert_tensor("out_b", out_b, &args->out_b));
@@ -162,22 +178,22 @@ Status convert_merge_call(const sage_tensor_t* out_a, const sage_tensor_t* lse_a
   return convert_enum("layout", layout, 2, "SAGE_LAYOUT_*: 0..1", cpp_layout);
 }
 
-template <class CEnum, class CppEnum>
-CEnum to_c_enum(CppEnum value) {
-  return static_cast<CEnum>(static_cast<int>(value));
+template <class CppEnum>
+std::int32_t to_c_enum(CppEnum value) {
+  return static_cast<std::int32_t>(value);
 }
 
 // The C struct of C++ options (the reverse of convert_options).
 void to_c_options(const sage::AttentionOptions& d, sage_options_t* options) {
-  options->method = to_c_enum<sage_method_t>(d.method);
-  options->layout = to_c_enum<sage_layout_t>(d.layout);
+  options->method = to_c_enum(d.method);
+  options->layout = to_c_enum(d.layout);
   options->causal = d.causal ? 1 : 0;
-  options->causal_align = to_c_enum<sage_causal_align_t>(d.causal_align);
+  options->causal_align = to_c_enum(d.causal_align);
   options->sm_scale = d.sm_scale;
-  options->qk_format = to_c_enum<sage_qk_format_t>(d.qk_format);
-  options->qk_granularity = to_c_enum<sage_granularity_t>(d.qk_granularity);
-  options->pv_format = to_c_enum<sage_pv_format_t>(d.pv_format);
-  options->pv_accum = to_c_enum<sage_pv_accum_t>(d.pv_accum);
+  options->qk_format = to_c_enum(d.qk_format);
+  options->qk_granularity = to_c_enum(d.qk_granularity);
+  options->pv_format = to_c_enum(d.pv_format);
+  options->pv_accum = to_c_enum(d.pv_accum);
   options->smooth_q = d.smooth_q ? 1 : 0;
   options->smooth_k = d.smooth_k ? 1 : 0;
   options->smooth_v = d.smooth_v ? 1 : 0;
@@ -256,7 +272,11 @@ sage_status_t sage_plan_options_for(const sage_plan_t* plan, int64_t layer, int6
     if (options == nullptr) return Status::invalid("options is NULL");
     SAGE_C_RETURN_IF_ERROR(sage::check_calibration_key(layer, timestep));
     sage::AttentionOptions cpp_base;
-    SAGE_C_RETURN_IF_ERROR(convert_options(base, &cpp_base));
+    SAGE_C_RETURN_IF_ERROR(convert_options("base", base, &cpp_base));
+    if (cpp_base.method != sage::Method::sage2) {
+      return Status::invalid(std::string("base.method: a calibration plan picks the Q K^T format of sage2 calls; "
+                                         "base is a ") + sage::method_name(cpp_base.method) + " call");
+    }
     to_c_options(plan->plan.options_for(layer, timestep, cpp_base), options);
     return Status::ok();
   });

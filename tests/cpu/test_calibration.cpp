@@ -494,6 +494,19 @@ TEST(CalibrationCApi, LoadLookUpFree) {
   ASSERT_EQ(sage_plan_options_for(plan, 42, 3, &options, &options), SAGE_OK);
   EXPECT_EQ(options.qk_format, SAGE_QK_INT8);
   EXPECT_EQ(sage_plan_options_for(plan, 0, 0, nullptr, &options), SAGE_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(std::string(sage_last_error()).rfind("base is NULL", 0), 0u) << sage_last_error();
+  // The errors of base name base, and a plan only decides for sage2 calls.
+  sage_options_t base = options, decided = options;
+  base.pv_format = 9;
+  EXPECT_EQ(sage_plan_options_for(plan, 0, 0, &base, &decided), SAGE_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(std::string(sage_last_error()).rfind("base.pv_format: invalid value 9", 0), 0u) << sage_last_error();
+  for (const int32_t method : {SAGE_METHOD_SAGE3, SAGE_METHOD_SAGEBWD}) {
+    base = options;
+    base.method = method;
+    EXPECT_EQ(sage_plan_options_for(plan, 1, SAGE_NO_TIMESTEP, &base, &decided), SAGE_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(sage_last_error()).find("picks the Q K^T format of sage2 calls"), std::string::npos)
+        << sage_last_error();
+  }
   EXPECT_EQ(sage_plan_options_for(nullptr, 0, 0, &options, &options), SAGE_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(sage_plan_options_for(plan, -5, 0, &options, &options), SAGE_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(sage_last_error()).find("layer"), std::string::npos) << sage_last_error();

@@ -17,6 +17,9 @@ run_step(${CMAKE_COMMAND} -S ${SAGE_CONSUMER_SOURCE} -B ${SAGE_WORK_DIR}/build
 run_step(${CMAKE_COMMAND} --build ${SAGE_WORK_DIR}/build)
 run_step(${SAGE_WORK_DIR}/build/consumer)
 run_step(${SAGE_WORK_DIR}/build/consumer_c)
+if(EXISTS ${SAGE_WORK_DIR}/build/consumer_c_short_enums)
+  run_step(${SAGE_WORK_DIR}/build/consumer_c_short_enums)
+endif()
 
 # A C-only project and a static build: a clear configure error, not thousands
 # of undefined C++ symbols at link time.
