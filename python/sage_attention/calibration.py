@@ -57,6 +57,7 @@ _QK_FORMATS = ("int4", "int8")
 # The tolerance that keeps an exact product such as 0.3 * 10 = 3.0000000000000004 from rounding
 # up to 4 keys (the C++ planner uses the same).
 _FRACTION_TOLERANCE = 1e-9
+_INT64_MAX = 2**63 - 1
 
 # The objects of the innermost `with calibrator:` / `with plan:` blocks: per
 # thread and asyncio task (context variables) in eager code. torch.compile
@@ -118,11 +119,16 @@ class _Activation:
     def __exit__(self, *exc_info):
         blocks = _context_blocks.get()
         index = next((i for i in reversed(range(len(blocks))) if blocks[i][0] is self), None)
+        if index is not None and index != len(blocks) - 1:
+            # Refused with nothing changed: the block is still this thread's (and the process's) until the blocks
+            # opened inside it end and it is ended again.
+            raise RuntimeError(f"sage_attention: a `with` block of this {type(self).__name__} ends before a block "
+                               f"opened inside it ({type(blocks[-1][0]).__name__}) ended")
         block_id = None if index is None else blocks[index][2]
         try:
-            if index != len(blocks) - 1:
+            if index is None:
                 raise RuntimeError(f"sage_attention: a `with` block of this {type(self).__name__} ends in another "
-                                   "thread or task than it began, or before a block opened inside it")
+                                   "thread or task than it began")
             _, token, _, state = blocks[index]
             _context_blocks.set(blocks[:index])
             try:
@@ -130,7 +136,7 @@ class _Activation:
             except ValueError:  # (a task that inherited the block from the one that opened it)
                 raise RuntimeError(f"sage_attention: a `with` block of this {type(self).__name__} ends in another "
                                    "task than it began") from None
-        finally:  # (even when refused: no block left behind in the process-wide view)
+        finally:  # (also when refused for another thread or task: no block left behind in the process-wide view)
             self._close_open_block(block_id)
         if exc_info[0] is None and not any(block[0] is self for block in blocks[:index]):
             self._block_done(state)  # (the outermost block of this object in its thread or task)
@@ -169,6 +175,8 @@ def _key_part(name, value):
         raise TypeError(f"{name}: expected an int >= 0, got {value!r}") from None
     if value < 0:
         raise ValueError(f"{name}: must be >= 0, got {value}")
+    if value > _INT64_MAX:
+        raise ValueError(f"{name}: must fit int64 (at most 2**63 - 1, as in the C++ library), got {value}")
     return value
 
 
@@ -193,7 +201,9 @@ def exact_attention(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None
     """
     qh, kh, vh = (_to_hnd(t, tensor_layout).double() for t in (q, k, v))
     heads_q, heads_kv, nq, nk = qh.shape[1], kh.shape[1], qh.shape[2], kh.shape[2]
-    scale = sm_scale if sm_scale is not None else qh.shape[-1] ** -0.5
+    # A given scale is a float32 option (the kernels' and the C++ reference's), the default 1/sqrt(D) in float64 as
+    # there.
+    scale = qh.shape[-1] ** -0.5 if sm_scale is None else torch.tensor(sm_scale, dtype=torch.float32).item()
     visible = None
     if is_causal:
         shift = nk - nq if causal_align == "bottom_right" else 0
@@ -300,6 +310,7 @@ class Calibrator(_Activation):
     def add_score(self, layer_id, timestep, score):
         """Adds a score measured elsewhere (same definition); a NaN makes the key the worst."""
         layer_id, timestep = checked_key(layer_id, timestep)
+        score = float(score)  # (a numpy or 0-d torch number too: the plan file holds plain floats)
         if math.isinf(score):
             raise ValueError(f"score: must be finite or NaN, got {score!r}")
         with self._sums_lock:
@@ -381,7 +392,9 @@ class Plan(_Activation):
 
     def decide(self, layer_id, timestep=None):
         """(qk_format, how it was found): "exact", "layer", "nearest-timestep", "layer-worst" or
-        "default" (the names of the C++ sage::PlanMatch)."""
+        "default" (the names of the C++ sage::PlanMatch). The key as `checked_key` takes it (None: no
+        timestep)."""
+        layer_id, timestep = checked_key(layer_id, timestep)
         layer_entries = self._by_layer.get(layer_id)
         if not layer_entries:
             return self.default_qk_format, "default"
@@ -406,7 +419,7 @@ class Plan(_Activation):
     def to_json(self) -> str:
         """The plan file's text (docs/calibration.md); deterministic."""
         entries = ",\n    ".join(
-            json.dumps({"layer": e.layer, "timestep": e.timestep, "score": None if math.isnan(e.score) else e.score,
+            json.dumps({"layer": e.layer, "timestep": e.timestep, "score": None if not math.isfinite(e.score) else e.score,
                         "calls": e.calls, "qk_format": e.qk_format}) for e in self.entries)
         header = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "metric": _METRIC,
                   "fraction_int8": self.fraction_int8, "int4_granularity": self.int4_granularity,
@@ -419,9 +432,12 @@ class Plan(_Activation):
         """Reads a plan file's text; ValueError names what is wrong and where. Unknown members
         are ignored (later versions may add some)."""
         try:
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=_members_once, parse_constant=_refuse_constant,
+                                  parse_float=_finite_float)
         except json.JSONDecodeError as e:
             raise ValueError(f"plan: line {e.lineno}, column {e.colno}: {e.msg}") from None
+        except ValueError as e:  # (from the hooks, which know no position)
+            raise ValueError(f"plan: {e}") from None
         if not isinstance(document, dict):
             raise ValueError(f"plan: the document: expected an object, got {type(document).__name__}")
         if _member(document, "", "format", str) != PLAN_FORMAT:
@@ -459,6 +475,38 @@ class Plan(_Activation):
             raise ValueError(f"{path}: {str(e).removeprefix('plan: ')}") from None
 
 
+# The JSON the C++ reader takes, no more: Python's json module would keep the last of two equal
+# members and read NaN, Infinity and 1e400 (as inf), where the C++ library refuses the file.
+def _members_once(pairs):
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate member {json.dumps(key)}")
+        obj[key] = value
+    return obj
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON (a NaN score is written as null)")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text}")
+    return value
+
+
+def _int64_member(obj, path, key, minimum, rule):
+    """An integer member that fits int64 (as the C++ reader requires) and is >= minimum (`rule` says so)."""
+    value = _member(obj, path, key, int)
+    if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+        raise ValueError(f"plan: {path}.{key}: integer out of range: {value}")
+    if value < minimum:
+        raise ValueError(f"plan: {path}.{key}: must be {rule}, got {value}")
+    return value
+
+
 def _member(obj, path, key, types, optional=False):
     """obj[key] checked against `types` (bool is never an int here); ValueError names the path."""
     where = f"{path}.{key}" if path else key
@@ -488,20 +536,14 @@ def _choice(obj, path, key, choices):
 def _parse_entry(item, path):
     if not isinstance(item, dict):
         raise ValueError(f"plan: {path}: expected an object, got {json.dumps(item)}")
-    layer = _member(item, path, "layer", int)
-    if layer < 0:
-        raise ValueError(f"plan: {path}.layer: must be >= 0, got {layer}")
+    layer = _int64_member(item, path, "layer", 0, ">= 0")
     if "timestep" not in item:
         raise ValueError(f"plan: {path}: missing member 'timestep'")
-    timestep = item["timestep"] if item["timestep"] is None else _member(item, path, "timestep", int)
-    if timestep is not None and timestep < 0:
-        raise ValueError(f"plan: {path}.timestep: must be >= 0 or null, got {timestep}")
+    timestep = None if item["timestep"] is None else _int64_member(item, path, "timestep", 0, ">= 0 or null")
     if "score" not in item:
         raise ValueError(f"plan: {path}: missing member 'score'")
     score = math.nan if item["score"] is None else float(_member(item, path, "score", (int, float)))
-    calls = _member(item, path, "calls", int)
-    if calls < 1:
-        raise ValueError(f"plan: {path}.calls: must be >= 1, got {calls}")
+    calls = _int64_member(item, path, "calls", 1, ">= 1")
     return PlanEntry(layer, timestep, score, calls, _choice(item, path, "qk_format", _QK_FORMATS))
 
 
@@ -529,11 +571,19 @@ class Recorder:
             raise TypeError(f"Recorder.record: unexpected keyword arguments {sorted(unknown)}")
         if q.dtype not in self._DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
             raise ValueError(f"Recorder.record: q, k, v must share one of {list(self._DTYPES.values())}")
+        # Checked and normalised as sageattn takes them, so that `sage calibrate` reads what was recorded (it
+        # takes JSON booleans only, for instance, where sageattn also takes 1 and 0).
+        for name, tensor in (("q", q), ("k", k), ("v", v)):
+            if tensor.dim() != 4:
+                raise ValueError(f"Recorder.record: {name}: expected a rank-4 tensor, got shape {tuple(tensor.shape)}")
+        _ops.check_layout(tensor_layout)
+        if causal_align not in ("top_left", "bottom_right"):
+            raise ValueError(f"causal_align: expected 'top_left' or 'bottom_right', got {causal_align!r}")
         stem = f"{len(self._calls):06d}"
-        call = {"layer": layer_id, "timestep": timestep, "dtype": self._DTYPES[q.dtype], "layout": tensor_layout,
-                "causal": bool(is_causal), "causal_align": causal_align,
-                "sm_scale": None if sm_scale is None else float(sm_scale)}
-        call.update({name: options[name] for name in self._OPTIONS if name in options})
+        call = {"layer": layer_id, "timestep": timestep, "dtype": self._DTYPES[q.dtype], "layout": str(tensor_layout),
+                "causal": _ops.flag("is_causal", is_causal), "causal_align": causal_align,
+                "sm_scale": None if sm_scale is None else _ops.scale_value("sm_scale", sm_scale)}
+        call.update({name: _ops.option_value(name, options[name]) for name in self._OPTIONS if name in options})
         for name, tensor in (("q", q), ("k", k), ("v", v)):
             file = f"{stem}_{name}.bin"
             tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tofile(os.path.join(self.directory, file))

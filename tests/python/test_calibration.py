@@ -146,9 +146,29 @@ def test_bad_keys_and_fractions():
         calibrator.add_score(0, -1, 0.5)
     with pytest.raises(ValueError, match="score"):
         calibrator.add_score(0, None, math.inf)
+    with pytest.raises(ValueError, match="layer_id: must fit int64"):  # (the C++ reader refuses the file)
+        calibrator.add_score(2**63, None, 0.5)
+    calibrator.add_score(2**63 - 1, None, 0.5)
     for bad in (-0.1, 1.1, math.nan):
         with pytest.raises(ValueError, match="fraction_int8"):
             calibrator.make_plan(bad)
+
+
+def test_scores_of_numpy_and_torch_numbers_are_plain_floats():
+    calibrator = Calibrator()
+    calibrator.add_score(0, None, np.float32(0.75))
+    calibrator.add_score(1, None, torch.tensor(0.5, dtype=torch.float64))
+    plan = Plan.from_json(calibrator.make_plan(0.5).to_json())
+    assert [(e.layer, e.score) for e in plan.entries] == [(0, 0.75), (1, 0.5)]
+
+
+def test_plan_lookups_check_their_key():
+    plan = with_scores([0.5, 0.6]).make_plan(0.5)
+    with pytest.raises(ValueError, match="timestep: must be >= 0"):  # (no timestep is None, not -1)
+        plan.decide(0, -1)
+    with pytest.raises(TypeError, match="layer_id"):
+        plan.sageattn_kwargs(True)
+    assert plan.decide(np.int64(0)) == plan.decide(0)
 
 
 def test_fraction_edge_cases():
@@ -311,6 +331,36 @@ def test_a_block_ended_in_another_task_is_refused_and_leaves_nothing_open():
     assert calibration._open_blocks["plan"] == [] and calibration._compiled_view["plan"] is None
 
 
+def test_a_block_ended_before_one_inside_it_is_refused_and_changes_nothing():
+    outer, inner = Plan([]), Plan([])
+    outer.__enter__()
+    inner.__enter__()
+    with pytest.raises(RuntimeError, match="ends before a block opened inside it \\(Plan\\) ended"):
+        outer.__exit__(None, None, None)
+    # Both views still see the inner block, then the outer one, until each ends in order.
+    assert active_plan() is inner and calibration._compiled_view["plan"] is inner
+    inner.__exit__(None, None, None)
+    assert active_plan() is outer and calibration._compiled_view["plan"] is outer
+    outer.__exit__(None, None, None)
+    assert active_plan() is None and calibration._compiled_view["plan"] is None
+
+
+def test_recorder_checks_what_it_writes(tmp_path):
+    q = k = v = torch.zeros(1, 1, 16, 16)
+    with Recorder(tmp_path) as recorder:
+        with pytest.raises(ValueError, match="tensor_layout"):
+            recorder.record(q, k, v, layer_id=0, tensor_layout="BHND")
+        with pytest.raises(ValueError, match="causal_align"):
+            recorder.record(q, k, v, layer_id=0, causal_align="bottom-right")
+        with pytest.raises(TypeError, match="smooth_k: expected a bool"):
+            recorder.record(q, k, v, layer_id=0, smooth_k=2)
+        with pytest.raises(ValueError, match="q: expected a rank-4 tensor"):
+            recorder.record(q[0], k, v, layer_id=0)
+        recorder.record(q, k, v, layer_id=0, is_causal=1, smooth_k=0, sm_scale=np.float32(0.5))
+    call = json.loads((tmp_path / "index.json").read_text())["calls"][0]
+    assert (call["causal"], call["smooth_k"], call["sm_scale"]) == (True, False, 0.5)
+
+
 def test_a_finalizer_may_open_a_block_while_the_lock_is_held():
     """Garbage collection can run a finalizer inside the process-wide bookkeeping's locked section."""
     plan = Plan([])
@@ -406,6 +456,14 @@ def test_round_trip_and_files(tmp_path):
     (plan_document([entry(0, -3, "int4")]), "entries\\[0\\].timestep: must be >= 0 or null"),
     (plan_document([dict(entry(0, None, "int4"), calls=0)]), "entries\\[0\\].calls: must be >= 1"),
     (plan_document([entry(0, None, "int4"), entry(0, None, "int8")]), "layer 0, timestep null appears twice"),
+    # What the C++ reader refuses, Python's json module would take: the same errors here.
+    (plan_document([entry(0, None, "int4")]).replace('"qk_format": "int4"', '"qk_format": "int8", "qk_format": "int4"'),
+     'duplicate member "qk_format"'),
+    (plan_document([entry(0, None, "int4")]).replace('"score": 0.5', '"score": NaN'), "NaN is not JSON"),
+    (plan_document([entry(0, None, "int4")]).replace('"score": 0.5', '"score": -Infinity'), "-Infinity is not JSON"),
+    (plan_document([entry(0, None, "int4")]).replace('"score": 0.5', '"score": 1e400'), "number out of range: 1e400"),
+    (plan_document([entry(2**63, None, "int4")]), "entries\\[0\\].layer: integer out of range"),
+    (plan_document([dict(entry(0, None, "int4"), calls=2**64)]), "entries\\[0\\].calls: integer out of range"),
 ])
 def test_malformed_plans_name_the_problem(text, message):
     with pytest.raises(ValueError, match=message):
@@ -428,8 +486,12 @@ def test_recording_calibrates_like_python(tmp_path):
     with Recorder(tmp_path / "rec") as recorder:
         for layer in range(3):
             inputs = (outliers if layer == 1 else gaussian)(layer)
-            recorder.record(*inputs, layer_id=layer, is_causal=layer == 2, smooth_v=True)
-            calibrator.record(*inputs, layer_id=layer, is_causal=layer == 2, smooth_v=True)
+            # A scale that float32 rounds (both sides take it in float32), and a flag spelled 1 (the recording
+            # writes JSON's true, the only spelling `sage calibrate` reads).
+            options = dict(is_causal=layer == 2, smooth_v=True, sm_scale=0.3 if layer == 0 else None,
+                           smooth_k=1 if layer == 2 else True)
+            recorder.record(*inputs, layer_id=layer, **options)
+            calibrator.record(*inputs, layer_id=layer, **options)
     result = subprocess.run([_sage_cli(), "calibrate", "--recordings", str(tmp_path / "rec"), "--fraction", "0.3"],
                             capture_output=True, text=True, check=True)
     cli_plan = Plan.from_json(result.stdout)
