@@ -12,6 +12,7 @@
 #include <numeric>
 #include <vector>
 
+#include "api/calibration_json.h"
 #include "api/guarded.h"
 #include "api/host_forward.h"
 #include "api/validate.h"
@@ -176,7 +177,7 @@ Status Calibrator::add_score(std::int64_t layer, std::int64_t timestep, double s
 Status Calibrator::make_plan(double fraction_int8, Plan* plan) const {
   if (plan == nullptr) return Status::invalid("plan is NULL");
   if (!(fraction_int8 >= 0.0 && fraction_int8 <= 1.0)) {
-    return Status::invalid("fraction_int8: must be in [0, 1], got " + std::to_string(fraction_int8));
+    return Status::invalid("fraction_int8: must be in [0, 1], got " + detail::json::number(fraction_int8));
   }
   Plan result;
   result.fraction_int8_ = fraction_int8;

@@ -132,7 +132,7 @@ Status Plan::parse(std::string_view text, const char* source, Plan* plan) {
     Plan result;
     result.fraction_int8_ = json::as_double(json::member(document, "", "fraction_int8"), "fraction_int8");
     if (!(result.fraction_int8_ >= 0.0 && result.fraction_int8_ <= 1.0)) {
-      throw std::invalid_argument("fraction_int8: must be in [0, 1], got " + std::to_string(result.fraction_int8_));
+      throw std::invalid_argument("fraction_int8: must be in [0, 1], got " + json::number(result.fraction_int8_));
     }
     result.int4_granularity_ = parse_granularity(
         json::as_string(json::member(document, "", "int4_granularity"), "int4_granularity"), "int4_granularity");

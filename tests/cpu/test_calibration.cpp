@@ -449,6 +449,9 @@ TEST(CalibrationPlanFile, MalformedFilesNameTheProblem) {
   expect_error(plan_document(entry + "," + entry), "entries: layer 0, timestep null appears twice");
   expect_error(plan_document(entry).replace(plan_document(entry).find("0.3"), 3, "1.5"),
                "fraction_int8: must be in [0, 1]");
+  // The value as written (not rounded to 6 decimals, which would print 1.000000).
+  expect_error(plan_document(entry).replace(plan_document(entry).find("0.3"), 3, "1.0000001"),
+               "fraction_int8: must be in [0, 1], got 1.0000001");
   expect_error(plan_document(entry).replace(plan_document(entry).find("\"per_thread\""), 12, "\"per_lane\""),
                "int4_granularity: expected \"per_block\", \"per_warp\" or \"per_thread\", got \"per_lane\"");
 }

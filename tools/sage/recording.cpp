@@ -91,9 +91,17 @@ RecordingIndex::Entry::Tensor read_tensor(const json::Value& call, const std::st
 
 RecordingIndex::Entry read_call(const json::Value& call, const std::string& path) {
   RecordingIndex::Entry e;
+  // The keys checked here, before any call is measured (a bad one found at its call would waste the
+  // measurements before it), and -1 is not a spelling of "no timestep": that is null.
   e.layer = json::as_int(json::member(call, path, "layer"), path + ".layer");
+  if (e.layer < 0) throw std::invalid_argument(path + ".layer: must be >= 0, got " + std::to_string(e.layer));
   const json::Value& timestep = json::member(call, path, "timestep");
-  if (timestep.kind != Kind::null) e.timestep = json::as_int(timestep, path + ".timestep");
+  if (timestep.kind != Kind::null) {
+    e.timestep = json::as_int(timestep, path + ".timestep");
+    if (e.timestep < 0) {
+      throw std::invalid_argument(path + ".timestep: must be >= 0 or null, got " + std::to_string(e.timestep));
+    }
+  }
   e.dtype =
       parse_spelling(kDTypes, json::as_string(json::member(call, path, "dtype"), path + ".dtype"), path + ".dtype");
   e.options.layout =
