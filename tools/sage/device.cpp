@@ -186,7 +186,9 @@ sage::Status probe_gpu(int ordinal, const ProblemSize& size, const sage::Attenti
     tensor->view.device = ordinal;
   }
   std::size_t bytes = 0;
-  return sage::attention_workspace_size(args_of(device), options, &bytes);
+  sage::AttentionOptions call_options = options;  // the call as it will run: the size says whether it is causal
+  call_options.causal = size.causal;
+  return sage::attention_workspace_size(args_of(device), call_options, &bytes);
 }
 
 CallResult run_attention(const DeviceChoice& device, const ProblemSize& size, const sage::ref::Inputs& inputs,

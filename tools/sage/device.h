@@ -28,7 +28,8 @@ std::string gpu_absence_reason();
 
 // Checks that the GPU path can run this problem, without running it: the
 // tensors are allocated on the device and attention_workspace_size is
-// asked (it reports a missing kernel as not_implemented).
+// asked (it reports a missing kernel as not_implemented). `options.causal`
+// is taken from `size`.
 sage::Status probe_gpu(int ordinal, const ProblemSize& size, const sage::AttentionOptions& options);
 
 struct CallResult {
