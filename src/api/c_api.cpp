@@ -73,14 +73,20 @@ template <class CppEnum>
 constexpr bool same_value(int c_value, CppEnum value) {
   return c_value == static_cast<int>(value);
 }
-static_assert(same_value(SAGE_DTYPE_F32, sage::DType::f32) && same_value(SAGE_DTYPE_UE4M3, sage::DType::ue4m3) &&
-              same_value(SAGE_DTYPE_FP8_E4M3, sage::DType::fp8_e4m3) && same_value(SAGE_DTYPE_I4X2, sage::DType::i4x2));
+static_assert(same_value(SAGE_DTYPE_F32, sage::DType::f32) && same_value(SAGE_DTYPE_F16, sage::DType::f16) &&
+              same_value(SAGE_DTYPE_BF16, sage::DType::bf16) && same_value(SAGE_DTYPE_I8, sage::DType::i8) &&
+              same_value(SAGE_DTYPE_FP8_E4M3, sage::DType::fp8_e4m3) &&
+              same_value(SAGE_DTYPE_FP8_E5M2, sage::DType::fp8_e5m2) && same_value(SAGE_DTYPE_I4X2, sage::DType::i4x2) &&
+              same_value(SAGE_DTYPE_FP4_E2M1X2, sage::DType::fp4_e2m1x2) &&
+              same_value(SAGE_DTYPE_UE4M3, sage::DType::ue4m3));
 static_assert(same_value(SAGE_LAYOUT_NHD, sage::TensorLayout::NHD) &&
               same_value(SAGE_CAUSAL_BOTTOM_RIGHT, sage::CausalAlign::bottom_right) &&
               same_value(SAGE_METHOD_SAGE3, sage::Method::sage3) &&
               same_value(SAGE_METHOD_SAGEBWD, sage::Method::sagebwd) && same_value(SAGE_QK_INT4, sage::QKFormat::int4) &&
+              same_value(SAGE_GRANULARITY_PER_WARP, sage::Granularity::per_warp) &&
               same_value(SAGE_GRANULARITY_PER_THREAD, sage::Granularity::per_thread) &&
-              same_value(SAGE_PV_FP16, sage::PVFormat::fp16) && same_value(SAGE_PV_BF16, sage::PVFormat::bf16) &&
+              same_value(SAGE_PV_FP8_E5M2, sage::PVFormat::fp8_e5m2) && same_value(SAGE_PV_FP16, sage::PVFormat::fp16) &&
+              same_value(SAGE_PV_BF16, sage::PVFormat::bf16) &&
               same_value(SAGE_PV_ACCUM_TWO_LEVEL, sage::PVAccum::two_level));
 // The structs' layout is part of the ABI (c_api.h): every field a fixed-width
 // type, no padding but the tail of sage_tensor_t on 64-bit targets.
