@@ -10,7 +10,8 @@
 // parts are both fully masked (lse = -inf) gets out = 0 and lse = -inf,
 // never NaN. A row with one fully masked part gets exactly the other part
 // (its out rounded to the output dtype, which changes nothing, and its lse);
-// the masked part's out is not used, whatever it holds.
+// the masked part's out is not used, whatever it holds. A NaN or +inf lse
+// (a part that overflowed, whose out is not meaningful either) gives NaN.
 //
 // Shapes (layout HND; NHD swaps the tokens and heads dimensions of the
 // outputs):

@@ -38,7 +38,8 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
     and CUDA graphs capture it (plain eager calls skip the dispatcher and run
     the op's kernel directly: same result, ~30 us less host time). Gradients
     are not implemented: inputs may require grad, but a backward through the
-    result raises NotImplementedError.
+    result (lse included) raises NotImplementedError, as do forward-mode AD and
+    torch.func's jvp/grad/vjp at the call.
 
     Keywords: sm_scale (default 1/sqrt(D); `scale` and `softmax_scale` are
     aliases), causal_align ("top_left" as SDPA's is_causal, or "bottom_right"

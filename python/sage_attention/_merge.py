@@ -14,8 +14,12 @@ def merge_state(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
     float32; lse_*: [B, H, N] float32 natural log, as sageattn(...,
     return_lse=True) returns them. Computed stably in fp32:
     lse = logaddexp(lse_a, lse_b), out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b.
-    A row whose parts both saw no key (lse = -inf) gets out = 0, lse = -inf.
+    A row whose parts both saw no key (lse = -inf) gets out = 0, lse = -inf; a NaN or +inf lse (a part
+    that overflowed) gives NaN, where torch.logaddexp would give +inf.
+    Not differentiable: backward raises NotImplementedError, and so does a call under forward-mode AD or a
+    torch.func transform.
     """
+    _refuse_derivatives("merge_state", out_a, lse_a, out_b, lse_b)
     return _ops.merge_state(out_a, lse_a, out_b, lse_b, tensor_layout)
 
 
@@ -28,5 +32,18 @@ def merge_state_(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
     if torch.is_grad_enabled() and any(t.requires_grad for t in (out_a, lse_a, out_b, lse_b)):
         raise RuntimeError("sage_attention.merge_state_ has no backward pass: call it under torch.no_grad() / "
                            "torch.inference_mode(), or use merge_state (out of place, raises on backward)")
+    _refuse_derivatives("merge_state_", out_a, lse_a, out_b, lse_b)
     _ops.merge_state_inplace(out_a, lse_a, out_b, lse_b, tensor_layout)
     return out_a, lse_a
+
+
+def _refuse_derivatives(name, *tensors):
+    """NotImplementedError where a derivative would be lost without a word: a forward-mode tangent (the
+    kernel drops it, and an in-place merge would leave out_a's old one), or a torch.func transform asking for
+    gradients (its error would not say why)."""
+    if _ops.has_tangent(*tensors):
+        raise NotImplementedError(f"sage_attention.{name} has no forward-mode derivative (torch.func.jvp, "
+                                  "torch.autograd.forward_ad): pass tensors without tangents")
+    if (torch._C._are_functorch_transforms_active() and torch.is_grad_enabled()
+            and any(t.requires_grad for t in tensors)):
+        raise NotImplementedError(f"sage_attention.{name} has no backward pass (inference-only)")

@@ -40,6 +40,7 @@ import struct
 import warnings
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 from . import _C
 
@@ -226,9 +227,7 @@ def check_merge_tensors(out_a, lse_a, out_b, lse_b, tensor_layout: str):
         if t.dim() != 4:
             raise ValueError(f"{name}: expected a 4-D tensor {_LAYOUT_DOCS[tensor_layout]}, got shape {tuple(t.shape)}")
         _check_rows_contiguous(name, t)
-    for name, t in (("lse_a", lse_a), ("lse_b", lse_b)):
-        if t.dtype != torch.float32:
-            raise ValueError(f"{name}: dtype must be float32, got {t.dtype}")
+    check_lse_dtypes(lse_a, lse_b)
     check_same_device(out_a=out_a, lse_a=lse_a, out_b=out_b, lse_b=lse_b)
     check_dtype("out_a", out_a)
     if out_b.dtype != out_a.dtype:
@@ -241,6 +240,13 @@ def check_merge_tensors(out_a, lse_a, out_b, lse_b, tensor_layout: str):
         if _differ(t.shape, expected):
             raise ValueError(f"{name}: shape {tuple(t.shape)} must be [B, H, N] = {list(expected)} (the same in both "
                              "layouts)")
+
+
+def check_lse_dtypes(*lses):
+    """The LSE inputs of a merge are float32 (before tensor_spec, whose message would list the 16-bit types)."""
+    for name, t in zip(("lse_a", "lse_b"), lses):
+        if t.dtype != torch.float32:
+            raise ValueError(f"{name}: dtype must be float32, got {t.dtype}")
 
 
 def lse_shape(q: torch.Tensor, tensor_layout: str):
@@ -421,6 +427,22 @@ def _forward_kernel(q, k, v, *given_options):
 # torch version lacks them, every call goes through the dispatcher.
 _function_mode_enabled = getattr(torch._C, "_is_torch_function_mode_enabled", None)
 _dispatch_mode_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_functorch_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+
+
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD level is open (torch.autograd.forward_ad.dual_level, torch.func.jvp)."""
+    return getattr(_forward_ad, "_current_level", 0) >= 0
+
+
+def has_tangent(*tensors) -> bool:
+    """Whether forward-mode AD carries a tangent on any of `tensors` (which the kernels would drop)."""
+    return forward_ad_active() and any(_forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+_NO_FORWARD_AD = ("sage_attention has no forward-mode derivative (torch.func.jvp, torch.autograd.forward_ad): "
+                  "its attention is inference-only; pass tensors without tangents, or use "
+                  "torch.nn.functional.scaled_dot_product_attention where derivatives are needed.")
 
 
 def _plain_eager_call(q, k, v) -> bool:
@@ -428,7 +450,8 @@ def _plain_eager_call(q, k, v) -> bool:
 
     That is: plain tensors (no subclass: fake, functional, DTensor...), no
     torch function or dispatch mode active, not being traced by
-    torch.compile, and no gradient to refuse. Each dispatcher hop of a
+    torch.compile, and no gradient or tangent to refuse (no forward-mode AD
+    level open, no torch.func transform's tensors). Each dispatcher hop of a
     Python-registered kernel boxes its fifteen arguments; skipping the two
     hops saves ~30 us per call (scripts/host_overhead.py), a third of the
     host time of a short attention call.
@@ -442,6 +465,10 @@ def _plain_eager_call(q, k, v) -> bool:
     if q.is_meta or k.is_meta or v.is_meta:  # the operator's fake kernel answers those
         return False
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    if _functorch_wrapped is None or forward_ad_active():
+        return False
+    if _functorch_wrapped(q) or _functorch_wrapped(k) or _functorch_wrapped(v):
         return False
     return not (_function_mode_enabled() or _dispatch_mode_depth())
 
@@ -491,7 +518,7 @@ class _ForwardWithoutBackward(torch.autograd.Function):
     def forward(ctx, keyset, q, k, v, *options):
         with torch._C._AutoDispatchBelowAutograd():
             out, lse = forward.redispatch(keyset, q, k, v, *options)
-        ctx.mark_non_differentiable(lse)
+        # (lse stays differentiable: a gradient that reaches it must reach the refusing backward, not vanish)
         ctx.shapes = (list(q.shape), list(k.shape), list(v.shape))
         ctx.num_options = len(options)
         return out, lse
@@ -503,9 +530,14 @@ class _ForwardWithoutBackward(torch.autograd.Function):
 
 
 def _forward_autograd(keyset, q, k, v, *args):
-    """Autograd kernel: plain redispatch unless a gradient could be asked for."""
+    """Autograd kernel: plain redispatch unless a derivative could be asked for, which is refused (forward
+    mode, and torch.func's transforms, at once; reverse mode when the backward runs)."""
     below = keyset & torch._C._after_autograd_keyset
+    if has_tangent(q, k, v):
+        raise NotImplementedError(_NO_FORWARD_AD)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        if torch._C._are_functorch_transforms_active():  # (torch.func.grad/vjp would reach the backward)
+            raise NotImplementedError(_NO_BACKWARD)
         return _ForwardWithoutBackward.apply(below, q, k, v, *args)
     with torch._C._AutoDispatchBelowAutograd():
         return forward.redispatch(below, q, k, v, *args)
@@ -521,6 +553,7 @@ torch.library.register_fake("sage_attention::forward", _forward_fake, lib=_LIB)
 
 
 def _merge_into(out_a, lse_a, out_b, lse_b, out, lse, tensor_layout):
+    check_lse_dtypes(lse_a, lse_b)
     _C.merge_states(tensor_spec(out_a, "out_a"), tensor_spec(lse_a, "lse_a"), tensor_spec(out_b, "out_b"),
                     tensor_spec(lse_b, "lse_b"),
                     tensor_spec(out), tensor_spec(lse), tensor_layout, current_stream(out_a))

@@ -27,7 +27,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     (NotImplementedError), dropout_p > 0 (NotImplementedError), Ev != E or
     E > 128 (NotImplementedError), a gradient (there is no backward yet:
     inputs may require grad, as in a model in eval() mode without no_grad(),
-    but .backward() through the result raises NotImplementedError).
+    but .backward() through the result raises NotImplementedError, as do
+    forward-mode AD and torch.func's jvp/grad/vjp at the call).
     Unsupported dtypes and devices get the core's ValueError. The results differ from SDPA's by the
     quantization error (cosine similarity ~0.999 on typical activations).
     """

@@ -3,8 +3,11 @@ opcheck, fake tensors, torch.compile, autograd refusal."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+from torch.autograd import forward_ad as fwAD
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -75,6 +78,49 @@ def test_backward_raises_not_implemented():
     out = sageattn(q, k, v)
     with pytest.raises(NotImplementedError, match="no backward"):
         out.sum().backward()
+
+
+def test_a_gradient_into_lse_alone_reaches_the_refusing_backward():
+    q, k, v = qkv()
+    q.requires_grad_()
+    _, lse = sageattn(q, k, v, return_lse=True)
+    assert lse.requires_grad  # (not silently cut off: q.grad would stay None with a loss on lse alone)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        lse.sum().backward()
+
+
+@pytest.mark.parametrize("transform", ["dual_level", "jvp", "grad", "vjp"])
+def test_derivatives_by_forward_mode_and_torch_func_are_refused(transform):
+    """The kernels would drop a tangent without a word; torch.func's transforms would fail obscurely."""
+    q, k, v = qkv()
+    attend = functools.partial(sageattn, k=k, v=v)
+    with pytest.raises(NotImplementedError, match="no forward-mode derivative" if transform in ("dual_level", "jvp")
+                       else "no backward"):
+        if transform == "dual_level":
+            with fwAD.dual_level():
+                attend(fwAD.make_dual(q, torch.ones_like(q)))
+        elif transform == "jvp":
+            torch.func.jvp(attend, (q,), (torch.ones_like(q),))
+        elif transform == "grad":
+            torch.func.grad(lambda q: attend(q).sum())(q)
+        else:
+            torch.func.vjp(attend, q)
+    torch.testing.assert_close(attend(q), sageattn(q, k, v))  # (no level left open)
+
+
+def test_merges_refuse_tangents_and_torch_func_gradients():
+    out_a, lse_a, out_b, lse_b = (randn(1, 2, 8, 16, seed=1), randn(1, 2, 8, seed=2), randn(1, 2, 8, 16, seed=3),
+                                  randn(1, 2, 8, seed=4))
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(out_a.clone(), torch.ones_like(out_a))
+        with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+            merge_state(dual, lse_a, out_b, lse_b)
+        with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+            merge_state_(dual, lse_a.clone(), out_b, lse_b)  # (would keep out_a's stale tangent)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        torch.func.grad(lambda a: merge_state(a, lse_a, out_b, lse_b)[0].sum())(out_a)
+    with pytest.raises(ValueError, match="lse_a: dtype must be float32, got torch.float64"):
+        merge_state(out_a, lse_a.double(), out_b, lse_b)
 
 
 class _EvalBlock(torch.nn.Module):
