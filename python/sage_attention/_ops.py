@@ -431,7 +431,8 @@ _functorch_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorc
 
 
 def forward_ad_active() -> bool:
-    """Whether a forward-mode AD level is open (torch.autograd.forward_ad.dual_level, torch.func.jvp)."""
+    """Whether a forward-mode AD level is open (torch.autograd.forward_ad.dual_level, torch.func.jvp); True
+    where torch lacks the private level counter, so that every call then takes the checked path."""
     return getattr(_forward_ad, "_current_level", 0) >= 0
 
 
