@@ -38,12 +38,8 @@ def merge_state_(out_a, lse_a, out_b, lse_b, tensor_layout="HND"):
 
 
 def _refuse_derivatives(name, *tensors):
-    """NotImplementedError where a derivative would be lost without a word: a forward-mode tangent (the
-    kernel drops it, and an in-place merge would leave out_a's old one), or a torch.func transform asking for
-    gradients (its error would not say why)."""
-    if _ops.has_tangent(*tensors):
-        raise NotImplementedError(f"sage_attention.{name} has no forward-mode derivative (torch.func.jvp, "
-                                  "torch.autograd.forward_ad): pass tensors without tangents")
-    if (torch._C._are_functorch_transforms_active() and torch.is_grad_enabled()
-            and any(t.requires_grad for t in tensors)):
-        raise NotImplementedError(f"sage_attention.{name} has no backward pass (inference-only)")
+    """Forward-mode tangents (an in-place merge would also leave out_a's old one) and torch.func gradients
+    are refused, as for the attention."""
+    _ops.refuse_lost_derivatives(tensors, f"sage_attention.{name} has no forward-mode derivative (torch.func.jvp, "
+                                 "torch.autograd.forward_ad): pass tensors without tangents",
+                                 f"sage_attention.{name} has no backward pass (inference-only)")

@@ -441,6 +441,17 @@ def has_tangent(*tensors) -> bool:
     return forward_ad_active() and any(_forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
+def refuse_lost_derivatives(tensors, no_forward_ad: str, no_backward: str):
+    """NotImplementedError (with these messages) where a derivative would be lost without a word: a
+    forward-mode tangent (the kernels drop it), or a torch.func transform asking for gradients (torch's own
+    error would not say why)."""
+    if has_tangent(*tensors):
+        raise NotImplementedError(no_forward_ad)
+    if (torch._C._are_functorch_transforms_active() and torch.is_grad_enabled()
+            and any(t.requires_grad for t in tensors)):
+        raise NotImplementedError(no_backward)
+
+
 _NO_FORWARD_AD = ("sage_attention has no forward-mode derivative (torch.func.jvp, torch.autograd.forward_ad): "
                   "its attention is inference-only; pass tensors without tangents, or use "
                   "torch.nn.functional.scaled_dot_product_attention where derivatives are needed.")
@@ -534,11 +545,8 @@ def _forward_autograd(keyset, q, k, v, *args):
     """Autograd kernel: plain redispatch unless a derivative could be asked for, which is refused (forward
     mode, and torch.func's transforms, at once; reverse mode when the backward runs)."""
     below = keyset & torch._C._after_autograd_keyset
-    if has_tangent(q, k, v):
-        raise NotImplementedError(_NO_FORWARD_AD)
+    refuse_lost_derivatives((q, k, v), _NO_FORWARD_AD, _NO_BACKWARD)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        if torch._C._are_functorch_transforms_active():  # (torch.func.grad/vjp would reach the backward)
-            raise NotImplementedError(_NO_BACKWARD)
         return _ForwardWithoutBackward.apply(below, q, k, v, *args)
     with torch._C._AutoDispatchBelowAutograd():
         return forward.redispatch(below, q, k, v, *args)

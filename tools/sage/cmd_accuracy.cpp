@@ -264,45 +264,45 @@ std::string json_options(const sage::AttentionOptions& o) {
 
 void write_json(const std::string& path, const ProblemSize& size, const std::string& device, bool emulation,
                 const std::vector<ResultRow>& rows) {
-  std::ostringstream file;
-  file << "{\n  \"problem\": {\"batch\": " << size.batch << ", \"heads_q\": " << size.heads_q
+  std::ostringstream json;
+  json << "{\n  \"problem\": {\"batch\": " << size.batch << ", \"heads_q\": " << size.heads_q
        << ", \"heads_kv\": " << size.heads_kv << ", \"nq\": " << size.nq << ", \"nk\": " << size.nk
        << ", \"head_dim\": " << size.head_dim << ", \"dtype\": " << json_string(sage::dtype_name(size.dtype))
        << ", \"causal\": " << (size.causal ? "true" : "false") << ", \"seed\": " << size.seed << "},\n"
        << "  \"device\": " << json_string(device) << ",\n";
   if (emulation) {  // each row names its own (sage::detail::emulated_geometry)
-    file << "  \"geometries\": {";
+    json << "  \"geometries\": {";
     const char* sep = "";
     for (const sage::TileGeometry* g : {&sage::kSm90Geometry, &sage::kMmaGeometry}) {
-      file << sep << json_string(sage::geometry_name(*g)) << ": {\"cta_q\": " << g->cta_q
+      json << sep << json_string(sage::geometry_name(*g)) << ": {\"cta_q\": " << g->cta_q
            << ", \"cta_k\": " << g->cta_k << ", \"warp_q\": " << g->warp_q << "}";
       sep = ", ";
     }
-    file << "},\n";
+    json << "},\n";
   }
-  file << "  \"reference\": \"exact attention in float64\",\n  \"results\": [";
+  json << "  \"reference\": \"exact attention in float64\",\n  \"results\": [";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const ResultRow& r = rows[i];
-    file << (i ? ",\n" : "\n") << "    {\"distribution\": " << json_string(r.distribution);
-    if (!r.group.empty()) file << ", \"ablation\": " << json_string(r.group);
-    file << ", \"method\": " << json_string(r.method) << ", \"options\": " << json_options(r.options);
-    if (!r.reused_from.empty()) file << ", \"same_as\": " << json_string(r.reused_from);
+    json << (i ? ",\n" : "\n") << "    {\"distribution\": " << json_string(r.distribution);
+    if (!r.group.empty()) json << ", \"ablation\": " << json_string(r.group);
+    json << ", \"method\": " << json_string(r.method) << ", \"options\": " << json_options(r.options);
+    if (!r.reused_from.empty()) json << ", \"same_as\": " << json_string(r.reused_from);
     if (emulation) {
-      file << ", \"geometry\": " << json_string(sage::geometry_name(sage::detail::emulated_geometry(r.options)));
+      json << ", \"geometry\": " << json_string(sage::geometry_name(sage::detail::emulated_geometry(r.options)));
     }
     if (r.ok) {
       const Metrics& m = r.metrics;
-      file << ", \"cos_sim\": " << json_number(m.cos_sim) << ", \"rel_l1\": " << json_number(m.rel_l1)
+      json << ", \"cos_sim\": " << json_number(m.cos_sim) << ", \"rel_l1\": " << json_number(m.rel_l1)
            << ", \"rmse\": " << json_number(m.rmse) << ", \"worst_row_cos_sim\": " << json_number(m.worst_row_cos_sim)
            << ", \"max_abs_err\": " << json_number(m.max_abs_err) << ", \"nonfinite\": " << m.nonfinite
            << ", \"seconds\": " << json_number(r.seconds);
     } else {
-      file << ", \"error\": " << json_string(r.error);
+      json << ", \"error\": " << json_string(r.error);
     }
-    file << "}";
+    json << "}";
   }
-  file << "\n  ]\n}\n";
-  const std::string text = file.str();
+  json << "\n  ]\n}\n";
+  const std::string text = json.str();
   write_file(path, text.data(), text.size());
 }
 
