@@ -229,6 +229,30 @@ def test_sageattn_layer_id_follows_the_active_plan():
         assert torch.equal(sageattn(q, k, v, layer_id=1, timestep=0, qk_granularity="per_block"), int8_per_block)
 
 
+def test_compiled_calls_follow_the_active_plan():
+    """Traced code reads the plan through the compiled view: a plan entered, changed or closed after
+    the first trace must give the new choice (the guards on that view make torch.compile retrace),
+    never the one baked into the first graph."""
+    int4_plan = calibrate_four_layers().make_plan(0.5)
+    int8_plan = calibrate_four_layers().make_plan(1.0)
+    assert int4_plan.sageattn_kwargs(0, 0)["qk_format"] == "int4"
+    assert int8_plan.sageattn_kwargs(0, 0)["qk_format"] == "int8"
+    q, k, v = gaussian(7)
+    int4 = sageattn(q, k, v, qk_format="int4", qk_granularity="per_thread")
+    int8 = sageattn(q, k, v, qk_format="int8")
+    assert not torch.equal(int4, int8)
+    torch.compiler.reset()
+    layer_zero = torch.compile(lambda q, k, v: sageattn(q, k, v, layer_id=0, timestep=0), backend="eager",
+                               fullgraph=True)
+    with int4_plan:
+        assert torch.equal(layer_zero(q, k, v), int4)
+    with int8_plan:
+        assert torch.equal(layer_zero(q, k, v), int8)
+    assert torch.equal(layer_zero(q, k, v), int8)  # no plan: the default
+    with int4_plan:
+        assert torch.equal(layer_zero(q, k, v), int4)
+
+
 def test_sageattn_layer_id_is_measured_by_the_active_calibrator():
     q, k, v = gaussian(8)
     calibrator = Calibrator()
