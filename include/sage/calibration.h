@@ -133,6 +133,7 @@ class Calibrator {
 
   // int4_granularity: the Q/K scale grouping of the INT4 path that is
   // measured and that the plan will run (per_thread: SageAttention2's).
+  // (A value out of range is refused by record and make_plan.)
   explicit Calibrator(Granularity int4_granularity = Granularity::per_thread) : int4_granularity_(int4_granularity) {}
 
   // Measures one call: `args` and `options` as for attention_forward
@@ -154,6 +155,8 @@ class Calibrator {
   Granularity int4_granularity() const { return int4_granularity_; }
 
  private:
+  Status check_int4_granularity() const;
+
   Granularity int4_granularity_;
   std::map<CalibrationKey, Aggregate> scores_;
 };

@@ -19,7 +19,8 @@ enum class CausalAlign { top_left, bottom_right };
 // Which member of the family computes the attention.
 enum class Method {
   sage2,    // INT8/INT4 QK^T, FP8/FP16 PV (SageAttention2)
-  sage3,    // NVFP4 microscaling Q, K, P, V (SageAttention3)
+  sage3,    // NVFP4 microscaling Q, K, P, V (SageAttention3); refuses a 1x16
+            // block of Q, K or V (after smoothing) with |value| > 2784
   sagebwd,  // INT8 QK^T and PV, per-block scales (SageBwd forward)
 };
 
@@ -33,7 +34,10 @@ enum class Granularity { per_block, per_warp, per_thread };
 // scales, so any finite V fits; fp16 and bf16 round V as it is: with fp16, a
 // bf16 or f32 value that rounds past FP16's largest (|v| >= 65520) becomes
 // infinite, and so do the outputs that use it (as in the kernels; use
-// fp8_e4m3 or bf16 there).
+// fp8_e4m3 there). bf16 keeps any finite V, but its products are summed
+// before the softmax's normalization, in fp32: values near float's largest
+// (|v| above about FLT_MAX / Nk) can overflow that sum, where the FP8 formats'
+// scaled codes cannot.
 enum class PVFormat { fp8_e4m3, fp8_e5m2, fp16, bf16 };
 
 // fp32: accumulate P V straight into fp32 registers. two_level: accumulate
@@ -46,8 +50,9 @@ struct AttentionOptions {
   TensorLayout layout = TensorLayout::HND;
   bool causal = false;
   CausalAlign causal_align = CausalAlign::top_left;
-  // Softmax scale; 0 means the default 1/sqrt(head_dim). Must be finite and
-  // non-negative.
+  // Softmax scale; 0 means the default 1/sqrt(head_dim). Must be finite,
+  // non-negative and at most FLT_MAX / log2(e) (~2.36e38: the kernels scale
+  // the logits by sm_scale * log2(e) in float).
   float sm_scale = 0.0f;
   QKFormat qk_format = QKFormat::int8;
   Granularity qk_granularity = Granularity::per_warp;

@@ -15,6 +15,7 @@
 #include "api/calibration_json.h"
 #include "api/guarded.h"
 #include "api/host_forward.h"
+#include "api/tensor_checks.h"
 #include "api/validate.h"
 #include "reference/reference.h"
 
@@ -147,6 +148,7 @@ Status Calibrator::record(std::int64_t layer, std::int64_t timestep, const Atten
                           const AttentionOptions& options, Stream stream) {
   return detail::guarded("Calibrator::record", [&]() -> Status {
     SAGE_RETURN_IF_ERROR(check_calibration_key(layer, timestep));
+    SAGE_RETURN_IF_ERROR(check_int4_granularity());
     if (options.method != Method::sage2) {
       return Status::invalid(std::string("options.method: calibration chooses the Q K^T format of sage2, got ") +
                              method_name(options.method));
@@ -169,13 +171,25 @@ Status Calibrator::add_score(std::int64_t layer, std::int64_t timestep, double s
   SAGE_RETURN_IF_ERROR(check_calibration_key(layer, timestep));
   if (std::isinf(score)) return Status::invalid("score: must be finite or NaN, got " + std::to_string(score));
   Aggregate& aggregate = scores_[CalibrationKey{layer, timestep}];
+  if (std::isinf(aggregate.score_sum + score)) {  // (the mean would be infinite, and the plan file cannot hold it)
+    return Status::invalid("score: the sum of this key's scores would overflow, adding " + detail::json::number(score) +
+                           " to " + detail::json::number(aggregate.score_sum));
+  }
   aggregate.score_sum += score;  // NaN stays NaN: the key is then the worst
   ++aggregate.calls;
   return Status::ok();
 }
 
+// The constructor cannot refuse a granularity out of range; what uses it does, before a plan file
+// that no load would read back could be written.
+Status Calibrator::check_int4_granularity() const {
+  return detail::check_enum("Calibrator int4_granularity", int4_granularity_, Granularity::per_thread,
+                    "per_block, per_warp or per_thread");
+}
+
 Status Calibrator::make_plan(double fraction_int8, Plan* plan) const {
   if (plan == nullptr) return Status::invalid("plan is NULL");
+  SAGE_RETURN_IF_ERROR(check_int4_granularity());
   if (!(fraction_int8 >= 0.0 && fraction_int8 <= 1.0)) {
     return Status::invalid("fraction_int8: must be in [0, 1], got " + detail::json::number(fraction_int8));
   }

@@ -1,5 +1,5 @@
 // The exception boundary of the C++ entry points: whatever is thrown below
-// them (bad_alloc from a large host problem, a bug) comes back as a Status.
+// them (bad_alloc or length_error from a large host problem, a bug) comes back as a Status.
 #pragma once
 
 #include <exception>
@@ -17,6 +17,8 @@ Status guarded(const char* function, Body&& body) noexcept {
   try {
     return body();
   } catch (const std::bad_alloc&) {
+    return Status(StatusCode::out_of_memory, std::string(function) + ": out of host memory");
+  } catch (const std::length_error&) {  // (a host buffer longer than a vector can hold)
     return Status(StatusCode::out_of_memory, std::string(function) + ": out of host memory");
   } catch (const std::invalid_argument& e) {
     return Status::invalid(std::string(function) + ": " + e.what());

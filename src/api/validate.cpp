@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
+#include <limits>
 #include <cstdio>
 #include <type_traits>
 #include <string>
@@ -41,9 +42,13 @@ Status check_option_enums(const AttentionOptions& o) {
   return Status::ok();
 }
 
+// Every path multiplies the scale by log2(e) in float (the softmax runs in base 2), so a scale
+// whose product overflows would turn finite logits into inf and NaN.
 Status check_sm_scale(float sm_scale) {
-  if (std::isfinite(sm_scale) && sm_scale >= 0.0f) return Status::ok();
-  return fail("options.sm_scale", "must be finite and >= 0 (0 selects 1/sqrt(head_dim)), got ", sm_scale);
+  constexpr float kLargestScale = std::numeric_limits<float>::max() / 1.4426950408889634f;
+  if (std::isfinite(sm_scale) && sm_scale >= 0.0f && sm_scale <= kLargestScale) return Status::ok();
+  return fail("options.sm_scale", "must be finite, >= 0 (0 selects 1/sqrt(head_dim)) and at most ", kLargestScale,
+              " (its product with log2(e) must fit a float), got ", sm_scale);
 }
 
 // Combinations the methods do not have: INT4 QK^T exists only in the
@@ -60,12 +65,13 @@ Status check_method_combination(const AttentionOptions& o) {
   const char* fixed = o.method == Method::sage3 ? "NVFP4 in 1x16 blocks throughout" : "INT8 per block throughout";
   if (o.qk_granularity != defaults.qk_granularity) {
     return fail("options.qk_granularity", granularity_name(o.qk_granularity), " is a sage2 option; method ",
-                method_name(o.method), " quantizes ", fixed, " (leave it at ", granularity_name(defaults.qk_granularity),
-                ")");
+                method_name(o.method), " has fixed formats (", fixed, "): leave the field at its default, ",
+                granularity_name(defaults.qk_granularity));
   }
   if (o.pv_format != defaults.pv_format) {
     return fail("options.pv_format", pv_format_name(o.pv_format), " is a sage2 option; method ", method_name(o.method),
-                " quantizes ", fixed, " (leave it at ", pv_format_name(defaults.pv_format), ")");
+                " has fixed formats (", fixed, "): leave the field at its default, ",
+                pv_format_name(defaults.pv_format));
   }
   if (o.pv_accum != defaults.pv_accum) {
     return fail("options.pv_accum", "fp32 is a sage2 option; method ", method_name(o.method),

@@ -10,8 +10,14 @@
 //                                                    which the Hopper emulation uses)
 // Requirements: head_dim % 16 == 0 (Q/K blocks run along head_dim; the caller
 // pads) and cta_k % 16 == 0 (P/V blocks run along keys inside a K tile).
-// Values whose block max is below the smallest UE4M3 scale (2^-9 * 6) lose
-// their precision: NVFP4 has no per-tensor scale here, as in SageAttention3.
+// NVFP4 has no per-tensor scale here, as in SageAttention3, so a block's
+// range is bounded on both sides: a block of Q, K or V (after smoothing) whose
+// largest |value| passes 464 * 6 = 2784 would get a scale rounded past E4M3's
+// largest (448) and be clamped, and is refused (std::invalid_argument, an
+// invalid-argument Status at the API); a block whose largest |value| is at
+// most 6 * 2^-10 (about 0.0059: half the smallest UE4M3 scale, times 6)
+// quantizes to zeros, and blocks up to 6 * 2^-6 keep fewer than E4M3's
+// three mantissa bits of scale.
 //
 // QK^T (Nvfp4Scores): K' = K - mean_k (smooth_k), Q' = Q - block mean
 // (smooth_q), both quantized in 1x16 blocks along head_dim. Score of row r,
@@ -41,9 +47,12 @@
 // The per-row, per-tile s1 makes the accumulation two-level by construction;
 // options.pv_accum and pv_format do not apply. Epilogue:
 //   out[d] = o[d] * inv_l + mean_v[d]
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <stdexcept>
+#include <string>
 
 #include "numerics/formats.h"
 #include "reference/emulation_internal.h"
@@ -55,36 +64,60 @@ namespace {
 constexpr std::int64_t kBlock = 16;  // NVFP4 block length
 
 // Quantizes n <= 16 values x[i * stride] in one NVFP4 block and writes the
-// decoded values (element * block scale) to out[i * stride].
-void nvfp4_block(const float* x, std::int64_t n, std::int64_t stride, float* out) {
+// decoded values (element * block scale) to out[i * stride]. Returns the
+// block's largest |value|.
+float nvfp4_block(const float* x, std::int64_t n, std::int64_t stride, float* out) {
   float bmax = 0.0f;
   for (std::int64_t i = 0; i < n; ++i) bmax = std::max(bmax, std::fabs(x[i * stride]));
   const float scale = num::ue4m3_to_float(num::ue4m3_from_float(bmax / 6.0f));
   const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
   for (std::int64_t i = 0; i < n; ++i)
     out[i * stride] = num::fp4_e2m1_to_float(num::fp4_e2m1_from_float(x[i * stride] * inv)) * scale;
+  return bmax;
 }
 
 // nvfp4_block for a block of the inputs (Q, K, V): one that holds a NaN or
 // an infinity decodes to NaN, where the satfinite conversions would clamp it
 // to a finite value. (P's blocks keep the clamp: a tile whose largest P~ is
-// subnormal scales P~ past fp32's range, to inf and 0 * inf, legitimately,
-// and those values' share of the output is negligible.)
-void nvfp4_input_block(const float* x, std::int64_t n, std::int64_t stride, float* out) {
+// below about 2^-116 (448 * 6 / FLT_MAX) scales P~ past fp32's range, to inf
+// and 0 * inf, legitimately, and those values' share of the output is
+// negligible.) Returns the block's
+// largest |value| (0 for a NaN block).
+float nvfp4_input_block(const float* x, std::int64_t n, std::int64_t stride, float* out) {
   for (std::int64_t i = 0; i < n; ++i) {
     if (!std::isfinite(x[i * stride])) {
       for (std::int64_t j = 0; j < n; ++j) out[j * stride] = std::numeric_limits<float>::quiet_NaN();
-      return;
+      return 0.0f;
     }
   }
-  nvfp4_block(x, n, stride, out);
+  return nvfp4_block(x, n, stride, out);
 }
 
-// Rows of x [rows][dim] quantized in 1x16 blocks along dim (dim % 16 == 0).
-std::vector<float> nvfp4_rows(const std::vector<float>& x, std::int64_t rows, std::int64_t dim) {
+// Refuses the inputs when a block of `tensor` (over its heads' largest
+// block maxima) holds a value whose block scale, largest / 6, passes 464:
+// that rounds beyond E4M3's largest, 448 (464 is the tie between 448 and
+// 480, which goes to the even 448), where satfinite would clamp the block.
+// Finite, wrong output is what the library never returns.
+template <class Head>
+void check_block_range(const char* tensor, const std::vector<Head>& heads) {
+  float worst = 0.0f;
+  for (const Head& h : heads) worst = std::max(worst, h.largest_block_max);
+  if (!(worst / 6.0f > 464.0f)) return;
+  char value[32];
+  std::snprintf(value, sizeof value, "%g", static_cast<double>(worst));
+  throw std::invalid_argument(std::string("sage3 (NVFP4): a 1x16 block of ") + tensor + " holds |value| " + value +
+                              " (after smoothing, where on): its E4M3 block scale (largest / 6) would pass 448, "
+                              "the format's largest, and the block would be clamped; sage3 takes blocks up to "
+                              "|value| 2784 (scale the input down, or use method sage2)");
+}
+
+// Rows of x [rows][dim] quantized in 1x16 blocks along dim (dim % 16 == 0);
+// *largest: the largest block max.
+std::vector<float> nvfp4_rows(const std::vector<float>& x, std::int64_t rows, std::int64_t dim, float* largest) {
   std::vector<float> out(x.size());
   for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t b = 0; b < dim; b += kBlock) nvfp4_input_block(x.data() + r * dim + b, kBlock, 1, out.data() + r * dim + b);
+    for (std::int64_t b = 0; b < dim; b += kBlock)
+      *largest = std::max(*largest, nvfp4_input_block(x.data() + r * dim + b, kBlock, 1, out.data() + r * dim + b));
   return out;
 }
 
@@ -103,7 +136,9 @@ class Nvfp4Scores final : public ScoreStage {
     keys_.resize(static_cast<std::size_t>(s.p.batch * s.p.heads_kv));
     queries_.resize(static_cast<std::size_t>(s.p.batch * s.p.heads_q));
     parallel_for(static_cast<std::int64_t>(keys_.size()), [&](std::int64_t h) { prepare_keys(h); });
+    check_block_range("K", keys_);
     parallel_for(static_cast<std::int64_t>(queries_.size()), [&](std::int64_t h) { prepare_queries(h); });
+    check_block_range("Q", queries_);
   }
 
   void tile_logits(std::int64_t bhq, std::int64_t r0, std::int64_t rows, std::int64_t kt, float* s2) const override {
@@ -143,18 +178,20 @@ class Nvfp4Scores final : public ScoreStage {
   struct KeyHead {
     std::vector<float> transposed;  // [k_tiles][dim][cta_k] dequantized K', 0 past nk
     std::vector<float> mean;
+    float largest_block_max = 0.0f;  // of K' (check_block_range)
   };
   struct QueryHead {
     std::vector<float> values;      // [nq][dim] dequantized Q'
     std::vector<float> block_mean;  // smooth_q: [q_tiles][dim]
     std::vector<float> lse_corr;    // [nq]
+    float largest_block_max = 0.0f;  // of Q'
   };
 
   void prepare_keys(std::int64_t bhkv) {
     const std::int64_t dim = s_.dim(), cta_k = s_.geo.cta_k;
     Smoothed sk = smooth_keys(s_, bhkv);
-    const std::vector<float> k = nvfp4_rows(sk.values, s_.p.nk, dim);
     KeyHead& kh = keys_[static_cast<std::size_t>(bhkv)];
+    const std::vector<float> k = nvfp4_rows(sk.values, s_.p.nk, dim, &kh.largest_block_max);
     kh.transposed.assign(static_cast<std::size_t>(s_.k_tiles * dim * cta_k), 0.0f);
     for (std::int64_t j = 0; j < s_.p.nk; ++j) {
       float* tile = kh.transposed.data() + (j / cta_k) * dim * cta_k;
@@ -166,7 +203,7 @@ class Nvfp4Scores final : public ScoreStage {
   void prepare_queries(std::int64_t bhq) {
     SmoothedQueries sq = smooth_queries(s_, bhq);
     QueryHead& qh = queries_[static_cast<std::size_t>(bhq)];
-    qh.values = nvfp4_rows(sq.values, s_.p.nq, s_.dim());
+    qh.values = nvfp4_rows(sq.values, s_.p.nq, s_.dim(), &qh.largest_block_max);
     qh.block_mean = std::move(sq.block_mean);
     qh.lse_corr = lse_corrections(s_, bhq, keys_[static_cast<std::size_t>(s_.kv_head_of(bhq))].mean);
   }
@@ -192,6 +229,7 @@ class Nvfp4Values final : public ValueStage {
     check_nvfp4_shapes(s);
     heads_.resize(static_cast<std::size_t>(s.p.batch * s.p.heads_kv));
     parallel_for(static_cast<std::int64_t>(heads_.size()), [&](std::int64_t h) { prepare(h); });
+    check_block_range("V", heads_);
   }
 
   void accumulate(std::int64_t bhkv, std::int64_t kt, const float* p, std::int64_t rows, float* o) const override {
@@ -236,6 +274,7 @@ class Nvfp4Values final : public ValueStage {
   struct Head {
     std::vector<float> values;  // [k_tiles * cta_k][dim] dequantized V', 0 past nk
     std::vector<float> mean;    // smooth_v mean (zeros without)
+    float largest_block_max = 0.0f;  // of V'
   };
 
   void prepare(std::int64_t bhkv) {
@@ -248,7 +287,9 @@ class Nvfp4Values final : public ValueStage {
     // Blocks of 16 consecutive keys per channel (the stride walks the keys).
     for (std::int64_t j = 0; j < nk; j += kBlock)
       for (std::int64_t d = 0; d < dim; ++d)
-        nvfp4_input_block(padded_v.data() + j * dim + d, kBlock, dim, h.values.data() + j * dim + d);
+        h.largest_block_max = std::max(
+            h.largest_block_max,
+            nvfp4_input_block(padded_v.data() + j * dim + d, kBlock, dim, h.values.data() + j * dim + d));
     h.mean = std::move(sv.mean);
   }
 

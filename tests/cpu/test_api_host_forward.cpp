@@ -335,21 +335,71 @@ TEST(ApiHostForwardOptions, LseIsOptional) {
   expect_view_written_and_padding_untouched(c.out, "out");
 }
 
-// A failure inside the host path (here: a 2^62-byte allocation for a
-// broadcast q of 2^60 rows) comes back as a Status, never as an exception.
+// NVFP4 without a per-tensor scale (as in SageAttention3) cannot hold a
+// block whose largest |value| passes 2784: its E4M3 scale would round past
+// 448 and the block would be clamped, finite and wrong. Such inputs are
+// refused, naming the tensor; 2784 itself is taken; and the check sees the
+// block as quantized, after smoothing: a large K offset that smooth_k removes
+// is fine.
+TEST(ApiHostForwardOptions, Sage3RefusesBlocksItsScalesCannotHold) {
+  const Sizes s;
+  const std::uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(seed));
+  const auto run_with = [&](const char* tensor, float value, bool smooth_k) {
+    Call c = make_call(DType::f32, TensorLayout::HND, s, seed);
+    c.options.method = Method::sage3;
+    c.options.smooth_k = smooth_k;
+    const TensorView& target = tensor[0] == 'Q' ? c.q.view : tensor[0] == 'K' ? c.k.view : c.v.view;
+    const std::int64_t where[4] = {1, 1, 5, 17};
+    test::set(target, where, value);
+    if (smooth_k) {  // the same offset in every key of the channel: the mean takes it away
+      for (std::int64_t j = 0; j < s.nk; ++j) {
+        const std::int64_t key[4] = {1, 1, j, 17};
+        test::set(target, key, value);
+      }
+    }
+    return attention_forward(c.args(), c.options, nullptr, 0, nullptr);
+  };
+  for (const char* tensor : {"Q", "K", "V"}) {
+    SCOPED_TRACE(tensor);
+    for (float too_large : {3000.0f, -2785.0f, 1e30f}) {
+      const Status status = run_with(tensor, too_large, false);
+      EXPECT_EQ(status.code(), StatusCode::invalid_argument) << status.message();
+      EXPECT_NE(status.message().find(std::string("sage3 (NVFP4): a 1x16 block of ") + tensor), std::string::npos)
+          << status.message();
+      EXPECT_NE(status.message().find("2784"), std::string::npos) << status.message();
+    }
+    const Status at_limit = run_with(tensor, 2784.0f, false);
+    EXPECT_TRUE(at_limit.is_ok()) << at_limit.message();
+  }
+  const Status smoothed = run_with("K", 5000.0f, true);
+  EXPECT_TRUE(smoothed.is_ok()) << smoothed.message();
+}
+
+// A failure inside the host path comes back as a Status, never as an
+// exception: a broadcast q of 2^60 f32 rows asks for a 2^62-byte buffer
+// (bad_alloc), one of 2^61 f16 rows for a float buffer longer than a vector
+// can hold (length_error); both are out of memory.
 TEST(ApiHostForwardOptions, ExceptionsBecomeStatus) {
-  const std::int64_t rows = std::int64_t{1} << 60;
-  float k_value = 1.0f, v_value = 1.0f, q_value = 1.0f, out_value = 0.0f;
-  AttentionArgs args;
-  args.q = make_contiguous_view(&q_value, DType::f32, {1, 1, rows, 1});
-  args.q.stride[0] = args.q.stride[1] = args.q.stride[2] = 0;  // one value, broadcast
-  args.k = make_contiguous_view(&k_value, DType::f32, {1, 1, 1, 1});
-  args.v = make_contiguous_view(&v_value, DType::f32, {1, 1, 1, 1});
-  args.out = make_contiguous_view(&out_value, DType::f32, {1, 1, rows, 1});  // never reached
-  Status status;
-  EXPECT_NO_THROW(status = attention_forward(args, AttentionOptions{}, nullptr, 0, nullptr));
-  EXPECT_EQ(status.code(), StatusCode::out_of_memory) << status.message();
-  EXPECT_NE(status.message().find("attention_forward"), std::string::npos) << status.message();
+  struct Case {
+    DType dtype;
+    int log2_rows;
+  };
+  for (const Case c : {Case{DType::f32, 60}, Case{DType::f16, 61}}) {
+    SCOPED_TRACE(std::string(dtype_name(c.dtype)) + " rows 2^" + std::to_string(c.log2_rows));
+    const std::int64_t rows = std::int64_t{1} << c.log2_rows;
+    float values[4] = {1.0f, 1.0f, 1.0f, 0.0f};  // q, k, v, out: one element each (any dtype fits)
+    AttentionArgs args;
+    args.q = make_contiguous_view(&values[0], c.dtype, {1, 1, rows, 1});
+    args.q.stride[0] = args.q.stride[1] = args.q.stride[2] = 0;  // one value, broadcast
+    args.k = make_contiguous_view(&values[1], c.dtype, {1, 1, 1, 1});
+    args.v = make_contiguous_view(&values[2], c.dtype, {1, 1, 1, 1});
+    args.out = make_contiguous_view(&values[3], c.dtype, {1, 1, rows, 1});  // never reached
+    Status status;
+    EXPECT_NO_THROW(status = attention_forward(args, AttentionOptions{}, nullptr, 0, nullptr));
+    EXPECT_EQ(status.code(), StatusCode::out_of_memory) << status.message();
+    EXPECT_NE(status.message().find("attention_forward"), std::string::npos) << status.message();
+  }
 }
 
 }  // namespace

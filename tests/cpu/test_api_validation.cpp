@@ -265,6 +265,13 @@ TEST_F(ApiValidation, SmScaleMustBeFiniteAndNonNegative) {
     options.sm_scale = bad;
     expect_invalid(validate(), "options.sm_scale", {"finite"});
   }
+  // Finite, but sm_scale * log2(e), the factor every path applies in float, is not.
+  for (float too_large : {2.4e38f, std::numeric_limits<float>::max()}) {
+    options.sm_scale = too_large;
+    expect_invalid(validate(), "options.sm_scale", {"log2(e)"});
+  }
+  options.sm_scale = 2.3e38f;  // the product still fits
+  EXPECT_TRUE(validate().is_ok()) << validate().message();
   options.sm_scale = 0.25f;
   EXPECT_TRUE(validate().is_ok());
 }
@@ -309,11 +316,13 @@ TEST_F(ApiValidation, Sage2FormatKnobsAreRefusedByOtherMethods) {
     options.method = m;
     EXPECT_TRUE(validate().is_ok()) << method_name(m);
     options.qk_granularity = Granularity::per_thread;
-    expect_invalid(validate(), "options.qk_granularity", {"per-thread", "sage2 option", method_name(m)});
+    expect_invalid(validate(), "options.qk_granularity",
+                   {"per-thread", "sage2 option", method_name(m), "fixed formats", "at its default, per-warp"});
     options = base;
     options.method = m;
     options.pv_format = PVFormat::fp16;
-    expect_invalid(validate(), "options.pv_format", {"fp16", "sage2 option", method_name(m)});
+    expect_invalid(validate(), "options.pv_format",
+                   {"fp16", "sage2 option", method_name(m), "fixed formats", "at its default, fp8-e4m3"});
     options = base;
     options.method = m;
     options.pv_accum = PVAccum::fp32;

@@ -250,6 +250,38 @@ TEST(Calibration, RecordRejectsBadCalls) {
   EXPECT_TRUE(calibrator.scores().empty());
 }
 
+// A granularity out of range cannot be refused by the constructor: record
+// and make_plan refuse it, naming the calibrator's setting (not the call's
+// options), so that no plan file that load refuses is ever written.
+TEST(Calibration, Int4GranularityOutOfRangeIsRefused) {
+  const std::uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(seed));
+  Call call = make_call(ref::Distribution::gaussian, seed);
+  Calibrator calibrator(static_cast<Granularity>(9));
+  Status status = calibrator.record(0, kNoTimestep, call.args, AttentionOptions{});
+  EXPECT_EQ(status.code(), StatusCode::invalid_argument);
+  EXPECT_NE(status.message().find("Calibrator int4_granularity: invalid value 9"), std::string::npos)
+      << status.message();
+  ASSERT_TRUE(calibrator.add_score(0, kNoTimestep, 0.5).is_ok());
+  Plan plan;
+  status = calibrator.make_plan(0.5, &plan);
+  EXPECT_EQ(status.code(), StatusCode::invalid_argument);
+  EXPECT_NE(status.message().find("Calibrator int4_granularity"), std::string::npos) << status.message();
+}
+
+// Finite scores whose sum overflows would give an infinite mean, which the
+// plan file cannot hold: the score that would overflow it is refused.
+TEST(Calibration, ScoreSumsThatWouldOverflowAreRefused) {
+  Calibrator calibrator;
+  ASSERT_TRUE(calibrator.add_score(2, kNoTimestep, -1e308).is_ok());
+  const Status status = calibrator.add_score(2, kNoTimestep, -1e308);
+  EXPECT_EQ(status.code(), StatusCode::invalid_argument);
+  EXPECT_NE(status.message().find("overflow"), std::string::npos) << status.message();
+  ASSERT_EQ(calibrator.scores().size(), 1u);
+  EXPECT_EQ(calibrator.scores().begin()->second.calls, 1);
+  EXPECT_EQ(calibrator.scores().begin()->second.mean(), -1e308);
+}
+
 // ---- make_plan: fractions, ties, NaN ----
 
 TEST(CalibrationPlan, FractionEdgeCases) {

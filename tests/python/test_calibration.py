@@ -171,6 +171,16 @@ def test_plan_lookups_check_their_key():
     assert plan.decide(np.int64(0)) == plan.decide(0)
 
 
+def test_score_sums_that_would_overflow_are_refused():
+    """Finite scores whose sum overflows would give an infinite mean, which the plan file cannot hold
+    (as in C++): the score that would overflow the sum is refused and the key keeps its first score."""
+    calibrator = Calibrator()
+    calibrator.add_score(2, None, -1e308)
+    with pytest.raises(ValueError, match="would overflow"):
+        calibrator.add_score(2, None, -1e308)
+    assert calibrator.scores == {(2, None): (-1e308, 1)}
+
+
 def test_fraction_edge_cases():
     ten = with_scores([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.5, 0.95])
     assert [int8_keys(ten.make_plan(f)) for f in (0.0, 1.0, 0.3, 0.31, 0.01)] == [0, 10, 3, 4, 1]

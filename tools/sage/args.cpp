@@ -66,10 +66,12 @@ std::int64_t ArgParser::get_int(const std::string& name, std::int64_t fallback, 
   const std::string& text = it->second;
   std::int64_t value = 0;
   const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (error != std::errc() || end != text.data() + text.size()) {
+  // A whole number past int64's range is out of range like any other, not "not a whole number".
+  const bool out_of_int64 = error == std::errc::result_out_of_range;
+  if ((error != std::errc() && !out_of_int64) || end != text.data() + text.size()) {
     throw UsageError(name + ": '" + text + "' is not a whole number");
   }
-  if (value < min || value > max) {
+  if (out_of_int64 || value < min || value > max) {
     throw UsageError(name + ": " + text + " is out of range (" + std::to_string(min) + ".." + std::to_string(max) +
                      ")");
   }
