@@ -316,7 +316,8 @@ class Calibrator(_Activation):
         with self._sums_lock:
             entry = self._sums.setdefault((layer_id, timestep), [0.0, 0])
             if math.isinf(entry[0] + score):  # (the mean would be infinite, and the plan file cannot hold it)
-                raise ValueError(f"score: the sum of this key's scores would overflow, adding {score!r} to {entry[0]!r}")
+                raise ValueError(f"score: the sum of this key's scores would overflow, adding {score!r} "
+                                 f"to {entry[0]!r}")
             entry[0] += score
             entry[1] += 1
             self._calls += 1

@@ -184,7 +184,7 @@ Status Calibrator::add_score(std::int64_t layer, std::int64_t timestep, double s
 // that no load would read back could be written.
 Status Calibrator::check_int4_granularity() const {
   return detail::check_enum("Calibrator int4_granularity", int4_granularity_, Granularity::per_thread,
-                    "per_block, per_warp or per_thread");
+                            "per_block, per_warp or per_thread");
 }
 
 Status Calibrator::make_plan(double fraction_int8, Plan* plan) const {

@@ -81,8 +81,7 @@ float nvfp4_block(const float* x, std::int64_t n, std::int64_t stride, float* ou
 // to a finite value. (P's blocks keep the clamp: a tile whose largest P~ is
 // below about 2^-116 (448 * 6 / FLT_MAX) scales P~ past fp32's range, to inf
 // and 0 * inf, legitimately, and those values' share of the output is
-// negligible.) Returns the block's
-// largest |value| (0 for a NaN block).
+// negligible.) Returns the block's largest |value| (0 for a NaN block).
 float nvfp4_input_block(const float* x, std::int64_t n, std::int64_t stride, float* out) {
   for (std::int64_t i = 0; i < n; ++i) {
     if (!std::isfinite(x[i * stride])) {
