@@ -44,12 +44,16 @@ void expect_exact(std::uint32_t d, std::mt19937_64& rng) {
 }
 
 TEST(FastDivisor, EqualsDivisionForSmallDivisors) {
-  std::mt19937_64 rng(sage::test::fresh_seed());
+  const std::uint64_t seed = sage::test::fresh_seed();
+  SCOPED_TRACE(sage::test::seed_note(seed));
+  std::mt19937_64 rng(seed);
   for (std::uint32_t d = 1; d <= 4096; ++d) expect_exact(d, rng);
 }
 
 TEST(FastDivisor, EqualsDivisionForPowersOfTwoAndTheirNeighbours) {
-  std::mt19937_64 rng(sage::test::fresh_seed());
+  const std::uint64_t seed = sage::test::fresh_seed();
+  SCOPED_TRACE(sage::test::seed_note(seed));
+  std::mt19937_64 rng(seed);
   for (int k = 1; k <= 30; ++k) {
     for (std::int64_t delta = -1; delta <= 1; ++delta) expect_exact(static_cast<std::uint32_t>((1ll << k) + delta), rng);
   }
@@ -57,7 +61,9 @@ TEST(FastDivisor, EqualsDivisionForPowersOfTwoAndTheirNeighbours) {
 }
 
 TEST(FastDivisor, EqualsDivisionForRandomDivisors) {
-  std::mt19937_64 rng(sage::test::fresh_seed());
+  const std::uint64_t seed = sage::test::fresh_seed();
+  SCOPED_TRACE(sage::test::seed_note(seed));
+  std::mt19937_64 rng(seed);
   std::uniform_int_distribution<std::uint32_t> any(1, kMaxN);
   for (int i = 0; i < 300; ++i) expect_exact(any(rng), rng);
 }
