@@ -73,6 +73,21 @@ Status check_unit_last_stride(const char* name, const TensorView& t) {
   return Status::ok();
 }
 
+// Bytes from a view's first element to the end of the one at element offset
+// max_offset (packed 4-bit types hold two elements per byte); false when that
+// overflows int64. (In bytes, not bits: a view check_offsets accepts may
+// span more than 2^60 bytes.)
+namespace {
+bool bytes_through(std::int64_t max_offset, DType dtype, std::int64_t* bytes) {
+  const int bits = dtype_bits(dtype);
+  if (bits % 8 != 0) {
+    *bytes = max_offset / 2 + 1;
+    return true;
+  }
+  return checked_add(max_offset, 1, bytes) && checked_mul(*bytes, bits / 8, bytes);
+}
+}  // namespace
+
 Status check_offsets(const char* name, const TensorView& t) {
   // Built only on failure: this runs on every call.
   const auto where = [&] {
@@ -87,11 +102,8 @@ Status check_offsets(const char* name, const TensorView& t) {
       return fail(name, "element offsets overflow int64", where());
     }
   }
-  // Bytes up to the end of the last element (packed 4-bit types hold two
-  // elements per byte).
-  const int bits = dtype_bits(t.dtype);
-  std::int64_t end_byte = max_offset / 2 + 1;
-  if (bits % 8 == 0 && (!checked_add(max_offset, 1, &end_byte) || !checked_mul(end_byte, bits / 8, &end_byte))) {
+  std::int64_t end_byte = 0;
+  if (!bytes_through(max_offset, t.dtype, &end_byte)) {
     return fail(name, "byte offsets overflow int64 (largest element offset ", max_offset, ")", where());
   }
   const auto last_byte = static_cast<std::uint64_t>(end_byte);
@@ -159,7 +171,8 @@ ByteSpan byte_span(const TensorView& t) {
   std::int64_t max_offset = 0;  // fits: check_offsets
   for (int d = 0; d < t.rank; ++d) max_offset += (t.shape[d] - 1) * t.stride[d];
   const auto first = reinterpret_cast<std::uintptr_t>(t.data);
-  const std::int64_t bytes = ((max_offset + 1) * dtype_bits(t.dtype) + 7) / 8;  // packed 4-bit types too
+  std::int64_t bytes = 0;
+  bytes_through(max_offset, t.dtype, &bytes);  // fits: check_offsets
   return {first, first + static_cast<std::uintptr_t>(bytes) - 1};
 }
 }  // namespace

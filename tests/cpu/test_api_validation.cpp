@@ -240,6 +240,15 @@ TEST_F(ApiValidation, OutputElementsMustNotOverlap) {
   expect_invalid(validate(), "lse", {"overlap"});
 }
 
+// A view whose byte span is near 2^61 (batch stride 2^59 floats) still has
+// its whole span compared: counted in bits it would overflow int64 and wrap
+// to a few kilobytes, missing an lse placed 2^40 bytes in.
+TEST_F(ApiValidation, OverlapOfViewsSpanningMoreThan2To60Bytes) {
+  args.out.stride[0] = std::int64_t{1} << 59;
+  args.lse.data = reinterpret_cast<std::byte*>(out_.data()) + (std::int64_t{1} << 40);
+  expect_invalid(validate(), "lse", {"overlaps out"});
+}
+
 TEST_F(ApiValidation, OutAndLseMustNotOverlapEachOther) {
   // lse placed inside out's buffer: the kernel writes both at once.
   args.lse.data = out_.data() + 8;
