@@ -11,15 +11,19 @@
 
 namespace sage::detail {
 
+inline Status out_of_host_memory(const char* function) {
+  return Status(StatusCode::out_of_memory, std::string(function) + ": out of host memory");
+}
+
 // Runs `body` (which returns a Status) and converts any exception into one.
 template <class Body>
 Status guarded(const char* function, Body&& body) noexcept {
   try {
     return body();
   } catch (const std::bad_alloc&) {
-    return Status(StatusCode::out_of_memory, std::string(function) + ": out of host memory");
+    return out_of_host_memory(function);
   } catch (const std::length_error&) {  // (a host buffer longer than a vector can hold)
-    return Status(StatusCode::out_of_memory, std::string(function) + ": out of host memory");
+    return out_of_host_memory(function);
   } catch (const std::invalid_argument& e) {
     return Status::invalid(std::string(function) + ": " + e.what());
   } catch (const std::exception& e) {

@@ -10,16 +10,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <exception>
 #include <limits>
-#include <cstdio>
-#include <type_traits>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
 
 #include "api/tensor_checks.h"
+#include "numerics/formats.h"
 #include "sage/attention.h"
 
 namespace sage {
@@ -45,7 +45,7 @@ Status check_option_enums(const AttentionOptions& o) {
 // Every path multiplies the scale by log2(e) in float (the softmax runs in base 2), so a scale
 // whose product overflows would turn finite logits into inf and NaN.
 Status check_sm_scale(float sm_scale) {
-  constexpr float kLargestScale = std::numeric_limits<float>::max() / 1.4426950408889634f;
+  constexpr float kLargestScale = std::numeric_limits<float>::max() / static_cast<float>(num::kLog2e);
   if (std::isfinite(sm_scale) && sm_scale >= 0.0f && sm_scale <= kLargestScale) return Status::ok();
   return fail("options.sm_scale", "must be finite, >= 0 (0 selects 1/sqrt(head_dim)) and at most ", kLargestScale,
               " (its product with log2(e) must fit a float), got ", sm_scale);

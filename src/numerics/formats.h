@@ -69,6 +69,10 @@ inline constexpr float kE5M2Max = 57344.0f;
 inline constexpr float kE2M1Max = 6.0f;
 inline constexpr float kUE4M3Max = 448.0f;
 inline constexpr float kF16Max = 65504.0f;
+// log2(e): every path runs the softmax in base 2, its logits scaled by
+// sm_scale * kLog2e (the GPU and the validation in float, the emulation in
+// double, rounded to float).
+inline constexpr double kLog2e = 1.4426950408889634074;
 
 inline constexpr std::uint8_t kE4M3NaN = 0x7F;   // what every NaN encodes to
 inline constexpr std::uint8_t kE5M2NaN = 0x7F;   // what every NaN encodes to

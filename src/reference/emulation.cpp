@@ -29,6 +29,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "numerics/formats.h"
 #include "reference/emulation_internal.h"
 #include "reference/parallel.h"
 
@@ -125,7 +126,6 @@ using detail::Setup;
 using detail::ValueStage;
 
 constexpr float kLn2 = 0.693147180559945309f;
-constexpr double kLog2e = 1.4426950408889634074;
 
 Setup make_setup(const Problem& p, const AttentionOptions& options, const TileGeometry& geo, const float* q,
                  const float* k, const float* v) {
@@ -147,7 +147,7 @@ Setup make_setup(const Problem& p, const AttentionOptions& options, const TileGe
   s.k = k;
   s.v = v;
   s.sm_scale = static_cast<float>(p.sm_scale);
-  s.scale_log2 = static_cast<float>(p.sm_scale * kLog2e);
+  s.scale_log2 = static_cast<float>(p.sm_scale * num::kLog2e);
   s.q_tiles = (p.nq + geo.cta_q - 1) / geo.cta_q;
   s.k_tiles = (p.nk + geo.cta_k - 1) / geo.cta_k;
   s.q_heads_per_kv = p.heads_q / p.heads_kv;

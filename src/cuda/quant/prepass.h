@@ -42,6 +42,7 @@
 
 #include "cuda/quant/kv_head_jobs_fit.h"
 #include "numerics/fast_divisor.h"
+#include "numerics/formats.h"
 #include "numerics/tile_geometry.h"
 #include "sage/options.h"
 
@@ -159,7 +160,9 @@ PrepassLayout make_prepass_layout(const PrepassProblem& p);
 
 // sm_scale * log2(e) in fp32: the factor the Q scales carry into the
 // kernel's base-2 scores (and smooth_q's key offsets).
-__host__ __device__ inline float score_scale_log2(const PrepassProblem& p) { return p.sm_scale * 1.4426950408889634f; }
+__host__ __device__ inline float score_scale_log2(const PrepassProblem& p) {
+  return p.sm_scale * static_cast<float>(num::kLog2e);
+}
 
 // Whether the pre-pass can produce the groups of `g`: its 128-row job tiles
 // must hold whole Q and K groups (cta_q and cta_k divide 128) and each warp's
