@@ -269,6 +269,12 @@ def _with_empty_lse(q, out, lse):
     return out, (q.new_empty(0, dtype=torch.float32) if lse is None else lse)
 
 
+def check_call_options(tensor_layout, is_causal, sm_scale, **quant):
+    """Raises what a call with these options would (the core's checks of every value), without a call;
+    `quant`: options of QUANT_DEFAULTS, the others at their defaults."""
+    _core_options(tensor_layout, is_causal, sm_scale, False, *dict(QUANT_DEFAULTS, **quant).values())
+
+
 @functools.lru_cache(maxsize=256)
 def _core_options(tensor_layout, is_causal, sm_scale, return_lse, *quant):
     """The C++ options object for one set of arguments, built once and reused."""

@@ -579,14 +579,13 @@ class Recorder:
         for name, tensor in (("q", q), ("k", k), ("v", v)):
             if tensor.dim() != 4:
                 raise ValueError(f"Recorder.record: {name}: expected a rank-4 tensor, got shape {tuple(tensor.shape)}")
-        _ops.check_layout(tensor_layout)
-        if causal_align not in ("top_left", "bottom_right"):
-            raise ValueError(f"causal_align: expected 'top_left' or 'bottom_right', got {causal_align!r}")
         stem = f"{len(self._calls):06d}"
         call = {"layer": layer_id, "timestep": timestep, "dtype": self._DTYPES[q.dtype], "layout": str(tensor_layout),
                 "causal": _ops.flag("is_causal", is_causal), "causal_align": causal_align,
                 "sm_scale": None if sm_scale is None else _ops.scale_value("sm_scale", sm_scale)}
-        call.update({name: _ops.option_value(name, options[name]) for name in self._OPTIONS if name in options})
+        recorded = {name: _ops.option_value(name, options[name]) for name in self._OPTIONS if name in options}
+        _ops.check_call_options(tensor_layout, call["causal"], call["sm_scale"], causal_align=causal_align, **recorded)
+        call.update(recorded)
         for name, tensor in (("q", q), ("k", k), ("v", v)):
             file = f"{stem}_{name}.bin"
             tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tofile(os.path.join(self.directory, file))

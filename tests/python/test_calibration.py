@@ -388,6 +388,10 @@ def test_recorder_checks_what_it_writes(tmp_path):
             recorder.record(q, k, v, layer_id=0, causal_align="bottom-right")
         with pytest.raises(TypeError, match="smooth_k: expected a bool"):
             recorder.record(q, k, v, layer_id=0, smooth_k=2)
+        with pytest.raises(ValueError, match="pv_format: unknown value 'fp6'"):
+            recorder.record(q, k, v, layer_id=0, pv_format="fp6")
+        with pytest.raises(ValueError, match="sm_scale"):
+            recorder.record(q, k, v, layer_id=0, sm_scale=-1.0)
         with pytest.raises(ValueError, match="q: expected a rank-4 tensor"):
             recorder.record(q[0], k, v, layer_id=0)
         recorder.record(q, k, v, layer_id=0, is_causal=1, smooth_k=0, sm_scale=np.float32(0.5))
