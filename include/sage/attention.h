@@ -46,6 +46,9 @@ Status validate_attention_args(const AttentionArgs& args, const AttentionOptions
 // Runs one attention call. `workspace` must be device memory of at least
 // attention_workspace_size() bytes on the tensors' device (may be null when
 // that size is 0). Asynchronous on `stream` for GPU tensors.
+// out and lse may share memory with q, k and v (out written over q, in
+// place, for one): every input is read before an output can overwrite it.
+// They must not overlap each other, nor themselves (invalid_argument).
 Status attention_forward(const AttentionArgs& args, const AttentionOptions& options, void* workspace,
                          std::size_t workspace_bytes, Stream stream);
 

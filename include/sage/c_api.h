@@ -110,7 +110,9 @@ sage_status_t sage_attention_workspace_size(const sage_tensor_t* q, const sage_t
                                             const sage_tensor_t* lse, const sage_options_t* options,
                                             size_t* bytes);
 
-/* `stream` is a cudaStream_t (NULL = the legacy default stream). */
+/* `stream` is a cudaStream_t (NULL = the legacy default stream). `out` and
+ * `lse` may share memory with q, k and v (out written over q, in place, for
+ * one), never with each other (sage/attention.h). */
 sage_status_t sage_attention_forward(const sage_tensor_t* q, const sage_tensor_t* k, const sage_tensor_t* v,
                                      const sage_tensor_t* out, const sage_tensor_t* lse,
                                      const sage_options_t* options, void* workspace, size_t workspace_bytes,

@@ -262,6 +262,38 @@ TEST_P(ApiHostForward, HndAndNhdAgree) {
   EXPECT_EQ(dense_lse(nhd.lse.view), dense_lse(hnd.lse.view));
 }
 
+// Outputs may share memory with the inputs (sage/attention.h): out written
+// over q, k or v, or lse over any of them, gives the bits of the same call
+// with outputs of their own. Each call gets the same fresh inputs
+// (make_call with one seed): the outputs overwrite them.
+TEST_P(ApiHostForward, OutputsOverTheirInputsGiveTheSameBits) {
+  Sizes s;
+  s.heads_q = s.heads_kv = 2, s.nq = s.nk = 48;  // out has the shape of q, k and v
+  const std::uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE(test::seed_note(seed));
+  Call separate = make_call(GetParam(), TensorLayout::NHD, s, seed);
+  ASSERT_TRUE(attention_forward(separate.args(), separate.options, nullptr, 0, nullptr).is_ok());
+  const std::vector<double> out = test::dense_bhnd(separate.out.view, TensorLayout::NHD);
+  const std::vector<double> lse = dense_lse(separate.lse.view);
+  StridedTensor Call::*const inputs[] = {&Call::q, &Call::k, &Call::v};
+  for (StridedTensor Call::*input : inputs) {
+    SCOPED_TRACE(input == &Call::q ? "over q" : input == &Call::k ? "over k" : "over v");
+    Call over = make_call(GetParam(), TensorLayout::NHD, s, seed);
+    AttentionArgs args = over.args();
+    args.out = (over.*input).view;
+    ASSERT_TRUE(attention_forward(args, over.options, nullptr, 0, nullptr).is_ok());
+    EXPECT_EQ(test::dense_bhnd(args.out, TensorLayout::NHD), out) << "out";
+    EXPECT_EQ(dense_lse(over.lse.view), lse);
+
+    Call lse_over = make_call(GetParam(), TensorLayout::NHD, s, seed);
+    args = lse_over.args();
+    args.lse.data = (lse_over.*input).bytes.data();  // (the lse spans fewer bytes than any input)
+    ASSERT_TRUE(attention_forward(args, lse_over.options, nullptr, 0, nullptr).is_ok());
+    EXPECT_EQ(test::dense_bhnd(lse_over.out.view, TensorLayout::NHD), out);
+    EXPECT_EQ(dense_lse(args.lse), lse) << "lse";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, ApiHostForward, ::testing::Values(DType::f32, DType::f16, DType::bf16),
                          [](const ::testing::TestParamInfo<DType>& info) {
                            return std::string(dtype_name(info.param));

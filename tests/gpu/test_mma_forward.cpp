@@ -193,6 +193,12 @@ TEST_F(MmaForward, SmallRepeatable) {
   expect_small_call_repeatable(device());
 }
 
+// out and lse written over q, k or v, on a call of several CTAs per head.
+TEST_F(MmaForward, OutputsOverInputsGiveTheSameBits) {
+  if (sm() < 89) GTEST_SKIP() << "FP8 PV needs compute capability 8.9 or newer";
+  expect_outputs_over_inputs_give_the_same_bits(device());
+}
+
 // Options the mma.sync family cannot run yet are refused with a message that
 // names the family and the option, never run on something else.
 TEST_F(MmaForward, SmallUnsupportedOptionsNamed) {

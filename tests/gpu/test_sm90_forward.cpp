@@ -1179,6 +1179,9 @@ TEST_F(Sm90Forward, SmallInPlaceOutKeepsQInThePrepass) {
   EXPECT_EQ(in_place, separate);
 }
 
+// out and lse written over q, k or v, on a call of several CTAs per head.
+TEST_F(Sm90Forward, OutputsOverInputsGiveTheSameBits) { expect_outputs_over_inputs_give_the_same_bits(device()); }
+
 // lse written over q keeps Q in the pre-pass too (query only): the kernel
 // writes the LSE while other CTAs still read Q. With smooth_k off, where the
 // LSE needs no correction, a separate lse leaves Q to the kernel.
