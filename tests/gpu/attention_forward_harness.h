@@ -917,14 +917,17 @@ void expect_outputs_over_inputs_give_the_same_bits(int device) {
   const auto rows_view = [&](void* data) {
     return sage::make_contiguous_view(data, c.dtype, {c.b, c.hq, c.nq, c.d}, device);
   };
-  const auto lse_view = [&](void* data) { return sage::make_contiguous_view(data, DType::f32, {c.b, c.hq, c.nq}, device); };
+  const auto lse_view = [&](void* data) {
+    return sage::make_contiguous_view(data, DType::f32, {c.b, c.hq, c.nq}, device);
+  };
   const AttentionArgs separate{rows_view(q.data()), rows_view(k.data()), rows_view(v.data()), rows_view(out.data()),
                                lse_view(lse.data())};
   std::size_t workspace_bytes = 0;
   ASSERT_TRUE(sage::attention_workspace_size(separate, c.options(), &workspace_bytes).is_ok());
   DeviceBuffer<unsigned char> workspace(std::max<std::size_t>(workspace_bytes, 1));
   SAGE_CUDA_CHECK(workspace.status());
-  // out's and the first `rows` floats' bits at `lse_data` after one call.
+  // One call on freshly uploaded inputs: the bits of its out and of its LSE
+  // (zeros without it), read where args puts them.
   const auto run = [&](const AttentionArgs& args, const AttentionOptions& options, std::vector<std::uint16_t>* out_bits,
                        std::vector<std::uint32_t>* lse_bits) {
     SAGE_CUDA_CHECK(upload());
