@@ -98,10 +98,10 @@ constexpr std::int64_t kEmuLseFlipRowsPer = 2000;     // rows allowed: 1 + rows 
 // differ in their last bits too (the emulation's mean_q is a double sum, its
 // dot one chain: emulation_sage2.cpp), but a build of the emulation that
 // followed the kernels' orders for both flipped no fewer rows (120 runs:
-// 0-19 in 117, mean 4.7 against 3.1, then 33, 44 and 49): exp2's few ulp
-// and the rows' peaks set the count. 101 of 4000 rows is still a check of
-// the kernel: a wrong l or row max moves most rows, and each allowed row is
-// held to ln(17/16).
+// 0-19 in 117, mean 4.7 against 3.1, then 33, 44 and 49; docs/perf-notes.md,
+// session 58): exp2's few ulp and the rows' peaks set the count. 101 of 4000
+// rows is still a check of the kernel: a wrong l or row max moves most rows,
+// and each allowed row is held to ln(17/16).
 constexpr std::int64_t kEmuLseFlipRowsPerQkBias = 40;
 
 // (b), (c) Kernel vs exact float64. These measure the SageAttention2
