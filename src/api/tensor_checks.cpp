@@ -73,11 +73,11 @@ Status check_unit_last_stride(const char* name, const TensorView& t) {
   return Status::ok();
 }
 
+namespace {
 // Bytes from a view's first element to the end of the one at element offset
 // max_offset (packed 4-bit types hold two elements per byte); false when that
 // overflows int64. (In bytes, not bits: a view check_offsets accepts may
 // span more than 2^60 bytes.)
-namespace {
 bool bytes_through(std::int64_t max_offset, DType dtype, std::int64_t* bytes) {
   const int bits = dtype_bits(dtype);
   if (bits % 8 != 0) {
