@@ -98,7 +98,9 @@ struct FwdTraits {
   static constexpr int kBlockK = kSm90Geometry.cta_k;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // Three stages: a stage is refilled only once every consumer is done with
-  // it, and they drift apart by up to a tile.
+  // it, and they drift apart by up to a tile. (Two timed the same in the
+  // three-consumer D = 128 instances, 4K and 16K keys: 33 KiB there are
+  // free should shared memory be needed; docs/perf-notes.md, session 60.)
   static constexpr int kStages = 3;
   // A consumer holds O, the P V^T tile accumulator, S and P at once while
   // its two MMAs run (~210 registers at D = 128, ~150 at D = 64; with serial
@@ -122,7 +124,11 @@ struct FwdTraits {
   // tile at once (160 each): every step waits for its Q K^T, runs the
   // softmax, then issues P V^T and waits for it. (Streaming P V^T chunk by
   // chunk under the exponentials keeps its accumulator live next to S:
-  // 800 bytes of spills; D = 128 without kScoresDieEarly: 600.)
+  // 800 bytes of spills; D = 128 without kScoresDieEarly: 600. P V^T
+  // accumulated into O itself, with P through shared memory, fits and
+  // lets the next Q K^T follow it at once, but measured 6.4% slower, and
+  // one level of FP8 accumulation over all keys is wrong in scale: relative
+  // L1 0.32 at 16K keys; docs/perf-notes.md, session 60.)
   static constexpr bool kSerialSteps = kConsumers == 3 && HeadDimPadded == 128;
   static constexpr bool kStepsAcrossItems = steps_across_items(QuantizeQ, Consumers);
   // Whether a causal launch may claim its items (QkInt8PvFp8Params::claims_items).
