@@ -32,8 +32,8 @@ TWO_LEVEL_ON_HOPPER = (
     " On the hardware it was measured once (an H100, docs/perf-notes.md, session 60): a kernel whose "
     "FP8 MMA accumulated P V^T over all of a row's keys, one level, reached relative L1 0.072 at 4K keys "
     "and 0.32 at 16K on Gaussian inputs (cos-sim still 0.9992), against 0.039 and 0.037 with the "
-    "per-tile second level: the row sums, which only grow, lose their late terms, so the output comes "
-    "out too large.")
+    "per-tile second level: an error of scale, most likely from the row sums, which only grow and so "
+    "lose their late terms to the short accumulator.")
 
 ABLATIONS = ["smoothing", "granularity", "pv-format", "smooth-v"]
 ABLATION_TITLES = {
