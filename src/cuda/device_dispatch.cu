@@ -282,6 +282,7 @@ Sm90Paths gpu_sm90_paths(const AttentionArgs& args, const AttentionOptions& opti
     paths.kv_head_jobs = paths.kv_head_job_ctas > 0;
     paths.out_by_tma = sm90::stores_output_by_tma(args, options);
     paths.claims_items = sm90::claims_work_items(args, options, device.sm_count);
+    paths.concurrent_heads = sm90::concurrent_prepass_heads(args, options, device.sm_count);
   }
 #else
   (void)args, (void)options;

@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -203,6 +204,63 @@ TEST_P(KvHeadJobBuffers, SplitsMatchOneCtaPerJob) {
               0u)
         << "a second run of the split gave other bytes";
   }
+}
+
+// The concurrent pre-pass's two launches (PrepassProblem::concurrent_heads:
+// the first quarter of the heads' jobs at once, the others claimed by
+// three CTAs) over a workspace of 0x01 bytes, in which every flag reads as
+// raised and every counter as non-zero: the outputs as one CTA per job
+// gives them, every job's flags raised (one per CTA of the first launch's
+// clusters, one for each later job), the attention kernel's claim counters
+// zeroed, and the job claims counted once per job and once per CTA (its
+// claim past the last job).
+TEST_P(KvHeadJobBuffers, ConcurrentLaunchesMatchOneCtaPerJob) {
+  const JobsCase& c = GetParam();
+  if (c.jobs_at_once != 0) GTEST_SKIP() << "the concurrent pre-pass runs every job (its launches choose their grids)";
+  const int kv_heads = c.batch * c.heads;
+  if (kv_heads < 2) GTEST_SKIP() << "one head: no second launch";
+  const std::uint64_t seed = sage::test::fresh_seed();
+  SCOPED_TRACE(std::string(c.name) + " " + sage::test::seed_note(seed));
+  const std::vector<std::uint16_t> k_rows = make_rows(c, false, seed), v_rows = make_rows(c, true, seed + 1);
+  DeviceBuffer<std::uint16_t> dk(k_rows.size()), dv(v_rows.size());
+  ASSERT_EQ(dk.status(), cudaSuccess);
+  ASSERT_EQ(dv.status(), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dk.data(), k_rows.data(), k_rows.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dv.data(), v_rows.data(), v_rows.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  const std::int64_t stride_n = c.head_dim, stride_h = stride_n * c.nk, stride_b = stride_h * c.heads;
+  const sage::quant::StridedInput k{dk.data(), stride_b, stride_h, stride_n};
+  const sage::quant::StridedInput v{dv.data(), stride_b, stride_h, stride_n};
+  sage::quant::PrepassProblem p = problem_of(c, sm_count());
+  const sage::quant::PrepassLayout layout = sage::quant::make_prepass_layout(p);
+  DeviceBuffer<std::uint8_t> ws(layout.bytes);
+  ASSERT_EQ(ws.status(), cudaSuccess);
+
+  Outputs one, side;
+  p.kv_head_job_split = 1, p.kv_head_jobs_per_sm = 1;
+  ASSERT_NO_FATAL_FAILURE(run_jobs(c, p, layout, ws.data(), 0x00, k, v, &one));
+  p.kv_head_job_split = 0, p.kv_head_jobs_per_sm = 0;  // (the first launch: the rules' shape for its jobs)
+  p.concurrent_heads = std::max(1, kv_heads / 4), p.concurrent_sms = 3;
+  ASSERT_NO_FATAL_FAILURE(run_jobs(c, p, layout, ws.data(), 0x01, k, v, &side));
+  EXPECT_EQ(side.item_claims[0], 0);
+  EXPECT_EQ(side.item_claims[1], 0);
+  EXPECT_EQ(count_differing(side.vt, one.vt), 0u) << "V^T codes";
+  EXPECT_EQ(count_differing(side.v_scale, one.v_scale), 0u) << "V scales";
+  EXPECT_EQ(count_differing(side.v_mean, one.v_mean), 0u) << "V means";
+  expect_k_agrees(c, side, one);
+
+  const int jobs = 2 * kv_heads, first_jobs = 2 * p.concurrent_heads;
+  const int first_ctas = sage::quant::kv_head_job_shape_fitting(p).ctas;
+  const sage::quant::PrepassBuffers b = layout.carve(ws.data());
+  std::vector<int> ready;
+  constexpr int kMaxCtas = sage::quant::kKvHeadJobMaxCtas;
+  ASSERT_NO_FATAL_FAILURE(download(&ready, b.job_ready, static_cast<std::size_t>(jobs) * kMaxCtas));
+  for (int job = 0; job < jobs; ++job) {
+    const int ctas = job < first_jobs ? first_ctas : 1;
+    for (int r = 0; r < ctas; ++r) EXPECT_EQ(ready[job * kMaxCtas + r], 1) << "job " << job << " CTA " << r;
+  }
+  int job_claims = -1;
+  ASSERT_EQ(cudaMemcpy(&job_claims, b.job_claims, sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(job_claims, (jobs - first_jobs) + std::min(p.concurrent_sms, jobs - first_jobs));
 }
 
 // "Small" cases also run under compute-sanitizer (scripts/device-check.sh):

@@ -603,6 +603,22 @@ TEST_P(Sm90KvHeadJobs, AgreeWithTheTwoKernelPath) {
   };
   for (const char* split : kHeadJobSplits) ASSERT_NO_FATAL_FAILURE(run_at(split, nullptr));
   for (const char* per_sm : kHeadJobsPerSm) ASSERT_NO_FATAL_FAILURE(run_at(nullptr, per_sm));
+  // The concurrent pre-pass (SAGE_PREPASS_CONCURRENT=H:P), where the call
+  // takes it (not causal, Q quantized in the kernel): a quarter of the
+  // heads first, the rest on a sixteenth of the SMs, from a workspace of
+  // ones (every flag raised, every counter non-zero: the first launch must
+  // clear them, or the kernel reads codes not yet written).
+  const std::int64_t kv_heads = c.b * c.hkv;
+  const std::string concurrent =
+      std::to_string(std::max<std::int64_t>(1, kv_heads / 4)) + ":" + std::to_string(std::max(1, sm_count() / 16));
+  SCOPED_TRACE("SAGE_PREPASS_CONCURRENT=" + concurrent);
+  ScopedEnv on_the_side("SAGE_PREPASS_CONCURRENT", concurrent.c_str());
+  GpuResult side;
+  ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &side, /*repeat=*/true, /*workspace_word=*/1u));
+  ASSERT_TRUE(side.sm90.kv_head_jobs);
+  const bool takes_it = !c.causal && side.sm90.q_in_kernel && kv_heads > 1;
+  ASSERT_EQ(side.sm90.concurrent_heads, takes_it ? std::max<std::int64_t>(1, kv_heads / 4) : 0);
+  expect_matches_two_kernel_path(c, side, two_kernels);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sm90, Sm90KvHeadJobs, ::testing::ValuesIn(kv_head_job_cases()), case_name);
@@ -637,6 +653,53 @@ TEST_F(Sm90Forward, KvHeadJobsOnlyWhereTheCallFits) {
   expect_paths({{"the default limit (kKvHeadJobsMaxKeys)", base, sage::sm90::kKvHeadJobsMaxKeys >= base.nk},
                 {"past the default limit", longer, false}},
                device(), &sage::detail::Sm90Paths::kv_head_jobs);
+}
+
+// Where the rule takes the concurrent pre-pass (kConcurrentPrepassMinKeys,
+// on the head-jobs path) and where it does not: each condition broken
+// alone, and SAGE_PREPASS_CONCURRENT turning it off or forcing it.
+TEST_F(Sm90Forward, ConcurrentPrepassOnlyWhereTheRuleTakesIt) {
+  const int first = sage::sm90::kConcurrentPrepassFirstHeads;
+  Case base;  // a head job per SM (kv_head_jobs_fit)
+  base.b = 1, base.hq = base.hkv = sm_count() / 2, base.nq = 200, base.nk = sage::sm90::kKvHeadJobsMaxKeys;
+  base.return_lse = false;
+  struct Variant {
+    const char* what;
+    Case c;
+    const char* env;  // SAGE_PREPASS_CONCURRENT (nullptr: unset)
+    int expected;
+  };
+  auto with = [&](auto change) {
+    Case c = base;
+    change(c);
+    return c;
+  };
+  const std::vector<Variant> variants = {
+      {"the plain call", base, nullptr, first},
+      {"GQA, as many kv heads", with([](Case& c) { c.hq = 2 * c.hkv; }), nullptr, first},
+      {"two batches", with([](Case& c) { c.b = 2, c.hq = c.hkv = c.hkv / 2; }), nullptr, first},
+      {"kConcurrentPrepassMinKeys keys", with([](Case& c) { c.nk = sage::sm90::kConcurrentPrepassMinKeys; }),
+       nullptr, 0},
+      {"off the head-jobs path (a job for a quarter of the SMs)", with([](Case& c) { c.hq = c.hkv = c.hkv / 4; }),
+       nullptr, 0},
+      {"causal", with([](Case& c) { c.causal = true; }), nullptr, 0},
+      {"D = 64", with([](Case& c) { c.d = 64; }), nullptr, 0},
+      {"Q from the pre-pass (per-block groups)", with([](Case& c) { c.granularity = Granularity::per_block; }),
+       nullptr, 0},
+      {"SAGE_PREPASS_CONCURRENT=0", base, "0", 0},
+      {"SAGE_PREPASS_CONCURRENT=2:8 at 1K keys", with([](Case& c) { c.nk = 1024; }), "2:8", 2},
+  };
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(sage::test::seed_note(seed));
+  for (const Variant& v : variants) {
+    SCOPED_TRACE(std::string(v.what) + ": " + v.c.describe());
+    ScopedEnv env("SAGE_PREPASS_CONCURRENT", v.env);
+    const sage::ref::Inputs in = sage::ref::make_inputs(v.c.problem(), v.c.dist, seed, v.c.dtype);
+    GpuResult gpu;
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(v.c, in, device(), &gpu));
+    EXPECT_EQ(gpu.sm90.concurrent_heads, v.expected);
+    EXPECT_EQ(count_nonfinite(gpu.out), 0);
+  }
 }
 
 // ------------------------------------------------------------------ statistics schedule

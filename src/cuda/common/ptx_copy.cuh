@@ -72,5 +72,13 @@ __device__ __forceinline__ int load_acquire_gpu(const int* flag) {
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(value) : "l"(flag) : "memory");
   return value;
 }
+// The same without the ordering: several flags polled in one round trip,
+// then one fence (__threadfence) after them, the acquire pattern of the PTX
+// memory model.
+__device__ __forceinline__ int load_relaxed_gpu(const int* flag) {
+  int value;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(value) : "l"(flag) : "memory");
+  return value;
+}
 
 }  // namespace sage::ptx

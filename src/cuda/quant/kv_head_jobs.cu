@@ -82,7 +82,65 @@ struct HeadJobShared {
   float per_channel[kDp];          // K: mean_k; V: 1 / v_scale
   float group_max[2][kThreads / 32];                  // K: the warps' |k - mean| maxima, by tile parity
   alignas(16) std::uint8_t vt[2][kDp][kTileRows];     // V^T tiles by parity, 16-byte blocks swizzled (v_codes)
+  int claimed_job;                                    // HeadJobLaunch::claims: the job thread 0 claimed
 };
+
+// Which jobs one launch of the kernel runs, and how. The usual pre-pass is
+// one launch of every job, strided over its clusters. The concurrent
+// pre-pass (PrepassProblem::concurrent_heads) is two: the first heads' jobs
+// strided over the whole GPU (`clears`), then the others claimed one at a
+// time by a CTA on each of a few SMs (`claims`), both raising each job's
+// flags in job_ready (`publishes`) for the attention kernel, which runs
+// beside them and waits for each head's flags instead of for the grids.
+struct HeadJobLaunch {
+  int first_job = 0, end_job = 0;  // jobs [first_job, end_job) of 2 * batch * heads_kv
+  bool publishes = false;
+  // Before its trigger: the flags of jobs past end_job (the second
+  // launch's) and its CTAs' own are cleared, and the claim counters zeroed.
+  bool clears = false;
+  bool claims = false;  // one CTA per job, claimed from job_claims
+};
+
+// Clears what the concurrent pre-pass's first launch must clear before any
+// CTA of the second launch or of the attention kernel can read it (those
+// start after this grid's triggers: the fence and the barrier put the
+// stores before this CTA's trigger, as kv_stats_kernel's clears). A CTA
+// clears only its own jobs' flags of this launch (the clear of another
+// CTA's flag could land after that CTA raised it), and its share of the
+// second launch's, which no CTA of this grid raises.
+__device__ void clear_before_trigger(const PrepassBuffers& out, const HeadJobLaunch& launch, int jobs, int ctas,
+                                     int rank) {
+  if (threadIdx.x == 0) {
+    for (int job = launch.first_job + blockIdx.x / ctas; job < launch.end_job; job += gridDim.x / ctas) {
+      out.job_ready[job * kKvHeadJobMaxCtas + rank] = 0;
+    }
+  }
+  int* later = out.job_ready + launch.end_job * kKvHeadJobMaxCtas;
+  const int later_flags = (jobs - launch.end_job) * kKvHeadJobMaxCtas;
+  for (int i = blockIdx.x * kThreads + threadIdx.x; i < later_flags; i += gridDim.x * kThreads) later[i] = 0;
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    out.item_claims[0] = out.item_claims[1] = 0;
+    *out.job_claims = 0;
+  }
+  __threadfence();
+  __syncthreads();
+}
+
+// This CTA's next job after `job` (its first where job < 0; past the
+// launch's last: >= end_job): strided over the launch's clusters, or
+// claimed (only by CTAs alone on their SMs: kMayClaim, so that the two-per-SM
+// build, at 64 registers, keeps its loop as it was). Ends with a barrier
+// where claimed (the claim's broadcast).
+template <bool kMayClaim>
+__device__ __forceinline__ int next_job(const PrepassBuffers& out, const HeadJobLaunch& launch, int job, int ctas,
+                                        HeadJobShared& s) {
+  if (!kMayClaim || !launch.claims) {
+    return job < 0 ? launch.first_job + static_cast<int>(blockIdx.x) / ctas : job + gridDim.x / ctas;
+  }
+  if (threadIdx.x == 0) s.claimed_job = launch.first_job + atomicAdd(out.job_claims, 1);
+  __syncthreads();
+  return s.claimed_job;
+}
 
 // The rows [first, first + n) of a head: those of one CTA of its job. Rows
 // are counted from `first` (base points at it); 16 bytes of row `row`,
@@ -406,20 +464,24 @@ __device__ void v_codes(const PrepassLayout& layout, const PrepassBuffers& out, 
 template <typename T, int kPerSm>
 __global__ void __launch_bounds__(kThreads, kPerSm)
     kv_head_jobs_kernel(PrepassProblem p, PrepassLayout layout, PrepassBuffers out, StridedInput k_in,
-                        StridedInput v_in, int ctas) {
+                        StridedInput v_in, int ctas, HeadJobLaunch launch) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // The attention kernel (which quantizes Q before it waits for this grid)
-  // may start on SMs this grid leaves.
-  pdl::allow_dependent_launch();
-  if (blockIdx.x == 0 && threadIdx.x == 0) out.item_claims[0] = out.item_claims[1] = 0;  // (zero_item_claims)
-  extern __shared__ uint4 head_jobs_smem[];
-  HeadJobShared& s = *reinterpret_cast<HeadJobShared*>(head_jobs_smem);
   const int jobs = 2 * p.batch * p.heads_kv;
   const int tiles = (p.nk + kTileRows - 1) / kTileRows;
   const JobCtas job_ctas{ctas, ctas > 1 ? cluster::rank() : 0, (tiles + ctas - 1) / ctas * kTileRows};
+  if (launch.clears) clear_before_trigger(out, launch, jobs, ctas, job_ctas.rank);
+  // The attention kernel (which quantizes Q before it waits for this grid)
+  // may start on SMs this grid leaves.
+  pdl::allow_dependent_launch();
+  // (zero_item_claims; a publishing launch does not: the attention kernel
+  // may be claiming already, its counters cleared before the first trigger.)
+  if (!launch.publishes && blockIdx.x == 0 && threadIdx.x == 0) out.item_claims[0] = out.item_claims[1] = 0;
+  extern __shared__ uint4 head_jobs_smem[];
+  HeadJobShared& s = *reinterpret_cast<HeadJobShared*>(head_jobs_smem);
   // Job j: head j / 2, K (even) or V (odd): a head's two jobs side by side,
   // the heads in order. Every CTA of a cluster takes the same jobs.
-  for (int job = blockIdx.x / ctas; job < jobs; job += gridDim.x / ctas) {
+  for (int job = next_job<kPerSm == 1>(out, launch, -1, ctas, s); job < launch.end_job;
+       job = next_job<kPerSm == 1>(out, launch, job, ctas, s)) {
     const int bh = job / 2;
     const bool v_job = job % 2 == 1;
     const auto [b, h] = layout.heads_kv_div.divmod(bh);
@@ -432,8 +494,12 @@ __global__ void __launch_bounds__(kThreads, kPerSm)
     } else {
       k_codes<kPerSm == 1, T>(p, layout, out, rows, bh, s);
     }
+    if (launch.publishes) __threadfence();  // (this thread's codes and scales, before the flag below)
     job_ctas.partials_free();
     __syncthreads();  // the next job rewrites s
+    if (launch.publishes && threadIdx.x == 0) {
+      ptx::store_release_gpu(out.job_ready + job * kKvHeadJobMaxCtas + job_ctas.rank, 1);
+    }
   }
   // When launched under a Q-only quantize grid (launch_kv_head_job_path),
   // this grid's completion must imply that one's: the attention kernel waits
@@ -486,25 +552,63 @@ bool head_job_clusters_fit(KvHeadJobShape shape) {
                                   head_jobs_config(1, shape, nullptr, false, attributes));
 }
 
+// The shape for `jobs` of p's jobs on the whole GPU.
 template <typename T>
-KvHeadJobShape head_job_shape_fitting(const PrepassProblem& p) {
+KvHeadJobShape head_job_shape_fitting(const PrepassProblem& p, long long jobs) {
   constexpr int kRowBytes = kDp * static_cast<int>(sizeof(T));
-  KvHeadJobShape shape = kv_head_job_shape(2LL * p.batch * p.heads_kv, p.nk, p.sm_count, kRowBytes,
-                                           p.kv_head_job_split, p.kv_head_jobs_per_sm);
+  KvHeadJobShape shape =
+      kv_head_job_shape(jobs, p.nk, p.sm_count, kRowBytes, p.kv_head_job_split, p.kv_head_jobs_per_sm);
   if (shape.ctas > 1 && !head_job_clusters_fit<T>(shape)) shape.ctas = 1;
   return shape;
+}
+
+// One launch of `slots` jobs (or clusters) side by side in `shape`.
+template <typename T>
+cudaError_t launch_jobs(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                        StridedInput k, StridedInput v, KvHeadJobShape shape, int slots, HeadJobLaunch launch,
+                        cudaStream_t stream, bool programmatic) {
+  if (const cudaError_t e = allow_head_jobs_smem<T>(shape.per_sm); e != cudaSuccess) return e;
+  cudaLaunchAttribute attributes[2];
+  const cudaLaunchConfig_t config = head_jobs_config(slots, shape, stream, programmatic, attributes);
+  return shape.per_sm == 1
+             ? cudaLaunchKernelEx(&config, kv_head_jobs_kernel<T, 1>, p, layout, out, k, v, shape.ctas, launch)
+             : cudaLaunchKernelEx(&config, kv_head_jobs_kernel<T, 2>, p, layout, out, k, v, shape.ctas, launch);
+}
+
+// The concurrent pre-pass (PrepassProblem::concurrent_heads): the first
+// heads' jobs at once on the whole GPU, in the shape the rules give every
+// job (H100, B=2 H=32 D=128 4K keys: 8 CTAs per job, two per SM, the first
+// 16 heads' jobs in ~40 us; the shape the rules give 32 jobs, 4 CTAs per
+// job and one per SM, took ~56), then (programmatic: its CTAs start
+// under the first launch, on the SMs it leaves) one CTA per SM on
+// concurrent_sms SMs claiming the other heads' jobs, one job per CTA at a
+// time (one CTA per SM: 123 registers, more than half an SM's shared
+// memory, so that P CTAs hold P SMs and no attention CTA shares them).
+template <typename T>
+cudaError_t launch_concurrent(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
+                              StridedInput k, StridedInput v, cudaStream_t stream) {
+  const int jobs = 2 * p.batch * p.heads_kv, first_jobs = 2 * p.concurrent_heads;
+  const KvHeadJobShape first = head_job_shape_fitting<T>(p, jobs);
+  HeadJobLaunch launch{0, first_jobs, true, true, false};
+  if (const cudaError_t e = launch_jobs<T>(p, layout, out, k, v, first, first_jobs, launch, stream, false);
+      e != cudaSuccess) {
+    return e;
+  }
+  launch = HeadJobLaunch{first_jobs, jobs, true, false, true};
+  return launch_jobs<T>(p, layout, out, k, v, KvHeadJobShape{1, 1}, std::min(p.concurrent_sms, jobs - first_jobs),
+                        launch, stream, true);
 }
 
 template <typename T>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                          StridedInput k, StridedInput v, int jobs_at_once, cudaStream_t stream, bool programmatic) {
-  const KvHeadJobShape shape = head_job_shape_fitting<T>(p);
-  if (const cudaError_t e = allow_head_jobs_smem<T>(shape.per_sm); e != cudaSuccess) return e;
-  cudaLaunchAttribute attributes[2];
-  const cudaLaunchConfig_t config = head_jobs_config(jobs_at_once, shape, stream, programmatic, attributes);
-  return shape.per_sm == 1
-             ? cudaLaunchKernelEx(&config, kv_head_jobs_kernel<T, 1>, p, layout, out, k, v, shape.ctas)
-             : cudaLaunchKernelEx(&config, kv_head_jobs_kernel<T, 2>, p, layout, out, k, v, shape.ctas);
+  const int jobs = 2 * p.batch * p.heads_kv;
+  if (p.concurrent_heads > 0 && p.concurrent_heads < p.batch * p.heads_kv && p.concurrent_sms > 0 &&
+      jobs_at_once == jobs && !programmatic) {
+    return launch_concurrent<T>(p, layout, out, k, v, stream);
+  }
+  return launch_jobs<T>(p, layout, out, k, v, head_job_shape_fitting<T>(p, jobs), jobs_at_once,
+                        HeadJobLaunch{0, jobs, false, false, false}, stream, programmatic);
 }
 
 }  // namespace
@@ -529,7 +633,8 @@ cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& la
 }
 
 KvHeadJobShape kv_head_job_shape_fitting(const PrepassProblem& p) {
-  return p.bf16 ? head_job_shape_fitting<__nv_bfloat16>(p) : head_job_shape_fitting<__half>(p);
+  const long long jobs = 2LL * p.batch * p.heads_kv;
+  return p.bf16 ? head_job_shape_fitting<__nv_bfloat16>(p, jobs) : head_job_shape_fitting<__half>(p, jobs);
 }
 
 }  // namespace sage::quant

@@ -1092,6 +1092,7 @@ cudaError_t launch_kv_head_job_path(const PrepassProblem& p, const PrepassLayout
   if (const cudaError_t err = launch_q_only_grid<T, Dp>(p, layout, out, q, k, v, stream, &q_grid); err != cudaSuccess) {
     return err;
   }
+  if (q_grid && p.concurrent_heads > 0) return cudaErrorInvalidValue;  // (the dispatch asks for neither with the other)
   return launch_kv_head_jobs(p, layout, out, k, v, 0, stream, programmatic && q_grid);
 }
 
@@ -1215,6 +1216,8 @@ PrepassLayout make_prepass_layout(const PrepassProblem& p) {
   l.off_v_partial = take(sizeof(float) * bhk * l.chunks * 3 * dp);
   l.off_stats_ready = take(sizeof(int) * bhk * l.chunks);
   l.off_item_claims = take(2 * sizeof(int));
+  l.off_job_ready = take(sizeof(int) * 2 * bhk * kKvHeadJobMaxCtas);
+  l.off_job_claims = take(sizeof(int));
   l.bytes = at;
   return l;
 }
@@ -1239,6 +1242,8 @@ PrepassBuffers PrepassLayout::carve(void* workspace) const {
   b.v_partial = reinterpret_cast<float*>(base + off_v_partial);
   b.stats_ready = reinterpret_cast<int*>(base + off_stats_ready);
   b.item_claims = reinterpret_cast<int*>(base + off_item_claims);
+  b.job_ready = reinterpret_cast<int*>(base + off_job_ready);
+  b.job_claims = reinterpret_cast<int*>(base + off_job_claims);
   return b;
 }
 

@@ -114,6 +114,14 @@ struct PrepassProblem {
   // SAGE_PREPASS_KV_HEAD_JOBS_PER_SM says otherwise; the device probe keeps
   // 1: a grid of P CTAs on P SMs.)
   int kv_head_jobs_per_sm = 1;
+  // The concurrent pre-pass (head-jobs path only; launch_kv_head_jobs): the
+  // jobs of the first concurrent_heads (batch * kv head)s run first on the
+  // whole GPU, those of the other heads on concurrent_sms SMs (one CTA of
+  // one job at a time on each) beside the attention kernel, which starts
+  // under both and waits for each head's flags (job_ready) instead of for
+  // the grids. 0: the head jobs all at once, the attention kernel after.
+  int concurrent_heads = 0;
+  int concurrent_sms = 0;
 };
 
 struct PrepassBuffers {
@@ -134,6 +142,12 @@ struct PrepassBuffers {
   // (qk_int8_pv_fp8_sm90_scheduler.cuh), zeroed by the pre-pass's kernel
   // that the attention kernel waits for.
   int* item_claims = nullptr;
+  // The concurrent pre-pass (PrepassProblem::concurrent_heads): per head
+  // job (K of (batch * kv head) h: job 2 h, its V: 2 h + 1) and CTA of the
+  // job, kKvHeadJobMaxCtas flags, 1 once that CTA's codes and scales are
+  // written; and the later launch's job claim counter.
+  int* job_ready = nullptr;  // [2 * B*Hkv][kKvHeadJobMaxCtas]
+  int* job_claims = nullptr;
 };
 
 struct PrepassLayout {
@@ -153,7 +167,7 @@ struct PrepassLayout {
   friend PrepassLayout make_prepass_layout(const PrepassProblem& p);
   std::size_t off_q = 0, off_k = 0, off_vt = 0, off_q_scale = 0, off_k_scale = 0, off_v_scale = 0,
               off_v_mean = 0, off_lse_corr = 0, off_q_mean = 0, off_k_partial = 0, off_v_partial = 0,
-              off_stats_ready = 0, off_item_claims = 0;
+              off_stats_ready = 0, off_item_claims = 0, off_job_ready = 0, off_job_claims = 0;
 };
 
 PrepassLayout make_prepass_layout(const PrepassProblem& p);
@@ -199,7 +213,12 @@ bool kv_head_jobs_path(const PrepassProblem& p, bool vec);
 // claim counters. `programmatic`: launched under the
 // stream's previous kernel (the Q-only quantize grid), for which it waits
 // before it completes. (The device probe bench/probes/kv_prepass_probe.cu
-// runs it on a few SMs.)
+// runs it on a few SMs.) Where p.concurrent_heads > 0 (and jobs_at_once is
+// 0, with no Q-only grid before it), the concurrent pre-pass instead: two
+// launches, the first heads' jobs on the whole GPU, then the other heads'
+// on p.concurrent_sms SMs, both raising their jobs' flags (job_ready), the
+// first one clearing every flag and the claim counters before the second
+// one or the attention kernel can start.
 cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                                 StridedInput k, StridedInput v, int jobs_at_once, cudaStream_t stream,
                                 bool programmatic);

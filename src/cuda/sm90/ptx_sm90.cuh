@@ -86,6 +86,9 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
                "l"(src), "r"(bytes), "r"(smem_addr(bar))
                : "memory");
 }
+// Orders global memory as seen by this thread's generic accesses before its
+// later async-proxy accesses (TMA and bulk loads of what other CTAs stored).
+__device__ __forceinline__ void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;\n" ::: "memory"); }
 // Makes this thread's shared-memory stores (generic proxy) visible to later
 // reads of the async proxy (wgmma operands, TMA stores).
 __device__ __forceinline__ void fence_proxy_async_shared() {

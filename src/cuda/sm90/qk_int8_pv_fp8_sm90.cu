@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -25,7 +26,7 @@
 
 namespace sage::sm90 {
 
-template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsAcrossItems, int Consumers>
+template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsBuild, int Consumers>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream);
 
 namespace {
@@ -268,6 +269,38 @@ quant::PrepassProblem call_problem(const AttentionArgs& args, const AttentionOpt
   return problem;
 }
 
+// The concurrent pre-pass (quant::PrepassProblem::concurrent_heads) for a
+// call whose problem `pp` is decided but for it (kConcurrentPrepassMinKeys):
+// only where the head jobs quantize K and V, the kernel quantizes Q (no
+// pre-pass grid over Q before them) at D = 128, the call is not causal, and
+// out and lse share no memory with K and V (the kernel writes them while the
+// pre-pass still reads); there by the rule, or as SAGE_PREPASS_CONCURRENT
+// says (H:P, or 0: never). Returns pp with concurrent_heads and
+// concurrent_sms set, or as it was.
+quant::PrepassProblem with_concurrent_prepass(const AttentionArgs& args, const AttentionOptions& o,
+                                              quant::PrepassProblem pp, bool kernel_only) {
+  const int kv_heads = pp.batch * pp.heads_kv;
+  int heads = pp.nk > kConcurrentPrepassMinKeys ? kConcurrentPrepassFirstHeads : 0;
+  int sms = pp.sm_count * 2 / 11;
+  if (const char* env = std::getenv("SAGE_PREPASS_CONCURRENT"); env != nullptr && *env != '\0') {
+    if (std::sscanf(env, "%d:%d", &heads, &sms) != 2) heads = 0;
+  }
+  if (heads <= 0 || heads >= kv_heads || sms <= 0 || sms >= pp.sm_count) return pp;
+  if (kernel_only || o.causal || !pp.q_in_attention || pp.head_dim_padded != 128) return pp;
+  if (quant::kv_head_job_shape(pp, fwd::strided(args.q, o.layout), fwd::strided(args.k, o.layout),
+                               fwd::strided(args.v, o.layout))
+          .ctas == 0) {
+    return pp;
+  }
+  for (const TensorView* input : {&args.k, &args.v}) {
+    if (detail::memory_ranges_overlap(*input, args.out)) return pp;
+    if (o.return_lse && detail::memory_ranges_overlap(*input, args.lse)) return pp;
+  }
+  pp.concurrent_heads = heads;
+  pp.concurrent_sms = sms;
+  return pp;
+}
+
 // The causal instance: where its consumers run their steps across items,
 // the build that reads claimed items if the launch claims, else the one
 // that computes its static rounds (FwdTraits::kMayClaimItems).
@@ -296,6 +329,17 @@ cudaError_t launch_for(const QkInt8PvFp8Params& p, bool causal, bool bf16, int c
   // Any other count has no instance here: the Q tensor map's box (query_block_rows(consumers))
   // would not match the kernel's tile, so refuse rather than launch it.
   if (consumers != kConsumers) return cudaErrorInvalidValue;
+  if (p.job_ready != nullptr) {  // beside the concurrent pre-pass: the build that claims its items
+    if constexpr (Dp == 128 && QuantizeQ) {
+      if (!causal) {
+        return bf16 ? launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ, QuantizeQ, true, kConsumers>(
+                          p, sm_count, s)
+                    : launch_qk_int8_pv_fp8_sm90<Dp, false, __half, SmoothQ, QuantizeQ, true, kConsumers>(p, sm_count,
+                                                                                                        s);
+      }
+    }
+    return cudaErrorInvalidValue;  // (with_concurrent_prepass takes no other call)
+  }
   if (bf16) {
     return causal ? launch_causal<Dp, __nv_bfloat16, SmoothQ, QuantizeQ, kConsumers>(p, sm_count, s)
                   : launch_qk_int8_pv_fp8_sm90<Dp, false, __nv_bfloat16, SmoothQ, QuantizeQ, false, kConsumers>(
@@ -355,6 +399,13 @@ bool claims_work_items(const AttentionArgs& args, const AttentionOptions& option
       .claims;
 }
 
+int concurrent_prepass_heads(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
+  CUtensorMap map;
+  quant::PrepassProblem problem = call_problem(args, options, &map);
+  problem.sm_count = sm_count;
+  return with_concurrent_prepass(args, options, problem, /*kernel_only=*/false).concurrent_heads;
+}
+
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options) {
   return quant::make_prepass_layout(prepass_problem(args, options)).bytes;
 }
@@ -366,6 +417,7 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   quant::PrepassProblem problem = call_problem(args, o, &p.tmap_q);
   problem.stats_ctas = statistics_ctas(device.sm_count);
   problem.sm_count = device.sm_count;
+  problem = with_concurrent_prepass(args, o, problem, kernel_only);
   fwd::Prepass prepass;
   SAGE_RETURN_IF_ERROR(
       fwd::start_prepass(args, o, problem, workspace, s, kernel_only, /*programmatic=*/true, &prepass));
@@ -390,6 +442,12 @@ Status run(const AttentionArgs& args, const AttentionOptions& o, const cuda::Dev
   p.item_claims = buf.item_claims;
   const CausalSchedule schedule = causal_schedule_of(o, pp, ctas, consumers);
   p.claims_items = schedule.claims;
+  if (pp.concurrent_heads > 0) {
+    p.job_ready = buf.job_ready;
+    p.ready_split_jobs = 2 * pp.concurrent_heads;
+    p.ready_split_ctas = quant::kv_head_job_shape_fitting(pp).ctas;
+    p.claims_items = true;
+  }
   // SAGE_SM90_WINDOW_HEADS: heads per window of every causal launch's order
   // (0 or unset: causal_window_heads where the schedule takes windows, one
   // head elsewhere; the tests try others, static rounds and claims alike).

@@ -59,6 +59,25 @@ inline constexpr int kKvStreamMaxKeys = 16384;
 // 4K not measured.
 // SAGE_PREPASS_KV_HEAD_JOBS_KEYS overrides it (read per call; 0: never).
 inline constexpr int kKvHeadJobsMaxKeys = 4096;
+// Where the head jobs run as the concurrent pre-pass
+// (quant::PrepassProblem::concurrent_heads): the first
+// kConcurrentPrepassFirstHeads (batch * kv head)s' jobs on the whole GPU,
+// the others' on 2 of every 11 SMs beside the attention kernel, which waits
+// for each head's flags instead of for the grids. Non-causal D = 128 calls
+// whose Q the kernel quantizes, on the head-jobs path (up to
+// kKvHeadJobsMaxKeys keys, about a job per SM), with more than
+// kConcurrentPrepassMinKeys keys. H100, GPU time of whole calls against
+// the head jobs all at once, B=2 H=32 D=128, 3 interleaved rounds
+// (docs/perf-notes.md, sessions 59-60), 4 heads first and 24 SMs: 3200
+// keys -3.4%, 3584 -3.9%, 4096 -1.9..-2.6% (16 SMs -2.8%, 32 -2.2%; 2
+// heads first -2.1%, 6-8 heads -1.8..-2.2%, 16 -0.8%); 2560 keys, asked
+// for, -1.5% (a case for a lower bound, whose rule has not run on a GPU
+// yet); 2048 with 8 or 16 heads first +1.1..+4.3% (the first launch's
+// latency, one job's, is most of the pre-pass there).
+// SAGE_PREPASS_CONCURRENT=H:P forces H heads first and P SMs wherever a call
+// can take it, =0 turns it off (read per call).
+inline constexpr int kConcurrentPrepassFirstHeads = 4;
+inline constexpr int kConcurrentPrepassMinKeys = 3072;
 
 // Whether the attention kernel quantizes the call's Q itself (the pre-pass
 // then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
@@ -101,6 +120,12 @@ bool stores_output_by_tma(const AttentionArgs& args, const AttentionOptions& opt
 // SAGE_SM90_CLAIMS=1 or 0 forces it; read per call). Tests use it to know
 // which path a call takes.
 bool claims_work_items(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
+
+// The heads whose K and V jobs run first, on the whole GPU, where a call on
+// a device of `sm_count` SMs takes the concurrent pre-pass
+// (kConcurrentPrepassFirstHeads; SAGE_PREPASS_CONCURRENT, read per call);
+// 0 where it does not. Tests use it to know the path.
+int concurrent_prepass_heads(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options);
 

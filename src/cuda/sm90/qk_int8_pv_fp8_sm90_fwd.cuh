@@ -81,7 +81,7 @@ inline constexpr int kOffsetBarrier = 1;    // named barrier of the smooth_q key
 inline constexpr int kConsumerBarrier = 2;  // + consumer: its four warps (INT8 Q rows written, output staged)
 
 template <int HeadDimPadded, bool Causal, typename OutT, bool SmoothQ = false, bool QuantizeQ = false,
-          bool ClaimsAcrossItems = false, int Consumers = consumer_warpgroups(SmoothQ)>
+          bool ClaimsBuild = false, int Consumers = consumer_warpgroups(SmoothQ)>
 struct FwdTraits {
   static constexpr int kDp = HeadDimPadded;
   static constexpr bool kCausal = Causal;
@@ -131,18 +131,28 @@ struct FwdTraits {
   // L1 0.32 at 16K keys; docs/perf-notes.md, session 60.)
   static constexpr bool kSerialSteps = kConsumers == 3 && HeadDimPadded == 128;
   static constexpr bool kStepsAcrossItems = steps_across_items(QuantizeQ, Consumers);
-  // Whether a causal launch may claim its items (QkInt8PvFp8Params::claims_items).
-  // With steps across items only in the instances built for it
-  // (ClaimsAcrossItems): their consumers take the next item before they end
-  // the current one, and reading it where the producer publishes it
-  // (published_work) made the D = 128 causal kernel 3-11% slower, static
-  // rounds or not; computed as the static rounds give it, +0.1% (H200,
-  // docs/perf-notes.md, session 24). So those instances come in two: static
-  // rounds computed by the consumers, taken where the rounds balance well,
-  // and published (claimed) items, taken where they do not (B=1 with 12-16
-  // heads at 4K keys: the kernel 17-22% faster, session 25, when those
-  // calls still ran two consumers).
-  static constexpr bool kMayClaimItems = Causal && (!kStepsAcrossItems || ClaimsAcrossItems);
+  // Whether a launch may claim its items (QkInt8PvFp8Params::claims_items:
+  // causal launches where the static rounds balance badly, and every launch
+  // beside the concurrent pre-pass). The causal instances whose consumers
+  // take their items as the producer publishes them always may. The others
+  // come in two builds, the second (ClaimsBuild) for the claiming launches:
+  // - with steps across items (causal), the consumers take the next item
+  //   before they end the current one, and reading it where the producer
+  //   publishes it (published_work) made the D = 128 causal kernel 3-11%
+  //   slower, static rounds or not; computed as the static rounds give it,
+  //   +0.1% (H200, docs/perf-notes.md, session 24). So static rounds where
+  //   they balance well, published (claimed) items where they do not (B=1
+  //   with 12-16 heads at 4K keys: the kernel 17-22% faster, session 25,
+  //   when those calls still ran two consumers);
+  // - non-causal, the claim code in the producer moved the key-tile loop of
+  //   every call (kernel +0.6% at 4K keys, H100, session 59), so only the
+  //   launches beside the concurrent pre-pass take the build with it.
+  static constexpr bool kMayClaimItems = ClaimsBuild || (Causal && !kStepsAcrossItems);
+  // The non-causal second build runs beside the concurrent pre-pass only: its
+  // producer waits for each item's kv-head flags (QkInt8PvFp8Params::job_ready),
+  // not for the pre-pass's grids, and every item is claimed. (Only there, so
+  // that no other instance's code moves.)
+  static constexpr bool kBesideConcurrentPrepass = ClaimsBuild && !Causal;
   static constexpr int kQBytes = kBlockQ * kDp;
   static constexpr int kQ16Bytes = kBlockQ * kDp * 2;  // QuantizeQ: the caller's rows (inputs share OutT)
   // The INT8 Q tiles: one per item buffer where they are loaded, one where
@@ -190,8 +200,9 @@ struct FwdTraits {
                 "setmaxnreg split beyond the CTA's launch allocation (deadlock)");
   static_assert(kBlockK == 2 * kOffsetThreads, "two keys per key-offset thread");
   static_assert(!(SmoothQ && QuantizeQ), "smooth_q's Q comes from the pre-pass (its tile means)");
-  static_assert(!ClaimsAcrossItems || (Causal && kStepsAcrossItems),
-                "the second build of an instance is for causal steps across items only");
+  static_assert(!ClaimsBuild || (Causal ? kStepsAcrossItems : QuantizeQ && HeadDimPadded == 128),
+                "second builds: causal steps across items, and the non-causal D = 128 instances that "
+                "quantize Q (the concurrent pre-pass's)");
   static_assert(kConsumerBarrier + kConsumers <= 16, "named barriers");
 };
 
@@ -254,11 +265,13 @@ __device__ void produce(const QkInt8PvFp8Params& p, FwdSharedStorage<T>& s) {
       tma_load_4d(s.q16[b % T::kQ16Buffers], &p.tmap_q, &s.item_full[b], 0, w.first_row,
                   w.bh % p.heads_q, w.bh / p.heads_q);
       // The caller's Q does not come from the pre-pass: the first one is
-      // loaded before the wait for it (see the kernel), the factors, K and V after.
-      if (j == 0) pdl::wait_for_prerequisites();
+      // loaded before the wait for it (see the kernel), the factors, K and V
+      // after; beside the concurrent pre-pass, each item's after its head's flags.
+      if (j == 0 && !T::kBesideConcurrentPrepass) pdl::wait_for_prerequisites();
     } else {
       tma_load_3d(s.q[b], &p.tmap_q, &s.item_full[b], 0, w.first_row, w.bh);
     }
+    if constexpr (T::kBesideConcurrentPrepass) wait_for_kv_head(p, w.bh_kv);
     const int64_t factors_at = static_cast<int64_t>(w.bh_kv) * T::kDp;
     constexpr uint32_t kRowBytes = sizeof(float) * T::kDp;
     mbar_arrive_expect_tx(&s.factors_full[b], p.v_mean ? 2 * kRowBytes : kRowBytes);
@@ -489,7 +502,9 @@ __device__ __forceinline__ ConsumerItem begin_item(const QkInt8PvFp8Params& p, F
     if constexpr (T::kQ16Buffers == 1) {
       if (threadIdx.x % 128 == 0) mbar_arrive(&s.q16_empty);
     }
-    if (j == 0) pdl::wait_for_prerequisites();  // the K scales
+    // The K scales (beside the concurrent pre-pass, ordered after the
+    // producer's wait for the head's flags by the item's barriers).
+    if (j == 0 && !T::kBesideConcurrentPrepass) pdl::wait_for_prerequisites();
   } else {
     // A row past nq (the last item's tail) takes the scale of the head's
     // last row: the scale groups end there, and its results are never
@@ -647,7 +662,7 @@ __device__ __forceinline__ void skip_item(FwdSharedStorage<T>& s, const fwd::Cta
     if constexpr (T::kQ16Buffers == 1) {
       if (threadIdx.x % 128 == 0) mbar_arrive(&s.q16_empty);
     }
-    if (j == 0) pdl::wait_for_prerequisites();
+    if (j == 0 && !T::kBesideConcurrentPrepass) pdl::wait_for_prerequisites();
   }
   RingSlot<T::kStages> cur = RingSlot<T::kStages>::at(it0);
   for (int t = 0; t < w.n_tiles; ++t) {

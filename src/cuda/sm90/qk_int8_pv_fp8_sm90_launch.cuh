@@ -15,9 +15,9 @@ namespace sage::sm90 {
 // (qk_int8_pv_fp8_sm90_scheduler.cuh: work_items), except causal calls past
 // kCausalPersistentMaxRows query rows per head (one CTA per query tile).
 
-template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsAcrossItems, int Consumers>
+template <int Dp, bool Causal, typename OutT, bool SmoothQ, bool QuantizeQ, bool ClaimsBuild, int Consumers>
 cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count, cudaStream_t stream) {
-  using T = FwdTraits<Dp, Causal, OutT, SmoothQ, QuantizeQ, ClaimsAcrossItems, Consumers>;
+  using T = FwdTraits<Dp, Causal, OutT, SmoothQ, QuantizeQ, ClaimsBuild, Consumers>;
   constexpr int kSmem = sizeof(FwdSharedStorage<T>) + 1024;  // + slack for the 1024-byte alignment
   static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
   const long long items = work_items<T>(p);
@@ -33,8 +33,9 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
 // pre-pass, smoothed Q from the pre-pass, Q quantized in the kernel), each
 // with its consumer_warpgroups; and at D = 128 the short causal calls'
 // instances that quantize Q with two consumers, whose steps run on across
-// items, once with static rounds and once with claimed items
-// (FwdTraits::kMayClaimItems).
+// items, once with static rounds and once with claimed items, and the
+// non-causal ones that quantize Q built again with claimed items, for the
+// launches beside the concurrent pre-pass (FwdTraits::kMayClaimItems).
 #define SAGE_INSTANTIATE_SM90_FWD_ONE(DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q, CLAIMS, CONSUMERS)                  \
   template cudaError_t launch_qk_int8_pv_fp8_sm90<DP, CAUSAL, OUT, SMOOTH_Q, QUANTIZE_Q, CLAIMS, CONSUMERS>( \
       const QkInt8PvFp8Params&, int, cudaStream_t);
@@ -52,5 +53,8 @@ cudaError_t launch_qk_int8_pv_fp8_sm90(const QkInt8PvFp8Params& p, int sm_count,
   SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __nv_bfloat16, false, true, true, 2)  \
   SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, false, true, false, 2)        \
   SAGE_INSTANTIATE_SM90_FWD_ONE(DP, true, __half, false, true, true, 2)
+#define SAGE_INSTANTIATE_SM90_FWD_NONCAUSAL_CLAIMS(DP)                                            \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, false, __nv_bfloat16, false, true, true, consumer_warpgroups(false)) \
+  SAGE_INSTANTIATE_SM90_FWD_ONE(DP, false, __half, false, true, true, consumer_warpgroups(false))
 
 }  // namespace sage::sm90

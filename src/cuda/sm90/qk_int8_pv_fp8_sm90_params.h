@@ -64,6 +64,17 @@ struct QkInt8PvFp8Params : fwd::ForwardParams {
   // Non-causal launches: full (kBlockQ-row) items per head, the rest of a
   // head's rows in short items (noncausal_item, noncausal_full_items).
   int full_items;
+  // The concurrent pre-pass (quant::PrepassProblem::concurrent_heads), null
+  // elsewhere: its jobs' flags (quant::PrepassBuffers::job_ready), for which
+  // the producer waits before it loads anything of an item's kv head; the
+  // first ready_split_jobs jobs raise ready_split_ctas flags each (one per
+  // CTA of their clusters), the others one. The kernel then claims every
+  // item (claims_items), from round 0: the CTAs that start only once the
+  // pre-pass leaves their SMs take fewer. (Last: the other fields keep
+  // their offsets, and the other instances their code.)
+  const int* job_ready;
+  int ready_split_jobs;
+  int ready_split_ctas;
 };
 
 }  // namespace sage::sm90

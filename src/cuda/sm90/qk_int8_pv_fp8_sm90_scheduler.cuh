@@ -38,6 +38,8 @@
 #include <cstdint>
 
 #include "cuda/common/forward_device.cuh"
+#include "cuda/common/ptx_copy.cuh"
+#include "cuda/quant/kv_head_jobs_fit.h"
 #include "cuda/sm90/ptx_sm90.cuh"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90_params.h"
 
@@ -111,15 +113,40 @@ __device__ __forceinline__ void finish_claims(int* claims) {
   }
 }
 
-// The producer's item for round `round` (>= items: none left).
+// The producer's item for round `round` (>= items: none left): static in
+// the first two rounds, except beside the concurrent pre-pass, where every
+// item is claimed (its SMs' CTAs start late).
 template <class T>
 __device__ __forceinline__ int take_item(const QkInt8PvFp8Params& p, int round, int items) {
-  if (!T::kMayClaimItems || !p.claims_items || round < 2) return static_item(round);
-  const int claimed_from = 2 * static_cast<int>(gridDim.x);
+  constexpr int kStaticRounds = T::kBesideConcurrentPrepass ? 0 : 2;
+  if (!T::kMayClaimItems || !p.claims_items || round < kStaticRounds) return static_item(round);
+  const int claimed_from = kStaticRounds * static_cast<int>(gridDim.x);
   if (claimed_from >= items) return items;  // (a grid of one CTA per item: nothing to claim)
   const int item = claimed_from + atomicAdd(&p.item_claims[0], 1);
   if (item >= items) finish_claims(p.item_claims);
   return item;
+}
+
+// Beside the concurrent pre-pass (FwdTraits::kBesideConcurrentPrepass):
+// waits until both jobs of kv head bh_kv (K: job 2 bh_kv, V: 2 bh_kv + 1)
+// have raised every flag of theirs, then orders what follows after what they wrote (relaxed loads
+// and a fence: an acquire; then the proxy fence for the TMA and bulk
+// loads). The loads of a poll are independent: one round trip, not one
+// per flag.
+__device__ __forceinline__ void wait_for_kv_head(const QkInt8PvFp8Params& p, int bh_kv) {
+  constexpr int kMaxCtas = quant::kKvHeadJobMaxCtas;
+  const int ctas = 2 * bh_kv < p.ready_split_jobs ? p.ready_split_ctas : 1;
+  const int* flags = p.job_ready + 2 * bh_kv * kMaxCtas;
+  while (true) {
+    bool ready = true;
+    for (int i = 0; i < 2 * kMaxCtas; ++i) {
+      if (i % kMaxCtas < ctas) ready &= ptx::load_relaxed_gpu(flags + i) != 0;
+    }
+    if (ready) break;
+    __nanosleep(200);
+  }
+  __threadfence();
+  fence_proxy_async_global();
 }
 
 // The producer's loop: for each of the CTA's items, f(w, j, it0, b) with w
