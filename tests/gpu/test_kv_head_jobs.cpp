@@ -102,6 +102,37 @@ std::vector<std::uint16_t> make_rows(const JobsCase& c, bool v, std::uint64_t se
   return rows;
 }
 
+// Case c's K and V rows (fresh from `seed`) on the device, its pre-pass
+// problem on a device of `sms` SMs, and a workspace for it; upload() copies
+// the rows once every buffer is allocated.
+struct JobInputs {
+  JobInputs(const JobsCase& c, int sms, std::uint64_t seed)
+      : k_rows(make_rows(c, false, seed)),
+        v_rows(make_rows(c, true, seed + 1)),
+        dk(k_rows.size()),
+        dv(v_rows.size()),
+        p(problem_of(c, sms)),
+        layout(sage::quant::make_prepass_layout(p)),
+        ws(layout.bytes) {
+    const std::int64_t stride_n = c.head_dim, stride_h = stride_n * c.nk, stride_b = stride_h * c.heads;
+    k = {dk.data(), stride_b, stride_h, stride_n};
+    v = {dv.data(), stride_b, stride_h, stride_n};
+  }
+  cudaError_t upload() {
+    for (const cudaError_t allocated : {dk.status(), dv.status(), ws.status()}) {
+      if (allocated != cudaSuccess) return allocated;
+    }
+    if (const cudaError_t e = dk.copy_from(k_rows); e != cudaSuccess) return e;
+    return dv.copy_from(v_rows);
+  }
+  std::vector<std::uint16_t> k_rows, v_rows;
+  DeviceBuffer<std::uint16_t> dk, dv;
+  sage::quant::PrepassProblem p;
+  sage::quant::PrepassLayout layout;
+  DeviceBuffer<std::uint8_t> ws;
+  sage::quant::StridedInput k{}, v{};
+};
+
 // The kernel's outputs in `ws` (carved by `layout`), downloaded.
 template <class T>
 void download(std::vector<T>* host, const T* device, std::size_t n) {
@@ -120,15 +151,16 @@ void download_outputs(const JobsCase& c, const sage::quant::PrepassLayout& layou
   ASSERT_EQ(cudaMemcpy(o->item_claims, b.item_claims, sizeof(o->item_claims), cudaMemcpyDeviceToHost), cudaSuccess);
 }
 
-// Runs the head-jobs kernel for `p` over a workspace poisoned with `poison`
-// and downloads its outputs.
-void run_jobs(const JobsCase& c, const sage::quant::PrepassProblem& p, const sage::quant::PrepassLayout& layout,
-              void* ws, int poison, sage::quant::StridedInput k, sage::quant::StridedInput v, Outputs* o) {
-  ASSERT_EQ(cudaMemset(ws, poison, layout.bytes), cudaSuccess);
-  ASSERT_EQ(sage::quant::launch_kv_head_jobs(p, layout, layout.carve(ws), k, v, c.jobs_at_once, nullptr, false),
+// Runs the head-jobs kernel for `in.p` over its workspace poisoned with
+// `poison` and downloads its outputs.
+void run_jobs(const JobsCase& c, const JobInputs& in, int poison, Outputs* o) {
+  void* const ws = in.ws.data();
+  ASSERT_EQ(cudaMemset(ws, poison, in.layout.bytes), cudaSuccess);
+  ASSERT_EQ(sage::quant::launch_kv_head_jobs(in.p, in.layout, in.layout.carve(ws), in.k, in.v, c.jobs_at_once,
+                                             nullptr, false),
             cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  ASSERT_NO_FATAL_FAILURE(download_outputs(c, layout, ws, o));
+  ASSERT_NO_FATAL_FAILURE(download_outputs(c, in.layout, ws, o));
 }
 
 template <class T>
@@ -159,29 +191,29 @@ void expect_k_agrees(const JobsCase& c, const Outputs& split, const Outputs& one
   }
 }
 
+// Another launch's outputs against one CTA per job: V bit for bit, K as
+// expect_k_agrees, and the attention kernel's claim counters zeroed.
+void expect_agrees_with_one_cta_per_job(const JobsCase& c, const Outputs& other, const Outputs& one) {
+  EXPECT_EQ(other.item_claims[0], 0);
+  EXPECT_EQ(other.item_claims[1], 0);
+  EXPECT_EQ(count_differing(other.vt, one.vt), 0u) << "V^T codes";
+  EXPECT_EQ(count_differing(other.v_scale, one.v_scale), 0u) << "V scales";
+  EXPECT_EQ(count_differing(other.v_mean, one.v_mean), 0u) << "V means";
+  expect_k_agrees(c, other, one);
+}
+
 TEST_P(KvHeadJobBuffers, SplitsMatchOneCtaPerJob) {
   const JobsCase& c = GetParam();
   const std::uint64_t seed = sage::test::fresh_seed();
   SCOPED_TRACE(std::string(c.name) + " " + sage::test::seed_note(seed));
-  const std::vector<std::uint16_t> k_rows = make_rows(c, false, seed), v_rows = make_rows(c, true, seed + 1);
-  DeviceBuffer<std::uint16_t> dk(k_rows.size()), dv(v_rows.size());
-  ASSERT_EQ(dk.status(), cudaSuccess);
-  ASSERT_EQ(dv.status(), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dk.data(), k_rows.data(), k_rows.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dv.data(), v_rows.data(), v_rows.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
-  const std::int64_t stride_n = c.head_dim, stride_h = stride_n * c.nk, stride_b = stride_h * c.heads;
-  const sage::quant::StridedInput k{dk.data(), stride_b, stride_h, stride_n};
-  const sage::quant::StridedInput v{dv.data(), stride_b, stride_h, stride_n};
-
-  sage::quant::PrepassProblem p = problem_of(c, sm_count());
-  const sage::quant::PrepassLayout layout = sage::quant::make_prepass_layout(p);
-  DeviceBuffer<std::uint8_t> ws(layout.bytes);
-  ASSERT_EQ(ws.status(), cudaSuccess);
+  JobInputs in(c, sm_count(), seed);
+  ASSERT_EQ(in.upload(), cudaSuccess);
+  sage::quant::PrepassProblem& p = in.p;
 
   Outputs one;
   p.kv_head_job_split = 1, p.kv_head_jobs_per_sm = 1;
   ASSERT_EQ(sage::quant::kv_head_job_shape_fitting(p).ctas, 1);
-  ASSERT_NO_FATAL_FAILURE(run_jobs(c, p, layout, ws.data(), 0x00, k, v, &one));
+  ASSERT_NO_FATAL_FAILURE(run_jobs(c, in, 0x00, &one));
   for (const auto [split, per_sm] : kShapes) {
     SCOPED_TRACE("split " + std::to_string(split) + ", " + std::to_string(per_sm) + " per SM");
     p.kv_head_job_split = split, p.kv_head_jobs_per_sm = per_sm;
@@ -190,14 +222,9 @@ TEST_P(KvHeadJobBuffers, SplitsMatchOneCtaPerJob) {
     ASSERT_EQ(shape.ctas, split) << "the device did not take the clusters";
     ASSERT_EQ(shape.per_sm, per_sm);
     Outputs first, again;
-    ASSERT_NO_FATAL_FAILURE(run_jobs(c, p, layout, ws.data(), 0xA5, k, v, &first));
-    ASSERT_NO_FATAL_FAILURE(run_jobs(c, p, layout, ws.data(), 0x5A, k, v, &again));
-    EXPECT_EQ(first.item_claims[0], 0);
-    EXPECT_EQ(first.item_claims[1], 0);
-    EXPECT_EQ(count_differing(first.vt, one.vt), 0u) << "V^T codes";
-    EXPECT_EQ(count_differing(first.v_scale, one.v_scale), 0u) << "V scales";
-    EXPECT_EQ(count_differing(first.v_mean, one.v_mean), 0u) << "V means";
-    expect_k_agrees(c, first, one);
+    ASSERT_NO_FATAL_FAILURE(run_jobs(c, in, 0xA5, &first));
+    ASSERT_NO_FATAL_FAILURE(run_jobs(c, in, 0x5A, &again));
+    expect_agrees_with_one_cta_per_job(c, first, one);
     EXPECT_EQ(count_differing(again.k, first.k) + count_differing(again.k_scale, first.k_scale) +
                   count_differing(again.vt, first.vt) + count_differing(again.v_scale, first.v_scale) +
                   count_differing(again.v_mean, first.v_mean),
@@ -221,36 +248,21 @@ TEST_P(KvHeadJobBuffers, ConcurrentLaunchesMatchOneCtaPerJob) {
   if (kv_heads < 2) GTEST_SKIP() << "one head: no second launch";
   const std::uint64_t seed = sage::test::fresh_seed();
   SCOPED_TRACE(std::string(c.name) + " " + sage::test::seed_note(seed));
-  const std::vector<std::uint16_t> k_rows = make_rows(c, false, seed), v_rows = make_rows(c, true, seed + 1);
-  DeviceBuffer<std::uint16_t> dk(k_rows.size()), dv(v_rows.size());
-  ASSERT_EQ(dk.status(), cudaSuccess);
-  ASSERT_EQ(dv.status(), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dk.data(), k_rows.data(), k_rows.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dv.data(), v_rows.data(), v_rows.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
-  const std::int64_t stride_n = c.head_dim, stride_h = stride_n * c.nk, stride_b = stride_h * c.heads;
-  const sage::quant::StridedInput k{dk.data(), stride_b, stride_h, stride_n};
-  const sage::quant::StridedInput v{dv.data(), stride_b, stride_h, stride_n};
-  sage::quant::PrepassProblem p = problem_of(c, sm_count());
-  const sage::quant::PrepassLayout layout = sage::quant::make_prepass_layout(p);
-  DeviceBuffer<std::uint8_t> ws(layout.bytes);
-  ASSERT_EQ(ws.status(), cudaSuccess);
+  JobInputs in(c, sm_count(), seed);
+  ASSERT_EQ(in.upload(), cudaSuccess);
+  sage::quant::PrepassProblem& p = in.p;
 
   Outputs one, side;
   p.kv_head_job_split = 1, p.kv_head_jobs_per_sm = 1;
-  ASSERT_NO_FATAL_FAILURE(run_jobs(c, p, layout, ws.data(), 0x00, k, v, &one));
+  ASSERT_NO_FATAL_FAILURE(run_jobs(c, in, 0x00, &one));
   p.kv_head_job_split = 0, p.kv_head_jobs_per_sm = 0;  // (the first launch: the rules' shape for its jobs)
   p.concurrent_heads = std::max(1, kv_heads / 4), p.concurrent_sms = 3;
-  ASSERT_NO_FATAL_FAILURE(run_jobs(c, p, layout, ws.data(), 0x01, k, v, &side));
-  EXPECT_EQ(side.item_claims[0], 0);
-  EXPECT_EQ(side.item_claims[1], 0);
-  EXPECT_EQ(count_differing(side.vt, one.vt), 0u) << "V^T codes";
-  EXPECT_EQ(count_differing(side.v_scale, one.v_scale), 0u) << "V scales";
-  EXPECT_EQ(count_differing(side.v_mean, one.v_mean), 0u) << "V means";
-  expect_k_agrees(c, side, one);
+  ASSERT_NO_FATAL_FAILURE(run_jobs(c, in, 0x01, &side));
+  expect_agrees_with_one_cta_per_job(c, side, one);
 
   const int jobs = 2 * kv_heads, first_jobs = 2 * p.concurrent_heads;
   const int first_ctas = sage::quant::kv_head_job_shape_fitting(p).ctas;
-  const sage::quant::PrepassBuffers b = layout.carve(ws.data());
+  const sage::quant::PrepassBuffers b = in.layout.carve(in.ws.data());
   std::vector<int> ready;
   constexpr int kMaxCtas = sage::quant::kKvHeadJobMaxCtas;
   ASSERT_NO_FATAL_FAILURE(download(&ready, b.job_ready, static_cast<std::size_t>(jobs) * kMaxCtas));
