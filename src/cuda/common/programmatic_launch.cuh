@@ -9,9 +9,12 @@
 // its memory is visible. A kernel launched the plain way starts after its
 // predecessor completes, and its wait returns at once: the device functions
 // are correct under both launches, and are no-ops below sm_90.
-// (One exception: the pre-pass's quantize kernel never waits for the
-// statistics kernel as a whole; each of its jobs waits for flags that the
-// statistics CTAs set with release stores, cuda/quant/prepass.cu.)
+// (Two exceptions wait for flags that the CTAs before them set with release
+// stores instead: the pre-pass's quantize kernel never waits for the
+// statistics kernel as a whole, each of its jobs for its head's statistics,
+// cuda/quant/prepass.cu; and the attention kernel beside the concurrent
+// pre-pass, each item for its head's K and V jobs, sm90's
+// wait_for_kv_head.)
 #pragma once
 
 #include <cuda_runtime.h>

@@ -129,8 +129,10 @@ __device__ void clear_before_trigger(const PrepassBuffers& out, const HeadJobLau
 // This CTA's next job after `job` (its first where job < 0; past the
 // launch's last: >= end_job): strided over the launch's clusters, or
 // claimed (only by CTAs alone on their SMs: kMayClaim, so that the two-per-SM
-// build, at 64 registers, keeps its loop as it was). Ends with a barrier
-// where claimed (the claim's broadcast).
+// build, at 64 registers, keeps its loop as it was; the one-per-SM build,
+// which the calls of up to 2K keys take, carries the claim's branch: their
+// calls timed the same, H100, session 60). Ends with a barrier where
+// claimed (the claim's broadcast).
 template <bool kMayClaim>
 __device__ __forceinline__ int next_job(const PrepassBuffers& out, const HeadJobLaunch& launch, int job, int ctas,
                                         HeadJobShared& s) {
@@ -603,8 +605,13 @@ template <typename T>
 cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                          StridedInput k, StridedInput v, int jobs_at_once, cudaStream_t stream, bool programmatic) {
   const int jobs = 2 * p.batch * p.heads_kv;
-  if (p.concurrent_heads > 0 && p.concurrent_heads < p.batch * p.heads_kv && p.concurrent_sms > 0 &&
-      jobs_at_once == jobs && !programmatic) {
+  if (p.concurrent_heads > 0) {
+    // (The dispatch asks for it only where this holds. Anything else must
+    // not fall back to the plain launch: the attention kernel would wait
+    // for flags that no job raises.)
+    if (p.concurrent_heads >= p.batch * p.heads_kv || p.concurrent_sms <= 0 || jobs_at_once != jobs || programmatic) {
+      return cudaErrorInvalidValue;
+    }
     return launch_concurrent<T>(p, layout, out, k, v, stream);
   }
   return launch_jobs<T>(p, layout, out, k, v, head_job_shape_fitting<T>(p, jobs), jobs_at_once,

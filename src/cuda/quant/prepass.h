@@ -140,7 +140,8 @@ struct PrepassBuffers {
   int* stats_ready = nullptr;    // [B*Hkv][chunks]: 1 once that chunk's partials are written
   // [2]: the sm90 attention kernel's work-item claim counters
   // (qk_int8_pv_fp8_sm90_scheduler.cuh), zeroed by the pre-pass's kernel
-  // that the attention kernel waits for.
+  // that the attention kernel waits for (beside the concurrent pre-pass, by
+  // its first launch before that launch lets the others start).
   int* item_claims = nullptr;
   // The concurrent pre-pass (PrepassProblem::concurrent_heads): per head
   // job (K of (batch * kv head) h: job 2 h, its V: 2 h + 1) and CTA of the

@@ -502,8 +502,9 @@ __device__ __forceinline__ ConsumerItem begin_item(const QkInt8PvFp8Params& p, F
     if constexpr (T::kQ16Buffers == 1) {
       if (threadIdx.x % 128 == 0) mbar_arrive(&s.q16_empty);
     }
-    // The K scales (beside the concurrent pre-pass, ordered after the
-    // producer's wait for the head's flags by the item's barriers).
+    // The K scales (beside the concurrent pre-pass, read only after a K
+    // tile's k_full, whose load the producer issues after its wait for the
+    // head's flags).
     if (j == 0 && !T::kBesideConcurrentPrepass) pdl::wait_for_prerequisites();
   } else {
     // A row past nq (the last item's tail) takes the scale of the head's
@@ -905,7 +906,8 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
   // an ordinary launch: whatever wrote Q is complete before it starts, and
   // so before this kernel starts). There the producer and the consumers
   // wait themselves once that Q is loaded and quantized, so that this work
-  // runs under the pre-pass's tail too.
+  // runs under the pre-pass's tail too; beside the concurrent pre-pass the
+  // producer waits for each item's head instead (wait_for_kv_head).
   if constexpr (!T::kQuantizeQ) pdl::wait_for_prerequisites();
   __syncthreads();
 

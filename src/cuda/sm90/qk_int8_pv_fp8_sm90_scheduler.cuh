@@ -9,7 +9,10 @@
 // forward, then backward, so that causal tiles of unequal work pair up.
 //   - Non-causal items: every later round is static too (round j: item
 //     j G + c, or j G + G - 1 - c in odd rounds), over noncausal_item's
-//     order: the full items first, all heads' short items last.
+//     order: the full items first, all heads' short items last. Except
+//     beside the concurrent pre-pass (FwdTraits::kBesideConcurrentPrepass):
+//     there every item is claimed, from round 0, since the CTAs on the
+//     pre-pass's SMs start late.
 //   - Causal items cost their key tiles (up to the diagonal), longest
 //     first within each head. Where the static rounds would balance them
 //     badly (causal_schedule, decided on the host from a model of the
