@@ -90,15 +90,15 @@ struct HeadJobShared {
 // pre-pass (PrepassProblem::concurrent_heads) is two: the first heads' jobs
 // strided over the whole GPU (`clears`), then the others claimed one at a
 // time by a CTA on each of a few SMs (`claims`), both raising each job's
-// flags in job_ready (`publishes`) for the attention kernel, which runs
+// flags in job_ready (publishes()) for the attention kernel, which runs
 // beside them and waits for each head's flags instead of for the grids.
 struct HeadJobLaunch {
   int first_job = 0, end_job = 0;  // jobs [first_job, end_job) of 2 * batch * heads_kv
-  bool publishes = false;
   // Before its trigger: the flags of jobs past end_job (the second
   // launch's) and its CTAs' own are cleared, and the claim counters zeroed.
   bool clears = false;
   bool claims = false;  // one CTA per job, claimed from job_claims
+  __host__ __device__ bool publishes() const { return clears || claims; }  // either launch of the concurrent pre-pass
 };
 
 // Clears what the concurrent pre-pass's first launch must clear before any
@@ -477,7 +477,7 @@ __global__ void __launch_bounds__(kThreads, kPerSm)
   pdl::allow_dependent_launch();
   // (zero_item_claims; a publishing launch does not: the attention kernel
   // may be claiming already, its counters cleared before the first trigger.)
-  if (!launch.publishes && blockIdx.x == 0 && threadIdx.x == 0) out.item_claims[0] = out.item_claims[1] = 0;
+  if (!launch.publishes() && blockIdx.x == 0 && threadIdx.x == 0) out.item_claims[0] = out.item_claims[1] = 0;
   extern __shared__ uint4 head_jobs_smem[];
   HeadJobShared& s = *reinterpret_cast<HeadJobShared*>(head_jobs_smem);
   // Job j: head j / 2, K (even) or V (odd): a head's two jobs side by side,
@@ -496,10 +496,10 @@ __global__ void __launch_bounds__(kThreads, kPerSm)
     } else {
       k_codes<kPerSm == 1, T>(p, layout, out, rows, bh, s);
     }
-    if (launch.publishes) __threadfence();  // (this thread's codes and scales, before the flag below)
+    if (launch.publishes()) __threadfence();  // (this thread's codes and scales, before the flag below)
     job_ctas.partials_free();
     __syncthreads();  // the next job rewrites s
-    if (launch.publishes && threadIdx.x == 0) {
+    if (launch.publishes() && threadIdx.x == 0) {
       ptx::store_release_gpu(out.job_ready + job * kKvHeadJobMaxCtas + job_ctas.rank, 1);
     }
   }
@@ -591,12 +591,12 @@ cudaError_t launch_concurrent(const PrepassProblem& p, const PrepassLayout& layo
                               StridedInput k, StridedInput v, cudaStream_t stream) {
   const int jobs = 2 * p.batch * p.heads_kv, first_jobs = 2 * p.concurrent_heads;
   const KvHeadJobShape first = head_job_shape_fitting<T>(p, jobs);
-  HeadJobLaunch launch{0, first_jobs, true, true, false};
+  HeadJobLaunch launch{0, first_jobs, /*clears=*/true, /*claims=*/false};
   if (const cudaError_t e = launch_jobs<T>(p, layout, out, k, v, first, first_jobs, launch, stream, false);
       e != cudaSuccess) {
     return e;
   }
-  launch = HeadJobLaunch{first_jobs, jobs, true, false, true};
+  launch = HeadJobLaunch{first_jobs, jobs, /*clears=*/false, /*claims=*/true};
   return launch_jobs<T>(p, layout, out, k, v, KvHeadJobShape{1, 1}, std::min(p.concurrent_sms, jobs - first_jobs),
                         launch, stream, true);
 }
@@ -609,13 +609,13 @@ cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, c
     // (The dispatch asks for it only where this holds. Anything else must
     // not fall back to the plain launch: the attention kernel would wait
     // for flags that no job raises.)
-    if (p.concurrent_heads >= p.batch * p.heads_kv || p.concurrent_sms <= 0 || jobs_at_once != jobs || programmatic) {
+    if (2 * p.concurrent_heads >= jobs || p.concurrent_sms <= 0 || jobs_at_once != jobs || programmatic) {
       return cudaErrorInvalidValue;
     }
     return launch_concurrent<T>(p, layout, out, k, v, stream);
   }
   return launch_jobs<T>(p, layout, out, k, v, head_job_shape_fitting<T>(p, jobs), jobs_at_once,
-                        HeadJobLaunch{0, jobs, false, false, false}, stream, programmatic);
+                        HeadJobLaunch{0, jobs}, stream, programmatic);
 }
 
 }  // namespace
