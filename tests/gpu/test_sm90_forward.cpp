@@ -668,6 +668,7 @@ TEST_F(Sm90Forward, ConcurrentPrepassOnlyWhereTheRuleTakesIt) {
     Case c;
     const char* env;  // SAGE_PREPASS_CONCURRENT (nullptr: unset)
     int expected;
+    bool head_jobs = true;  // whether the call stays on the head-jobs path (false: the rule never decides)
   };
   auto with = [&](auto change) {
     Case c = base;
@@ -681,11 +682,13 @@ TEST_F(Sm90Forward, ConcurrentPrepassOnlyWhereTheRuleTakesIt) {
       {"kConcurrentPrepassMinKeys keys", with([](Case& c) { c.nk = sage::sm90::kConcurrentPrepassMinKeys; }),
        nullptr, 0},
       {"off the head-jobs path (a job for a quarter of the SMs)", with([](Case& c) { c.hq = c.hkv = c.hkv / 4; }),
-       nullptr, 0},
+       nullptr, 0, false},
       {"causal", with([](Case& c) { c.causal = true; }), nullptr, 0},
-      {"D = 64", with([](Case& c) { c.d = 64; }), nullptr, 0},
-      {"Q from the pre-pass (per-block groups)", with([](Case& c) { c.granularity = Granularity::per_block; }),
-       nullptr, 0},
+      {"Q from the pre-pass (smooth_q: its Q-only grid before the head jobs)",
+       with([](Case& c) { c.smooth_q = true; }), nullptr, 0},
+      {"D = 64 (no head jobs either)", with([](Case& c) { c.d = 64; }), nullptr, 0, false},
+      {"Q from the pre-pass (per-block groups: no head jobs either)",
+       with([](Case& c) { c.granularity = Granularity::per_block; }), nullptr, 0, false},
       {"SAGE_PREPASS_CONCURRENT=0", base, "0", 0},
       {"SAGE_PREPASS_CONCURRENT=2:8 at 1K keys", with([](Case& c) { c.nk = 1024; }), "2:8", 2},
   };
@@ -697,8 +700,45 @@ TEST_F(Sm90Forward, ConcurrentPrepassOnlyWhereTheRuleTakesIt) {
     const sage::ref::Inputs in = sage::ref::make_inputs(v.c.problem(), v.c.dist, seed, v.c.dtype);
     GpuResult gpu;
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(v.c, in, device(), &gpu));
+    EXPECT_EQ(gpu.sm90.kv_head_jobs, v.head_jobs);
     EXPECT_EQ(gpu.sm90.concurrent_heads, v.expected);
     EXPECT_EQ(count_nonfinite(gpu.out), 0);
+  }
+}
+
+// The default concurrent pre-pass (the rule's shape: kConcurrentPrepassFirstHeads
+// heads first, the rest on 2 of every 11 SMs) on 4096-key calls, from a
+// workspace of ones, against the same calls with it off
+// (SAGE_PREPASS_CONCURRENT=0: every head job in one launch before the
+// kernel). The jobs write the same codes, so the outputs match bit for bit
+// where K is not smoothed; mean_k is summed over other CTA splits in the
+// second launch (one CTA per job), so smoothed K only agrees closely
+// (expect_matches_two_kernel_path).
+TEST_F(Sm90Forward, ConcurrentPrepassDefaultMatchesTheHeadJobsInOneLaunch) {
+  using namespace case_table;
+  const std::vector<Case> cases = {
+      {.b = 2, .hq = 64, .hkv = 32, .nq = 333, .nk = 4096, .d = 128, .layout = NHD, .dtype = FP16,
+       .smooth_k = false, .return_lse = true, .dist = D::heavy_tailed},
+      {.b = 2, .hq = 32, .hkv = 32, .nq = 1000, .nk = 3500, .d = 120, .return_lse = false,
+       .dist = D::channel_bias},
+  };
+  for (const Case& base : cases) {
+    const Case c = with_head_jobs_for(base, sm_count());
+    const std::uint64_t seed = fresh_seed();
+    SCOPED_TRACE(c.describe() + " " + sage::test::seed_note(seed));
+    const sage::ref::Inputs in = sage::ref::make_inputs(c.problem(), c.dist, seed, c.dtype);
+    GpuResult one_launch;
+    {
+      ScopedEnv off("SAGE_PREPASS_CONCURRENT", "0");
+      ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &one_launch));
+      ASSERT_TRUE(one_launch.sm90.kv_head_jobs);
+      ASSERT_EQ(one_launch.sm90.concurrent_heads, 0);
+    }
+    ScopedEnv unset("SAGE_PREPASS_CONCURRENT", nullptr);
+    GpuResult concurrent;
+    ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &concurrent, /*repeat=*/true, /*workspace_word=*/1u));
+    ASSERT_EQ(concurrent.sm90.concurrent_heads, sage::sm90::kConcurrentPrepassFirstHeads);
+    expect_matches_two_kernel_path(c, concurrent, one_launch);
   }
 }
 

@@ -14,7 +14,7 @@
 // statistics kernel as a whole, each of its jobs for its head's statistics,
 // cuda/quant/prepass.cu; and the attention kernel beside the concurrent
 // pre-pass, each item for its head's K and V jobs, sm90's
-// wait_for_kv_head.)
+// wait_for_kv_head; it waits for the grid itself only as it ends.)
 #pragma once
 
 #include <cuda_runtime.h>
