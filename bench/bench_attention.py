@@ -10,12 +10,16 @@ Methods (bf16 in, bf16 out):
   sdpa-cudnn   torch SDPA, CUDNN_ATTENTION backend
   sdpa-flash   torch SDPA, FLASH_ATTENTION backend
 
-Times are medians of CUDA-event timings over rotating input sets whose total
-size exceeds the L2 cache. TOPS = 4*B*H*N*N*D (/2 causal) / time.
-Writes bench/results/<gpu>-<date>.json.
+Times are medians of CUDA-event timings, one call at a time, over rotating input
+sets whose total size exceeds the L2 cache. The methods of a shape are timed in
+interleaved rounds (--rounds, each method --iters calls a round, the order rotated
+every round), so that the GPU's clocks drifting over a run (warming up, power
+limits) weigh on every method alike; --rounds 1 --iters 30 times each method in one
+block, as this benchmark did before session 61. TOPS = 4*B*H*N*N*D (/2 causal) / time.
+Writes bench/results/<gpu>-<date>.json (rows also carry the quartiles ms_q1, ms_q3).
 
   python3 bench/bench_attention.py [--quick] [--out FILE] [--dims 128] [--sizes 4096,16384] [--causal 0]
-                                   [--methods sage,sage-kernel,sdpa-cudnn]
+                                   [--methods sage,sage-kernel,sdpa-cudnn] [--rounds 5] [--iters 10]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from sage_attention import _attention as sage_impl
 from sage_attention import _ops
 
 L2_BYTES = 64 << 20
+WARMUP_PER_ROUND = 3  # untimed calls before each method's timed ones in a round
 
 
 def input_sets(b, h, n, d, dtype, device):
@@ -45,7 +50,8 @@ def input_sets(b, h, n, d, dtype, device):
     return [tuple(torch.randn(b, h, n, d, dtype=dtype, device=device) for _ in range(3)) for _ in range(count)]
 
 
-def time_ms(fn, sets, warmup=5, iters=30):
+def call_times_ms(fn, sets, warmup, iters):
+    """CUDA-event times of `iters` calls, one at a time, after `warmup` untimed ones."""
     for i in range(warmup):
         fn(*sets[i % len(sets)])
     torch.cuda.synchronize()
@@ -58,7 +64,25 @@ def time_ms(fn, sets, warmup=5, iters=30):
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return times
+
+
+def interleaved_times_ms(fns, sets, rounds, iters, warmup):
+    """Each method's call times over `rounds` rounds of `iters` calls, every method once a round,
+    the order rotated by one each round. A method that fails is dropped (its error printed)."""
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            if name not in times:
+                continue
+            try:
+                times[name] += call_times_ms(fns[name], sets, warmup, iters)
+            except Exception as e:
+                print(f"  {name}: failed: {e}", file=sys.stderr)
+                del times[name]
+    return times
 
 
 def sdpa(backend, causal):
@@ -142,7 +166,11 @@ def main():
     ap.add_argument("--methods", default="sage,sage-kernel,sdpa-cudnn,sdpa-flash",
                     help="methods to time (comma-separated; A/B runs of two builds can skip sdpa-flash; "
                          "sage-portable: sage through the portable binding)")
+    ap.add_argument("--rounds", default="5", help="interleaved rounds per shape (1: each method in one block)")
+    ap.add_argument("--iters", default="10", help="timed calls per method and round")
     args = ap.parse_args()
+    (rounds,) = positive_ints(ap, "--rounds", args.rounds)
+    (iters,) = positive_ints(ap, "--iters", args.iters)
     wanted = args.methods.split(",")
     if not wanted or any(m not in METHODS for m in wanted):
         ap.error(f"--methods takes a comma-separated subset of {', '.join(METHODS)}")
@@ -166,7 +194,11 @@ def main():
     binding = "torch_calls" if _ops._torch_calls is not None else "portable"
     print(f"GPU: {gpu}  torch {torch.__version__}  sage-attention {sage_attention.__version__}  "
           f"binding {binding}", flush=True)
-    result = {"gpu": gpu, "torch": torch.__version__, "commit": git_commit(), "binding": binding, "rows": rows}
+    print(f"timing: {rounds} interleaved round(s) of {iters} calls per method, each after {WARMUP_PER_ROUND} untimed",
+          flush=True)
+    result = {"gpu": gpu, "torch": torch.__version__, "commit": git_commit(), "binding": binding,
+              "timing": {"rounds": rounds, "iters_per_round": iters, "warmup_per_round": WARMUP_PER_ROUND},
+              "rows": rows}
     for d in dims:
         for causal in (c == "1" for c in causal_settings):
             for n in ns:
@@ -176,14 +208,19 @@ def main():
                     print(f"  D={d} causal={int(causal)} N={n}: skipped, inputs do not fit: {e}", file=sys.stderr)
                     continue
                 flops = 4 * B * H * n * n * d / (2 if causal else 1)
+                fns = {}
                 for name in (m for m in METHODS if m in wanted):
                     try:  # a method that cannot run this shape fails alone
-                        ms = time_ms(METHODS[name](sets, causal), sets)
+                        fns[name] = METHODS[name](sets, causal)
                     except Exception as e:
                         print(f"  {name}: failed: {e}", file=sys.stderr)
-                        continue
+                for name, times in interleaved_times_ms(fns, sets, rounds, iters, WARMUP_PER_ROUND).items():
+                    ms = statistics.median(times)
+                    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (ms, ms, ms)
                     rows.append({"method": name, "B": B, "H": H, "N": n, "D": d, "causal": causal,
-                                 "ms": round(ms, 4), "tops": round(flops / ms / 1e9, 1)})
+                                 "ms": round(ms, 4), "tops": round(flops / ms / 1e9, 1),
+                                 "ms_q1": round(q1, 4), "ms_q3": round(q3, 4)})
+                del fns
                 print_rows([r for r in rows if r["N"] == n and r["D"] == d and r["causal"] == causal])
                 write_result(path, result)  # after every shape: an interrupted run keeps what it measured
                 del sets
@@ -214,7 +251,7 @@ def write_result(path, result):
 def print_rows(rows):
     for r in rows:
         print(f"  D={r['D']:<4} causal={int(r['causal'])} N={r['N']:<6} {r['method']:<12} "
-              f"{r['ms']:9.3f} ms {r['tops']:8.1f} TOPS", flush=True)
+              f"{r['ms']:9.3f} ms ({r['ms_q1']:.3f}-{r['ms_q3']:.3f}) {r['tops']:8.1f} TOPS", flush=True)
 
 
 def print_summary(rows):
