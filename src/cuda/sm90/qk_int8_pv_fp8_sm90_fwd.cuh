@@ -921,13 +921,19 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
   } else {
     regs_increase<T::kConsumerRegs>();
     consume<T>(p, s, warpgroup - 1);
+    // Beside the concurrent pre-pass no thread waited for the head jobs'
+    // grid as a whole (each item waited for its own head's flags). One
+    // thread waiting here, after its consumer's last item, where that grid
+    // is long done, makes this kernel's completion imply its (and so the
+    // end of its CTAs' last job claims), as every other build's completion
+    // implies its pre-pass's, for whatever the stream runs next. (Not at the
+    // kernel's end for every thread: the producer warp's idle lanes get
+    // there first, and their wait held up lane 0's loads until that grid
+    // completed, +100-170 us a call on an H100, session 61.)
+    if constexpr (T::kBesideConcurrentPrepass) {
+      if (threadIdx.x == 128) pdl::wait_for_prerequisites();
+    }
   }
-  // Beside the concurrent pre-pass no thread waited for the head jobs' grid
-  // as a whole (each item waited for its own head's flags). Waiting here,
-  // where that grid is long done, makes this kernel's completion imply its
-  // (and so the end of its CTAs' last job claims), as every other build's
-  // completion implies its pre-pass's, for whatever the stream runs next.
-  if constexpr (T::kBesideConcurrentPrepass) pdl::wait_for_prerequisites();
 }
 
 }  // namespace sage::sm90
