@@ -70,14 +70,15 @@ inline constexpr int kKvHeadJobsMaxKeys = 4096;
 // the head jobs all at once, B=2 H=32 D=128, 3 interleaved rounds
 // (docs/perf-notes.md, sessions 59-60), 4 heads first and 24 SMs: 3200
 // keys -3.4%, 3584 -3.9%, 4096 -1.9..-2.6% (16 SMs -2.8%, 32 -2.2%; 2
-// heads first -2.1%, 6-8 heads -1.8..-2.2%, 16 -0.8%); 2560 keys, asked
-// for, -1.5% (a case for a lower bound, whose rule has not run on a GPU
-// yet); 2048 with 8 or 16 heads first +1.1..+4.3% (the first launch's
-// latency, one job's, is most of the pre-pass there).
+// heads first -2.1%, 6-8 heads -1.8..-2.2%, 16 -0.8%); session 61, the
+// same shape against it off: 3072 keys -2.6%, 2816 -1.8%, 2560 -1.2%, 2304
+// -0.4% (within noise: the bound); 2048 with 8 or 16 heads first
+// +1.1..+4.3% (the first launch's latency, one job's, is most of the
+// pre-pass there).
 // SAGE_PREPASS_CONCURRENT=H:P forces H heads first and P SMs wherever a call
 // can take it, =0 turns it off (read per call).
 inline constexpr int kConcurrentPrepassFirstHeads = 4;
-inline constexpr int kConcurrentPrepassMinKeys = 3072;
+inline constexpr int kConcurrentPrepassMinKeys = 2304;
 
 // Whether the attention kernel quantizes the call's Q itself (the pre-pass
 // then skips Q): per-warp or per-thread groups, no smooth_q, no LSE
