@@ -19,7 +19,7 @@ block, as this benchmark did before session 61. TOPS = 4*B*H*N*N*D (/2 causal) /
 Writes bench/results/<gpu>-<date>.json (rows also carry the quartiles ms_q1, ms_q3).
 
   python3 bench/bench_attention.py [--quick] [--out FILE] [--dims 128] [--sizes 4096,16384] [--causal 0]
-                                   [--methods sage,sage-kernel,sdpa-cudnn] [--rounds 5] [--iters 10]
+                                   [--methods sage,sage-kernel,sdpa-cudnn] [--rounds 5] [--iters 10] [--warmup 3]
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from sage_attention import _attention as sage_impl
 from sage_attention import _ops
 
 L2_BYTES = 64 << 20
-WARMUP_PER_ROUND = 3  # untimed calls before each method's timed ones in a round
 
 
 def input_sets(b, h, n, d, dtype, device):
@@ -168,9 +167,11 @@ def main():
                          "sage-portable: sage through the portable binding)")
     ap.add_argument("--rounds", default="5", help="interleaved rounds per shape (1: each method in one block)")
     ap.add_argument("--iters", default="10", help="timed calls per method and round")
+    ap.add_argument("--warmup", default="3", help="untimed calls before each method's timed ones in a round")
     args = ap.parse_args()
     (rounds,) = positive_ints(ap, "--rounds", args.rounds)
     (iters,) = positive_ints(ap, "--iters", args.iters)
+    (warmup,) = positive_ints(ap, "--warmup", args.warmup)
     wanted = args.methods.split(",")
     if not wanted or any(m not in METHODS for m in wanted):
         ap.error(f"--methods takes a comma-separated subset of {', '.join(METHODS)}")
@@ -194,10 +195,10 @@ def main():
     binding = "torch_calls" if _ops._torch_calls is not None else "portable"
     print(f"GPU: {gpu}  torch {torch.__version__}  sage-attention {sage_attention.__version__}  "
           f"binding {binding}", flush=True)
-    print(f"timing: {rounds} interleaved round(s) of {iters} calls per method, each after {WARMUP_PER_ROUND} untimed",
+    print(f"timing: {rounds} interleaved round(s) of {iters} calls per method, each after {warmup} untimed",
           flush=True)
     result = {"gpu": gpu, "torch": torch.__version__, "commit": git_commit(), "binding": binding,
-              "timing": {"rounds": rounds, "iters_per_round": iters, "warmup_per_round": WARMUP_PER_ROUND},
+              "timing": {"rounds": rounds, "iters_per_round": iters, "warmup_per_round": warmup},
               "rows": rows}
     for d in dims:
         for causal in (c == "1" for c in causal_settings):
@@ -214,7 +215,7 @@ def main():
                         fns[name] = METHODS[name](sets, causal)
                     except Exception as e:
                         print(f"  {name}: failed: {e}", file=sys.stderr)
-                for name, times in interleaved_times_ms(fns, sets, rounds, iters, WARMUP_PER_ROUND).items():
+                for name, times in interleaved_times_ms(fns, sets, rounds, iters, warmup).items():
                     ms = statistics.median(times)
                     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (ms, ms, ms)
                     rows.append({"method": name, "B": B, "H": H, "N": n, "D": d, "causal": causal,
