@@ -707,8 +707,8 @@ TEST_F(Sm90Forward, ConcurrentPrepassOnlyWhereTheRuleTakesIt) {
 }
 
 // The default concurrent pre-pass (the rule's shape: kConcurrentPrepassFirstHeads
-// heads first, the rest on 2 of every 11 SMs) on 4096-key calls, from a
-// workspace of ones, against the same calls with it off
+// heads first, the rest on 2 of every 11 SMs) on calls of 4096 and 3500
+// keys, from a workspace of ones, against the same calls with it off
 // (SAGE_PREPASS_CONCURRENT=0: every head job in one launch before the
 // kernel). The jobs write the same codes, so the outputs match bit for bit
 // where K is not smoothed; mean_k is summed over other CTA splits in the

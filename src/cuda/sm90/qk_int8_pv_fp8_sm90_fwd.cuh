@@ -929,7 +929,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) qk_int8_pv_fp8_sm90_kernel(con
     // implies its pre-pass's, for whatever the stream runs next. (Not at the
     // kernel's end for every thread: the producer warp's idle lanes get
     // there first, and their wait held up lane 0's loads until that grid
-    // completed, +100-170 us a call on an H100, session 61.)
+    // completed, +90-170 us a call on an H100, session 61.)
     if constexpr (T::kBesideConcurrentPrepass) {
       if (threadIdx.x == 128) pdl::wait_for_prerequisites();
     }
