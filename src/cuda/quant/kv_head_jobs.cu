@@ -554,12 +554,11 @@ bool head_job_clusters_fit(KvHeadJobShape shape) {
                                   head_jobs_config(1, shape, nullptr, false, attributes));
 }
 
-// The shape for `jobs` of p's jobs on the whole GPU.
 template <typename T>
-KvHeadJobShape head_job_shape_fitting(const PrepassProblem& p, long long jobs) {
+KvHeadJobShape head_job_shape_fitting(const PrepassProblem& p) {
   constexpr int kRowBytes = kDp * static_cast<int>(sizeof(T));
-  KvHeadJobShape shape =
-      kv_head_job_shape(jobs, p.nk, p.sm_count, kRowBytes, p.kv_head_job_split, p.kv_head_jobs_per_sm);
+  KvHeadJobShape shape = kv_head_job_shape(2LL * p.batch * p.heads_kv, p.nk, p.sm_count, kRowBytes,
+                                           p.kv_head_job_split, p.kv_head_jobs_per_sm);
   if (shape.ctas > 1 && !head_job_clusters_fit<T>(shape)) shape.ctas = 1;
   return shape;
 }
@@ -590,7 +589,7 @@ template <typename T>
 cudaError_t launch_concurrent(const PrepassProblem& p, const PrepassLayout& layout, const PrepassBuffers& out,
                               StridedInput k, StridedInput v, cudaStream_t stream) {
   const int jobs = 2 * p.batch * p.heads_kv, first_jobs = 2 * p.concurrent_heads;
-  const KvHeadJobShape first = head_job_shape_fitting<T>(p, jobs);
+  const KvHeadJobShape first = head_job_shape_fitting<T>(p);
   HeadJobLaunch launch{0, first_jobs, /*clears=*/true, /*claims=*/false};
   if (const cudaError_t e = launch_jobs<T>(p, layout, out, k, v, first, first_jobs, launch, stream, false);
       e != cudaSuccess) {
@@ -614,7 +613,7 @@ cudaError_t launch_typed(const PrepassProblem& p, const PrepassLayout& layout, c
     }
     return launch_concurrent<T>(p, layout, out, k, v, stream);
   }
-  return launch_jobs<T>(p, layout, out, k, v, head_job_shape_fitting<T>(p, jobs), jobs_at_once,
+  return launch_jobs<T>(p, layout, out, k, v, head_job_shape_fitting<T>(p), jobs_at_once,
                         HeadJobLaunch{0, jobs}, stream, programmatic);
 }
 
@@ -640,8 +639,7 @@ cudaError_t launch_kv_head_jobs(const PrepassProblem& p, const PrepassLayout& la
 }
 
 KvHeadJobShape kv_head_job_shape_fitting(const PrepassProblem& p) {
-  const long long jobs = 2LL * p.batch * p.heads_kv;
-  return p.bf16 ? head_job_shape_fitting<__nv_bfloat16>(p, jobs) : head_job_shape_fitting<__half>(p, jobs);
+  return p.bf16 ? head_job_shape_fitting<__nv_bfloat16>(p) : head_job_shape_fitting<__half>(p);
 }
 
 }  // namespace sage::quant
