@@ -24,8 +24,8 @@
 //     (item_claims[0], QkInt8PvFp8Params::claims_items), so that whichever
 //     CTA is ahead takes more items. Elsewhere the rounds stay static and
 //     the windows one head wide.
-// The producer thread takes (claims) each item when it starts loading it,
-// one item ahead of the consumers, and publishes its work in the item
+// The producer thread takes (claims) each item when it starts loading it
+// (produce_items says when it claims), and publishes its work in the item
 // buffer it loads (FwdSharedStorage::work_of) before that buffer's
 // item_full arrival; the consumers and the key-offset warps read it there
 // once item_full completes (no item decode of their own). Past the CTA's
@@ -158,14 +158,27 @@ __device__ __forceinline__ void wait_for_kv_head(const QkInt8PvFp8Params& p, int
 // across items) and b its item buffer, once the consumers are done with the
 // item that used b before (item_empty) and w is published in it; f's loads
 // complete item_full[b]. Then no_work() in the next buffer.
+//
+// When an item is claimed: elsewhere one round ahead, before this round's
+// loads are issued, so that the claim's round trip runs under them (its
+// result is first needed at the next round), not between the last K/V load
+// of one item and the next Q. Beside the concurrent pre-pass an item is
+// claimed in its own round, once its buffer is free, about three key
+// tiles before the consumers start it: claimed a round ahead, each CTA
+// took two items at its start, so that round 0 reached heads whose jobs
+// were not done yet (their CTAs waited ~40 us for the flags: B=2 H=32 4K
+// keys, H100, session 62), and at the end items went to CTAs a whole item
+// before they could start them.
 template <class T, class Storage, class F>
 __device__ __forceinline__ void produce_items(const QkInt8PvFp8Params& p, Storage& s, F&& f) {
+  constexpr bool kClaimAhead = !T::kBesideConcurrentPrepass;
   const int items = work_items<T>(p);
   int it0 = 0;
-  int item = take_item<T>(p, 0, items);
+  int ahead = kClaimAhead ? take_item<T>(p, 0, items) : 0;  // (the item of round j, claimed in round j - 1)
   for (int j = 0;; ++j) {
     const auto [b, use] = ItemSlot::at(j);
     mbar_wait_idle(&s.item_empty[b], use ^ 1);  // passes at once on a fresh barrier
+    const int item = kClaimAhead ? ahead : take_item<T>(p, j, items);
     if (item >= items) {
       s.work_of[b] = no_work();
       mbar_arrive(&s.item_full[b]);  // (release: the store above is seen by the waits)
@@ -173,13 +186,9 @@ __device__ __forceinline__ void produce_items(const QkInt8PvFp8Params& p, Storag
     }
     const fwd::CtaWork w = item_work<T>(p, item);
     s.work_of[b] = w;
-    // The next item, claimed before this one's loads are issued: the
-    // claim's round trip runs under them (its result is first needed at the
-    // next round), not between the last K/V load of this item and the next Q.
-    const int next = take_item<T>(p, j + 1, items);
+    if constexpr (kClaimAhead) ahead = take_item<T>(p, j + 1, items);
     f(w, j, it0, b);
     it0 += w.n_tiles;
-    item = next;
   }
 }
 
