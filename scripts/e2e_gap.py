@@ -4,12 +4,10 @@
 bench/bench_attention.py times one call at a time (CUDA events around the call, a synchronize
 after it). Session 61 found every method slower when the methods are timed in interleaved rounds
 than in one block each (ours ~3-5%, cuDNN's ~2%), with the clocks nvidia-smi reported alike.
-Session 62 ran this script: the calls of one method in one round time alike, and the time of every
-method steps up by ~4-5% at a time over a few hundred calls, ours and cuDNN's by the same factor
-(the GPU's power management; samples of nvidia-smi every 200 ms show the SM clock stepping down
-to 1815-1935 MHz at ~360-520 W while the benchmark runs). Timed in blocks, ours went first and
-took the fast stretch. So interleaved rounds are the fair way, and the ratio of one round (both
-methods within ~0.3 s) is the figure that does not drift.
+Session 62 ran this script: the calls of one method in one round time alike, and across rounds a
+method's time moves in steps of 4-15%, not by the same factor for the two methods (the GPU's power
+capping: the driver counted 0.75 s of it in a minute of these calls), so the ratio of one round
+ranged 1.08-1.24 at D=128 4K on an H100. Timed in blocks, ours went first.
 
 Prints, for each order (interleaved, blocks, twice each), each method's median per round and the
 ratio of the two methods' medians per round; --json keeps every call's time and the host time of
