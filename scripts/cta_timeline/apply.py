@@ -20,9 +20,12 @@ KIT = os.path.dirname(os.path.abspath(__file__))
 
 
 def edit(f, pairs):
+    """Replaces each `a` of pairs, which must occur once in file f, by its `b`."""
     s = open(f).read()
     for a, b in pairs:
-        assert s.count(a) == 1, (f, a)
+        if s.count(a) != 1:
+            raise SystemExit(f"cta_timeline/apply.py: {f} no longer has this text once ({s.count(a)} times); "
+                             f"update the kit's edit:\n{a}")
         s = s.replace(a, b)
     open(f, 'w').write(s)
 
