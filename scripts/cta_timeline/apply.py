@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Turns a copy of the source tree into the per-CTA timeline build (a diagnostic; never in src/).
 
-Run in the root of a copy (scripts/cta_timeline/run.sh makes one): the attention kernel records,
-per item, when its producer started it and how long it waited for its head's flags, and per CTA
-its start and its consumers' ends; the head-jobs kernel records each CTA's start and end and each
-job's. Records are 64-byte rows (trace_ctas.cuh: global timer, SM id) appended to a device array of
-each instrumented translation unit; the GPU test TraceTimeline.Calls (test_trace_timeline.cpp, skipped
-unless SAGE_TRACE_N is set) runs 8 calls of B=2 H=32 N D=128 bf16 through the C++ API and prints
-the records of each. The records cost each item a few instructions in the producer thread (the
-claims build then spills 40 more bytes): the traced 4K call took 680-692 us on an H100, as the
-untraced one does in GPU time (session 62).
+Run in the root of a copy (scripts/cta_timeline/run.sh makes one): the attention kernel records, per
+item, when its producer started it and how long it waited for its head's flags, and per CTA its
+start and its consumers' ends; the head-jobs kernel records each CTA's start and end and each job's
+start and end and the end of its statistics read. Records are 64-byte rows (trace_ctas.cuh: global
+timer, SM id) appended to a device array of each instrumented translation unit; the GPU test
+TraceTimeline.Calls (test_trace_timeline.cpp, skipped unless SAGE_TRACE_N is set) runs 8 calls of
+B=2 H=32 N D=128 bf16 through the C++ API and prints the records of each. The records cost each item
+a few instructions in the producer thread (the claims build then spills 40 more bytes): the traced
+4K call took 680-692 us on an H100, as the untraced one does in GPU time (session 62).
 
   python3 scripts/cta_timeline/apply.py      (in the copy's root; the kit's files come from here)
 """
@@ -62,7 +62,11 @@ edit('src/cuda/quant/kv_head_jobs.cu', [
 ''', '''    const bool v_job = job % 2 == 1;
     const unsigned long long t_job = trace_now();
 '''),
-('''    if (launch.publishes() && threadIdx.x == 0) {''', '''    if (threadIdx.x == 0) trace_record(5, launch.claims ? 1 : 0, job, t_job, trace_now(), job_ctas.rank, 0);
+('''    head_statistics<kPerSm, T>(p, out, rows, bh, v_job, job_ctas, s);
+''', '''    head_statistics<kPerSm, T>(p, out, rows, bh, v_job, job_ctas, s);
+    const unsigned long long t_stats = trace_now();
+'''),
+('''    if (launch.publishes() && threadIdx.x == 0) {''', '''    if (threadIdx.x == 0) trace_record(5, launch.claims ? 1 : 0, job, t_job, trace_now(), job_ctas.rank, t_stats);
     if (launch.publishes() && threadIdx.x == 0) {'''),
 ('''  pdl::wait_for_prerequisites();
 #endif

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# On a GPU machine, after a build of the Python package in build-dev: ncu --set full of the
+# concurrent pre-pass's two head-jobs launches (kv_head_jobs.cu: the first heads' jobs on the whole
+# GPU, then the others claimed one at a time by a CTA on each of a few SMs) in the third of three
+# end-to-end calls (B=2, H=32, D=128, bf16, non-causal; N from $1, default 4096), once for each
+# value of SAGE_PREPASS_KV_PREFETCH given after it (default "1": the head jobs' L2 prefetch on).
+# ncu runs the kernels one at a time, so the second launch runs alone here, not beside the attention
+# kernel (session 62: 264.5 us alone against ~240 beside it). Prints per launch its duration, the
+# issue and memory figures, the pipes' utilization, the traffic from L2 into the SMs and the stall
+# reasons per issued instruction; writes the reports and the text pages to $OUT (end a device call
+# with scripts/pack_out.sh).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-device-out}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/build-dev/python/pkg${PYTHONPATH:+:$PYTHONPATH}"
+n=${1:-4096}
+shift || true
+modes=("$@")
+[[ ${#modes[@]} -eq 0 ]] && modes=(1)
+call="
+import torch, sage_attention as s
+q, k, v = [torch.randn(2, 32, $n, 128, dtype=torch.bfloat16, device='cuda') for _ in range(3)]
+for _ in range(3): s.sageattn(q, k, v)
+torch.cuda.synchronize()"
+for mode in "${modes[@]}"; do
+  name="head-jobs-concurrent-$n-prefetch$mode"
+  echo "== N=$n SAGE_PREPASS_KV_PREFETCH=$mode (launch 1: the first heads; launch 2: the claims)"
+  SAGE_PREPASS_KV_PREFETCH=$mode timeout 240 ncu --kernel-name regex:kv_head_jobs --launch-skip 4 --launch-count 2 \
+    --set full --import-source no -f -o "$out/$name" python3 -c "$call" >"$out/$name.log" 2>&1 ||
+    { tail -5 "$out/$name.log"; continue; }
+  ncu --import "$out/$name.ncu-rep" --page details >"$out/$name.txt" 2>&1
+  grep -E "^  [a-z_]|Duration  |Memory Throughput|DRAM Throughput|L1/TEX Hit Rate|L2 Hit Rate|Issue Slots Busy|Executed Ipc Active|Warp Cycles Per Issued|Achieved Active Warps" \
+    "$out/$name.txt" | head -40
+  ncu --import "$out/$name.ncu-rep" --page raw >"$out/$name-raw.txt" 2>&1
+  # The pipes (percent of their peak over the cycles the SM was active), the bytes L2 sent the
+  # SMs, and the stall reasons per issued instruction.
+  grep -E "^  [a-z_]|sm__inst_executed_pipe_(alu|fma|fmaheavy|fmalite|fp16|lsu|xu|cbu|adu|uniform)\.avg\.pct_of_peak_sustained_active |l1tex__m_xbar2l1tex_read_bytes\.sum(\.per_second)? |lts__t_sectors_srcunit_tex_op_read\.sum |smsp__average_warps_issue_stalled_[a-z_]+_per_issue_active\.ratio " \
+    "$out/$name-raw.txt" | awk '$NF+0 > 0.05 || /^  [a-z_]/ || /xbar2l1tex|lts__t_sectors/' | head -70
+done
