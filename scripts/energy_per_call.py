@@ -5,15 +5,15 @@ Session 62 traced the benchmark's drift to the GPU's power capping: a method's t
 of 4-15%, not by the same factor for ours and cuDNN's. This script asks whether our call's own power
 draw is what sets its clocks: for each method, in rounds that alternate the methods, it launches
 --calls calls back to back (the benchmark's input sets, rotating) and reads NVML's total-energy
-counter (mJ) and the clock before and after, so that it prints per round and method the energy of
-one call, the mean power over the calls, the time per call and the SM clock at the end; then the
-medians over the rounds, and how many microseconds of power capping (software and hardware) the
-driver counted during the whole run.
+counter (mJ) before and after them and the SM clock while the last of them run, so that it prints
+per round and method the energy of one call, the mean power over the calls, the time per call and
+that clock; then the medians over the rounds, and how many microseconds of power capping
+the driver counted during the whole run (NVML's violation counter of the power policy).
 
 NVML through ctypes (libnvidia-ml.so.1, the driver's library): no Python package needed.
 
   PYTHONPATH=build-dev/python/pkg python3 scripts/energy_per_call.py [--n 4096] [--d 128] [--causal 0]
-                                                                      [--calls 1000] [--rounds 4]
+                                                                      [--calls 2000] [--rounds 4]
 """
 import argparse
 import ctypes
@@ -69,17 +69,18 @@ class Nvml:
 
 
 def measure(fn, sets, calls, nvml):
-    """(mJ per call, mean W, us per call, SM MHz after) of `calls` calls launched back to back."""
+    """(mJ per call, mean W, us per call, SM MHz near the end) of `calls` calls launched back to back."""
     for i in range(3):
         fn(*sets[i % len(sets)])
     torch.cuda.synchronize()
     e0, t0 = nvml.energy_mj(), time.perf_counter()
     for i in range(calls):
         fn(*sets[i % len(sets)])
+    busy_mhz = nvml.sm_clock_mhz()  # (the launch queue is still full here: the GPU is busy)
     torch.cuda.synchronize()
     t1, e1 = time.perf_counter(), nvml.energy_mj()
     seconds = t1 - t0
-    return (e1 - e0) / calls, (e1 - e0) / 1e3 / seconds, seconds / calls * 1e6, nvml.sm_clock_mhz()
+    return (e1 - e0) / calls, (e1 - e0) / 1e3 / seconds, seconds / calls * 1e6, busy_mhz
 
 
 def main():
@@ -87,7 +88,7 @@ def main():
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--causal", type=int, default=0)
-    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--calls", type=int, default=2000)  # ~1.4 s at 4K: the counter moves in coarse steps
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
     nvml = Nvml(torch.cuda.current_device())
