@@ -93,7 +93,8 @@ def main():
     args = ap.parse_args()
     nvml = Nvml(torch.cuda.current_device())
     sets = input_sets(2, 32, args.n, args.d, torch.bfloat16, "cuda")
-    fns = {"sage": sage_end_to_end(bool(args.causal)), "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, bool(args.causal))}
+    causal = bool(args.causal)
+    fns = {"sage": sage_end_to_end(causal), "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, causal)}
     names = list(fns)
     power0, thermal0 = nvml.violation_ns(NVML_PERF_POLICY_POWER), nvml.violation_ns(NVML_PERF_POLICY_THERMAL)
     rows = {name: [] for name in names}

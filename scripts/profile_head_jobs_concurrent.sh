@@ -30,11 +30,14 @@ for mode in "${modes[@]}"; do
     --set full --import-source no -f -o "$out/$name" python3 -c "$call" >"$out/$name.log" 2>&1 ||
     { tail -5 "$out/$name.log"; continue; }
   ncu --import "$out/$name.ncu-rep" --page details >"$out/$name.txt" 2>&1
-  grep -E "^  [a-z_]|Duration  |Memory Throughput|DRAM Throughput|L1/TEX Hit Rate|L2 Hit Rate|Issue Slots Busy|Executed Ipc Active|Warp Cycles Per Issued|Achieved Active Warps" \
-    "$out/$name.txt" | head -40
+  details="^  [a-z_]|Duration  |Memory Throughput|DRAM Throughput|L1/TEX Hit Rate|L2 Hit Rate|Issue Slots Busy"
+  details+="|Executed Ipc Active|Warp Cycles Per Issued|Achieved Active Warps"
+  grep -E "$details" "$out/$name.txt" | head -40
   ncu --import "$out/$name.ncu-rep" --page raw >"$out/$name-raw.txt" 2>&1
   # The pipes (percent of their peak over the cycles the SM was active), the bytes L2 sent the
   # SMs, and the stall reasons per issued instruction.
-  grep -E "^  [a-z_]|sm__inst_executed_pipe_(alu|fma|fmaheavy|fmalite|fp16|lsu|xu|cbu|adu|uniform)\.avg\.pct_of_peak_sustained_active |l1tex__m_xbar2l1tex_read_bytes\.sum(\.per_second)? |lts__t_sectors_srcunit_tex_op_read\.sum |smsp__average_warps_issue_stalled_[a-z_]+_per_issue_active\.ratio " \
-    "$out/$name-raw.txt" | awk '$NF+0 > 0.05 || /^  [a-z_]/ || /xbar2l1tex|lts__t_sectors/' | head -70
+  raw="^  [a-z_]|sm__inst_executed_pipe_(alu|fma|fmaheavy|fmalite|fp16|lsu|xu|cbu|adu|uniform)"
+  raw+="\.avg\.pct_of_peak_sustained_active |l1tex__m_xbar2l1tex_read_bytes\.sum(\.per_second)? "
+  raw+="|lts__t_sectors_srcunit_tex_op_read\.sum |smsp__average_warps_issue_stalled_[a-z_]+_per_issue_active\.ratio "
+  grep -E "$raw" "$out/$name-raw.txt" | awk '$NF+0 > 0.05 || /^  [a-z_]/ || /xbar2l1tex|lts__t_sectors/' | head -70
 done

@@ -4,8 +4,10 @@
 Each REC line is one record of the diagnostic build (trace_ctas.cuh): the attention kernel's items
 (when its producer started each item, how long it waited for the item's head flags), each attention
 CTA's start and its consumers' ends, each head-job CTA's start and end, and each head job's start
-and end and the end of its statistics read (its first read of the rows). Times are us from the call's first kernel start. Prints, for the call picked:
-  - each head-jobs launch: its CTAs, SMs, start and end, and its jobs' durations (K and V, and their statistics reads);
+and end and the end of its statistics read (its first read of the rows). Times are us from the
+call's first kernel start. Prints, for the call picked:
+  - each head-jobs launch: its CTAs, SMs, start and end, and its jobs' durations (K and V, and
+    their statistics reads);
   - the attention CTAs' starts and ends, and their idle time at the end (the last CTA's end less
     each CTA's, summed: SM-us the end of the kernel leaves unused);
   - the flag waits (SM-us, and which rounds and heads waited more than 3 us);
@@ -73,15 +75,15 @@ def summarize(items, ctas, job_ctas, jobs):
         if not launch:
             continue
         js = [j for j in jobs if j["second"] == second]
+        k_jobs, v_jobs = [j for j in js if j["job"] % 2 == 0], [j for j in js if j["job"] % 2]
         dur = lambda sel: statistics.median([j["end"] - j["start"] for j in sel])  # noqa: E731
         read1 = lambda sel: statistics.median([j["stats"] - j["start"] for j in sel])  # noqa: E731
         lines.append(f"head-jobs launch {'2 (claims)' if second else '1'}: {len(launch)} CTAs on "
                      f"{len({c['sm'] for c in launch})} SMs, start {min(c['start'] for c in launch):.1f}-"
                      f"{max(c['start'] for c in launch):.1f} us, end {min(c['end'] for c in launch):.1f}-"
                      f"{max(c['end'] for c in launch):.1f}; {len(js)} job records, median K "
-                     f"{dur([j for j in js if j['job'] % 2 == 0]):.1f} us (statistics read "
-                     f"{read1([j for j in js if j['job'] % 2 == 0]):.1f}), V {dur([j for j in js if j['job'] % 2]):.1f} us "
-                     f"({read1([j for j in js if j['job'] % 2]):.1f})")
+                     f"{dur(k_jobs):.1f} us (statistics read {read1(k_jobs):.1f}), V {dur(v_jobs):.1f} us "
+                     f"({read1(v_jobs):.1f})")
     ends = sorted(c["end"] for c in ctas.values())
     starts = sorted(c["start"] for c in ctas.values())
     last = ends[-1]
