@@ -2,8 +2,8 @@
 # On a GPU machine, after a build of the Python package in build-dev: ncu --set full of the
 # concurrent pre-pass's two head-jobs launches (kv_head_jobs.cu: the first heads' jobs on the whole
 # GPU, then the others claimed one at a time by a CTA on each of a few SMs) in the third of three
-# end-to-end calls (B=2, H=32, D=128, bf16, non-causal; N from $1, default 4096), once for each
-# value of SAGE_PREPASS_KV_PREFETCH given after it (default "1": the head jobs' L2 prefetch on).
+# end-to-end calls (B=2, H=32, D=128, bf16, non-causal; N from $1, default 4096), once as built and
+# once more for each environment setting given after it (VAR=VALUE, e.g. SAGE_PREPASS_CONCURRENT=4:20).
 # ncu runs the kernels one at a time, so the second launch runs alone here, not beside the attention
 # kernel (session 62: 264.5 us alone against ~240 beside it). Prints per launch its duration, the
 # issue and memory figures, the pipes' utilization, the traffic from L2 into the SMs and the stall
@@ -16,17 +16,18 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/build-dev/python/pkg${PYTHONPATH:+:$PYTHONPATH}"
 n=${1:-4096}
 shift || true
-modes=("$@")
-[[ ${#modes[@]} -eq 0 ]] && modes=(1)
+settings=(as-built "$@")
 call="
 import torch, sage_attention as s
 q, k, v = [torch.randn(2, 32, $n, 128, dtype=torch.bfloat16, device='cuda') for _ in range(3)]
 for _ in range(3): s.sageattn(q, k, v)
 torch.cuda.synchronize()"
-for mode in "${modes[@]}"; do
-  name="head-jobs-concurrent-$n-prefetch$mode"
-  echo "== N=$n SAGE_PREPASS_KV_PREFETCH=$mode (launch 1: the first heads; launch 2: the claims)"
-  SAGE_PREPASS_KV_PREFETCH=$mode timeout 240 ncu --kernel-name regex:kv_head_jobs --launch-skip 4 --launch-count 2 \
+for setting in "${settings[@]}"; do
+  env_args=()
+  [[ $setting == as-built ]] || env_args=("$setting")
+  name="head-jobs-concurrent-$n-${setting//[^A-Za-z0-9_.-]/_}"
+  echo "== N=$n $setting (launch 1: the first heads; launch 2: the claims)"
+  env "${env_args[@]}" timeout 240 ncu --kernel-name regex:kv_head_jobs --launch-skip 4 --launch-count 2 \
     --set full --import-source no -f -o "$out/$name" python3 -c "$call" >"$out/$name.log" 2>&1 ||
     { tail -5 "$out/$name.log"; continue; }
   ncu --import "$out/$name.ncu-rep" --page details >"$out/$name.txt" 2>&1
