@@ -7,7 +7,8 @@
 # ncu runs the kernels one at a time, so the second launch runs alone here, not beside the attention
 # kernel (session 62: 264.5 us alone against ~240 beside it). Prints per launch its duration, the
 # issue and memory figures, the pipes' utilization, the traffic from L2 into the SMs and the stall
-# reasons per issued instruction; writes the reports and the text pages to $OUT (end a device call
+# reasons per issued instruction, and the instructions and stall samples by SASS line
+# (scripts/sass_counts.py); writes the reports and the text pages to $OUT (end a device call
 # with scripts/pack_out.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +42,7 @@ for setting in "${settings[@]}"; do
   raw+="\.avg\.pct_of_peak_sustained_active |l1tex__m_xbar2l1tex_read_bytes\.sum(\.per_second)? "
   raw+="|lts__t_sectors_srcunit_tex_op_read\.sum |smsp__average_warps_issue_stalled_[a-z_]+_per_issue_active\.ratio "
   grep -E "$raw" "$out/$name-raw.txt" | awk '$NF+0 > 0.05 || /^  [a-z_]/ || /xbar2l1tex|lts__t_sectors/' | head -70
+  # Instructions per warp and stall samples by SASS line (where in the job the warps wait).
+  ncu --import "$out/$name.ncu-rep" --page source --csv --print-source sass >"$out/$name-sass.csv" 2>&1
+  python3 scripts/sass_counts.py "$out/$name-sass.csv" --stall all >"$out/$name-sass-counts.txt" 2>&1
 done

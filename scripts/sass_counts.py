@@ -82,13 +82,17 @@ def report(name, lines, stall, top):
                 reasons[column[len("stall_"):]] += count(line, column)
     total = sum(reasons.values()) or 1
     print("  stall samples: " + ", ".join(f"{r} {100 * n / total:.0f}%" for r, n in reasons.most_common(10) if n))
-    column = f"stall_{stall}"
-    hot = sorted(range(len(lines)), key=lambda i: -count(lines[i], column))[:top]
-    hot = [i for i in hot if count(lines[i], column)]
+    def samples(line):
+        if stall != "all":
+            return count(line, f"stall_{stall}")
+        return sum(count(line, c) for c in line if c.startswith("stall_") and "(Not Issued)" not in c)
+
+    hot = sorted(range(len(lines)), key=lambda i: -samples(lines[i]))[:top]
+    hot = [i for i in hot if samples(lines[i])]
     if hot:
         print(f"  lines with the most '{stall}' samples:")
         for i in sorted(hot):
-            print(f"    {i:6d} {count(lines[i], column):6d}   {lines[i]['Source'].strip()[:70]}")
+            print(f"    {i:6d} {samples(lines[i]):6d}   {lines[i]['Source'].strip()[:70]}")
 
 
 def main():
@@ -96,7 +100,7 @@ def main():
     ap.add_argument("csv", help="ncu --page source --csv --print-source sass output")
     ap.add_argument("--kernel", default="", help="only kernels whose name matches this regular expression")
     ap.add_argument("--stall", default="no_inst", help="stall reason whose hottest lines to list (the CSV's "
-                    "stall_* column without the prefix, e.g. no_inst, long_sb, barrier)")
+                    "stall_* column without the prefix, e.g. no_inst, long_sb, barrier; all: every reason's samples)")
     ap.add_argument("--top", type=int, default=15, help="runs and lines to list per kernel")
     args = ap.parse_args()
     seen = set()
