@@ -6,20 +6,12 @@
 # third call's kernel is profiled (the first two warm the caches of the dispatch), with every job in
 # one launch (SAGE_PREPASS_CONCURRENT=0: past 2304 keys the concurrent pre-pass would launch the
 # kernel twice a call; scripts/profile_head_jobs_concurrent.sh profiles that). Output in $OUT.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-device-out}
-mkdir -p "$out"
-export PYTHONPATH="$PWD/build-dev/python/pkg${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/profile_common.sh"
 n=${1:-4096}
 shift || true
 splits=("$@")
 [[ ${#splits[@]} -eq 0 ]] && splits=(1 0)
-call="
-import torch, sage_attention as s
-q, k, v = [torch.randn(2, 32, $n, 128, dtype=torch.bfloat16, device='cuda') for _ in range(3)]
-for _ in range(3): s.sageattn(q, k, v)
-torch.cuda.synchronize()"
+call=$(sage_calls "$n" 3)
 metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct
 metrics+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active
 metrics+=,launch__grid_size,launch__cluster_dim_x

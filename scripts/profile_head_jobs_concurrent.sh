@@ -10,19 +10,11 @@
 # reasons per issued instruction, and the instructions and stall samples by SASS line
 # (scripts/sass_counts.py); writes the reports and the text pages to $OUT (end a device call
 # with scripts/pack_out.sh).
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-device-out}
-mkdir -p "$out"
-export PYTHONPATH="$PWD/build-dev/python/pkg${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/profile_common.sh"
 n=${1:-4096}
 shift || true
 settings=(as-built "$@")
-call="
-import torch, sage_attention as s
-q, k, v = [torch.randn(2, 32, $n, 128, dtype=torch.bfloat16, device='cuda') for _ in range(3)]
-for _ in range(3): s.sageattn(q, k, v)
-torch.cuda.synchronize()"
+call=$(sage_calls "$n" 3)
 for setting in "${settings[@]}"; do
   env_args=()
   [[ $setting == as-built ]] || env_args=("$setting")

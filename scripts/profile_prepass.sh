@@ -5,17 +5,10 @@
 # PC samples by stall reason and per SASS instruction (summarized by scripts/sass_counts.py into
 # sass-counts.txt). Output in $OUT; a device call brings back only a few files, so end it with
 # scripts/pack_out.sh.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-device-out}
-mkdir -p "$out"
-export PYTHONPATH="$PWD/build-dev/python/pkg${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/profile_common.sh"
 n=${1:-4096}
 causal=${2:-False}
-call="
-import torch, sage_attention as s
-q, k, v = [torch.randn(2, 32, $n, 128, dtype=torch.bfloat16, device='cuda') for _ in range(3)]
-s.sageattn(q, k, v, is_causal=$causal); torch.cuda.synchronize()"
+call=$(sage_calls "$n" 1 "is_causal=$causal")
 timeout 200 ncu --kernel-name regex:'kv_stats|quantize_kernel|kv_cluster' --launch-count 2 \
   --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
   --section LaunchStats --section SchedulerStats --section InstructionStats --section SourceCounters \

@@ -5,19 +5,14 @@
 # Usage: scripts/profile_sm90.sh [N]; PKG=<staged package dir> profiles another build than
 # build-dev's (one configured with -DCMAKE_CUDA_FLAGS=-lineinfo also gets ncu-lines.csv: the
 # samples per CUDA source line).
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-device-out}
-mkdir -p "$out"
-export PYTHONPATH="${PKG:-$PWD/build-dev/python/pkg}${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/profile_common.sh"
 n=${1:-4096}
+call=$(sage_calls "$n" 1)
 timeout 300 ncu --kernel-name regex:qk_int8_pv_fp8_sm90_kernel --launch-count 1 \
   --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
   --section WarpStateStats --section SchedulerStats --section InstructionStats --section Occupancy \
-  --section SourceCounters --section LaunchStats --import-source yes -f -o "$out/sm90" python3 -c "
-import torch, sage_attention as s
-q, k, v = [torch.randn(2, 32, $n, 128, dtype=torch.bfloat16, device='cuda') for _ in range(3)]
-s.sageattn(q, k, v); torch.cuda.synchronize()" >"$out/ncu.log" 2>&1
+  --section SourceCounters --section LaunchStats --import-source yes -f -o "$out/sm90" python3 -c "$call" \
+  >"$out/ncu.log" 2>&1
 tail -3 "$out/ncu.log"
 ncu --import "$out/sm90.ncu-rep" --page details >"$out/ncu-details.txt" 2>&1
 ncu --import "$out/sm90.ncu-rep" --page source --csv --print-source sass >"$out/ncu-sass.csv" 2>&1

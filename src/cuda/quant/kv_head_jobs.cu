@@ -554,6 +554,8 @@ bool head_job_clusters_fit(KvHeadJobShape shape) {
                                   head_jobs_config(1, shape, nullptr, false, attributes));
 }
 
+// The rules' shape for every job of p, with one CTA per job where the
+// device cannot place its clusters.
 template <typename T>
 KvHeadJobShape head_job_shape_fitting(const PrepassProblem& p) {
   constexpr int kRowBytes = kDp * static_cast<int>(sizeof(T));
