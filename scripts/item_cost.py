@@ -7,7 +7,15 @@ pre-pass already quantized; launches back to back, so no host time) at head coun
 whole rounds, at two sequence lengths, separates the time per key tile from the time per item
 (its start and its epilogue): t = a + b * tiles_per_cta + c * items_per_cta, least squares.
 
+--by-rows: what an item costs by its rows (64, 128, 192: one, two or three busy consumers; the
+others skip it), at --keys keys. Every CTA takes `rounds` items of the same rows, one per query
+head, all heads sharing one K/V head (GQA), so that their key tiles come from L2 as the items of
+a real call's head do (with a K/V head each, 132 CTAs would stream ~1 MB each per item from
+DRAM). The slope over 1-3 rounds is an item's time; its ratio to a 192-row item's is what the
+host's models take for a short item (sm90 noncausal_full_items and its claimed form).
+
   python3 scripts/item_cost.py [--dim 128] [--q-prepass 0|1|both]
+  python3 scripts/item_cost.py --by-rows [--keys 4096]
 """
 import argparse
 import os
@@ -21,8 +29,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from bench_attention import sage_kernel_only  # noqa: E402 (the benchmark's kernel-only call)
 
 
-def kernel_us(n, heads, d, reps=20, rounds=5):
-    q, k, v = (torch.randn(1, heads, n, d, dtype=torch.bfloat16, device="cuda") for _ in range(3))
+def kernel_us(n, heads, d, reps=20, rounds=5, nk=None, kv_heads=None):
+    q = torch.randn(1, heads, n, d, dtype=torch.bfloat16, device="cuda")
+    k, v = (torch.randn(1, kv_heads or heads, nk or n, d, dtype=torch.bfloat16, device="cuda") for _ in range(2))
     run = sage_kernel_only([(q, k, v)], causal=False)
     for _ in range(3):
         run(q, k, v)
@@ -43,8 +52,13 @@ def main():
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--q-prepass", default="both", choices=("0", "1", "both"),
                     help="SAGE_SM90_Q_PREPASS for the calls (0: Q quantized in the kernel where it can, 1: by the pre-pass)")
+    ap.add_argument("--by-rows", action="store_true", help="the cost of an item by its rows (see above)")
+    ap.add_argument("--keys", type=int, default=4096, help="keys per head with --by-rows")
     args = ap.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if args.by_rows:
+        by_rows(args, sms)
+        return
     modes = ("0", "1") if args.q_prepass == "both" else (args.q_prepass,)
     for mode in modes:
         os.environ["SAGE_SM90_Q_PREPASS"] = mode
@@ -70,6 +84,18 @@ def main():
         worst = max(abs(f - t) / t for f, t in zip(fit, times))
         print(f"Q prepass={mode}: fixed {a:.1f} us + {b:.3f} us per key tile + {c:.2f} us per item "
               f"(worst fit error {100 * worst:.1f}%)", flush=True)
+
+
+def by_rows(args, sms):
+    per_item = {}
+    for rows in (192, 128, 64):
+        rounds = (1, 2, 3)
+        times = [kernel_us(rows, r * sms, args.dim, nk=args.keys, kv_heads=1) for r in rounds]
+        slope, _ = np.polyfit(rounds, times, 1)
+        per_item[rows] = slope
+        print(f"D={args.dim} keys={args.keys} rows={rows:3d}: " +
+              ", ".join(f"{r} round(s) {t:.1f} us" for r, t in zip(rounds, times)) +
+              f"; {slope:.1f} us per item, {slope / per_item[192]:.3f} of a 192-row item", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@
 #include "cuda/quant/kv_head_jobs_fit.h"
 #include "cuda/quant/prepass.h"
 #include "cuda/sm90/qk_int8_pv_fp8_sm90.h"
+#include "cuda/sm90/qk_int8_pv_fp8_sm90_item_order.h"
 #include "gpu/attention_forward_harness.h"
 #include "gpu/gpu_test_util.h"
 #include "numerics/formats.h"
@@ -713,7 +714,11 @@ TEST_F(Sm90Forward, ConcurrentPrepassOnlyWhereTheRuleTakesIt) {
 // kernel). The jobs write the same codes, so the outputs match bit for bit
 // where K is not smoothed; mean_k is summed over other CTA splits in the
 // second launch (one CTA per job), so smoothed K only agrees closely
-// (expect_matches_two_kernel_path).
+// (expect_matches_two_kernel_path). Its kernel claims the items and tiles
+// the heads by the claims model (noncausal_full_items_claimed): for 1000
+// rows on 132 SMs, 5 full items and one of 40 rows, where the one-launch
+// call's static rounds take 4 and two short items; the tiling does not
+// change the bits.
 TEST_F(Sm90Forward, ConcurrentPrepassDefaultMatchesTheHeadJobsInOneLaunch) {
   using namespace case_table;
   const std::vector<Case> cases = {
@@ -738,6 +743,11 @@ TEST_F(Sm90Forward, ConcurrentPrepassDefaultMatchesTheHeadJobsInOneLaunch) {
     GpuResult concurrent;
     ASSERT_NO_FATAL_FAILURE(run_on_gpu(c, in, device(), &concurrent, /*repeat=*/true, /*workspace_word=*/1u));
     ASSERT_EQ(concurrent.sm90.concurrent_heads, sage::sm90::kConcurrentPrepassFirstHeads);
+    const int batch_heads = static_cast<int>(c.b * c.hq), nq = static_cast<int>(c.nq), nk = static_cast<int>(c.nk);
+    EXPECT_EQ(one_launch.sm90.full_items, sage::sm90::noncausal_full_items(batch_heads, nq, nk, 192, sm_count()));
+    EXPECT_EQ(concurrent.sm90.full_items,
+              sage::sm90::noncausal_full_items_claimed(batch_heads, nq, nk, 192, sm_count()));
+    if (c.nq == 1000 && sm_count() == 132) EXPECT_NE(concurrent.sm90.full_items, one_launch.sm90.full_items);
     expect_matches_two_kernel_path(c, concurrent, one_launch);
   }
 }

@@ -137,9 +137,11 @@ CausalSchedule causal_schedule_of(const AttentionOptions& o, const quant::Prepas
                     [&] { return causal_schedule(batch_heads, pp.nq, pp.nk, block_q, shift, ctas, across); });
 }
 
-// Full items per head of a non-causal launch (noncausal_full_items, the
-// model's choice, computed once per shape: it walks every candidate tiling,
-// up to a few hundred thousand steps for the longest heads).
+// Full items per head of a non-causal launch (the model's choice,
+// computed once per shape: it walks every candidate tiling, up to a few
+// hundred thousand steps for the longest heads): noncausal_full_items for
+// static rounds, noncausal_full_items_claimed where the items are claimed
+// (beside the concurrent pre-pass, pp.concurrent_heads).
 // SAGE_SM90_FULL_ITEMS=N forces N (at most as many as fit): A/B timings of
 // tilings in one build, and the tests, which expect the same bits from
 // every tiling.
@@ -148,8 +150,11 @@ int full_items_of(const quant::PrepassProblem& pp, int ctas, int consumers) {
   const int forced = count_from_env("SAGE_SM90_FULL_ITEMS", -1);
   if (forced >= 0) return std::min(forced, pp.nq / block_q);
   const int batch_heads = pp.batch * pp.heads_q;
-  return remembered(std::make_tuple(batch_heads, pp.nq, pp.nk, block_q, ctas),
-                    [&] { return noncausal_full_items(batch_heads, pp.nq, pp.nk, block_q, ctas); });
+  const bool claimed = pp.concurrent_heads > 0;
+  return remembered(std::make_tuple(batch_heads, pp.nq, pp.nk, block_q, ctas, claimed), [&] {
+    return claimed ? noncausal_full_items_claimed(batch_heads, pp.nq, pp.nk, block_q, ctas)
+                   : noncausal_full_items(batch_heads, pp.nq, pp.nk, block_q, ctas);
+  });
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -399,11 +404,23 @@ bool claims_work_items(const AttentionArgs& args, const AttentionOptions& option
       .claims;
 }
 
-int concurrent_prepass_heads(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
+// The problem of a whole call (not kernel_only) on a device of `sm_count`
+// SMs, as run() decides it: call_problem, then with_concurrent_prepass.
+quant::PrepassProblem whole_call_problem(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
   CUtensorMap map;
   quant::PrepassProblem problem = call_problem(args, options, &map);
   problem.sm_count = sm_count;
-  return with_concurrent_prepass(args, options, problem, /*kernel_only=*/false).concurrent_heads;
+  return with_concurrent_prepass(args, options, problem, /*kernel_only=*/false);
+}
+
+int concurrent_prepass_heads(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
+  return whole_call_problem(args, options, sm_count).concurrent_heads;
+}
+
+int full_items_per_head(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
+  if (options.causal) return 0;
+  const quant::PrepassProblem problem = whole_call_problem(args, options, sm_count);
+  return full_items_of(problem, persistent_ctas(sm_count), kernel_consumers(options, problem, problem.q_in_attention));
 }
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options) {
