@@ -215,8 +215,11 @@ inline int noncausal_full_items(int batch_heads, int nq, int nk, int block_q, in
 }
 
 // Per key tile, an item of at most 64 rows (one busy consumer: its chain
-// runs alone on the SM), in the time of a 192-row item's tile. Measured
-// with scripts/item_cost.py --by-rows (docs/perf-notes.md, session 65).
+// runs alone on the SM), in the time of a 192-row item's tile. An estimate,
+// not a measurement: a consumer's chain alone took ~1300 clocks a tile
+// (session 4), a tile that three consumers share takes ~3000-3400
+// (sessions 32 and 60), and an idle consumer still keeps the ring's
+// barriers (docs/perf-notes.md); scripts/item_cost.py --by-rows measures it.
 inline constexpr double kOneConsumerTileCost = 0.5;
 
 // The claims model's cost of a non-causal item of `rows` rows over `tiles`
@@ -251,8 +254,8 @@ inline double claimed_items_end(int batch_heads, int nq, int nk, int block_q, in
 // the static rounds' choice (noncausal_full_items), or as many as fit (the
 // least work, short items only for the rest) where claimed_items_end says
 // their claims end sooner. For a head of 4096 rows that is 21 full items
-// and one of 64 rows (half a full one's cost) against 20 and two of 128
-// (0.75 each): less work, and shorter items last. H100, B=2 H=32 4K, GPU
+// and one of 64 rows (about half a full one's cost) against 20 and two of
+// 128 (0.73-0.83 each): less work, and shorter items last. H100, B=2 H=32 4K, GPU
 // time of whole calls: -1.6% (docs/perf-notes.md, session 65). (Other
 // tilings the model would pick were not timed, so it picks between these
 // two only.)
