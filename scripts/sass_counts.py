@@ -60,6 +60,11 @@ def straight_runs(lines, warps):
     return runs
 
 
+def stall_columns(line):
+    """The line's stall-sample columns (the sampled reasons, without ncu's "Not Issued" copies)."""
+    return [c for c in line if c.startswith("stall_") and "(Not Issued)" not in c]
+
+
 def report(name, lines, stall, top):
     warps = count(lines[0], "Instructions Executed") or 1
     executed = [count(line, "Instructions Executed") for line in lines]
@@ -77,22 +82,17 @@ def report(name, lines, stall, top):
               f"   {lines[first]['Source'].strip()[:60]}")
     reasons = collections.Counter()
     for line in lines:
-        for column in line:
-            if column.startswith("stall_") and "(Not Issued)" not in column:
-                reasons[column[len("stall_"):]] += count(line, column)
+        for column in stall_columns(line):
+            reasons[column[len("stall_"):]] += count(line, column)
     total = sum(reasons.values()) or 1
     print("  stall samples: " + ", ".join(f"{r} {100 * n / total:.0f}%" for r, n in reasons.most_common(10) if n))
-    def samples(line):
-        if stall != "all":
-            return count(line, f"stall_{stall}")
-        return sum(count(line, c) for c in line if c.startswith("stall_") and "(Not Issued)" not in c)
-
-    hot = sorted(range(len(lines)), key=lambda i: -samples(lines[i]))[:top]
-    hot = [i for i in hot if samples(lines[i])]
+    columns = stall_columns if stall == "all" else (lambda line: [f"stall_{stall}"])
+    samples = [sum(count(line, c) for c in columns(line)) for line in lines]
+    hot = [i for i in sorted(range(len(lines)), key=lambda i: -samples[i])[:top] if samples[i]]
     if hot:
         print(f"  lines with the most '{stall}' samples:")
         for i in sorted(hot):
-            print(f"    {i:6d} {samples(lines[i]):6d}   {lines[i]['Source'].strip()[:70]}")
+            print(f"    {i:6d} {samples[i]:6d}   {lines[i]['Source'].strip()[:70]}")
 
 
 def main():

@@ -175,13 +175,20 @@ constexpr NoncausalItem noncausal_item(long long item, int nq, int block_q, int 
   return {static_cast<int>(k / shorts), first_row, last ? nq - first_row : 128};
 }
 
+// The items' cost in the host's tiling models, in tile times of a 192-row
+// item (H200, D = 128, 4K keys, session 34): per item, kItemFixedCost
+// (its Q tile, first and last steps, epilogue) plus, per key tile, 1 for
+// a 192-row item and kShortItemTileCost for one of 128 rows or fewer (a
+// consumer idle).
+inline constexpr double kItemFixedCost = 2.3;
+inline constexpr double kShortItemTileCost = 0.73;
+
 // The host's choice of full items per head: with block_q = 128 (two
 // consumers) as many as fit. With 192-row tiles, of every count from none to
 // as many as fit, the one whose static rounds over `ctas` CTAs (CTA c: items
 // c, 2 G - 1 - c, 2 G + c, ...) give the busiest CTA the least work, in a
-// model of the items' cost measured on an H200 (D = 128, 4K keys, session
-// 34): per key tile 1 for a 192-row item, 0.73 for one of 128 rows or fewer
-// (a consumer idle), plus 2.3 per item; ties go to more full items. So a
+// model of the items' cost above (a short item's whatever its rows); ties
+// go to more full items. So a
 // head of 4096 rows gets 20 full items and two of 128 rows where 64 heads
 // share 132 CTAs (not 21 and one of 64: 1344 full items put 11 on 24 CTAs,
 // and the round they end takes as long as a full one), and only items of
@@ -195,7 +202,7 @@ inline int noncausal_full_items(int batch_heads, int nq, int nk, int block_q, in
   const int most = nq / block_q;
   if (block_q != 192 || ctas <= 0 || batch_heads <= 0) return most;
   const double tiles = (nk + 127) / 128;
-  const double full_cost = tiles + 2.3, short_cost = 0.73 * tiles + 2.3;
+  const double full_cost = tiles + kItemFixedCost, short_cost = kShortItemTileCost * tiles + kItemFixedCost;
   int best = most;
   double best_load = 0.0;
   for (int full = most; full >= 0; --full) {
@@ -223,10 +230,10 @@ inline int noncausal_full_items(int batch_heads, int nq, int nk, int block_q, in
 inline constexpr double kOneConsumerTileCost = 0.5;
 
 // The claims model's cost of a non-causal item of `rows` rows over `tiles`
-// key tiles, in tile times of a 192-row item: 2.3 plus, per key tile, 1
-// (192 rows), 0.73 (65-128 rows: a consumer idle) or kOneConsumerTileCost.
+// key tiles: the static model's, but kOneConsumerTileCost per key tile for
+// an item of at most 64 rows.
 constexpr double claimed_item_cost(int rows, double tiles) {
-  return (rows > 128 ? 1.0 : rows > 64 ? 0.73 : kOneConsumerTileCost) * tiles + 2.3;
+  return (rows > 128 ? 1.0 : rows > 64 ? kShortItemTileCost : kOneConsumerTileCost) * tiles + kItemFixedCost;
 }
 
 // When the last of a launch's items ends where its `ctas` CTAs claim them
