@@ -12,7 +12,7 @@ others skip it), at --keys keys. Every CTA takes `rounds` items of the same rows
 head, all heads sharing one K/V head (GQA), so that their key tiles come from L2 as the items of
 a real call's head do (with a K/V head each, 132 CTAs would stream ~1 MB each per item from
 DRAM). The slope over 1-3 rounds is an item's time; its ratio to a 192-row item's is what the
-host's models take for a short item (sm90 noncausal_full_items and its claimed form).
+host's model takes for a short item (sm90 noncausal_full_items, kShortItemTileCost).
 
   python3 scripts/item_cost.py [--dim 128] [--q-prepass 0|1|both]
   python3 scripts/item_cost.py --by-rows [--keys 4096]

@@ -2,8 +2,7 @@
 // the causal window order visits every (head, query tile) once, longest
 // first inside each window, and the window size follows its byte budget;
 // the non-causal tilings cover every row once, and the host picks the one
-// its model of the rounds (or, where items are claimed, of the claims)
-// favours.
+// its model of the rounds favours.
 // The GPU tests check that every order and CTA count gives the same bits
 // (Sm90WorkSchedule).
 #include <gtest/gtest.h>
@@ -17,8 +16,6 @@
 namespace {
 
 using sage::sm90::causal_item;
-using sage::sm90::claimed_items_end;
-using sage::sm90::noncausal_full_items_claimed;
 using sage::sm90::noncausal_full_items;
 using sage::sm90::noncausal_item;
 using sage::sm90::noncausal_items;
@@ -209,34 +206,6 @@ TEST(Sm90ItemOrder, NoncausalTilingWhereTheRoundsEndSoonest) {
   EXPECT_EQ(noncausal_full_items(1, 100, 100, 192, 132), 0);
   // Whole rounds of full items: nothing to gain.
   EXPECT_EQ(noncausal_full_items(132, 192 * 5, 4096, 192, 132), 5);
-}
-
-// Where the items are claimed (beside the concurrent pre-pass), B=2 H=32
-// 4096 rows takes 21 full items and one of 64 rows (measured 1.6% faster
-// than the static rounds' 20 and two of 128, session 65); heads whose rows
-// are whole full items keep them all.
-TEST(Sm90ItemOrder, ClaimedTilingTakesTheLastRowsInOneShortItem) {
-  EXPECT_EQ(noncausal_full_items_claimed(64, 4096, 4096, 192, 132), 21);
-  EXPECT_EQ(noncausal_full_items_claimed(64, 192 * 16, 3072 + 1, 192, 132), 16);
-  EXPECT_EQ(noncausal_full_items(64, 4096, 4096, 192, 132), 20);  // (the static rounds' choice)
-  EXPECT_EQ(noncausal_full_items_claimed(64, 100, 4096, 192, 132), 0);
-  EXPECT_EQ(noncausal_full_items_claimed(64, 4096, 4096, 128, 132), 32);  // (two consumers: no model)
-}
-
-// The claimed tiling is one of two, and the one whose claims end sooner in
-// the model: the static rounds' choice or as many full items as fit.
-TEST(Sm90ItemOrder, ClaimedTilingIsTheRoundsOrTheMostFullItemsWhicheverEndsSooner) {
-  for (const int heads : {1, 5, 8, 16, 40, 64, 128}) {
-    for (const int nq : {1, 64, 65, 191, 192, 1000, 3137, 4033, 4096, 5000}) {
-      for (const int ctas : {1, 132}) {
-        const int chosen = noncausal_full_items_claimed(heads, nq, 4096, 192, ctas);
-        const int by_rounds = noncausal_full_items(heads, nq, 4096, 192, ctas), most = nq / 192;
-        ASSERT_TRUE(chosen == by_rounds || chosen == most) << heads << " heads, " << nq << " rows";
-        const double other = claimed_items_end(heads, nq, 4096, 192, chosen == most ? by_rounds : most, ctas);
-        EXPECT_LE(claimed_items_end(heads, nq, 4096, 192, chosen, ctas), other) << heads << " heads, " << nq << " rows";
-      }
-    }
-  }
 }
 
 }  // namespace

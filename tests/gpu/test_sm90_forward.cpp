@@ -714,11 +714,9 @@ TEST_F(Sm90Forward, ConcurrentPrepassOnlyWhereTheRuleTakesIt) {
 // kernel). The jobs write the same codes, so the outputs match bit for bit
 // where K is not smoothed; mean_k is summed over other CTA splits in the
 // second launch (one CTA per job), so smoothed K only agrees closely
-// (expect_matches_two_kernel_path). Its kernel claims the items and tiles
-// the heads by the claims model (noncausal_full_items_claimed): for 1000
-// rows on 132 SMs, 5 full items and one of 40 rows, where the one-launch
-// call's static rounds take 4 and two short items; the tiling does not
-// change the bits.
+// (expect_matches_two_kernel_path). Both calls tile the heads by the
+// model of the rounds (noncausal_full_items), though the concurrent one's
+// kernel claims its items.
 TEST_F(Sm90Forward, ConcurrentPrepassDefaultMatchesTheHeadJobsInOneLaunch) {
   using namespace case_table;
   const std::vector<Case> cases = {
@@ -745,9 +743,7 @@ TEST_F(Sm90Forward, ConcurrentPrepassDefaultMatchesTheHeadJobsInOneLaunch) {
     ASSERT_EQ(concurrent.sm90.concurrent_heads, sage::sm90::kConcurrentPrepassFirstHeads);
     const int batch_heads = static_cast<int>(c.b * c.hq), nq = static_cast<int>(c.nq), nk = static_cast<int>(c.nk);
     EXPECT_EQ(one_launch.sm90.full_items, sage::sm90::noncausal_full_items(batch_heads, nq, nk, 192, sm_count()));
-    EXPECT_EQ(concurrent.sm90.full_items,
-              sage::sm90::noncausal_full_items_claimed(batch_heads, nq, nk, 192, sm_count()));
-    if (c.nq == 1000 && sm_count() == 132) EXPECT_NE(concurrent.sm90.full_items, one_launch.sm90.full_items);
+    EXPECT_EQ(concurrent.sm90.full_items, one_launch.sm90.full_items);
     expect_matches_two_kernel_path(c, concurrent, one_launch);
   }
 }

@@ -137,11 +137,9 @@ CausalSchedule causal_schedule_of(const AttentionOptions& o, const quant::Prepas
                     [&] { return causal_schedule(batch_heads, pp.nq, pp.nk, block_q, shift, ctas, across); });
 }
 
-// Full items per head of a non-causal launch (the model's choice,
-// computed once per shape: it walks every candidate tiling, up to a few
-// hundred thousand steps for the longest heads): noncausal_full_items for
-// static rounds, noncausal_full_items_claimed where the items are claimed
-// (beside the concurrent pre-pass, pp.concurrent_heads).
+// Full items per head of a non-causal launch (noncausal_full_items, the
+// model's choice, computed once per shape: it walks every candidate tiling,
+// up to a few hundred thousand steps for the longest heads).
 // SAGE_SM90_FULL_ITEMS=N forces N (at most as many as fit): A/B timings of
 // tilings in one build, and the tests, which expect the same bits from
 // every tiling.
@@ -150,11 +148,8 @@ int full_items_of(const quant::PrepassProblem& pp, int ctas, int consumers) {
   const int forced = count_from_env("SAGE_SM90_FULL_ITEMS", -1);
   if (forced >= 0) return std::min(forced, pp.nq / block_q);
   const int batch_heads = pp.batch * pp.heads_q;
-  const bool claimed = pp.concurrent_heads > 0;
-  return remembered(std::make_tuple(batch_heads, pp.nq, pp.nk, block_q, ctas, claimed), [&] {
-    return claimed ? noncausal_full_items_claimed(batch_heads, pp.nq, pp.nk, block_q, ctas)
-                   : noncausal_full_items(batch_heads, pp.nq, pp.nk, block_q, ctas);
-  });
+  return remembered(std::make_tuple(batch_heads, pp.nq, pp.nk, block_q, ctas),
+                    [&] { return noncausal_full_items(batch_heads, pp.nq, pp.nk, block_q, ctas); });
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {

@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <functional>
-#include <queue>
 #include <vector>
 
 namespace sage::sm90 {
@@ -175,11 +173,13 @@ constexpr NoncausalItem noncausal_item(long long item, int nq, int block_q, int 
   return {static_cast<int>(k / shorts), first_row, last ? nq - first_row : 128};
 }
 
-// The items' cost in the host's tiling models, in tile times of a 192-row
+// The items' cost in the host's tiling model, in tile times of a 192-row
 // item (H200, D = 128, 4K keys, session 34): per item, kItemFixedCost
 // (its Q tile, first and last steps, epilogue) plus, per key tile, 1 for
 // a 192-row item and kShortItemTileCost for one of 128 rows or fewer (a
-// consumer idle).
+// consumer idle). (H100, scripts/item_cost.py --by-rows, session 66: a
+// 128-row item 0.79 and a 64-row one 0.60 of a 192-row item at 4K keys,
+// where the model says 0.75 for both.)
 inline constexpr double kItemFixedCost = 2.3;
 inline constexpr double kShortItemTileCost = 0.73;
 
@@ -219,61 +219,6 @@ inline int noncausal_full_items(int batch_heads, int nq, int nk, int block_q, in
     }
   }
   return best;
-}
-
-// Per key tile, an item of at most 64 rows (one busy consumer: its chain
-// runs alone on the SM), in the time of a 192-row item's tile. An estimate,
-// not a measurement: a consumer's chain alone took ~1300 clocks a tile
-// (session 4), a tile that three consumers share takes ~3000-3400
-// (sessions 32 and 60), and an idle consumer still keeps the ring's
-// barriers (docs/perf-notes.md); scripts/item_cost.py --by-rows measures it.
-inline constexpr double kOneConsumerTileCost = 0.5;
-
-// The claims model's cost of a non-causal item of `rows` rows over `tiles`
-// key tiles: the static model's, but kOneConsumerTileCost per key tile for
-// an item of at most 64 rows.
-constexpr double claimed_item_cost(int rows, double tiles) {
-  return (rows > 128 ? 1.0 : rows > 64 ? kShortItemTileCost : kOneConsumerTileCost) * tiles + kItemFixedCost;
-}
-
-// When the last of a launch's items ends where its `ctas` CTAs claim them
-// (each takes the next item in noncausal_item's order as it frees), in tile
-// times: the CTAs start at phases spread evenly over one full item (beside
-// the concurrent pre-pass some join as its jobs end, the others as round
-// 0's waits for the first heads end, so no two rounds line up).
-inline double claimed_items_end(int batch_heads, int nq, int nk, int block_q, int full, int ctas) {
-  const double tiles = (nk + 127) / 128;
-  std::priority_queue<double, std::vector<double>, std::greater<double>> free_at;
-  for (int c = 0; c < ctas; ++c) free_at.push(claimed_item_cost(block_q, tiles) * c / ctas);
-  const long long all = noncausal_items(nq, block_q, full, batch_heads);
-  for (long long item = 0; item < all; ++item) {
-    const double t = free_at.top();
-    free_at.pop();
-    free_at.push(t + claimed_item_cost(noncausal_item(item, nq, block_q, full, batch_heads).rows, tiles));
-  }
-  double end = 0.0;
-  for (; !free_at.empty(); free_at.pop()) end = free_at.top();
-  return end;
-}
-
-// The full items per head where the launch claims its items (beside the
-// concurrent pre-pass, whose late CTAs leave no static rounds to balance):
-// the static rounds' choice (noncausal_full_items), or as many as fit (the
-// least work, short items only for the rest) where claimed_items_end says
-// their claims end sooner. For a head of 4096 rows that is 21 full items
-// and one of 64 rows (about half a full one's cost) against 20 and two of
-// 128 (0.73-0.83 each): less work, and shorter items last. H100, B=2 H=32 4K, GPU
-// time of whole calls: -1.6% (docs/perf-notes.md, session 65). (Other
-// tilings the model would pick were not timed, so it picks between these
-// two only.)
-inline int noncausal_full_items_claimed(int batch_heads, int nq, int nk, int block_q, int ctas) {
-  const int by_rounds = noncausal_full_items(batch_heads, nq, nk, block_q, ctas);
-  const int most = nq / block_q;
-  if (block_q != 192 || by_rounds == most) return by_rounds;
-  return claimed_items_end(batch_heads, nq, nk, block_q, most, ctas) <
-                 claimed_items_end(batch_heads, nq, nk, block_q, by_rounds, ctas)
-             ? most
-             : by_rounds;
 }
 
 }  // namespace sage::sm90
