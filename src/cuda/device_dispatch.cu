@@ -283,7 +283,6 @@ Sm90Paths gpu_sm90_paths(const AttentionArgs& args, const AttentionOptions& opti
     paths.out_by_tma = sm90::stores_output_by_tma(args, options);
     paths.claims_items = sm90::claims_work_items(args, options, device.sm_count);
     paths.concurrent_heads = sm90::concurrent_prepass_heads(args, options, device.sm_count);
-    paths.full_items = sm90::full_items_per_head(args, options, device.sm_count);
   }
 #else
   (void)args, (void)options;

@@ -42,7 +42,6 @@ struct Sm90Paths {
   bool out_by_tma = false;      // the output stored by TMA from shared memory (sm90::stores_output_by_tma)
   bool claims_items = false;    // causal work items claimed from a counter (sm90::claims_work_items)
   int concurrent_heads = 0;     // the concurrent pre-pass's first heads, 0: off (sm90::concurrent_prepass_heads)
-  int full_items = 0;           // full items per head of a non-causal call (sm90::full_items_per_head)
 };
 Sm90Paths gpu_sm90_paths(const AttentionArgs& args, const AttentionOptions& options);
 

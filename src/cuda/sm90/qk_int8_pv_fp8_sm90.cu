@@ -399,23 +399,11 @@ bool claims_work_items(const AttentionArgs& args, const AttentionOptions& option
       .claims;
 }
 
-// The problem of a whole call (not kernel_only) on a device of `sm_count`
-// SMs, as run() decides it: call_problem, then with_concurrent_prepass.
-quant::PrepassProblem whole_call_problem(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
+int concurrent_prepass_heads(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
   CUtensorMap map;
   quant::PrepassProblem problem = call_problem(args, options, &map);
   problem.sm_count = sm_count;
-  return with_concurrent_prepass(args, options, problem, /*kernel_only=*/false);
-}
-
-int concurrent_prepass_heads(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
-  return whole_call_problem(args, options, sm_count).concurrent_heads;
-}
-
-int full_items_per_head(const AttentionArgs& args, const AttentionOptions& options, int sm_count) {
-  if (options.causal) return 0;
-  const quant::PrepassProblem problem = whole_call_problem(args, options, sm_count);
-  return full_items_of(problem, persistent_ctas(sm_count), kernel_consumers(options, problem, problem.q_in_attention));
+  return with_concurrent_prepass(args, options, problem, /*kernel_only=*/false).concurrent_heads;
 }
 
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options) {

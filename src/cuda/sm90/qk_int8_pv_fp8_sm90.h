@@ -128,11 +128,6 @@ bool claims_work_items(const AttentionArgs& args, const AttentionOptions& option
 // 0 where it does not. Tests use it to know the path.
 int concurrent_prepass_heads(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
 
-// The full items per head of a non-causal whole call on a device of
-// `sm_count` SMs (noncausal_full_items' choice, or SAGE_SM90_FULL_ITEMS,
-// read per call); 0 for a causal call. Tests use it to know the tiling.
-int full_items_per_head(const AttentionArgs& args, const AttentionOptions& options, int sm_count);
-
 std::size_t workspace_bytes(const AttentionArgs& args, const AttentionOptions& options);
 
 // Runs a validated, supported call on the current device (`device`: its
