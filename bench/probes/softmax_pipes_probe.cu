@@ -1,5 +1,5 @@
-// Device probe (a timing experiment, not a test): how many results per clock
-// and SM do the instructions of the sm90 consumers' softmax deliver, alone?
+// Device probe (a timing experiment, not a test): how many instructions per
+// clock and SM do the sm90 consumers' softmax instructions deliver, alone?
 //
 // Why (docs/perf-notes.md, session 67): the softmax turns each int32 score
 // into an FP8 P with a conversion, an FMA, an exp2 (MUFU) and half of an
@@ -13,7 +13,9 @@
 // long enough that the chains' latency is hidden and the instruction's pipe
 // (or the issue slot, for full-rate ones) sets the rate.
 //
-// Usage: sage_softmax_pipes_probe   (prints one line per instruction)
+// Usage: sage_softmax_pipes_probe   (prints one line per instruction; run
+// nvidia-smi --query-gpu=clocks.sm beside it to turn the per-ns rates into
+// per-clock ones)
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -87,29 +89,46 @@ __global__ void __launch_bounds__(kThreads) pipe_kernel(uint32_t* out, long long
 }
 
 // Instructions (per thread, one PTX instruction each; the packed ones make
-// two results) per clock and SM: the grid is one wave of `per_sm` CTAs on
-// every SM, so an SM executes per_sm * kThreads * kIters * kChains of them
-// over a CTA's cycles.
+// two results) per SM, per clock and per nanosecond: the grid is one wave of
+// `per_sm` CTAs on every SM, so an SM executes per_sm * kThreads * kIters *
+// kChains of them over a CTA's cycles, or over the kernel's wall time. (Two
+// scales, because clock64 read ~1.6x fewer cycles than the issue bound of a
+// full-rate loop allows in this probe's first run: docs/perf-notes.md,
+// session 67. Per ns over the SM clock in MHz / 1000 is the per-clock rate.)
+struct Rate {
+  double per_clock = 0.0;  // from the CTAs' clock64 cycles
+  double per_ns = 0.0;     // from the kernel's wall time (CUDA events)
+};
 template <Op op>
-double instructions_per_clock(int sms) {
+Rate instructions_per_sm(int sms) {
   int per_sm = 0;
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pipe_kernel<op>, kThreads, 0);
-  if (per_sm < 1) return 0.0;
+  if (per_sm < 1) return {};
   const int ctas = sms * per_sm;
   uint32_t* out = nullptr;
   long long* cycles = nullptr;
   cudaMalloc(&out, sizeof(uint32_t) * ctas * kThreads);
   cudaMalloc(&cycles, sizeof(long long) * ctas);
-  double rate = 0.0;
-  for (int run = 0; run < 2; ++run) {  // the first run warms up
+  const double per_sm_instructions = static_cast<double>(per_sm) * kThreads * kIters * kChains;
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  Rate rate;
+  for (int run = 0; run < 3; ++run) {  // the first runs warm up (and raise the clock)
+    cudaEventRecord(start);
     pipe_kernel<op><<<ctas, kThreads>>>(out, cycles);
-    if (cudaDeviceSynchronize() != cudaSuccess) break;
+    cudaEventRecord(stop);
+    if (cudaEventSynchronize(stop) != cudaSuccess) break;
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, start, stop);
     std::vector<long long> c(ctas);
     cudaMemcpy(c.data(), cycles, sizeof(long long) * ctas, cudaMemcpyDeviceToHost);
     double mean = 0.0;
     for (long long x : c) mean += static_cast<double>(x) / ctas;
-    rate = static_cast<double>(per_sm) * kThreads * kIters * kChains / mean;
+    rate = {per_sm_instructions / mean, per_sm_instructions / (ms * 1e6)};
   }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
   cudaFree(out);
   cudaFree(cycles);
   return rate;
@@ -123,23 +142,27 @@ int main() {
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  std::printf("%s, %d SMs: instructions per clock and SM (a packed one makes two results)\n", prop.name, sms);
+  std::printf("%s, %d SMs: instructions per SM (a packed one makes two results), per clock64 cycle and per ns\n",
+              prop.name, sms);
   struct Row {
     const char* name;
-    double (*run)(int);
+    probe::Rate (*run)(int);
   };
   const Row rows[] = {
-      {"ex2.approx.ftz.f32", probe::instructions_per_clock<Op::kEx2F32>},
-      {"ex2.approx.f16x2", probe::instructions_per_clock<Op::kEx2F16x2>},
-      {"ex2.approx.ftz.bf16x2", probe::instructions_per_clock<Op::kEx2Bf16x2>},
-      {"cvt.rn.satfinite.e4m3x2.f32", probe::instructions_per_clock<Op::kE4m3x2FromF32>},
-      {"cvt.rn.satfinite.e4m3x2.f16x2", probe::instructions_per_clock<Op::kE4m3x2FromF16x2>},
-      {"cvt.rn.f16x2.f32", probe::instructions_per_clock<Op::kF16x2FromF32>},
-      {"cvt.rn.f32.s32", probe::instructions_per_clock<Op::kF32FromS32>},
-      {"prmt.b32", probe::instructions_per_clock<Op::kPrmt>},
-      {"fma.rn.f32", probe::instructions_per_clock<Op::kFfma>},
+      {"ex2.approx.ftz.f32", probe::instructions_per_sm<Op::kEx2F32>},
+      {"ex2.approx.f16x2", probe::instructions_per_sm<Op::kEx2F16x2>},
+      {"ex2.approx.ftz.bf16x2", probe::instructions_per_sm<Op::kEx2Bf16x2>},
+      {"cvt.rn.satfinite.e4m3x2.f32", probe::instructions_per_sm<Op::kE4m3x2FromF32>},
+      {"cvt.rn.satfinite.e4m3x2.f16x2", probe::instructions_per_sm<Op::kE4m3x2FromF16x2>},
+      {"cvt.rn.f16x2.f32", probe::instructions_per_sm<Op::kF16x2FromF32>},
+      {"cvt.rn.f32.s32", probe::instructions_per_sm<Op::kF32FromS32>},
+      {"prmt.b32", probe::instructions_per_sm<Op::kPrmt>},
+      {"fma.rn.f32", probe::instructions_per_sm<Op::kFfma>},
   };
-  for (const Row& row : rows) std::printf("  %-30s %7.2f\n", row.name, row.run(sms));
+  for (const Row& row : rows) {
+    const probe::Rate rate = row.run(sms);
+    std::printf("  %-30s %7.2f per cycle %7.2f per ns\n", row.name, rate.per_clock, rate.per_ns);
+  }
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
     std::printf("CUDA error: %s\n", cudaGetErrorString(err));
