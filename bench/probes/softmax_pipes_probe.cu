@@ -1,5 +1,6 @@
 // Device probe (a timing experiment, not a test): how many instructions per
-// clock and SM do the sm90 consumers' softmax instructions deliver, alone?
+// SM and unit of time do the sm90 consumers' softmax instructions deliver,
+// alone?
 //
 // Why (docs/perf-notes.md, session 67): the softmax turns each int32 score
 // into an FP8 P with a conversion, an FMA, an exp2 (MUFU) and half of an
@@ -13,14 +14,15 @@
 // long enough that the chains' latency is hidden and the instruction's pipe
 // (or the issue slot, for full-rate ones) sets the rate.
 //
-// Usage: sage_softmax_pipes_probe   (prints one line per instruction; run
-// nvidia-smi --query-gpu=clocks.sm beside it to turn the per-ns rates into
-// per-clock ones)
+// Usage: sage_softmax_pipes_probe   (prints one line per instruction: its
+// rate per SM and ns of wall time; over the SM clock in MHz / 1000, e.g.
+// from nvidia-smi --query-gpu=clocks.sm beside it, that is the rate per
+// clock. ncu's sm__inst_executed_pipe_*.sum over it says which pipe each
+// one runs on: docs/perf-notes.md, session 68.)
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <cstdio>
-#include <vector>
 
 namespace probe {
 
@@ -70,67 +72,57 @@ __device__ __forceinline__ uint32_t step(uint32_t x) {
   return r;
 }
 
-// cycles[b]: CTA b's clock cycles over its loop; out keeps the chains live.
+// out keeps the chains live.
 template <Op op>
-__global__ void __launch_bounds__(kThreads) pipe_kernel(uint32_t* out, long long* cycles) {
+__global__ void __launch_bounds__(kThreads) pipe_kernel(uint32_t* out) {
   uint32_t v[kChains];
   for (int c = 0; c < kChains; ++c) v[c] = 0x3c003c00u ^ (threadIdx.x * 7u + c);
-  const long long t0 = clock64();
 #pragma unroll 1
   for (int i = 0; i < kIters; ++i) {
 #pragma unroll
     for (int c = 0; c < kChains; ++c) v[c] = step<op>(v[c]);
   }
-  const long long t1 = clock64();
   uint32_t acc = 0;
   for (int c = 0; c < kChains; ++c) acc ^= v[c];
   out[blockIdx.x * kThreads + threadIdx.x] = acc;
-  if (threadIdx.x == 0) cycles[blockIdx.x] = t1 - t0;
 }
 
 // Instructions (per thread, one PTX instruction each; the packed ones make
-// two results) per SM, per clock and per nanosecond: the grid is one wave of
-// `per_sm` CTAs on every SM, so an SM executes per_sm * kThreads * kIters *
-// kChains of them over a CTA's cycles, or over the kernel's wall time. (Two
-// scales, because clock64 read ~1.6x fewer cycles than the issue bound of a
-// full-rate loop allows in this probe's first run: docs/perf-notes.md,
-// session 67. Per ns over the SM clock in MHz / 1000 is the per-clock rate.)
-struct Rate {
-  double per_clock = 0.0;  // from the CTAs' clock64 cycles
-  double per_ns = 0.0;     // from the kernel's wall time (CUDA events)
-};
+// two results) per SM and nanosecond of the kernel's wall time (CUDA
+// events): the grid is one wave of `per_sm` CTAs on every SM, so an SM
+// executes per_sm * kThreads * kIters * kChains of them. (Not per clock64
+// cycle of each CTA, which the first form also reported: that scale read up
+// to ~1.6x above what the wall time and the SM clock give, e.g. 25
+// exponentials per clock and SM against the MUFU's 16; docs/perf-notes.md,
+// sessions 67-68.) 0 if the kernel did not run.
 template <Op op>
-Rate instructions_per_sm(int sms) {
+double instructions_per_sm_ns(int sms) {
   int per_sm = 0;
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pipe_kernel<op>, kThreads, 0);
-  if (per_sm < 1) return {};
+  if (per_sm < 1) return 0.0;
   const int ctas = sms * per_sm;
   uint32_t* out = nullptr;
-  long long* cycles = nullptr;
-  cudaMalloc(&out, sizeof(uint32_t) * ctas * kThreads);
-  cudaMalloc(&cycles, sizeof(long long) * ctas);
+  if (cudaMalloc(&out, sizeof(uint32_t) * ctas * kThreads) != cudaSuccess) return 0.0;
   const double per_sm_instructions = static_cast<double>(per_sm) * kThreads * kIters * kChains;
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
-  Rate rate;
+  double rate = 0.0;
   for (int run = 0; run < 3; ++run) {  // the first runs warm up (and raise the clock)
     cudaEventRecord(start);
-    pipe_kernel<op><<<ctas, kThreads>>>(out, cycles);
+    pipe_kernel<op><<<ctas, kThreads>>>(out);
     cudaEventRecord(stop);
-    if (cudaEventSynchronize(stop) != cudaSuccess) break;
+    if (cudaEventSynchronize(stop) != cudaSuccess) {
+      rate = 0.0;
+      break;
+    }
     float ms = 0.f;
     cudaEventElapsedTime(&ms, start, stop);
-    std::vector<long long> c(ctas);
-    cudaMemcpy(c.data(), cycles, sizeof(long long) * ctas, cudaMemcpyDeviceToHost);
-    double mean = 0.0;
-    for (long long x : c) mean += static_cast<double>(x) / ctas;
-    rate = {per_sm_instructions / mean, per_sm_instructions / (ms * 1e6)};
+    rate = per_sm_instructions / (ms * 1e6);
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   cudaFree(out);
-  cudaFree(cycles);
   return rate;
 }
 
@@ -142,26 +134,24 @@ int main() {
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  std::printf("%s, %d SMs: instructions per SM (a packed one makes two results), per clock64 cycle and per ns\n",
-              prop.name, sms);
+  std::printf("%s, %d SMs: instructions per SM and ns (a packed one makes two results)\n", prop.name, sms);
   struct Row {
     const char* name;
-    probe::Rate (*run)(int);
+    double (*run)(int);
   };
   const Row rows[] = {
-      {"ex2.approx.ftz.f32", probe::instructions_per_sm<Op::kEx2F32>},
-      {"ex2.approx.f16x2", probe::instructions_per_sm<Op::kEx2F16x2>},
-      {"ex2.approx.ftz.bf16x2", probe::instructions_per_sm<Op::kEx2Bf16x2>},
-      {"cvt.rn.satfinite.e4m3x2.f32", probe::instructions_per_sm<Op::kE4m3x2FromF32>},
-      {"cvt.rn.satfinite.e4m3x2.f16x2", probe::instructions_per_sm<Op::kE4m3x2FromF16x2>},
-      {"cvt.rn.f16x2.f32", probe::instructions_per_sm<Op::kF16x2FromF32>},
-      {"cvt.rn.f32.s32", probe::instructions_per_sm<Op::kF32FromS32>},
-      {"prmt.b32", probe::instructions_per_sm<Op::kPrmt>},
-      {"fma.rn.f32", probe::instructions_per_sm<Op::kFfma>},
+      {"ex2.approx.ftz.f32", probe::instructions_per_sm_ns<Op::kEx2F32>},
+      {"ex2.approx.f16x2", probe::instructions_per_sm_ns<Op::kEx2F16x2>},
+      {"ex2.approx.ftz.bf16x2", probe::instructions_per_sm_ns<Op::kEx2Bf16x2>},
+      {"cvt.rn.satfinite.e4m3x2.f32", probe::instructions_per_sm_ns<Op::kE4m3x2FromF32>},
+      {"cvt.rn.satfinite.e4m3x2.f16x2", probe::instructions_per_sm_ns<Op::kE4m3x2FromF16x2>},
+      {"cvt.rn.f16x2.f32", probe::instructions_per_sm_ns<Op::kF16x2FromF32>},
+      {"cvt.rn.f32.s32", probe::instructions_per_sm_ns<Op::kF32FromS32>},
+      {"prmt.b32", probe::instructions_per_sm_ns<Op::kPrmt>},
+      {"fma.rn.f32", probe::instructions_per_sm_ns<Op::kFfma>},
   };
   for (const Row& row : rows) {
-    const probe::Rate rate = row.run(sms);
-    std::printf("  %-30s %7.2f per cycle %7.2f per ns\n", row.name, rate.per_clock, rate.per_ns);
+    std::printf("  %-30s %7.2f\n", row.name, row.run(sms));
   }
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
