@@ -38,16 +38,17 @@ def timeline(recs):
     t0 = min([r[3] for _, r in recs if r[0] == 2] + [r[4] for _, r in recs if r[0] == 4])
     us = lambda t: (t - t0) / 1e3  # noqa: E731
 
+    def from_low_bits(lo):
+        # A time of which a record kept only the low 32 bits: the call lasts far less than 2^32 ns,
+        # so its high bits are t0's (or one more).
+        t = ((t0 >> 32) << 32) | lo
+        return t + (1 << 32) if t < t0 - (1 << 31) else t
+
     def start_and_wait(word):
-        # An item record packs its start's low 32 bits with the wait (ns) above them; the call
-        # lasts far less than 2^32 ns, so the start's high bits are t0's (or one more).
-        lo, hi = word & MASK32, word >> 32
-        base_hi = t0 >> 32
-        t = (base_hi << 32) | lo
-        if t < t0 - (1 << 31):
-            t += 1 << 32
-            base_hi += 1
-        return us(t), (hi - base_hi) / 1e3
+        # An item record packs its start (all 64 bits) plus the wait (ns) shifted up by 32: the low
+        # 32 bits are the start's, the high ones the start's high bits plus the wait.
+        t = from_low_bits(word & MASK32)
+        return us(t), (((word >> 32) - (t >> 32)) & MASK32) / 1e3
 
     items, ctas, consumers, job_ctas, jobs = [], {}, collections.defaultdict(dict), [], []
     for _, r in recs:
@@ -62,7 +63,9 @@ def timeline(recs):
         elif kind == 4:
             job_ctas.append(dict(cta=cta, sm=sm, second=r[3], start=us(r[4]), end=us(r[5])))
         elif kind == 5:
-            jobs.append(dict(cta=cta, second=r[3], job=r[4], start=us(r[5]), end=us(r[6]), stats=us(r[8])))
+            # (the last word: the CTA's cluster rank, the end of its statistics read's low 32 bits above it)
+            jobs.append(dict(cta=cta, second=r[3], job=r[4], start=us(r[5]), end=us(r[6]),
+                             stats=us(from_low_bits(r[7] >> 32))))
     for cta, c in ctas.items():
         c["end"] = max(consumers[cta].values()) if consumers[cta] else c["producer_end"]
     return items, ctas, job_ctas, jobs
