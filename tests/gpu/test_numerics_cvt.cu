@@ -9,9 +9,13 @@
 //   * FP4 E2M1 (cvt.rn.satfinite.e2m1x2.f32, cvt.rn.f16x2.e2m1x2) only where
 //     the instruction exists (sm_100a/sm_120a family targets) and the GPU is
 //     one of those; skipped otherwise.
+//   * warp reductions: quant::warp_max_of_magnitudes (one redux.sync) against
+//     the butterfly of num::max_nan it replaced, on the values its callers
+//     give it (magnitudes: sign bit clear, NaN only the canonical one).
 // A grid-stride kernel counts mismatches and records the first few.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -19,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/quant/quantize_rows.cuh"
 #include "gpu/gpu_test_util.h"
 #include "numerics/formats.h"
 
@@ -384,6 +389,62 @@ __global__ void scale_helpers_kernel(const float* amax, int n, int qmax, float* 
   inverse[i] = sage::num::reciprocal_rn(scale[i]);
 }
 
+// The value of lane `lane` of test warp `warp` for warp_max_of_magnitudes:
+// what its callers pass (fabsf or abs_max8 under num::max_nan: the sign bit
+// clear, a NaN only as the canonical 0x7FFFFFFF), drawn four ways by the
+// warp's index: bits over the whole non-negative range (NaN bit patterns made
+// canonical: ~0.4% of lanes, so some warps hold one), values in [0.5, 2)
+// that differ in their low bits, zeros with a few subnormals, and finite
+// values with one lane +inf or NaN.
+__device__ std::uint32_t magnitude_lane_bits(std::uint64_t warp, int lane) {
+  std::uint64_t z = (warp * 32 + static_cast<std::uint64_t>(lane)) + 0x9E3779B97F4A7C15ull;  // splitmix64
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  const std::uint32_t r = static_cast<std::uint32_t>(z);
+  constexpr std::uint32_t kInf = 0x7F800000u, kCanonicalNaN = 0x7FFFFFFFu;
+  switch (warp % 4) {
+    case 0: {
+      const std::uint32_t b = r & 0x7FFFFFFFu;
+      return b > kInf ? kCanonicalNaN : b;
+    }
+    case 1:
+      return 0x3F000000u + (r & 0x00FFFFFFu);
+    case 2:
+      return (r >> 28) == 0 ? (r & 0x007FFFFFu) : 0u;
+    default: {
+      const int special = static_cast<int>(warp / 4 % 32);
+      if (lane != special) return 0x3F800000u + (r & 0x007FFFFFu);
+      return (warp / 128) % 2 == 0 ? kInf : kCanonicalNaN;
+    }
+  }
+}
+
+// One test warp a warp of threads: warp_max_of_magnitudes against the
+// num::max_nan butterfly, in every lane; mismatching warps are counted
+// (input: the warp, hardware: the butterfly's bits, header: the reduction's).
+__global__ void warp_max_kernel(std::uint64_t warps, SweepResult* result) {
+  const int lane = threadIdx.x % 32;
+  const std::uint64_t stride = static_cast<std::uint64_t>(gridDim.x) * blockDim.x / 32;
+  for (std::uint64_t w = (static_cast<std::uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < warps;
+       w += stride) {
+    const float x = __uint_as_float(magnitude_lane_bits(w, lane));
+    float butterfly = x;
+#pragma unroll
+    for (int mask = 16; mask >= 1; mask /= 2) {
+      butterfly = sage::num::max_nan(butterfly, __shfl_xor_sync(0xffffffffu, butterfly, mask));
+    }
+    const float reduced = sage::quant::warp_max_of_magnitudes(x);
+    const bool differs = __float_as_uint(butterfly) != __float_as_uint(reduced);
+    if (__any_sync(0xffffffffu, differs) && lane == 0) {
+      const unsigned long long slot = atomicAdd(&result->mismatches, 1ull);
+      if (slot < kMaxRecorded) {
+        result->first[slot] = Mismatch{static_cast<std::uint32_t>(w), __float_as_uint(butterfly), __float_as_uint(reduced)};
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Tests.
 // ---------------------------------------------------------------------------
@@ -466,6 +527,26 @@ TEST_F(NumericsCvtGpu, ScaleHelpersGiveTheSameBitsAsOnTheHost) {
     }
     EXPECT_EQ(failures, 0);
   }
+}
+
+TEST_F(NumericsCvtGpu, WarpMaxOfMagnitudesMatchesTheMaxNanButterfly) {
+  constexpr std::uint64_t kWarps = 1ull << 22;
+  DeviceBuffer<SweepResult> result(1);
+  SAGE_CUDA_CHECK(result.status());
+  SAGE_CUDA_CHECK(result.zero());
+  warp_max_kernel<<<sm_count() * 8, 256>>>(kWarps, result.data());
+  SAGE_CUDA_CHECK(cudaGetLastError());
+  SAGE_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<SweepResult> host;
+  SAGE_CUDA_CHECK(result.copy_to(host));
+  std::ostringstream detail;
+  for (unsigned long long k = 0; k < std::min<unsigned long long>(host[0].mismatches, kMaxRecorded); ++k) {
+    char line[128];
+    std::snprintf(line, sizeof line, "\n  warp %u: butterfly 0x%08X, redux 0x%08X", host[0].first[k].input,
+                  host[0].first[k].hardware, host[0].first[k].header);
+    detail << line;
+  }
+  EXPECT_EQ(host[0].mismatches, 0ull) << host[0].mismatches << " of " << kWarps << " warps differ:" << detail.str();
 }
 
 TEST_F(NumericsCvtGpu, E4M3DecodeMatchesCvtF16x2OnAllCodes) {

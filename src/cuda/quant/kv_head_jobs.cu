@@ -80,7 +80,7 @@ struct HeadJobShared {
   float lanes[2][kRowLanes][kDp];  // the row lanes' partial statistics (K: sums; V: max, min)
   float partial[2][kDp];           // this CTA's (K: sums; V: max, min), read by the whole cluster
   float per_channel[kDp];          // K: mean_k; V: 1 / v_scale
-  float group_max[2][kThreads / 32];                  // K: the warps' |k - mean| maxima, by tile parity
+  alignas(16) float group_max[2][kThreads / 32];      // K: the warps' |k - mean| maxima, by tile parity
   alignas(16) std::uint8_t vt[2][kDp][kTileRows];     // V^T tiles by parity, 16-byte blocks swizzled (v_codes)
   int claimed_job;                                    // HeadJobLaunch::claims: the job thread 0 claimed
 };
@@ -362,6 +362,23 @@ __device__ __forceinline__ void for_each_tile(const HeadRows<T>& rows, const int
   }
 }
 
+// num::max_nan of the CTA's warps' maxima of magnitudes (each one
+// warp_max_of_magnitudes gave, so an unsigned maximum of their bits, for
+// the reason given there), as a tree of integer maxima. Every thread waits
+// for it after the tile's barrier; sixteen max_nan in a row (asm statements,
+// which the compiler does not reorder) made a chain sixteen deep.
+__device__ __forceinline__ float max_of_warp_magnitudes(const float (&maxima)[kThreads / 32]) {
+  static_assert(kThreads / 32 == 16, "four 16-byte loads of the warps' maxima");
+  const uint4* words = reinterpret_cast<const uint4*>(maxima);
+  uint32_t m[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint4 w = words[i];
+    m[i] = max(max(w.x, w.y), max(w.z, w.w));
+  }
+  return __uint_as_float(max(max(m[0], m[1]), max(m[2], m[3])));
+}
+
 // Second read, K: per 128-row tile (one scale group), max |k - mean| over
 // its rows, then their INT8 codes. A thread takes chunk c8 of rows
 // lane_row + 32 i. The K jobs are the kernel's longer half (alone at 4K
@@ -397,13 +414,11 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
       }
       if (row0 + offsets[i] < rows.n) m = num::max_nan(m, row_max);  // rows past n are in no group's maximum
     }
-    m = warp_max(m);
+    m = warp_max_of_magnitudes(m);
     if (threadIdx.x % 32 == 0) s.group_max[parity][threadIdx.x / 32] = m;
     // One barrier per tile: the maxima of the other parity were read before it.
     __syncthreads();
-    float amax = 0.f;
-#pragma unroll
-    for (int warp = 0; warp < kThreads / 32; ++warp) amax = num::max_nan(amax, s.group_max[parity][warp]);
+    const float amax = max_of_warp_magnitudes(s.group_max[parity]);
     const float scale = num::symmetric_scale(amax, 127);
     const float inv = num::reciprocal_rn(scale);
 #pragma unroll

@@ -178,11 +178,24 @@ __device__ __forceinline__ float row_max_scatter(float (&m)[kRows]) {
   return num::max_nan(m[0], __shfl_xor_sync(0xffffffffu, m[0], 1));
 }
 
-// The largest `x` of the warp's lanes, in every lane.
-__device__ __forceinline__ float warp_max(float x) {
+// The largest magnitude of the warp's lanes, in every lane: num::max_nan
+// over the lanes, for values with a clear sign bit (+0 to +inf, and the
+// canonical NaN that max_nan and abs_max8 give). Such floats are ordered as
+// their bits are as unsigned integers, and that NaN (0x7FFFFFFF) has the
+// largest bits of all, as max_nan lets a NaN win: so one integer reduction
+// (redux.sync, sm_80+) gives max_nan's result bit for bit, where a butterfly
+// chains five shuffles and maxima (the K jobs' per-tile scale and the
+// kernel's per-warp Q scale wait on it). H100, B=2 H=32 D=128, GPU time
+// against the butterfly: the attention kernel alone -2.5% at 1K keys, whole
+// calls -1.6..+0.5% at 1K-4K (docs/perf-notes.md, session 70).
+__device__ __forceinline__ float warp_max_of_magnitudes(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(x)));
+#else
 #pragma unroll
   for (int mask = 16; mask >= 1; mask /= 2) x = num::max_nan(x, __shfl_xor_sync(0xffffffffu, x, mask));
   return x;
+#endif
 }
 
 // After row_max_scatter: merges `amax` over the lanes whose rows lie in the

@@ -373,7 +373,7 @@ __device__ __forceinline__ float quantize_q_rows(const QkInt8PvFp8Params& p, Fwd
   const bool warp_group = p.granularity == Granularity::per_warp;
   float amax;
   if (warp_group) {
-    amax = quant::warp_max(quant::abs_max8<typename T::Out>(raw));
+    amax = quant::warp_max_of_magnitudes(quant::abs_max8<typename T::Out>(raw));
   } else {
     float m[L::kRows];
 #pragma unroll
