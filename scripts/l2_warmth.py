@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""How much each method's GPU time owes to inputs left in L2 by the call before (on a GPU machine).
+
+scripts/gpu_time.py (the A/B timer) launches each method back to back on one input set, so a
+call may find part of its inputs in L2; bench/bench_attention.py (the standard figures) rotates
+input sets whose total exceeds L2, one call at a time. Here both methods (sageattn end to end and
+PyTorch SDPA's cuDNN backend, B=2 H=32 bf16) run back to back, in alternating rounds, on one input
+set ("same") and on the benchmark's rotating sets ("rotating"): the difference is each method's
+gain from a warm L2, without host time in either. Prints one JSON object per method, shape and
+input mode (median of the rounds' per-call means, us).
+
+  PYTHONPATH=build-dev/python/pkg python3 scripts/l2_warmth.py [--n 4096] [--d 128] [--causal 0]
+                                                                [--rounds 5] [--reps 20]
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from bench_attention import input_sets, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
+from torch.nn.attention import SDPBackend  # noqa: E402
+
+
+def per_call_us(fn, sets, reps):
+    """Mean GPU time of `reps` calls launched back to back, cycling through `sets`."""
+    for i in range(3):
+        fn(*sets[i % len(sets)])
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(reps):
+        fn(*sets[i % len(sets)])
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1000.0 / reps
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--causal", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=20)
+    a = ap.parse_args()
+    causal = bool(a.causal)
+    rotating = input_sets(2, 32, a.n, a.d, torch.bfloat16, "cuda")
+    modes = {"same": rotating[:1], "rotating": rotating}
+    methods = {"sage": sage_end_to_end(causal), "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, causal)}
+    times = {(m, mode): [] for m in methods for mode in modes}
+    order = [(m, mode) for m in methods for mode in modes]
+    for r in range(a.rounds):  # (the order rotated by one each round, as the benchmark's)
+        for m, mode in order[r % len(order):] + order[:r % len(order)]:
+            times[(m, mode)].append(per_call_us(methods[m], modes[mode], a.reps))
+    for (m, mode), ts in times.items():
+        print(json.dumps({"method": m, "inputs": mode, "sets": len(modes[mode]), "N": a.n, "D": a.d,
+                          "causal": causal, "us": round(statistics.median(ts), 1),
+                          "rounds": [round(t, 1) for t in ts]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
