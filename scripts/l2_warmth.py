@@ -9,8 +9,8 @@ set ("same") and on the benchmark's rotating sets ("rotating"): the difference i
 gain from a warm L2, without host time in either. Prints one JSON object per method, shape and
 input mode (median of the rounds' per-call means, us).
 
-  PYTHONPATH=build-dev/python/pkg python3 scripts/l2_warmth.py [--n 4096] [--d 128] [--causal 0]
-                                                                [--rounds 5] [--reps 20]
+  PYTHONPATH=build-dev/python/pkg python3 scripts/l2_warmth.py [--sizes 1024,4096] [--d 128]
+                                                                [--causal 0] [--rounds 5] [--reps 20]
 """
 import argparse
 import json
@@ -41,23 +41,27 @@ def per_call_us(fn, sets, reps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=4096)
-    ap.add_argument("--d", type=int, default=128)
-    ap.add_argument("--causal", type=int, default=0)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--sizes", default="1024,4096", help="sequence lengths (queries = keys), comma-separated")
+    ap.add_argument("--d", type=int, default=128, help="head dim")
+    ap.add_argument("--causal", type=int, default=0, help="1: causal (top-left)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds; each times every method and input mode once")
+    ap.add_argument("--reps", type=int, default=20, help="calls a batch")
     a = ap.parse_args()
-    causal = bool(a.causal)
-    rotating = input_sets(2, 32, a.n, a.d, torch.bfloat16, "cuda")
+    for n in (int(x) for x in a.sizes.split(",")):
+        time_one_shape(n, a.d, bool(a.causal), a.rounds, a.reps)
+
+
+def time_one_shape(n, d, causal, rounds, reps):
+    rotating = input_sets(2, 32, n, d, torch.bfloat16, "cuda")
     modes = {"same": rotating[:1], "rotating": rotating}
     methods = {"sage": sage_end_to_end(causal), "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, causal)}
     times = {(m, mode): [] for m in methods for mode in modes}
     order = [(m, mode) for m in methods for mode in modes]
-    for r in range(a.rounds):  # (the order rotated by one each round, as the benchmark's)
+    for r in range(rounds):  # (the order rotated by one each round, as the benchmark's)
         for m, mode in order[r % len(order):] + order[:r % len(order)]:
-            times[(m, mode)].append(per_call_us(methods[m], modes[mode], a.reps))
+            times[(m, mode)].append(per_call_us(methods[m], modes[mode], reps))
     for (m, mode), ts in times.items():
-        print(json.dumps({"method": m, "inputs": mode, "sets": len(modes[mode]), "N": a.n, "D": a.d,
+        print(json.dumps({"method": m, "inputs": mode, "sets": len(modes[mode]), "N": n, "D": d,
                           "causal": causal, "us": round(statistics.median(ts), 1),
                           "rounds": [round(t, 1) for t in ts]}), flush=True)
 
