@@ -13,6 +13,7 @@ input mode (median of the rounds' per-call means, us).
                                                                 [--causal 0] [--rounds 5] [--reps 20]
 """
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -22,21 +23,14 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
 from bench_attention import input_sets, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
+from gpu_time import batch_us  # noqa: E402  (the A/B timer's batch: 3 calls to warm up, then reps back to back)
 from torch.nn.attention import SDPBackend  # noqa: E402
 
 
-def per_call_us(fn, sets, reps):
-    """Mean GPU time of `reps` calls launched back to back, cycling through `sets`."""
-    for i in range(3):
-        fn(*sets[i % len(sets)])
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for i in range(reps):
-        fn(*sets[i % len(sets)])
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1000.0 / reps
+def cycling(fn, sets):
+    """fn over `sets` in turn, one set a call, as a function of no arguments (for batch_us)."""
+    turns = itertools.cycle(sets)
+    return lambda: fn(*next(turns))
 
 
 def main():
@@ -59,7 +53,7 @@ def time_one_shape(n, d, causal, rounds, reps):
     order = [(m, mode) for m in methods for mode in modes]
     for r in range(rounds):  # (the order rotated by one each round, as the benchmark's)
         for m, mode in order[r % len(order):] + order[:r % len(order)]:
-            times[(m, mode)].append(per_call_us(methods[m], modes[mode], reps))
+            times[(m, mode)].append(batch_us(cycling(methods[m], modes[mode]), (), reps, 1))
     for (m, mode), ts in times.items():
         print(json.dumps({"method": m, "inputs": mode, "sets": len(modes[mode]), "N": n, "D": d,
                           "causal": causal, "us": round(statistics.median(ts), 1),

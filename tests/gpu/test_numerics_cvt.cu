@@ -9,9 +9,11 @@
 //   * FP4 E2M1 (cvt.rn.satfinite.e2m1x2.f32, cvt.rn.f16x2.e2m1x2) only where
 //     the instruction exists (sm_100a/sm_120a family targets) and the GPU is
 //     one of those; skipped otherwise.
-//   * warp reductions: quant::warp_max_of_magnitudes (one redux.sync) against
-//     the butterfly of num::max_nan it replaced, on the values its callers
-//     give it (magnitudes: sign bit clear, NaN only the canonical one).
+//   * maxima of magnitudes: quant::warp_max_of_magnitudes (one redux.sync)
+//     against the butterfly of num::max_nan it replaced, and
+//     quant::max_of_magnitudes<16> (a tree of unsigned maxima) against
+//     sixteen max_nan in a row, on the values their callers give them
+//     (magnitudes: sign bit clear, NaN only the canonical one).
 // A grid-stride kernel counts mismatches and records the first few.
 #include <gtest/gtest.h>
 
@@ -421,8 +423,10 @@ __device__ std::uint32_t magnitude_lane_bits(std::uint64_t warp, int lane) {
 }
 
 // One test warp a warp of threads: warp_max_of_magnitudes against the
-// num::max_nan butterfly, in every lane; mismatching warps are counted
-// (input: the warp, hardware: the butterfly's bits, header: the reduction's).
+// num::max_nan butterfly, in every lane, and in lane 0 max_of_magnitudes of
+// the warp's first 16 values against max_nan over them in order; mismatching
+// warps are counted (input: the warp, hardware: the max_nan bits, header:
+// the other form's).
 __global__ void warp_max_kernel(std::uint64_t warps, SweepResult* result) {
   const int lane = threadIdx.x % 32;
   const std::uint64_t stride = static_cast<std::uint64_t>(gridDim.x) * blockDim.x / 32;
@@ -434,9 +438,22 @@ __global__ void warp_max_kernel(std::uint64_t warps, SweepResult* result) {
     for (int mask = 16; mask >= 1; mask /= 2) {
       butterfly = sage::num::max_nan(butterfly, __shfl_xor_sync(0xffffffffu, butterfly, mask));
     }
-    const float reduced = sage::quant::warp_max_of_magnitudes(x);
-    const bool differs = __float_as_uint(butterfly) != __float_as_uint(reduced);
-    if (__any_sync(0xffffffffu, differs) && lane == 0) {
+    float reduced = sage::quant::warp_max_of_magnitudes(x);
+    bool differs = __float_as_uint(butterfly) != __float_as_uint(reduced);
+    if (__any_sync(0xffffffffu, differs)) {
+      differs = true;  // (lane 0 records the warp's mismatch)
+    } else if (lane == 0) {
+      alignas(16) float sixteen[16];
+      float in_order = 0.f;
+      for (int i = 0; i < 16; ++i) {
+        sixteen[i] = __uint_as_float(magnitude_lane_bits(w, i));
+        in_order = sage::num::max_nan(in_order, sixteen[i]);
+      }
+      butterfly = in_order;
+      reduced = sage::quant::max_of_magnitudes(sixteen);
+      differs = __float_as_uint(in_order) != __float_as_uint(reduced);
+    }
+    if (differs && lane == 0) {
       const unsigned long long slot = atomicAdd(&result->mismatches, 1ull);
       if (slot < kMaxRecorded) {
         result->first[slot] = Mismatch{static_cast<std::uint32_t>(w), __float_as_uint(butterfly), __float_as_uint(reduced)};
@@ -529,7 +546,7 @@ TEST_F(NumericsCvtGpu, ScaleHelpersGiveTheSameBitsAsOnTheHost) {
   }
 }
 
-TEST_F(NumericsCvtGpu, WarpMaxOfMagnitudesMatchesTheMaxNanButterfly) {
+TEST_F(NumericsCvtGpu, MaximaOfMagnitudesMatchMaxNan) {
   constexpr std::uint64_t kWarps = 1ull << 22;
   DeviceBuffer<SweepResult> result(1);
   SAGE_CUDA_CHECK(result.status());
@@ -542,7 +559,7 @@ TEST_F(NumericsCvtGpu, WarpMaxOfMagnitudesMatchesTheMaxNanButterfly) {
   std::ostringstream detail;
   for (unsigned long long k = 0; k < std::min<unsigned long long>(host[0].mismatches, kMaxRecorded); ++k) {
     char line[128];
-    std::snprintf(line, sizeof line, "\n  warp %u: butterfly 0x%08X, redux 0x%08X", host[0].first[k].input,
+    std::snprintf(line, sizeof line, "\n  warp %u: max_nan 0x%08X, other form 0x%08X", host[0].first[k].input,
                   host[0].first[k].hardware, host[0].first[k].header);
     detail << line;
   }

@@ -362,23 +362,6 @@ __device__ __forceinline__ void for_each_tile(const HeadRows<T>& rows, const int
   }
 }
 
-// num::max_nan of the CTA's warps' maxima of magnitudes (each one
-// warp_max_of_magnitudes gave, so an unsigned maximum of their bits, for
-// the reason given there), as a tree of integer maxima. Every thread waits
-// for it after the tile's barrier; sixteen max_nan in a row (asm statements,
-// which the compiler does not reorder) made a chain sixteen deep.
-__device__ __forceinline__ float max_of_warp_magnitudes(const float (&maxima)[kThreads / 32]) {
-  static_assert(kThreads / 32 == 16, "four 16-byte loads of the warps' maxima");
-  const uint4* words = reinterpret_cast<const uint4*>(maxima);
-  uint32_t m[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint4 w = words[i];
-    m[i] = max(max(w.x, w.y), max(w.z, w.w));
-  }
-  return __uint_as_float(max(max(m[0], m[1]), max(m[2], m[3])));
-}
-
 // Second read, K: per 128-row tile (one scale group), max |k - mean| over
 // its rows, then their INT8 codes. A thread takes chunk c8 of rows
 // lane_row + 32 i. The K jobs are the kernel's longer half (alone at 4K
@@ -418,7 +401,7 @@ __device__ void k_codes(const PrepassProblem& p, const PrepassLayout& layout, co
     if (threadIdx.x % 32 == 0) s.group_max[parity][threadIdx.x / 32] = m;
     // One barrier per tile: the maxima of the other parity were read before it.
     __syncthreads();
-    const float amax = max_of_warp_magnitudes(s.group_max[parity]);
+    const float amax = max_of_magnitudes(s.group_max[parity]);  // (the warps' maxima)
     const float scale = num::symmetric_scale(amax, 127);
     const float inv = num::reciprocal_rn(scale);
 #pragma unroll

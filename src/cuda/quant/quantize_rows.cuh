@@ -198,6 +198,29 @@ __device__ __forceinline__ float warp_max_of_magnitudes(float x) {
 #endif
 }
 
+// num::max_nan of kN magnitudes (as warp_max_of_magnitudes takes them) at
+// 16-byte aligned `values`, as a tree of unsigned maxima of their bits, for
+// the same reason: the K jobs' tile maximum over their warps' maxima, which
+// every thread waits for after the tile's barrier (sixteen max_nan in a row,
+// asm statements the compiler does not reorder, made a chain sixteen deep).
+template <int kN>
+__device__ __forceinline__ float max_of_magnitudes(const float (&values)[kN]) {
+  static_assert(kN >= 4 && (kN & (kN - 1)) == 0, "16-byte loads, then a tree over a power of two");
+  const uint4* words = reinterpret_cast<const uint4*>(values);
+  uint32_t m[kN / 4];
+#pragma unroll
+  for (int i = 0; i < kN / 4; ++i) {
+    const uint4 w = words[i];
+    m[i] = max(max(w.x, w.y), max(w.z, w.w));
+  }
+#pragma unroll
+  for (int width = kN / 4; width > 1; width /= 2) {
+#pragma unroll
+    for (int i = 0; i < width / 2; ++i) m[i] = max(m[i], m[i + width / 2]);
+  }
+  return __uint_as_float(m[0]);
+}
+
 // After row_max_scatter: merges `amax` over the lanes whose rows lie in the
 // same scale group `slot`. Inside a warp's 16 rows every granularity's group
 // is the set of rows that agree on some bits of the row index (a range of 8
