@@ -16,7 +16,10 @@ interleaved rounds (--rounds, each method --iters calls a round, the order rotat
 every round), so that the GPU's clocks drifting over a run (warming up, power
 limits) weigh on every method alike; --rounds 1 --iters 30 times each method in one
 block, as this benchmark did before session 61. TOPS = 4*B*H*N*N*D (/2 causal) / time.
-Writes bench/results/<gpu>-<date>.json (rows also carry the quartiles ms_q1, ms_q3).
+Writes bench/results/<gpu>-<date>.json (rows also carry the quartiles ms_q1, ms_q3 and, where
+NVML answers, the median SM clock during the method's calls, sm_mhz, and the time the driver spent
+capping power while the shape ran, shape_power_capped_ms: bench/nvml_queries.py says why). The
+summary's "per clock" column counts both times in clock cycles (clock_ratio).
 
   python3 bench/bench_attention.py [--quick] [--out FILE] [--dims 128] [--sizes 4096,16384] [--causal 0]
                                    [--methods sage,sage-kernel,sdpa-cudnn] [--rounds 5] [--iters 10] [--warmup 3]
@@ -39,6 +42,8 @@ import sage_attention
 from sage_attention import _attention as sage_impl
 from sage_attention import _ops
 
+from nvml_queries import NVML_PERF_POLICY_POWER, Nvml  # (bench/, beside this file)
+
 L2_BYTES = 64 << 20
 
 
@@ -49,39 +54,47 @@ def input_sets(b, h, n, d, dtype, device):
     return [tuple(torch.randn(b, h, n, d, dtype=dtype, device=device) for _ in range(3)) for _ in range(count)]
 
 
-def call_times_ms(fn, sets, warmup, iters):
-    """CUDA-event times of `iters` calls, one at a time, after `warmup` untimed ones."""
+def call_times_ms(fn, sets, warmup, iters, nvml=None):
+    """CUDA-event times of `iters` calls, one at a time, after `warmup` untimed ones, and the SM
+    clock (MHz) NVML gives while each call runs (none without `nvml`): it is read once the host has
+    queued the call, which for every method here is before its GPU work ends."""
     for i in range(warmup):
         fn(*sets[i % len(sets)])
     torch.cuda.synchronize()
-    times = []
+    times, clocks = [], []
     for i in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         args = sets[i % len(sets)]
         start.record()
         fn(*args)
         end.record()
+        if nvml is not None:
+            clocks.append(nvml.sm_clock_mhz())  # (after end.record(): no host time inside the timed span)
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return times
+    return times, clocks
 
 
-def interleaved_times_ms(fns, sets, rounds, iters, warmup):
-    """Each method's call times over `rounds` rounds of `iters` calls, every method once a round,
-    the order rotated by one each round. A method that fails is dropped (its error printed)."""
+def interleaved_times_ms(fns, sets, rounds, iters, warmup, nvml=None):
+    """Each method's call times and SM clocks (call_times_ms) over `rounds` rounds of `iters` calls,
+    every method once a round, the order rotated by one each round. A method that fails is dropped
+    (its error printed)."""
     names = list(fns)
     times = {name: [] for name in names}
+    clocks = {name: [] for name in names}
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             if name not in times:
                 continue
             try:
-                times[name] += call_times_ms(fns[name], sets, warmup, iters)
+                t, c = call_times_ms(fns[name], sets, warmup, iters, nvml)
+                times[name] += t
+                clocks[name] += c
             except Exception as e:
                 print(f"  {name}: failed: {e}", file=sys.stderr)
                 del times[name]
-    return times
+    return {name: (times[name], clocks[name]) for name in times}
 
 
 def sdpa(backend, causal):
@@ -186,6 +199,7 @@ def main():
 
     dev = torch.device("cuda")
     gpu = torch.cuda.get_device_name(dev)
+    nvml = Nvml.open_or_none(torch.cuda.current_device())
     B, H = 2, 32
     path = args.out or os.path.join(os.path.dirname(__file__), "results",
                                     f"{gpu.replace(' ', '_')}-{datetime.date.today().isoformat()}.json")
@@ -215,12 +229,19 @@ def main():
                         fns[name] = METHODS[name](sets, causal)
                     except Exception as e:
                         print(f"  {name}: failed: {e}", file=sys.stderr)
-                for name, times in interleaved_times_ms(fns, sets, rounds, iters, warmup).items():
+                capped_before = nvml.violation_ns(NVML_PERF_POLICY_POWER) if nvml else 0
+                timed = interleaved_times_ms(fns, sets, rounds, iters, warmup, nvml)
+                capped_ms = (nvml.violation_ns(NVML_PERF_POLICY_POWER) - capped_before) / 1e6 if nvml else None
+                for name, (times, clocks) in timed.items():
                     ms = statistics.median(times)
                     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (ms, ms, ms)
-                    rows.append({"method": name, "B": B, "H": H, "N": n, "D": d, "causal": causal,
-                                 "ms": round(ms, 4), "tops": round(flops / ms / 1e9, 1),
-                                 "ms_q1": round(q1, 4), "ms_q3": round(q3, 4)})
+                    row = {"method": name, "B": B, "H": H, "N": n, "D": d, "causal": causal,
+                           "ms": round(ms, 4), "tops": round(flops / ms / 1e9, 1),
+                           "ms_q1": round(q1, 4), "ms_q3": round(q3, 4)}
+                    if clocks:
+                        row["sm_mhz"] = statistics.median(clocks)
+                        row["shape_power_capped_ms"] = round(capped_ms, 1)
+                    rows.append(row)
                 del fns
                 print_rows([r for r in rows if r["N"] == n and r["D"] == d and r["causal"] == causal])
                 write_result(path, result)  # after every shape: an interrupted run keeps what it measured
@@ -251,23 +272,43 @@ def write_result(path, result):
 
 def print_rows(rows):
     for r in rows:
+        clock = f"  SM {r['sm_mhz']:.0f} MHz" if "sm_mhz" in r else ""
         print(f"  D={r['D']:<4} causal={int(r['causal'])} N={r['N']:<6} {r['method']:<12} "
-              f"{r['ms']:9.3f} ms ({r['ms_q1']:.3f}-{r['ms_q3']:.3f}) {r['tops']:8.1f} TOPS", flush=True)
+              f"{r['ms']:9.3f} ms ({r['ms_q1']:.3f}-{r['ms_q3']:.3f}) {r['tops']:8.1f} TOPS{clock}", flush=True)
+
+
+def clock_ratio(row, baseline):
+    """The time ratio baseline / row with each time counted in SM clock cycles (ms x median MHz):
+    what the ratio would be were both methods held at one clock, or None without clocks. An
+    estimate: the host's time and the DRAM's do not scale with the SM clock."""
+    if "sm_mhz" not in row or "sm_mhz" not in baseline:
+        return None
+    return (baseline["ms"] * baseline["sm_mhz"]) / (row["ms"] * row["sm_mhz"])
 
 
 def print_summary(rows):
-    """TOPS per method and sage's ratios to the SDPA backends."""
+    """TOPS per method and sage's ratios to the SDPA backends; with clocks, sage / cuDNN per clock
+    too (clock_ratio)."""
     keys = sorted({(r["D"], r["causal"], r["N"]) for r in rows})
     print(f"{'D':>4} {'causal':>6} {'N':>6} | {'sage':>7} {'kernel':>7} {'cudnn':>7} {'flash':>7} | "
-          f"{'sage/cudnn':>10} {'sage/flash':>10} {'kern/cudnn':>10} {'port/cudnn':>10}")
+          f"{'sage/cudnn':>10} {'sage/flash':>10} {'kern/cudnn':>10} {'port/cudnn':>10} | {'per clock':>9} "
+          f"{'MHz sage':>8} {'cudnn':>5}")
     for d, causal, n in keys:
-        t = {r["method"]: r["tops"] for r in rows if (r["D"], r["causal"], r["N"]) == (d, causal, n)}
+        shape = {r["method"]: r for r in rows if (r["D"], r["causal"], r["N"]) == (d, causal, n)}
+        t = {name: r["tops"] for name, r in shape.items()}
         def ratio(a, b):
             return f"{t[a] / t[b]:10.2f}" if a in t and b in t else f"{'-':>10}"
+        per_clock = (clock_ratio(shape["sage"], shape["sdpa-cudnn"])
+                     if "sage" in shape and "sdpa-cudnn" in shape else None)
+        clocks = " ".join(f"{shape[m]['sm_mhz']:.0f}" if "sm_mhz" in shape.get(m, {}) else "-"
+                          for m in ("sage", "sdpa-cudnn"))
         print(f"{d:>4} {int(causal):>6} {n:>6} | {t.get('sage', 0):7.0f} {t.get('sage-kernel', 0):7.0f} "
               f"{t.get('sdpa-cudnn', 0):7.0f} {t.get('sdpa-flash', 0):7.0f} | "
               f"{ratio('sage', 'sdpa-cudnn')} {ratio('sage', 'sdpa-flash')} {ratio('sage-kernel', 'sdpa-cudnn')} "
-              f"{ratio('sage-portable', 'sdpa-cudnn')}")
+              f"{ratio('sage-portable', 'sdpa-cudnn')} | "
+              + (f"{per_clock:9.2f}" if per_clock is not None else f"{'-':>9}") + f" {clocks:>14}")
+    print("per clock: sage / cuDNN with both times in SM clock cycles (ms x the median SM clock NVML read "
+          "during the calls): the ratio at one clock, an estimate (host and DRAM time do not scale with it)")
 
 
 if __name__ == "__main__":

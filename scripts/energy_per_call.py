@@ -10,13 +10,12 @@ per round and method the energy of one call, the mean power over the calls, the 
 that clock; then the medians over the rounds, and how many microseconds of power capping
 the driver counted during the whole run (NVML's violation counter of the power policy).
 
-NVML through ctypes (libnvidia-ml.so.1, the driver's library): no Python package needed.
+NVML through ctypes (bench/nvml_queries.py, on the driver's own library): no Python package needed.
 
   PYTHONPATH=build-dev/python/pkg python3 scripts/energy_per_call.py [--n 4096] [--d 128] [--causal 0]
                                                                       [--calls 2000] [--rounds 4]
 """
 import argparse
-import ctypes
 import os
 import statistics
 import sys
@@ -26,46 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
 from bench_attention import input_sets, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
+from nvml_queries import NVML_PERF_POLICY_POWER, NVML_PERF_POLICY_THERMAL, Nvml  # noqa: E402
 from torch.nn.attention import SDPBackend  # noqa: E402
-
-NVML_CLOCK_SM = 1
-# nvmlPerfPolicyType_t: the violation counters this script reads (their times are in ns).
-NVML_PERF_POLICY_POWER = 0
-NVML_PERF_POLICY_THERMAL = 1
-
-
-class ViolationTime(ctypes.Structure):
-    _fields_ = [("referenceTime", ctypes.c_ulonglong), ("violationTime", ctypes.c_ulonglong)]
-
-
-class Nvml:
-    """The few NVML queries this script makes, on device `index` (CUDA's order = NVML's here: one GPU)."""
-
-    def __init__(self, index):
-        self.lib = ctypes.CDLL("libnvidia-ml.so.1")
-        self._check(self.lib.nvmlInit_v2())
-        self.handle = ctypes.c_void_p()
-        self._check(self.lib.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(self.handle)))
-
-    @staticmethod
-    def _check(rc):
-        if rc != 0:
-            raise RuntimeError(f"NVML call failed with status {rc}")
-
-    def energy_mj(self):
-        value = ctypes.c_ulonglong()
-        self._check(self.lib.nvmlDeviceGetTotalEnergyConsumption(self.handle, ctypes.byref(value)))
-        return value.value
-
-    def sm_clock_mhz(self):
-        value = ctypes.c_uint()
-        self._check(self.lib.nvmlDeviceGetClockInfo(self.handle, NVML_CLOCK_SM, ctypes.byref(value)))
-        return value.value
-
-    def violation_ns(self, policy):
-        value = ViolationTime()
-        self._check(self.lib.nvmlDeviceGetViolationStatus(self.handle, policy, ctypes.byref(value)))
-        return value.violationTime
 
 
 def measure(fn, sets, calls, nvml):

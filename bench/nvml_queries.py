@@ -1,0 +1,59 @@
+"""The few NVML queries the benchmark and scripts/energy_per_call.py make, through ctypes on the
+driver's own library (libnvidia-ml.so.1): no Python package needed.
+
+Why the benchmark asks: on a board held at its power limit (an H100 SXM at 700 W), the driver lowers
+the SM clock of whichever method draws more power per call, in steps that come and go over a run, so
+one run's time ratio mixes the kernels' speed with the power state each method was caught in. The
+SM clock beside every timed call, and the time the driver spent capping power, say which it was.
+"""
+from __future__ import annotations
+
+import ctypes
+
+NVML_CLOCK_SM = 1
+# nvmlPerfPolicyType_t: the violation counters read here (their times are in ns).
+NVML_PERF_POLICY_POWER = 0
+NVML_PERF_POLICY_THERMAL = 1
+
+
+class ViolationTime(ctypes.Structure):
+    _fields_ = [("referenceTime", ctypes.c_ulonglong), ("violationTime", ctypes.c_ulonglong)]
+
+
+class Nvml:
+    """NVML on device `index` (CUDA's order; the lent machines have one GPU, where it is NVML's too)."""
+
+    def __init__(self, index):
+        self.lib = ctypes.CDLL("libnvidia-ml.so.1")
+        self._check(self.lib.nvmlInit_v2())
+        self.handle = ctypes.c_void_p()
+        self._check(self.lib.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(self.handle)))
+
+    @classmethod
+    def open_or_none(cls, index):
+        """Nvml(index), or None with the reason printed where the driver's library is missing or refuses."""
+        try:
+            return cls(index)
+        except (OSError, RuntimeError) as e:
+            print(f"NVML unavailable ({e}): no clocks or power-capping time recorded")
+            return None
+
+    @staticmethod
+    def _check(rc):
+        if rc != 0:
+            raise RuntimeError(f"NVML call failed with status {rc}")
+
+    def energy_mj(self):
+        value = ctypes.c_ulonglong()
+        self._check(self.lib.nvmlDeviceGetTotalEnergyConsumption(self.handle, ctypes.byref(value)))
+        return value.value
+
+    def sm_clock_mhz(self):
+        value = ctypes.c_uint()
+        self._check(self.lib.nvmlDeviceGetClockInfo(self.handle, NVML_CLOCK_SM, ctypes.byref(value)))
+        return value.value
+
+    def violation_ns(self, policy):
+        value = ViolationTime()
+        self._check(self.lib.nvmlDeviceGetViolationStatus(self.handle, policy, ctypes.byref(value)))
+        return value.violationTime

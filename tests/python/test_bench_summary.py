@@ -1,0 +1,56 @@
+"""The benchmark's summary (bench/bench_attention.py): its per-clock ratio from fabricated rows, and
+its NVML access, which must degrade to no clocks where the driver's library is missing (CI) and
+read a plausible clock where it is present."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
+import bench_attention  # noqa: E402
+from nvml_queries import Nvml  # noqa: E402
+
+
+def row(method, ms, mhz=None, n=4096):
+    r = {"method": method, "B": 2, "H": 32, "N": n, "D": 128, "causal": False, "ms": ms,
+         "tops": 4 * 2 * 32 * n * n * 128 / ms / 1e9, "ms_q1": ms, "ms_q3": ms}
+    if mhz is not None:
+        r["sm_mhz"] = mhz
+    return r
+
+
+def test_clock_ratio_counts_both_times_in_cycles():
+    # 0.9 ms at 1600 MHz against 0.72 ms at 1900 MHz: 1.25x in time, 1440 / 1368 in cycles.
+    ratio = bench_attention.clock_ratio(row("sage", 0.72, 1900), row("sdpa-cudnn", 0.9, 1600))
+    assert ratio == pytest.approx(1440.0 / 1368.0, rel=1e-12)
+    assert bench_attention.clock_ratio(row("sage", 0.72, 1800), row("sdpa-cudnn", 0.9, 1800)) == pytest.approx(1.25)
+
+
+def test_clock_ratio_needs_both_clocks():
+    assert bench_attention.clock_ratio(row("sage", 0.72), row("sdpa-cudnn", 0.9, 1600)) is None
+    assert bench_attention.clock_ratio(row("sage", 0.72, 1900), row("sdpa-cudnn", 0.9)) is None
+
+
+def test_summary_prints_the_per_clock_ratio_and_clocks(capsys):
+    rows = [row("sage", 0.72, 1900), row("sdpa-cudnn", 0.9, 1600),
+            row("sage", 0.1, n=1024), row("sdpa-cudnn", 0.1, n=1024)]
+    bench_attention.print_summary(rows)
+    lines = capsys.readouterr().out.splitlines()
+    line_4k = next(line for line in lines if line.split()[:3] == ["128", "0", "4096"])
+    line_1k = next(line for line in lines if line.split()[:3] == ["128", "0", "1024"])
+    fields_4k = line_4k.split("|")[-1].split()
+    assert fields_4k == [f"{1440.0 / 1368.0:.2f}", "1900", "1600"]
+    assert line_4k.split("|")[-2].split()[0] == "1.25"  # the time ratio, unchanged
+    assert line_1k.split("|")[-1].split() == ["-", "-", "-"]
+
+
+def test_nvml_is_optional(capsys):
+    nvml = Nvml.open_or_none(0)
+    if nvml is None:  # no driver library (CI): said, and the benchmark records no clocks
+        assert "NVML unavailable" in capsys.readouterr().out
+        return
+    mhz = nvml.sm_clock_mhz()
+    assert 100 <= mhz <= 5000, f"SM clock {mhz} MHz"
