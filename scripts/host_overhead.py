@@ -1,10 +1,17 @@
 """Host time of one sageattn call, and where it goes (on a GPU machine).
 
-A tiny problem (B=H=1, N=128, D=128) keeps the GPU idle, so wall time per call
+By default a tiny problem (B=H=1, N=128, D=128) keeps the GPU idle, so wall time per call
 is host time: Python, the dispatcher, the C++ core (validation, pointer
 checks, TMA descriptors, launches). Each piece is timed alone over many calls.
+With --n N (B=2, H=32, D=128 as the benchmark's shapes), each piece is timed from an idle GPU
+instead, one call at a time after a synchronize, until the host returns (the median of 60):
+the host time the benchmark's one-call-at-a-time timing sees before and between the launches.
+
+  PYTHONPATH=build-dev/python/pkg python3 scripts/host_overhead.py [--n 4096]
 """
 
+import argparse
+import statistics
 import time
 
 import torch
@@ -25,8 +32,28 @@ def wall_us(fn, n=2000):
     return (time.perf_counter() - t) / n * 1e6
 
 
+def wall_us_from_idle(fn, n=60):
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(n):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
 def main():
-    q, k, v = [torch.randn(1, 1, 128, 128, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=None, help="B=2 H=32 N keys, timed from an idle GPU")
+    cli = ap.parse_args()
+    shape = (1, 1, 128, 128) if cli.n is None else (2, 32, cli.n, 128)
+    time_us = wall_us if cli.n is None else wall_us_from_idle
+    if cli.n is not None:
+        print(f"B=2 H=32 N={cli.n} D=128: host time of one call from an idle GPU (median of 60)")
+    q, k, v = [torch.randn(*shape, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
     out, lse = _ops._new_outputs(q, "HND", False)
     args = _ops._with_defaults(())
     options = _ops._core_options(*args)
@@ -52,12 +79,12 @@ def main():
         if fn is None:
             print(f"{name:40s} (not built)")
             continue
-        print(f"{name:40s} {wall_us(fn):7.1f} us", flush=True)
+        print(f"{name:40s} {time_us(fn):7.1f} us", flush=True)
     _ops._torch_calls, fast = None, _ops._torch_calls
-    print(f"{'sageattn, portable binding':40s} {wall_us(lambda: s.sageattn(q, k, v)):7.1f} us")
+    print(f"{'sageattn, portable binding':40s} {time_us(lambda: s.sageattn(q, k, v)):7.1f} us")
     _ops._torch_calls = fast
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        t = wall_us(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        t = time_us(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
     print(f"{'sdpa cudnn (whole call)':40s} {t:7.1f} us")
 
 

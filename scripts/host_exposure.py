@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""How much of one call's end-to-end time is the GPU waiting on the host (on a GPU machine).
+
+The benchmark times one call at a time from an idle GPU: its CUDA-event span starts when the host
+records the start event, so whatever the host does before the call's first kernel (and between its
+launches, where a kernel must wait for the next one's launch) is inside the span. This script
+times every call twice, alternating: as the benchmark does, and with a spin kernel of ~`--hold-us`
+queued before the start event, so that the host finishes queueing the call while the GPU is
+still busy and the span holds only the call's GPU time. The difference of the medians is the
+host time the benchmark's figure carries ("exposed"), per method and length.
+
+  PYTHONPATH=build-dev/python/pkg python3 scripts/host_exposure.py [--sizes 1024,4096] [--calls 40]
+                                                                    [--hold-us 300]
+(SAGE_PREPASS_CONCURRENT=0:0 in the environment times our call without the concurrent pre-pass.)
+"""
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from bench_attention import input_sets, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
+from torch.nn.attention import SDPBackend  # noqa: E402
+
+
+def span_us(fn, args, hold_cycles):
+    """The CUDA-event span of one call from an idle GPU, or with the GPU held busy before it."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    if hold_cycles:
+        torch.cuda._sleep(hold_cycles)
+    start.record()
+    fn(*args)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1024,4096")
+    ap.add_argument("--calls", type=int, default=40)
+    ap.add_argument("--hold-us", type=float, default=300.0)
+    args = ap.parse_args()
+    clock_khz = torch.cuda.get_device_properties(0).clock_rate  # (the spin counts clock cycles)
+    hold_cycles = int(args.hold_us * clock_khz / 1e3)
+    print(f"{torch.cuda.get_device_name()}; the hold: {hold_cycles} cycles (~{args.hold_us:.0f} us at "
+          f"{clock_khz / 1e3:.0f} MHz); SAGE_PREPASS_CONCURRENT={os.environ.get('SAGE_PREPASS_CONCURRENT', '')!r}")
+    print(f"{'N':>6} {'method':<11} {'from idle':>10} {'held':>10} {'exposed':>8}  (us, medians of {args.calls})")
+    for n in (int(s) for s in args.sizes.split(",")):
+        sets = input_sets(2, 32, n, 128, torch.bfloat16, "cuda")
+        fns = {"sage": sage_end_to_end(False), "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, False)}
+        for name, fn in fns.items():
+            for i in range(5):
+                fn(*sets[i % len(sets)])
+            idle, held = [], []
+            for i in range(args.calls):
+                a = sets[i % len(sets)]
+                idle.append(span_us(fn, a, 0))
+                held.append(span_us(fn, a, hold_cycles))
+            t_idle, t_held = statistics.median(idle), statistics.median(held)
+            print(f"{n:>6} {name:<11} {t_idle:10.1f} {t_held:10.1f} {t_idle - t_held:8.1f}", flush=True)
+        del sets
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
