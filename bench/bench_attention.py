@@ -12,17 +12,22 @@ Methods (bf16 in, bf16 out):
 
 Times are medians of CUDA-event timings, one call at a time, over rotating input
 sets whose total size exceeds the L2 cache. The methods of a shape are timed in
-interleaved rounds (--rounds, each method --iters calls a round, the order rotated
-every round), so that the GPU's clocks drifting over a run (warming up, power
-limits) weigh on every method alike; --rounds 1 --iters 30 times each method in one
-block, as this benchmark did before session 61. TOPS = 4*B*H*N*N*D (/2 causal) / time.
+interleaved rounds (--rounds, each method --iters calls a round), so that the GPU's clocks
+drifting over a run (warming up, power limits) weigh on every method alike. --order says how a
+round's order changes: "balanced" (the default; round_order) puts every method first, and
+directly after every other method, equally often over a whole number of cycles (4 rounds for 4
+methods), so that what one method leaves behind (the power state after FlashAttention-2's long
+calls) does not fall on the same successor every round; "rotated" shifts the order by one each
+round (the order of sessions 61-71, in which each method always followed the same one);
+--rounds 1 --iters 30 times each method in one block, as this benchmark did before session 61. TOPS = 4*B*H*N*N*D (/2 causal) / time.
 Writes bench/results/<gpu>-<date>.json (rows also carry the quartiles ms_q1, ms_q3 and, where
 NVML answers, the median SM clock during the method's calls, sm_mhz, and the time the driver spent
 capping power while the shape ran, shape_power_capped_ms: bench/nvml_queries.py says why). The
 summary's "per clock" column counts both times in clock cycles (clock_ratio).
 
   python3 bench/bench_attention.py [--quick] [--out FILE] [--dims 128] [--sizes 4096,16384] [--causal 0]
-                                   [--methods sage,sage-kernel,sdpa-cudnn] [--rounds 5] [--iters 10] [--warmup 3]
+                                   [--methods sage,sage-kernel,sdpa-cudnn] [--rounds 8] [--iters 6] [--warmup 3]
+                                   [--order balanced|rotated]
 """
 
 from __future__ import annotations
@@ -78,16 +83,32 @@ def call_times_ms(fn, sets, warmup, iters, nvml=None):
     return times, clocks
 
 
-def interleaved_times_ms(fns, sets, rounds, iters, warmup, nvml=None):
+def round_order(n, r, order="balanced"):
+    """The order of n methods (their indices) in round r. "rotated": shifted by r. "balanced": row r
+    of a Williams design: over each n rounds (2n where n is odd, whose second n are the first n
+    reversed) every method comes first once and directly after each other method once (twice
+    where n is odd)."""
+    if order == "rotated":
+        return [(i + r) % n for i in range(n)]
+    base, low, high = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
+    while len(base) < n:
+        base.append(low)
+        low += 1
+        if len(base) < n:
+            base.append(high)
+            high -= 1
+    row = [(i + r) % n for i in base]
+    return row[::-1] if n % 2 and (r // n) % 2 else row
+
+
+def interleaved_times_ms(fns, sets, rounds, iters, warmup, nvml=None, order="balanced"):
     """Each method's call times and SM clocks (call_times_ms) over `rounds` rounds of `iters` calls,
-    every method once a round, the order rotated by one each round. A method that fails is dropped
-    (its error printed)."""
+    every method once a round, in round_order. A method that fails is dropped (its error printed)."""
     names = list(fns)
     times = {name: [] for name in names}
     clocks = {name: [] for name in names}
     for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in (names[i] for i in round_order(len(names), r, order)):
             if name not in times:
                 continue
             try:
@@ -181,8 +202,10 @@ def main():
     ap.add_argument("--methods", default="sage,sage-kernel,sdpa-cudnn,sdpa-flash",
                     help="methods to time (comma-separated; A/B runs of two builds can skip sdpa-flash; "
                          "sage-portable: sage through the portable binding)")
-    ap.add_argument("--rounds", default="5", help="interleaved rounds per shape (1: each method in one block)")
-    ap.add_argument("--iters", default="10", help="timed calls per method and round")
+    ap.add_argument("--rounds", default="8", help="interleaved rounds per shape (1: each method in one block)")
+    ap.add_argument("--iters", default="6", help="timed calls per method and round")
+    ap.add_argument("--order", default="balanced", choices=("balanced", "rotated"),
+                    help="how each round orders the methods (round_order)")
     ap.add_argument("--warmup", default="3", help="untimed calls before each method's timed ones in a round")
     args = ap.parse_args()
     (rounds,) = positive_ints(ap, "--rounds", args.rounds)
@@ -212,10 +235,11 @@ def main():
     binding = "torch_calls" if _ops._torch_calls is not None else "portable"
     print(f"GPU: {gpu}  torch {torch.__version__}  sage-attention {sage_attention.__version__}  "
           f"binding {binding}", flush=True)
-    print(f"timing: {rounds} interleaved round(s) of {iters} calls per method, each after {warmup} untimed",
-          flush=True)
+    print(f"timing: {rounds} interleaved round(s) ({args.order} order) of {iters} calls per method, each after "
+          f"{warmup} untimed", flush=True)
     result = {"gpu": gpu, "torch": torch.__version__, "commit": git_commit(), "binding": binding,
-              "timing": {"rounds": rounds, "iters_per_round": iters, "warmup_per_round": warmup},
+              "timing": {"rounds": rounds, "iters_per_round": iters, "warmup_per_round": warmup,
+                         "order": args.order},
               "rows": rows}
     for d in dims:
         for causal in (c == "1" for c in causal_settings):
@@ -233,7 +257,7 @@ def main():
                     except Exception as e:
                         print(f"  {name}: failed: {e}", file=sys.stderr)
                 capped_before = nvml.violation_ns(NVML_PERF_POLICY_POWER) if nvml else 0
-                timed = interleaved_times_ms(fns, sets, rounds, iters, warmup, nvml)
+                timed = interleaved_times_ms(fns, sets, rounds, iters, warmup, nvml, args.order)
                 capped_ms = (nvml.violation_ns(NVML_PERF_POLICY_POWER) - capped_before) / 1e6 if nvml else None
                 for name, (times, clocks) in timed.items():
                     ms = statistics.median(times)

@@ -54,3 +54,28 @@ def test_nvml_is_optional(capsys):
         return
     mhz = nvml.sm_clock_mhz()
     assert 100 <= mhz <= 5000, f"SM clock {mhz} MHz"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_balanced_order_puts_every_method_after_every_other_equally_often(n):
+    cycle = n if n % 2 == 0 else 2 * n
+    rows = [bench_attention.round_order(n, r) for r in range(cycle)]
+    for row in rows:
+        assert sorted(row) == list(range(n))
+    firsts = [row[0] for row in rows]
+    assert all(firsts.count(m) == cycle // n for m in range(n))
+    follows = {}
+    for row in rows:
+        for a, b in zip(row, row[1:]):
+            follows[(a, b)] = follows.get((a, b), 0) + 1
+    expected = {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert set(follows) == expected
+    assert len(set(follows.values())) <= 1  # each ordered pair equally often
+    assert bench_attention.round_order(n, cycle) == rows[0]  # then the cycle repeats
+
+
+def test_rotated_order_keeps_each_method_after_the_same_one():
+    rows = [bench_attention.round_order(4, r, "rotated") for r in range(4)]
+    assert rows[1] == [1, 2, 3, 0]
+    pairs = {(a, b) for row in rows for a, b in zip(row, row[1:])}
+    assert pairs == {(0, 1), (1, 2), (2, 3), (3, 0)}
