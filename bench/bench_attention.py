@@ -22,8 +22,8 @@ round (the order of sessions 61-71, in which each method always followed the sam
 --rounds 1 --iters 30 times each method in one block, as this benchmark did before session 61. TOPS = 4*B*H*N*N*D (/2 causal) / time.
 Writes bench/results/<gpu>-<date>.json (rows also carry the quartiles ms_q1, ms_q3 and, where
 NVML answers, the median SM clock during the method's calls, sm_mhz, and the time the driver spent
-capping power while the shape ran, shape_power_capped_ms: bench/nvml_queries.py says why). The
-summary's "per clock" column counts both times in clock cycles (clock_ratio).
+capping power while the shape ran, shape_power_capped_ms: bench/nvml_queries.py says why. The clock
+is one sample a call, which can read the top clock while the driver counts capping: session 71).
 
   python3 bench/bench_attention.py [--quick] [--out FILE] [--dims 128] [--sizes 4096,16384] [--causal 0]
                                    [--methods sage,sage-kernel,sdpa-cudnn] [--rounds 8] [--iters 6] [--warmup 3]
@@ -304,38 +304,26 @@ def print_rows(rows):
               f"{r['ms']:9.3f} ms ({r['ms_q1']:.3f}-{r['ms_q3']:.3f}) {r['tops']:8.1f} TOPS{clock}", flush=True)
 
 
-def clock_ratio(row, baseline):
-    """The time ratio baseline / row with each time counted in SM clock cycles (ms x median MHz):
-    what the ratio would be were both methods held at one clock, or None without clocks. An
-    estimate: the host's time and the DRAM's do not scale with the SM clock."""
-    if "sm_mhz" not in row or "sm_mhz" not in baseline:
-        return None
-    return (baseline["ms"] * baseline["sm_mhz"]) / (row["ms"] * row["sm_mhz"])
-
-
 def print_summary(rows):
-    """TOPS per method and sage's ratios to the SDPA backends; with clocks, sage / cuDNN per clock
-    too (clock_ratio)."""
+    """TOPS per method and sage's ratios to the SDPA backends; where NVML answered, the two methods'
+    (sage, cuDNN) median SM clocks and the shape's power-capping time beside them."""
     keys = sorted({(r["D"], r["causal"], r["N"]) for r in rows})
     print(f"{'D':>4} {'causal':>6} {'N':>6} | {'sage':>7} {'kernel':>7} {'cudnn':>7} {'flash':>7} | "
-          f"{'sage/cudnn':>10} {'sage/flash':>10} {'kern/cudnn':>10} {'port/cudnn':>10} | {'per clock':>9} "
-          f"{'MHz sage':>8} {'cudnn':>5}")
+          f"{'sage/cudnn':>10} {'sage/flash':>10} {'kern/cudnn':>10} {'port/cudnn':>10} | "
+          f"{'MHz sage':>8} {'cudnn':>5} {'capped ms':>9}")
     for d, causal, n in keys:
         shape = {r["method"]: r for r in rows if (r["D"], r["causal"], r["N"]) == (d, causal, n)}
         t = {name: r["tops"] for name, r in shape.items()}
         def ratio(a, b):
             return f"{t[a] / t[b]:10.2f}" if a in t and b in t else f"{'-':>10}"
-        per_clock = (clock_ratio(shape["sage"], shape["sdpa-cudnn"])
-                     if "sage" in shape and "sdpa-cudnn" in shape else None)
         clocks = " ".join(f"{shape[m]['sm_mhz']:.0f}" if "sm_mhz" in shape.get(m, {}) else "-"
                           for m in ("sage", "sdpa-cudnn"))
+        capped = next((f"{r['shape_power_capped_ms']:.0f}" for r in shape.values() if "shape_power_capped_ms" in r),
+                      "-")
         print(f"{d:>4} {int(causal):>6} {n:>6} | {t.get('sage', 0):7.0f} {t.get('sage-kernel', 0):7.0f} "
               f"{t.get('sdpa-cudnn', 0):7.0f} {t.get('sdpa-flash', 0):7.0f} | "
               f"{ratio('sage', 'sdpa-cudnn')} {ratio('sage', 'sdpa-flash')} {ratio('sage-kernel', 'sdpa-cudnn')} "
-              f"{ratio('sage-portable', 'sdpa-cudnn')} | "
-              + (f"{per_clock:9.2f}" if per_clock is not None else f"{'-':>9}") + f" {clocks:>14}")
-    print("per clock: sage / cuDNN with both times in SM clock cycles (ms x the median SM clock NVML read "
-          "during the calls): the ratio at one clock, an estimate (host and DRAM time do not scale with it)")
+              f"{ratio('sage-portable', 'sdpa-cudnn')} | {clocks:>14} {capped:>9}")
 
 
 if __name__ == "__main__":
