@@ -27,16 +27,16 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from bench_attention import input_sets, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
+from bench_attention import input_sets, round_order, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own)
 from torch.nn.attention import SDPBackend  # noqa: E402
 
 
 def schedule(names, pattern, rounds):
-    """(round, method) blocks in the benchmark's order: interleaved rounds rotated by one, or one
-    block of `rounds` rounds per method."""
+    """(round, method) blocks in the benchmark's order: interleaved rounds in its default round_order,
+    or one block of `rounds` rounds per method."""
     if pattern == "blocks":
         return [(r, name) for name in names for r in range(rounds)]
-    return [(r, name) for r in range(rounds) for name in names[r % len(names):] + names[:r % len(names)]]
+    return [(r, names[i]) for r in range(rounds) for i in round_order(len(names), r)]
 
 
 def run_pattern(fns, sets, pattern, rounds, iters, warmup):
