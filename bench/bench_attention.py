@@ -14,19 +14,21 @@ Times are medians of CUDA-event timings, one call at a time, over rotating input
 sets whose total size exceeds the L2 cache. The methods of a shape are timed in
 interleaved rounds (--rounds, each method --iters calls a round), so that the GPU's clocks
 drifting over a run (warming up, power limits) weigh on every method alike. --order says how a
-round's order changes: "balanced" (the default; round_order) puts every method first, and
-directly after every other method, equally often over a whole number of cycles (4 rounds for 4
-methods), so that what one method leaves behind (the power state after FlashAttention-2's long
-calls) does not fall on the same successor every round; "rotated" shifts the order by one each
-round (the order of sessions 61-71, in which each method always followed the same one);
---rounds 1 --iters 30 times each method in one block, as this benchmark did before session 61. TOPS = 4*B*H*N*N*D (/2 causal) / time.
+round's order changes: "balanced" (the default; balanced_rounds) makes each method come directly
+after each other method equally often, round boundaries included, over a whole number of cycles
+(n - 1 rounds for n methods: 3 for the default 4), so that what one method leaves behind (the
+power state after FlashAttention-2's long calls) does not fall on the same successor every time;
+"rotated" shifts the order by one each round (sessions 61-71, where each method always followed
+the same one; with --rounds 5 --iters 10, their timing). --rounds 1 --iters 30 --order rotated
+times each method in one block, as this benchmark did before session 61.
+TOPS = 4*B*H*N*N*D (/2 causal) / time.
 Writes bench/results/<gpu>-<date>.json (rows also carry the quartiles ms_q1, ms_q3 and, where
 NVML answers, the median SM clock during the method's calls, sm_mhz, and the time the driver spent
 capping power while the shape ran, shape_power_capped_ms: bench/nvml_queries.py says why. The clock
 is one sample a call, which can read the top clock while the driver counts capping: session 71).
 
   python3 bench/bench_attention.py [--quick] [--out FILE] [--dims 128] [--sizes 4096,16384] [--causal 0]
-                                   [--methods sage,sage-kernel,sdpa-cudnn] [--rounds 8] [--iters 6] [--warmup 3]
+                                   [--methods sage,sage-kernel,sdpa-cudnn] [--rounds 6] [--iters 8] [--warmup 3]
                                    [--order balanced|rotated]
 """
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -57,6 +60,15 @@ def input_sets(b, h, n, d, dtype, device):
     per_set = 3 * b * h * n * d * 2
     count = max(1, min(8, (4 * L2_BYTES) // per_set + 1))
     return [tuple(torch.randn(b, h, n, d, dtype=dtype, device=device) for _ in range(3)) for _ in range(count)]
+
+
+def power_capped_ns(nvml):
+    """The driver's count of power-capping time (ns), or None without NVML or where the board does
+    not keep it."""
+    try:
+        return nvml.violation_ns(NVML_PERF_POLICY_POWER) if nvml is not None else None
+    except RuntimeError:
+        return None
 
 
 def call_times_ms(fn, sets, warmup, iters, nvml=None):
@@ -83,42 +95,66 @@ def call_times_ms(fn, sets, warmup, iters, nvml=None):
     return times, clocks
 
 
+@functools.lru_cache(maxsize=None)
+def balanced_rounds(n):
+    """A cycle of rounds for n methods: n - 1 rounds (one where n <= 2), each with every method once,
+    in which every method comes directly after each other method exactly once when the rounds are
+    read one after another and around, their boundaries included (only the untimed warm-up calls
+    part two rounds, as they part two methods inside a round). Found by a depth-first search, which
+    is instant for the benchmark's at most five methods."""
+    if n <= 2:
+        return (tuple(range(n)),)
+    sequence, used = [], set()
+
+    def extend():
+        if len(sequence) == n * (n - 1):
+            return sequence[-1] != sequence[0] and (sequence[-1], sequence[0]) not in used
+        in_round = set(sequence[len(sequence) - len(sequence) % n:])
+        for m in range(n):
+            pair = (sequence[-1], m) if sequence else None
+            if m in in_round or (pair and (pair[0] == m or pair in used)):
+                continue
+            if pair:
+                used.add(pair)
+            sequence.append(m)
+            if extend():
+                return True
+            sequence.pop()
+            used.discard(pair)
+        return False
+
+    if not extend():
+        raise RuntimeError(f"no balanced cycle of rounds for {n} methods")
+    return tuple(tuple(sequence[i:i + n]) for i in range(0, n * (n - 1), n))
+
+
 def round_order(n, r, order="balanced"):
-    """The order of n methods (their indices) in round r. "rotated": shifted by r. "balanced": row r
-    of a Williams design: over each n rounds (2n where n is odd, whose second n are the first n
-    reversed) every method comes first once and directly after each other method once (twice
-    where n is odd)."""
+    """The order of n methods (their indices) in round r: "rotated", shifted by r; "balanced",
+    round r of balanced_rounds(n), repeated."""
     if order == "rotated":
         return [(i + r) % n for i in range(n)]
-    base, low, high = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
-    while len(base) < n:
-        base.append(low)
-        low += 1
-        if len(base) < n:
-            base.append(high)
-            high -= 1
-    row = [(i + r) % n for i in base]
-    return row[::-1] if n % 2 and (r // n) % 2 else row
+    cycle = balanced_rounds(n)
+    return list(cycle[r % len(cycle)])
 
 
 def interleaved_times_ms(fns, sets, rounds, iters, warmup, nvml=None, order="balanced"):
-    """Each method's call times and SM clocks (call_times_ms) over `rounds` rounds of `iters` calls,
+    """Each method's (call times, SM clocks) (call_times_ms) over `rounds` rounds of `iters` calls,
     every method once a round, in round_order. A method that fails is dropped (its error printed)."""
     names = list(fns)
-    times = {name: [] for name in names}
-    clocks = {name: [] for name in names}
+    timed = {name: ([], []) for name in names}
     for r in range(rounds):
         for name in (names[i] for i in round_order(len(names), r, order)):
-            if name not in times:
+            if name not in timed:
                 continue
             try:
                 t, c = call_times_ms(fns[name], sets, warmup, iters, nvml)
-                times[name] += t
-                clocks[name] += c
             except Exception as e:
                 print(f"  {name}: failed: {e}", file=sys.stderr)
-                del times[name]
-    return {name: (times[name], clocks[name]) for name in times}
+                del timed[name]
+                continue
+            timed[name][0].extend(t)
+            timed[name][1].extend(c)
+    return timed
 
 
 def sdpa(backend, causal):
@@ -202,8 +238,8 @@ def main():
     ap.add_argument("--methods", default="sage,sage-kernel,sdpa-cudnn,sdpa-flash",
                     help="methods to time (comma-separated; A/B runs of two builds can skip sdpa-flash; "
                          "sage-portable: sage through the portable binding)")
-    ap.add_argument("--rounds", default="8", help="interleaved rounds per shape (1: each method in one block)")
-    ap.add_argument("--iters", default="6", help="timed calls per method and round")
+    ap.add_argument("--rounds", default="6", help="interleaved rounds per shape (1: each method in one block)")
+    ap.add_argument("--iters", default="8", help="timed calls per method and round")
     ap.add_argument("--order", default="balanced", choices=("balanced", "rotated"),
                     help="how each round orders the methods (round_order)")
     ap.add_argument("--warmup", default="3", help="untimed calls before each method's timed ones in a round")
@@ -225,7 +261,7 @@ def main():
 
     dev = torch.device("cuda")
     gpu = torch.cuda.get_device_name(dev)
-    nvml = Nvml.open_or_none(torch.cuda.current_device())
+    nvml = Nvml.open_or_none(torch.cuda.device_count())
     B, H = 2, 32
     path = args.out or os.path.join(os.path.dirname(__file__), "results",
                                     f"{gpu.replace(' ', '_')}-{datetime.date.today().isoformat()}.json")
@@ -237,6 +273,11 @@ def main():
           f"binding {binding}", flush=True)
     print(f"timing: {rounds} interleaved round(s) ({args.order} order) of {iters} calls per method, each after "
           f"{warmup} untimed", flush=True)
+    methods = len(set(wanted))
+    cycle = len(balanced_rounds(methods)) if args.order == "balanced" else methods
+    if rounds > 1 and rounds % cycle:
+        print(f"note: {rounds} rounds are not a whole number of {args.order} cycles of {cycle} rounds for "
+              f"{methods} methods: the order is balanced only over whole cycles", flush=True)
     result = {"gpu": gpu, "torch": torch.__version__, "commit": git_commit(), "binding": binding,
               "timing": {"rounds": rounds, "iters_per_round": iters, "warmup_per_round": warmup,
                          "order": args.order},
@@ -256,9 +297,10 @@ def main():
                         fns[name] = METHODS[name](sets, causal)
                     except Exception as e:
                         print(f"  {name}: failed: {e}", file=sys.stderr)
-                capped_before = nvml.violation_ns(NVML_PERF_POLICY_POWER) if nvml else 0
+                capped_before = power_capped_ns(nvml)
                 timed = interleaved_times_ms(fns, sets, rounds, iters, warmup, nvml, args.order)
-                capped_ms = (nvml.violation_ns(NVML_PERF_POLICY_POWER) - capped_before) / 1e6 if nvml else None
+                capped_after = power_capped_ns(nvml)
+                capped_ms = (capped_after - capped_before) / 1e6 if None not in (capped_before, capped_after) else None
                 for name, (times, clocks) in timed.items():
                     ms = statistics.median(times)
                     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (ms, ms, ms)
@@ -267,6 +309,7 @@ def main():
                            "ms_q1": round(q1, 4), "ms_q3": round(q3, 4)}
                     if clocks:
                         row["sm_mhz"] = statistics.median(clocks)
+                    if capped_ms is not None:
                         row["shape_power_capped_ms"] = round(capped_ms, 1)
                     rows.append(row)
                 del fns
@@ -316,14 +359,14 @@ def print_summary(rows):
         t = {name: r["tops"] for name, r in shape.items()}
         def ratio(a, b):
             return f"{t[a] / t[b]:10.2f}" if a in t and b in t else f"{'-':>10}"
-        clocks = " ".join(f"{shape[m]['sm_mhz']:.0f}" if "sm_mhz" in shape.get(m, {}) else "-"
-                          for m in ("sage", "sdpa-cudnn"))
+        sage_mhz, cudnn_mhz = (f"{shape[m]['sm_mhz']:.0f}" if "sm_mhz" in shape.get(m, {}) else "-"
+                               for m in ("sage", "sdpa-cudnn"))
         capped = next((f"{r['shape_power_capped_ms']:.0f}" for r in shape.values() if "shape_power_capped_ms" in r),
                       "-")
         print(f"{d:>4} {int(causal):>6} {n:>6} | {t.get('sage', 0):7.0f} {t.get('sage-kernel', 0):7.0f} "
               f"{t.get('sdpa-cudnn', 0):7.0f} {t.get('sdpa-flash', 0):7.0f} | "
               f"{ratio('sage', 'sdpa-cudnn')} {ratio('sage', 'sdpa-flash')} {ratio('sage-kernel', 'sdpa-cudnn')} "
-              f"{ratio('sage-portable', 'sdpa-cudnn')} | {clocks:>14} {capped:>9}")
+              f"{ratio('sage-portable', 'sdpa-cudnn')} | {sage_mhz:>8} {cudnn_mhz:>5} {capped:>9}")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--calls", type=int, default=2000)  # ~1.4 s at 4K: the counter moves in coarse steps
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
-    nvml = Nvml(torch.cuda.current_device())
+    nvml = Nvml(torch.cuda.device_count())
     sets = input_sets(2, 32, args.n, args.d, torch.bfloat16, "cuda")
     causal = bool(args.causal)
     fns = {"sage": sage_end_to_end(causal), "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, causal)}

@@ -44,12 +44,18 @@ def main():
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--hold-us", type=float, default=300.0)
     args = ap.parse_args()
+    try:
+        sizes = [int(v) for v in args.sizes.split(",")]
+    except ValueError:
+        ap.error(f"--sizes takes comma-separated positive integers, not {args.sizes!r}")
+    if any(n <= 0 for n in sizes) or args.calls <= 0 or args.hold_us <= 0:
+        ap.error("--sizes, --calls and --hold-us take positive values")
     clock_khz = torch.cuda.get_device_properties(0).clock_rate  # (the spin counts clock cycles)
     hold_cycles = int(args.hold_us * clock_khz / 1e3)
     print(f"{torch.cuda.get_device_name()}; the hold: {hold_cycles} cycles (~{args.hold_us:.0f} us at "
           f"{clock_khz / 1e3:.0f} MHz); SAGE_PREPASS_CONCURRENT={os.environ.get('SAGE_PREPASS_CONCURRENT', '')!r}")
     print(f"{'N':>6} {'method':<11} {'from idle':>10} {'held':>10} {'exposed':>8}  (us, medians of {args.calls})")
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in sizes:
         sets = input_sets(2, 32, n, 128, torch.bfloat16, "cuda")
         fns = {"sage": sage_end_to_end(False), "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, False)}
         for name, fn in fns.items():

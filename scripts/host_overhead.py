@@ -32,7 +32,10 @@ def wall_us(fn, n=2000):
     return (time.perf_counter() - t) / n * 1e6
 
 
-def wall_us_from_idle(fn, n=60):
+IDLE_CALLS = 60  # timed calls a piece from an idle GPU (--n)
+
+
+def wall_us_from_idle(fn, n=IDLE_CALLS):
     for _ in range(5):
         fn()
     times = []
@@ -49,10 +52,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=None, help="B=2 H=32 N keys, timed from an idle GPU")
     cli = ap.parse_args()
+    if cli.n is not None and cli.n <= 0:
+        ap.error(f"--n takes a positive number of keys, not {cli.n}")
     shape = (1, 1, 128, 128) if cli.n is None else (2, 32, cli.n, 128)
     time_us = wall_us if cli.n is None else wall_us_from_idle
     if cli.n is not None:
-        print(f"B=2 H=32 N={cli.n} D=128: host time of one call from an idle GPU (median of 60)")
+        print(f"B=2 H=32 N={cli.n} D=128: host time of one call from an idle GPU "
+              f"(median of {IDLE_CALLS})")
     q, k, v = [torch.randn(*shape, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
     out, lse = _ops._new_outputs(q, "HND", False)
     args = _ops._with_defaults(())

@@ -8,6 +8,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
 import bench_attention  # noqa: E402
@@ -35,11 +36,15 @@ def test_summary_prints_ratios_clocks_and_capping(capsys):
     assert line_4k.split("|")[-1].split() == ["1900", "1600", "212"]  # (212.5 rounds half to even)
     assert line_1k.split("|")[-2].split()[0] == "1.00"
     assert line_1k.split("|")[-1].split() == ["-", "-", "-"]  # no NVML: no clocks, no capping time
+    header = next(line for line in lines if "MHz sage" in line)
+    for label, value in (("MHz sage", "1900"), ("cudnn", "1600"), ("capped ms", "212")):
+        label_end = header.rindex(label) + len(label)  # columns are right-aligned under their labels
+        assert line_4k.rindex(value) + len(value) == label_end, (label, header, line_4k)
 
 
 def test_nvml_is_optional(capsys):
-    nvml = Nvml.open_or_none(0)
-    if nvml is None:  # no driver library (CI): said, and the benchmark records no clocks
+    nvml = Nvml.open_or_none(torch.cuda.device_count())
+    if nvml is None:  # no driver library (CI), or several GPUs: said, and the benchmark records no clocks
         assert "NVML unavailable" in capsys.readouterr().out
         return
     mhz = nvml.sm_clock_mhz()
@@ -47,25 +52,40 @@ def test_nvml_is_optional(capsys):
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
-def test_balanced_order_puts_every_method_after_every_other_equally_often(n):
-    cycle = n if n % 2 == 0 else 2 * n
-    rows = [bench_attention.round_order(n, r) for r in range(cycle)]
-    for row in rows:
-        assert sorted(row) == list(range(n))
-    firsts = [row[0] for row in rows]
-    assert all(firsts.count(m) == cycle // n for m in range(n))
-    follows = {}
-    for row in rows:
-        for a, b in zip(row, row[1:]):
-            follows[(a, b)] = follows.get((a, b), 0) + 1
-    expected = {(a, b) for a in range(n) for b in range(n) if a != b}
-    assert set(follows) == expected
-    assert len(set(follows.values())) <= 1  # each ordered pair equally often
-    assert bench_attention.round_order(n, cycle) == rows[0]  # then the cycle repeats
+def test_balanced_rounds_put_every_method_after_every_other_once_a_cycle(n):
+    cycle = [bench_attention.round_order(n, r) for r in range(max(1, n - 1))]
+    for order in cycle:
+        assert sorted(order) == list(range(n))
+    sequence = [m for order in cycle for m in order]
+    pairs = list(zip(sequence, sequence[1:] + sequence[:1]))  # read around: the next cycle follows
+    if n > 1:
+        assert sorted(pairs) == sorted((a, b) for a in range(n) for b in range(n) if a != b)
+    assert bench_attention.round_order(n, len(cycle)) == cycle[0]  # then the cycle repeats
 
 
 def test_rotated_order_keeps_each_method_after_the_same_one():
-    rows = [bench_attention.round_order(4, r, "rotated") for r in range(4)]
-    assert rows[1] == [1, 2, 3, 0]
-    pairs = {(a, b) for row in rows for a, b in zip(row, row[1:])}
+    orders = [bench_attention.round_order(4, r, "rotated") for r in range(4)]
+    assert orders[1] == [1, 2, 3, 0]
+    pairs = {(a, b) for order in orders for a, b in zip(order, order[1:])}
     assert pairs == {(0, 1), (1, 2), (2, 3), (3, 0)}
+
+
+def test_interleaved_rounds_time_every_method_and_drop_a_failing_one(monkeypatch):
+    calls = []
+
+    def fake_call_times_ms(fn, sets, warmup, iters, nvml):
+        calls.append(fn)
+        if fn == "broken" and calls.count("broken") == 2:
+            raise RuntimeError("second round fails")
+        return [float(len(calls))] * iters, [1980] * iters
+
+    monkeypatch.setattr(bench_attention, "call_times_ms", fake_call_times_ms)
+    fns = {"a": "a", "broken": "broken", "c": "c"}
+    timed = bench_attention.interleaved_times_ms(fns, None, rounds=4, iters=2, warmup=0)
+    assert set(timed) == {"a", "c"}
+    for name in ("a", "c"):
+        times, clocks = timed[name]
+        assert len(times) == 8 and clocks == [1980] * 8
+    assert calls.count("broken") == 2  # not called again once it failed
+    first_rounds = [calls[i:i + 3] for i in (0, 3)]
+    assert all(sorted(r) == ["a", "broken", "c"] for r in first_rounds)
