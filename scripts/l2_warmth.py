@@ -10,7 +10,7 @@ gain from a warm L2, without host time in either. Prints one JSON object per met
 input mode (median of the rounds' per-call means, us).
 
   PYTHONPATH=build-dev/python/pkg python3 scripts/l2_warmth.py [--sizes 1024,4096] [--d 128]
-                                                                [--causal 0] [--rounds 5] [--reps 20]
+                                                                [--causal 0] [--rounds 6] [--reps 20]
 """
 import argparse
 import itertools
@@ -22,7 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from bench_attention import input_sets, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
+from bench_attention import input_sets, round_order, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own)
 from gpu_time import batch_us  # noqa: E402  (the A/B timer's batch: 3 calls to warm up, then reps back to back)
 from torch.nn.attention import SDPBackend  # noqa: E402
 
@@ -38,7 +38,8 @@ def main():
     ap.add_argument("--sizes", default="1024,4096", help="sequence lengths (queries = keys), comma-separated")
     ap.add_argument("--d", type=int, default=128, help="head dim")
     ap.add_argument("--causal", type=int, default=0, help="1: causal (top-left)")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds; each times every method and input mode once")
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="rounds; each times every method and input mode once (6: two balanced cycles)")
     ap.add_argument("--reps", type=int, default=20, help="calls a batch")
     a = ap.parse_args()
     for n in (int(x) for x in a.sizes.split(",")):
@@ -51,8 +52,8 @@ def time_one_shape(n, d, causal, rounds, reps):
     methods = {"sage": sage_end_to_end(causal), "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, causal)}
     times = {(m, mode): [] for m in methods for mode in modes}
     order = [(m, mode) for m in methods for mode in modes]
-    for r in range(rounds):  # (the order rotated by one each round, as the benchmark's)
-        for m, mode in order[r % len(order):] + order[:r % len(order)]:
+    for r in range(rounds):  # (in the benchmark's order of rounds)
+        for m, mode in (order[i] for i in round_order(len(order), r)):
             times[(m, mode)].append(batch_us(cycling(methods[m], modes[mode]), (), reps, 1))
     for (m, mode), ts in times.items():
         print(json.dumps({"method": m, "inputs": mode, "sets": len(modes[mode]), "N": n, "D": d,
