@@ -9,6 +9,8 @@ Methods (bf16 in, bf16 out):
   sage-kernel  the attention kernel alone, on inputs the pre-pass already quantized
   sdpa-cudnn   torch SDPA, CUDNN_ATTENTION backend
   sdpa-flash   torch SDPA, FLASH_ATTENTION backend
+               (each SDPA backend is chosen once around its method's calls, as a user sets it,
+               not inside every timed call: sdpa)
 
 Times are medians of CUDA-event timings, one call at a time, over rotating input
 sets whose total size exceeds the L2 cache. The methods of a shape are timed in
@@ -35,6 +37,7 @@ is one sample a call, which can read the top clock while the driver counts cappi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -72,26 +75,28 @@ def power_capped_ns(nvml):
 
 
 def call_times_ms(fn, sets, warmup, iters, nvml=None):
-    """CUDA-event times of `iters` calls, one at a time, after `warmup` untimed ones, and the SM
+    """CUDA-event times of `iters` calls, one at a time, after `warmup` untimed ones, all inside the
+    method's context (method_context: an SDPA method's backend is chosen once, outside the spans), and the SM
     clock (MHz) NVML gives while each call runs (none without `nvml`): it is read once the host has
     queued the call, which for every method here is before its GPU work ends."""
-    for i in range(warmup):
-        fn(*sets[i % len(sets)])
-    torch.cuda.synchronize()
     times, clocks = [], []
-    for i in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        args = sets[i % len(sets)]
-        start.record()
-        fn(*args)
-        end.record()
-        if nvml is not None:
-            try:  # (after end.record(): no host time inside the timed span)
-                clocks.append(nvml.sm_clock_mhz())
-            except RuntimeError:
-                pass  # a failed query costs this call its clock, not the method its times
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    with method_context(fn):
+        for i in range(warmup):
+            fn(*sets[i % len(sets)])
+        torch.cuda.synchronize()
+        for i in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            args = sets[i % len(sets)]
+            start.record()
+            fn(*args)
+            end.record()
+            if nvml is not None:
+                try:  # (after end.record(): no host time inside the timed span)
+                    clocks.append(nvml.sm_clock_mhz())
+                except RuntimeError:
+                    pass  # a failed query costs this call its clock, not the method its times
+            end.synchronize()
+            times.append(start.elapsed_time(end))
     return times, clocks
 
 
@@ -158,10 +163,34 @@ def interleaved_times_ms(fns, sets, rounds, iters, warmup, nvml=None, order="bal
 
 
 def sdpa(backend, causal):
-    def run(q, k, v):
+    """SDPA on one backend. The backend is chosen by `run.context()` (sdpa_kernel), which the timers
+    enter once around a method's calls (method_context), as a user sets the backend once: entered per
+    call, sdpa_kernel's Python (~14 us a call on the development machine's host, enter and exit)
+    would sit inside a one-call-at-a-time span, which the benchmark did until session 72. A call
+    outside that context raises, rather than let SDPA pick a backend of its own."""
+    entered = [0]
+
+    @contextlib.contextmanager
+    def context():
         with sdpa_kernel(backend):
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            entered[0] += 1
+            try:
+                yield
+            finally:
+                entered[0] -= 1
+
+    def run(q, k, v):
+        if not entered[0]:
+            raise RuntimeError(f"sdpa({backend.name}) called outside its method_context()")
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    run.context = context
     return run
+
+
+def method_context(fn):
+    """The context a timed method's calls run in: an SDPA method's backend (sdpa), or none."""
+    return getattr(fn, "context", contextlib.nullcontext)()
 
 
 def sage_end_to_end(causal):

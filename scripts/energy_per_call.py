@@ -24,7 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from bench_attention import input_sets, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
+from bench_attention import input_sets, method_context, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
 from nvml_queries import NVML_PERF_POLICY_POWER, NVML_PERF_POLICY_THERMAL, Nvml  # noqa: E402
 from torch.nn.attention import SDPBackend  # noqa: E402
 
@@ -63,7 +63,8 @@ def main():
           f"{args.calls} calls back to back per round and method")
     for r in range(args.rounds):
         for name in names[r % 2:] + names[:r % 2]:
-            mj, watts, us, mhz = measure(fns[name], sets, args.calls, nvml)
+            with method_context(fns[name]):
+                mj, watts, us, mhz = measure(fns[name], sets, args.calls, nvml)
             rows[name].append((mj, watts, us, mhz))
             print(f"  round {r} {name:11s} {mj:8.1f} mJ/call {watts:6.0f} W {us:8.1f} us/call  SM {mhz} MHz")
     print("medians over the rounds:")

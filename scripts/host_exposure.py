@@ -21,7 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from bench_attention import input_sets, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
+from bench_attention import input_sets, method_context, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
 from torch.nn.attention import SDPBackend  # noqa: E402
 
 
@@ -59,13 +59,14 @@ def main():
         sets = input_sets(2, 32, n, 128, torch.bfloat16, "cuda")
         fns = {"sage": sage_end_to_end(False), "sdpa-cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, False)}
         for name, fn in fns.items():
-            for i in range(5):
-                fn(*sets[i % len(sets)])
             idle, held = [], []
-            for i in range(args.calls):
-                a = sets[i % len(sets)]
-                idle.append(span_us(fn, a, 0))
-                held.append(span_us(fn, a, hold_cycles))
+            with method_context(fn):
+                for i in range(5):
+                    fn(*sets[i % len(sets)])
+                for i in range(args.calls):
+                    a = sets[i % len(sets)]
+                    idle.append(span_us(fn, a, 0))
+                    held.append(span_us(fn, a, hold_cycles))
             t_idle, t_held = statistics.median(idle), statistics.median(held)
             print(f"{n:>6} {name:<11} {t_idle:10.1f} {t_held:10.1f} {t_idle - t_held:8.1f}", flush=True)
         del sets

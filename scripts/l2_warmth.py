@@ -22,7 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from bench_attention import input_sets, round_order, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own)
+from bench_attention import input_sets, method_context, round_order, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own)
 from gpu_time import batch_us  # noqa: E402  (the A/B timer's batch: 3 calls to warm up, then reps back to back)
 from torch.nn.attention import SDPBackend  # noqa: E402
 
@@ -54,7 +54,8 @@ def time_one_shape(n, d, causal, rounds, reps):
     order = [(m, mode) for m in methods for mode in modes]
     for r in range(rounds):  # (in the benchmark's order of rounds)
         for m, mode in (order[i] for i in round_order(len(order), r)):
-            times[(m, mode)].append(batch_us(cycling(methods[m], modes[mode]), (), reps, 1))
+            with method_context(methods[m]):
+                times[(m, mode)].append(batch_us(cycling(methods[m], modes[mode]), (), reps, 1))
     for (m, mode), ts in times.items():
         print(json.dumps({"method": m, "inputs": mode, "sets": len(modes[mode]), "N": n, "D": d,
                           "causal": causal, "us": round(statistics.median(ts), 1),

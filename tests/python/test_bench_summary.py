@@ -89,3 +89,26 @@ def test_interleaved_rounds_time_every_method_and_drop_a_failing_one(monkeypatch
     assert calls.count("broken") == 2  # not called again once it failed
     first_rounds = [calls[i:i + 3] for i in (0, 3)]
     assert all(sorted(r) == ["a", "broken", "c"] for r in first_rounds)
+
+
+def test_sdpa_methods_choose_their_backend_once_around_their_calls():
+    # The MATH backend runs on CPU tensors: the same rule as cuDNN's and FlashAttention's methods.
+    from torch.nn.attention import SDPBackend
+
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    run = bench_attention.sdpa(SDPBackend.MATH, causal=True)
+    with pytest.raises(RuntimeError, match="outside its method_context"):
+        run(q, k, v)  # SDPA would pick a backend of its own
+    flash_before = torch.backends.cuda.flash_sdp_enabled()
+    with bench_attention.method_context(run):
+        assert not torch.backends.cuda.flash_sdp_enabled()  # only MATH is on inside
+        with bench_attention.method_context(run):  # nested: still inside after the inner one ends
+            pass
+        out = run(q, k, v)
+    assert torch.backends.cuda.flash_sdp_enabled() == flash_before  # restored
+    expected = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    assert torch.allclose(out.double(), expected, atol=1e-5)
+    with pytest.raises(RuntimeError, match="outside its method_context"):
+        run(q, k, v)
+    with bench_attention.method_context(lambda q, k, v: None):  # ours: no context, nothing to choose
+        pass
