@@ -9,8 +9,8 @@ Methods (bf16 in, bf16 out):
   sage-kernel  the attention kernel alone, on inputs the pre-pass already quantized
   sdpa-cudnn   torch SDPA, CUDNN_ATTENTION backend
   sdpa-flash   torch SDPA, FLASH_ATTENTION backend
-               (each SDPA backend is chosen once around its method's calls, as a user sets it,
-               not inside every timed call: sdpa)
+               (each SDPA backend is chosen around a round's calls of its method, as a user
+               sets it once, not inside every timed call: sdpa)
 
 Times are medians of CUDA-event timings, one call at a time, over rotating input
 sets whose total size exceeds the L2 cache. The methods of a shape are timed in
@@ -45,6 +45,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -74,12 +75,13 @@ def power_capped_ns(nvml):
         return None
 
 
-def call_times_ms(fn, sets, warmup, iters, nvml=None):
-    """CUDA-event times of `iters` calls, one at a time, after `warmup` untimed ones, all inside the
-    method's context (method_context: an SDPA method's backend is chosen once, outside the spans), and the SM
-    clock (MHz) NVML gives while each call runs (none without `nvml`): it is read once the host has
-    queued the call, which for every method here is before its GPU work ends."""
-    times, clocks = [], []
+def timed_calls(fn, sets, warmup, iters, after_record=None):
+    """(CUDA-event ms, host us until fn returned) of `iters` calls, one at a time, after `warmup`
+    untimed ones, all inside the method's context (method_context: an SDPA method's backend is chosen
+    around them, outside the spans). The two host clock reads sit inside each span (~0.1 us);
+    `after_record()` runs after each call's end event is recorded, before the host waits for it:
+    outside the span."""
+    times = []
     with method_context(fn):
         for i in range(warmup):
             fn(*sets[i % len(sets)])
@@ -88,16 +90,31 @@ def call_times_ms(fn, sets, warmup, iters, nvml=None):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             args = sets[i % len(sets)]
             start.record()
+            t0 = time.perf_counter()
             fn(*args)
+            t1 = time.perf_counter()
             end.record()
-            if nvml is not None:
-                try:  # (after end.record(): no host time inside the timed span)
-                    clocks.append(nvml.sm_clock_mhz())
-                except RuntimeError:
-                    pass  # a failed query costs this call its clock, not the method its times
+            if after_record is not None:
+                after_record()
             end.synchronize()
-            times.append(start.elapsed_time(end))
-    return times, clocks
+            times.append((start.elapsed_time(end), (t1 - t0) * 1e6))
+    return times
+
+
+def call_times_ms(fn, sets, warmup, iters, nvml=None):
+    """CUDA-event times of `iters` calls (timed_calls), and the SM clock (MHz) NVML gives while each
+    call runs (none without `nvml`): it is read once the host has queued the call, which for every
+    method here is before its GPU work ends."""
+    clocks = []
+
+    def read_clock():
+        try:
+            clocks.append(nvml.sm_clock_mhz())
+        except RuntimeError:
+            pass  # a failed query costs this call its clock, not the method its times
+
+    timed = timed_calls(fn, sets, warmup, iters, read_clock if nvml is not None else None)
+    return [ms for ms, _ in timed], clocks
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,10 +181,11 @@ def interleaved_times_ms(fns, sets, rounds, iters, warmup, nvml=None, order="bal
 
 def sdpa(backend, causal):
     """SDPA on one backend. The backend is chosen by `run.context()` (sdpa_kernel), which the timers
-    enter once around a method's calls (method_context), as a user sets the backend once: entered per
-    call, sdpa_kernel's Python (~14 us a call on the development machine's host, enter and exit)
-    would sit inside a one-call-at-a-time span, which the benchmark did until session 72. A call
-    outside that context raises, rather than let SDPA pick a backend of its own."""
+    enter around a method's calls (method_context: the benchmark once a round), as a user sets the
+    backend once: entered per call, sdpa_kernel's Python (~14 us a call on the development machine's
+    host, enter and exit) would sit inside a one-call-at-a-time span, which the benchmark did until
+    session 72. A call outside that context raises, rather than let SDPA pick a backend of its own
+    (a caller that enters another sdpa_kernel inside it is not caught)."""
     entered = [0]
 
     @contextlib.contextmanager

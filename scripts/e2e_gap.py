@@ -22,12 +22,11 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from bench_attention import input_sets, method_context, round_order, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own)
+from bench_attention import input_sets, round_order, sage_end_to_end, sdpa, timed_calls  # noqa: E402  (the benchmark's own)
 from torch.nn.attention import SDPBackend  # noqa: E402
 
 
@@ -43,21 +42,7 @@ def run_pattern(fns, sets, pattern, rounds, iters, warmup):
     """{method: [[(call ms, host us), ...] per round]}, the calls timed as the benchmark times them."""
     times = {name: [[] for _ in range(rounds)] for name in fns}
     for r, name in schedule(list(fns), pattern, rounds):
-        fn = fns[name]
-        with method_context(fn):
-            for i in range(warmup):
-                fn(*sets[i % len(sets)])
-            torch.cuda.synchronize()
-            for i in range(iters):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                args = sets[i % len(sets)]
-                start.record()
-                t0 = time.perf_counter()
-                fn(*args)
-                t1 = time.perf_counter()
-                end.record()
-                end.synchronize()
-                times[name][r].append((start.elapsed_time(end), (t1 - t0) * 1e6))
+        times[name][r].extend(timed_calls(fns[name], sets, warmup, iters))
     return times
 
 

@@ -7,7 +7,10 @@ times such calls one at a time from an idle GPU counts that Python inside SDPA's
 benchmark did until session 72 (it now enters the context once around a method's calls:
 bench_attention.sdpa). Each case is timed as scripts/host_exposure.py times a call: from an idle
 GPU, and with a ~300 us spin kernel queued before the start event (the GPU time alone); the
-difference is the host time inside the figure ("exposed"). B=2 H=32 D=128 bf16, non-causal.
+difference is the host time inside the figure ("exposed"). Unlike host_exposure.py it calls one
+input set over and over (L2 warmer than the benchmark's rotating sets). B=2 H=32 D=128 bf16,
+non-causal. The cases run one after another, so the GPU-time side drifts between them (at 4K by
+~20-30 us of cuDNN's ~830): compare the 1K cases, or the from-idle figures.
 
   PYTHONPATH=build-dev/python/pkg python3 scripts/sdpa_context_cost.py [--sizes 1024,4096] [--calls 60]
 """

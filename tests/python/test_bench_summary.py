@@ -1,6 +1,7 @@
 """The benchmark's pieces that need no GPU (bench/bench_attention.py): its summary from fabricated
-rows, the order of its rounds, and its NVML access, which must degrade to no clocks where the
-driver's library is missing (CI) and read a plausible clock where it is present."""
+rows, the order of its rounds, its NVML access, which must degrade to no clocks where the
+driver's library is missing (CI) and read a plausible clock where it is present, and the rule that
+an SDPA method runs only inside the context that chooses its backend."""
 
 from __future__ import annotations
 
@@ -104,6 +105,7 @@ def test_sdpa_methods_choose_their_backend_once_around_their_calls():
         assert not torch.backends.cuda.flash_sdp_enabled()  # only MATH is on inside
         with bench_attention.method_context(run):  # nested: still inside after the inner one ends
             pass
+        assert not torch.backends.cuda.flash_sdp_enabled()
         out = run(q, k, v)
     assert torch.backends.cuda.flash_sdp_enabled() == flash_before  # restored
     expected = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
