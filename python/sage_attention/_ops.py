@@ -394,14 +394,15 @@ def _load_torch_calls():
 _torch_calls = _load_torch_calls()
 
 
-def _run_forward(q, k, v, option_args):
+def _run_forward(q, k, v, option_args, torch_calls_declined=False):
     """One C++ call (quantization pre-pass + attention): (out, lse), lse None without return_lse.
 
     Both paths check the options' values first, then the tensors, then whether the GPU runs that
-    combination: the same errors in the same order."""
+    combination: the same errors in the same order. torch_calls_declined: _torch_calls already
+    answered None for this call (_call_if_plain), so the portable path runs it."""
     tensor_layout, _, _, return_lse = option_args[:4]
     options = _core_options(*option_args)  # (held: the core reads it until the call returns)
-    if _torch_calls is not None and q.is_cuda:
+    if _torch_calls is not None and not torch_calls_declined and q.is_cuda:
         # None where the call is not that path's (rank, empty tensors, head dim, dtype): below.
         result = _torch_calls.forward(q, k, v, options._address, MAX_HEAD_DIM)
         if result is not None:
@@ -429,7 +430,7 @@ def _forward_kernel(q, k, v, *given_options):
     return _with_empty_lse(q, *_run_forward(q, k, v, _with_defaults(given_options)))
 
 
-# The mode queries _plain_eager_call needs are private torch APIs: where a
+# The mode queries _eager_context needs are private torch APIs: where a
 # torch version lacks them, every call goes through the dispatcher.
 _function_mode_enabled = getattr(torch._C, "_is_torch_function_mode_enabled", None)
 _dispatch_mode_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
@@ -474,9 +475,7 @@ def _plain_eager_call(q, k, v) -> bool:
     hops saves ~30 us per call (scripts/host_overhead.py), a third of the
     host time of a short attention call.
     """
-    if _function_mode_enabled is None or _dispatch_mode_depth is None:
-        return False
-    if torch.compiler.is_compiling():  # before the mode queries: Dynamo must not trace them
+    if not _eager_context():
         return False
     if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
         return False
@@ -484,11 +483,33 @@ def _plain_eager_call(q, k, v) -> bool:
         return False
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return False
-    if _functorch_wrapped is None or forward_ad_active():
+    return not (_functorch_wrapped(q) or _functorch_wrapped(k) or _functorch_wrapped(v))
+
+
+def _eager_context() -> bool:
+    """_plain_eager_call's half that is not about the tensors: not traced by torch.compile, no torch
+    function or dispatch mode, no forward-mode AD level open, and the private queries present."""
+    if _function_mode_enabled is None or _dispatch_mode_depth is None or _functorch_wrapped is None:
         return False
-    if _functorch_wrapped(q) or _functorch_wrapped(k) or _functorch_wrapped(v):
+    if torch.compiler.is_compiling():  # before the mode queries: Dynamo must not trace them
         return False
-    return not (_function_mode_enabled() or _dispatch_mode_depth())
+    return not (forward_ad_active() or _function_mode_enabled() or _dispatch_mode_depth())
+
+
+def _call_if_plain(q, k, v, option_args):
+    """The call, where _torch_calls' C++ finds q, k and v plain (the tensor half of
+    _plain_eager_call, at the cost of a few loads instead of ~1.7 us of Python): (out, lse) from
+    _torch_calls, or from the portable path where _torch_calls declines the call (a host tensor, an
+    empty one...); NotImplemented for a tensor that is not plain, or options that raise (attention's
+    checks then run, and raise, in their usual order)."""
+    try:
+        options = _core_options(*option_args)  # (held: the core reads it until the call returns)
+    except Exception:  # noqa: BLE001 (raised again below, by the checks in their order)
+        return NotImplemented
+    result = _torch_calls.forward(q, k, v, options._address, MAX_HEAD_DIM, True)
+    if result is None:
+        return _run_forward(q, k, v, option_args, torch_calls_declined=True)
+    return result
 
 
 def attention(q, k, v, *option_args):
@@ -496,6 +517,10 @@ def attention(q, k, v, *option_args):
 
     option_args are forward's twelve options, all given, in schema order.
     """
+    if _torch_calls is not None and _eager_context():
+        result = _call_if_plain(q, k, v, option_args)
+        if result is not NotImplemented:
+            return result
     if _plain_eager_call(q, k, v):
         return _run_forward(q, k, v, option_args)
     check_dense(q=q, k=k, v=v)  # (the dispatcher's own errors for these do not name the argument)

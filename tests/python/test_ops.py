@@ -219,14 +219,34 @@ def test_plain_eager_calls_skip_the_dispatcher_with_the_same_result(monkeypatch)
     assert torch.equal(out, via_op[0]) and torch.equal(lse, via_op[1])
 
 
-@pytest.mark.parametrize("case", ["requires_grad", "dispatch_mode"])
-def test_calls_that_need_the_dispatcher_go_through_the_operator(case):
+class _CallCounter:
+    """Counts the calls of an operator overload and is it otherwise (redispatch and the rest)."""
+
+    def __init__(self, op):
+        self.op, self.calls = op, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.op(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.op, name)
+
+
+@pytest.mark.parametrize("case", ["requires_grad", "dispatch_mode", "parameter"])
+def test_calls_that_need_the_dispatcher_go_through_the_operator(case, monkeypatch):
     q, k, v = qkv()
     recorder = _OpRecorder()
     if case == "requires_grad":
         q.requires_grad_()
         out = sageattn(q, k, v)
         assert out.grad_fn is not None  # recorded on the autograd graph, whose backward refuses
+    elif case == "parameter":  # a tensor subclass, even without a gradient
+        from sage_attention import _ops
+        spy = _CallCounter(forward)
+        monkeypatch.setattr(_ops, "forward", spy)
+        out = sageattn(torch.nn.Parameter(q, requires_grad=False), k, v)
+        assert spy.calls == 1
     else:
         with recorder:
             out = sageattn(q, k, v)

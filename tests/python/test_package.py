@@ -61,8 +61,36 @@ def test_torch_calls_module_is_built_against_this_torch_and_loaded():
     options = _ops._core_options(*_ops._with_defaults(()))
     assert _ops._torch_calls.forward(q, q, q, options._address, _ops.MAX_HEAD_DIM) is None
     assert _ops._torch_calls.forward("q", q, q, options._address, _ops.MAX_HEAD_DIM) is None
-    with pytest.raises(TypeError, match="5 arguments"):
+    with pytest.raises(TypeError, match="5 or 6 arguments"):
         _ops._torch_calls.forward(q, q, q)
+
+
+def test_torch_calls_tell_plain_tensors_from_those_that_need_the_dispatcher():
+    """With plain_only, _torch_calls answers NotImplemented (the caller's checks, then the
+    dispatcher) for every tensor that _plain_eager_call would not take; plain host tensors get
+    None (not its call: the portable path)."""
+    torch_calls_module()
+    from sage_attention import _ops
+    q = torch.zeros(1, 1, 4, 64)
+    options = _ops._core_options(*_ops._with_defaults(()))
+
+    def answer(first):
+        return _ops._torch_calls.forward(first, q, q, options._address, _ops.MAX_HEAD_DIM, True)
+
+    class Subclass(torch.Tensor):
+        pass
+
+    assert answer(q) is None
+    with torch.no_grad():
+        assert answer(q.clone().requires_grad_()) is None  # no gradient to record
+    assert answer(q.clone().requires_grad_()) is NotImplemented
+    for other in (torch.nn.Parameter(q, requires_grad=False), q.as_subclass(Subclass), q.to("meta"), "q"):
+        assert answer(other) is NotImplemented, other
+    seen = []
+    torch.func.vmap(lambda row: seen.append(answer(row[None])) or row)(q[0])
+    torch.func.functionalize(lambda t: seen.append(answer(t)) or t)(q)
+    torch.func.grad(lambda t: seen.append(answer(t)) or t.sum())(q)
+    assert seen == [NotImplemented] * 3  # functorch and functionalization wrappers
 
 
 def test_torch_calls_module_runs_the_core_of_its_build():
