@@ -488,17 +488,21 @@ def _plain_eager_call(q, k, v) -> bool:
 
 def _eager_context() -> bool:
     """_plain_eager_call's half that is not about the tensors: not traced by torch.compile, no torch
-    function or dispatch mode, no forward-mode AD level open, and the private queries present."""
+    function or dispatch mode, no forward-mode AD level open, no torch.func transform running (its
+    outputs must be made by the dispatcher even from plain inputs the function closes over: the
+    direct path then failed with "Cannot access data pointer" until session 72), and the private
+    queries present."""
+    if torch.compiler.is_compiling():  # first: Dynamo must not trace (and guard) what follows
+        return False
     if _function_mode_enabled is None or _dispatch_mode_depth is None or _functorch_wrapped is None:
         return False
-    if torch.compiler.is_compiling():  # before the mode queries: Dynamo must not trace them
-        return False
-    return not (forward_ad_active() or _function_mode_enabled() or _dispatch_mode_depth())
+    return not (forward_ad_active() or _function_mode_enabled() or _dispatch_mode_depth()
+                or torch._C._are_functorch_transforms_active())
 
 
 def _call_if_plain(q, k, v, option_args):
     """The call, where _torch_calls' C++ finds q, k and v plain (the tensor half of
-    _plain_eager_call, at the cost of a few loads instead of ~1.7 us of Python): (out, lse) from
+    _plain_eager_call, at the cost of a few loads instead of ~1-1.5 us of Python): (out, lse) from
     _torch_calls, or from the portable path where _torch_calls declines the call (a host tensor, an
     empty one...); NotImplemented for a tensor that is not plain, or options that raise (attention's
     checks then run, and raise, in their usual order)."""
@@ -517,7 +521,7 @@ def attention(q, k, v, *option_args):
 
     option_args are forward's twelve options, all given, in schema order.
     """
-    if _torch_calls is not None and _eager_context():
+    if _eager_context() and _torch_calls is not None:
         result = _call_if_plain(q, k, v, option_args)
         if result is not NotImplemented:
             return result

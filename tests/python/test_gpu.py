@@ -14,7 +14,8 @@ pytestmark = requires_gpu
 
 class _RecordingTorchCalls:
     """Stands in for sage_attention._torch_calls and records whether each call was taken (a result)
-    or declined (None); an error raised by the module is its answer, so it counts as taken."""
+    or declined (None, or NotImplemented for tensors that are not plain); an error raised by the
+    module is its answer, so it counts as taken."""
 
     def __init__(self, module):
         self.module, self.taken = module, []
@@ -22,7 +23,7 @@ class _RecordingTorchCalls:
     def forward(self, *args):
         self.taken.append(True)
         result = self.module.forward(*args)
-        self.taken[-1] = result is not None
+        self.taken[-1] = result is not None and result is not NotImplemented
         return result
 
 

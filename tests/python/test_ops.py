@@ -108,6 +108,25 @@ def test_derivatives_by_forward_mode_and_torch_func_are_refused(transform):
     torch.testing.assert_close(attend(q), sageattn(q, k, v))  # (no level left open)
 
 
+@pytest.mark.parametrize("transform", ["grad", "vjp", "vmap"])
+def test_torch_func_transforms_over_other_inputs_run_the_attention_they_close_over(transform):
+    """q, k and v are plain tensors the function closes over: the call must still go through the
+    dispatcher while the transform runs (the direct path made its outputs in the transform's
+    layer and failed: "Cannot access data pointer" before session 72)."""
+    q, k, v = qkv()
+    want = sageattn(q, k, v)
+    scale = torch.ones(3)
+    if transform == "grad":
+        got = torch.func.grad(lambda s: (sageattn(q, k, v).sum() * s).sum())(scale)
+        torch.testing.assert_close(got, want.sum().expand(3), rtol=0, atol=0)
+    elif transform == "vjp":
+        value, _ = torch.func.vjp(lambda s: sageattn(q, k, v).sum() * s, scale)
+        torch.testing.assert_close(value, want.sum() * scale, rtol=0, atol=0)
+    else:
+        got = torch.func.vmap(lambda s: sageattn(q, k, v) * s)(scale)
+        torch.testing.assert_close(got, want.expand(3, *want.shape), rtol=0, atol=0)
+
+
 def test_merges_refuse_tangents_and_torch_func_gradients():
     out_a, lse_a, out_b, lse_b = (randn(1, 2, 8, 16, seed=1), randn(1, 2, 8, seed=2), randn(1, 2, 8, 16, seed=3),
                                   randn(1, 2, 8, seed=4))
@@ -208,8 +227,11 @@ class _OpRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_plain_eager_calls_skip_the_dispatcher_with_the_same_result(monkeypatch):
+@pytest.mark.parametrize("torch_calls", ["loaded", "absent"])
+def test_plain_eager_calls_skip_the_dispatcher_with_the_same_result(monkeypatch, torch_calls):
     from sage_attention import _ops
+    if torch_calls == "absent":  # (then _plain_eager_call decides, as in a package built without it)
+        monkeypatch.setattr(_ops, "_torch_calls", None)
     q, k, v = qkv(hq=4)
     via_op = forward(q, k, v, "HND", True, None, True)
     dispatched = []
@@ -220,7 +242,7 @@ def test_plain_eager_calls_skip_the_dispatcher_with_the_same_result(monkeypatch)
 
 
 class _CallCounter:
-    """Counts the calls of an operator overload and is it otherwise (redispatch and the rest)."""
+    """Counts the calls of an operator overload, and otherwise behaves as it (redispatch and the rest)."""
 
     def __init__(self, op):
         self.op, self.calls = op, 0

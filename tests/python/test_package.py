@@ -74,23 +74,39 @@ def test_torch_calls_tell_plain_tensors_from_those_that_need_the_dispatcher():
     q = torch.zeros(1, 1, 4, 64)
     options = _ops._core_options(*_ops._with_defaults(()))
 
-    def answer(first):
-        return _ops._torch_calls.forward(first, q, q, options._address, _ops.MAX_HEAD_DIM, True)
+    def answers(odd):
+        """_torch_calls' answer with `odd` as q, as k and as v (the other two plain)."""
+        return [_ops._torch_calls.forward(*(odd if i == at else q for i in range(3)), options._address,
+                                          _ops.MAX_HEAD_DIM, True) for at in range(3)]
+
+    def not_plain(odd):
+        """NotImplemented in every position, and the Python checks' verdict alike."""
+        return answers(odd) == [NotImplemented] * 3 and not _ops._plain_eager_call(odd, q, q)
 
     class Subclass(torch.Tensor):
         pass
 
-    assert answer(q) is None
+    assert answers(q) == [None] * 3 and _ops._plain_eager_call(q, q, q)
     with torch.no_grad():
-        assert answer(q.clone().requires_grad_()) is None  # no gradient to record
-    assert answer(q.clone().requires_grad_()) is NotImplemented
-    for other in (torch.nn.Parameter(q, requires_grad=False), q.as_subclass(Subclass), q.to("meta"), "q"):
-        assert answer(other) is NotImplemented, other
-    seen = []
-    torch.func.vmap(lambda row: seen.append(answer(row[None])) or row)(q[0])
-    torch.func.functionalize(lambda t: seen.append(answer(t)) or t)(q)
-    torch.func.grad(lambda t: seen.append(answer(t)) or t.sum())(q)
-    assert seen == [NotImplemented] * 3  # functorch and functionalization wrappers
+        assert answers(q.clone().requires_grad_()) == [None] * 3  # no gradient to record
+    assert not_plain(q.clone().requires_grad_())
+    for other in (torch.nn.Parameter(q, requires_grad=False), q.as_subclass(Subclass), q.to("meta")):
+        assert not_plain(other), other
+    assert answers("q") == [NotImplemented] * 3
+    seen, leaked = [], []
+    torch.func.vmap(lambda row: seen.append(not_plain(row[None])) or leaked.append(row) or row)(q[0])
+    torch.func.functionalize(lambda t: seen.append(not_plain(t)) or t)(q)
+    torch.func.grad(lambda t: seen.append(not_plain(t)) or t.sum())(q)
+    # Wrappers that the gradient check alone would not catch: detached, or made under no_grad.
+    torch.func.grad(lambda t: seen.append(not_plain(t.detach())) or t.sum())(q)
+    torch.func.grad(lambda t: seen.append(_no_grad(lambda: not_plain(t))) or t.sum())(q)
+    assert seen == [True] * 5  # functorch and functionalization wrappers
+    assert answers(leaked[0]) == [NotImplemented] * 3  # a wrapper used after its transform (3-D: no matter)
+
+
+def _no_grad(fn):
+    with torch.no_grad():
+        return fn()
 
 
 def test_torch_calls_module_runs_the_core_of_its_build():
