@@ -70,9 +70,10 @@ def main():
         return
     import torch
 
-    import sage_attention
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-    from bench_attention import sage_kernel_only  # the benchmark's kernel-only call
+    from torch.nn.attention import SDPBackend
+
+    from bench_attention import method_context, sage_end_to_end, sage_kernel_only, sdpa  # the benchmark's calls
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--sizes", default="1024,4096")
@@ -97,16 +98,13 @@ def main():
                 qkv = tuple(torch.randn(args.batch, args.heads, n, d, dtype=torch.bfloat16, device="cuda")
                             for _ in range(3))
                 kernel = sage_kernel_only([qkv], causal)
-                call = lambda q, k, v: sage_attention.sageattn(q, k, v, is_causal=causal)  # noqa: E731
+                call = sage_end_to_end(causal)
                 row = {"tag": args.tag, "D": d, "N": n, "causal": causal,
                        "kernel": round(batch_us(kernel, qkv, args.reps, args.rounds, args.rest), 2),
                        "call": round(batch_us(call, qkv, args.reps, args.rounds, args.rest), 2)}
                 if args.cudnn:
-                    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-                    def cudnn(q, k, v):
-                        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
-                    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):  # (once, as the benchmark chooses it)
+                    cudnn = sdpa(SDPBackend.CUDNN_ATTENTION, causal)
+                    with method_context(cudnn):  # (its backend chosen once, as the benchmark does)
                         row["cudnn"] = round(batch_us(cudnn, qkv, args.reps, args.rounds, args.rest), 2)
                 print(json.dumps(row), flush=True)
 

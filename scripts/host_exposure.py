@@ -17,25 +17,34 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from bench_attention import input_sets, method_context, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own calls)
+from bench_attention import input_sets, method_context, positive_ints, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's own)
 from torch.nn.attention import SDPBackend  # noqa: E402
 
 
 def span_us(fn, args, hold_cycles):
-    """The CUDA-event span of one call from an idle GPU, or with the GPU held busy before it."""
+    """(CUDA-event span, host time until fn returned) of one call, in us, from an idle GPU or with
+    the GPU held busy by a spin of `hold_cycles` before it."""
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     if hold_cycles:
         torch.cuda._sleep(hold_cycles)
     start.record()
+    t0 = time.perf_counter()
     fn(*args)
+    t1 = time.perf_counter()
     end.record()
     end.synchronize()
-    return start.elapsed_time(end) * 1e3
+    return start.elapsed_time(end) * 1e3, (t1 - t0) * 1e6
+
+
+def hold_cycles_for(hold_us):
+    """The spin's length in clock cycles for ~hold_us at the GPU's top clock (it counts cycles)."""
+    return int(hold_us * torch.cuda.get_device_properties(0).clock_rate / 1e3)
 
 
 def main():
@@ -44,16 +53,12 @@ def main():
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--hold-us", type=float, default=300.0)
     args = ap.parse_args()
-    try:
-        sizes = [int(v) for v in args.sizes.split(",")]
-    except ValueError:
-        ap.error(f"--sizes takes comma-separated positive integers, not {args.sizes!r}")
-    if any(n <= 0 for n in sizes) or args.calls <= 0 or args.hold_us <= 0:
-        ap.error("--sizes, --calls and --hold-us take positive values")
-    clock_khz = torch.cuda.get_device_properties(0).clock_rate  # (the spin counts clock cycles)
-    hold_cycles = int(args.hold_us * clock_khz / 1e3)
-    print(f"{torch.cuda.get_device_name()}; the hold: {hold_cycles} cycles (~{args.hold_us:.0f} us at "
-          f"{clock_khz / 1e3:.0f} MHz); SAGE_PREPASS_CONCURRENT={os.environ.get('SAGE_PREPASS_CONCURRENT', '')!r}")
+    sizes = positive_ints(ap, "--sizes", args.sizes)
+    if args.calls <= 0 or args.hold_us <= 0:
+        ap.error("--calls and --hold-us take positive values")
+    hold_cycles = hold_cycles_for(args.hold_us)
+    print(f"{torch.cuda.get_device_name()}; the hold: {hold_cycles} cycles (~{args.hold_us:.0f} us at the top "
+          f"clock); SAGE_PREPASS_CONCURRENT={os.environ.get('SAGE_PREPASS_CONCURRENT', '')!r}")
     print(f"{'N':>6} {'method':<11} {'from idle':>10} {'held':>10} {'exposed':>8}  (us, medians of {args.calls})")
     for n in sizes:
         sets = input_sets(2, 32, n, 128, torch.bfloat16, "cuda")
@@ -65,8 +70,8 @@ def main():
                     fn(*sets[i % len(sets)])
                 for i in range(args.calls):
                     a = sets[i % len(sets)]
-                    idle.append(span_us(fn, a, 0))
-                    held.append(span_us(fn, a, hold_cycles))
+                    idle.append(span_us(fn, a, 0)[0])
+                    held.append(span_us(fn, a, hold_cycles)[0])
             t_idle, t_held = statistics.median(idle), statistics.median(held)
             print(f"{n:>6} {name:<11} {t_idle:10.1f} {t_held:10.1f} {t_idle - t_held:8.1f}", flush=True)
         del sets

@@ -24,12 +24,12 @@ import os
 import sys
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 
 import sage_attention as s
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from bench_attention import sage_kernel_only  # noqa: E402  (the benchmark's kernel-only call)
+from bench_attention import method_context, sage_kernel_only, sdpa  # noqa: E402  (the benchmark's calls)
 
 
 def measured(label, fn):
@@ -55,10 +55,9 @@ def main():
     kernel = sage_kernel_only([(q, k, v)], causal)
     measured("sage kernel only", lambda: kernel(q, k, v))
 
-    def cudnn():
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):  # (once, outside the profiled range)
-        measured("sdpa cudnn", cudnn)
+    cudnn = sdpa(SDPBackend.CUDNN_ATTENTION, causal)
+    with method_context(cudnn):  # (its backend chosen once, outside the profiled range)
+        measured("sdpa cudnn", lambda: cudnn(q, k, v))
 
 
 if __name__ == "__main__":

@@ -475,8 +475,12 @@ def _plain_eager_call(q, k, v) -> bool:
     hops saves ~30 us per call (scripts/host_overhead.py), a third of the
     host time of a short attention call.
     """
-    if not _eager_context():
-        return False
+    return _eager_context() and _plain_tensors(q, k, v)
+
+
+def _plain_tensors(q, k, v) -> bool:
+    """_plain_eager_call's tensor half (once _eager_context holds; _torch_calls' plain_tensor is the
+    same in C++): exact torch.Tensor, not meta, no gradient to record, no functorch wrapper."""
     if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
         return False
     if q.is_meta or k.is_meta or v.is_meta:  # the operator's fake kernel answers those
@@ -521,12 +525,13 @@ def attention(q, k, v, *option_args):
 
     option_args are forward's twelve options, all given, in schema order.
     """
-    if _eager_context() and _torch_calls is not None:
-        result = _call_if_plain(q, k, v, option_args)
-        if result is not NotImplemented:
-            return result
-    if _plain_eager_call(q, k, v):
-        return _run_forward(q, k, v, option_args)
+    if _eager_context():  # (_plain_eager_call, its tensor half in C++ first where _torch_calls is built)
+        if _torch_calls is not None:
+            result = _call_if_plain(q, k, v, option_args)
+            if result is not NotImplemented:
+                return result
+        if _plain_tensors(q, k, v):
+            return _run_forward(q, k, v, option_args)
     check_dense(q=q, k=k, v=v)  # (the dispatcher's own errors for these do not name the argument)
     out, lse = forward(q, k, v, *option_args)
     return out, (lse if option_args[3] else None)
