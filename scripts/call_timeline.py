@@ -7,13 +7,15 @@ Usage: python3 scripts/call_timeline.py [N] [causal] [sage|cudnn]   (B=2, H=32, 
 cudnn: the same for PyTorch SDPA's cuDNN backend, the yardstick)
 """
 
+import os
 import sys
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 from torch.profiler import ProfilerActivity, profile, record_function
 
-import sage_attention as s
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from bench_attention import method_context, sage_end_to_end, sdpa  # noqa: E402  (the benchmark's calls)
 
 
 def main():
@@ -22,13 +24,12 @@ def main():
     method = sys.argv[3] if len(sys.argv) > 3 else "sage"
     q, k, v = [torch.randn(2, 32, n, 128, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
 
-    def attention():
-        if method == "cudnn":
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return s.sageattn(q, k, v, is_causal=causal)
+    fn = sdpa(SDPBackend.CUDNN_ATTENTION, causal) if method == "cudnn" else sage_end_to_end(causal)
 
-    # (cuDNN's backend is chosen once, outside the calls, as the benchmark does; a no-op for sage)
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+    def attention():
+        return fn(q, k, v)
+
+    with method_context(fn):  # (cuDNN's backend chosen once, outside the calls, as the benchmark does)
         for _ in range(20):
             attention()
         torch.cuda.synchronize()

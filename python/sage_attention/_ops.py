@@ -464,23 +464,9 @@ _NO_FORWARD_AD = ("sage_attention has no forward-mode derivative (torch.func.jvp
                   "torch.nn.functional.scaled_dot_product_attention where derivatives are needed.")
 
 
-def _plain_eager_call(q, k, v) -> bool:
-    """True when the `forward` operator would only hand the call to _run_forward.
-
-    That is: plain tensors (no subclass: fake, functional, DTensor...), no
-    torch function or dispatch mode active, not being traced by
-    torch.compile, and no gradient or tangent to refuse (no forward-mode AD
-    level open, no torch.func transform's tensors). Each dispatcher hop of a
-    Python-registered kernel boxes its fifteen arguments; skipping the two
-    hops saves ~30 us per call (scripts/host_overhead.py), a third of the
-    host time of a short attention call.
-    """
-    return _eager_context() and _plain_tensors(q, k, v)
-
-
 def _plain_tensors(q, k, v) -> bool:
-    """_plain_eager_call's tensor half (once _eager_context holds; _torch_calls' plain_tensor is the
-    same in C++): exact torch.Tensor, not meta, no gradient to record, no functorch wrapper."""
+    """The tensor half of a plain eager call (attention; _torch_calls' plain_tensor is the same in
+    C++): exact torch.Tensor, not meta, no gradient to record, no functorch wrapper."""
     if type(q) is not torch.Tensor or type(k) is not torch.Tensor or type(v) is not torch.Tensor:
         return False
     if q.is_meta or k.is_meta or v.is_meta:  # the operator's fake kernel answers those
@@ -491,7 +477,7 @@ def _plain_tensors(q, k, v) -> bool:
 
 
 def _eager_context() -> bool:
-    """_plain_eager_call's half that is not about the tensors: not traced by torch.compile, no torch
+    """The half of a plain eager call that is not about the tensors (attention): not traced by torch.compile, no torch
     function or dispatch mode, no forward-mode AD level open, no torch.func transform running (its
     outputs must be made by the dispatcher even from plain inputs the function closes over: the
     direct path then failed with "Cannot access data pointer" until session 72), and the private
@@ -505,8 +491,7 @@ def _eager_context() -> bool:
 
 
 def _call_if_plain(q, k, v, option_args):
-    """The call, where _torch_calls' C++ finds q, k and v plain (the tensor half of
-    _plain_eager_call, at the cost of a few loads instead of ~1-1.5 us of Python): (out, lse) from
+    """The call, where _torch_calls' C++ finds q, k and v plain (_plain_tensors, at the cost of a few loads instead of ~1-1.5 us of Python): (out, lse) from
     _torch_calls, or from the portable path where _torch_calls declines the call (a host tensor, an
     empty one...); NotImplemented for a tensor that is not plain, or options that raise (attention's
     checks then run, and raise, in their usual order)."""
@@ -523,9 +508,13 @@ def _call_if_plain(q, k, v, option_args):
 def attention(q, k, v, *option_args):
     """(out, lse or None): the `forward` operator, or its kernel directly when nothing needs the dispatcher.
 
-    option_args are forward's twelve options, all given, in schema order.
+    option_args are forward's twelve options, all given, in schema order. A plain eager call
+    (_eager_context and _plain_tensors: plain tensors, no mode, not traced by torch.compile, no
+    gradient or tangent to refuse) is one the operator would only hand to _run_forward, so it skips
+    the dispatcher: each hop of a Python-registered kernel boxes its fifteen arguments, and skipping
+    the two saves ~30 us a call (scripts/host_overhead.py), a third of a short call's host time.
     """
-    if _eager_context():  # (_plain_eager_call, its tensor half in C++ first where _torch_calls is built)
+    if _eager_context():  # (the tensor half in C++ first, where _torch_calls is built)
         if _torch_calls is not None:
             result = _call_if_plain(q, k, v, option_args)
             if result is not NotImplemented:

@@ -25,7 +25,7 @@
 // With plain_only, NotImplemented first where q, k or v is not a plain
 // tensor (plain_tensor below): the caller's own checks then decide (the
 // dispatcher for most such calls). Those checks in Python were most of the
-// package's host time before this call (_plain_eager_call 1.8 us of 2.6 on
+// package's host time before this call (their Python form 1.8 us of 2.6 on
 // the development machine), and here they are a few loads.
 // options_address is the `_address` of a sage_attention._C.Options the caller holds until the call returns.
 #include <Python.h>
@@ -83,7 +83,7 @@ std::array<std::int64_t, 3> lse_shape(const at::Tensor& q, sage::TensorLayout la
 }
 
 // Whether `object` is a tensor the `forward` operator would only hand to
-// its kernel (sage_attention._ops._plain_eager_call's tensor half, as
+// its kernel (sage_attention._ops._plain_tensors, as
 // strict or stricter): exactly torch.Tensor (no subclass: fake, DTensor,
 // Parameter...), not meta, no functorch or functionalization wrapper and
 // no Python dispatch key, and no gradient to record (grad mode on and

@@ -67,7 +67,7 @@ def test_torch_calls_module_is_built_against_this_torch_and_loaded():
 
 def test_torch_calls_tell_plain_tensors_from_those_that_need_the_dispatcher():
     """With plain_only, _torch_calls answers NotImplemented (the caller's checks, then the
-    dispatcher) for every tensor that _plain_eager_call would not take; plain host tensors get
+    dispatcher) for every tensor that _plain_tensors would not take; plain host tensors get
     None (not its call: the portable path)."""
     torch_calls_module()
     from sage_attention import _ops
@@ -81,12 +81,12 @@ def test_torch_calls_tell_plain_tensors_from_those_that_need_the_dispatcher():
 
     def not_plain(odd):
         """NotImplemented in every position, and the Python checks' verdict alike."""
-        return answers(odd) == [NotImplemented] * 3 and not _ops._plain_eager_call(odd, q, q)
+        return answers(odd) == [NotImplemented] * 3 and not _ops._plain_tensors(odd, q, q)
 
     class Subclass(torch.Tensor):
         pass
 
-    assert answers(q) == [None] * 3 and _ops._plain_eager_call(q, q, q)
+    assert answers(q) == [None] * 3 and _ops._plain_tensors(q, q, q)
     with torch.no_grad():
         assert answers(q.clone().requires_grad_()) == [None] * 3  # no gradient to record
     assert not_plain(q.clone().requires_grad_())
