@@ -394,19 +394,24 @@ def _load_torch_calls():
 _torch_calls = _load_torch_calls()
 
 
-def _run_forward(q, k, v, option_args, torch_calls_declined=False):
+def _run_forward(q, k, v, option_args):
     """One C++ call (quantization pre-pass + attention): (out, lse), lse None without return_lse.
 
     Both paths check the options' values first, then the tensors, then whether the GPU runs that
-    combination: the same errors in the same order. torch_calls_declined: _torch_calls already
-    answered None for this call (_call_if_plain), so the portable path runs it."""
-    tensor_layout, _, _, return_lse = option_args[:4]
+    combination: the same errors in the same order."""
     options = _core_options(*option_args)  # (held: the core reads it until the call returns)
-    if _torch_calls is not None and not torch_calls_declined and q.is_cuda:
+    if _torch_calls is not None and q.is_cuda:
         # None where the call is not that path's (rank, empty tensors, head dim, dtype): below.
         result = _torch_calls.forward(q, k, v, options._address, MAX_HEAD_DIM)
         if result is not None:
             return result
+    return _run_portable(q, k, v, option_args, options)
+
+
+def _run_portable(q, k, v, option_args, options):
+    """_run_forward's call through the portable binding (_C), with the caller's options (held until
+    the call returns): every call _torch_calls does not take, and every call without it."""
+    tensor_layout, _, _, return_lse = option_args[:4]
     check_dense(q=q, k=k, v=v)
     out, lse = _new_outputs(q, tensor_layout, return_lse)  # (q is 4-D past here)
     check_head_dim("q", q.shape[3])
@@ -500,9 +505,7 @@ def _call_if_plain(q, k, v, option_args):
     except Exception:  # noqa: BLE001 (raised again below, by the checks in their order)
         return NotImplemented
     result = _torch_calls.forward(q, k, v, options._address, MAX_HEAD_DIM, True)
-    if result is None:
-        return _run_forward(q, k, v, option_args, torch_calls_declined=True)
-    return result
+    return _run_portable(q, k, v, option_args, options) if result is None else result
 
 
 def attention(q, k, v, *option_args):
