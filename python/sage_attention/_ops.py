@@ -482,11 +482,11 @@ def _plain_tensors(q, k, v) -> bool:
 
 
 def _eager_context() -> bool:
-    """The half of a plain eager call that is not about the tensors (attention): not traced by torch.compile, no torch
-    function or dispatch mode, no forward-mode AD level open, no torch.func transform running (its
-    outputs must be made by the dispatcher even from plain inputs the function closes over: the
-    direct path then failed with "Cannot access data pointer" until session 72), and the private
-    queries present."""
+    """The half of a plain eager call that is not about the tensors (attention): not traced by
+    torch.compile, no torch function or dispatch mode, no forward-mode AD level open, no torch.func
+    transform running (its outputs must be made by the dispatcher even from plain inputs the
+    function closes over: the direct path then failed with "Cannot access data pointer" until
+    session 72), and the private queries present."""
     if torch.compiler.is_compiling():  # first: Dynamo must not trace (and guard) what follows
         return False
     if _function_mode_enabled is None or _dispatch_mode_depth is None or _functorch_wrapped is None:
@@ -496,10 +496,11 @@ def _eager_context() -> bool:
 
 
 def _call_if_plain(q, k, v, option_args):
-    """The call, where _torch_calls' C++ finds q, k and v plain (_plain_tensors, at the cost of a few loads instead of ~1-1.5 us of Python): (out, lse) from
-    _torch_calls, or from the portable path where _torch_calls declines the call (a host tensor, an
-    empty one...); NotImplemented for a tensor that is not plain, or options that raise (attention's
-    checks then run, and raise, in their usual order)."""
+    """The call, where _torch_calls' C++ finds q, k and v plain (what _plain_tensors checks, in a
+    few loads instead of ~1-1.5 us of Python): (out, lse) from _torch_calls, or from the portable
+    path where _torch_calls declines the call (a host tensor, an empty one...); NotImplemented for a
+    tensor that is not plain, or options that raise (attention's checks then run, and raise, in
+    their usual order)."""
     try:
         options = _core_options(*option_args)  # (held: the core reads it until the call returns)
     except Exception:  # noqa: BLE001 (raised again below, by the checks in their order)

@@ -230,7 +230,9 @@ class _OpRecorder(TorchDispatchMode):
 @pytest.mark.parametrize("torch_calls", ["loaded", "absent"])
 def test_plain_eager_calls_skip_the_dispatcher_with_the_same_result(monkeypatch, torch_calls):
     from sage_attention import _ops
-    if torch_calls == "absent":  # (then _plain_tensors decides, as in a package built without it)
+    # Absent, attention's Python checks decide (_eager_context, _plain_tensors), as in a package
+    # built without it.
+    if torch_calls == "absent":
         monkeypatch.setattr(_ops, "_torch_calls", None)
     q, k, v = qkv(hq=4)
     via_op = forward(q, k, v, "HND", True, None, True)
